@@ -1,0 +1,260 @@
+"""What plugins see of a call: plain data, no pjsua2.
+
+Hook implementations receive a :class:`CallInfo` and return :class:`RoutePlan`,
+:class:`Target` or :class:`Reject` values; the host turns those into SIP. Everything
+here is importable and testable without pjsua2 or a running B2BUA.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, Protocol, TypeVar, cast
+
+T = TypeVar("T")
+
+
+class StashKey(Generic[T]):
+    """A typed key for :class:`Stash` (pytest's idea): one module-level key per plugin datum."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str = "") -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"StashKey({self.name!r})"
+
+
+class Stash:
+    """Per-call storage for plugins, keyed by :class:`StashKey` so plugins never collide."""
+
+    __slots__ = ("_data",)
+
+    def __init__(self) -> None:
+        self._data: dict[StashKey[Any], Any] = {}
+
+    def __setitem__(self, key: StashKey[T], value: T) -> None:
+        self._data[key] = value
+
+    def __getitem__(self, key: StashKey[T]) -> T:
+        return cast(T, self._data[key])
+
+    def get(self, key: StashKey[T], default: T | None = None) -> T | None:
+        return cast("T | None", self._data.get(key, default))
+
+    def setdefault(self, key: StashKey[T], default: T) -> T:
+        return cast(T, self._data.setdefault(key, default))
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._data
+
+    def __delitem__(self, key: StashKey[Any]) -> None:
+        del self._data[key]
+
+
+@dataclass(eq=False)
+class CallInfo:
+    """One incoming call (the A leg's INVITE) as the hooks see it.
+
+    ``headers`` maps lower-case header names to their values in order of appearance.
+    ``id`` is the B2BUA's own session number; ``call_id`` is the caller's Call-ID.
+    """
+
+    id: int
+    call_id: str
+    request_uri: str
+    from_uri: str
+    to_uri: str
+    from_header: str = ""
+    to_header: str = ""
+    source_ip: str = ""
+    source_port: int = 0
+    transport: str = "udp"
+    method: str = "INVITE"
+    headers: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    started: float = 0.0
+    stash: Stash = field(default_factory=Stash)
+
+    def header(self, name: str) -> str | None:
+        """The first value of header ``name`` (case-insensitive), or None."""
+        values = self.headers.get(name.lower())
+        return values[0] if values else None
+
+    @property
+    def source(self) -> str:
+        """``ip:port`` the INVITE came from (IPv6 in brackets)."""
+        host = f"[{self.source_ip}]" if ":" in self.source_ip else self.source_ip
+        return f"{host}:{self.source_port}"
+
+
+@dataclass(frozen=True)
+class Target:
+    """One destination to dial.
+
+    :param uri: the destination (gateway) URI, e.g. ``sip:10.0.0.1:5060;transport=tcp``.
+        The B leg's Request-URI keeps the caller's R-URI user part with this URI's host,
+        port and parameters (Kamailio's ``ds_select_domain``), unless ``request_uri`` is set.
+    :param request_uri: an explicit Request-URI for the B leg.
+    :param headers: extra headers for the B leg's INVITE.
+    :param attempt_timeout: seconds to wait for any provisional response (None: host default).
+    :param answer_timeout: seconds to wait for the answer once ringing (None: host default).
+    :param data: opaque per-target data of the plugin that made it (e.g. a destination key).
+    """
+
+    uri: str
+    request_uri: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+    attempt_timeout: float | None = None
+    answer_timeout: float | None = None
+    data: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+
+class DialMode(str, enum.Enum):
+    """How a :class:`RoutePlan` is dialled."""
+
+    SERIAL = "serial"
+    PARALLEL = "parallel"
+
+
+@dataclass(frozen=True)
+class RoutePlan:
+    """Where a call goes: the first target (or all, in parallel mode), then the failover list."""
+
+    targets: tuple[Target, ...]
+    mode: DialMode = DialMode.SERIAL
+    data: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        if not self.targets:
+            raise ValueError("a RoutePlan needs at least one target; return Reject(...) instead")
+
+
+@dataclass(frozen=True)
+class Reject:
+    """A final answer to the caller: ``code`` 300-699, ``reason``, optional extra headers."""
+
+    code: int
+    reason: str = ""
+    headers: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        if not 300 <= self.code <= 699:
+            raise ValueError(f"Reject code must be 300-699, not {self.code}")
+
+
+class FailureKind(str, enum.Enum):
+    """Why one attempt (B leg) failed."""
+
+    RESPONSE = "response"  #: the gateway sent a final non-2xx response
+    NO_RESPONSE = "no-response"  #: no provisional within the attempt timeout (local 408)
+    NO_ANSWER = "no-answer"  #: rang, but no answer within the answer timeout (local 408)
+    CANCELLED = "cancelled"  #: the B2BUA cancelled it (another fork won, or the caller left)
+    ERROR = "error"  #: the INVITE could not be sent (bad URI, transport error)
+
+
+@dataclass(frozen=True)
+class Failure:
+    """The outcome of one failed attempt.
+
+    :param code: the final status code (408 for the timeouts, 500/503 for local errors).
+    :param attempt: 1 for the first attempt of the call, 2 for the second, ...
+    :param headers: the failure response's headers (lower-case names), when one was received.
+    """
+
+    target: Target
+    code: int
+    reason: str
+    kind: FailureKind = FailureKind.RESPONSE
+    attempt: int = 1
+    headers: Mapping[str, tuple[str, ...]] = field(default_factory=dict, compare=False, hash=False)
+    elapsed: float = 0.0
+
+
+@dataclass
+class OutgoingRequest:
+    """The INVITE about to be sent for one attempt; ``b2bua_prepare_target`` may change it."""
+
+    request_uri: str
+    from_uri: str
+    to_uri: str
+    headers: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """The outcome of one out-of-dialog request (OPTIONS keepalive).
+
+    ``code`` is the final status, 408 for our own deadline, 500 when it could not be sent.
+    ``latency`` is seconds from send to final response (None when nothing came back).
+    """
+
+    code: int
+    reason: str
+    latency: float | None = None
+    local: bool = False  #: True when the code was made up locally (timeout, send error)
+
+
+class EndCause(str, enum.Enum):
+    """How a call ended, for ``b2bua_call_ended``."""
+
+    CALLER_HANGUP = "caller-hangup"
+    CALLEE_HANGUP = "callee-hangup"
+    CALLER_CANCEL = "caller-cancel"
+    REJECTED = "rejected"  #: refused before any attempt (admission, routing, a plugin error)
+    FAILED = "failed"  #: every attempt failed; the caller got a final failure
+    SHUTDOWN = "shutdown"
+    ERROR = "error"
+
+
+class TimerHandle(Protocol):
+    """A scheduled callback; ``cancel()`` is idempotent."""
+
+    def cancel(self) -> None: ...
+
+
+class Host(Protocol):
+    """The services the B2BUA offers plugins (the ``app`` argument of the lifecycle hooks).
+
+    Unless a method says otherwise, call it on the loop thread (from a hook or a timer).
+    """
+
+    @property
+    def config(self) -> Any:
+        """The whole parsed configuration (:class:`b2bua.config.Config`)."""
+        ...
+
+    @property
+    def hook(self) -> Any:
+        """``pluginmanager.hook``: for plugins that call their own hooks (keyword arguments only)."""
+        ...
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
+        """Run ``callback`` on the loop thread after ``delay`` seconds."""
+        ...
+
+    def call_soon_threadsafe(self, callback: Callable[[], None]) -> None:
+        """From any thread: run ``callback`` on the loop thread soon."""
+        ...
+
+    def run_on_loop(self, callback: Callable[[], T], timeout: float = 10.0) -> T:
+        """From another thread: run ``callback`` on the loop and return its result (or raise)."""
+        ...
+
+    def send_request(
+        self,
+        method: str,
+        uri: str,
+        *,
+        from_uri: str,
+        callback: Callable[[ProbeResult], None],
+        timeout: float = 2.0,
+        headers: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        """Send an out-of-dialog request (e.g. OPTIONS) and call ``callback`` exactly once.
+
+        The callback gets the final response, or a local 408 after ``timeout`` seconds, or a
+        local 500 when the request could not be sent.
+        """
+        ...

@@ -1,0 +1,342 @@
+"""Configuration: ``config.toml`` parsed once into frozen dataclasses.
+
+Every section is a frozen dataclass whose fields carry a default and a one-line help
+(``metadata["help"]``, shown in ``docs/config.md``). :func:`parse_section` turns a TOML table
+into such a dataclass and reports unknown keys and wrong types with their TOML path, e.g.
+``config.toml: [sip] max_calls: expected an integer, got "many"``. Plugins use the same
+function for their own ``[plugins.<name>]`` sections.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar, Union
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+C = TypeVar("C")
+
+
+class ConfigError(ValueError):
+    """A configuration error; the message names the file, TOML path and reason."""
+
+
+def opt(default: Any, help: str, **kw: Any) -> Any:
+    """A dataclass field with a default and a help line."""
+    if isinstance(default, (list, dict, set)):
+        factory = type(default)
+        value = default
+        return field(default_factory=lambda: factory(value), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if tp is bool:
+        return "a boolean"
+    if tp is int:
+        return "an integer"
+    if tp is float:
+        return "a number"
+    if tp is str:
+        return "a string"
+    if origin in (tuple, list):
+        return "a list"
+    if origin in (dict, Mapping) or tp is dict:
+        return "a table"
+    if dataclasses.is_dataclass(tp):
+        return "a table"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check ``value`` against annotation ``tp``; return it converted (lists -> tuples)."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        names = " or ".join(_type_name(a) for a in args if a is not type(None))
+        raise ConfigError(f"{where}: expected {names}, got {value!r}")
+    if tp is Any:
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a boolean (true/false), got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        args = typing.get_args(tp)
+        item = args[0] if args else Any
+        return tuple(_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin in (dict, Mapping) or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a table, got {value!r}")
+        args = typing.get_args(tp)
+        vt = args[1] if len(args) == 2 else Any
+        return {k: _coerce(v, vt, f"{where}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a table, got {value!r}")
+        return parse_section(tp, value, where)
+    raise ConfigError(f"{where}: unsupported type {tp!r}")  # pragma: no cover - programming error
+
+
+def parse_section(cls: type[C], data: Mapping[str, Any], where: str) -> C:
+    """Build the frozen dataclass ``cls`` from TOML table ``data``.
+
+    :param where: the TOML path for messages, e.g. ``"config.toml: [sip]"``.
+    :raises ConfigError: on an unknown key, a wrong type or a failed ``validate()``.
+    """
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where}: expected a table, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        known = ", ".join(sorted(fields))
+        raise ConfigError(f"{where}: unknown key {unknown[0]!r} (known keys: {known})")
+    kwargs = {name: _coerce(value, hints[name], f"{where} {name}") for name, value in data.items()}
+    try:
+        obj = cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
+    validate = getattr(obj, "validate", None)
+    if validate is not None:
+        try:
+            validate()
+        except ConfigError:
+            raise
+        except ValueError as exc:
+            raise ConfigError(f"{where} {exc}") from exc
+    return obj
+
+
+# -- Sections ----------------------------------------------------------------------------------
+
+TRANSPORTS = ("udp", "tcp")
+
+
+@dataclass(frozen=True)
+class Listen:
+    """One ``transport:address:port`` from ``[sip] listen``."""
+
+    transport: str
+    address: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> Listen:
+        transport, sep, rest = text.partition(":")
+        if not sep or transport.lower() not in TRANSPORTS:
+            raise ValueError(f"{text!r}: expected 'udp:ADDRESS:PORT' or 'tcp:ADDRESS:PORT'")
+        address, sep, port_text = rest.rpartition(":")
+        address = address.strip("[]")
+        if not sep or not address or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+            raise ValueError(f"{text!r}: expected 'udp:ADDRESS:PORT' or 'tcp:ADDRESS:PORT'")
+        return cls(transport.lower(), address, int(port_text))
+
+    def __str__(self) -> str:
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        return f"{self.transport}:{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class SipConfig:
+    listen: tuple[str, ...] = opt(
+        ["udp:127.0.0.1:5060", "tcp:127.0.0.1:5060"], "SIP listeners, 'udp|tcp:ADDRESS:PORT'"
+    )
+    max_calls: int = opt(500, "concurrent calls admitted; more get admission_code")
+    max_forks: int = opt(4, "most B legs one call may dial at once (parallel mode)")
+    admission_code: int = opt(503, "answer to a call over max_calls (or out of call slots)")
+    retry_after: int = opt(5, "Retry-After seconds on admission and no-route answers (0: none)")
+    attempt_timeout: float = opt(5.0, "seconds a B leg may take to send any provisional (local 408)")
+    answer_timeout: float = opt(60.0, "seconds a B leg may ring before it is given up (local 408)")
+    user_agent: str = opt("b2bua", "User-Agent and Server header value")
+    codecs: tuple[str, ...] = opt(["PCMU/8000", "PCMA/8000"], "audio codecs offered, in order of preference")
+    rtp_port: int = opt(40000, "first RTP port (each call leg takes two)")
+    session_timers: bool = opt(False, "offer RFC 4028 session timers on B legs")
+    shutdown_grace: float = opt(10.0, "seconds to let calls finish on SIGTERM before hanging them up")
+    require_call_slots: bool = opt(
+        True, "refuse to start when pjsua2 has fewer call slots than max_calls x 2 (development: false)"
+    )
+
+    def validate(self) -> None:
+        for i, item in enumerate(self.listen):
+            try:
+                Listen.parse(item)
+            except ValueError as exc:
+                raise ValueError(f"listen[{i}]: {exc}") from exc
+        if not self.listen:
+            raise ValueError("listen: at least one listener is needed")
+        if self.max_calls < 1:
+            raise ValueError("max_calls: must be at least 1")
+        if self.max_forks < 1:
+            raise ValueError("max_forks: must be at least 1")
+        if not 300 <= self.admission_code <= 699:
+            raise ValueError("admission_code: must be 300-699")
+        if self.attempt_timeout <= 0 or self.answer_timeout <= 0:
+            raise ValueError("attempt_timeout and answer_timeout must be > 0")
+
+    @property
+    def listeners(self) -> tuple[Listen, ...]:
+        return tuple(Listen.parse(x) for x in self.listen)
+
+
+LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = opt("INFO", "log level: TRACE, DEBUG, INFO, WARNING, ERROR")
+    pjsip_level: int = opt(1, "pjsip's own log level routed into the log (0-5; 4+ logs every message)")
+    file: str = opt("", "also log to this file (rotated at 50 MB); empty: stderr only")
+    json: bool = opt(False, "write log lines as JSON objects")
+
+    def validate(self) -> None:
+        if self.level.upper() not in LOG_LEVELS:
+            raise ValueError(f"level: {self.level!r} is not one of {', '.join(LOG_LEVELS)}")
+        if not 0 <= self.pjsip_level <= 5:
+            raise ValueError("pjsip_level: must be 0-5")
+
+
+@dataclass(frozen=True)
+class ControlConfig:
+    socket: str = opt("b2bua.sock", "unix socket of the control API (mode 0600); empty: off")
+    http: str = opt("", "also serve the control API over HTTP at ADDRESS:PORT (loopback unless token)")
+    token: str = opt("", "bearer token required by the HTTP control API")
+    max_request_bytes: int = opt(65536, "largest control request accepted")
+
+    def validate(self) -> None:
+        if self.http:
+            host, sep, port = self.http.rpartition(":")
+            if not sep or not port.isdigit():
+                raise ValueError(f"http: {self.http!r}: expected ADDRESS:PORT")
+            if host.strip("[]") not in ("127.0.0.1", "::1", "localhost") and not self.token:
+                raise ValueError(f"http: {self.http!r} is not a loopback address: set token too")
+
+
+@dataclass(frozen=True)
+class RoutingConfig:
+    default_target: str = opt("", "send every call the plugins do not route to this URI; empty: none")
+    no_route_code: int = opt(503, "answer when no plugin routes the call")
+    no_route_reason: str = opt("No Route", "reason phrase of that answer")
+
+    def validate(self) -> None:
+        if self.default_target and not self.default_target.startswith(("sip:", "sips:")):
+            raise ValueError(f"default_target: {self.default_target!r} is not a sip: URI")
+        if not 300 <= self.no_route_code <= 699:
+            raise ValueError("no_route_code: must be 300-699")
+
+
+@dataclass(frozen=True)
+class PluginsConfig:
+    enabled: tuple[str, ...] = opt(
+        [], "plugins to load: entry-point names (group 'b2bua') or 'package.module[:attr]'"
+    )
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole ``config.toml``."""
+
+    sip: SipConfig = field(default_factory=SipConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
+    routing: RoutingConfig = field(default_factory=RoutingConfig)
+    plugins: PluginsConfig = field(default_factory=PluginsConfig)
+    #: raw ``[plugins.<name>]`` tables, parsed by each plugin in ``b2bua_configure``
+    plugin_sections: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    path: str = "<defaults>"
+    base_dir: Path = field(default_factory=Path.cwd)
+
+    def plugin_section(self, name: str) -> Mapping[str, Any]:
+        """The ``[plugins.<name>]`` table, or an empty one."""
+        return self.plugin_sections.get(name, {})
+
+    def where(self, section: str) -> str:
+        """A location prefix for error messages, e.g. ``config.toml: [plugins.dispatcher]``."""
+        return f"{self.path}: [{section}]"
+
+    def resolve_path(self, value: str) -> Path:
+        """A path from the config, relative to the config file's folder."""
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else self.base_dir / p
+
+
+SECTIONS: dict[str, type] = {
+    "sip": SipConfig,
+    "log": LogConfig,
+    "control": ControlConfig,
+    "routing": RoutingConfig,
+}
+
+
+def parse_config(data: Mapping[str, Any], path: str = "<config>", base_dir: Path | None = None) -> Config:
+    """Build :class:`Config` from a parsed TOML document."""
+    unknown = sorted(set(data) - set(SECTIONS) - {"plugins"})
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown section [{unknown[0]}] (known: {', '.join([*SECTIONS, 'plugins'])})"
+        )
+    sections = {
+        name: parse_section(cls, data.get(name, {}), f"{path}: [{name}]") for name, cls in SECTIONS.items()
+    }
+    raw_plugins = dict(data.get("plugins", {}))
+    if not isinstance(data.get("plugins", {}), dict):
+        raise ConfigError(f"{path}: [plugins]: expected a table")
+    plugin_sections = {k: v for k, v in raw_plugins.items() if isinstance(v, dict)}
+    plugins = parse_section(
+        PluginsConfig, {k: v for k, v in raw_plugins.items() if not isinstance(v, dict)}, f"{path}: [plugins]"
+    )
+    return Config(
+        plugins=plugins,
+        plugin_sections=plugin_sections,
+        path=path,
+        base_dir=base_dir or Path.cwd(),
+        **sections,
+    )
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and parse a TOML config file; every problem is a :class:`ConfigError`."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read: {exc.strerror or exc}") from exc
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: not valid TOML: {exc}") from exc
+    return parse_config(data, str(p), p.resolve().parent)

@@ -1,0 +1,162 @@
+#!/usr/bin/env bash
+# Build pjsua2 (the Python binding of pjproject) at B2BUA scale and cache it as a wheel.
+#
+# The PyPI wheel is compiled with PJSUA_MAX_CALLS=4 and a select() ioqueue of 64 handles:
+# two bridged calls per process. This builds pjproject with the config_site.h below
+# (2048 call legs, epoll, large transaction/dialog tables) and packs the SWIG module as a wheel
+# in the cache, so the next install takes seconds.
+#
+# Source of pjproject, in this order:
+#   PJPROJECT_SRC=<dir or .tar.*>   a pjproject tree or release tarball you already have;
+#   otherwise the pjproject component of Debian's `asterisk` source package (unstable), fetched
+#   with apt through a private sources list built from this machine's own apt mirror.
+#
+# Usage: scripts/build-pjsua2.sh [PYTHON]      prints the wheel's path on its last line.
+# Env:   B2BUA_CACHE (default ~/.cache/b2bua), PJPROJECT_SRC, PJ_MAX_CALLS (default 2048).
+set -euo pipefail
+
+PYTHON=${1:-python3}
+CACHE=${B2BUA_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/b2bua}
+MAX_CALLS=${PJ_MAX_CALLS:-2048}
+JOBS=$(nproc 2>/dev/null || echo 2)
+mkdir -p "$CACHE"
+
+say() { printf '[build-pjsua2] %s\n' "$*" >&2; }
+die() { printf '[build-pjsua2] error: %s\n' "$*" >&2; exit 1; }
+
+need() {
+  local missing=()
+  for tool in "$@"; do command -v "$tool" >/dev/null 2>&1 || missing+=("$tool"); done
+  [ ${#missing[@]} -eq 0 ] || die "missing tools: ${missing[*]} (Debian: apt-get install build-essential swig xz-utils)"
+}
+need make gcc g++ swig tar xz
+
+config_site() {
+  cat <<CFG
+/* Written by scripts/build-pjsua2.sh: B2BUA scale, no video. */
+#define PJMEDIA_HAS_VIDEO 0
+#define PJSUA_HAS_VIDEO 0
+#define PJSUA_MAX_CALLS ${MAX_CALLS}
+#define PJSUA_MAX_CONF_PORTS (2*PJSUA_MAX_CALLS+52)
+#define PJSUA_MAX_ACC 16
+#define PJ_IOQUEUE_MAX_HANDLES 8192
+#define PJSIP_MAX_TSX_COUNT (16*1024-1)
+#define PJSIP_MAX_DIALOG_COUNT (16*1024-1)
+#define PJ_LOG_MAX_LEVEL 5
+CFG
+}
+
+pyver=$("$PYTHON" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")') \
+  || die "cannot run $PYTHON"
+cfg_hash=$( (config_site; echo "${PJPROJECT_SRC:-debian}") | sha256sum | cut -c1-12)
+marker="$CACHE/pjsua2-$pyver-$cfg_hash.wheel"
+if [ -f "$marker" ] && [ -f "$(cat "$marker")" ]; then
+  say "cached: $(cat "$marker")"
+  cat "$marker"
+  exit 0
+fi
+
+work="$CACHE/build-$cfg_hash"
+rm -rf "$work"; mkdir -p "$work"
+
+fetch_debian_source() {
+  local src_list="$work/apt/sources.list" lists="$work/apt/lists" uri signed
+  command -v apt-get >/dev/null || die "no apt-get: set PJPROJECT_SRC to a pjproject tree or tarball"
+  uri=$(grep -h '^URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null | grep -v security | head -n1 | awk '{print $2}')
+  signed=$(grep -h '^Signed-By:' /etc/apt/sources.list.d/*.sources 2>/dev/null | head -n1 | awk '{print $2}')
+  if [ -z "$uri" ]; then
+    uri=$(grep -hE '^deb ' /etc/apt/sources.list 2>/dev/null | grep -v security | head -n1 | awk '{print $2}')
+  fi
+  [ -n "$uri" ] || die "cannot find this machine's Debian mirror in /etc/apt: set PJPROJECT_SRC"
+  mkdir -p "$lists/partial" "$work/src"
+  {
+    echo "Types: deb-src"; echo "URIs: $uri"; echo "Suites: sid"; echo "Components: main"
+    [ -n "$signed" ] && echo "Signed-By: $signed"
+  } > "$work/apt/debian-sid-src.sources"
+  local opts=(-o "Dir::Etc::SourceList=/dev/null" -o "Dir::Etc::SourceParts=$work/apt"
+              -o "Dir::State::Lists=$lists" -o "Debug::NoLocking=1")
+  say "fetching the pjproject component of Debian's asterisk source package (~13 MB)"
+  apt-get "${opts[@]}" -q update >&2 || die "apt-get update of Debian's source index failed"
+  (cd "$work/src" && apt-get "${opts[@]}" -q source --download-only asterisk >&2) \
+    || die "apt-get source asterisk failed: set PJPROJECT_SRC to a pjproject tree or tarball"
+  local tarball
+  tarball=$(ls "$work"/src/asterisk_*.orig-*pjproject*.tar.* 2>/dev/null | head -n1)
+  [ -n "$tarball" ] || die "the asterisk source package has no pjproject component"
+  echo "$tarball"
+}
+
+unpack() {  # $1 = tarball -> prints the pjproject root
+  mkdir -p "$work/tree"
+  tar -xf "$1" -C "$work/tree"
+  local root
+  local mak
+  mak=$(find "$work/tree" -maxdepth 3 -name version.mak | head -n1)
+  [ -n "$mak" ] || die "$1 does not look like pjproject (no version.mak)"
+  dirname "$mak"
+}
+
+if [ -n "${PJPROJECT_SRC:-}" ]; then
+  if [ -d "$PJPROJECT_SRC" ]; then
+    say "copying pjproject tree $PJPROJECT_SRC"
+    cp -a "$PJPROJECT_SRC" "$work/pjproject"; root="$work/pjproject"
+  elif [ -f "$PJPROJECT_SRC" ]; then
+    root=$(unpack "$PJPROJECT_SRC")
+  else
+    die "PJPROJECT_SRC=$PJPROJECT_SRC is neither a directory nor a file"
+  fi
+else
+  root=$(unpack "$(fetch_debian_source)")
+fi
+[ -f "$root/version.mak" ] || die "no version.mak in $root"
+ver=$(awk -F':=' '/^export PJ_VERSION_MAJOR /{ma=$2} /^export PJ_VERSION_MINOR /{mi=$2} END{gsub(/ /,"",ma); gsub(/ /,"",mi); print ma"."mi}' "$root/version.mak")
+say "pjproject $ver in $root"
+
+config_site > "$root/pjlib/include/pj/config_site.h"
+# Debian's DFSG repack drops the BDIMAD sound device sources; the Makefile still names them.
+sed -i 's/ bdimad_dev\.o//' "$root/pjmedia/build/Makefile"
+
+cd "$root"
+say "configure"
+CFLAGS="-O2 -fPIC" CXXFLAGS="-O2 -fPIC" ./configure --disable-sound --disable-video --enable-epoll \
+  --disable-libwebrtc --disable-ffmpeg --disable-v4l2 --disable-openh264 --disable-libyuv \
+  --disable-opus --disable-bcg729 --disable-sdl --disable-silk --disable-ssl --disable-libsrtp \
+  --disable-gsm-codec --disable-speex-codec --disable-speex-aec --disable-ilbc-codec \
+  --disable-g7221-codec --disable-g722-codec --disable-resample --disable-webrtc-aec3 \
+  > "$work/configure.log" 2>&1 || die "configure failed, see $work/configure.log"
+say "compiling the libraries (about 30 s on 2 cores)"
+(make dep && make -j"$JOBS") > "$work/make.log" 2>&1 || { tail -n 30 "$work/make.log" >&2; die "make failed, see $work/make.log"; }
+say "compiling the SWIG Python module (about 2 min)"
+cd pjsip-apps/src/swig/python
+make PYTHON_EXE="$PYTHON" > "$work/swig.log" 2>&1 || { tail -n 30 "$work/swig.log" >&2; die "SWIG build failed, see $work/swig.log"; }
+so=$(find build -name '_pjsua2*.so' | head -n1)
+[ -n "$so" ] || die "the SWIG build produced no _pjsua2*.so"
+
+# Pack the module as a wheel of our own (a zip with dist-info): nothing to compile again.
+say "packing the wheel"
+mkdir -p "$CACHE/wheels"
+whl=$("$PYTHON" - "$so" pjsua2.py "$ver" "$MAX_CALLS" "$CACHE/wheels" <<'PY'
+import base64, hashlib, sys, sysconfig, zipfile, pathlib
+so, py, ver, max_calls, out = sys.argv[1:]
+tag = f"cp{sys.version_info[0]}{sys.version_info[1]}"
+plat = sysconfig.get_platform().replace("-", "_").replace(".", "_")
+version = f"{ver}.0+b2bua{max_calls}"
+dist = f"pjsua2-{version}.dist-info"
+files = {pathlib.Path(so).name: pathlib.Path(so).read_bytes(), "pjsua2.py": pathlib.Path(py).read_bytes(),
+         f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: pjsua2\nVersion: {version}\nSummary: pjsua2 built by b2bua scripts/build-pjsua2.sh (PJSUA_MAX_CALLS={max_calls}, epoll)\n".encode(),
+         f"{dist}/WHEEL": f"Wheel-Version: 1.0\nGenerator: b2bua-build-pjsua2\nRoot-Is-Purelib: false\nTag: {tag}-{tag}-{plat}\n".encode()}
+record = []
+for name, data in files.items():
+    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+    record.append(f"{name},sha256={digest},{len(data)}")
+record.append(f"{dist}/RECORD,,")
+path = pathlib.Path(out) / f"pjsua2-{version}-{tag}-{tag}-{plat}.whl"
+with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+    for name, data in files.items():
+        z.writestr(name, data)
+    z.writestr(f"{dist}/RECORD", "\n".join(record) + "\n")
+print(path)
+PY
+) || die "packing the wheel failed"
+echo "$whl" > "$marker"
+say "done: $whl"
+echo "$whl"
