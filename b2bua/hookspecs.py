@@ -68,6 +68,15 @@ def b2bua_shutdown(app: Host) -> None:
 
 
 @hookspec
+def b2bua_reload(app: Host) -> None:
+    """The operator asked for a reload (SIGHUP): re-read data sources.
+
+    Runs on the loop thread: do blocking reads on a thread of your own and hand the result
+    back with ``app.call_soon_threadsafe``. A failed reload must keep the previous data.
+    """
+
+
+@hookspec
 def b2bua_register_rpc(registry: RpcRegistry) -> None:
     """Add control-API methods: ``registry.add("name.method", func, help="...")``.
 

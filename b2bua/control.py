@@ -1,0 +1,859 @@
+"""Control API transports: JSON-RPC 2.0 over a unix socket and over HTTP, and a client.
+
+:class:`ControlServer` serves the methods of an :class:`~b2bua.rpc.RpcRegistry`:
+
+* on a unix socket (mode 0600): newline-delimited JSON, one request (object or batch array)
+  per line, one response per line, as many requests per connection as the client likes;
+* optionally over HTTP: ``POST /`` or ``POST /rpc`` with a JSON body, ``Authorization:
+  Bearer <token>`` when a token is configured.
+
+The API threads never touch pjsua2: a method registered with ``on_loop=True`` (the default)
+is handed to the loop thread through ``run_on_loop(callable, timeout)``, which must return
+the callable's result, re-raise its exception, and raise :class:`TimeoutError` when the loop
+does not answer in time. ``on_loop=False`` methods run on the API thread.
+
+:class:`ControlClient` is the other end, for ``b2bua rpc`` and the tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import http.server
+import ipaddress
+import itertools
+import json
+import os
+import socket
+import socketserver
+import stat
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from http import HTTPStatus
+from pathlib import Path
+from typing import Any
+
+from loguru import logger
+
+from b2bua.config import ControlConfig
+from b2bua.rpc import (
+    INTERNAL_ERROR,
+    INVALID_REQUEST,
+    PARSE_ERROR,
+    SERVER_ERROR,
+    RpcError,
+    RpcRegistry,
+)
+
+#: JSON-RPC application error for a missing or wrong HTTP bearer token
+UNAUTHORIZED = -32001
+#: seconds an API thread waits for the loop thread to run an ``on_loop`` method
+LOOP_TIMEOUT = 10.0
+#: seconds a control connection may stay silent before it is closed
+IDLE_TIMEOUT = 60.0
+#: concurrent control connections per listener; more are closed at once
+MAX_CONNECTIONS = 32
+#: requests served on one unix-socket connection before it is closed
+MAX_REQUESTS_PER_CONNECTION = 100_000
+#: largest response the client accepts
+MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+#: after refusing a request, discard at most this much of what the peer still sends, for at
+#: most LINGER_SECONDS, so that closing does not reset the connection before it read the answer
+LINGER_BYTES = 1024 * 1024
+LINGER_SECONDS = 1.0
+#: sun_path is 108 bytes on Linux, including the terminating NUL
+MAX_UNIX_PATH = 107
+
+RunOnLoop = Callable[[Callable[[], Any], float], Any]
+
+
+class ControlError(Exception):
+    """The control API cannot start (address in use, bad bind address, ...)."""
+
+
+class ControlUnavailable(Exception):
+    """The client could not reach the control API or got no usable answer."""
+
+
+class RpcCallError(Exception):
+    """The server answered a call with a JSON-RPC error."""
+
+    def __init__(self, code: int, message: str, data: Any = None) -> None:
+        super().__init__(f"{code} {message}")
+        self.code = code
+        self.message = message
+        self.data = data
+
+
+# -- JSON-RPC framing (transport-free) ---------------------------------------------------------
+
+
+def error_response(request_id: Any, code: int, message: str, data: Any = None) -> dict[str, Any]:
+    """A JSON-RPC 2.0 error response object."""
+    error: dict[str, Any] = {"code": code, "message": message}
+    if data is not None:
+        error["data"] = data
+    return {"jsonrpc": "2.0", "id": request_id, "error": error}
+
+
+def oversize_response(limit: int) -> bytes:
+    """The serialised answer to a request over ``limit`` bytes."""
+    return _dumps(error_response(None, INVALID_REQUEST, f"Invalid Request: larger than {limit} bytes"))
+
+
+def _dumps(obj: Any) -> bytes:
+    # allow_nan=False: NaN/Infinity are not JSON and would break strict clients
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _valid_id(value: Any) -> bool:
+    return value is None or isinstance(value, str) or (
+        isinstance(value, (int, float)) and not isinstance(value, bool)
+    )
+
+
+@dataclass(frozen=True)
+class Call:
+    """One validated JSON-RPC request object."""
+
+    method: str
+    params: list[Any] | dict[str, Any] | None
+    id: Any = None
+    notification: bool = False
+
+
+class InvalidRequest(Exception):
+    """A request object that breaks JSON-RPC 2.0; ``id`` is what the answer must carry."""
+
+    def __init__(self, message: str, request_id: Any = None) -> None:
+        super().__init__(message)
+        self.request_id = request_id
+
+
+def parse_call(obj: Any) -> Call:
+    """Validate one JSON-RPC 2.0 request object.
+
+    :raises InvalidRequest: saying what is wrong, with the id to answer with (``None`` when the
+        id itself is unusable).
+    """
+    if not isinstance(obj, dict):
+        raise InvalidRequest(f"Invalid Request: expected an object, got {type(obj).__name__}")
+    request_id = obj.get("id")
+    if not _valid_id(request_id):
+        raise InvalidRequest("Invalid Request: id must be a string, a number or null")
+    if obj.get("jsonrpc") != "2.0":
+        raise InvalidRequest('Invalid Request: "jsonrpc" must be "2.0"', request_id)
+    method = obj.get("method")
+    if not isinstance(method, str) or not method:
+        raise InvalidRequest('Invalid Request: "method" must be a non-empty string', request_id)
+    params = obj.get("params")
+    if params is not None and not isinstance(params, (list, dict)):
+        raise InvalidRequest('Invalid Request: "params" must be an array or an object', request_id)
+    return Call(method, params, request_id, "id" not in obj)
+
+
+class JsonRpcProcessor:
+    """Turns a request document (bytes) into a response document, running the methods.
+
+    Shared by every transport; safe to call from several API threads at once.
+    """
+
+    def __init__(
+        self, registry: RpcRegistry, run_on_loop: RunOnLoop, loop_timeout: float = LOOP_TIMEOUT
+    ) -> None:
+        self._registry = registry
+        self._run_on_loop = run_on_loop
+        self._loop_timeout = loop_timeout
+
+    def handle(self, data: bytes) -> bytes | None:
+        """Answer ``data`` (one request object or a batch array).
+
+        :return: the serialised response, or None when nothing is to be sent back (only
+            notifications).
+        """
+        try:
+            doc = json.loads(data, parse_constant=_reject_constant)
+        except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+            return _dumps(error_response(None, PARSE_ERROR, f"Parse error: {_short(exc)}"))
+        if isinstance(doc, list):
+            if not doc:
+                return _dumps(error_response(None, INVALID_REQUEST, "Invalid Request: empty batch"))
+            parts = [part for part in (self._answer(item) for item in doc) if part is not None]
+            return b"[" + b",".join(parts) + b"]" if parts else None
+        return self._answer(doc)
+
+    def _answer(self, obj: Any) -> bytes | None:
+        try:
+            call = parse_call(obj)
+        except InvalidRequest as exc:
+            return _dumps(error_response(exc.request_id, INVALID_REQUEST, str(exc)))
+        response = self._execute(call)
+        if call.notification:
+            if "error" in response:
+                logger.info("control notification {} failed: {}", call.method, response["error"]["message"])
+            return None
+        try:
+            return _dumps(response)
+        except (TypeError, ValueError) as exc:
+            logger.error("control method {} returned a result that is not JSON: {}", call.method, exc)
+            return _dumps(
+                error_response(call.id, INTERNAL_ERROR, "Internal error: the result is not JSON-serialisable")
+            )
+
+    def _execute(self, call: Call) -> dict[str, Any]:
+        """Run ``call``; its response object (result or error)."""
+        on_loop = False
+        try:
+            method = self._registry.get(call.method)
+            on_loop = method.on_loop
+            bound = RpcRegistry.bind(method, call.params)
+            logger.debug("control call {} {}", call.method, call.params)
+            result = self._run_on_loop(bound, self._loop_timeout) if on_loop else bound()
+        except RpcError as exc:
+            return error_response(call.id, exc.code, exc.message, exc.data)
+        except TimeoutError:
+            if not on_loop:
+                logger.exception("control method {} timed out", call.method)
+                return error_response(call.id, SERVER_ERROR, f"{call.method} timed out")
+            logger.warning("control method {}: no answer from the loop thread within {:g}s",
+                           call.method, self._loop_timeout)
+            message = f"Timeout: the loop thread did not answer within {self._loop_timeout:g}s"
+            return error_response(call.id, SERVER_ERROR, message)
+        except Exception as exc:
+            logger.exception("control method {} failed", call.method)
+            return error_response(
+                call.id, INTERNAL_ERROR, f"Internal error ({type(exc).__name__}); see the b2bua log"
+            )
+        return {"jsonrpc": "2.0", "id": call.id, "result": result}
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
+# -- Helpers shared by both listeners ------------------------------------------------------------
+
+
+class _Connections:
+    """The open connections of one listener: capped, and shut down all at once on stop."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._lock = threading.Lock()
+        self._open: set[socket.socket] = set()
+
+    def add(self, sock: socket.socket) -> bool:
+        with self._lock:
+            if len(self._open) >= self._limit:
+                return False
+            self._open.add(sock)
+            return True
+
+    def discard(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._open.discard(sock)
+
+    def shutdown_all(self) -> None:
+        # wakes threads blocked in recv(); they see EOF and end their connection
+        with self._lock:
+            socks = list(self._open)
+        for sock in socks:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+
+def _linger(sock: socket.socket) -> None:
+    """Half-close, then discard (bounded) what the peer still sends, so it can read our answer.
+
+    Closing a socket with unread input resets the connection, and the peer may lose the
+    response that explains why we stopped reading.
+    """
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_WR)
+        deadline = time.monotonic() + LINGER_SECONDS
+        drained = 0
+        while drained < LINGER_BYTES:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            sock.settimeout(remaining)
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            drained += len(chunk)
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for ``localhost`` and addresses in 127.0.0.0/8 or ``::1``."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def parse_http_address(text: str) -> tuple[str, int]:
+    """``ADDRESS:PORT`` (IPv6 in brackets) to ``(address, port)``.
+
+    :raises ControlError: when it is not of that form.
+    """
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ControlError(f"[control] http: {text!r}: expected ADDRESS:PORT")
+    return host, int(port)
+
+
+# -- Unix socket listener ------------------------------------------------------------------------
+
+
+class _UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = False  # server_close() joins the connection threads
+    block_on_close = True
+    request_queue_size = 16
+
+    def __init__(self, path: Path, processor: JsonRpcProcessor, max_request_bytes: int) -> None:
+        super().__init__(str(path), _UnixHandler, bind_and_activate=False)
+        self.processor = processor
+        self.max_request_bytes = max_request_bytes
+        self.connections = _Connections(MAX_CONNECTIONS)
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        if self.connections.add(request):
+            return True
+        logger.warning("control socket: {} connections open, refusing another", MAX_CONNECTIONS)
+        return False
+
+    def shutdown_request(self, request: Any) -> None:
+        self.connections.discard(request)
+        super().shutdown_request(request)
+
+
+class _UnixHandler(socketserver.StreamRequestHandler):
+    """Newline-delimited JSON-RPC on one unix-socket connection."""
+
+    server: _UnixServer
+    timeout = IDLE_TIMEOUT
+
+    def handle(self) -> None:
+        threading.current_thread().name = "control-unix"
+        limit = self.server.max_request_bytes
+        try:
+            for _ in range(MAX_REQUESTS_PER_CONNECTION):
+                # at most limit+1 bytes: enough to tell an oversize line without reading it all
+                line = self.rfile.readline(limit + 1)
+                if not line:
+                    return
+                if len(line) > limit and not line.endswith(b"\n"):
+                    logger.warning("control socket: request over {} bytes refused", limit)
+                    self.wfile.write(oversize_response(limit) + b"\n")
+                    _linger(self.connection)
+                    return
+                if not line.strip():
+                    continue
+                response = self.server.processor.handle(line)
+                if response is not None:
+                    self.wfile.write(response + b"\n")
+        except TimeoutError:
+            logger.debug("control socket: idle connection closed after {:g}s", IDLE_TIMEOUT)
+        except ConnectionError:
+            logger.debug("control socket: client went away")
+
+
+# -- HTTP listener -------------------------------------------------------------------------------
+
+
+class _HttpServer(http.server.ThreadingHTTPServer):
+    daemon_threads = False
+    block_on_close = True
+
+    def __init__(self, address: tuple[str, int], processor: JsonRpcProcessor, config: ControlConfig) -> None:
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self.processor = processor
+        self.token = config.token
+        self.max_request_bytes = config.max_request_bytes
+        self.connections = _Connections(MAX_CONNECTIONS)
+        super().__init__(address, _HttpHandler)
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind would resolve the host name (getfqdn): avoid the DNS lookup
+        socketserver.TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name = str(host)
+        self.server_port = int(port)
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        if self.connections.add(request):
+            return True
+        logger.warning("control http: {} connections open, refusing {}", MAX_CONNECTIONS, client_address)
+        return False
+
+    def shutdown_request(self, request: Any) -> None:
+        self.connections.discard(request)
+        super().shutdown_request(request)
+
+
+class _HttpHandler(http.server.BaseHTTPRequestHandler):
+    """``POST /`` or ``/rpc`` with a JSON-RPC body."""
+
+    server: _HttpServer
+    protocol_version = "HTTP/1.1"
+    server_version = "b2bua-control"
+    sys_version = ""
+    timeout = IDLE_TIMEOUT
+    PATHS = ("/", "/rpc")
+
+    def setup(self) -> None:
+        threading.current_thread().name = "control-http"
+        super().setup()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        # http.server logs to stderr by default; keep everything in the one log
+        logger.debug("control http {}: {}", self.address_string(), format % args)
+
+    def _send(self, status: HTTPStatus, body: bytes | None, *, close: bool = False,
+              headers: Mapping[str, str] | None = None) -> None:
+        self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        if body is not None:
+            self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body or b"")))
+        if close:
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        self.end_headers()
+        if body and self.command != "HEAD":
+            self.wfile.write(body)
+        if close:
+            _linger(self.connection)
+
+    def _refuse(self, status: HTTPStatus, code: int, message: str,
+                headers: Mapping[str, str] | None = None) -> None:
+        # the body was not read, so the connection cannot carry another request
+        self._send(status, _dumps(error_response(None, code, message)), close=True, headers=headers)
+
+    def _authorized(self) -> bool:
+        token = self.server.token
+        if not token:
+            return True
+        scheme, _, credentials = self.headers.get("Authorization", "").strip().partition(" ")
+        given = credentials.strip().encode("utf-8", "surrogateescape")
+        # compare even when the scheme is wrong: the time taken says nothing about the token
+        same = hmac.compare_digest(given, token.encode("utf-8"))
+        return same and scheme.lower() == "bearer"
+
+    def do_POST(self) -> None:
+        path = urllib.parse.urlsplit(self.path).path
+        if path not in self.PATHS:
+            self._refuse(HTTPStatus.NOT_FOUND, INVALID_REQUEST, f"Not found: {path}; POST to / or /rpc")
+            return
+        if not self._authorized():
+            logger.warning("control http: unauthorized request from {}", self.address_string())
+            self._refuse(HTTPStatus.UNAUTHORIZED, UNAUTHORIZED,
+                         "Unauthorized: send 'Authorization: Bearer <token>'",
+                         headers={"WWW-Authenticate": 'Bearer realm="b2bua"'})
+            return
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            self._refuse(HTTPStatus.LENGTH_REQUIRED, INVALID_REQUEST, "Invalid Request: send Content-Length")
+            return
+        length_text = self.headers.get("Content-Length")
+        if length_text is None:
+            self._refuse(HTTPStatus.LENGTH_REQUIRED, INVALID_REQUEST, "Invalid Request: send Content-Length")
+            return
+        if not length_text.strip().isdigit():
+            self._refuse(HTTPStatus.BAD_REQUEST, INVALID_REQUEST,
+                         f"Invalid Request: bad Content-Length {length_text!r}")
+            return
+        length = int(length_text)
+        limit = self.server.max_request_bytes
+        if length > limit:
+            logger.warning("control http: request of {} bytes over {} refused", length, limit)
+            self._send(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, oversize_response(limit), close=True)
+            return
+        body = self.rfile.read(length)
+        if len(body) < length:
+            self.close_connection = True  # the client hung up mid-body
+            return
+        response = self.server.processor.handle(body)
+        if response is None:
+            self._send(HTTPStatus.NO_CONTENT, None)
+        else:
+            self._send(HTTPStatus.OK, response)
+
+    def _method_not_allowed(self) -> None:
+        self._refuse(HTTPStatus.METHOD_NOT_ALLOWED, INVALID_REQUEST,
+                     f"Method not allowed: {self.command}; use POST", headers={"Allow": "POST"})
+
+    do_GET = do_HEAD = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _method_not_allowed
+
+
+# -- The server ----------------------------------------------------------------------------------
+
+
+class ControlServer:
+    """The control API's listeners: a unix socket and, when configured, HTTP.
+
+    :param registry: the methods to serve.
+    :param run_on_loop: ``run_on_loop(fn, timeout)`` runs ``fn`` on the loop thread and returns
+        its result (re-raising its exception, :class:`TimeoutError` on timeout).
+    :param config: the ``[control]`` section.
+    :param base_dir: the folder a relative socket path is relative to (the config file's).
+    :param loop_timeout: seconds to wait for the loop thread per ``on_loop`` call.
+
+    Stop it before the loop thread stops, so that no call waits for a loop that is gone.
+    """
+
+    def __init__(
+        self,
+        registry: RpcRegistry,
+        run_on_loop: RunOnLoop,
+        config: ControlConfig,
+        base_dir: Path,
+        *,
+        loop_timeout: float = LOOP_TIMEOUT,
+    ) -> None:
+        self._config = config
+        self._processor = JsonRpcProcessor(registry, run_on_loop, loop_timeout)
+        self._socket_path: Path | None = None
+        if config.socket:
+            path = Path(config.socket).expanduser()
+            self._socket_path = path if path.is_absolute() else Path(base_dir) / path
+        self._lock = threading.Lock()
+        self._unix: _UnixServer | None = None
+        self._unix_inode: tuple[int, int] | None = None
+        self._http: _HttpServer | None = None
+        self._running: list[tuple[_UnixServer | _HttpServer, threading.Thread]] = []
+
+    @property
+    def socket_path(self) -> Path | None:
+        """The unix socket's path, or None when the socket is off."""
+        return self._socket_path
+
+    @property
+    def http_address(self) -> tuple[str, int] | None:
+        """The HTTP listener's bound ``(address, port)`` once started, else None."""
+        if self._http is None:
+            return None
+        host, port = self._http.server_address[:2]
+        return str(host), int(port)
+
+    @property
+    def running(self) -> bool:
+        """True between :meth:`start` and :meth:`stop`."""
+        return bool(self._running)
+
+    def start(self) -> None:
+        """Open the listeners and serve them on their own threads; a no-op when running.
+
+        :raises ControlError: when a listener cannot be opened (nothing is left open then).
+        """
+        with self._lock:
+            if self._running:
+                return
+            try:
+                if self._socket_path is not None:
+                    self._start_unix(self._socket_path)
+                if self._config.http:
+                    self._start_http(self._config.http)
+            except BaseException:
+                self._stop_locked()
+                raise
+
+    def stop(self) -> None:
+        """Close the listeners and open connections, join the threads, remove the socket file.
+
+        Idempotent. A call in progress on the loop may hold its thread for up to the loop timeout.
+        """
+        with self._lock:
+            self._stop_locked()
+
+    def __enter__(self) -> ControlServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- internals
+
+    def _serve(self, server: _UnixServer | _HttpServer, name: str) -> None:
+        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
+                                  name=name, daemon=True)
+        thread.start()
+        self._running.append((server, thread))
+
+    def _start_unix(self, path: Path) -> None:
+        if not path.parent.is_dir():
+            raise ControlError(f"[control] socket: folder {path.parent} does not exist")
+        _claim_socket_path(path)
+        # bind under a temporary name, restrict it, then rename: the socket is never reachable
+        # with looser permissions (a umask change would affect every thread of the process)
+        temp = path.parent / f".b2bua-{os.getpid()}.sock"
+        for candidate in (path, temp):
+            if len(os.fsencode(candidate)) > MAX_UNIX_PATH:
+                raise ControlError(
+                    f"[control] socket: {candidate} is longer than {MAX_UNIX_PATH} bytes; use a shorter path"
+                )
+        server = _UnixServer(path, self._processor, self._config.max_request_bytes)
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                temp.unlink()
+            server.socket.bind(str(temp))
+            os.chmod(temp, 0o600)
+            os.replace(temp, path)
+            server.server_activate()
+        except OSError as exc:
+            server.server_close()
+            with contextlib.suppress(OSError):
+                temp.unlink()
+            raise ControlError(f"[control] socket: cannot listen on {path}: {exc.strerror or exc}") from exc
+        st = os.stat(path)
+        self._unix_inode = (st.st_dev, st.st_ino)
+        self._unix = server
+        self._serve(server, "control-unix-listener")
+        logger.info("control API listening on {}", path)
+
+    def _start_http(self, address_text: str) -> None:
+        host, port = parse_http_address(address_text)
+        if not self._config.token and not is_loopback_host(host):
+            # config validation refuses this too; a server reachable from the network without a
+            # token would hand call control to anyone who can reach it
+            raise ControlError(f"[control] http: {address_text!r} is not a loopback address: set token too")
+        try:
+            server = _HttpServer((host, port), self._processor, self._config)
+        except OSError as exc:
+            reason = exc.strerror or exc
+            raise ControlError(f"[control] http: cannot listen on {address_text}: {reason}") from exc
+        self._http = server
+        self._serve(server, "control-http-listener")
+        bound_host, bound_port = self.http_address or (host, port)
+        logger.info("control API listening on http://{}:{}/{}", bound_host, bound_port,
+                    " (token required)" if self._config.token else "")
+
+    def _stop_locked(self) -> None:
+        # a server is only in _running once serve_forever runs: shutdown() would wait forever otherwise
+        for server, _ in self._running:
+            server.shutdown()  # stops accepting; returns once serve_forever has ended
+        for server, thread in self._running:
+            server.connections.shutdown_all()
+            server.server_close()  # joins the connection threads
+            thread.join(timeout=5.0)
+        if self._unix is not None and self._socket_path is not None:
+            _remove_if_same(self._socket_path, self._unix_inode)
+        if self._running:
+            logger.info("control API stopped")
+        self._running.clear()
+        self._unix = None
+        self._unix_inode = None
+        self._http = None
+
+
+def _claim_socket_path(path: Path) -> None:
+    """Make ``path`` free for our socket: remove a stale socket, refuse a live one or a file."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise ControlError(f"[control] socket: {path} exists and is not a socket; refusing to replace it")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(str(path))
+    except (ConnectionRefusedError, FileNotFoundError):
+        logger.info("control socket: removing stale {}", path)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        return
+    except OSError as exc:
+        raise ControlError(f"[control] socket: cannot check {path}: {exc.strerror or exc}") from exc
+    finally:
+        probe.close()
+    raise ControlError(f"[control] socket: {path} is in use: another b2bua answers there")
+
+
+def _remove_if_same(path: Path, inode: tuple[int, int] | None) -> None:
+    # another instance may have replaced the file since; its socket is not ours to remove
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if inode == (st.st_dev, st.st_ino):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+# -- Client --------------------------------------------------------------------------------------
+
+
+class _UnixTransport:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def exchange(self, payload: bytes, timeout: float) -> bytes:
+        deadline = time.monotonic() + timeout
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            try:
+                sock.connect(str(self.path))
+            except (FileNotFoundError, ConnectionRefusedError):
+                raise ControlUnavailable(f"cannot connect to {self.path}: is the b2bua running?") from None
+            except PermissionError:
+                raise ControlUnavailable(
+                    f"cannot connect to {self.path}: permission denied (run as the b2bua's user)"
+                ) from None
+            except OSError as exc:
+                raise ControlUnavailable(f"cannot connect to {self.path}: {exc.strerror or exc}") from None
+            try:
+                sock.sendall(payload + b"\n")
+                return _read_line(sock, deadline, str(self.path))
+            except TimeoutError:
+                raise ControlUnavailable(f"no answer from {self.path} within {timeout:g}s") from None
+            except OSError as exc:
+                raise ControlUnavailable(f"{self.path}: {exc.strerror or exc}") from None
+
+
+def _read_line(sock: socket.socket, deadline: float, where: str) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while size <= MAX_RESPONSE_BYTES:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError
+        sock.settimeout(remaining)
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ControlUnavailable(f"{where} closed the connection without an answer")
+        newline = chunk.find(b"\n")
+        if newline >= 0:
+            chunks.append(chunk[:newline])
+            return b"".join(chunks)
+        chunks.append(chunk)
+        size += len(chunk)
+    raise ControlUnavailable(f"{where}: answer larger than {MAX_RESPONSE_BYTES} bytes")
+
+
+class _HttpTransport:
+    def __init__(self, url: str, token: str) -> None:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"{url!r}: expected an http:// URL such as http://127.0.0.1:8080/")
+        self.url = url
+        self.token = token
+        # the control API is local: never send it (or its token) through an HTTP proxy
+        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+    def __str__(self) -> str:
+        return self.url
+
+    def exchange(self, payload: bytes, timeout: float) -> bytes:
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        request = urllib.request.Request(self.url, data=payload, headers=headers, method="POST")
+        try:
+            with self._opener.open(request, timeout=timeout) as response:
+                return bytes(response.read(MAX_RESPONSE_BYTES + 1))
+        except urllib.error.HTTPError as exc:
+            # 401/413/... carry a JSON-RPC error body: let the caller raise RpcCallError
+            with contextlib.closing(exc):
+                body = bytes(exc.read(MAX_RESPONSE_BYTES + 1))
+                if exc.headers.get_content_type() == "application/json" and body:
+                    return body
+            raise ControlUnavailable(f"{self.url}: HTTP {exc.code} {exc.reason}") from None
+        except urllib.error.URLError as exc:
+            reason = exc.reason
+            if isinstance(reason, ConnectionRefusedError):
+                raise ControlUnavailable(f"cannot connect to {self.url}: is the b2bua running?") from None
+            if isinstance(reason, TimeoutError):
+                raise ControlUnavailable(f"no answer from {self.url} within {timeout:g}s") from None
+            raise ControlUnavailable(f"cannot connect to {self.url}: {reason}") from None
+        except TimeoutError:
+            raise ControlUnavailable(f"no answer from {self.url} within {timeout:g}s") from None
+        except OSError as exc:
+            raise ControlUnavailable(f"{self.url}: {exc.strerror or exc}") from None
+
+
+class ControlClient:
+    """Calls control methods over the unix socket or HTTP; one connection per call.
+
+    Build it with :meth:`unix` or :meth:`http`.
+    """
+
+    def __init__(self, transport: _UnixTransport | _HttpTransport) -> None:
+        self._transport = transport
+        self._ids = itertools.count(1)
+
+    @classmethod
+    def unix(cls, path: str | Path) -> ControlClient:
+        """A client of the unix socket at ``path``."""
+        return cls(_UnixTransport(Path(path)))
+
+    @classmethod
+    def http(cls, url: str, token: str = "") -> ControlClient:
+        """A client of the HTTP control API at ``url`` (``http://127.0.0.1:PORT/``).
+
+        :raises ValueError: when ``url`` is not an http(s) URL.
+        """
+        return cls(_HttpTransport(url, token))
+
+    @property
+    def target(self) -> str:
+        """Where the client connects, for messages."""
+        return str(self._transport)
+
+    def call(
+        self, method: str, params: list[Any] | dict[str, Any] | None = None, timeout: float = 10.0
+    ) -> Any:
+        """Call ``method`` and return its result.
+
+        :raises RpcCallError: the server answered with an error.
+        :raises ControlUnavailable: no connection, no answer in ``timeout`` seconds, or an answer
+            that is not JSON-RPC.
+        """
+        request_id = next(self._ids)
+        request: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "method": method}
+        if params is not None:
+            request["params"] = params
+        try:
+            payload = _dumps(request)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"params of {method} are not JSON-serialisable: {exc}") from None
+        body = self._transport.exchange(payload, timeout)
+        return _result_of(body, request_id, self.target)
+
+
+def _result_of(body: bytes, request_id: int, where: str) -> Any:
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        raise ControlUnavailable(f"{where} answered with something that is not JSON") from None
+    if not isinstance(doc, dict) or doc.get("jsonrpc") != "2.0":
+        raise ControlUnavailable(f"{where} answered with something that is not a JSON-RPC 2.0 response")
+    error = doc.get("error")
+    if error is not None:
+        if not isinstance(error, dict):
+            raise ControlUnavailable(f"{where} answered with a malformed error: {error!r}")
+        code = error.get("code")
+        return_code = code if isinstance(code, int) and not isinstance(code, bool) else INTERNAL_ERROR
+        raise RpcCallError(return_code, str(error.get("message", "")), error.get("data"))
+    if doc.get("id") != request_id:
+        raise ControlUnavailable(f"{where} answered request {request_id} with id {doc.get('id')!r}")
+    if "result" not in doc:
+        raise ControlUnavailable(f"{where} answered without a result or an error")
+    return doc["result"]

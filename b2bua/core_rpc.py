@@ -1,0 +1,83 @@
+"""The host's own control methods, with Kamailio's names: ``core.*``, ``system.*``, ``help``.
+
+``register_core_methods(registry, app)`` adds them; ``app`` is anything that satisfies
+:class:`CoreApp` (the real ``App``, or a stand-in in tests).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from b2bua.rpc import RpcRegistry
+
+
+class CoreApp(Protocol):
+    """What the core methods read from the application."""
+
+    #: the B2BUA's version string
+    version: str
+    #: start time, ``time.time()`` seconds
+    started_at: float
+
+    def plugin_names(self) -> list[str]:
+        """Names of the loaded plugins; called from an API thread (the set is fixed after start)."""
+        ...
+
+    def active_calls(self) -> list[dict[str, Any]]:
+        """One JSON-serialisable summary per call in progress; called on the loop thread."""
+        ...
+
+
+def uptime_report(now: float, started_at: float) -> dict[str, int]:
+    """``core.uptime``'s answer: ``now`` and ``up_since`` as Unix seconds, ``uptime`` in seconds."""
+    return {"now": int(now), "up_since": int(started_at), "uptime": max(0, int(now - started_at))}
+
+
+def register_core_methods(
+    registry: RpcRegistry, app: CoreApp, *, clock: Callable[[], float] = time.time
+) -> None:
+    """Add ``core.version``, ``core.uptime``, ``core.calls``, ``core.plugins``,
+    ``system.listMethods``, ``system.methodHelp`` and ``help`` to ``registry``.
+
+    :param clock: wall-clock seconds (``time.time``), for ``core.uptime``.
+    """
+
+    def version() -> str:
+        return app.version
+
+    def uptime() -> dict[str, int]:
+        return uptime_report(clock(), app.started_at)
+
+    def calls() -> list[dict[str, Any]]:
+        return list(app.active_calls())
+
+    def plugins() -> list[str]:
+        return list(app.plugin_names())
+
+    def list_methods() -> list[str]:
+        return [method.name for method in registry]
+
+    def method_help(name: str) -> str:
+        # registry.get answers an unknown name with -32601 "Method not found: <name>"
+        return registry.get(name).help
+
+    def help_(name: str | None = None) -> dict[str, str] | str:
+        if name is None:
+            return {method.signature: method.help for method in registry}
+        method = registry.get(name)
+        return f"usage: {method.signature}\n{method.help}"
+
+    # Only core.calls reads per-call state, which belongs to the loop thread. The others read
+    # values fixed at start-up, so they answer from the API thread even when the loop is busy.
+    registry.add("core.version", version, "The B2BUA's version.", on_loop=False)
+    registry.add("core.uptime", uptime,
+                 "Current time, start time (Unix seconds) and seconds since start.", on_loop=False)
+    registry.add("core.calls", calls, "The calls in progress.")
+    registry.add("core.plugins", plugins, "Names of the loaded plugins.", on_loop=False)
+    registry.add("system.listMethods", list_methods, "Names of all control methods.", on_loop=False)
+    registry.add("system.methodHelp", method_help, "The help text of control method <name>.", on_loop=False)
+    registry.add("help", help_,
+                 "Without a name: every control method's usage and help. With one: that method's.",
+                 on_loop=False)

@@ -1,0 +1,51 @@
+"""The host's own hook implementations, registered ``trylast`` so any plugin overrides them."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from b2bua import hookimpl
+from b2bua.api import DialMode, Failure, FailureKind, Reject, RoutePlan, Target
+from b2bua.sip import status_reason
+
+if TYPE_CHECKING:
+    from b2bua.api import CallInfo, Host
+    from b2bua.config import Config
+
+
+class HostDefaults:
+    """Static routing (``[routing] default_target``) and a plain failover policy."""
+
+    def __init__(self) -> None:
+        self.default_target = ""
+        self.no_route = Reject(503, "No Route")
+        self.retry_after = 5
+
+    @hookimpl(trylast=True)
+    def b2bua_configure(self, config: Config, app: Host) -> None:
+        self.default_target = config.routing.default_target
+        headers = (("Retry-After", str(config.sip.retry_after)),) if config.sip.retry_after else ()
+        self.no_route = Reject(config.routing.no_route_code, config.routing.no_route_reason, headers)
+
+    @hookimpl(trylast=True)
+    def b2bua_route_call(self, call: CallInfo) -> RoutePlan | Reject:
+        if self.default_target:
+            return RoutePlan((Target(self.default_target),))
+        return self.no_route
+
+    @hookimpl(trylast=True)
+    def b2bua_next_target(self, call: CallInfo, plan: RoutePlan, failure: Failure) -> Target | Reject:
+        """Next target of a serial plan on 408 or 5xx; otherwise relay the failure as it is."""
+        retryable = failure.code == 408 or 500 <= failure.code <= 599
+        if plan.mode is DialMode.SERIAL and retryable and failure.attempt < len(plan.targets):
+            return plan.targets[failure.attempt]
+        return relay(failure)
+
+
+def relay(failure: Failure) -> Reject:
+    """The caller's answer for a failure: the gateway's own code and reason (a local timeout
+    is a 408). The failover plugin answers RFC 3261 §16.7-style instead (503 + Retry-After)."""
+    if failure.kind in (FailureKind.NO_RESPONSE, FailureKind.NO_ANSWER):
+        return Reject(408, "Request Timeout")
+    code = failure.code if 300 <= failure.code <= 699 else 500
+    return Reject(code, failure.reason or status_reason(code))

@@ -1,0 +1,274 @@
+"""The pjsua2 endpoint: library set-up, transports, the local account, out-of-dialog requests.
+
+One thread owns all of this (see ``docs/internals.md``): ``threadCnt = 0``,
+``mainThreadOnly = True``, and the loop calls :meth:`Endpoint.poll`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import itertools
+import re
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import pjsua2 as pj
+from loguru import logger
+
+from b2bua.api import ProbeResult
+from b2bua.config import Config, Listen
+
+if TYPE_CHECKING:
+    from b2bua.loop import Scheduler, Timer
+
+PROBE_HEADER = "X-B2BUA-Probe"
+_PROBE_RE = re.compile(r"^X-B2BUA-Probe:\s*(\d+)", re.MULTILINE | re.IGNORECASE)
+
+#: pjsip log level -> loguru level
+_PJ_LEVELS = {0: "CRITICAL", 1: "ERROR", 2: "WARNING", 3: "INFO", 4: "DEBUG", 5: "TRACE", 6: "TRACE"}
+
+
+class BuildError(RuntimeError):
+    """pjsua2 is not built for the configured load (the PyPI wheel allows 4 call legs)."""
+
+
+class PjLogWriter(pj.LogWriter):  # type: ignore[misc]
+    """Routes pjsip's own log into loguru."""
+
+    def write(self, entry: pj.LogEntry) -> None:
+        try:
+            logger.opt(depth=0).bind(call_id="pjsip").log(
+                _PJ_LEVELS.get(entry.level, "DEBUG"), entry.msg.rstrip()
+            )
+        except Exception:  # never let an exception cross into C++
+            pass
+
+
+def _pjlib() -> ctypes.CDLL:
+    return ctypes.CDLL(pj._pjsua2.__file__)
+
+
+def call_slots() -> int:
+    """The effective number of call legs pjsua allows (PJSUA_MAX_CALLS, after libInit)."""
+    return int(_pjlib().pjsua_call_get_max_count())
+
+
+class LocalAccount(pj.Account):  # type: ignore[misc]
+    """The B2BUA's one account: receives every INVITE, sends keepalives."""
+
+    def __init__(self, on_incoming: Callable[[Any], None], on_request_done: Callable[[Any], None]) -> None:
+        super().__init__()
+        self._on_incoming = on_incoming
+        self._on_request_done = on_request_done
+
+    def onIncomingCall(self, prm: pj.OnIncomingCallParam) -> None:
+        try:
+            self._on_incoming(prm)
+        except Exception:
+            logger.opt(exception=True).error("incoming call handler failed")
+
+    def onSendRequest(self, prm: pj.OnSendRequestParam) -> None:
+        try:
+            self._on_request_done(prm)
+        except Exception:
+            logger.opt(exception=True).error("request completion handler failed")
+
+
+class _Pending:
+    __slots__ = ("callback", "deadline", "sent")
+
+    def __init__(self, callback: Callable[[ProbeResult], None], sent: float) -> None:
+        self.callback: Callable[[ProbeResult], None] | None = callback
+        self.sent = sent
+        self.deadline: Timer | None = None
+
+
+class Endpoint:
+    """Owns ``pj.Endpoint``, the transports and the account."""
+
+    def __init__(self, config: Config, scheduler: Scheduler, on_incoming: Callable[[Any], None]) -> None:
+        self.config = config
+        self.scheduler = scheduler
+        self.ep = pj.Endpoint()
+        self.account: LocalAccount | None = None
+        self._log_writer: PjLogWriter | None = None
+        self._on_incoming = on_incoming
+        self._probe_ids = itertools.count(1)
+        self._pending: dict[int, _Pending] = {}
+        self.slots = 0
+        self.listeners: list[str] = []
+
+    # -- life cycle -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        sip = self.config.sip
+        # the libCreate banner is printed before any log config applies: silence pjlib first
+        try:
+            _pjlib().pj_log_set_level(0)
+        except (OSError, AttributeError):
+            pass
+        self.ep.libCreate()
+        cfg = pj.EpConfig()
+        cfg.uaConfig.threadCnt = 0
+        cfg.uaConfig.mainThreadOnly = True
+        cfg.uaConfig.maxCalls = max(4, min(sip.max_calls * (1 + sip.max_forks) + 8, 4096))
+        cfg.uaConfig.userAgent = sip.user_agent
+        cfg.medConfig.threadCnt = 0
+        cfg.medConfig.hasIoqueue = True
+        cfg.medConfig.clockRate = 8000
+        cfg.medConfig.sndClockRate = 8000
+        cfg.medConfig.channelCount = 1
+        cfg.medConfig.noVad = True
+        cfg.medConfig.ecTailLen = 0
+        cfg.medConfig.maxMediaPorts = cfg.uaConfig.maxCalls * 2 + 16
+        self._log_writer = PjLogWriter()
+        cfg.logConfig.writer = self._log_writer
+        cfg.logConfig.level = self.config.log.pjsip_level
+        cfg.logConfig.consoleLevel = self.config.log.pjsip_level
+        cfg.logConfig.decor = 0
+        self.ep.libInit(cfg)
+        self.slots = call_slots()
+        needed = sip.max_calls * 2
+        logger.info("pjsua2 {}: {} call slots", self.ep.libVersion().full, self.slots)
+        if self.slots < needed:
+            message = (
+                f"pjsua2 has {self.slots} call slots but [sip] max_calls = {sip.max_calls} needs "
+                f"{needed} (one A and one B leg per call). This pjsua2 is not the B2BUA build: run "
+                "scripts/setup.sh (it builds pjsua2 with scripts/build-pjsua2.sh), or lower max_calls; "
+                "for development only, set [sip] require_call_slots = false."
+            )
+            if sip.require_call_slots:
+                raise BuildError(message)
+            logger.warning(message)
+
+        for listen in sip.listeners:
+            self._create_transport(listen)
+
+        self.ep.libStart()
+        self.ep.audDevManager().setNullDev()
+        self._set_codecs(sip.codecs)
+
+        acfg = pj.AccountConfig()
+        first = sip.listeners[0]
+        host = f"[{first.address}]" if ":" in first.address else first.address
+        acfg.idUri = f"sip:b2bua@{host}:{first.port}"
+        acfg.callConfig.timerUse = pj.PJSUA_SIP_TIMER_OPTIONAL if sip.session_timers else pj.PJSUA_SIP_TIMER_INACTIVE
+        acfg.callConfig.prackUse = pj.PJSUA_100REL_NOT_USED
+        acfg.mediaConfig.transportConfig.port = sip.rtp_port
+        acfg.mediaConfig.transportConfig.portRange = max(1000, cfg.uaConfig.maxCalls * 2 + 2)
+        acfg.mediaConfig.transportConfig.boundAddress = first.address
+        self.account = LocalAccount(self._on_incoming, self._on_request_done)
+        self.account.create(acfg, True)
+
+    def _create_transport(self, listen: Listen) -> None:
+        tcfg = pj.TransportConfig()
+        tcfg.port = listen.port
+        tcfg.boundAddress = listen.address
+        ipv6 = ":" in listen.address
+        kind = {
+            ("udp", False): pj.PJSIP_TRANSPORT_UDP,
+            ("tcp", False): pj.PJSIP_TRANSPORT_TCP,
+            ("udp", True): pj.PJSIP_TRANSPORT_UDP6,
+            ("tcp", True): pj.PJSIP_TRANSPORT_TCP6,
+        }[(listen.transport, ipv6)]
+        try:
+            self.ep.transportCreate(kind, tcfg)
+        except pj.Error as exc:
+            raise OSError(f"cannot listen on {listen}: {exc.info()}") from None
+        self.listeners.append(str(listen))
+
+    def _set_codecs(self, codecs: Sequence[str]) -> None:
+        wanted = [c.lower() for c in codecs]
+        for info in self.ep.codecEnum2():
+            cid = info.codecId
+            name = cid.lower()
+            rank = next((i for i, w in enumerate(wanted) if name.startswith(w)), None)
+            self.ep.codecSetPriority(cid, 0 if rank is None else 250 - rank)
+
+    def poll(self, timeout: float) -> None:
+        """Handle pjsip events for at most ``timeout`` seconds."""
+        self.ep.libHandleEvents(int(timeout * 1000))
+
+    def hangup_all(self) -> None:
+        self.ep.hangupAllCalls()
+
+    def destroy(self) -> None:
+        for pending in self._pending.values():
+            if pending.deadline is not None:
+                pending.deadline.cancel()
+        self._pending.clear()
+        if self.account is not None:
+            try:
+                self.account.shutdown()
+            except pj.Error:
+                pass
+            self.account = None
+        self.ep.libDestroy()
+
+    # -- out-of-dialog requests (keepalives) ---------------------------------------------------
+
+    def send_request(
+        self,
+        method: str,
+        uri: str,
+        *,
+        from_uri: str,
+        callback: Callable[[ProbeResult], None],
+        timeout: float = 2.0,
+        headers: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        """Send an out-of-dialog request; ``callback`` runs exactly once (see ``Host``)."""
+        probe_id = next(self._probe_ids)
+        pending = _Pending(callback, time.monotonic())
+        self._pending[probe_id] = pending
+        prm = pj.SendRequestParam()
+        prm.method = method
+        prm.txOption.targetUri = uri
+        prm.txOption.localUri = from_uri
+        hv = pj.SipHeaderVector()
+        for name, value in (*headers, (PROBE_HEADER, str(probe_id))):
+            h = pj.SipHeader()
+            h.hName = name
+            h.hValue = value
+            hv.append(h)
+        prm.txOption.headers = hv
+        try:
+            assert self.account is not None
+            self.account.sendRequest(prm)
+        except pj.Error as exc:
+            self._finish(probe_id, ProbeResult(500, f"Sending failed: {exc.reason}", None, local=True))
+            return
+        if probe_id in self._pending:  # not completed synchronously
+            pending.deadline = self.scheduler.call_later(
+                timeout, lambda: self._finish(probe_id, ProbeResult(408, "Request Timeout", None, local=True))
+            )
+
+    def _on_request_done(self, prm: pj.OnSendRequestParam) -> None:
+        tsx = prm.e.body.tsxState.tsx
+        code = tsx.statusCode
+        if code < 200:
+            return
+        m = _PROBE_RE.search(tsx.lastTx.wholeMsg)
+        if not m:
+            return
+        probe_id = int(m.group(1))
+        pending = self._pending.get(probe_id)
+        if pending is None:
+            return  # our own deadline answered already
+        # pjsip's own timeout / transport errors come back as local 408/503 without a message
+        local = prm.e.body.tsxState.type != pj.PJSIP_EVENT_RX_MSG
+        latency = None if local else time.monotonic() - pending.sent
+        self._finish(probe_id, ProbeResult(code, tsx.statusText, latency, local=local))
+
+    def _finish(self, probe_id: int, result: ProbeResult) -> None:
+        pending = self._pending.pop(probe_id, None)
+        if pending is None or pending.callback is None:
+            return
+        if pending.deadline is not None:
+            pending.deadline.cancel()
+        callback, pending.callback = pending.callback, None
+        try:
+            callback(result)
+        except Exception:
+            logger.opt(exception=True).error("request callback failed")

@@ -1,0 +1,139 @@
+"""Plugin loading and the typed facade every hook call goes through."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+from loguru import logger
+
+from b2bua import PROJECT, defaults, hookspecs
+from b2bua.config import ConfigError
+
+if TYPE_CHECKING:
+    from b2bua.api import CallInfo, EndCause, Failure, Host, OutgoingRequest, Reject, RoutePlan, Target
+    from b2bua.config import Config
+    from b2bua.rpc import RpcRegistry
+
+ENTRY_POINT_GROUP = PROJECT
+
+
+class PluginError(ConfigError):
+    """A plugin could not be found, imported or registered."""
+
+
+def entry_points() -> dict[str, importlib.metadata.EntryPoint]:
+    """Installed plugins of group ``b2bua``, by name."""
+    return {ep.name: ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def load_plugin_object(spec: str) -> Any:
+    """Import a plugin by entry-point name or ``package.module[:attr]``; instantiate classes."""
+    eps = entry_points()
+    try:
+        if spec in eps:
+            obj = eps[spec].load()
+        else:
+            module_name, _, attr = spec.partition(":")
+            if not module_name or (":" not in spec and "." not in spec):
+                known = ", ".join(sorted(eps)) or "none installed"
+                raise PluginError(
+                    f"plugin {spec!r}: no such entry point (installed: {known}); "
+                    "a module of your own is written 'package.module' or 'package.module:Class'"
+                )
+            obj = importlib.import_module(module_name)
+            for part in filter(None, attr.split(".")):
+                obj = getattr(obj, part)
+    except PluginError:
+        raise
+    except Exception as exc:
+        raise PluginError(f"plugin {spec!r} failed to load: {type(exc).__name__}: {exc}") from exc
+    if isinstance(obj, type):
+        try:
+            obj = obj()
+        except Exception as exc:
+            raise PluginError(f"plugin {spec!r}: {type(exc).__name__}: {exc}") from exc
+    return obj
+
+
+def make_manager(enabled: Iterable[str], *, with_defaults: bool = True) -> pluggy.PluginManager:
+    """A plugin manager with the host's specs, its defaults and the ``enabled`` plugins."""
+    pm = pluggy.PluginManager(PROJECT)
+    pm.add_hookspecs(hookspecs)
+    if with_defaults:
+        pm.register(defaults.HostDefaults(), name="b2bua.defaults")
+    for spec in enabled:
+        obj = load_plugin_object(spec)
+        try:
+            pm.register(obj, name=spec)
+        except ValueError as exc:
+            raise PluginError(f"plugin {spec!r}: {exc}") from exc
+    pm.hook.b2bua_addhooks.call_historic(kwargs={"pluginmanager": pm})
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise PluginError(f"plugin {exc.plugin_name!r}: {exc} (a misspelt hook name?)") from exc
+    return pm
+
+
+class Hooks:
+    """Typed calls of every host hook, keyword arguments only (one place to find each call site).
+
+    Decision hooks let a plugin's exception propagate: the caller (the call's session) turns it
+    into a 500 for that one call. Notification hooks log the error with the call and go on.
+    """
+
+    def __init__(self, pm: pluggy.PluginManager) -> None:
+        self.pm = pm
+        self._hook = pm.hook
+
+    # lifecycle
+    def configure(self, config: Config, app: Host) -> None:
+        self._hook.b2bua_configure.call_historic(kwargs={"config": config, "app": app})
+
+    def startup(self, app: Host) -> None:
+        self._hook.b2bua_startup(app=app)
+
+    def shutdown(self, app: Host) -> None:
+        self._hook.b2bua_shutdown(app=app)
+
+    def register_rpc(self, registry: RpcRegistry) -> None:
+        self._hook.b2bua_register_rpc(registry=registry)
+
+    # decisions
+    def incoming_call(self, call: CallInfo) -> Reject | None:
+        return self._hook.b2bua_incoming_call(call=call)  # type: ignore[no-any-return]
+
+    def route_call(self, call: CallInfo) -> RoutePlan | Reject | None:
+        return self._hook.b2bua_route_call(call=call)  # type: ignore[no-any-return]
+
+    def next_target(self, call: CallInfo, plan: RoutePlan, failure: Failure) -> Target | Reject | None:
+        return self._hook.b2bua_next_target(call=call, plan=plan, failure=failure)  # type: ignore[no-any-return]
+
+    # notifications
+    def prepare_target(self, call: CallInfo, target: Target, request: OutgoingRequest) -> None:
+        self._notify("b2bua_prepare_target", call, call=call, target=target, request=request)
+
+    def leg_started(self, call: CallInfo, target: Target) -> None:
+        self._notify("b2bua_leg_started", call, call=call, target=target)
+
+    def leg_failed(self, call: CallInfo, failure: Failure) -> None:
+        self._notify("b2bua_leg_failed", call, call=call, failure=failure)
+
+    def call_answered(self, call: CallInfo, target: Target) -> None:
+        self._notify("b2bua_call_answered", call, call=call, target=target)
+
+    def call_ended(self, call: CallInfo, cause: EndCause, answered: Target | None) -> None:
+        self._notify("b2bua_call_ended", call, call=call, cause=cause, answered=answered)
+
+    def _notify(self, name: str, about: CallInfo, **kwargs: Any) -> None:
+        try:
+            getattr(self._hook, name)(**kwargs)
+        except Exception:
+            logger.bind(call_id=about.call_id).opt(exception=True).error("a plugin failed in {}", name)
+
+    def plugin_names(self) -> list[str]:
+        return [name for name, _ in self.pm.list_name_plugin() if name != "b2bua.defaults"]

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Install what the B2BUA needs on a Debian machine, idempotently:
+#   Debian packages (compiler, swig; with --test also sipp and the database servers),
+#   a virtualenv in .venv with the project, and pjsua2 built from pjproject source (cached wheel).
+# Usage: scripts/setup.sh [--test]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+TEST=0
+[ "${1:-}" = "--test" ] && TEST=1
+say() { printf '[setup] %s\n' "$*" >&2; }
+
+packages=(build-essential swig xz-utils ca-certificates)
+[ $TEST = 1 ] && packages+=(sip-tester mariadb-server mariadb-client postgresql)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  command -v apt-get >/dev/null || { say "missing Debian packages: ${missing[*]} (no apt-get here)"; exit 1; }
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  say "installing Debian packages: ${missing[*]}"
+  $SUDO apt-get update -q >/dev/null
+  # servers must not start at install time on a CI box: the tests start their own
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+"$PY" -c 'import sys; sys.exit(sys.version_info < (3, 10))' || { say "Python 3.10+ is needed ($PY is older)"; exit 1; }
+if [ ! -x .venv/bin/python ]; then
+  say "creating .venv"
+  "$PY" -m venv .venv
+fi
+extras=""
+[ $TEST = 1 ] && extras="[test]"
+say "installing the project into .venv"
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".$extras" 2>&1 | grep -v '^WARNING: Location' >&2 || true
+.venv/bin/python -c 'import pluggy, sqlalchemy, loguru' || { say "Python dependencies failed to install"; exit 1; }
+
+if ! .venv/bin/python - <<'PY' 2>/dev/null
+import ctypes, sys
+import pjsua2 as pj
+sys.exit(0 if "+b2bua" in __import__("importlib.metadata").metadata.version("pjsua2") else 1)
+PY
+then
+  wheel=$(scripts/build-pjsua2.sh "$PWD/.venv/bin/python" | tail -n 1)
+  say "installing $wheel"
+  .venv/bin/python -m pip install -q --disable-pip-version-check --force-reinstall --no-deps "$wheel" 2>&1 | grep -v '^WARNING: Location' >&2 || true
+fi
+.venv/bin/python -c 'import pjsua2' || { say "pjsua2 does not import"; exit 1; }
+say "ready"
