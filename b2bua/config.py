@@ -32,7 +32,9 @@ class ConfigError(ValueError):
 
 def opt(default: Any, help: str, **kw: Any) -> Any:
     """A dataclass field with a default and a help line."""
-    if isinstance(default, (list, dict, set)):
+    if isinstance(default, list):
+        return field(default=tuple(default), metadata={"help": help, **kw})
+    if isinstance(default, (dict, set)):
         factory = type(default)
         value = default
         return field(default_factory=lambda: factory(value), metadata={"help": help, **kw})

@@ -38,13 +38,16 @@ def load_plugin_object(spec: str) -> Any:
             obj = eps[spec].load()
         else:
             module_name, _, attr = spec.partition(":")
-            if not module_name or (":" not in spec and "." not in spec):
+            try:
+                obj = importlib.import_module(module_name)
+            except ModuleNotFoundError as exc:
+                if exc.name != module_name.split(".")[0] and exc.name != module_name:
+                    raise
                 known = ", ".join(sorted(eps)) or "none installed"
                 raise PluginError(
-                    f"plugin {spec!r}: no such entry point (installed: {known}); "
-                    "a module of your own is written 'package.module' or 'package.module:Class'"
-                )
-            obj = importlib.import_module(module_name)
+                    f"plugin {spec!r}: no such entry point (installed: {known}) and no module "
+                    f"{module_name!r} on the Python path"
+                ) from None
             for part in filter(None, attr.split(".")):
                 obj = getattr(obj, part)
     except PluginError:
@@ -75,7 +78,8 @@ def make_manager(enabled: Iterable[str], *, with_defaults: bool = True) -> plugg
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
-        raise PluginError(f"plugin {exc.plugin_name!r}: {exc} (a misspelt hook name?)") from exc
+        name = pm.get_name(exc.plugin) if exc.plugin is not None else "?"
+        raise PluginError(f"plugin {name!r}: {exc} (a misspelt hook name?)") from exc
     return pm
 
 

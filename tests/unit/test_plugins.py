@@ -1,0 +1,130 @@
+"""Plugin loading, the default hooks, and the documentation of every hook."""
+
+from __future__ import annotations
+
+import re
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from b2bua.api import CallInfo, DialMode, Failure, FailureKind, Reject, RoutePlan, Target
+from b2bua.config import parse_config
+from b2bua.plugins import Hooks, PluginError, make_manager
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def call() -> CallInfo:
+    return CallInfo(1, "cid", "sip:4930@b2bua", "sip:a@x", "sip:4930@b2bua")
+
+
+@pytest.fixture
+def plugin_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield tmp_path
+    for name in [m for m in sys.modules if m.startswith("tmp_plugin")]:
+        del sys.modules[name]
+
+
+def write(plugin_dir: Path, name: str, body: str) -> None:
+    (plugin_dir / f"{name}.py").write_text(textwrap.dedent(body))
+
+
+def test_default_route_uses_default_target() -> None:
+    pm = make_manager([])
+    hooks = Hooks(pm)
+    hooks.configure(parse_config({"routing": {"default_target": "sip:10.0.0.1"}}), app=None)  # type: ignore[arg-type]
+    plan = hooks.route_call(call())
+    assert plan == RoutePlan((Target("sip:10.0.0.1"),))
+
+
+def test_no_route_answers_configured_code() -> None:
+    hooks = Hooks(make_manager([]))
+    hooks.configure(parse_config({"routing": {"no_route_code": 404, "no_route_reason": "Nowhere"}}), app=None)  # type: ignore[arg-type]
+    assert hooks.route_call(call()) == Reject(404, "Nowhere", (("Retry-After", "5"),))
+
+
+@pytest.mark.parametrize(
+    ("code", "kind", "attempt", "expected"),
+    [
+        (503, FailureKind.RESPONSE, 1, Target("sip:b")),
+        (408, FailureKind.NO_RESPONSE, 1, Target("sip:b")),
+        (404, FailureKind.RESPONSE, 1, Reject(404, "Not Found")),
+        (486, FailureKind.RESPONSE, 1, Reject(486, "Busy Here")),
+        (503, FailureKind.RESPONSE, 2, Reject(503, "Service Unavailable")),
+        (408, FailureKind.NO_ANSWER, 2, Reject(408, "Request Timeout")),
+    ],
+)
+def test_default_next_target(code: int, kind: FailureKind, attempt: int, expected: object) -> None:
+    hooks = Hooks(make_manager([]))
+    plan = RoutePlan((Target("sip:a"), Target("sip:b")))
+    reason = {503: "Service Unavailable", 404: "Not Found", 486: "Busy Here", 408: ""}[code]
+    failure = Failure(plan.targets[attempt - 1], code, reason, kind, attempt)
+    assert hooks.next_target(call(), plan, failure) == expected
+
+
+def test_parallel_plan_is_not_redialled_by_default() -> None:
+    hooks = Hooks(make_manager([]))
+    plan = RoutePlan((Target("sip:a"), Target("sip:b")), DialMode.PARALLEL)
+    failure = Failure(plan.targets[0], 503, "Service Unavailable", FailureKind.RESPONSE, 1)
+    assert hooks.next_target(call(), plan, failure) == Reject(503, "Service Unavailable")
+
+
+def test_module_path_plugin_overrides_default(plugin_dir: Path) -> None:
+    write(plugin_dir, "tmp_plugin_ok", """
+        from b2bua import hookimpl, RoutePlan, Target
+        class Router:
+            @hookimpl
+            def b2bua_route_call(self, call):
+                return RoutePlan((Target("sip:mine"),))
+    """)
+    hooks = Hooks(make_manager(["tmp_plugin_ok:Router"]))
+    hooks.configure(parse_config({"routing": {"default_target": "sip:default"}}), app=None)  # type: ignore[arg-type]
+    assert hooks.route_call(call()).targets[0].uri == "sip:mine"  # type: ignore[union-attr]
+    assert hooks.plugin_names() == ["tmp_plugin_ok:Router"]
+
+
+def test_misspelt_hook_fails_clearly(plugin_dir: Path) -> None:
+    write(plugin_dir, "tmp_plugin_typo", """
+        from b2bua import hookimpl
+        class Router:
+            @hookimpl
+            def b2bua_route_cal(self, call):
+                return None
+    """)
+    with pytest.raises(PluginError, match=r"tmp_plugin_typo:Router.*b2bua_route_cal"):
+        make_manager(["tmp_plugin_typo:Router"])
+
+
+def test_plugin_that_fails_to_import(plugin_dir: Path) -> None:
+    write(plugin_dir, "tmp_plugin_broken", "import does_not_exist_anywhere\n")
+    with pytest.raises(PluginError, match=r"'tmp_plugin_broken' failed to load: ModuleNotFoundError"):
+        make_manager(["tmp_plugin_broken"])
+
+
+def test_unknown_entry_point_lists_installed() -> None:
+    with pytest.raises(PluginError, match=r"no such entry point \(installed: .*dispatcher.*no module .dispatchr."):
+        make_manager(["dispatchr"])
+
+
+def test_every_hook_is_documented() -> None:
+    """docs/hooks.md has a section headed by each hook's exact signature (datasette's test)."""
+    import inspect
+
+    from b2bua import hookspecs
+    from plugins.dispatcher import hookspecs as dispatcher_hookspecs
+
+    doc = (ROOT / "docs" / "hooks.md").read_text()
+    headings = set(re.findall(r"^### `([a-z0-9_]+\([^)]*\))`", doc, re.MULTILINE))
+    missing = []
+    for module in (hookspecs, dispatcher_hookspecs):
+        for name, func in inspect.getmembers(module, inspect.isfunction):
+            if not name.startswith(("b2bua_", "dispatcher_")):
+                continue
+            assert func.__doc__, f"{name} has no docstring"
+            signature = f"{name}({', '.join(inspect.signature(func).parameters)})"
+            if signature not in headings:
+                missing.append(signature)
+    assert not missing, f"undocumented hooks in docs/hooks.md: {missing}"

@@ -1,0 +1,48 @@
+"""SIP text helpers."""
+
+from __future__ import annotations
+
+import pytest
+
+from b2bua import sip
+
+INVITE = (
+    "INVITE sip:4930123@b2bua.example;user=phone SIP/2.0\r\n"
+    "Via: SIP/2.0/UDP 127.0.0.2:5060;branch=z9hG4bK1\r\n"
+    'f: "Alice" <sip:alice@example.com>;tag=1\r\n'
+    "To: <sip:4930123@b2bua.example>\r\n"
+    "i: abc@127.0.0.2\r\n"
+    "X-Long: one\r\n two\r\n"
+    "X-Long: three\r\n"
+    "Content-Length: 0\r\n\r\nv=0\r\n"
+)
+
+
+def test_parse_message() -> None:
+    start, headers = sip.parse_message(INVITE)
+    assert sip.request_uri(start) == "sip:4930123@b2bua.example;user=phone"
+    assert headers["call-id"] == ("abc@127.0.0.2",)
+    assert sip.header_uri(headers["from"][0]) == "sip:alice@example.com"
+    assert headers["x-long"] == ("one two", "three")
+
+
+@pytest.mark.parametrize(
+    ("a_ruri", "dest", "expected"),
+    [
+        ("sip:4930123@b2bua", "sip:10.0.0.1:5080;transport=tcp", "sip:4930123@10.0.0.1:5080;transport=tcp"),
+        ("sip:4930123@b2bua;user=phone", "sip:gw.example", "sip:4930123@gw.example"),
+        ("sip:b2bua", "sip:10.0.0.1", "sip:10.0.0.1"),
+        ("sip:1@b2bua", "sip:fixed@10.0.0.1", "sip:fixed@10.0.0.1"),
+        ("sip:1@b2bua", "sips:10.0.0.1:5061", "sips:1@10.0.0.1:5061"),
+    ],
+)
+def test_b_leg_request_uri(a_ruri: str, dest: str, expected: str) -> None:
+    assert sip.b_leg_request_uri(a_ruri, dest) == expected
+
+
+@pytest.mark.parametrize(
+    ("uri", "user"),
+    [("sip:alice@x", "alice"), ("sip:x", ""), ("sip:bob:pw@x", "bob"), ("sip:+49;npdi@x", "+49")],
+)
+def test_uri_user(uri: str, user: str) -> None:
+    assert sip.uri_user(uri) == user
