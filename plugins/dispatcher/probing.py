@@ -1,0 +1,168 @@
+"""OPTIONS keepalives: who to probe, when, and what a reply does to the state.
+
+Kamailio's ``ds_check_timer`` / ``ds_options_callback`` with three changes it lacks:
+each probe has a deadline of its own (``ping_timeout``, Kamailio issue 3446: a dead gateway is
+down after about ``probing_threshold x ping_interval``, not after the 32 s transaction timer);
+at most one probe per destination is outstanding; and the probes of one round are spread over
+the interval instead of sent in one burst. The state rules are :mod:`plugins.dispatcher.health`.
+
+Runs on the loop thread; sending goes through the host's ``send_request``, so this module is
+tested with a stand-in and never imports pjsua2.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from loguru import logger
+
+from b2bua.api import ProbeResult, TimerHandle
+from plugins.dispatcher import health
+from plugins.dispatcher.latency import LatencyStats, add_timeout, update
+from plugins.dispatcher.model import DestFlags, Destination
+from plugins.dispatcher.replycodes import ReplyCodes
+from plugins.dispatcher.runtime import DestKey, DispatcherState
+
+
+class SendRequest(Protocol):
+    def __call__(
+        self, method: str, uri: str, *, from_uri: str, callback: Callable[[ProbeResult], None], timeout: float
+    ) -> None: ...
+
+
+CallLater = Callable[[float, Callable[[], None]], TimerHandle]
+
+
+class Prober:
+    """Sends keepalives every ``interval`` seconds and applies their results to ``state``."""
+
+    def __init__(
+        self,
+        state: DispatcherState,
+        *,
+        send: SendRequest,
+        call_later: CallLater,
+        interval: float,
+        method: str = "OPTIONS",
+        from_uri: str = "sip:dispatcher@localhost",
+        timeout: float = 2.0,
+        mode: int = 1,
+        probing_threshold: int = 1,
+        inactive_threshold: int = 1,
+        reply_codes: ReplyCodes | None = None,
+        latency_stats: bool = False,
+        alpha_per_mille: int = 100,
+        active: bool = True,
+    ) -> None:
+        self.state = state
+        self._send = send
+        self._call_later = call_later
+        self.interval = interval
+        self.method = method
+        self.from_uri = from_uri
+        self.timeout = min(timeout, interval) if interval > 0 else timeout
+        self.mode = mode
+        self.probing_threshold = probing_threshold
+        self.inactive_threshold = inactive_threshold
+        self.reply_codes = reply_codes or ReplyCodes()
+        self.latency_stats = latency_stats
+        self.alpha_per_mille = alpha_per_mille
+        self.active = active  #: Kamailio's ``dispatcher.ping_active``
+        self.outstanding: set[DestKey] = set()
+        self.sent = 0
+        self._timers: list[TimerHandle] = []
+        self._running = False
+
+    # -- schedule -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the rounds (the first one at once). No-op when ``interval`` is 0."""
+        if self.interval <= 0 or self._running:
+            return
+        self._running = True
+        self._round()
+
+    def stop(self) -> None:
+        self._running = False
+        for timer in self._timers:
+            timer.cancel()
+        self._timers.clear()
+
+    def _round(self) -> None:
+        if not self._running:
+            return
+        self._timers = [self._call_later(self.interval, self._round)]
+        if not self.active:
+            return
+        due = [d.key for d in self.state.destinations() if self._wants_probe(d)]
+        # spread the round over the first half of the interval: no burst of 1000 OPTIONS at once
+        step = (self.interval / 2) / len(due) if due else 0.0
+        for i, key in enumerate(due):
+            if i == 0:
+                self.probe(key)
+            else:
+                self._timers.append(self._call_later(i * step, lambda key=key: self.probe(key)))
+
+    def _wants_probe(self, dest: Destination) -> bool:
+        flags = self.state.flags(dest.key)
+        return flags is not None and dest.key not in self.outstanding and health.should_probe(flags, self.mode)
+
+    # -- one probe ------------------------------------------------------------------------------
+
+    def probe(self, key: DestKey) -> bool:
+        """Send one keepalive to ``key`` now (unless one is outstanding). True if sent."""
+        dest = self.state.destination(key)
+        if dest is None or key in self.outstanding or not self.active:
+            return False
+        self.outstanding.add(key)
+        self.sent += 1
+        self._send(
+            self.method,
+            dest.uri,
+            from_uri=dest.attrs.ping_from or self.from_uri,
+            callback=lambda result: self.on_result(key, result),
+            timeout=self.timeout,
+        )
+        return True
+
+    def on_result(self, key: DestKey, result: ProbeResult) -> None:
+        """Apply one keepalive's outcome (Kamailio's ``ds_options_callback``)."""
+        self.outstanding.discard(key)
+        rt = self.state.runtime(key)
+        if rt is None:
+            return  # removed by a reload meanwhile
+        ok = self.reply_codes.accepts(result.code)
+        if self.latency_stats and rt.flags & DestFlags.PROBING:
+            rt.latency = _latency_after(rt.latency, result, self.alpha_per_mille)
+        flags, count = health.apply_probe(
+            rt.flags,
+            rt.probe_count,
+            ok,
+            mode=self.mode,
+            probing_threshold=self.probing_threshold,
+            inactive_threshold=self.inactive_threshold,
+        )
+        rt.probe_count = count
+        if flags != rt.flags:
+            what = "probe timeout" if result.local and result.code == 408 else result.reason
+            self.state.set_flags(key, flags, f"{result.code} {what}".strip())
+
+    def status(self) -> dict[str, Any]:
+        return {"active": self.active, "interval": self.interval, "outstanding": len(self.outstanding),
+                "sent": self.sent}
+
+
+def _latency_after(stats: LatencyStats | None, result: ProbeResult, alpha_per_mille: int) -> LatencyStats:
+    stats = stats if isinstance(stats, LatencyStats) else LatencyStats()
+    if result.latency is None:
+        return add_timeout(stats) if result.code == 408 else stats
+    return update(stats, result.latency * 1000.0, alpha_per_mille)
+
+
+def log_change(dest: Destination, old: int | None, new: int, reason: str) -> None:
+    """Log a state change the way operators grep for it."""
+    from plugins.dispatcher.model import state_letters
+
+    was = state_letters(old) if old is not None else "--"
+    logger.info("dispatcher: set {} {} {} -> {} ({})", dest.setid, dest.uri, was, state_letters(new), reason)
