@@ -66,6 +66,8 @@ MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 #: most LINGER_SECONDS, so that closing does not reset the connection before it read the answer
 LINGER_BYTES = 1024 * 1024
 LINGER_SECONDS = 1.0
+#: seconds between a listener's checks for stop()
+POLL_INTERVAL = 0.05
 #: sun_path is 108 bytes on Linux, including the terminating NUL
 MAX_UNIX_PATH = 107
 
@@ -589,7 +591,7 @@ class ControlServer:
     # -- internals
 
     def _serve(self, server: _UnixServer | _HttpServer, name: str) -> None:
-        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
+        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": POLL_INTERVAL},
                                   name=name, daemon=True)
         thread.start()
         self._running.append((server, thread))
@@ -643,9 +645,13 @@ class ControlServer:
                     " (token required)" if self._config.token else "")
 
     def _stop_locked(self) -> None:
-        # a server is only in _running once serve_forever runs: shutdown() would wait forever otherwise
-        for server, _ in self._running:
-            server.shutdown()  # stops accepting; returns once serve_forever has ended
+        # a server is only in _running once serve_forever runs: shutdown() would wait forever
+        # otherwise. Each shutdown() waits for its listener's next poll: wait for all at once.
+        stoppers = [threading.Thread(target=server.shutdown, name="control-stop") for server, _ in self._running]
+        for stopper in stoppers:
+            stopper.start()
+        for stopper in stoppers:
+            stopper.join()
         for server, thread in self._running:
             server.connections.shutdown_all()
             server.server_close()  # joins the connection threads

@@ -35,7 +35,8 @@ examples:
   b2bua rpc --json dispatcher.list        JSON for scripts (jq)
   b2bua rpc --url http://127.0.0.1:8080/ --token SECRET core.version
 
-Options go before the method. A param starting with '-' needs 's:' (s:-1 is the string "-1").
+Options go before the method. Negative numbers pass as they are (-1); a string that starts
+with '-' needs 's:' (s:-x), and 's:' also keeps "5" or "true" a string (s:5).
 """
 
 

@@ -64,6 +64,7 @@ class Leg(pj.Call):  # type: ignore[misc]
             logger.opt(exception=True).error("transaction handler failed")
 
     def onCallMediaState(self, prm: pj.OnCallMediaStateParam) -> None:
+        self.media_active = True
         if self.session is None:
             return
         try:
@@ -74,16 +75,9 @@ class Leg(pj.Call):  # type: ignore[misc]
     def audio(self) -> pj.AudioMedia | None:
         """The leg's active audio, or None."""
         try:
-            info = self.getInfo()
+            return self.getAudioMedia(-1)
         except pj.Error:
             return None
-        for i, media in enumerate(info.media):
-            if media.type == pj.PJMEDIA_TYPE_AUDIO and media.status in (
-                pj.PJSUA_CALL_MEDIA_ACTIVE,
-                pj.PJSUA_CALL_MEDIA_REMOTE_HOLD,
-            ):
-                return self.getAudioMedia(i)
-        return None
 
 
 def op(code: int = 0, reason: str = "", headers: tuple[tuple[str, str], ...] = ()) -> pj.CallOpParam:

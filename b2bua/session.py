@@ -52,7 +52,7 @@ class Session:
         self.b: dict[int, Leg] = {}  # live B legs by index
         self.plan: RoutePlan | None = None
         self.attempts = 0
-        self.winner: Leg | None = None
+        self.winner = 0  # index of the B leg that answered (legs are looked up, never kept)
         self.answered_target: Target | None = None
         self.failures: list[Failure] = []
         self.relayed_18x = False
@@ -60,6 +60,7 @@ class Session:
         self.bridged_with = 0  # index of the B leg whose audio is connected to A
         self.state = State.ROUTING
         self.cause: EndCause | None = None
+        self.final = ""  # the final failure sent to the caller, "486 Busy Here"
         self.log = logger.bind(call_id=call.call_id)
 
     # -- start ----------------------------------------------------------------------------------
@@ -188,12 +189,12 @@ class Session:
             if leg.timer is not None:
                 leg.timer.cancel()
                 leg.timer = None
-            if self.winner is not None or self.state is not State.DIALING or self.a is None:
+            if self.winner or self.state is not State.DIALING or self.a is None:
                 # another fork won (the 200s crossed the CANCEL) or the caller is gone
                 leg.cancelled = True
                 self._hangup(leg)
                 return
-            self.winner = leg
+            self.winner = leg.index
             self.answered_target = leg.target
             self.state = State.ANSWERED
             for other in list(self.b.values()):
@@ -207,7 +208,7 @@ class Session:
                 self._hangup(leg)
                 return
             assert leg.target is not None
-            self.log.info("answered by {} (attempt {})", leg.target.uri, leg.index)
+            self.log.debug("answered by {} (attempt {})", leg.target.uri, leg.index)
             self.app.hooks.call_answered(self.call, leg.target)
             self._bridge(leg)
         elif state == DISCONNECTED:
@@ -217,7 +218,7 @@ class Session:
         if leg.ended:
             self._forget_leg(leg)
             return
-        if leg is self.winner:
+        if leg.index == self.winner:
             leg.ended = True
             self._forget_leg(leg)
             if self.a is not None and self.cause is None:
@@ -291,17 +292,17 @@ class Session:
 
     def _on_a_state(self, leg: Leg, state: int, code: int, reason: str) -> None:
         if state == CONFIRMED:
-            self._bridge(self.winner)
+            self._bridge(self.b.get(self.winner))
         elif state == DISCONNECTED:
             leg.ended = True
             self.a = None
             self.app.retire(leg)
             if self.cause is None:
                 self.cause = EndCause.CALLER_HANGUP if self.state is State.ANSWERED else EndCause.CALLER_CANCEL
-                self.log.info("caller {}", "hung up" if self.state is State.ANSWERED else "cancelled")
+                self.log.debug("caller {}", "hung up" if self.state is State.ANSWERED else "cancelled")
             self.state = State.ENDING
             for b in list(self.b.values()):
-                if b is self.winner:
+                if b.index == self.winner:
                     self._hangup(b)
                 else:
                     b.cancelled = True
@@ -313,7 +314,7 @@ class Session:
         self.rejected = True
         self.state = State.ENDING
         self.cause = cause
-        self.log.info("rejected: {} {}", answer.code, answer.reason)
+        self.final = f"{answer.code} {answer.reason}"
         if self.a is not None:
             self._hangup(self.a, answer.code, answer.reason, answer.headers)
         self._maybe_end()
@@ -322,13 +323,16 @@ class Session:
 
     def on_leg_media(self, leg: Leg) -> None:
         if leg.index == 0:
-            self._bridge(self.winner)
-        elif leg is self.winner:
+            self._bridge(self.b.get(self.winner))
+        elif leg.index == self.winner:
             self._bridge(leg)
 
     def _bridge(self, leg: Leg | None) -> None:
-        if leg is None or self.a is None or self.bridged_with == leg.index or leg.ended:
+        a = self.a
+        if leg is None or a is None or self.bridged_with == leg.index or leg.ended:
             return
+        if not (a.media_active and leg.media_active):
+            return  # the other side's onCallMediaState will bridge
         a_audio = self.a.audio()
         b_audio = leg.audio()
         if a_audio is None or b_audio is None:
@@ -348,7 +352,7 @@ class Session:
             else:
                 self._hangup(self.a, code, reason)
         for b in list(self.b.values()):
-            if b is self.winner:
+            if b.index == self.winner:
                 self._hangup(b)
             else:
                 b.cancelled = True
@@ -370,7 +374,14 @@ class Session:
             return
         self.state = State.ENDED
         cause = self.cause or EndCause.ERROR
-        self.app.hooks.call_ended(self.call, cause, self.answered_target)
+        answered = self.answered_target
+        self.log.info(
+            "call {} -> {}: {}{} after {} attempt(s), {:.1f} s",
+            self.call.from_uri, self.call.request_uri, cause.value,
+            f" (answered by {answered.uri})" if answered else f" ({self.final})" if self.final else "",
+            self.attempts, time.monotonic() - self.call.started,
+        )
+        self.app.hooks.call_ended(self.call, cause, answered)
         self.app.session_ended(self)
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from b2bua.api import ProbeResult
 from b2bua.loop import Scheduler
-from plugins.dispatcher.model import Destination, DestFlags, build_snapshot, state_letters
+from plugins.dispatcher.model import DestFlags, Destination, build_snapshot, state_letters
 from plugins.dispatcher.probing import Prober
 from plugins.dispatcher.replycodes import parse_reply_codes
 from plugins.dispatcher.runtime import DispatcherState
@@ -88,7 +88,7 @@ def test_silent_gateway_goes_tp_then_ip_and_comes_back() -> None:
 
 
 def test_one_outstanding_probe_per_destination_and_spread() -> None:
-    sched, clock, net, state, prober, _ = setup(interval=0.2, timeout=5.0)
+    sched, clock, net, _state, prober, _ = setup(interval=0.2, timeout=5.0)
     net.answer[GW1] = None
     prober.start()
     advance(sched, clock, 1.0)
@@ -146,7 +146,7 @@ def test_latency_statistics() -> None:
 
 
 def test_result_for_a_removed_destination_is_ignored() -> None:
-    sched, clock, net, state, prober, _ = setup()
+    sched, clock, _net, state, prober, _ = setup()
     prober.start()
     state.swap(build_snapshot([Destination(1, GW2, DestFlags.PROBING)], "test"), keep_state=True)
     advance(sched, clock, 0.1)

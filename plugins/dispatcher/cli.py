@@ -1,0 +1,109 @@
+"""``b2bua dispatcher ...`` subcommands.
+
+:func:`add_dispatcher_commands` creates the ``dispatcher`` command and returns *its*
+subparsers, so other modules add their own subcommands next to ``simulate``::
+
+    sub = add_dispatcher_commands(subparsers)
+    add_admin_commands(sub)    # add, rm, show, list, reload, set-state (another module)
+
+Handlers follow the host's convention: ``func(args) -> exit code``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import TextIO
+
+from loguru import logger
+
+from b2bua.config import ConfigError, load_config
+from plugins.dispatcher.algorithms import resolve_algorithm
+from plugins.dispatcher.config import DispatcherConfig, parse_dispatcher_config
+from plugins.dispatcher.model import Snapshot
+from plugins.dispatcher.simulate import format_result, simulate
+
+EXIT_ERROR = 1
+
+
+def add_dispatcher_commands(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> argparse._SubParsersAction[argparse.ArgumentParser]:
+    """Add ``dispatcher`` to the ``b2bua`` command line; returns its subcommand parsers."""
+    parser = subparsers.add_parser("dispatcher", help="dispatcher destinations and selection")
+    sub: argparse._SubParsersAction[argparse.ArgumentParser] = parser.add_subparsers(
+        dest="dispatcher_command", metavar="SUBCOMMAND", required=True
+    )
+    add_simulate_command(sub)
+    return sub
+
+
+def add_simulate_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``dispatcher simulate``: route synthetic calls and print each destination's share."""
+    p = sub.add_parser(
+        "simulate",
+        help="route synthetic calls through a set and print each destination's share",
+        description="Check a distribution (e.g. a 75/25 weight split) without sending a call. "
+        "Destinations come from the config's list_file or db_url, or --list-file.",
+    )
+    # SUPPRESS: do not overwrite a top-level -c the main parser may already have set
+    p.add_argument("-c", "--config", default=argparse.SUPPRESS, help="config.toml to read [plugins.dispatcher] from")
+    p.add_argument("--list-file", help="read destinations from this Kamailio list file instead")
+    p.add_argument("--set", type=int, required=True, dest="setid", help="destination set id")
+    p.add_argument("--alg", required=True, help="algorithm number or name (e.g. 9 or weight)")
+    p.add_argument("--calls", type=int, default=10000, help="number of calls (default 10000)")
+    p.add_argument(
+        "--down", action="append", default=[], metavar="URI", help="treat this destination as inactive (repeatable)"
+    )
+    p.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
+    p.add_argument("--concurrent", type=int, default=100, help="calls kept up at once, for call load (10); default 100")
+    p.set_defaults(func=cmd_simulate)
+
+
+def cmd_simulate(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    """Run ``dispatcher simulate``; prints the table, returns the exit code."""
+    out = out or sys.stdout
+    err = err or sys.stderr
+    # the state's own load/up/down log lines would drown the table
+    logger.disable("plugins.dispatcher")
+    try:
+        alg = resolve_algorithm(args.alg)
+        cfg, list_file = _dispatcher_config(getattr(args, "config", None))
+        if args.list_file:
+            list_file = Path(args.list_file)
+        snapshot = _load(cfg, list_file)
+        result = simulate(
+            snapshot,
+            args.setid,
+            alg,
+            calls=args.calls,
+            down=args.down,
+            seed=args.seed,
+            policy=cfg.selection_policy(),
+            concurrent=args.concurrent,
+        )
+    except Exception as exc:  # config, load and argument errors all end here with their message
+        print(f"b2bua dispatcher simulate: {exc}", file=err)
+        return EXIT_ERROR
+    finally:
+        logger.enable("plugins.dispatcher")
+    print(format_result(result), file=out)
+    return 0
+
+
+def _dispatcher_config(path: str | None) -> tuple[DispatcherConfig, Path | None]:
+    if path is None:
+        return DispatcherConfig(), None
+    config = load_config(path)
+    cfg = parse_dispatcher_config(config.plugin_section("dispatcher"), config.path)
+    return cfg, (config.resolve_path(cfg.list_file) if cfg.list_file else None)
+
+
+def _load(cfg: DispatcherConfig, list_file: Path | None) -> Snapshot:
+    from plugins.dispatcher.plugin import load_configured
+
+    if list_file is None and not cfg.db_url:
+        raise ConfigError("no list_file or db_url to read destinations from")
+    # no DNS: a simulation needs names, not addresses
+    return load_configured(cfg, list_file, resolve=False)

@@ -1,0 +1,275 @@
+"""``[plugins.dispatcher]`` and its ``[[plugins.dispatcher.routes]]`` rules.
+
+Settings keep Kamailio's module parameter names without ``ds_`` (``ping_interval``,
+``probing_threshold``, ``use_default``, ...), so a Kamailio configuration translates line
+by line. Example::
+
+    [plugins.dispatcher]
+    list_file = "dispatcher.list"     # or db_url = "mysql+pymysql://..."
+    ping_interval = 10
+    probing_mode = 1
+
+    [[plugins.dispatcher.routes]]     # first matching rule wins
+    ruri_user_prefix = "49"
+    set = 1
+    algorithm = "weight"              # or 9
+
+    [[plugins.dispatcher.routes]]     # no match fields: every other call
+    set = 2
+    algorithm = "round-robin"
+    limit = 2
+
+With no ``routes`` at all, every call goes to set 1 with round robin (algorithm 4), the
+most common single-set Kamailio setup (``ds_select_dst("1", "4")``).
+
+Exactly one source of destinations is used: ``list_file`` when it is set (relative to the
+config file), otherwise ``db_url``. (Kamailio prefers ``db_url`` when both are set; here the
+explicit file wins, since ``db_url`` has a default.)
+
+``hash_size`` keeps Kamailio's name: ``> 0`` enables algorithm 10. The B2BUA sees every leg
+of its calls, so call load needs no Call-ID hash table and nothing is sized by it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+from b2bua.config import ConfigError, opt, parse_section
+from plugins.dispatcher.algorithms import TEMPLATE_FIELDS, resolve_algorithm, template_names
+from plugins.dispatcher.selection import Policy
+
+SECTION = "plugins.dispatcher"
+ROUTES_KEY = "routes"
+
+_TOKEN = re.compile(r"[A-Z][A-Z0-9_-]*")
+_REPLY_CODE_ITEM = re.compile(r"(code|class)=([0-9]+)")
+
+
+@dataclass(frozen=True)
+class Route:
+    """One ``[[plugins.dispatcher.routes]]`` rule: match fields (all given must match), then
+    the set, algorithm and ``limit`` to use. A rule without match fields matches every call.
+    """
+
+    method: str = opt("", "request method to match, e.g. INVITE (case-insensitive); empty: any")
+    ruri_user_prefix: str = opt("", "the Request-URI user starts with this; empty: any")
+    ruri_regex: str = opt("", "Python regex searched in the whole Request-URI; empty: any")
+    source: tuple[str, ...] = opt([], "source addresses/networks (CIDR) the call must come from; empty: any")
+    header: str = opt("", "header that must be present (name, case-insensitive)")
+    header_regex: str = opt("", "Python regex searched in that header's values")
+    header_value: str = opt("", "exact value of that header (after trimming)")
+    set: int = opt(1, "destination set id")
+    algorithm: int | str = opt(4, "Kamailio algorithm number or name (e.g. 4 or 'round-robin')")
+    limit: int = opt(0, "most destinations tried, first one included; 0: all")
+
+    def validate(self) -> None:
+        """Check every field; the message starts with the field name."""
+        try:
+            resolve_algorithm(self.algorithm)
+        except ValueError as exc:
+            raise ValueError(f"algorithm: {exc}") from None
+        if self.set < 0:
+            raise ValueError(f"set: {self.set} is negative (set ids are 0 or more)")
+        if self.limit < 0:
+            raise ValueError(f"limit: {self.limit} is negative (0 means no limit)")
+        if self.method and not _TOKEN.fullmatch(self.method.upper()):
+            raise ValueError(f"method: {self.method!r} is not a SIP method name")
+        for name in ("ruri_regex", "header_regex"):
+            pattern = getattr(self, name)
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"{name}: {pattern!r} is not a valid regular expression: {exc}") from None
+        for i, net in enumerate(self.source):
+            try:
+                ipaddress.ip_network(net.strip(), strict=False)
+            except ValueError:
+                raise ValueError(f"source[{i}]: {net!r} is not an IP address or network (e.g. 10.0.0.0/24)") from None
+        if (self.header_regex or self.header_value) and not self.header:
+            raise ValueError("header_regex/header_value need header (the header name)")
+        if self.header_regex and self.header_value:
+            raise ValueError("give header_regex or header_value, not both")
+        if self.header and not _TOKEN.fullmatch(self.header.upper()):
+            raise ValueError(f"header: {self.header!r} is not a header name")
+
+    # Derived values; cached_property works on frozen dataclasses (it writes __dict__).
+
+    @cached_property
+    def alg(self) -> int:
+        """The algorithm as Kamailio's number."""
+        return resolve_algorithm(self.algorithm)
+
+    @cached_property
+    def ruri_pattern(self) -> re.Pattern[str] | None:
+        return re.compile(self.ruri_regex) if self.ruri_regex else None
+
+    @cached_property
+    def header_pattern(self) -> re.Pattern[str] | None:
+        return re.compile(self.header_regex) if self.header_regex else None
+
+    @cached_property
+    def networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        return tuple(ipaddress.ip_network(n.strip(), strict=False) for n in self.source)
+
+
+#: the rule used when the config has none: set 1, round robin
+DEFAULT_ROUTE = Route()
+
+
+@dataclass(frozen=True)
+class DispatcherConfig:
+    """``[plugins.dispatcher]``: Kamailio dispatcher module parameters without ``ds_``."""
+
+    # -- where destinations come from: exactly one source is used
+    list_file: str = opt("", "Kamailio dispatcher.list file; when set it is used and db_url is ignored")
+    db_url: str = opt(
+        "sqlite:///dispatcher.db", "SQLAlchemy URL of the dispatcher table (used when list_file is empty)"
+    )
+    table_name: str = opt("dispatcher", "table with the destinations (Kamailio's v4 layout)")
+    setid_col: str = opt("setid", "set id column")
+    destination_col: str = opt("destination", "destination URI column")
+    flags_col: str = opt("flags", "flags column")
+    priority_col: str = opt("priority", "priority column")
+    attrs_col: str = opt("attrs", "attributes column")
+    description_col: str = opt("description", "description column")
+    keep_state_on_reload: bool = opt(
+        True, "a reload keeps the runtime state (flags, probe counters, latency) of entries that survive"
+    )
+    dns_skip_unresolvable: bool = opt(False, "skip entries whose host does not resolve instead of failing the load")
+    dns_interval: float = opt(0.0, "seconds between re-resolving destination hosts; 0: resolve at load only")
+
+    # -- selection
+    flags: int = opt(0, "bit 1: URI hashes (algs 1-3) use the user part only (failover lists: always)")
+    use_default: bool = opt(False, "the last entry of each set is a last resort, never selected normally")
+    hash_size: int = opt(
+        0, "> 0 enables algorithm 10 (call load); kept from Kamailio for compatibility, no table is sized"
+    )
+    hash_template: str = opt("", "algorithm 7 hashes this, e.g. '{from_user}@{call_id}' (fields of the call)")
+    rehash: bool = opt(False, "hash algorithms spread a dead destination's share over all survivors, not one neighbour")
+
+    # -- answer when nothing can be dialled
+    no_destination_code: int = opt(503, "answer when no rule matches or no destination is usable")
+    no_destination_reason: str = opt("No Destination Available", "reason phrase of that answer")
+    retry_after: int = opt(5, "Retry-After seconds on that answer; 0: no header")
+
+    # -- probing (OPTIONS keepalives)
+    ping_interval: float = opt(10.0, "seconds between keepalive rounds; 0: no probing")
+    ping_method: str = opt("OPTIONS", "keepalive request method")
+    ping_from: str = opt("sip:dispatcher@localhost", "From URI of keepalives (attribute ping_from overrides)")
+    ping_timeout: float = opt(2.0, "seconds to wait for a keepalive answer (then a local 408)")
+    probing_threshold: int = opt(1, "failed keepalives before an entry goes inactive (I); T before that")
+    inactive_threshold: int = opt(1, "successful keepalives before an inactive entry is active again")
+    probing_mode: int = opt(1, "0: probe P entries until one answer; 1: probe all; 2: only I+P; 3: only P")
+    ping_reply_codes: str = opt("", "extra codes counting as alive, 'code=403;class=4'; empty: only 2xx")
+    ping_latency_stats: bool = opt(False, "keep latency statistics from keepalives (needed by algorithm 13)")
+    latency_estimator_alpha: int = opt(100, "per mille weight of a new latency sample in EST (Kamailio 6.1 meaning)")
+    ping_active: bool = opt(True, "send keepalives at start (dispatcher.ping_active toggles it at runtime)")
+
+    routes: tuple[Route, ...] = field(default=(), metadata={"help": "[[plugins.dispatcher.routes]] rules"})
+
+    def validate(self) -> None:
+        """Cross-field checks; routes are checked by :func:`parse_dispatcher_config`."""
+        if not self.list_file and not self.db_url:
+            raise ValueError("list_file or db_url: one source of destinations is needed")
+        if self.flags < 0:
+            raise ValueError(f"flags: {self.flags} is negative")
+        if self.hash_size < 0:
+            raise ValueError(f"hash_size: {self.hash_size} is negative")
+        if self.hash_template:
+            try:
+                names = template_names(self.hash_template)
+            except ValueError as exc:
+                raise ValueError(f"hash_template: {exc}") from None
+            unknown = sorted(set(names) - TEMPLATE_FIELDS)
+            if unknown:
+                known = ", ".join(sorted(TEMPLATE_FIELDS))
+                raise ValueError(f"hash_template: unknown field {{{unknown[0]}}} (known: {known})")
+        if not 300 <= self.no_destination_code <= 699:
+            raise ValueError(f"no_destination_code: {self.no_destination_code} is not 300-699")
+        if self.retry_after < 0:
+            raise ValueError("retry_after: must be 0 or more")
+        if self.ping_interval < 0 or self.dns_interval < 0:
+            raise ValueError("ping_interval and dns_interval must be 0 (off) or more")
+        if self.ping_timeout <= 0:
+            raise ValueError("ping_timeout: must be > 0")
+        if not _TOKEN.fullmatch(self.ping_method):
+            raise ValueError(f"ping_method: {self.ping_method!r} is not an upper-case SIP method")
+        if not self.ping_from.lower().startswith(("sip:", "sips:")):
+            raise ValueError(f"ping_from: {self.ping_from!r} is not a sip: URI")
+        if self.probing_threshold < 1 or self.inactive_threshold < 1:
+            raise ValueError("probing_threshold and inactive_threshold must be at least 1")
+        if not 0 <= self.probing_mode <= 3:
+            raise ValueError(f"probing_mode: {self.probing_mode} is not 0, 1, 2 or 3")
+        if not 0 < self.latency_estimator_alpha < 1000:
+            alpha = self.latency_estimator_alpha
+            raise ValueError(f"latency_estimator_alpha: {alpha} is not 1..999 (per mille)")
+        check_reply_codes(self.ping_reply_codes)
+
+    @property
+    def user_only_hash(self) -> bool:
+        """``flags`` bit 1: URI hashes use the user part only."""
+        return bool(self.flags & 1)
+
+    def selection_policy(self) -> Policy:
+        """The settings :func:`plugins.dispatcher.selection.select` needs."""
+        return Policy(
+            use_default=self.use_default,
+            user_only=self.user_only_hash,
+            hash_template=self.hash_template,
+            rehash=self.rehash,
+        )
+
+    @property
+    def effective_routes(self) -> tuple[Route, ...]:
+        """The rules, or the implicit set-1 round-robin rule when none is configured."""
+        return self.routes or (DEFAULT_ROUTE,)
+
+
+def check_reply_codes(text: str) -> None:
+    """Validate Kamailio's ``ds_ping_reply_codes`` syntax: ``code=NNN`` / ``class=N``, ``;``-separated."""
+    for item in filter(None, (x.strip() for x in text.split(";"))):
+        m = _REPLY_CODE_ITEM.fullmatch(item.replace(" ", ""))
+        if not m:
+            raise ValueError(f"ping_reply_codes: {item!r}: expected code=NNN or class=N")
+        kind, number = m.group(1), int(m.group(2))
+        if kind == "code" and not 100 <= number <= 699:
+            raise ValueError(f"ping_reply_codes: {item!r}: code must be 100-699")
+        if kind == "class" and not 1 <= number <= 6:
+            raise ValueError(f"ping_reply_codes: {item!r}: class must be 1-6")
+
+
+def parse_dispatcher_config(data: Mapping[str, Any], path: str = "<config>") -> DispatcherConfig:
+    """Build :class:`DispatcherConfig` from the ``[plugins.dispatcher]`` table.
+
+    :param data: the table (``config.plugin_section("dispatcher")``), routes included.
+    :param path: the config file, for messages such as
+        ``config.toml: [[plugins.dispatcher.routes]][2] algorithm: unknown algorithm 'fast' ...``
+        (rule indexes count from 0, in file order).
+    :raises ConfigError: unknown key, wrong type or bad value, naming where.
+    """
+    where = f"{path}: [{SECTION}]"
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where}: expected a table, got {data!r}")
+    body = {k: v for k, v in data.items() if k != ROUTES_KEY}
+    raw_routes = data.get(ROUTES_KEY, [])
+    if not isinstance(raw_routes, list):
+        raise ConfigError(f"{where} {ROUTES_KEY}: write rules as [[{SECTION}.{ROUTES_KEY}]] tables")
+    routes = tuple(
+        parse_section(Route, r, f"{path}: [[{SECTION}.{ROUTES_KEY}]][{i}]") for i, r in enumerate(raw_routes)
+    )
+    cfg = parse_section(DispatcherConfig, body, where)
+    for i, r in enumerate(routes):
+        rwhere = f"{path}: [[{SECTION}.{ROUTES_KEY}]][{i}]"
+        if r.alg == 10 and cfg.hash_size <= 0:
+            raise ConfigError(f"{rwhere} algorithm: 10 (call-load) needs hash_size > 0 in [{SECTION}]")
+        if r.alg == 7 and not cfg.hash_template:
+            raise ConfigError(f"{rwhere} algorithm: 7 (hash-template) needs hash_template in [{SECTION}]")
+    if not routes:
+        return cfg
+    return dataclasses.replace(cfg, routes=routes)

@@ -1,0 +1,275 @@
+"""The dispatcher plugin: Kamailio's ``dispatcher`` module as B2BUA hooks.
+
+Thin by design: the hooks delegate to :mod:`~plugins.dispatcher.routes` (which rule),
+:mod:`~plugins.dispatcher.runtime` (sets, state, selection, call load) and
+:mod:`~plugins.dispatcher.storage` (loading). Enable it with ``[plugins] enabled =
+["dispatcher"]`` and configure ``[plugins.dispatcher]`` (see :mod:`plugins.dispatcher.config`).
+
+Per call it routes with the first matching rule's set and algorithm: the chosen destination
+and the failover list become the plan's targets (parallel for algorithm 12), each carrying
+``target.data["dispatcher"]`` = ``{"setid", "uri", "key", "duid", "attrs", "row_id"}`` so
+other plugins (failover) can tell which destination a leg went to. Call load (algorithm
+10) follows the legs: a slot is taken when a leg to a destination starts and given back
+when that leg fails or the call ends.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+from loguru import logger
+
+from b2bua import hookimpl
+from b2bua.api import DialMode, Reject, RoutePlan, StashKey, Target
+from plugins.dispatcher import hookspecs
+from plugins.dispatcher.config import DispatcherConfig, parse_dispatcher_config
+from plugins.dispatcher.model import Destination, Snapshot
+from plugins.dispatcher.routes import match_route
+from plugins.dispatcher.runtime import DestKey, DispatcherState
+from plugins.dispatcher.selection import PARALLEL
+
+if TYPE_CHECKING:
+    import argparse
+
+    from b2bua.api import CallInfo, EndCause, Failure, Host
+    from b2bua.config import Config
+
+#: a function that loads the destinations (blocking); the default reads the configured source
+Loader = Callable[[DispatcherConfig, "Path | None"], Snapshot]
+
+DATA_KEY = "dispatcher"  #: the key of ``Target.data`` / ``RoutePlan.data`` this plugin fills
+
+
+@dataclass(frozen=True)
+class CallRoute:
+    """How the dispatcher routed one call (``call.stash[ROUTE]``)."""
+
+    rule: int  #: index of the matched ``[[plugins.dispatcher.routes]]`` rule; -1: the implicit one
+    setid: int
+    alg: int
+    keys: tuple[DestKey, ...]  #: destinations offered, in order
+
+
+ROUTE: StashKey[CallRoute] = StashKey("dispatcher.route")
+
+
+def load_configured(config: DispatcherConfig, list_file: Path | None, resolve: bool = True) -> Snapshot:
+    """Read the configured source: ``list_file`` when set, else ``db_url`` (blocking).
+
+    :param resolve: resolve host names (off for a simulation, which needs no addresses).
+    """
+    # imported here so the routing core (and its tests) does not need the storage stack
+    from plugins.dispatcher.sqlstore import TableNames
+    from plugins.dispatcher.storage import load_snapshot
+
+    table = TableNames(
+        table=config.table_name,
+        setid=config.setid_col,
+        destination=config.destination_col,
+        flags=config.flags_col,
+        priority=config.priority_col,
+        attrs=config.attrs_col,
+        description=config.description_col,
+    )
+    return load_snapshot(
+        list_file=list_file,
+        db_url=None if list_file is not None else config.db_url,
+        table=table,
+        resolve=resolve,
+        skip_unresolvable=config.dns_skip_unresolvable,
+    )
+
+
+def seed_latency(dest: Destination) -> Any:
+    """A new destination's latency statistics: seeded from its ``latency`` attribute, else None."""
+    if dest.attrs.latency <= 0:
+        return None
+    from plugins.dispatcher.latency import seeded
+
+    return seeded(float(dest.attrs.latency))
+
+
+def dest_key_of(target: Target) -> DestKey | None:
+    """The destination key a dispatcher-made target carries, or None for other targets."""
+    info = target.data.get(DATA_KEY) if isinstance(target.data, Mapping) else None
+    key = info.get("key") if isinstance(info, Mapping) else None
+    if not (isinstance(key, tuple) and len(key) == 2):
+        return None
+    return (int(key[0]), str(key[1]))
+
+
+def make_target(dest: Destination) -> Target:
+    """The :class:`Target` for one destination, with its identity in ``data["dispatcher"]``."""
+    return Target(
+        uri=dest.uri,
+        data={
+            DATA_KEY: {
+                "setid": dest.setid,
+                "uri": dest.uri,
+                "key": dest.key,
+                "duid": dest.attrs.duid,
+                "attrs": dict(dest.attrs.extra),
+                "row_id": dest.row_id,
+            }
+        },
+    )
+
+
+class DispatcherPlugin:
+    """Destination sets, Kamailio's selection algorithms, state and call load.
+
+    :param loader: loads the destinations; tests pass one returning a ready snapshot.
+    :param rng: randomness for algorithm 6 and the weight tables.
+    """
+
+    def __init__(self, loader: Loader | None = None, rng: random.Random | None = None) -> None:
+        self.config = DispatcherConfig()
+        self.app: Host | None = None
+        self._loader: Loader = loader or load_configured
+        self._rng = rng or random.Random()
+        self._list_file: Path | None = None
+        self._reloading = False
+        self.state = self._make_state()
+
+    # -- set-up ----------------------------------------------------------------------------
+
+    @hookimpl
+    def b2bua_addhooks(self, pluginmanager: pluggy.PluginManager) -> None:
+        pluginmanager.add_hookspecs(hookspecs)
+
+    @hookimpl
+    def b2bua_configure(self, config: Config, app: Host) -> None:
+        self.config = parse_dispatcher_config(config.plugin_section("dispatcher"), config.path)
+        self.app = app
+        self._list_file = config.resolve_path(self.config.list_file) if self.config.list_file else None
+        self.state = self._make_state()
+        if not self.config.routes:
+            logger.info("dispatcher: no [[plugins.dispatcher.routes]]: every call goes to set 1, round robin")
+
+    @hookimpl
+    def b2bua_startup(self, app: Host) -> None:
+        self.app = app
+        self.state.swap(self._loader(self.config, self._list_file), keep_state=False, reason="startup")
+        # -- probing: the lead starts the keepalive timer here (ping_interval, probing_mode, ...)
+
+    @hookimpl
+    def b2bua_reload(self, app: Host) -> None:
+        """Re-read the source on a thread; the new snapshot is swapped in on the loop."""
+        if self._reloading:
+            logger.warning("dispatcher: a reload is already running; this one is ignored")
+            return
+        self._reloading = True
+
+        def work() -> None:
+            try:
+                snapshot = self._loader(self.config, self._list_file)
+            except Exception as exc:  # any load failure keeps the current destinations
+                logger.error("dispatcher: reload failed, keeping the current destinations: {}", exc)
+                app.call_soon_threadsafe(self._reload_done)
+                return
+            app.call_soon_threadsafe(lambda: self._reload_done(snapshot))
+
+        threading.Thread(target=work, name="dispatcher-reload", daemon=True).start()
+
+    def _reload_done(self, snapshot: Snapshot | None = None) -> None:
+        self._reloading = False
+        if snapshot is not None:
+            self.apply_snapshot(snapshot, reason="reload")
+
+    def apply_snapshot(self, snapshot: Snapshot, reason: str = "reload") -> None:
+        """Swap in a freshly loaded snapshot (loop thread), keeping state as configured."""
+        self.state.swap(snapshot, keep_state=self.config.keep_state_on_reload, reason=reason)
+
+    # -- control API: the lead adds b2bua_register_rpc here (dispatcher.list, .reload,
+    #    .set_state, .set_duid_state, .add, .remove, .ping_active, .hash) over self.state
+
+    @hookimpl
+    def b2bua_cli_commands(self, subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+        from plugins.dispatcher.cli import add_dispatcher_commands
+
+        add_dispatcher_commands(subparsers)
+
+    # -- calls -----------------------------------------------------------------------------
+
+    @hookimpl
+    def b2bua_route_call(self, call: CallInfo) -> RoutePlan | Reject:
+        log = logger.bind(call_id=call.call_id)
+        matched = match_route(self.config.effective_routes, call)
+        if matched is None:
+            log.info("dispatcher: no route rule matches {} {}", call.method, call.request_uri)
+            return self._no_destination()
+        index, route = matched
+        if not self.state.has_set(route.set):
+            log.warning("dispatcher: rule {} names set {}, which is not loaded", index, route.set)
+            return self._no_destination()
+        dests = self.state.select(route.set, route.alg, call, route.limit, self._rng)
+        if not dests:
+            log.warning("dispatcher: set {} has no usable destination (algorithm {})", route.set, route.alg)
+            return self._no_destination()
+        rule = index if self.config.routes else -1
+        call.stash[ROUTE] = CallRoute(rule, route.set, route.alg, tuple(d.key for d in dests))
+        log.debug(
+            "dispatcher: rule {} set {} alg {} -> {}", rule, route.set, route.alg, ", ".join(d.uri for d in dests)
+        )
+        mode = DialMode.PARALLEL if route.alg == PARALLEL else DialMode.SERIAL
+        return RoutePlan(
+            tuple(make_target(d) for d in dests),
+            mode,
+            data={DATA_KEY: {"setid": route.set, "alg": route.alg, "rule": rule}},
+        )
+
+    @hookimpl
+    def b2bua_leg_started(self, call: CallInfo, target: Target) -> None:
+        key = dest_key_of(target)
+        if key is not None:
+            self.state.load_add(call.id, key)
+
+    @hookimpl
+    def b2bua_leg_failed(self, call: CallInfo, failure: Failure) -> None:
+        key = dest_key_of(failure.target)
+        if key is not None:
+            self.state.load_release(call.id, key)
+
+    @hookimpl
+    def b2bua_call_ended(self, call: CallInfo, cause: EndCause, answered: Target | None) -> None:
+        self.state.release_call(call.id)
+
+    @hookimpl
+    def dispatcher_mark(self, target: Target, state: str, reason: str) -> None:
+        key = dest_key_of(target)
+        if key is None:
+            return
+        # Kamailio's ds_mark_dst() without a state: inactive, probing too in probing_mode 1
+        letters = state or ("ip" if self.config.probing_mode == 1 else "i")
+        try:
+            found = self.state.mark(key, letters, reason)
+        except ValueError as exc:
+            logger.warning("dispatcher: dispatcher_mark for {}: {}", target.uri, exc)
+            return
+        if not found:
+            logger.debug("dispatcher: dispatcher_mark: {} is no longer loaded", target.uri)
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _make_state(self) -> DispatcherState:
+        return DispatcherState(
+            policy=self.config.selection_policy(),
+            rng=self._rng,
+            listener=self._on_change,
+            latency_factory=seed_latency,
+        )
+
+    def _on_change(self, dest: Destination, old: int | None, new: int, reason: str) -> None:
+        if self.app is not None:
+            self.app.hook.dispatcher_dst_state_changed(dest=dest, old=old, new=new, reason=reason)
+
+    def _no_destination(self) -> Reject:
+        cfg = self.config
+        headers = (("Retry-After", str(cfg.retry_after)),) if cfg.retry_after else ()
+        return Reject(cfg.no_destination_code, cfg.no_destination_reason, headers)

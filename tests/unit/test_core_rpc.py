@@ -1,0 +1,140 @@
+"""The host's own control methods: core.*, system.*, help."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from b2bua.control import JsonRpcProcessor
+from b2bua.core_rpc import CoreApp, register_core_methods, uptime_report
+from b2bua.rpc import INVALID_PARAMS, METHOD_NOT_FOUND, RpcError, RpcRegistry
+
+STARTED = 1_700_000_000.25
+NOW = STARTED + 3725.9
+
+
+@dataclass
+class FakeApp:
+    version: str = "0.1.0"
+    started_at: float = STARTED
+    plugins: list[str] = field(default_factory=lambda: ["dispatcher", "failover"])
+    calls: list[dict[str, Any]] = field(default_factory=list)
+
+    def plugin_names(self) -> list[str]:
+        return self.plugins
+
+    def active_calls(self) -> list[dict[str, Any]]:
+        return self.calls
+
+
+@pytest.fixture
+def app() -> FakeApp:
+    return FakeApp(calls=[{"id": 1, "call_id": "abc@h", "state": "ringing"}])
+
+
+@pytest.fixture
+def registry(app: FakeApp) -> RpcRegistry:
+    reg = RpcRegistry()
+
+    def set_state(state: str, group: int, address: str) -> None:
+        """A plugin method, to see it listed next to the core ones."""
+
+    reg.add("dispatcher.set_state", set_state, "Set the state of a destination.")
+    register_core_methods(reg, app, clock=lambda: NOW)
+    return reg
+
+
+def call(registry: RpcRegistry, name: str, *params: Any) -> Any:
+    return RpcRegistry.bind(registry.get(name), list(params))()
+
+
+def test_fake_app_satisfies_the_protocol(app: FakeApp) -> None:
+    core_app: CoreApp = app  # a type error here would mean the Protocol and the tests disagree
+    assert core_app.version == "0.1.0"
+
+
+@pytest.mark.parametrize(
+    ("name", "params", "expected"),
+    [
+        ("core.version", (), "0.1.0"),
+        ("core.uptime", (), {"now": 1_700_003_726, "up_since": 1_700_000_000, "uptime": 3725}),
+        ("core.plugins", (), ["dispatcher", "failover"]),
+        ("core.calls", (), [{"id": 1, "call_id": "abc@h", "state": "ringing"}]),
+        ("system.listMethods", (), [
+            "core.calls", "core.plugins", "core.uptime", "core.version", "dispatcher.set_state", "help",
+            "system.listMethods", "system.methodHelp",
+        ]),
+        ("system.methodHelp", ("dispatcher.set_state",), "Set the state of a destination."),
+        ("help", ("dispatcher.set_state",),
+         "usage: dispatcher.set_state state group address\nSet the state of a destination."),
+    ],
+)
+def test_methods(registry: RpcRegistry, name: str, params: tuple[Any, ...], expected: Any) -> None:
+    assert call(registry, name, *params) == expected
+
+
+def test_help_without_a_name_lists_every_method_with_usage(registry: RpcRegistry) -> None:
+    listing = call(registry, "help")
+    assert listing["dispatcher.set_state state group address"] == "Set the state of a destination."
+    assert listing["help [name]"].startswith("Without a name")
+    assert listing["system.methodHelp name"] == "The help text of control method <name>."
+    assert len(listing) == len(call(registry, "system.listMethods"))
+
+
+@pytest.mark.parametrize("name", ["system.methodHelp", "help"])
+def test_help_for_an_unknown_method(registry: RpcRegistry, name: str) -> None:
+    with pytest.raises(RpcError) as info:
+        call(registry, name, "no.such")
+    assert (info.value.code, info.value.message) == (METHOD_NOT_FOUND, "Method not found: no.such")
+
+
+def test_results_are_fresh_copies(registry: RpcRegistry, app: FakeApp) -> None:
+    plugins = call(registry, "core.plugins")
+    plugins.append("mutated")
+    assert app.plugins == ["dispatcher", "failover"]
+
+
+def test_only_core_calls_runs_on_the_loop(registry: RpcRegistry) -> None:
+    on_loop = {m.name for m in registry if m.on_loop}
+    assert on_loop == {"core.calls", "dispatcher.set_state"}
+
+
+def test_every_core_method_has_help(registry: RpcRegistry) -> None:
+    assert all(m.help for m in registry)
+
+
+@pytest.mark.parametrize(
+    ("now", "started", "expected"),
+    [
+        (100.9, 40.2, {"now": 100, "up_since": 40, "uptime": 60}),
+        (50.0, 50.0, {"now": 50, "up_since": 50, "uptime": 0}),
+        (49.0, 50.0, {"now": 49, "up_since": 50, "uptime": 0}),  # the wall clock stepped back
+    ],
+)
+def test_uptime_report(now: float, started: float, expected: dict[str, int]) -> None:
+    assert uptime_report(now, started) == expected
+
+
+def test_over_json_rpc(registry: RpcRegistry) -> None:
+    loop_calls: list[str] = []
+
+    def run_on_loop(fn: Any, timeout: float) -> Any:
+        loop_calls.append("loop")
+        return fn()
+
+    processor = JsonRpcProcessor(registry, run_on_loop)
+    batch = [
+        {"jsonrpc": "2.0", "id": 1, "method": "core.uptime"},
+        {"jsonrpc": "2.0", "id": 2, "method": "core.calls"},
+        {"jsonrpc": "2.0", "id": 3, "method": "system.methodHelp", "params": {"name": "core.calls"}},
+        {"jsonrpc": "2.0", "id": 4, "method": "core.version", "params": ["extra"]},
+    ]
+    answers = json.loads(processor.handle(json.dumps(batch).encode()) or b"")
+    assert answers[0]["result"]["uptime"] == 3725
+    assert answers[1]["result"][0]["call_id"] == "abc@h"
+    assert answers[2]["result"] == "The calls in progress."
+    assert answers[3]["error"]["code"] == INVALID_PARAMS
+    assert loop_calls == ["loop"]  # only core.calls was handed to the loop
