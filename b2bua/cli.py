@@ -78,12 +78,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ImportError as exc:  # pjsua2 missing
         logger.error("cannot import the SIP stack ({}): run scripts/setup.sh to build pjsua2", exc)
         return 2
+    from b2bua.control import ControlError
     from b2bua.endpoint import BuildError
 
     try:
         app = App(config)
         return app.run()
-    except (ConfigError, BuildError, OSError) as exc:
+    except (ConfigError, BuildError, ControlError, OSError) as exc:
         logger.error("{}", exc)
         return 2
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import random
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +30,8 @@ from b2bua.api import DialMode, Reject, RoutePlan, StashKey, Target
 from plugins.dispatcher import hookspecs
 from plugins.dispatcher.config import DispatcherConfig, parse_dispatcher_config
 from plugins.dispatcher.model import Destination, Snapshot
+from plugins.dispatcher.probing import Prober, log_change
+from plugins.dispatcher.replycodes import parse_reply_codes
 from plugins.dispatcher.routes import match_route
 from plugins.dispatcher.runtime import DestKey, DispatcherState
 from plugins.dispatcher.selection import PARALLEL
@@ -86,6 +88,14 @@ def load_configured(config: DispatcherConfig, list_file: Path | None, resolve: b
     )
 
 
+def resolve_sqlite_url(url: str, base_dir: Path) -> str:
+    """A relative SQLite path (``sqlite:///dispatcher.db``) is relative to the config's folder."""
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url.startswith(prefix + "/") and url != prefix + ":memory:":
+        return prefix + str(base_dir / url[len(prefix):])
+    return url
+
+
 def seed_latency(dest: Destination) -> Any:
     """A new destination's latency statistics: seeded from its ``latency`` attribute, else None."""
     if dest.attrs.latency <= 0:
@@ -135,6 +145,7 @@ class DispatcherPlugin:
         self._rng = rng or random.Random()
         self._list_file: Path | None = None
         self._reloading = False
+        self.prober: Prober | None = None
         self.state = self._make_state()
 
     # -- set-up ----------------------------------------------------------------------------
@@ -146,6 +157,7 @@ class DispatcherPlugin:
     @hookimpl
     def b2bua_configure(self, config: Config, app: Host) -> None:
         self.config = parse_dispatcher_config(config.plugin_section("dispatcher"), config.path)
+        self.config = replace(self.config, db_url=resolve_sqlite_url(self.config.db_url, config.base_dir))
         self.app = app
         self._list_file = config.resolve_path(self.config.list_file) if self.config.list_file else None
         self.state = self._make_state()
@@ -156,7 +168,32 @@ class DispatcherPlugin:
     def b2bua_startup(self, app: Host) -> None:
         self.app = app
         self.state.swap(self._loader(self.config, self._list_file), keep_state=False, reason="startup")
-        # -- probing: the lead starts the keepalive timer here (ping_interval, probing_mode, ...)
+        self.prober = self._make_prober(app)
+        self.prober.start()
+
+    @hookimpl
+    def b2bua_shutdown(self, app: Host) -> None:
+        if self.prober is not None:
+            self.prober.stop()
+
+    def _make_prober(self, app: Host) -> Prober:
+        cfg = self.config
+        return Prober(
+            self.state,
+            send=app.send_request,
+            call_later=app.call_later,
+            interval=cfg.ping_interval,
+            method=cfg.ping_method,
+            from_uri=cfg.ping_from,
+            timeout=cfg.ping_timeout,
+            mode=cfg.probing_mode,
+            probing_threshold=cfg.probing_threshold,
+            inactive_threshold=cfg.inactive_threshold,
+            reply_codes=parse_reply_codes(cfg.ping_reply_codes),
+            latency_stats=cfg.ping_latency_stats,
+            alpha_per_mille=cfg.latency_estimator_alpha,
+            active=cfg.ping_active,
+        )
 
     @hookimpl
     def b2bua_reload(self, app: Host) -> None:
@@ -266,6 +303,7 @@ class DispatcherPlugin:
         )
 
     def _on_change(self, dest: Destination, old: int | None, new: int, reason: str) -> None:
+        log_change(dest, old, new, reason)
         if self.app is not None:
             self.app.hook.dispatcher_dst_state_changed(dest=dest, old=old, new=new, reason=reason)
 

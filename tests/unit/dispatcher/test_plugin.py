@@ -43,9 +43,22 @@ class FakeApp:
         self.hook = pm.hook
         self.config = config
         self.handoff: queue.Queue[Callable[[], None]] = queue.Queue()
+        self.probes: list[Any] = []
 
     def call_soon_threadsafe(self, callback: Callable[[], None]) -> None:
         self.handoff.put(callback)
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Any:
+        # timers never fire here: probing is tested in test_probing
+        return _NoTimer()
+
+    def send_request(self, *args: Any, **kwargs: Any) -> None:
+        self.probes.append(args)
+
+
+class _NoTimer:
+    def cancel(self) -> None:
+        pass
 
 
 class Events:
