@@ -155,6 +155,7 @@ class Endpoint:
         acfg.idUri = f"sip:b2bua@{host}:{first.port}"
         acfg.callConfig.timerUse = pj.PJSUA_SIP_TIMER_OPTIONAL if sip.session_timers else pj.PJSUA_SIP_TIMER_INACTIVE
         acfg.callConfig.prackUse = pj.PJSUA_100REL_NOT_USED
+        acfg.mediaConfig.lockCodecEnabled = False  # no re-INVITE to lock a codec: carriers dislike it
         acfg.mediaConfig.transportConfig.port = sip.rtp_port
         acfg.mediaConfig.transportConfig.portRange = max(1000, cfg.uaConfig.maxCalls * 2 + 2)
         acfg.mediaConfig.transportConfig.boundAddress = first.address

@@ -152,7 +152,7 @@ def main() -> int:
     gw_port = free_port(GATEWAY_IP)
     gateway = start_gateway(workdir, gw_port)
     b2b_port = free_port(B2BUA_IP)
-    max_calls = max(args.concurrent + 50, 1000)
+    max_calls = args.concurrent + 20 if args.concurrent else 1000
     b2bua = start_b2bua(workdir, write_config(workdir, b2b_port, gw_port, max_calls))
     try:
         if args.concurrent:
