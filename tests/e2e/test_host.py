@@ -1,0 +1,219 @@
+"""The host over real SIP, without the dispatcher: calls, CANCEL, failures, timers, forking,
+admission, load, plugins and bad input (issue 2)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .conftest import B2buaFactory, GatewayFactory
+from .harness import REPO_ROOT, AddressAllocator, B2buaProcess, Caller, Gateway, free_port
+
+DEFAULT_SIP = "shutdown_grace = 2.0\nmax_calls = 300"
+
+
+def host_config(b2b_ip: str, port: int, *, target: str = "", extra: str = "", sip: str = "",
+                plugins: str = "[]", transport: str = "udp") -> str:
+    return f"""
+[sip]
+listen = ["{transport}:{b2b_ip}:{port}"]
+attempt_timeout = 1.0
+answer_timeout = 5.0
+{sip or DEFAULT_SIP}
+[log]
+level = "DEBUG"
+[control]
+socket = "b2bua.sock"
+[routing]
+default_target = "{target}"
+[plugins]
+enabled = {plugins}
+{extra}
+"""
+
+
+class Host:
+    """A B2BUA on its own address routing to ``target``."""
+
+    def __init__(self, factory: B2buaFactory, addresses: AddressAllocator, target: str = "",
+                 subdir: str | None = None, **kw: str) -> None:
+        self.ip = addresses.next()
+        self.port = free_port(self.ip, "both")
+        self.proc: B2buaProcess = factory(host_config(self.ip, self.port, target=target, **kw), subdir=subdir)
+
+
+def test_basic_call_caller_hangs_up(b2bua_factory: B2buaFactory, addresses: AddressAllocator,
+                                    gateway_factory: GatewayFactory, caller: Caller) -> None:
+    gw = gateway_factory("answer")
+    b2b = Host(b2bua_factory, addresses, gw.uri)
+    result = caller.run_calls(b2b.ip, b2b.port, n=3, rate=10, call_duration_ms=300, service="4930123")
+    assert result.final_codes == [200, 200, 200], result.describe()
+    assert all(180 in call.codes for call in result.calls), "the gateway's 180 was relayed"
+    assert gw.count("INVITE") == 3 and gw.count("ACK") == 3 and gw.count("BYE") == 3
+    # the B leg carries the caller's number in its Request-URI
+    assert gw.requests("INVITE")[0].first_line.startswith(f"INVITE sip:4930123@{gw.ip}:{gw.port}")
+    assert "answered" in b2b.proc.log_text()
+
+
+def test_callee_hangs_up(b2bua_factory: B2buaFactory, addresses: AddressAllocator,
+                         gateway_factory: GatewayFactory, caller: Caller) -> None:
+    gw = gateway_factory("hangup:300")
+    b2b = Host(b2bua_factory, addresses, gw.uri)
+    result = caller.run_calls(b2b.ip, b2b.port, n=2, rate=5, behaviour="hangup-by-callee")
+    assert result.ok, result.describe()
+    assert result.final_codes == [200, 200]
+    assert gw.count("BYE") == 0  # the gateway sent the BYEs; it received none
+    assert "callee-hangup" in b2b.proc.log_text()
+
+
+def test_caller_cancel_reaches_the_gateway(b2bua_factory: B2buaFactory, addresses: AddressAllocator,
+                                           gateway_factory: GatewayFactory, caller: Caller) -> None:
+    gw = gateway_factory("ring")
+    b2b = Host(b2bua_factory, addresses, gw.uri)
+    result = caller.run_calls(b2b.ip, b2b.port, n=2, rate=5, behaviour="cancel", cancel_after_ms=300)
+    assert result.final_codes == [487, 487], result.describe()
+    assert gw.count("CANCEL") == 2
+    assert gw.count("ACK") == 2  # for the gateway's 487s
+
+
+def test_gateway_failures_reach_the_caller(b2bua_factory: B2buaFactory, addresses: AddressAllocator,
+                                           gateway_factory: GatewayFactory, caller: Caller) -> None:
+    for code in (404, 486, 503):
+        gw = gateway_factory(f"reject:{code}")
+        b2b = Host(b2bua_factory, addresses, gw.uri, subdir=str(code))
+        result = caller.run_calls(b2b.ip, b2b.port, n=1, behaviour=f"expect:{code}")
+        assert result.final_codes == [code], result.describe()
+        assert gw.count("ACK") == 1  # the B2BUA acknowledged the gateway's failure
+
+
+def test_silent_gateway_ends_at_the_attempt_timeout(b2bua_factory: B2buaFactory, addresses: AddressAllocator,
+                                                    gateway_factory: GatewayFactory, caller: Caller) -> None:
+    gw = gateway_factory("silent")
+    b2b = Host(b2bua_factory, addresses, gw.uri)
+    started = time.monotonic()
+    result = caller.run_calls(b2b.ip, b2b.port, n=1, behaviour="expect:408")
+    assert result.final_codes == [408], result.describe()
+    assert time.monotonic() - started < 8, "ended by the 1 s attempt timeout, not Timer B (32 s)"
+    assert result.calls[0].setup_time is None or result.calls[0].setup_time < 3
+
+
+def test_parallel_dial_first_answer_wins(b2bua_factory: B2buaFactory, addresses: AddressAllocator,
+                                         gateway_factory: GatewayFactory, caller: Caller) -> None:
+    answering = gateway_factory("ring-then-answer:0.3")
+    ringing = [gateway_factory("ring"), gateway_factory("ring")]
+    targets = ", ".join(f'"{g.uri}"' for g in (answering, *ringing))
+    b2b = Host(b2bua_factory, addresses, plugins='["tests.e2e.host_plugins:ParallelRouter"]',
+               extra=f"[plugins.parallel]\ntargets = [{targets}]\n")
+    result = caller.run_calls(b2b.ip, b2b.port, n=1, call_duration_ms=500)
+    assert result.final_codes == [200], result.describe()
+    assert answering.count("INVITE") == 1 and answering.count("BYE") == 1
+    for gw in ringing:
+        assert gw.count("INVITE") == 1
+        assert gw.count("CANCEL") == 1, "the losing forks are cancelled"
+        assert gw.count("BYE") == 0
+
+
+def test_200_concurrent_calls(b2bua_factory: B2buaFactory, addresses: AddressAllocator,
+                              gateway_factory: GatewayFactory, caller: Caller) -> None:
+    gw = gateway_factory("answer")
+    b2b = Host(b2bua_factory, addresses, gw.uri)
+    run = caller.start_calls(b2b.ip, b2b.port, n=200, rate=100, call_duration_ms=4000)
+    time.sleep(3.0)
+    calls = b2b.proc.rpc("core.calls")
+    result = run.wait(60)
+    assert result.successful == 200 and result.failed == 0, result.describe()
+    assert len(calls) >= 150, f"only {len(calls)} calls were up at once"
+    assert gw.count("BYE") == 200
+
+
+def test_admission_answers_503_at_the_cap(b2bua_factory: B2buaFactory, addresses: AddressAllocator,
+                                          gateway_factory: GatewayFactory, caller: Caller) -> None:
+    gw = gateway_factory("answer")
+    b2b = Host(b2bua_factory, addresses, gw.uri, sip="max_calls = 5\nretry_after = 7\nshutdown_grace = 2.0\n")
+    held = caller.start_calls(b2b.ip, b2b.port, n=5, rate=50, call_duration_ms=3000)
+    time.sleep(1.0)
+    extra = Caller(addresses.next(), caller.workdir).run_calls(b2b.ip, b2b.port, n=3, rate=10,
+                                                              behaviour="expect:503")
+    assert extra.final_codes == [503, 503, 503], extra.describe()
+    assert held.wait(30).successful == 5
+    assert gw.count("INVITE") == 5
+    assert "refused: 503 Too Many Calls" in b2b.proc.log_text()
+
+
+def test_tcp_transport(b2bua_factory: B2buaFactory, addresses: AddressAllocator,
+                       gateway_factory: GatewayFactory, caller: Caller) -> None:
+    gw = gateway_factory("answer", transport="tcp")
+    b2b = Host(b2bua_factory, addresses, f"{gw.uri};transport=tcp", transport="tcp")
+    result = caller.run_calls(b2b.ip, b2b.port, n=2, rate=5, transport="tcp")
+    assert result.final_codes == [200, 200], result.describe()
+    assert gw.count("BYE") == 2
+
+
+def test_example_plugin_routes_by_prefix(b2bua_factory: B2buaFactory, addresses: AddressAllocator,
+                                         gateway_factory: GatewayFactory, caller: Caller) -> None:
+    germany, france = gateway_factory("answer"), gateway_factory("answer")
+    ip = addresses.next()
+    port = free_port(ip, "both")
+    config = host_config(ip, port, plugins='["prefix_router:PrefixRouter"]',
+                         extra=f'[plugins.prefix_router]\n"49" = "{germany.uri}"\n"33" = "{france.uri}"\n')
+    env = {"PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "docs" / "examples"), str(REPO_ROOT)])}
+    b2bua_factory(config, env=env)
+    assert caller.run_calls(ip, port, n=2, rate=5, service="4930123").final_codes == [200, 200]
+    assert caller.run_calls(ip, port, n=1, service="33123").final_codes == [200]
+    nowhere = caller.run_calls(ip, port, n=1, service="1555", behaviour="expect:503")
+    assert nowhere.final_codes == [503], "no prefix and no default_target: the no-route answer"
+    assert (germany.count("INVITE"), france.count("INVITE")) == (2, 1)
+
+
+def test_a_raising_hook_costs_one_call(b2bua_factory: B2buaFactory, addresses: AddressAllocator,
+                                       gateway_factory: GatewayFactory, caller: Caller) -> None:
+    gw = gateway_factory("answer")
+    b2b = Host(b2bua_factory, addresses, gw.uri, plugins='["tests.e2e.host_plugins:RaisingRouter"]')
+    failed = caller.run_calls(b2b.ip, b2b.port, n=1, service="boom", behaviour="expect:500")
+    assert failed.final_codes == [500], failed.describe()
+    assert caller.run_calls(b2b.ip, b2b.port, n=2, rate=5).final_codes == [200, 200]
+    log = b2b.proc.log_text()
+    call_id = failed.calls[0].call_id
+    assert any("a plugin failed while routing the call" in line and call_id in line for line in log.splitlines())
+    assert "this plugin is broken on purpose" in log
+
+
+def run_cli(workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "b2bua", *args], cwd=workdir, capture_output=True, text=True,
+                          timeout=60, check=False)
+
+
+def test_malformed_config_is_refused_with_its_path(workdir: Path) -> None:
+    (workdir / "config.toml").write_text('[sip]\nlisten = ["udp:127.0.0.1:5060"]\nmax_calls = "lots"\n')
+    for command in ("run", "check-config"):
+        done = run_cli(workdir, command, "-c", "config.toml")
+        assert done.returncode == 2
+        assert "config.toml: [sip] max_calls: expected an integer, got 'lots'" in done.stderr + done.stdout
+
+
+def test_plugin_that_fails_to_import_stops_start_up(workdir: Path) -> None:
+    (workdir / "config.toml").write_text('[plugins]\nenabled = ["no_such_module_here:Plugin"]\n')
+    done = run_cli(workdir, "run", "-c", "config.toml")
+    assert done.returncode == 2
+    assert "no_such_module_here" in done.stderr
+
+
+def test_sigterm_hangs_up_calls_and_exits_0(b2bua_factory: B2buaFactory, addresses: AddressAllocator,
+                                            gateway_factory: GatewayFactory, caller: Caller) -> None:
+    gw = gateway_factory("answer")
+    b2b = Host(b2bua_factory, addresses, gw.uri, sip="shutdown_grace = 0.5\nmax_calls = 50\n")
+    run = caller.start_calls(b2b.ip, b2b.port, n=5, rate=50, call_duration_ms=20000)
+    time.sleep(1.0)
+    assert b2b.proc.stop() == 0
+    result = run.wait(30)
+    assert result.successful + result.failed == 5
+    assert gw.count("BYE") == 5, "every B leg was hung up"
+    assert "hanging up 5 calls" in b2b.proc.log_text()
+
+
+def test_gateway_uri_helper_matches(gateway_factory: GatewayFactory) -> None:
+    gw: Gateway = gateway_factory("answer")
+    assert gw.uri == f"sip:{gw.ip}:{gw.port}"
