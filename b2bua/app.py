@@ -27,6 +27,8 @@ T = TypeVar("T")
 
 #: how long the loop blocks in pjsip at most (signals and queued work wait at most this long)
 POLL_CEILING = 0.005
+#: how often the loop measures its own lateness (overload detection)
+HEARTBEAT = 0.05
 
 
 class App:
@@ -49,6 +51,8 @@ class App:
         self._next_session = 0
         self._stopping = False
         self._draining = False
+        self._overloaded_until = 0.0
+        self.overload_rejects = 0
         self._control: Any = None
         self.reload_requested = False
 
@@ -150,6 +154,9 @@ class App:
         refuse: Reject | None = None
         if self._draining:
             refuse = Reject(503, "Shutting Down", _retry_after(sip_cfg.retry_after))
+        elif self._overloaded_until and time.monotonic() < self._overloaded_until:
+            self.overload_rejects += 1
+            refuse = Reject(503, "Overloaded", _retry_after(sip_cfg.retry_after))
         elif len(self.sessions) >= sip_cfg.max_calls or self.legs_in_use >= self.endpoint.slots - 1:
             refuse = Reject(sip_cfg.admission_code, "Too Many Calls", _retry_after(sip_cfg.retry_after))
         if refuse is not None:
@@ -182,6 +189,8 @@ class App:
             self.hooks.startup(self)
             self._start_control()
             self._install_signals()
+            if self._config.sip.overload_lag > 0:
+                self._heartbeat(time.monotonic())
             logger.info("b2bua ready: listening on {} (plugins: {})",
                         ", ".join(self.endpoint.listeners), ", ".join(self.plugin_names()) or "none")
             self._serve()
@@ -224,6 +233,20 @@ class App:
             if self.reload_requested:
                 self.reload_requested = False
                 self._on_sighup()
+
+    def _heartbeat(self, expected: float) -> None:
+        """Measure how late the loop runs; past ``overload_lag`` shed new calls for a second.
+
+        Refusing a new INVITE costs a fraction of a call; accepting calls the loop cannot serve
+        makes every call late, then retransmissions multiply the load and everything fails.
+        """
+        now = time.monotonic()
+        lag = now - expected
+        if lag > self._config.sip.overload_lag:
+            if now >= self._overloaded_until:
+                logger.warning("overload: the loop runs {:.0f} ms late; new calls get 503 for 1 s", lag * 1000)
+            self._overloaded_until = now + 1.0
+        self.scheduler.call_later(HEARTBEAT, lambda: self._heartbeat(now + HEARTBEAT))
 
     def _on_sighup(self) -> None:
         logger.info("SIGHUP: reloading")

@@ -189,6 +189,9 @@ class SipConfig:
     rtp_port: int = opt(40000, "first RTP port (each call leg takes two)")
     session_timers: bool = opt(False, "offer RFC 4028 session timers on B legs")
     shutdown_grace: float = opt(10.0, "seconds to let calls finish on SIGTERM before hanging them up")
+    overload_lag: float = opt(
+        0.1, "when the loop runs this many seconds late, new calls get 503 + Retry-After for a second (0: off)"
+    )
     require_call_slots: bool = opt(
         True, "refuse to start when pjsua2 has fewer call slots than max_calls x 2 (development: false)"
     )
