@@ -1,0 +1,1 @@
+"""Store tests against real MariaDB and PostgreSQL servers (scripts/test-databases.sh)."""
