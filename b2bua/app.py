@@ -186,7 +186,10 @@ class App:
         self.hooks.configure(self._config, self)
         self.endpoint.start()
         try:
-            self.hooks.startup(self)
+            try:
+                self.hooks.startup(self)
+            except Exception as exc:
+                raise StartupError(f"start-up failed: {exc}") from exc
             self._start_control()
             self._install_signals()
             if self._config.sip.overload_lag > 0:
@@ -294,6 +297,10 @@ class App:
         gc.collect()
         self.endpoint.destroy()
         logger.info("stopped")
+
+
+class StartupError(RuntimeError):
+    """A plugin could not start (its data source is unreachable, a file is malformed, ...)."""
 
 
 class _Refused:

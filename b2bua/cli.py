@@ -81,10 +81,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from b2bua.control import ControlError
     from b2bua.endpoint import BuildError
 
+    from b2bua.app import StartupError
+
     try:
         app = App(config)
         return app.run()
-    except (ConfigError, BuildError, ControlError, OSError) as exc:
+    except (ConfigError, BuildError, ControlError, StartupError, OSError) as exc:
         logger.error("{}", exc)
         return 2
 

@@ -217,3 +217,16 @@ def test_sigterm_hangs_up_calls_and_exits_0(b2bua_factory: B2buaFactory, address
 def test_gateway_uri_helper_matches(gateway_factory: GatewayFactory) -> None:
     gw: Gateway = gateway_factory("answer")
     assert gw.uri == f"sip:{gw.ip}:{gw.port}"
+
+
+def test_unreachable_database_names_the_url_without_the_password(workdir: Path) -> None:
+    closed = free_port("127.0.0.1", "tcp")  # nothing listens there
+    (workdir / "config.toml").write_text(
+        f'[sip]\nlisten = ["udp:127.0.0.1:{free_port("127.0.0.1")}"]\n[control]\nsocket = ""\n'
+        f'[plugins]\nenabled = ["dispatcher"]\n[plugins.dispatcher]\n'
+        f'db_url = "mysql+pymysql://kam:s3cret@127.0.0.1:{closed}/kamailio"\n'
+    )
+    done = run_cli(workdir, "run", "-c", "config.toml")
+    assert done.returncode == 2
+    assert f"start-up failed: mysql+pymysql://kam:***@127.0.0.1:{closed}/kamailio" in done.stderr
+    assert "s3cret" not in done.stderr + done.stdout
