@@ -127,9 +127,9 @@ def start_b2bua(workdir: Path, config: Path) -> subprocess.Popen[bytes]:
     raise SystemExit("the B2BUA did not start:\n" + (workdir / "b2bua.log").read_text()[-3000:])
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
+def stop(proc: subprocess.Popen[bytes], sig: signal.Signals = signal.SIGTERM) -> None:
     if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)
         try:
             proc.wait(20)
         except subprocess.TimeoutExpired:
@@ -178,7 +178,7 @@ def main() -> int:
             time.sleep(2)
     finally:
         stop(b2bua)
-        stop(gateway)
+        stop(gateway, signal.SIGINT)  # sipp ends at once on SIGINT (it ignores SIGTERM while busy)
     print(f"logs: {workdir}")
     return 0
 
