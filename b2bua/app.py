@@ -7,14 +7,14 @@ import resource
 import signal
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import pjsua2 as pj
 from loguru import logger
 
 from b2bua import __version__, sip
-from b2bua.api import CallInfo, EndCause, ProbeResult, Reject
+from b2bua.api import CallInfo, EndCause, Reject
 from b2bua.config import Config
 from b2bua.endpoint import Endpoint
 from b2bua.legs import Leg, op
@@ -43,6 +43,8 @@ class App:
         self.hooks = Hooks(self.pm)
         self.registry = RpcRegistry()
         self.endpoint = Endpoint(config, self.scheduler, self._on_incoming)
+        #: Host.send_request: out-of-dialog requests (keepalives) go straight to the endpoint
+        self.send_request = self.endpoint.send_request
         self.sessions: dict[int, Session] = {}
         self.started_at = time.time()
         self.legs_in_use = 0
@@ -74,19 +76,6 @@ class App:
 
     def run_on_loop(self, callback: Callable[[], T], timeout: float = 10.0) -> T:
         return self.scheduler.run_on_loop(callback, timeout)
-
-    def send_request(
-        self,
-        method: str,
-        uri: str,
-        *,
-        from_uri: str,
-        callback: Callable[[ProbeResult], None],
-        timeout: float = 2.0,
-        headers: Sequence[tuple[str, str]] = (),
-    ) -> None:
-        self.endpoint.send_request(method, uri, from_uri=from_uri, callback=callback, timeout=timeout,
-                                   headers=headers)
 
     # -- control API helpers ----------------------------------------------------------------------
 

@@ -78,10 +78,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ImportError as exc:  # pjsua2 missing
         logger.error("cannot import the SIP stack ({}): run scripts/setup.sh to build pjsua2", exc)
         return 2
+    from b2bua.app import StartupError
     from b2bua.control import ControlError
     from b2bua.endpoint import BuildError
-
-    from b2bua.app import StartupError
 
     try:
         app = App(config)

@@ -56,7 +56,6 @@ class Session:
         self.answered_target: Target | None = None
         self.failures: list[Failure] = []
         self.relayed_18x = False
-        self.rejected = False  # we sent the caller a final failure
         self.bridged_with = 0  # index of the B leg whose audio is connected to A
         self.state = State.ROUTING
         self.cause: EndCause | None = None
@@ -301,17 +300,11 @@ class Session:
                 self.cause = EndCause.CALLER_HANGUP if self.state is State.ANSWERED else EndCause.CALLER_CANCEL
                 self.log.debug("caller {}", "hung up" if self.state is State.ANSWERED else "cancelled")
             self.state = State.ENDING
-            for b in list(self.b.values()):
-                if b.index == self.winner:
-                    self._hangup(b)
-                else:
-                    b.cancelled = True
-                    self._abandon(b)
+            self._end_b_legs()
             self._maybe_end()
 
     def reject(self, answer: Reject, cause: EndCause) -> None:
         """Give the caller a final failure answer."""
-        self.rejected = True
         self.state = State.ENDING
         self.cause = cause
         self.final = f"{answer.code} {answer.reason}"
@@ -333,7 +326,7 @@ class Session:
             return
         if not (a.media_active and leg.media_active):
             return  # the other side's onCallMediaState will bridge
-        a_audio = self.a.audio()
+        a_audio = a.audio()
         b_audio = leg.audio()
         if a_audio is None or b_audio is None:
             return
@@ -351,6 +344,10 @@ class Session:
                 self._hangup(self.a)
             else:
                 self._hangup(self.a, code, reason)
+        self._end_b_legs()
+
+    def _end_b_legs(self) -> None:
+        """BYE to the answered B leg, CANCEL (or give up) the others."""
         for b in list(self.b.values()):
             if b.index == self.winner:
                 self._hangup(b)
