@@ -1,10 +1,11 @@
 """``b2bua dispatcher ...`` subcommands.
 
-:func:`add_dispatcher_commands` creates the ``dispatcher`` command and returns *its*
-subparsers, so other modules add their own subcommands next to ``simulate``::
+:func:`add_dispatcher_commands` creates the ``dispatcher`` command with ``simulate`` and the
+administration verbs of :mod:`plugins.dispatcher.admin` (``add``, ``rm``, ``show``, ``list``,
+``reload``, ``set-state``), and returns *its* subparsers, so other modules can add their own::
 
     sub = add_dispatcher_commands(subparsers)
-    add_admin_commands(sub)    # add, rm, show, list, reload, set-state (another module)
+    add_my_commands(sub)
 
 Handlers follow the host's convention: ``func(args) -> exit code``.
 """
@@ -19,6 +20,7 @@ from typing import TextIO
 from loguru import logger
 
 from b2bua.config import ConfigError, load_config
+from plugins.dispatcher.admin import add_admin_commands
 from plugins.dispatcher.algorithms import resolve_algorithm
 from plugins.dispatcher.config import DispatcherConfig, parse_dispatcher_config
 from plugins.dispatcher.model import Snapshot
@@ -31,11 +33,16 @@ def add_dispatcher_commands(
     subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
 ) -> argparse._SubParsersAction[argparse.ArgumentParser]:
     """Add ``dispatcher`` to the ``b2bua`` command line; returns its subcommand parsers."""
-    parser = subparsers.add_parser("dispatcher", help="dispatcher destinations and selection")
+    parser = subparsers.add_parser(
+        "dispatcher",
+        help="dispatcher destinations: add, rm, show, list, reload, set-state, simulate",
+        description="Manage the dispatcher's destinations (like kamctl/kamcli dispatcher) and try its algorithms.",
+    )
     sub: argparse._SubParsersAction[argparse.ArgumentParser] = parser.add_subparsers(
         dest="dispatcher_command", metavar="SUBCOMMAND", required=True
     )
     add_simulate_command(sub)
+    add_admin_commands(sub)
     return sub
 
 

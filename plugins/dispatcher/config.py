@@ -141,6 +141,11 @@ class DispatcherConfig:
     keep_state_on_reload: bool = opt(
         True, "a reload keeps the runtime state (flags, probe counters, latency) of entries that survive"
     )
+    state_file: str = opt(
+        "dispatcher-state.json",
+        "JSON file (relative to the config) keeping the entries an operator disabled with set_state d"
+        " across reloads and restarts; empty: off",
+    )
     dns_skip_unresolvable: bool = opt(False, "skip entries whose host does not resolve instead of failing the load")
     dns_interval: float = opt(0.0, "seconds between re-resolving destination hosts; 0: resolve at load only")
 

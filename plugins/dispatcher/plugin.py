@@ -27,7 +27,7 @@ from loguru import logger
 
 from b2bua import hookimpl
 from b2bua.api import DialMode, Reject, RoutePlan, StashKey, Target
-from plugins.dispatcher import hookspecs
+from plugins.dispatcher import hookspecs, statefile
 from plugins.dispatcher.config import DispatcherConfig, parse_dispatcher_config
 from plugins.dispatcher.model import Destination, Snapshot
 from plugins.dispatcher.probing import Prober, log_change
@@ -41,11 +41,22 @@ if TYPE_CHECKING:
 
     from b2bua.api import CallInfo, EndCause, Failure, Host
     from b2bua.config import Config
+    from b2bua.rpc import RpcRegistry
 
 #: a function that loads the destinations (blocking); the default reads the configured source
 Loader = Callable[[DispatcherConfig, "Path | None"], Snapshot]
 
 DATA_KEY = "dispatcher"  #: the key of ``Target.data`` / ``RoutePlan.data`` this plugin fills
+#: seconds a control-method reload waits for the loop thread to swap the new destinations in
+RELOAD_LOOP_TIMEOUT = 10.0
+
+
+class ReloadBusy(Exception):
+    """Another reload (or an in-memory add/remove) is running (Kamailio: "Ongoing reload")."""
+
+
+class ReloadFailed(Exception):
+    """Loading the destinations failed; the message names the cause (file:line, row id, URL)."""
 
 
 @dataclass(frozen=True)
@@ -144,9 +155,14 @@ class DispatcherPlugin:
         self._loader: Loader = loader or load_configured
         self._rng = rng or random.Random()
         self._list_file: Path | None = None
-        self._reloading = False
+        #: held from the start of a reload until the loop thread is done with its result, so
+        #: reloads (SIGHUP, dispatcher.reload) never overlap and never swap out of order
+        self._reload_lock = threading.Lock()
         self.prober: Prober | None = None
         self.state = self._make_state()
+        #: entries an operator disabled (set_state d), kept in the state file; loop thread only
+        self.admin_disabled: dict[DestKey, str] = {}
+        self._state_writer: statefile.StateWriter | None = None
 
     # -- set-up ----------------------------------------------------------------------------
 
@@ -161,13 +177,17 @@ class DispatcherPlugin:
         self.app = app
         self._list_file = config.resolve_path(self.config.list_file) if self.config.list_file else None
         self.state = self._make_state()
+        state_path = config.resolve_path(self.config.state_file) if self.config.state_file else None
+        self._state_writer = statefile.StateWriter(state_path) if state_path is not None else None
         if not self.config.routes:
             logger.info("dispatcher: no [[plugins.dispatcher.routes]]: every call goes to set 1, round robin")
 
     @hookimpl
     def b2bua_startup(self, app: Host) -> None:
         self.app = app
+        self.admin_disabled = self._read_admin_state()
         self.state.swap(self._loader(self.config, self._list_file), keep_state=False, reason="startup")
+        self._apply_admin_state()
         self.prober = self._make_prober(app)
         self.prober.start()
 
@@ -175,6 +195,8 @@ class DispatcherPlugin:
     def b2bua_shutdown(self, app: Host) -> None:
         if self.prober is not None:
             self.prober.stop()
+        if self._state_writer is not None:
+            self._state_writer.close()
 
     def _make_prober(self, app: Host) -> Prober:
         cfg = self.config
@@ -197,34 +219,144 @@ class DispatcherPlugin:
 
     @hookimpl
     def b2bua_reload(self, app: Host) -> None:
-        """Re-read the source on a thread; the new snapshot is swapped in on the loop."""
-        if self._reloading:
+        """SIGHUP: re-read the source on a thread; the new snapshot is swapped in on the loop.
+
+        The same path as ``dispatcher.reload`` (:meth:`reload`), without waiting for it.
+        """
+        if not self._reload_lock.acquire(blocking=False):
             logger.warning("dispatcher: a reload is already running; this one is ignored")
             return
-        self._reloading = True
 
         def work() -> None:
             try:
-                snapshot = self._loader(self.config, self._list_file)
-            except Exception as exc:  # any load failure keeps the current destinations
-                logger.error("dispatcher: reload failed, keeping the current destinations: {}", exc)
-                app.call_soon_threadsafe(self._reload_done)
-                return
-            app.call_soon_threadsafe(lambda: self._reload_done(snapshot))
+                self._load_and_swap("reload", wait=False)
+            except ReloadFailed:
+                pass  # logged; the current destinations stay
 
         threading.Thread(target=work, name="dispatcher-reload", daemon=True).start()
 
-    def _reload_done(self, snapshot: Snapshot | None = None) -> None:
-        self._reloading = False
-        if snapshot is not None:
-            self.apply_snapshot(snapshot, reason="reload")
+    def reload(self, reason: str = "reload") -> Snapshot:
+        """Re-read the source and swap it in; returns once the loop thread has done so.
+
+        Blocks (file, database, DNS): call it off the loop thread (``dispatcher.reload`` runs
+        on a control thread).
+
+        :raises ReloadBusy: another reload is running.
+        :raises ReloadFailed: the load failed (the current destinations stay), or the loop
+            thread did not take the result within :data:`RELOAD_LOOP_TIMEOUT` seconds.
+        """
+        if not self._reload_lock.acquire(blocking=False):
+            raise ReloadBusy("Ongoing reload")
+        return self._load_and_swap(reason, wait=True)
+
+    def _load_and_swap(self, reason: str, *, wait: bool) -> Snapshot:
+        """Load with the reload lock held; the lock is released on the loop, by
+        :meth:`_reload_done`, once the result (or the failure) got there."""
+        app = self.app
+        assert app is not None, "reload before b2bua_configure"
+
+        def hand_over(done: Callable[[], None]) -> None:
+            if not wait:
+                app.call_soon_threadsafe(done)
+                return
+            try:
+                app.run_on_loop(done, RELOAD_LOOP_TIMEOUT)
+            except TimeoutError:
+                # the callback is still queued: it swaps and releases the lock when the loop runs
+                raise ReloadFailed(
+                    f"the loop thread did not take the new destinations within {RELOAD_LOOP_TIMEOUT:g}s;"
+                    " they are swapped in when it does"
+                ) from None
+
+        try:
+            snapshot = self._loader(self.config, self._list_file)
+        except BaseException as exc:
+            hand_over(lambda: self._reload_done(None, reason))
+            if not isinstance(exc, Exception):
+                raise
+            cause = str(exc) or type(exc).__name__
+            logger.error("dispatcher: reload failed, keeping the current destinations: {}", cause)
+            raise ReloadFailed(cause) from exc
+        hand_over(lambda: self._reload_done(snapshot, reason))
+        return snapshot
+
+    def _reload_done(self, snapshot: Snapshot | None, reason: str = "reload") -> None:
+        try:
+            if snapshot is not None:
+                self.apply_snapshot(snapshot, reason=reason)
+        finally:
+            self._reload_lock.release()
 
     def apply_snapshot(self, snapshot: Snapshot, reason: str = "reload") -> None:
-        """Swap in a freshly loaded snapshot (loop thread), keeping state as configured."""
+        """Swap in a freshly loaded snapshot (loop thread), keeping state as configured; the
+        entries an operator disabled (state file) stay disabled."""
         self.state.swap(snapshot, keep_state=self.config.keep_state_on_reload, reason=reason)
+        self._apply_admin_state()
 
-    # -- control API: the lead adds b2bua_register_rpc here (dispatcher.list, .reload,
-    #    .set_state, .set_duid_state, .add, .remove, .ping_active, .hash) over self.state
+    def try_exclusive(self) -> bool:
+        """Take the reload lock for an in-memory change (``dispatcher.add``/``remove``), so it
+        is not lost to a reload running meanwhile; False when a reload runs. Release with
+        :meth:`end_exclusive`."""
+        return self._reload_lock.acquire(blocking=False)
+
+    def end_exclusive(self) -> None:
+        """Release what :meth:`try_exclusive` took."""
+        self._reload_lock.release()
+
+    # -- admin state (state file) ----------------------------------------------------------
+
+    def note_admin_state(self, dests: list[Destination], letters: str) -> None:
+        """An operator set ``dests`` to ``letters`` (loop thread): D entries go into the state
+        file, any other state takes them out; the file is written off the loop."""
+        disable = letters.strip().lower()[:1] in ("d", "2")
+        updated = statefile.with_entries(self.admin_disabled, [(d.setid, d.uri) for d in dests], disable)
+        self._set_admin_disabled(updated)
+
+    def forget_admin_state(self, setid: int, uri: str) -> None:
+        """The entry was removed from memory (``dispatcher.remove``): drop it from the file."""
+        updated = statefile.with_entries(self.admin_disabled, [(setid, uri)], disable=False)
+        self._set_admin_disabled(updated)
+
+    def _set_admin_disabled(self, updated: dict[DestKey, str]) -> None:
+        if updated == self.admin_disabled:
+            return
+        self.admin_disabled = updated
+        if self._state_writer is not None:
+            self._state_writer.save(updated)
+
+    def flush_admin_state(self, timeout: float = 5.0) -> bool:
+        """Wait for pending state-file writes (tests, shutdown); False on timeout."""
+        return self._state_writer.flush(timeout) if self._state_writer is not None else True
+
+    def _read_admin_state(self) -> dict[DestKey, str]:
+        if self._state_writer is None:
+            return {}
+        try:
+            found = statefile.read_state_file(self._state_writer.path)
+        except statefile.StateFileError as exc:
+            # never a reason not to start: the operator's disables are lost, loudly
+            logger.error("dispatcher: ignoring the admin state file: {}", exc)
+            return {}
+        if found:
+            logger.info("dispatcher: {} entries disabled by an operator ({})", len(found), self._state_writer.path)
+        return found
+
+    def _apply_admin_state(self) -> None:
+        """After a load: put the operator-disabled entries back in D; forget those no longer loaded."""
+        kept, dropped = statefile.split_loaded(self.admin_disabled, lambda key: self.state.destination(key) is not None)
+        for (setid, _), uri in dropped.items():
+            logger.info("dispatcher: set {} {} is no longer loaded: its admin disable is forgotten", setid, uri)
+        for setid, key in kept:
+            self.state.set_state(setid, key, "d", reason="disabled by an operator (state file)")
+        self._set_admin_disabled(kept)
+
+    # -- control API -----------------------------------------------------------------------
+
+    @hookimpl
+    def b2bua_register_rpc(self, registry: RpcRegistry) -> None:
+        from plugins.dispatcher.rpc import DispatcherRpc
+
+        DispatcherRpc(self).register(registry)
 
     @hookimpl
     def b2bua_cli_commands(self, subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -1,0 +1,515 @@
+"""``b2bua dispatcher add|rm|show|list|reload|set-state``: kamctl/kamcli-style administration.
+
+Two kinds of verbs, as with kamctl:
+
+* ``add``, ``rm`` and ``show`` work on the configured *source*: the ``[plugins.dispatcher]``
+  table (``db_url``; written with bound parameters) or the Kamailio list file (``list_file``;
+  edited line by line, so comments, blank lines and the order of the other lines stay as
+  they are, and replaced atomically). A running B2BUA sees the change after a reload:
+  ``--reload`` asks for one at once.
+* ``list``, ``reload`` and ``set-state`` talk to the running B2BUA over its control API
+  (``dispatcher.list``, ``dispatcher.reload``, ``dispatcher.set_state``).
+
+Every verb takes ``-c/--config`` (default ``./config.toml``): relative ``list_file`` and
+SQLite paths are relative to the config's folder, as for the B2BUA itself. Exit codes: 0 done,
+1 the command failed (bad URI or attrs, unknown id, database error, the B2BUA answered with
+an error), 2 usage, configuration or connection problems (the B2BUA is not running).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from loguru import logger
+
+from b2bua.config import Config, ConfigError, load_config
+from plugins.dispatcher.config import DispatcherConfig, parse_dispatcher_config
+from plugins.dispatcher.listfile import check_flags, format_line, parse_line, parse_list
+from plugins.dispatcher.model import Destination
+from plugins.dispatcher.resolve import LoadError, normalize_uri
+from plugins.dispatcher.sqlstore import INT_MAX, SqlStore, TableNames
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+DEFAULT_CONFIG = "config.toml"
+#: seconds to wait for ``dispatcher.reload`` (a large table, a slow DNS); other methods: 10
+RELOAD_TIMEOUT = 60.0
+CONTROL_TIMEOUT = 10.0
+#: the columns of ``show``, kamctl's ``dispatcher show``
+ROW_FIELDS = ("id", "setid", "destination", "flags", "priority", "attrs", "description")
+
+_TOKEN = re.compile(r"\S+")
+_INT = re.compile(r"[+-]?[0-9]+")
+_HEX = re.compile(r"0[xX][0-9a-fA-F]+")
+
+
+class AdminError(Exception):
+    """A command that cannot be done; ``code`` is the exit code."""
+
+    def __init__(self, message: str, code: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# -- the configured source ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where the destinations live, as the B2BUA with this config reads them."""
+
+    config: Config
+    dispatcher: DispatcherConfig
+    list_file: Path | None
+    db_url: str
+
+    @property
+    def names(self) -> TableNames:
+        cfg = self.dispatcher
+        return TableNames(cfg.table_name, cfg.setid_col, cfg.destination_col, cfg.flags_col, cfg.priority_col,
+                          cfg.attrs_col, cfg.description_col)
+
+    def store(self) -> SqlStore:
+        """A store of the configured table (close it after use). An SQLite table is created
+        when missing, as the B2BUA does on first use."""
+        store = SqlStore(self.db_url, self.names)
+        if store.is_sqlite:
+            store.ensure_schema()
+        return store
+
+
+def open_source(config_path: str) -> Source:
+    """Read ``config_path`` and work out the source of destinations.
+
+    :raises AdminError: (exit 2) the config cannot be read or is invalid.
+    """
+    from plugins.dispatcher.plugin import resolve_sqlite_url
+
+    try:
+        config = load_config(config_path)
+        cfg = parse_dispatcher_config(config.plugin_section("dispatcher"), config.path)
+    except ConfigError as exc:
+        raise AdminError(str(exc), EXIT_USAGE) from None
+    list_file = config.resolve_path(cfg.list_file) if cfg.list_file else None
+    return Source(config, cfg, list_file, resolve_sqlite_url(cfg.db_url, config.base_dir))
+
+
+# -- list-file edits (pure: text in, text out) -------------------------------------------------
+
+
+def split_comment(line: str) -> tuple[str, str]:
+    """``(fields, comment)`` of a list-file line, as Kamailio reads it: a token starting with
+    ``#`` starts the comment, and so does a ``#`` inside one of the first four fields (attrs,
+    the fifth, may hold a ``#``)."""
+    for number, m in enumerate(_TOKEN.finditer(line)):
+        token = m.group()
+        if token.startswith("#") or (number < 4 and "#" in token):
+            at = m.start() + token.index("#")
+            return line[:at], line[at + 1:].strip()
+    return line, ""
+
+
+def list_rows(text: str, path: str) -> list[dict[str, Any]]:
+    """The destinations of a list file as ``show`` rows: ``id`` is the line number and the
+    description is the line's trailing comment. Ordered by set id, then line.
+
+    :raises LoadError: a malformed line (``path:line: reason``).
+    """
+    dests = parse_list(text, path)
+    lines = text.split("\n")
+    rows = [
+        {"id": d.row_id, "setid": d.setid, "destination": d.uri, "flags": d.flags, "priority": d.priority,
+         "attrs": d.attrs.body, "description": split_comment(lines[d.row_id - 1])[1]}
+        for d in dests
+    ]
+    return sorted(rows, key=lambda r: (r["setid"], r["id"]))
+
+
+def list_add(text: str, dest: Destination, description: str, path: str) -> tuple[str, int]:
+    """``text`` with a line for ``dest`` appended (``description`` as its trailing comment);
+    returns the new text and the new line's number.
+
+    :raises ValueError: the entry cannot be written in a list file (blanks in attrs, a
+        negative priority, a line break in the description), or the set already has the URI.
+    :raises LoadError: ``text`` itself has malformed lines.
+    """
+    existing = parse_list(text, path)
+    for d in existing:
+        if d.key == dest.key:
+            raise ValueError(f"set {dest.setid} already has {d.uri} ({path}:{d.row_id})")
+    if "\n" in description or "\r" in description:
+        raise ValueError("the description must be one line")
+    line = format_line(dest)
+    again = parse_line(line)  # the file's own rules (e.g. priority: digits only)
+    assert again is not None
+    if description.strip():
+        line = f"{line} # {description.strip()}"
+    body = text if not text or text.endswith("\n") else text + "\n"
+    return body + line + "\n", body.count("\n") + 1
+
+
+def list_remove_line(text: str, number: int, path: str) -> tuple[str, Destination]:
+    """``text`` without line ``number`` (``show``'s id); returns it and the removed entry.
+
+    :raises ValueError: no such line, or it is blank or a comment.
+    :raises LoadError: ``text`` has malformed lines.
+    """
+    parse_list(text, path)
+    lines = text.split("\n")
+    dest = parse_line(lines[number - 1]) if 1 <= number <= len(lines) else None
+    if dest is None:
+        raise ValueError(f"{path}: line {number} is not a destination (see 'b2bua dispatcher show')")
+    del lines[number - 1]
+    return "\n".join(lines), dest
+
+
+def list_remove_uri(text: str, setid: int, uri: str, path: str) -> tuple[str, list[int]]:
+    """``text`` without the lines of set ``setid`` whose URI is ``uri`` (case-insensitive; a URI
+    without scheme is its ``sip:`` form); returns it and the removed line numbers.
+
+    :raises ValueError: ``uri`` is not a SIP URI.
+    :raises LoadError: ``text`` has malformed lines.
+    """
+    key = (setid, normalize_uri(uri).lower())
+    gone = {d.row_id for d in parse_list(text, path) if d.key == key}
+    lines = text.split("\n")
+    kept = [line for number, line in enumerate(lines, start=1) if number not in gone]
+    return "\n".join(kept), sorted(gone)
+
+
+# -- argument parsing --------------------------------------------------------------------------
+
+
+def parse_int(name: str, text: str, low: int = -INT_MAX - 1, high: int = INT_MAX) -> int:
+    """A command-line integer; AdminError saying which argument and why."""
+    if not _INT.fullmatch(text.strip()):
+        raise AdminError(f"{name} {text!r}: not a number")
+    value = int(text)
+    if not low <= value <= high:
+        raise AdminError(f"{name} {value}: must be {low}..{high}")
+    return value
+
+
+def parse_flags(text: str) -> int:
+    """Flags as the list file writes them: decimal or ``0x`` hex, known bits only."""
+    value = int(text, 16) if _HEX.fullmatch(text.strip()) else parse_int("flags", text, 0)
+    try:
+        return check_flags(value)
+    except ValueError as exc:
+        raise AdminError(str(exc)) from None
+
+
+def make_destination(setid: str, uri: str, flags: str | None, priority: str | None, attrs: str | None) -> Destination:
+    """Check ``add``'s arguments as the loaders would; AdminError (exit 1) naming what is wrong."""
+    from plugins.dispatcher.attrs import parse_attrs
+
+    try:
+        normalized = normalize_uri(uri)
+    except ValueError as exc:
+        raise AdminError(f"bad URI: {exc}") from None
+    try:
+        parsed = parse_attrs(attrs or "")
+    except ValueError as exc:
+        raise AdminError(f"bad attrs: {exc}") from None
+    return Destination(
+        setid=parse_int("set id", setid, 0),
+        uri=normalized,
+        flags=parse_flags(flags) if flags is not None else 0,
+        priority=parse_int("priority", priority) if priority is not None else 0,
+        attrs=parsed,
+    )
+
+
+# -- output ------------------------------------------------------------------------------------
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """Left-aligned columns, two blanks apart, headers first (like ``kamctl dispatcher show``)."""
+    cells = [[str(h) for h in headers], *[["" if c is None else str(c) for c in row] for row in rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells)
+
+
+def live_rows(listing: dict[str, Any]) -> list[list[Any]]:
+    """``dispatcher.list``'s answer as ``list`` table rows: set, URI, state, priority,
+    latency EST and AVG (ms, ``-`` without latency statistics), active calls."""
+    rows = []
+    for record in listing.get("RECORDS", []):
+        setid = record["SET"]["ID"]
+        for target in record["SET"]["TARGETS"]:
+            dest = target["DEST"]
+            latency = dest.get("LATENCY")
+            est = f"{latency['EST']:.1f}" if latency else "-"
+            avg = f"{latency['AVG']:.1f}" if latency else "-"
+            load = dest.get("RUNTIME", {}).get("DLGLOAD", "-")
+            rows.append([setid, dest["URI"], dest["FLAGS"], dest["PRIORITY"], est, avg, load])
+    return rows
+
+
+LIVE_HEADERS = ("SET", "URI", "STATE", "PRIO", "EST_MS", "AVG_MS", "LOAD")
+ROW_HEADERS = ("ID", "SETID", "DESTINATION", "FLAGS", "PRIORITY", "ATTRS", "DESCRIPTION")
+
+
+# -- control API -------------------------------------------------------------------------------
+
+
+def call_b2bua(config_path: str, method: str, params: list[Any] | None = None,
+               timeout: float = CONTROL_TIMEOUT) -> Any:
+    """Call a control method of the B2BUA that runs with ``config_path``.
+
+    :raises AdminError: exit 1 when it answered with an error, 2 when it cannot be reached.
+    """
+    from b2bua.control import ControlUnavailable, RpcCallError
+    from b2bua.control_cli import make_client
+
+    try:
+        client = make_client(argparse.Namespace(config=config_path, url=None, socket=None, token=None))
+    except (ConfigError, ValueError) as exc:
+        raise AdminError(str(exc), EXIT_USAGE) from None
+    try:
+        return client.call(method, params, timeout=timeout)
+    except RpcCallError as exc:
+        raise AdminError(f"{method}: {exc.code} {exc.message}") from None
+    except ControlUnavailable as exc:
+        raise AdminError(str(exc), EXIT_USAGE) from None
+
+
+def _reload_after(args: argparse.Namespace, out: TextIO, what: str) -> None:
+    if not args.reload:
+        print(f"Not live yet: 'b2bua dispatcher reload' {what}.", file=out)
+        return
+    try:
+        print(call_b2bua(args.config, "dispatcher.reload", timeout=RELOAD_TIMEOUT), file=out)
+    except AdminError as exc:
+        raise AdminError(f"saved, but the reload failed: {exc}", exc.code) from None
+
+
+# -- commands ----------------------------------------------------------------------------------
+
+
+def cmd_add(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """``dispatcher add <setid> <uri> [flags] [priority] [attrs] [description] [--reload]``."""
+    source = open_source(args.config)
+    dest = make_destination(args.setid, args.uri, args.flags, args.priority, args.attrs)
+    description = args.description or ""
+    if source.list_file is not None:
+        path = source.list_file
+        text = _read_list(path, missing_ok=True)
+        try:
+            new_text, line = list_add(text, dest, description, str(path))
+        except ValueError as exc:
+            raise AdminError(f"cannot add to {path}: {exc}") from None
+        _write_list(path, new_text)
+        print(f"Added line {line} to {path}: set {dest.setid} {dest.uri}", file=out)
+    else:
+        with source.store() as store:
+            for row in store.rows():
+                if row["setid"] == dest.setid and _same_uri(str(row["destination"]), dest.uri):
+                    raise AdminError(f"set {dest.setid} already has {row['destination']} (id {row['id']})")
+            try:
+                row_id = store.add(dest.setid, dest.uri, dest.flags, dest.priority, dest.attrs.body, description)
+            except ValueError as exc:
+                raise AdminError(f"cannot add to {store.url} table {store.names.table!r}: {exc}") from None
+        print(f"Added id {row_id} to {store.url} table {store.names.table!r}: set {dest.setid} {dest.uri}",
+              file=out)
+    _reload_after(args, out, "puts it in service")
+    return EXIT_OK
+
+
+def cmd_rm(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """``dispatcher rm <id>`` or ``dispatcher rm <setid> <uri>`` [--reload]."""
+    if len(args.what) not in (1, 2):
+        raise AdminError("rm takes an id, or a set id and a URI", EXIT_USAGE)
+    source = open_source(args.config)
+    by_id = len(args.what) == 1
+    number = parse_int("id", args.what[0], 0) if by_id else 0
+    setid = parse_int("set id", args.what[0], 0) if not by_id else 0
+    uri = args.what[1] if not by_id else ""
+    if source.list_file is not None:
+        path = source.list_file
+        text = _read_list(path)
+        try:
+            if by_id:
+                new_text, dest = list_remove_line(text, number, str(path))
+                removed = f"line {number}: set {dest.setid} {dest.uri}"
+            else:
+                new_text, lines = list_remove_uri(text, setid, uri, str(path))
+                if not lines:
+                    raise AdminError(f"{path}: set {setid} has no destination {uri}")
+                removed = f"line{'s' if len(lines) > 1 else ''} {', '.join(map(str, lines))}"
+        except ValueError as exc:
+            raise AdminError(str(exc)) from None
+        _write_list(path, new_text)
+        print(f"Removed {removed} from {path}", file=out)
+    else:
+        with source.store() as store:
+            where = f"{store.url} table {store.names.table!r}"
+            if by_id:
+                if store.remove_id(number) == 0:
+                    raise AdminError(f"{where}: no row with id {number}")
+                removed = f"id {number}"
+            else:
+                try:
+                    count = store.remove(setid, uri)
+                except ValueError as exc:
+                    raise AdminError(f"bad URI: {exc}") from None
+                if count == 0:
+                    raise AdminError(f"{where}: set {setid} has no destination {uri}")
+                removed = f"{count} row{'s' if count > 1 else ''} of set {setid} ({uri})"
+        print(f"Removed {removed} from {where}", file=out)
+    _reload_after(args, out, "takes it out of service")
+    return EXIT_OK
+
+
+def cmd_show(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """``dispatcher show [setid...] [--json]``: the rows of the source, like kamctl."""
+    source = open_source(args.config)
+    wanted = {parse_int("set id", s, 0) for s in args.setids}
+    if source.list_file is not None:
+        rows = list_rows(_read_list(source.list_file), str(source.list_file))
+    else:
+        with source.store() as store:
+            rows = [{k: row.get(k) for k in ROW_FIELDS} for row in store.rows()]
+    if wanted:
+        rows = [r for r in rows if r["setid"] in wanted]
+    if args.json:
+        print(json.dumps(rows, indent=2, ensure_ascii=False), file=out)
+    else:
+        print(format_table(ROW_HEADERS, [[r[k] for k in ROW_FIELDS] for r in rows]), file=out)
+    return EXIT_OK
+
+
+def cmd_list(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """``dispatcher list [--json]``: the live state, from ``dispatcher.list``."""
+    listing = call_b2bua(args.config, "dispatcher.list")
+    if args.json:
+        print(json.dumps(listing, indent=2, ensure_ascii=False), file=out)
+    else:
+        print(format_table(LIVE_HEADERS, live_rows(listing)), file=out)
+    return EXIT_OK
+
+
+def cmd_reload(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """``dispatcher reload``: ``dispatcher.reload``."""
+    print(call_b2bua(args.config, "dispatcher.reload", timeout=RELOAD_TIMEOUT), file=out)
+    return EXIT_OK
+
+
+def cmd_set_state(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """``dispatcher set-state <state> <setid> <uri|all>``: ``dispatcher.set_state``."""
+    setid = parse_int("set id", args.setid, 0)
+    print(call_b2bua(args.config, "dispatcher.set_state", [args.state, setid, args.uri]), file=out)
+    return EXIT_OK
+
+
+# -- file helpers ------------------------------------------------------------------------------
+
+
+def _same_uri(stored: str, uri: str) -> bool:
+    try:
+        return normalize_uri(stored).lower() == uri.lower()
+    except ValueError:
+        return False
+
+
+def _read_list(path: Path, missing_ok: bool = False) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        if missing_ok:
+            return ""
+        raise AdminError(f"{path}: no such file") from None
+    except UnicodeDecodeError:
+        raise AdminError(f"{path}: not valid UTF-8") from None
+    except OSError as exc:
+        raise AdminError(f"{path}: cannot read: {exc.strerror or exc}") from None
+
+
+def _write_list(path: Path, text: str) -> None:
+    from plugins.dispatcher.statefile import atomic_write_text
+
+    try:
+        atomic_write_text(path, text)
+    except OSError as exc:
+        raise AdminError(f"{path}: cannot write: {exc.strerror or exc}") from None
+
+
+# -- wiring ------------------------------------------------------------------------------------
+
+
+Handler = Callable[[argparse.Namespace, TextIO, TextIO], int]
+
+
+def run(handler: Handler, args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    """Run one verb: its exit code; any failure is one ``error: ...`` line on ``err``."""
+    out = out or sys.stdout
+    err = err or sys.stderr
+    logger.disable("plugins.dispatcher")  # the store's own log lines would mix with the output
+    try:
+        return handler(args, out, err)
+    except AdminError as exc:
+        print(f"error: {exc}", file=err)
+        return exc.code
+    except LoadError as exc:  # StoreError, ListFileError: they name the URL or file:line
+        print(f"error: {exc}", file=err)
+        return EXIT_FAILED
+    finally:
+        logger.enable("plugins.dispatcher")
+
+
+def _verb(parser: argparse.ArgumentParser, handler: Handler) -> None:
+    parser.add_argument("-c", "--config", default=DEFAULT_CONFIG, metavar="FILE",
+                        help=f"config file with [plugins.dispatcher] and [control] (default: ./{DEFAULT_CONFIG})")
+    parser.set_defaults(func=lambda args: run(handler, args))
+
+
+def add_admin_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``add``, ``rm``, ``show``, ``list``, ``reload`` and ``set-state`` to ``b2bua dispatcher``."""
+    p = sub.add_parser("add", help="add a destination to the list file or table (kamctl dispatcher add)",
+                       description="Add a destination to the configured list file or database table.")
+    p.add_argument("setid", help="destination set id")
+    p.add_argument("uri", help="destination URI, e.g. sip:10.0.0.1:5060 (sip: is added when missing)")
+    p.add_argument("flags", nargs="?", help="flags: 0, 2 (trying), 4 (disabled), 8 (probing), ...; default 0")
+    p.add_argument("priority", nargs="?", help="priority, higher first; default 0")
+    p.add_argument("attrs", nargs="?", help="attributes, e.g. 'duid=gw1;weight=50'")
+    p.add_argument("description", nargs="?", help="description (a list file keeps it as the line's comment)")
+    p.add_argument("--reload", action="store_true", help="then ask the running b2bua to reload")
+    _verb(p, cmd_add)
+
+    p = sub.add_parser("rm", help="remove a destination by id, or by set id and URI",
+                       description="Remove a destination from the configured list file or database table: "
+                       "by id (the list file's line number, as 'show' prints it), or by set id and URI.")
+    p.add_argument("what", nargs="+", metavar="ID | SETID URI", help="an id, or a set id and a URI")
+    p.add_argument("--reload", action="store_true", help="then ask the running b2bua to reload")
+    _verb(p, cmd_rm)
+
+    p = sub.add_parser("show", help="the destinations in the list file or table (kamctl dispatcher show)",
+                       description="Print the configured list file's or table's destinations.")
+    p.add_argument("setids", nargs="*", metavar="SETID", help="only these sets")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    _verb(p, cmd_show)
+
+    p = sub.add_parser("list", help="the live destinations and their state (dispatcher.list)",
+                       description="Ask the running b2bua for its destinations, their state, latency and calls.")
+    p.add_argument("--json", action="store_true", help="print dispatcher.list's JSON answer")
+    _verb(p, cmd_list)
+
+    p = sub.add_parser("reload", help="ask the running b2bua to reload its destinations (dispatcher.reload)")
+    _verb(p, cmd_reload)
+
+    p = sub.add_parser("set-state", help="set a destination's state in the running b2bua (dispatcher.set_state)",
+                       description="Set the state of a destination of the running b2bua: a (active), i "
+                       "(inactive), t (trying), d (disabled, kept across restarts), optionally followed by p "
+                       "(probing).")
+    p.add_argument("state", help="a, i, t or d, optionally followed by p (ap, ip, ...)")
+    p.add_argument("setid", help="destination set id")
+    p.add_argument("uri", help="destination URI, or 'all' for the whole set")
+    _verb(p, cmd_set_state)

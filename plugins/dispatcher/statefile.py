@@ -1,0 +1,205 @@
+"""The admin state file: destinations an operator disabled survive reloads and restarts.
+
+Kamailio forgets a ``dispatcher.set_state d ...`` on restart (and on reload): the gateway an
+operator took out for maintenance is back in service after a crash. Here every entry put in
+D by a control method (``dispatcher.set_state`` / ``set_duid_state`` with ``d``) is written
+to a small JSON file (``[plugins.dispatcher] state_file``); it is read at start-up and applied
+after every load (start-up and reload), and ``set_state`` with any other state takes the
+entry out again. The file looks like::
+
+    {
+      "version": 1,
+      "disabled": [
+        {"setid": 1, "uri": "sip:10.0.0.1:5060"}
+      ]
+    }
+
+Entries are matched like destinations are, by set id and URI (case-insensitive). The file is
+written atomically (temporary file, fsync, rename) by a worker thread, never on the loop
+thread. An unreadable or malformed file is logged and ignored: it must never stop start-up.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import tempfile
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from loguru import logger
+
+#: the format version written; a file with another version is refused (and ignored)
+STATE_VERSION = 1
+#: (set id, URI lower-cased) -> the URI as loaded, for a readable file
+Disabled = Mapping[tuple[int, str], str]
+
+
+class StateFileError(ValueError):
+    """The state file cannot be read or is malformed; the message names the file and why."""
+
+
+def parse_state(text: str, where: str) -> dict[tuple[int, str], str]:
+    """The admin-disabled entries of a state file's text.
+
+    :param where: the file name, for messages.
+    :raises StateFileError: not JSON, or not the layout above (says which entry and why).
+    """
+    try:
+        doc = json.loads(text)
+    except ValueError as exc:
+        raise StateFileError(f"{where}: not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise StateFileError(f"{where}: expected a JSON object, got {type(doc).__name__}")
+    version = doc.get("version")
+    if version != STATE_VERSION:
+        raise StateFileError(f"{where}: version {version!r} is not {STATE_VERSION}")
+    items = doc.get("disabled", [])
+    if not isinstance(items, list):
+        raise StateFileError(f"{where}: \"disabled\" must be a list")
+    out: dict[tuple[int, str], str] = {}
+    for i, item in enumerate(items):
+        setid = item.get("setid") if isinstance(item, dict) else None
+        uri = item.get("uri") if isinstance(item, dict) else None
+        if isinstance(setid, bool) or not isinstance(setid, int) or setid < 0:
+            raise StateFileError(f"{where}: disabled[{i}]: \"setid\" must be an integer >= 0, got {setid!r}")
+        if not isinstance(uri, str) or not uri.strip():
+            raise StateFileError(f"{where}: disabled[{i}]: \"uri\" must be a non-empty string, got {uri!r}")
+        out[(setid, uri.strip().lower())] = uri.strip()
+    return out
+
+
+def format_state(disabled: Disabled) -> str:
+    """The file's text for ``disabled``: entries sorted by set id and URI, one per line."""
+    entries = [{"setid": setid, "uri": disabled[(setid, key)]} for setid, key in sorted(disabled)]
+    body = ",\n".join(f"    {json.dumps(e)}" for e in entries)
+    listing = f"[\n{body}\n  ]" if entries else "[]"
+    return f'{{\n  "version": {STATE_VERSION},\n  "disabled": {listing}\n}}\n'
+
+
+def with_entries(disabled: Disabled, entries: Iterable[tuple[int, str]], disable: bool) -> dict[tuple[int, str], str]:
+    """``disabled`` after an admin state change of ``entries`` (``(setid, uri)`` pairs):
+    added when the new state is D, taken out otherwise."""
+    out = dict(disabled)
+    for setid, uri in entries:
+        key = (setid, uri.lower())
+        if disable:
+            out[key] = uri
+        else:
+            out.pop(key, None)
+    return out
+
+
+def split_loaded(
+    disabled: Disabled, is_loaded: Callable[[tuple[int, str]], bool]
+) -> tuple[dict[tuple[int, str], str], dict[tuple[int, str], str]]:
+    """``(kept, dropped)``: the entries whose destination is loaded, and those no longer are."""
+    kept = {k: v for k, v in disabled.items() if is_loaded(k)}
+    dropped = {k: v for k, v in disabled.items() if k not in kept}
+    return kept, dropped
+
+
+def read_state_file(path: Path) -> dict[tuple[int, str], str]:
+    """The entries in ``path``; empty when the file does not exist.
+
+    :raises StateFileError: the file exists but cannot be read or parsed.
+    """
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise StateFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise StateFileError(f"{path}: not UTF-8 text") from None
+    return parse_state(text, str(path))
+
+
+def atomic_write_text(path: Path, text: str, default_mode: int = 0o644) -> None:
+    """Replace ``path`` with ``text`` atomically: a temporary file in the same folder, fsync,
+    rename, fsync of the folder. The old file's permission bits are kept.
+
+    :raises OSError: the folder is not writable, the disk is full, ...
+    """
+    try:
+        mode = path.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        mode = default_mode
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+class StateWriter:
+    """Writes the state file on a worker thread; the loop thread only hands the content over.
+
+    Writes coalesce: a burst of changes writes the latest content (at least once after the
+    last :meth:`save`). A failed write is logged; the next change tries again.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._pending: str | None = None
+        self._last_written: str | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dispatcher-state")
+
+    def save(self, disabled: Disabled) -> None:
+        """Schedule writing ``disabled`` (any thread; returns at once)."""
+        text = format_state(disabled)
+        with self._lock:
+            self._pending = text
+        try:
+            self._executor.submit(self._write_pending)
+        except RuntimeError:  # shut down: write now rather than lose the change
+            self._write_pending()
+
+    def _write_pending(self) -> None:
+        with self._lock:
+            text, self._pending = self._pending, None
+        if text is None or text == self._last_written:
+            return
+        try:
+            atomic_write_text(self.path, text)
+        except OSError as exc:
+            logger.error("dispatcher: cannot write the admin state file {}: {}", self.path, exc.strerror or exc)
+            return
+        self._last_written = text
+        logger.debug("dispatcher: admin state written to {}", self.path)
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until every scheduled write is done; False when ``timeout`` passed first."""
+        try:
+            marker: Future[Any] = self._executor.submit(lambda: None)
+        except RuntimeError:
+            return True
+        try:
+            marker.result(timeout)
+        except concurrent.futures.TimeoutError:
+            return False
+        return True
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Finish pending writes (bounded by ``timeout``) and stop the worker."""
+        if not self.flush(timeout):
+            logger.warning("dispatcher: the admin state file {} is still being written", self.path)
+        self._executor.shutdown(wait=False)
