@@ -147,7 +147,9 @@ class DispatcherConfig:
         " across reloads and restarts; empty: off",
     )
     dns_skip_unresolvable: bool = opt(False, "skip entries whose host does not resolve instead of failing the load")
-    dns_interval: float = opt(0.0, "seconds between re-resolving destination hosts; 0: resolve at load only")
+    dns_interval: float = opt(
+        0.0, "seconds between re-resolving host names (a name that stops resolving keeps its address); 0: at load only"
+    )
 
     # -- selection
     flags: int = opt(0, "bit 1: URI hashes (algs 1-3) use the user part only (failover lists: always)")

@@ -29,7 +29,7 @@ from b2bua import hookimpl
 from b2bua.api import DialMode, Reject, RoutePlan, StashKey, Target
 from plugins.dispatcher import hookspecs, statefile
 from plugins.dispatcher.config import DispatcherConfig, parse_dispatcher_config
-from plugins.dispatcher.model import Destination, Snapshot
+from plugins.dispatcher.model import Destination, DestinationSet, Snapshot
 from plugins.dispatcher.probing import Prober, log_change
 from plugins.dispatcher.replycodes import parse_reply_codes
 from plugins.dispatcher.routes import match_route
@@ -105,6 +105,29 @@ def resolve_sqlite_url(url: str, base_dir: Path) -> str:
     if url.startswith(prefix) and not url.startswith(prefix + "/") and url != prefix + ":memory:":
         return prefix + str(base_dir / url[len(prefix):])
     return url
+
+
+def refresh_addresses(snapshot: Snapshot) -> Snapshot | None:
+    """Resolve every destination's host again (blocking); None when no address changed.
+
+    The set order is kept as it is (no re-sorting), and a host that no longer resolves keeps
+    its previous address: a DNS hiccup must not take a gateway out of service.
+    """
+    from plugins.dispatcher.resolve import resolve_destinations
+
+    changed = False
+    sets: dict[int, DestinationSet] = {}
+    for setid, dset in snapshot.sets.items():
+        fresh = {d.key: d for d in resolve_destinations(dset.destinations, skip_unresolvable=True)}
+        entries = []
+        for old in dset.destinations:
+            new = fresh.get(old.key, old)
+            if new.address != old.address:
+                changed = True
+                logger.info("dispatcher: {} now resolves to {} (was {})", old.uri, new.address, old.address)
+            entries.append(new)
+        sets[setid] = DestinationSet(setid, tuple(entries))
+    return Snapshot(sets, snapshot.source) if changed else None
 
 
 def seed_latency(dest: Destination) -> Any:
@@ -190,6 +213,27 @@ class DispatcherPlugin:
         self._apply_admin_state()
         self.prober = self._make_prober(app)
         self.prober.start()
+        if self.config.dns_interval > 0:
+            app.call_later(self.config.dns_interval, self._dns_tick)
+
+    def _dns_tick(self) -> None:
+        """Every ``dns_interval``: re-resolve host names off the loop (Kamailio's ds_dns_mode 4)."""
+        app = self.app
+        assert app is not None
+        app.call_later(self.config.dns_interval, self._dns_tick)
+        if not self._reload_lock.acquire(blocking=False):
+            return  # a reload is running: it resolves too
+        snapshot = self.state.snapshot
+
+        def work() -> None:
+            try:
+                fresh = refresh_addresses(snapshot)
+            except Exception as exc:
+                logger.warning("dispatcher: re-resolving destinations failed: {}", exc)
+                fresh = None
+            app.call_soon_threadsafe(lambda: self._reload_done(fresh, "dns"))
+
+        threading.Thread(target=work, name="dispatcher-dns", daemon=True).start()
 
     @hookimpl
     def b2bua_shutdown(self, app: Host) -> None:
@@ -283,14 +327,16 @@ class DispatcherPlugin:
     def _reload_done(self, snapshot: Snapshot | None, reason: str = "reload") -> None:
         try:
             if snapshot is not None:
-                self.apply_snapshot(snapshot, reason=reason)
+                # a DNS refresh changes addresses only: runtime state always stays
+                self.apply_snapshot(snapshot, reason=reason, keep_state=True if reason == "dns" else None)
         finally:
             self._reload_lock.release()
 
-    def apply_snapshot(self, snapshot: Snapshot, reason: str = "reload") -> None:
-        """Swap in a freshly loaded snapshot (loop thread), keeping state as configured; the
-        entries an operator disabled (state file) stay disabled."""
-        self.state.swap(snapshot, keep_state=self.config.keep_state_on_reload, reason=reason)
+    def apply_snapshot(self, snapshot: Snapshot, reason: str = "reload", keep_state: bool | None = None) -> None:
+        """Swap in a freshly loaded snapshot (loop thread), keeping state as configured (or as
+        ``keep_state`` says); the entries an operator disabled (state file) stay disabled."""
+        keep = self.config.keep_state_on_reload if keep_state is None else keep_state
+        self.state.swap(snapshot, keep_state=keep, reason=reason)
         self._apply_admin_state()
 
     def try_exclusive(self) -> bool:

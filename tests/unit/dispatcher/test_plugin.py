@@ -305,3 +305,17 @@ def test_route_call_is_fast(h: Harness) -> None:
     for c in calls:
         h.route(c)
     assert time.perf_counter() - start < 1.0  # well under 0.5 ms per call on the loop thread
+
+
+def test_dns_refresh_keeps_order_and_reports_changes() -> None:
+    from plugins.dispatcher.model import DestinationSet
+    from plugins.dispatcher.plugin import refresh_addresses
+
+    a = Destination(1, "sip:localhost:5070", priority=5)
+    b = Destination(1, "sip:127.0.0.9:5060", priority=5, address=("127.0.0.9", 5060, "udp"))
+    snap = Snapshot({1: DestinationSet(1, (a, b))}, "test")
+    fresh = refresh_addresses(snap)
+    assert fresh is not None
+    assert [d.uri for d in fresh.sets[1].destinations] == [a.uri, b.uri]  # not re-sorted
+    assert fresh.sets[1].destinations[0].address == ("127.0.0.1", 5070, "udp")
+    assert refresh_addresses(fresh) is None  # nothing changed
