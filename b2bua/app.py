@@ -151,6 +151,7 @@ class App:
         if refuse is not None:
             logger.bind(call_id=call.call_id).warning("refused: {} {}", refuse.code, refuse.reason)
             a_leg.session = _Refused(self)
+            self.keep_until_disconnected(a_leg)  # dropping it now would hang up another call later
             try:
                 a_leg.hangup(op(refuse.code, refuse.reason, refuse.headers))
             except pj.Error:
@@ -160,6 +161,18 @@ class App:
         a_leg.session = session
         self.sessions[number] = session
         session.log.debug("INVITE {} from {} ({})", call.request_uri, call.from_uri, call.source)
+        # pjsua2 may call onIncomingCall before pjsua has set the call up (from its media
+        # transport callback), and pjsua may still drop the call afterwards without telling us
+        # (no RTP port free, say): route it on the next loop pass, once the A leg is real.
+        self.scheduler.call_soon_threadsafe(lambda: self._start_session(session))
+
+    def _start_session(self, session: Session) -> None:
+        a_leg = session.a
+        if a_leg is None:
+            return  # the caller cancelled already
+        if not a_leg.isActive():
+            session.lost_caller("pjsua dropped the incoming call (no free RTP port?)")
+            return
         try:
             session.start()
         except Exception:

@@ -186,7 +186,7 @@ class SipConfig:
     answer_timeout: float = opt(60.0, "seconds a B leg may ring before it is given up (local 408)")
     user_agent: str = opt("b2bua", "User-Agent and Server header value")
     codecs: tuple[str, ...] = opt(["PCMU/8000", "PCMA/8000"], "audio codecs offered, in order of preference")
-    rtp_port: int = opt(40000, "first RTP port (each call leg takes two)")
+    rtp_port: int = opt(16000, "first RTP port; media uses 8 ports per call slot above it (16000-32383 by default)")
     session_timers: bool = opt(False, "offer RFC 4028 session timers on B legs")
     shutdown_grace: float = opt(10.0, "seconds to let calls finish on SIGTERM before hanging them up")
     overload_lag: float = opt(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import itertools
+import math
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -157,7 +158,8 @@ class Endpoint:
         acfg.callConfig.prackUse = pj.PJSUA_100REL_NOT_USED
         acfg.mediaConfig.lockCodecEnabled = False  # no re-INVITE to lock a codec: carriers dislike it
         acfg.mediaConfig.transportConfig.port = sip.rtp_port
-        acfg.mediaConfig.transportConfig.portRange = max(1000, cfg.uaConfig.maxCalls * 2 + 2)
+        # room to spare: pjsua takes ports in turn and gives a call up after 100 busy pairs
+        acfg.mediaConfig.transportConfig.portRange = min(65534 - sip.rtp_port, max(1000, self.slots * 8))
         acfg.mediaConfig.transportConfig.boundAddress = first.address
         self.account = LocalAccount(self._on_incoming, self._on_request_done)
         self.account.create(acfg, True)
@@ -189,7 +191,8 @@ class Endpoint:
 
     def poll(self, timeout: float) -> None:
         """Handle pjsip events for at most ``timeout`` seconds."""
-        self.ep.libHandleEvents(int(timeout * 1000))
+        # round up: a wait under 1 ms must not become a busy poll of 0 ms
+        self.ep.libHandleEvents(math.ceil(timeout * 1000))
 
     def hangup_all(self) -> None:
         self.ep.hangupAllCalls()

@@ -151,8 +151,8 @@ class Session:
     def _abandon(self, leg: Leg) -> None:
         """Hang up a B leg; if pjsua cannot end it yet (no provisional to CANCEL), treat it
         as failed now and keep the Call object alive until pjsua reports it disconnected."""
-        self._hangup(leg)
-        if not leg.ended and leg.index in self.b:
+        self._hangup(leg)  # before any response pjsip ends the INVITE at once (DISCONNECTED)
+        if not leg.ended and leg.index in self.b and not leg.provisional:
             self._fail_leg(leg, 408, "Request Timeout", zombie=True)
 
     def on_leg_provisional(self, leg: Leg) -> None:
@@ -180,7 +180,9 @@ class Session:
                 try:
                     self.a.answer(op(code))
                 except pj.Error as exc:
-                    self.log.warning("cannot relay {}: {}", code, exc.info())
+                    self.log.warning("cannot relay {}: {}", code, exc.reason)
+                    if not self.a.isActive():
+                        self.lost_caller("the caller's leg is gone")
         elif state in (CONNECTING, CONFIRMED):
             if leg.answered:
                 return
@@ -203,8 +205,8 @@ class Session:
             try:
                 self.a.answer(op(200))
             except pj.Error as exc:
-                self.log.error("cannot answer the caller: {}", exc.info())
-                self._hangup(leg)
+                self.log.error("cannot answer the caller: {}", exc.reason)
+                self.lost_caller("the caller's leg is gone")
                 return
             assert leg.target is not None
             self.log.debug("answered by {} (attempt {})", leg.target.uri, leg.index)
@@ -302,6 +304,24 @@ class Session:
             self.state = State.ENDING
             self._end_b_legs()
             self._maybe_end()
+
+    def lost_caller(self, why: str) -> None:
+        """pjsua ended the A leg without a DISCONNECTED callback: end the call on our side.
+
+        The Leg is released now, before pjsua can give its slot to a new call (a Call object
+        destroyed after that would detach and hang up the new call).
+        """
+        a = self.a
+        if a is None:
+            return
+        self.log.warning("{}", why)
+        a.ended = True
+        self.a = None
+        self.app.retire(a)
+        self.cause = self.cause or EndCause.ERROR
+        self.state = State.ENDING
+        self._end_b_legs()
+        self._maybe_end()
 
     def reject(self, answer: Reject, cause: EndCause) -> None:
         """Give the caller a final failure answer."""

@@ -49,9 +49,12 @@ def state_letters(flags: int) -> str:
     return first + second
 
 
+_UNUSABLE = int(DestFlags.INACTIVE | DestFlags.DISABLED)
+
+
 def is_usable(flags: int) -> bool:
     """Kamailio's ``!ds_skip_dst``: neither inactive nor disabled (T is still used)."""
-    return not flags & (DestFlags.INACTIVE | DestFlags.DISABLED)
+    return not flags & _UNUSABLE  # a plain int: IntFlag operations cost microseconds per call
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from b2bua.api import DialMode, Reject, RoutePlan, StashKey, Target
 from plugins.dispatcher import hookspecs, statefile
 from plugins.dispatcher.config import DispatcherConfig, parse_dispatcher_config
 from plugins.dispatcher.model import Destination, DestinationSet, Snapshot
-from plugins.dispatcher.probing import Prober, log_change
+from plugins.dispatcher.probing import Prober
 from plugins.dispatcher.replycodes import parse_reply_codes
 from plugins.dispatcher.routes import match_route
 from plugins.dispatcher.runtime import DestKey, DispatcherState
@@ -481,7 +481,6 @@ class DispatcherPlugin:
         )
 
     def _on_change(self, dest: Destination, old: int | None, new: int, reason: str) -> None:
-        log_change(dest, old, new, reason)
         if self.app is not None:
             self.app.hook.dispatcher_dst_state_changed(dest=dest, old=old, new=new, reason=reason)
 

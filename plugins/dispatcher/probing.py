@@ -15,14 +15,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from loguru import logger
-
 from b2bua.api import ProbeResult, TimerHandle
 from plugins.dispatcher import health
 from plugins.dispatcher.latency import LatencyStats, add_timeout, update
 from plugins.dispatcher.model import DestFlags, Destination
 from plugins.dispatcher.replycodes import ReplyCodes
 from plugins.dispatcher.runtime import DestKey, DispatcherState
+
+#: the smallest gap between two batches of keepalives of one round (seconds)
+BATCH_GAP = 0.010
 
 
 class SendRequest(Protocol):
@@ -96,13 +97,23 @@ class Prober:
         if not self.active:
             return
         due = [d.key for d in self.state.destinations() if self._wants_probe(d)]
-        # spread the round over the first half of the interval: no burst of 1000 OPTIONS at once
-        step = (self.interval / 2) / len(due) if due else 0.0
-        for i, key in enumerate(due):
-            if i == 0:
-                self.probe(key)
+        # spread the round over the first half of the interval in batches at least 10 ms apart:
+        # no burst of 1000 OPTIONS at once, and no timer per probe either
+        batches = max(1, min(len(due), int(self.interval / 2 / BATCH_GAP)))
+        size = -(-len(due) // batches) if due else 0
+        step = (self.interval / 2) / batches
+        for b in range(batches):
+            keys = due[b * size:(b + 1) * size]
+            if not keys:
+                break
+            if b == 0:
+                self._probe_batch(keys)
             else:
-                self._timers.append(self._call_later(i * step, lambda key=key: self.probe(key)))
+                self._timers.append(self._call_later(b * step, lambda keys=keys: self._probe_batch(keys)))
+
+    def _probe_batch(self, keys: list[DestKey]) -> None:
+        for key in keys:
+            self.probe(key)
 
     def _wants_probe(self, dest: Destination) -> bool:
         flags = self.state.flags(dest.key)
@@ -158,11 +169,3 @@ def _latency_after(stats: LatencyStats | None, result: ProbeResult, alpha_per_mi
     if result.latency is None:
         return add_timeout(stats) if result.code == 408 else stats
     return update(stats, result.latency * 1000.0, alpha_per_mille)
-
-
-def log_change(dest: Destination, old: int | None, new: int, reason: str) -> None:
-    """Log a state change the way operators grep for it."""
-    from plugins.dispatcher.model import state_letters
-
-    was = state_letters(old) if old is not None else "--"
-    logger.info("dispatcher: set {} {} {} -> {} ({})", dest.setid, dest.uri, was, state_letters(new), reason)
