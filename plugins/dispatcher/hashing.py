@@ -9,6 +9,7 @@ Kamailio 5.6.3's ``dispatcher.hash`` RPC).
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 
 _MASK = 0xFFFFFFFF
@@ -24,6 +25,12 @@ def _add_part(h: int, data: bytes) -> int:
     """One ``x`` or ``y`` round of ``ds_get_hash``: 4-byte chunks, then the 0..3 byte tail."""
     n = len(data)
     p = 0
+    if data.isascii():
+        # fast path: below 0x80 a signed char equals the byte, so a chunk is a big-endian word
+        words = n // 4
+        for v in struct.unpack_from(f">{words}I", data):
+            h = (h + (v ^ (v >> 3))) & _MASK
+        p = words * 4
     while p + 4 <= n:
         b0, b1, b2, b3 = (_sc(b) for b in data[p : p + 4])
         v = ((b0 << 24) + (b1 << 16) + (b2 << 8) + b3) & _MASK

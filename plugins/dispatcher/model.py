@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 
 
 class DestFlags(enum.IntFlag):
@@ -98,7 +99,7 @@ class Destination:
     row_id: int = 0
     address: tuple[str, int, str] | None = None
 
-    @property
+    @cached_property
     def key(self) -> tuple[int, str]:
         """Identity across reloads: (set id, URI lower-cased)."""
         return (self.setid, self.uri.lower())

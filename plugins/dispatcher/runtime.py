@@ -110,6 +110,8 @@ class SetRuntime:
     cursors: Cursors = field(default_factory=Cursors)
     weight_table: tuple[int, ...] = ()
     rweight_table: tuple[int, ...] = ()
+    #: the set's runtime records in array order (rebuilt with the set whenever ``_rt`` changes)
+    rts: tuple[DestRuntime, ...] = ()
 
 
 class DispatcherState:
@@ -260,12 +262,16 @@ class DispatcherState:
         if dset is None:
             return None
         srt = self._sets[setid]
-        rts = [self._rt[d.key] for d in dset.destinations]
+        flags, loads, latencies = [], [], []
+        for rt in srt.rts:  # one pass: this runs for every call
+            flags.append(rt.flags)
+            loads.append(rt.load)
+            latencies.append(rt.latency)
         return SetView(
             dests=dset.destinations,
-            flags=tuple(rt.flags for rt in rts),
-            loads=tuple(rt.load for rt in rts),
-            latencies=tuple(rt.latency for rt in rts),
+            flags=tuple(flags),
+            loads=tuple(loads),
+            latencies=tuple(latencies),
             cursors=srt.cursors,
             weight_table=srt.weight_table,
             rweight_table=srt.rweight_table,
@@ -423,6 +429,7 @@ class DispatcherState:
         return SetRuntime(
             weight_table=weight_table(dset.destinations, self._rng),
             rweight_table=relative_weight_table(dset.destinations, self._flags_of(dset), self._rng),
+            rts=tuple(self._rt[d.key] for d in dset.destinations),
         )
 
     def _replace_set(self, setid: int, dests: list[Destination] | tuple[Destination, ...]) -> None:
