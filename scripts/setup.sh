@@ -10,7 +10,7 @@ TEST=0
 [ "${1:-}" = "--test" ] && TEST=1
 say() { printf '[setup] %s\n' "$*" >&2; }
 
-packages=(build-essential swig xz-utils ca-certificates)
+packages=(build-essential dpkg-dev swig xz-utils ca-certificates)
 [ $TEST = 1 ] && packages+=(sip-tester mariadb-server mariadb-client postgresql)
 missing=()
 for p in "${packages[@]}"; do
