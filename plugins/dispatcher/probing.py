@@ -144,8 +144,6 @@ class Prober:
         if rt is None:
             return  # removed by a reload meanwhile
         ok = self.reply_codes.accepts(result.code)
-        if self.latency_stats and rt.flags & DestFlags.PROBING:
-            rt.latency = _latency_after(rt.latency, result, self.alpha_per_mille)
         flags, count = health.apply_probe(
             rt.flags,
             rt.probe_count,
@@ -155,6 +153,9 @@ class Prober:
             inactive_threshold=self.inactive_threshold,
         )
         rt.probe_count = count
+        # Kamailio samples entries with P; the first answer (which sets P in mode 1) counts too
+        if self.latency_stats and (rt.flags | flags) & DestFlags.PROBING:
+            rt.latency = _latency_after(rt.latency, result, self.alpha_per_mille)
         if flags != rt.flags:
             what = "probe timeout" if result.local and result.code == 408 else result.reason
             self.state.set_flags(key, flags, f"{result.code} {what}".strip())
@@ -166,6 +167,8 @@ class Prober:
 
 def _latency_after(stats: LatencyStats | None, result: ProbeResult, alpha_per_mille: int) -> LatencyStats:
     stats = stats if isinstance(stats, LatencyStats) else LatencyStats()
+    if result.code == 408:  # local or received: a timeout, never a sample (as Kamailio)
+        return add_timeout(stats)
     if result.latency is None:
-        return add_timeout(stats) if result.code == 408 else stats
+        return stats
     return update(stats, result.latency * 1000.0, alpha_per_mille)

@@ -316,7 +316,9 @@ class DispatcherState:
             srt.rweight_table = relative_weight_table(dset.destinations, self._flags_of(dset), self._rng)
             self._notify(self._dests[key], old, rt.flags, reason)
         elif old != rt.flags:
-            logger.debug("dispatcher: {} {} -> {} ({})", key[1], state_letters(old), state_letters(rt.flags), reason)
+            # T (failures below the threshold) is an operator's early warning: INFO
+            logger.info("dispatcher: set {} {} {} -> {} ({})", key[0], key[1], state_letters(old),
+                        state_letters(rt.flags), reason)
         return True
 
     def set_state(self, setid: int, uri: str, letters: str, reason: str = "set_state") -> int:

@@ -115,9 +115,9 @@ class FailoverPlugin:
         log = logger.bind(call_id=call.call_id)
         what = f"attempt {failure.attempt} to {failure.target.uri} failed: {failure.code} {failure.reason}"
         if isinstance(step, Target):
-            log.info("{}; next target {}", what, step.uri)
+            log.debug("{}; next target {}", what, step.uri)
         else:
-            log.info("{}; answering {} {}", what, step.code, step.reason)
+            log.debug("{}; answering {} {}", what, step.code, step.reason)
         return step
 
     def _mark(self, call: CallInfo, failure: Failure) -> None:
