@@ -152,10 +152,8 @@ class App:
             logger.bind(call_id=call.call_id).warning("refused: {} {}", refuse.code, refuse.reason)
             a_leg.session = _Refused(self)
             self.keep_until_disconnected(a_leg)  # dropping it now would hang up another call later
-            try:
-                a_leg.hangup(op(refuse.code, refuse.reason, refuse.headers))
-            except pj.Error:
-                self.retire(a_leg)
+            # answered on the next pass: inside onIncomingCall pjsua would drop the extra headers
+            self.scheduler.call_soon_threadsafe(lambda: self._refuse(a_leg, refuse))
             return
         session = Session(self, call, a_leg)
         a_leg.session = session
@@ -165,6 +163,12 @@ class App:
         # transport callback), and pjsua may still drop the call afterwards without telling us
         # (no RTP port free, say): route it on the next loop pass, once the A leg is real.
         self.scheduler.call_soon_threadsafe(lambda: self._start_session(session))
+
+    def _refuse(self, a_leg: Leg, refuse: Reject) -> None:
+        try:
+            a_leg.hangup(op(refuse.code, refuse.reason, refuse.headers))
+        except pj.Error:
+            self.retire(a_leg)
 
     def _start_session(self, session: Session) -> None:
         a_leg = session.a
@@ -292,7 +296,7 @@ class App:
             self.endpoint.hangup_all()
         except pj.Error:
             pass
-        self._pump(0.5, lambda: False)
+        self._pump(0.5, lambda: self.legs_in_use <= 0 and not self._zombies)
         self.sessions.clear()
         self._zombies.clear()
         self._graveyard.clear()

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from .configs import received_responses
 from .conftest import B2buaFactory, GatewayFactory
 from .harness import REPO_ROOT, AddressAllocator, B2buaProcess, Caller, Gateway, free_port
 
@@ -138,6 +139,8 @@ def test_admission_answers_503_at_the_cap(b2bua_factory: B2buaFactory, addresses
     extra = Caller(addresses.next(), caller.workdir).run_calls(b2b.ip, b2b.port, n=3, rate=10,
                                                               behaviour="expect:503")
     assert extra.final_codes == [503, 503, 503], extra.describe()
+    refusals = received_responses(extra, 503)
+    assert refusals and all(m.header("Retry-After") == "7" for m in refusals), "Retry-After on every refusal"
     assert held.wait(30).successful == 5
     assert gw.count("INVITE") == 5
     assert "refused: 503 Too Many Calls" in b2b.proc.log_text()
