@@ -434,7 +434,7 @@ def _read_list(path: Path, missing_ok: bool = False) -> str:
 
 
 def _write_list(path: Path, text: str) -> None:
-    from plugins.dispatcher.statefile import atomic_write_text
+    from plugins.dispatcher.atomicfile import atomic_write_text
 
     try:
         atomic_write_text(path, text)

@@ -18,12 +18,11 @@ load fails as a whole, so a typo never silently drops a gateway.
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
+from plugins.dispatcher.atomicfile import atomic_write_text
 from plugins.dispatcher.attrs import format_attrs, parse_attrs
 from plugins.dispatcher.model import DestFlags, Destination
 from plugins.dispatcher.resolve import LoadError, normalize_uri
@@ -190,24 +189,4 @@ def write_list_file(path: Path, destinations: Iterable[Destination], header: str
     lines = [f"# {h}".rstrip() for h in header.splitlines()]
     lines += [format_line(d) for d in destinations]
     text = "".join(line + "\n" for line in lines)
-    try:
-        mode: int | None = path.stat().st_mode & 0o7777
-    except FileNotFoundError:
-        mode = None
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode if mode is not None else 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    # make the rename itself durable
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    atomic_write_text(path, text)

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-import os
-import tempfile
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -32,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from loguru import logger
+
+from plugins.dispatcher.atomicfile import atomic_write_text  # re-exported for the admin CLI
 
 #: the format version written; a file with another version is refused (and ignored)
 STATE_VERSION = 1
@@ -119,34 +119,6 @@ def read_state_file(path: Path) -> dict[tuple[int, str], str]:
     except UnicodeDecodeError:
         raise StateFileError(f"{path}: not UTF-8 text") from None
     return parse_state(text, str(path))
-
-
-def atomic_write_text(path: Path, text: str, default_mode: int = 0o644) -> None:
-    """Replace ``path`` with ``text`` atomically: a temporary file in the same folder, fsync,
-    rename, fsync of the folder. The old file's permission bits are kept.
-
-    :raises OSError: the folder is not writable, the disk is full, ...
-    """
-    try:
-        mode = path.stat().st_mode & 0o7777
-    except FileNotFoundError:
-        mode = default_mode
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 class StateWriter:
