@@ -50,12 +50,13 @@ def state_letters(flags: int) -> str:
     return first + second
 
 
-_UNUSABLE = int(DestFlags.INACTIVE | DestFlags.DISABLED)
+#: the bits that keep a destination from being selected (I, D), as a plain int for hot loops
+UNUSABLE = int(DestFlags.INACTIVE | DestFlags.DISABLED)
 
 
 def is_usable(flags: int) -> bool:
     """Kamailio's ``!ds_skip_dst``: neither inactive nor disabled (T is still used)."""
-    return not flags & _UNUSABLE  # a plain int: IntFlag operations cost microseconds per call
+    return not flags & UNUSABLE  # a plain int: IntFlag operations cost microseconds per call
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ from typing import Any
 
 from b2bua.api import CallInfo
 from plugins.dispatcher.algorithms import ALGORITHMS, AlgInput, Cursors, has_room
-from plugins.dispatcher.model import Destination, is_usable
+from plugins.dispatcher.model import UNUSABLE, Destination, is_usable
 
 CALL_LOAD = 10
 PARALLEL = 12
@@ -175,7 +175,7 @@ def select(
         return eff != CALL_LOAD or has_room(view.dests[last], loads[last])
 
     def done(indexes: list[int]) -> Selection:
-        return Selection(tuple(indexes), tuple(view.dests[i] for i in indexes), cursors, eff)
+        return Selection(tuple(indexes), tuple([view.dests[i] for i in indexes]), cursors, eff)
 
     if pick.order is not None:
         indexes = list(pick.order[:cap])
@@ -202,12 +202,14 @@ def select(
         cursors = Cursors(rr=(chosen + 1) % nr, weight=cursors.weight, rweight=cursors.rweight)
 
     indexes = [chosen]
+    dests = view.dests
+    call_load = eff == CALL_LOAD
     for i in chain(range(chosen + 1, nr), range(chosen)):
         if len(indexes) >= cap:
             break
-        if not is_usable(flags[i]) or (reserve and i == last):
+        if flags[i] & UNUSABLE or (reserve and i == last):
             continue
-        if eff == CALL_LOAD and not has_room(view.dests[i], loads[i]):
+        if call_load and not has_room(dests[i], loads[i]):
             continue
         indexes.append(i)
     if chosen != last and len(indexes) < cap and reserve_ok():
