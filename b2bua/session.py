@@ -60,6 +60,7 @@ class Session:
         self.state = State.ROUTING
         self.cause: EndCause | None = None
         self.final = ""  # the final failure sent to the caller, "486 Busy Here"
+        self.forking = False
         self.log = logger.bind(call_id=call.call_id)
 
     # -- start ----------------------------------------------------------------------------------
@@ -88,10 +89,14 @@ class Session:
         if decision.mode is DialMode.PARALLEL:
             forks = decision.targets[: self.app.config.sip.max_forks]
             self.log.debug("forking to {}", ", ".join(t.uri for t in forks))
+            self.forking = True  # a fork failing at once must not end the call before the rest are out
             for target in forks:
                 if self.state is not State.DIALING:
                     break
                 self.dial(target)
+            self.forking = False
+            if self.state is State.DIALING and not self.b and self.failures:
+                self._decide(best_failure(self.failures))
         else:
             self.dial(decision.targets[0])
 
@@ -271,9 +276,14 @@ class Session:
             return
         assert self.plan is not None
         if self.plan.mode is DialMode.PARALLEL:
-            if any(not leg.ended for leg in self.b.values()):
-                return  # other forks still running
+            if self.forking or any(not leg.ended for leg in self.b.values()):
+                return  # other forks still running (or about to be dialled)
             failure = best_failure(self.failures)
+        self._decide(failure)
+
+    def _decide(self, failure: Failure) -> None:
+        """Ask the hooks what follows a failure: dial the next target or answer the caller."""
+        assert self.plan is not None
         try:
             decision = self.app.hooks.next_target(self.call, self.plan, failure)
         except Exception:

@@ -233,3 +233,14 @@ def test_unreachable_database_names_the_url_without_the_password(workdir: Path) 
     assert done.returncode == 2
     assert f"start-up failed: mysql+pymysql://kam:***@127.0.0.1:{closed}/kamailio" in done.stderr
     assert "s3cret" not in done.stderr + done.stdout
+
+
+def test_a_fork_that_cannot_be_sent_does_not_end_the_call(b2bua_factory: B2buaFactory, addresses: AddressAllocator,
+                                                          gateway_factory: GatewayFactory, caller: Caller) -> None:
+    gw = gateway_factory("answer")
+    b2b = Host(b2bua_factory, addresses, plugins='["tests.e2e.host_plugins:ParallelRouter"]',
+               extra=f'[plugins.parallel]\ntargets = ["sip:bad uri@", "{gw.uri}"]\n')
+    result = caller.run_calls(b2b.ip, b2b.port, n=1)
+    assert result.final_codes == [200], result.describe()
+    assert gw.count("INVITE") == 1
+    assert "cannot dial" in b2b.proc.log_text()
