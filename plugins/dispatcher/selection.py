@@ -53,7 +53,9 @@ class Policy:
     rehash: bool = False  #: spread a dead entry's hashed share over all survivors
 
 
-@dataclass(frozen=True)
+# SetView and Selection are built for every call: slotted plain dataclasses cost a third of a
+# frozen one's construction (both are read-only by convention).
+@dataclass(slots=True)
 class SetView:
     """One set as selection sees it: entries in array order and their runtime state.
 
@@ -78,7 +80,7 @@ class SetView:
             raise ValueError(f"SetView: {len(self.latencies)} latencies for {n} destinations")
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Selection:
     """The outcome of :func:`select`.
 

@@ -163,3 +163,14 @@ def test_latency_order_skips_unusable_and_uses_congestion_with_cc() -> None:
     # a: cc -> EST-AVG = 5 ms -> 30; b: 300 ms -> 20; c inactive
     inp = AlgInput(call(), dests, (0, 0, I), (0, 0, 0), (_lat(500, 495), _lat(300), None), 3)
     assert latency_order(inp) == (0, 1)
+
+
+def test_template_fields_computed_on_demand_match_the_full_table() -> None:
+    from b2bua.api import CallInfo
+    from plugins.dispatcher.algorithms import TEMPLATE_FIELDS, render_template, template_fields
+
+    call = CallInfo(7, "abc@h", "sip:4930@b2b;user=phone", '"A" <sip:alice@a.example:5070>', "sip:bob@b",
+                    from_header="f", to_header="t", source_ip="127.0.0.9", source_port=5062)
+    names = sorted(TEMPLATE_FIELDS)
+    expected = "|".join(template_fields(call)[n] for n in names)
+    assert render_template("|".join("{" + n + "}" for n in names), call) == expected
