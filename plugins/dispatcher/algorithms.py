@@ -13,6 +13,7 @@ algorithm = 4``; names are accepted wherever a number is (``algorithm = "round-r
 
 from __future__ import annotations
 
+import functools
 import random
 import re
 import string
@@ -213,30 +214,27 @@ _PLAIN_FIELDS = frozenset({"call_id", "request_uri", "from_uri", "to_uri", "from
                            "source_ip", "source_port", "source", "transport", "method"})
 
 
-class _LazyFields(dict):  # type: ignore[type-arg]
-    """A call's template fields, each computed when the template asks for it (a template
-    usually names one or two, and the URI pieces cost a parse each)."""
+def _field(call: CallInfo, name: str) -> str:
+    """One template field of ``call``, computed on its own (a template names one or two, and
+    the URI pieces cost a parse each)."""
+    if name in _PLAIN_FIELDS:
+        return str(getattr(call, name))
+    prefix, _, part = name.rpartition("_")
+    if prefix not in _URI_OF or part not in ("user", "host"):
+        raise KeyError(name)
+    parts = parse_uri(getattr(call, _URI_OF[prefix]))
+    return parts.user if part == "user" else parts.host
 
-    def __init__(self, call: CallInfo) -> None:
-        super().__init__()
-        self.call = call
 
-    def __missing__(self, key: str) -> str:
-        prefix, _, part = key.rpartition("_")
-        if prefix in _URI_OF and part in ("user", "host"):
-            parts = parse_uri(getattr(self.call, _URI_OF[prefix]))
-            value = parts.user if part == "user" else parts.host
-        elif key in _PLAIN_FIELDS:
-            value = str(getattr(self.call, key))
-        else:
-            raise KeyError(key)
-        self[key] = value
-        return value
+@functools.lru_cache(maxsize=32)
+def _compiled(template: str) -> tuple[tuple[str, str | None], ...]:
+    """``(literal, field name or None)`` pairs; specs and conversions were refused at config time."""
+    return tuple((literal, name) for literal, name, _spec, _conv in string.Formatter().parse(template))
 
 
 def render_template(template: str, call: CallInfo) -> str:
     """``hash_template`` filled in from the call (the template was validated at config time)."""
-    return template.format_map(_LazyFields(call))
+    return "".join(literal if name is None else literal + _field(call, name) for literal, name in _compiled(template))
 
 
 def hash_template(inp: AlgInput) -> Pick:
@@ -369,9 +367,9 @@ def latency_ms(dest: Destination, stats: Any) -> int:
     """The latency alg 13 weighs: ``int(EST)``, or ``int(EST - AVG)`` with ``cc=1``; 0 unknown."""
     if stats is None:
         return 0
-    est = float(getattr(stats, "est", 0.0) or 0.0)
+    est = stats.est  # LatencyStats (plugins.dispatcher.latency): est and avg in ms
     if dest.attrs.cc:
-        est -= float(getattr(stats, "avg", 0.0) or 0.0)
+        est -= stats.avg
     return int(est)  # C's double -> int truncates toward zero
 
 

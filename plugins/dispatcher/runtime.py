@@ -32,7 +32,7 @@ from plugins.dispatcher.model import (
     kamailio_order,
     state_letters,
 )
-from plugins.dispatcher.selection import Policy, Selection, SetView, select
+from plugins.dispatcher.selection import CALL_LOAD, LATENCY, Policy, Selection, SetView, select
 
 DestKey = tuple[int, str]
 #: listener(dest, old_flags or None, new_flags, reason)
@@ -256,22 +256,22 @@ class DispatcherState:
 
     # -- selecting -------------------------------------------------------------------------
 
-    def view(self, setid: int) -> SetView | None:
-        """The set as :func:`~plugins.dispatcher.selection.select` sees it, or None."""
+    def view(self, setid: int, alg: int | None = None) -> SetView | None:
+        """The set as :func:`~plugins.dispatcher.selection.select` sees it, or None.
+
+        :param alg: the algorithm about to run: loads are only gathered for call load (10) and
+            latencies only for 13 (this runs for every call); None gathers everything.
+        """
         dset = self._snapshot.sets.get(setid)
         if dset is None:
             return None
         srt = self._sets[setid]
-        flags, loads, latencies = [], [], []
-        for rt in srt.rts:  # one pass: this runs for every call
-            flags.append(rt.flags)
-            loads.append(rt.load)
-            latencies.append(rt.latency)
+        rts = srt.rts
         return SetView(
             dests=dset.destinations,
-            flags=tuple(flags),
-            loads=tuple(loads),
-            latencies=tuple(latencies),
+            flags=tuple([rt.flags for rt in rts]),
+            loads=tuple([rt.load for rt in rts]) if alg is None or alg == CALL_LOAD else (),
+            latencies=tuple([rt.latency for rt in rts]) if alg is None or alg == LATENCY else (),
             cursors=srt.cursors,
             weight_table=srt.weight_table,
             rweight_table=srt.rweight_table,
@@ -281,7 +281,7 @@ class DispatcherState:
         self, setid: int, alg: int, call: CallInfo, limit: int = 0, rng: random.Random | None = None
     ) -> Selection | None:
         """Like :meth:`select`, with the whole :class:`Selection`; None for an unknown set."""
-        view = self.view(setid)
+        view = self.view(setid, alg)
         if view is None:
             return None
         result = select(view, alg, call, policy=self.policy, limit=limit, rng=rng or self._rng)

@@ -41,6 +41,7 @@ from plugins.dispatcher.model import UNUSABLE, Destination, is_usable
 
 CALL_LOAD = 10
 PARALLEL = 12
+LATENCY = 13
 
 
 @dataclass(frozen=True)

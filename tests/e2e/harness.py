@@ -65,6 +65,8 @@ SIPP_BIND_FAILURE = 254
 RING_FOREVER_MS = 3_600_000
 DEFAULT_HANGUP_AFTER_MS = 1000
 READY_MARKER = "b2bua ready"
+#: seconds to wait after a caller exits before counts at the gateways are read
+SETTLE_AFTER_CALLER = 0.2
 
 REASON_PHRASES: Mapping[int, str] = MappingProxyType({
     200: "OK", 300: "Multiple Choices", 301: "Moved Permanently", 302: "Moved Temporarily",
@@ -785,6 +787,9 @@ class CallerProcess(SippProcess):
             self.stop(grace=0.5)
             raise HarnessError(f"caller {self.name} still running after {limit:.1f}s; stopped it\n"
                                f"{self.log_tail()}")
+        # what a B2BUA sends on after the caller's last message (the B leg's BYE, sent as the
+        # caller's BYE is answered) is still on its way for a moment: let gateways log it
+        time.sleep(SETTLE_AFTER_CALLER)
         return self.result()
 
     def result(self) -> CallResult:
