@@ -42,6 +42,8 @@ from plugins.dispatcher.model import UNUSABLE, Destination, is_usable
 CALL_LOAD = 10
 PARALLEL = 12
 LATENCY = 13
+#: ALGORITHMS as a plain dict: looked up on every call
+_BY_NUMBER = dict(ALGORITHMS)
 
 
 @dataclass(frozen=True)
@@ -143,7 +145,8 @@ def select(
     :param rng: randomness for alg 6.
     :raises ValueError: unknown algorithm number.
     """
-    if alg not in ALGORITHMS:
+    algorithm = _BY_NUMBER.get(alg)
+    if algorithm is None:
         raise ValueError(f"unknown algorithm {alg}")
     nr = len(view.dests)
     if nr == 0:
@@ -167,7 +170,7 @@ def select(
         hash_template=policy.hash_template,
         rng=rng,
     )
-    pick = ALGORITHMS[alg].pick(inp)
+    pick = algorithm.pick(inp)
     eff = pick.effective if pick.effective is not None else alg
     cursors = pick.cursors or view.cursors
     cap = limit if limit > 0 else nr
@@ -193,7 +196,7 @@ def select(
     h = pick.start % n
     if is_usable(flags[h]):
         chosen: int | None = h
-    elif policy.rehash and ALGORITHMS[eff].hashed:
+    elif policy.rehash and _BY_NUMBER[eff].hashed:
         chosen = _rehash(flags, pick.start, n)
     else:
         chosen = _skip_loop(flags, h, n)
