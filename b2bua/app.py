@@ -54,7 +54,6 @@ class App:
         self._stopping = False
         self._draining = False
         self._overloaded_until = 0.0
-        self.overload_rejects = 0
         self._control: Any = None
         self.reload_requested = False
 
@@ -142,12 +141,11 @@ class App:
         a_leg = Leg(self.endpoint.account, None, 0, prm.callId)
         refuse: Reject | None = None
         if self._draining:
-            refuse = Reject(503, "Shutting Down", _retry_after(sip_cfg.retry_after))
+            refuse = Reject(503, "Shutting Down", sip.retry_after(sip_cfg.retry_after))
         elif self._overloaded_until and time.monotonic() < self._overloaded_until:
-            self.overload_rejects += 1
-            refuse = Reject(503, "Overloaded", _retry_after(sip_cfg.retry_after))
+            refuse = Reject(503, "Overloaded", sip.retry_after(sip_cfg.retry_after))
         elif len(self.sessions) >= sip_cfg.max_calls or self.legs_in_use >= self.endpoint.slots - 1:
-            refuse = Reject(sip_cfg.admission_code, "Too Many Calls", _retry_after(sip_cfg.retry_after))
+            refuse = Reject(sip_cfg.admission_code, "Too Many Calls", sip.retry_after(sip_cfg.retry_after))
         if refuse is not None:
             logger.bind(call_id=call.call_id).warning("refused: {} {}", refuse.code, refuse.reason)
             a_leg.session = _Refused(self)
@@ -321,10 +319,6 @@ class _Refused:
 
     def on_leg_media(self, leg: Leg) -> None:
         pass
-
-
-def _retry_after(seconds: int) -> tuple[tuple[str, str], ...]:
-    return (("Retry-After", str(seconds)),) if seconds else ()
 
 
 def _call_info(number: int, start: str, headers: dict[str, tuple[str, ...]], source: str) -> CallInfo:

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from b2bua import hookimpl
 from b2bua.api import DialMode, Failure, FailureKind, Reject, RoutePlan, Target
-from b2bua.sip import status_reason
+from b2bua.sip import retry_after, status_reason
 
 if TYPE_CHECKING:
     from b2bua.api import CallInfo, Host
@@ -19,13 +19,12 @@ class HostDefaults:
     def __init__(self) -> None:
         self.default_target = ""
         self.no_route = Reject(503, "No Route")
-        self.retry_after = 5
 
     @hookimpl(trylast=True)
     def b2bua_configure(self, config: Config, app: Host) -> None:
         self.default_target = config.routing.default_target
-        headers = (("Retry-After", str(config.sip.retry_after)),) if config.sip.retry_after else ()
-        self.no_route = Reject(config.routing.no_route_code, config.routing.no_route_reason, headers)
+        self.no_route = Reject(config.routing.no_route_code, config.routing.no_route_reason,
+                               retry_after(config.sip.retry_after))
 
     @hookimpl(trylast=True)
     def b2bua_route_call(self, call: CallInfo) -> RoutePlan | Reject:

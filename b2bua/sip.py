@@ -83,6 +83,11 @@ def b_leg_request_uri(a_request_uri: str, destination: str) -> str:
     return f"{scheme}:{user}@{hostport}" if user else f"{scheme}:{hostport}"
 
 
+def retry_after(seconds: int) -> tuple[tuple[str, str], ...]:
+    """A ``Retry-After`` header for a Reject's ``headers`` (none when ``seconds`` is 0)."""
+    return (("Retry-After", str(seconds)),) if seconds else ()
+
+
 def status_reason(code: int) -> str:
     """The usual reason phrase for a status code (``""`` when unknown)."""
     return REASONS.get(code, "")

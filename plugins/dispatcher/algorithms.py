@@ -168,46 +168,6 @@ def hash_auth_user(inp: AlgInput) -> Pick:
     return Pick(start=ds_get_hash(user.encode()))
 
 
-def template_fields(call: CallInfo) -> dict[str, str]:
-    """The values a ``hash_template`` may use: CallInfo's text fields plus URI pieces."""
-    fields: dict[str, str] = {
-        "call_id": call.call_id,
-        "request_uri": call.request_uri,
-        "from_uri": call.from_uri,
-        "to_uri": call.to_uri,
-        "from_header": call.from_header,
-        "to_header": call.to_header,
-        "source_ip": call.source_ip,
-        "source_port": str(call.source_port),
-        "source": call.source,
-        "transport": call.transport,
-        "method": call.method,
-    }
-    for prefix, uri in (("from", call.from_uri), ("to", call.to_uri), ("ruri", call.request_uri)):
-        parts = parse_uri(uri)
-        fields[f"{prefix}_user"] = parts.user
-        fields[f"{prefix}_host"] = parts.host
-    return fields
-
-
-#: the names a hash template may use (for config validation and docs)
-TEMPLATE_FIELDS: frozenset[str] = frozenset(template_fields(CallInfo(0, "", "", "", "")))
-
-
-def template_names(template: str) -> list[str]:
-    """The field names used in ``template``; raises ValueError on a malformed template."""
-    names = []
-    for _, name, spec, conv in string.Formatter().parse(template):
-        if name is None:
-            continue
-        if not name or not name.isidentifier():
-            raise ValueError(f"{{{name}}}: use a field name, e.g. {{call_id}}")
-        if spec or conv:
-            raise ValueError(f"{{{name}}}: format specs and conversions are not supported")
-        names.append(name)
-    return names
-
-
 _URI_OF = {"from": "from_uri", "to": "to_uri", "ruri": "request_uri"}
 #: template fields that are CallInfo attributes of the same name
 _PLAIN_FIELDS = frozenset({"call_id", "request_uri", "from_uri", "to_uri", "from_header", "to_header",
@@ -224,6 +184,29 @@ def _field(call: CallInfo, name: str) -> str:
         raise KeyError(name)
     parts = parse_uri(getattr(call, _URI_OF[prefix]))
     return parts.user if part == "user" else parts.host
+
+
+#: the names a hash template may use (for config validation and docs)
+TEMPLATE_FIELDS: frozenset[str] = _PLAIN_FIELDS | {f"{p}_{part}" for p in _URI_OF for part in ("user", "host")}
+
+
+def template_fields(call: CallInfo) -> dict[str, str]:
+    """Every value a ``hash_template`` may use: CallInfo's text fields plus URI pieces."""
+    return {name: _field(call, name) for name in sorted(TEMPLATE_FIELDS)}
+
+
+def template_names(template: str) -> list[str]:
+    """The field names used in ``template``; raises ValueError on a malformed template."""
+    names = []
+    for _, name, spec, conv in string.Formatter().parse(template):
+        if name is None:
+            continue
+        if not name or not name.isidentifier():
+            raise ValueError(f"{{{name}}}: use a field name, e.g. {{call_id}}")
+        if spec or conv:
+            raise ValueError(f"{{{name}}}: format specs and conversions are not supported")
+        names.append(name)
+    return names
 
 
 @functools.lru_cache(maxsize=32)

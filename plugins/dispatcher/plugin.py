@@ -27,6 +27,7 @@ from loguru import logger
 
 from b2bua import hookimpl
 from b2bua.api import DialMode, Reject, RoutePlan, StashKey, Target
+from b2bua.sip import retry_after
 from plugins.dispatcher import hookspecs, statefile
 from plugins.dispatcher.config import DispatcherConfig, parse_dispatcher_config
 from plugins.dispatcher.model import Destination, DestinationSet, Snapshot
@@ -486,5 +487,5 @@ class DispatcherPlugin:
 
     def _no_destination(self) -> Reject:
         cfg = self.config
-        headers = (("Retry-After", str(cfg.retry_after)),) if cfg.retry_after else ()
+        headers = retry_after(cfg.retry_after)
         return Reject(cfg.no_destination_code, cfg.no_destination_reason, headers)

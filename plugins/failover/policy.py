@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from typing import Literal
 
 from b2bua.api import DialMode, Failure, FailureKind, Reject, RoutePlan, Target
-from b2bua.sip import status_reason
+from b2bua.sip import retry_after, status_reason
 from plugins.failover.config import FailoverConfig
 
 Outcome = Literal["failover", "hunt-stop", "final"]
@@ -140,9 +140,7 @@ def final_answer(failures: Sequence[Failure], cfg: FailoverConfig) -> Reject:
         return relay(failures[-1])
     if cfg.final == "best":
         return relay(best_failure(failures))
-    headers: list[tuple[str, str]] = []
-    if cfg.retry_after:
-        headers.append(("Retry-After", str(cfg.retry_after)))
+    headers = list(retry_after(cfg.retry_after))
     if cfg.reason_header:
         headers.append(("Reason", reason_header(failures[-1])))
     return Reject(cfg.final_code, cfg.final_reason, tuple(headers))
