@@ -116,6 +116,21 @@ def free_port_pair(host: str, gap: int = 2) -> int:
     raise HarnessError(f"no UDP port pair (p, p+{gap}) free on {host} after 50 tries")
 
 
+def sipp_side_ports(ip: str, sip_port: int) -> tuple[int, int]:
+    """``-mp`` (a media pair on ``ip``) and ``-cp`` (control, on the wildcard) for one sipp.
+
+    Each number comes from a bind that was released again, so the kernel may hand the same one
+    out twice in a row (a caller once got its SIP port as its media port): draw until the SIP
+    port, the media pair and the control port are all different.
+    """
+    for _ in range(50):
+        media = free_port_pair(ip)
+        control = free_port("0.0.0.0")
+        if len({sip_port, media, media + 2, control}) == 4:
+            return media, control
+    raise HarnessError(f"no media and control ports apart from SIP port {sip_port} on {ip} after 50 tries")
+
+
 def _bindable(host: str, port: int, kind: socket.SocketKind) -> bool:
     with socket.socket(socket.AF_INET, kind) as sock:
         try:
@@ -633,11 +648,12 @@ def _launch_sipp(*, workdir: Path, name: str, template: str, values: Mapping[str
         raise ValueError(f"transport must be 'udp' or 'tcp', not {transport!r}")
     files = SippFiles.for_name(workdir, name)
     files.scenario.write_text(render_scenario(template, values))
+    # sipp binds its control socket on the wildcard address: sipp_side_ports probes it there
+    media_port, control_port = sipp_side_ports(ip, port)
     args = [
         sipp_binary(), "-sf", str(files.scenario), "-t", SIPP_TRANSPORTS[transport],
-        "-i", ip, "-p", str(port), "-mi", ip, "-mp", str(free_port_pair(ip)),
-        # sipp binds its control socket on the wildcard address; probe it there.
-        "-cp", str(free_port("0.0.0.0")), "-nostdin", "-aa",
+        "-i", ip, "-p", str(port), "-mi", ip, "-mp", str(media_port),
+        "-cp", str(control_port), "-nostdin", "-aa",
         "-trace_msg", "-message_file", str(files.messages),
         "-trace_shortmsg", "-shortmessage_file", str(files.short),
         "-trace_err", "-error_file", str(files.errors),

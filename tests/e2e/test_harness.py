@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from . import harness
 from .conftest import B2buaFactory, GatewayFactory
 from .harness import (
     REPO_ROOT,
@@ -236,6 +237,14 @@ def test_free_port_can_be_bound(addresses: AddressAllocator, kind: str,
             sock.bind((ip, p))
     with pytest.raises(ValueError, match="kind must be"):
         free_port(ip, "sctp")  # type: ignore[arg-type]
+
+
+def test_sipp_side_ports_never_reuse_the_sip_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the kernel handed a caller its SIP port again as its media port; sipp then exits at once
+    draws = iter([5000, 8998, 7000])  # the SIP port; a pair whose upper port is the control port; good
+    monkeypatch.setattr(harness, "free_port_pair", lambda ip: next(draws))
+    monkeypatch.setattr(harness, "free_port", lambda ip, kind="udp": 9000)
+    assert harness.sipp_side_ports("127.0.0.1", 5000) == (7000, 9000)
 
 
 # ---------------------------------------------------------------------------------------------------
