@@ -17,27 +17,20 @@ import functools
 import random
 import re
 import string
+from bisect import bisect_left
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from itertools import chain
 from types import MappingProxyType
 from typing import Any
 
 from b2bua.api import CallInfo
 from plugins.dispatcher.hashing import ds_get_hash, parse_uri, uri_hash_keys
-from plugins.dispatcher.model import UNUSABLE, Destination, is_usable
+from plugins.dispatcher.model import Destination, is_usable
+from plugins.dispatcher.setview import Cursors, SetView
 
 #: slots in the weight (9) and relative-weight (11) tables, as in Kamailio
 TABLE_SIZE = 100
-
-
-@dataclass(frozen=True)
-class Cursors:
-    """A set's rotating positions (Kamailio ``ds_set_t.last``, ``wlast``, ``rwlast``)."""
-
-    rr: int = 0  #: next round-robin index (algs 4, 5 without credentials, 13)
-    weight: int = 0  #: next slot of the weight table (alg 9)
-    rweight: int = 0  #: next slot of the relative-weight table (alg 11)
+_ZEROS = (0,) * TABLE_SIZE  # the table of a set without weights
 
 
 # AlgInput and Pick are made and dropped once per call: plain slotted dataclasses build in a
@@ -46,23 +39,19 @@ class Cursors:
 class AlgInput:
     """Everything an algorithm may look at, for one set and one call.
 
-    :param dests: the set's entries in Kamailio's array order.
-    :param flags: runtime state flags, parallel to ``dests``.
-    :param loads: active calls per entry (alg 10), parallel to ``dests``.
-    :param latencies: latency statistics objects (``.est``, ``.avg`` in ms) or None.
+    :param view: the set: entries in Kamailio's array order and their runtime state.
     :param candidates: how many leading entries take part in normal selection
         (``len(dests) - 1`` with ``use_default``: the last entry is the reserve).
+    :param cursors: the set's rotating positions before this call.
+    :param user_only: URI hashes use the user part only (``flags`` bit 1).
+    :param hash_template: alg 7's template.
+    :param rng: randomness for alg 6 (None: a fresh generator).
     """
 
     call: CallInfo
-    dests: Sequence[Destination]
-    flags: Sequence[int]
-    loads: Sequence[int]
-    latencies: Sequence[Any]
+    view: SetView
     candidates: int
-    cursors: Cursors = Cursors()
-    weight_table: Sequence[int] = ()
-    rweight_table: Sequence[int] = ()
+    cursors: Cursors
     user_only: bool = False
     hash_template: str = ""
     rng: random.Random | None = None
@@ -235,7 +224,7 @@ def hash_template(inp: AlgInput) -> Pick:
 
 def round_robin(inp: AlgInput) -> Pick:
     """4: the set's cursor; afterwards it points just past the entry actually used."""
-    nr = max(len(inp.dests), 1)
+    nr = max(len(inp.view.dests), 1)
     cur = inp.cursors
     return Pick(start=cur.rr, cursors=Cursors((cur.rr + 1) % nr, cur.weight, cur.rweight), round_robin=True)
 
@@ -297,7 +286,7 @@ def relative_weight_table(dests: Sequence[Destination], flags: Sequence[int], rn
 def weight(inp: AlgInput) -> Pick:
     """9: the next slot of the static weight table."""
     cur = inp.cursors
-    table = inp.weight_table or (0,) * TABLE_SIZE
+    table = inp.view.weight_table or _ZEROS
     slot = cur.weight % len(table)
     return Pick(start=table[slot], cursors=Cursors(cur.rr, (slot + 1) % len(table), cur.rweight))
 
@@ -305,7 +294,7 @@ def weight(inp: AlgInput) -> Pick:
 def relative_weight(inp: AlgInput) -> Pick:
     """11: the next slot of the relative-weight table."""
     cur = inp.cursors
-    table = inp.rweight_table or (0,) * TABLE_SIZE
+    table = inp.view.rweight_table or _ZEROS
     slot = cur.rweight % len(table)
     return Pick(start=table[slot], cursors=Cursors(cur.rr, cur.weight, (slot + 1) % len(table)))
 
@@ -327,11 +316,13 @@ def call_load(inp: AlgInput) -> Pick:
     """
     if inp.call.method.upper() != "INVITE":
         return Pick(start=0, effective=0)
+    view = inp.view
+    dests, loads = view.dests, view.loads or (0,) * len(view.dests)
     best: int | None = None
-    for i in range(inp.candidates):
-        if not (is_usable(inp.flags[i]) and has_room(inp.dests[i], inp.loads[i])):
-            continue
-        if best is None or inp.loads[i] < inp.loads[best]:
+    for i in view.usable or ():
+        if i >= inp.candidates:
+            break
+        if has_room(dests[i], loads[i]) and (best is None or loads[i] < loads[best]):
             best = i
     return Pick(start=best)
 
@@ -365,22 +356,23 @@ def latency_order(inp: AlgInput) -> tuple[int, ...]:
     n = inp.candidates
     if n <= 0:
         return ()
-    start = inp.cursors.rr % n
-    dests, flags, latencies = inp.dests, inp.flags, inp.latencies
-    scored = []
-    for i in chain(range(start, n), range(start)):  # the rotation
-        if flags[i] & UNUSABLE:
-            continue
-        dest = dests[i]
-        scored.append((adjusted_priority(dest.priority, latency_ms(dest, latencies[i])), i))
-    scored.sort(key=lambda t: -t[0])  # list.sort is stable
-    return tuple(i for _, i in scored)
+    view = inp.view
+    scores = view.scores
+    if scores is None:  # once per view: it is rebuilt when a latency changes
+        latencies = view.latencies or (None,) * len(view.dests)
+        pairs = zip(view.dests, latencies, strict=True)
+        scores = view.scores = tuple([adjusted_priority(d.priority, latency_ms(d, stats)) for d, stats in pairs])
+    usable = view.usable or ()
+    usable = usable[: bisect_left(usable, n)]  # without the reserve entry
+    at = bisect_left(usable, inp.cursors.rr % n)
+    # sorting is stable, with reverse=True too: equals keep the rotation order
+    return tuple(sorted(usable[at:] + usable[:at], key=scores.__getitem__, reverse=True))
 
 
 def latency(inp: AlgInput) -> Pick:
     """13: latency-optimised order; the RR cursor moves past the chosen entry."""
     order = latency_order(inp)
-    nr = max(len(inp.dests), 1)
+    nr = max(len(inp.view.dests), 1)
     cur = inp.cursors
     cursors = Cursors((order[0] + 1) % nr, cur.weight, cur.rweight) if order else cur
     return Pick(order=order, cursors=cursors)
@@ -388,7 +380,8 @@ def latency(inp: AlgInput) -> Pick:
 
 def parallel(inp: AlgInput) -> Pick:
     """12: every usable candidate in array order (beyond Kamailio: dead ones are not forked to)."""
-    return Pick(order=tuple(i for i in range(inp.candidates) if is_usable(inp.flags[i])))
+    usable = inp.view.usable or ()
+    return Pick(order=usable[: bisect_left(usable, inp.candidates)])
 
 
 # -- registry ----------------------------------------------------------------------------------

@@ -155,7 +155,7 @@ class Prober:
         rt.probe_count = count
         # Kamailio samples entries with P; the first answer (which sets P in mode 1) counts too
         if self.latency_stats and (rt.flags | flags) & DestFlags.PROBING:
-            rt.latency = _latency_after(rt.latency, result, self.alpha_per_mille)
+            self.state.set_latency(key, _latency_after(rt.latency, result, self.alpha_per_mille))
         if flags != rt.flags:
             what = "probe timeout" if result.local and result.code == 408 else result.reason
             self.state.set_flags(key, flags, f"{result.code} {what}".strip())

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Hashable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from loguru import logger
 
 from b2bua.api import CallInfo
-from plugins.dispatcher.algorithms import Cursors, relative_weight_table, weight_table
+from plugins.dispatcher.algorithms import relative_weight_table, weight_table
 from plugins.dispatcher.model import (
     DestFlags,
     Destination,
@@ -32,7 +32,8 @@ from plugins.dispatcher.model import (
     kamailio_order,
     state_letters,
 )
-from plugins.dispatcher.selection import CALL_LOAD, LATENCY, Policy, Selection, SetView, select
+from plugins.dispatcher.selection import CALL_LOAD, Policy, Selection, select
+from plugins.dispatcher.setview import INITIAL_CURSORS, Cursors, SetView
 
 DestKey = tuple[int, str]
 #: listener(dest, old_flags or None, new_flags, reason)
@@ -107,11 +108,13 @@ class DestRuntime:
 class SetRuntime:
     """Per-set rotation state and weight tables."""
 
-    cursors: Cursors = field(default_factory=Cursors)
+    cursors: Cursors = INITIAL_CURSORS
     weight_table: tuple[int, ...] = ()
     rweight_table: tuple[int, ...] = ()
     #: the set's runtime records in array order (rebuilt with the set whenever ``_rt`` changes)
     rts: tuple[DestRuntime, ...] = ()
+    #: what selection reads, kept between calls; None after a flag or latency change (rebuilt on use)
+    view: SetView | None = None
 
 
 class DispatcherState:
@@ -162,7 +165,8 @@ class DispatcherState:
         return self._dests.get((setid, uri.lower()))
 
     def runtime(self, key: DestKey) -> DestRuntime | None:
-        """The mutable runtime record (probing code updates ``probe_count`` and ``latency``)."""
+        """The mutable runtime record (probing code updates ``probe_count``; flags and latency
+        change through :meth:`set_flags` and :meth:`set_latency`, which selection depends on)."""
         return self._rt.get(key)
 
     def flags(self, key: DestKey) -> int | None:
@@ -259,23 +263,32 @@ class DispatcherState:
     def view(self, setid: int, alg: int | None = None) -> SetView | None:
         """The set as :func:`~plugins.dispatcher.selection.select` sees it, or None.
 
-        :param alg: the algorithm about to run: loads are only gathered for call load (10) and
-            latencies only for 13 (this runs for every call); None gathers everything.
+        The view is kept between calls and rebuilt after a state flag or latency changed.
+
+        :param alg: the algorithm about to run: call loads change with every call and are only
+            gathered for call load (10); None gathers them too.
         """
-        dset = self._snapshot.sets.get(setid)
-        if dset is None:
+        srt = self._sets.get(setid)
+        if srt is None:
             return None
-        srt = self._sets[setid]
-        rts = srt.rts
-        return SetView(
-            dests=dset.destinations,
-            flags=tuple([rt.flags for rt in rts]),
-            loads=tuple([rt.load for rt in rts]) if alg is None or alg == CALL_LOAD else (),
-            latencies=tuple([rt.latency for rt in rts]) if alg is None or alg == LATENCY else (),
-            cursors=srt.cursors,
-            weight_table=srt.weight_table,
-            rweight_table=srt.rweight_table,
-        )
+        view = srt.view
+        if view is None:
+            rts = srt.rts
+            view = srt.view = SetView(
+                self._snapshot.sets[setid].destinations,
+                tuple([rt.flags for rt in rts]),
+                latencies=tuple([rt.latency for rt in rts]),
+                weight_table=srt.weight_table,
+                rweight_table=srt.rweight_table,
+            )
+        if alg == CALL_LOAD or alg is None:
+            return view.with_loads(tuple([rt.load for rt in srt.rts]))
+        return view
+
+    def cursors(self, setid: int) -> Cursors | None:
+        """The set's rotating positions (round robin, weight tables), or None for an unknown set."""
+        srt = self._sets.get(setid)
+        return srt.cursors if srt else None
 
     def select_full(
         self, setid: int, alg: int, call: CallInfo, limit: int = 0, rng: random.Random | None = None
@@ -284,8 +297,9 @@ class DispatcherState:
         view = self.view(setid, alg)
         if view is None:
             return None
-        result = select(view, alg, call, policy=self.policy, limit=limit, rng=rng or self._rng)
-        self._sets[setid].cursors = result.cursors
+        srt = self._sets[setid]
+        result = select(view, alg, call, cursors=srt.cursors, policy=self.policy, limit=limit, rng=rng or self._rng)
+        srt.cursors = result.cursors
         return result
 
     def select(
@@ -310,9 +324,11 @@ class DispatcherState:
         if rt is None:
             return False
         old, rt.flags = rt.flags, int(flags)
+        srt = self._sets[key[0]]
+        if old != rt.flags:
+            srt.view = None
         if is_usable(old) != is_usable(rt.flags):
             dset = self._snapshot.sets[key[0]]
-            srt = self._sets[key[0]]
             srt.rweight_table = relative_weight_table(dset.destinations, self._flags_of(dset), self._rng)
             self._notify(self._dests[key], old, rt.flags, reason)
         elif old != rt.flags:
@@ -356,6 +372,15 @@ class DispatcherState:
             return False
         rt.probe_count = 0
         return self.set_flags(key, (rt.flags & CONFIG_BITS) | bits, reason)
+
+    def set_latency(self, key: DestKey, stats: Any) -> bool:
+        """Store an entry's latency statistics (alg 13 reads them); False when the entry is unknown."""
+        rt = self._rt.get(key)
+        if rt is None:
+            return False
+        rt.latency = stats
+        self._sets[key[0]].view = None
+        return True
 
     # -- call load -------------------------------------------------------------------------
 

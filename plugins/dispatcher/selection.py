@@ -30,14 +30,15 @@ Differences from Kamailio, on purpose:
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from itertools import chain
-from typing import Any
+from bisect import bisect_left
+from dataclasses import dataclass
 
 from b2bua.api import CallInfo
-from plugins.dispatcher.algorithms import ALGORITHMS, AlgInput, Cursors, has_room
-from plugins.dispatcher.model import UNUSABLE, Destination, is_usable
+from plugins.dispatcher.algorithms import ALGORITHMS, AlgInput, has_room
+from plugins.dispatcher.model import Destination
+from plugins.dispatcher.setview import INITIAL_CURSORS, Cursors, SetView
+
+__all__ = ["CALL_LOAD", "LATENCY", "PARALLEL", "Cursors", "Policy", "Selection", "SetView", "select"]
 
 CALL_LOAD = 10
 PARALLEL = 12
@@ -56,33 +57,8 @@ class Policy:
     rehash: bool = False  #: spread a dead entry's hashed share over all survivors
 
 
-# SetView and Selection are built for every call: slotted plain dataclasses cost a third of a
-# frozen one's construction (both are read-only by convention).
-@dataclass(slots=True)
-class SetView:
-    """One set as selection sees it: entries in array order and their runtime state.
-
-    ``loads`` and ``latencies`` may be left empty (all 0 / unknown).
-    """
-
-    dests: tuple[Destination, ...]
-    flags: tuple[int, ...]
-    loads: tuple[int, ...] = ()
-    latencies: tuple[Any, ...] = ()
-    cursors: Cursors = field(default_factory=Cursors)
-    weight_table: tuple[int, ...] = ()
-    rweight_table: tuple[int, ...] = ()
-
-    def __post_init__(self) -> None:
-        n = len(self.dests)
-        if len(self.flags) != n:
-            raise ValueError(f"SetView: {len(self.flags)} flags for {n} destinations")
-        if self.loads and len(self.loads) != n:
-            raise ValueError(f"SetView: {len(self.loads)} loads for {n} destinations")
-        if self.latencies and len(self.latencies) != n:
-            raise ValueError(f"SetView: {len(self.latencies)} latencies for {n} destinations")
-
-
+# Selection is built for every call: a slotted plain dataclass costs a third of a frozen one's
+# construction (read-only by convention).
 @dataclass(slots=True)
 class Selection:
     """The outcome of :func:`select`.
@@ -103,34 +79,12 @@ class Selection:
         return self.destinations[0] if self.destinations else None
 
 
-def _skip_loop(flags: Sequence[int], h: int, n: int) -> int | None:
-    """Kamailio's linear probe: ``h`` or the next usable index after it (mod ``n``)."""
-    i = h
-    while not is_usable(flags[i]):
-        i = (i + 1) % n
-        if i == h:
-            return None
-    return i
-
-
-def _rehash(flags: Sequence[int], start: int, n: int) -> int | None:
-    """Re-pick among the usable candidates with the quotient of the hash.
-
-    The quotient ``start // n`` is independent of the remainder that chose the dead entry,
-    so its calls spread evenly whatever the number of survivors (``start % survivors``
-    would not: with 6 entries and 4 survivors it would reach only 2 of them).
-    """
-    survivors = [i for i in range(n) if is_usable(flags[i])]
-    if not survivors:
-        return None
-    return survivors[(start // n) % len(survivors)]
-
-
 def select(
     view: SetView,
     alg: int,
     call: CallInfo,
     *,
+    cursors: Cursors = INITIAL_CURSORS,
     policy: Policy = Policy(),
     limit: int = 0,
     rng: random.Random | None = None,
@@ -140,6 +94,7 @@ def select(
     :param view: the set and its runtime state.
     :param alg: Kamailio's algorithm number (see :data:`~plugins.dispatcher.algorithms.ALGORITHMS`).
     :param call: the call being routed.
+    :param cursors: the set's rotating positions (the result carries the next ones).
     :param policy: ``use_default``, hash options, ``rehash``.
     :param limit: most destinations returned, chosen one included; 0 = all.
     :param rng: randomness for alg 6.
@@ -148,76 +103,61 @@ def select(
     algorithm = _BY_NUMBER.get(alg)
     if algorithm is None:
         raise ValueError(f"unknown algorithm {alg}")
-    nr = len(view.dests)
+    dests = view.dests
+    nr = len(dests)
     if nr == 0:
-        return Selection((), (), view.cursors, alg)
-    flags = view.flags
-    loads = view.loads or (0,) * nr
+        return Selection((), (), cursors, alg)
     reserve = policy.use_default and nr > 1
-    n = nr - 1 if reserve else nr
     last = nr - 1
-    inp = AlgInput(
-        call=call,
-        dests=view.dests,
-        flags=flags,
-        loads=loads,
-        latencies=view.latencies or (None,) * nr,
-        candidates=n,
-        cursors=view.cursors,
-        weight_table=view.weight_table,
-        rweight_table=view.rweight_table,
-        user_only=policy.user_only,
-        hash_template=policy.hash_template,
-        rng=rng,
-    )
-    pick = algorithm.pick(inp)
-    eff = pick.effective if pick.effective is not None else alg
-    cursors = pick.cursors or view.cursors
+    n = last if reserve else nr
+    usable = view.usable or ()
+    # the usable candidates: the reserve entry takes part only as the last resort
+    cand = usable[:-1] if reserve and usable and usable[-1] == last else usable
+    pick = algorithm.pick(AlgInput(call, view, n, cursors, policy.user_only, policy.hash_template, rng))
+    eff = alg if pick.effective is None else pick.effective
+    if pick.cursors is not None:
+        cursors = pick.cursors
     cap = limit if limit > 0 else nr
-
-    def reserve_ok() -> bool:
-        if not (reserve and is_usable(flags[last])):
-            return False
-        return eff != CALL_LOAD or has_room(view.dests[last], loads[last])
-
-    def done(indexes: list[int]) -> Selection:
-        return Selection(tuple(indexes), tuple([view.dests[i] for i in indexes]), cursors, eff)
+    use_reserve = bool(reserve and usable and usable[-1] == last)
+    if use_reserve and eff == CALL_LOAD:
+        use_reserve = has_room(dests[last], view.loads[last] if view.loads else 0)
 
     if pick.order is not None:
-        indexes = list(pick.order[:cap])
-        if not indexes:
-            return done([last] if reserve_ok() else [])
-        if eff != PARALLEL and len(indexes) < cap and reserve_ok():
-            indexes.append(last)
-        return done(indexes)
+        order = pick.order[:cap]
+        if not order:
+            order = (last,) if use_reserve else ()
+        elif eff != PARALLEL and len(order) < cap and use_reserve:
+            order += (last,)
+        return Selection(order, tuple([dests[i] for i in order]), cursors, eff)
 
-    if pick.start is None:
-        return done([])
+    if pick.start is None or not (cand or use_reserve):
+        return Selection((), (), cursors, eff)
+    if not cand:  # back at the start of the skip loop: the reserve entry
+        if pick.round_robin:
+            cursors = Cursors(0, cursors.weight, cursors.rweight)  # just past the last entry
+        return Selection((last,), (dests[last],), cursors, eff)
     h = pick.start % n
-    if is_usable(flags[h]):
-        chosen: int | None = h
-    elif policy.rehash and _BY_NUMBER[eff].hashed:
-        chosen = _rehash(flags, pick.start, n)
-    else:
-        chosen = _skip_loop(flags, h, n)
-    if chosen is None:
-        if not reserve_ok():
-            return done([])
-        chosen = last
+    # Kamailio's skip loop: h, or the next usable candidate after it, wrapping
+    at = bisect_left(cand, h)
+    if at == len(cand) or cand[at] != h:
+        if policy.rehash and _BY_NUMBER[eff].hashed:
+            # the quotient of the hash is independent of the remainder that chose the dead
+            # entry, so its calls spread evenly whatever the number of survivors (the hash
+            # modulo the survivors would not: 6 entries, 4 survivors -> only 2 of them reached)
+            at = (pick.start // n) % len(cand)
+        elif at == len(cand):
+            at = 0
+    chosen = cand[at]
     if pick.round_robin:
-        cursors = Cursors(rr=(chosen + 1) % nr, weight=cursors.weight, rweight=cursors.rweight)
-
-    indexes = [chosen]
-    dests = view.dests
-    call_load = eff == CALL_LOAD
-    for i in chain(range(chosen + 1, nr), range(chosen)):
-        if len(indexes) >= cap:
-            break
-        if flags[i] & UNUSABLE or (reserve and i == last):
-            continue
-        if call_load and not has_room(dests[i], loads[i]):
-            continue
-        indexes.append(i)
-    if chosen != last and len(indexes) < cap and reserve_ok():
-        indexes.append(last)
-    return done(indexes)
+        cursors = Cursors((chosen + 1) % nr, cursors.weight, cursors.rweight)
+    # the failover list: the other usable candidates in wrap-around array order
+    if eff == CALL_LOAD:
+        loads = view.loads or (0,) * nr
+        order = (chosen, *[i for i in cand[at + 1 :] + cand[:at] if has_room(dests[i], loads[i])])[:cap]
+    else:  # cut before joining: a big set with a small limit copies only what it returns
+        order = cand[at : at + cap]
+        if len(order) < cap:
+            order += cand[: min(at, cap - len(order))]
+    if len(order) < cap and use_reserve:
+        order += (last,)
+    return Selection(order, tuple([dests[i] for i in order]), cursors, eff)

@@ -13,7 +13,6 @@ from plugins.dispatcher.algorithms import (
     ALGORITHMS,
     TABLE_SIZE,
     AlgInput,
-    Cursors,
     adjusted_priority,
     auth_username,
     latency_order,
@@ -24,6 +23,7 @@ from plugins.dispatcher.algorithms import (
     weight_table,
 )
 from plugins.dispatcher.model import Attrs, DestFlags, Destination
+from plugins.dispatcher.setview import Cursors, SetView
 
 I = int(DestFlags.INACTIVE)  # noqa: E741 - Kamailio's letter
 
@@ -152,16 +152,17 @@ def _lat(est: float, avg: float = 0.0) -> SimpleNamespace:
 def test_latency_order_demotes_slow_and_rotates_equals() -> None:
     dests = [dest("sip:a", 30), dest("sip:b", 30), dest("sip:c", 30)]
     lats = (_lat(201.9), _lat(21.0), _lat(25.0))  # a: 30 - 201//30 = 24; b, c: 30
-    base = AlgInput(call(), dests, (0, 0, 0), (0, 0, 0), lats, 3)
+    view = SetView(tuple(dests), (0, 0, 0), latencies=lats)
+    base = AlgInput(call(), view, 3, Cursors())
     assert latency_order(base) == (1, 2, 0)
-    rotated = AlgInput(call(), dests, (0, 0, 0), (0, 0, 0), lats, 3, cursors=Cursors(rr=2))
+    rotated = AlgInput(call(), view, 3, Cursors(rr=2))
     assert latency_order(rotated) == (2, 1, 0)  # equals keep the rotation order
 
 
 def test_latency_order_skips_unusable_and_uses_congestion_with_cc() -> None:
     dests = [dest("sip:a", 30, cc=1), dest("sip:b", 30), dest("sip:c", 30)]
     # a: cc -> EST-AVG = 5 ms -> 30; b: 300 ms -> 20; c inactive
-    inp = AlgInput(call(), dests, (0, 0, I), (0, 0, 0), (_lat(500, 495), _lat(300), None), 3)
+    inp = AlgInput(call(), SetView(tuple(dests), (0, 0, I), latencies=(_lat(500, 495), _lat(300), None)), 3, Cursors())
     assert latency_order(inp) == (0, 1)
 
 

@@ -11,6 +11,7 @@ import pytest
 from b2bua.api import CallInfo
 from plugins.dispatcher.model import Attrs, DestFlags, Destination, Snapshot, build_snapshot
 from plugins.dispatcher.runtime import DispatcherState, mark_state_bits, parse_state_letters
+from plugins.dispatcher.setview import Cursors
 
 I, T, D, P = (int(f) for f in (DestFlags.INACTIVE, DestFlags.TRYING, DestFlags.DISABLED, DestFlags.PROBING))  # noqa: E741
 NOPING = int(DestFlags.NOPING)
@@ -160,8 +161,7 @@ def test_swap_without_keep_state_resets_to_configured_flags_and_cursors() -> Non
     state.select(1, 4, call())
     state.swap(snap(*GW), keep_state=False)
     assert state.flags((1, "sip:gw1")) == 0
-    view = state.view(1)
-    assert view is not None and view.cursors.rr == 0
+    assert state.cursors(1) == Cursors(rr=0)
 
 
 def test_select_advances_cursors_and_unknown_set_is_empty() -> None:
@@ -170,6 +170,37 @@ def test_select_advances_cursors_and_unknown_set_is_empty() -> None:
     assert firsts == ["sip:b", "sip:a", "sip:b", "sip:a"]  # array order: last line first
     assert state.select(7, 4, call()) == ()
     assert not state.has_set(7)
+
+
+@pytest.mark.parametrize("alg", [0, 4, 8, 10, 12, 13])
+def test_selection_sees_every_state_change_at_once(alg: int) -> None:
+    # the set's view is kept between calls: each change must reach the very next selection
+    state, _ = make(d(1, "sip:a", priority=2), d(1, "sip:b", priority=1))
+
+    def chosen() -> set[str]:
+        return {state.select(1, alg, call(n))[0].uri for n in range(20)}
+
+    assert "sip:a" in chosen()
+    state.set_flags((1, "sip:a"), I | P, "probe")
+    assert chosen() == {"sip:b"}
+    state.set_state(1, "sip:b", "d")
+    assert state.select(1, alg, call()) == ()
+    state.set_flags((1, "sip:a"), T, "probe")  # trying is still selected
+    assert chosen() == {"sip:a"}
+    state.mark((1, "sip:b"), "a")
+    assert {x.uri for x in state.select(1, alg, call())} == {"sip:a", "sip:b"}  # b is back
+
+
+def test_latency_change_reaches_the_next_selection() -> None:
+    from plugins.dispatcher.latency import seeded
+
+    state, _ = make(d(1, "sip:a", priority=30), d(1, "sip:b", priority=30))
+    assert {state.select(1, 13, call(n))[0].uri for n in range(4)} == {"sip:a", "sip:b"}  # equals rotate
+    assert state.set_latency((1, "sip:a"), seeded(300.0))  # 30 - 300 // 30 = 20
+    assert {state.select(1, 13, call(n))[0].uri for n in range(4)} == {"sip:b"}
+    assert state.set_latency((1, "sip:a"), seeded(20.0))
+    assert {state.select(1, 13, call(n))[0].uri for n in range(4)} == {"sip:a", "sip:b"}
+    assert not state.set_latency((1, "sip:gone"), seeded(1.0))
 
 
 def test_relative_weight_table_is_rebuilt_on_up_and_down() -> None:

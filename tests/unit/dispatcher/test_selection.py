@@ -9,10 +9,11 @@ from collections.abc import Sequence
 import pytest
 
 from b2bua.api import CallInfo
-from plugins.dispatcher.algorithms import Cursors, relative_weight_table, weight_table
+from plugins.dispatcher.algorithms import relative_weight_table, weight_table
 from plugins.dispatcher.hashing import ds_get_hash
 from plugins.dispatcher.model import Attrs, DestFlags, Destination
-from plugins.dispatcher.selection import Policy, SetView, select
+from plugins.dispatcher.selection import Policy, select
+from plugins.dispatcher.setview import Cursors, SetView
 
 # Kamailio's state letters
 I, T, D, P = (int(f) for f in (DestFlags.INACTIVE, DestFlags.TRYING, DestFlags.DISABLED, DestFlags.PROBING))  # noqa: E741
@@ -44,9 +45,10 @@ def run(v: SetView, alg: int, n: int, policy: Policy | None = None, seed: int = 
     policy = policy or Policy()
     counts: Counter[int] = Counter()
     rng = random.Random(seed)
+    cursors = Cursors()
     for cid in call_ids(n, seed):
-        sel = select(v, alg, call(cid), policy=policy, rng=rng)
-        v = SetView(v.dests, v.flags, v.loads, v.latencies, sel.cursors, v.weight_table, v.rweight_table)
+        sel = select(v, alg, call(cid), cursors=cursors, policy=policy, rng=rng)
+        cursors = sel.cursors
         counts[sel.indexes[0] if sel.indexes else -1] += 1
     return counts
 
@@ -92,7 +94,7 @@ def test_hash_template() -> None:
 def test_hash_auth_user_and_round_robin_fallback() -> None:
     headers = {"authorization": ('Digest username="bob", realm="r"',)}
     assert select(view(4), 5, call(headers=headers)).indexes[0] == ds_get_hash(b"bob") % 4
-    fallback = select(view(4, cursors=Cursors(rr=3)), 5, call())
+    fallback = select(view(4), 5, call(), cursors=Cursors(rr=3))
     assert (fallback.indexes[0], fallback.alg, fallback.cursors.rr) == (3, 4, 0)
 
 
@@ -138,22 +140,22 @@ def test_skip_loop_wraps_around() -> None:
 
 def test_round_robin_alternates_strictly() -> None:
     v = view(3)
-    seen = []
+    seen, cursors = [], Cursors()
     for _ in range(9):
-        sel = select(v, 4, call())
+        sel = select(v, 4, call(), cursors=cursors)
         seen.append(sel.indexes[0])
-        v = SetView(v.dests, v.flags, cursors=sel.cursors)
+        cursors = sel.cursors
     assert seen == [0, 1, 2] * 3
 
 
 def test_round_robin_moves_past_the_used_entry() -> None:
     # Kamailio's "last = chosen + 1": the entry after a dead one is not picked twice in a row
     v = view(4, (0, I, 0, 0))
-    seen = []
+    seen, cursors = [], Cursors()
     for _ in range(6):
-        sel = select(v, 4, call())
+        sel = select(v, 4, call(), cursors=cursors)
         seen.append(sel.indexes[0])
-        v = SetView(v.dests, v.flags, cursors=sel.cursors)
+        cursors = sel.cursors
     assert seen == [0, 2, 3, 0, 2, 3]
 
 
@@ -161,15 +163,15 @@ def test_round_robin_moves_past_the_used_entry() -> None:
 
 
 def test_failover_list_is_wrap_around_array_order_without_dead_entries() -> None:
-    v = view(6, (0, I, 0, 0, D, T), cursors=Cursors(rr=3))
-    assert select(v, 4, call()).indexes == (3, 5, 0, 2)
+    v = view(6, (0, I, 0, 0, D, T))
+    assert select(v, 4, call(), cursors=Cursors(rr=3)).indexes == (3, 5, 0, 2)
 
 
 @pytest.mark.parametrize(
     ("limit", "expected"), [(0, (2, 3, 0, 1)), (1, (2,)), (2, (2, 3)), (3, (2, 3, 0)), (9, (2, 3, 0, 1))]
 )
 def test_limit(limit: int, expected: tuple[int, ...]) -> None:
-    assert select(view(4, cursors=Cursors(rr=2)), 4, call(), limit=limit).indexes == expected
+    assert select(view(4), 4, call(), cursors=Cursors(rr=2), limit=limit).indexes == expected
 
 
 def test_use_default_reserves_the_last_entry() -> None:
@@ -178,6 +180,8 @@ def test_use_default_reserves_the_last_entry() -> None:
     assert set(counts) == {0, 1, 2}  # never the reserve
     assert select(view(4), 4, call(), policy=policy).indexes == (0, 1, 2, 3)  # reserve last
     assert select(view(4, (I, I, I, 0)), 4, call(), policy=policy).indexes == (3,)
+    # round robin on the reserve: the cursor moves just past it, as Kamailio's ``last = i + 1``
+    assert select(view(4, (I, I, I, 0)), 4, call(), cursors=Cursors(rr=1), policy=policy).cursors.rr == 0
     assert select(view(4, (I, 0, I, I)), 4, call(), policy=policy).indexes == (1,)  # dead reserve not added
     assert select(view(4, (I, I, I, I)), 4, call(), policy=policy).indexes == ()
     assert select(view(4), 4, call(), policy=policy, limit=2).indexes == (0, 1)  # limit wins over reserve
@@ -273,11 +277,11 @@ def test_latency_picks_highest_adjusted_priority_and_rotates_cursor() -> None:
 
 def test_latency_round_robin_among_equals() -> None:
     v = view(3)
-    seen = []
+    seen, cursors = [], Cursors()
     for _ in range(6):
-        sel = select(v, 13, call())
+        sel = select(v, 13, call(), cursors=cursors)
         seen.append(sel.indexes[0])
-        v = SetView(v.dests, v.flags, cursors=sel.cursors)
+        cursors = sel.cursors
     assert seen == [0, 1, 2, 0, 1, 2]
 
 
