@@ -17,7 +17,7 @@ from b2bua import __version__, sip
 from b2bua.api import CallInfo, EndCause, Reject
 from b2bua.config import Config
 from b2bua.endpoint import Endpoint
-from b2bua.legs import Leg, op
+from b2bua.legs import Leg, op, release_remaining
 from b2bua.loop import Scheduler, Timer
 from b2bua.plugins import Hooks, make_manager
 from b2bua.rpc import RpcRegistry
@@ -29,6 +29,8 @@ T = TypeVar("T")
 POLL_CEILING = 0.005
 #: how often the loop measures its own lateness (overload detection)
 HEARTBEAT = 0.05
+#: how often legs are checked against pjsua's call slots (see ``App._audit``)
+AUDIT_INTERVAL = 2.0
 
 
 class App:
@@ -172,7 +174,7 @@ class App:
         a_leg = session.a
         if a_leg is None:
             return  # the caller cancelled already
-        if not a_leg.isActive():
+        if not a_leg.attached():
             session.lost_caller("pjsua dropped the incoming call (no free RTP port?)")
             return
         try:
@@ -198,6 +200,7 @@ class App:
             self._install_signals()
             if self._config.sip.overload_lag > 0:
                 self._heartbeat(time.monotonic())
+            self.scheduler.call_later(AUDIT_INTERVAL, self._audit)
             logger.info("b2bua ready: listening on {} (plugins: {})",
                         ", ".join(self.endpoint.listeners), ", ".join(self.plugin_names()) or "none")
             self._serve()
@@ -236,10 +239,28 @@ class App:
             endpoint.poll(scheduler.next_delay(POLL_CEILING))
             scheduler.run_pending()
             if graveyard:
-                graveyard.clear()
+                self._bury()
             if self.reload_requested:
                 self.reload_requested = False
                 self._on_sighup()
+
+    def _audit(self) -> None:
+        """Find legs pjsua ended without a callback and end their part on our side.
+
+        Under overload pjsua drops calls silently (no RTP port free, a slot taken over); their
+        sessions and refused legs would otherwise stay forever, counting against ``max_calls``
+        and the call slots, and their Call objects would later act on the slot's next call.
+        """
+        lost = 0
+        for leg in list(self._zombies.values()):
+            if not leg.attached():
+                self.retire(leg)
+                lost += 1
+        for session in list(self.sessions.values()):
+            lost += session.audit_legs()
+        if lost:
+            logger.warning("{} call leg(s) ended inside pjsua without a callback: cleaned up", lost)
+        self.scheduler.call_later(AUDIT_INTERVAL, self._audit)
 
     def _heartbeat(self, expected: float) -> None:
         """Measure how late the loop runs; past ``overload_lag`` shed new calls for a second.
@@ -267,7 +288,13 @@ class App:
         while time.monotonic() < deadline and not until():
             self.endpoint.poll(0.01)
             self.scheduler.run_pending()
-            self._graveyard.clear()
+            self._bury()
+
+    def _bury(self) -> None:
+        """Release the legs retired during this pass (outside every pjsua2 callback)."""
+        for leg in self._graveyard:
+            leg.release()
+        self._graveyard.clear()
 
     def _shutdown(self) -> None:
         self._draining = True
@@ -297,8 +324,14 @@ class App:
         self._pump(0.5, lambda: self.legs_in_use <= 0 and not self._zombies)
         self.sessions.clear()
         self._zombies.clear()
-        self._graveyard.clear()
+        self._bury()
+        # timers of calls that never finished (an overloaded run leaves thousands) hold sessions
+        # and their legs
+        self.scheduler.clear()
         gc.collect()
+        left = release_remaining()  # a pj.Call finalised after libDestroy aborts the process
+        if left:
+            logger.warning("{} call leg(s) still referenced at shutdown: released before pjsua stops", left)
         self.endpoint.destroy()
         logger.info("stopped")
 

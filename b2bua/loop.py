@@ -80,6 +80,17 @@ class Scheduler:
             raise box["error"]
         return box["result"]
 
+    def clear(self) -> int:
+        """Drop every timer and queued callable without running them (shutdown, after the last
+        pass: their closures may hold call objects that must go before pjsua does); returns how
+        many were pending."""
+        pending = len(self._queue) + sum(1 for _, _, timer in self._heap if not timer.cancelled)
+        for _, _, timer in self._heap:
+            timer.cancel()
+        self._heap.clear()
+        self._queue.clear()
+        return pending
+
     def next_delay(self, ceiling: float) -> float:
         """Seconds until the next timer (at most ``ceiling``), 0 when work is queued."""
         if self._queue:

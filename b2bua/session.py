@@ -186,7 +186,7 @@ class Session:
                     self.a.answer(op(code))
                 except pj.Error as exc:
                     self.log.warning("cannot relay {}: {}", code, exc.reason)
-                    if not self.a.isActive():
+                    if not self.a.attached():
                         self.lost_caller("the caller's leg is gone")
         elif state in (CONNECTING, CONFIRMED):
             if leg.answered:
@@ -318,8 +318,7 @@ class Session:
     def lost_caller(self, why: str) -> None:
         """pjsua ended the A leg without a DISCONNECTED callback: end the call on our side.
 
-        The Leg is released now, before pjsua can give its slot to a new call (a Call object
-        destroyed after that would detach and hang up the new call).
+        The Leg is retired now and released on the next pass (see :meth:`Leg.release`).
         """
         a = self.a
         if a is None:
@@ -332,6 +331,19 @@ class Session:
         self.state = State.ENDING
         self._end_b_legs()
         self._maybe_end()
+
+    def audit_legs(self) -> int:
+        """End the part of legs pjsua ended without a callback (see ``App._audit``); returns how many."""
+        lost = 0
+        for leg in list(self.b.values()):
+            if not leg.attached():
+                lost += 1
+                self.log.warning("attempt {}: pjsua ended the call without a callback", leg.index)
+                self._on_b_disconnected(leg, 500, "Call Lost", None)
+        if self.a is not None and not self.a.attached():
+            lost += 1
+            self.lost_caller("pjsua ended the caller's leg without a callback")
+        return lost
 
     def reject(self, answer: Reject, cause: EndCause) -> None:
         """Give the caller a final failure answer."""

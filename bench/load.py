@@ -7,6 +7,7 @@ directly (the ceiling of this machine), with the ratio.
     .venv/bin/python bench/load.py                       # rates 200 400 600 800, 10 s each
     .venv/bin/python bench/load.py --rates 600 --seconds 20
     .venv/bin/python bench/load.py --concurrent 1000     # hold 1000 bridged calls
+    .venv/bin/python bench/load.py --recovery 800        # 10 s at 800 calls/s, then 100 calls/s probes
 
 Every run is bounded in calls and time. Needs sipp (scripts/setup.sh --test installs it).
 """
@@ -145,6 +146,9 @@ def main() -> int:
     ap.add_argument("--concurrent", type=int, default=0,
                     help="instead: hold this many bridged calls for 20 s (ramp 100 calls/s)")
     ap.add_argument("--no-direct", action="store_true", help="skip the sipp->sipp ceiling")
+    ap.add_argument("--recovery", type=int, default=0, metavar="RATE",
+                    help="instead: overload at RATE calls/s for --seconds, then probe at 100 calls/s "
+                         "2, 30 and 60 s later (does the B2BUA recover?)")
     args = ap.parse_args()
     if not shutil.which("sipp"):
         raise SystemExit("sipp is missing: scripts/setup.sh --test installs it")
@@ -157,6 +161,8 @@ def main() -> int:
     try:
         if args.concurrent:
             return concurrent(workdir, b2bua, b2b_port, args.concurrent)
+        if args.recovery:
+            return recovery(workdir, b2b_port, args.recovery, args.seconds)
         print(f"{'offered':>7} | {'via B2BUA: cps':>14} {'failed%':>8} {'p50 ms':>7} {'p99 ms':>7} {'CPU':>5} "
               f"{'RSS MB':>7} | {'direct: cps':>11} {'failed%':>8} {'p99 ms':>7} | {'ratio':>5}")
         for rate in args.rates:
@@ -179,7 +185,24 @@ def main() -> int:
     finally:
         stop(b2bua)
         stop(gateway, signal.SIGINT)  # sipp ends at once on SIGINT (it ignores SIGTERM while busy)
+        if b2bua.returncode != 0:  # an abort at shutdown (negative: the signal) must not go unseen
+            print(f"the B2BUA exited with {b2bua.returncode}: see {workdir / 'b2bua.log'}", flush=True)
     print(f"logs: {workdir}")
+    return 0
+
+
+def recovery(workdir: Path, port: int, rate: int, seconds: float) -> int:
+    """Overload the B2BUA, then check that calls at a modest rate go through again."""
+    target = f"{B2BUA_IP}:{port}"
+    over = run_caller(workdir, target, rate, int(rate * seconds), 0, seconds * 3 + 10)
+    print(f"overload: {rate} calls/s for {seconds:g} s -> {over.achieved:.0f} achieved, "
+          f"{over.failed_pct:.1f} % failed", flush=True)
+    ended = time.monotonic()
+    for after in (2, 30, 60):
+        time.sleep(max(0.0, ended + after - time.monotonic()))
+        probe = run_caller(workdir, target, 100, 500, 0, 40)
+        print(f"{after:>3} s later: 100 calls/s x 5 s -> {probe.failed_pct:.1f} % failed, p99 setup "
+              f"{probe.p99:.0f} ms", flush=True)
     return 0
 
 

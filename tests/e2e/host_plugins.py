@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from b2bua import CallInfo, DialMode, RoutePlan, Target, hookimpl
 from b2bua.config import Config
 
@@ -28,3 +30,39 @@ class RaisingRouter:
     def b2bua_route_call(self, call: CallInfo) -> None:
         if call.request_uri.startswith("sip:boom@"):
             raise RuntimeError("this plugin is broken on purpose")
+
+
+class _HoldsCallObjects:
+    """Base of the test plugins that reach into the App for pjsua2 Call objects (real plugins
+    never see legs) and hold them in ``held``."""
+
+    def __init__(self) -> None:
+        self.app: Any = None
+        self.held: list[Any] = []
+
+    @hookimpl
+    def b2bua_configure(self, config: Config, app: Any) -> None:
+        self.app = app
+
+
+class LegKeeper(_HoldsCallObjects):
+    """Keeps every answered call's legs forever: a plugin bug a shutdown must survive."""
+
+    @hookimpl
+    def b2bua_call_answered(self, call: CallInfo, target: Target) -> None:
+        session = self.app.sessions[call.id]
+        self.held.extend([session.a, *session.b.values()])
+
+
+class SlotTaker(_HoldsCallObjects):
+    """Simulates pjsua handing an answered call's slot to another Call object without a callback
+    (what overload does): a second Leg takes over the first caller's call."""
+
+    @hookimpl
+    def b2bua_call_answered(self, call: CallInfo, target: Target) -> None:
+        from b2bua.legs import Leg
+
+        if self.held:
+            return  # the first call only
+        a_leg = self.app.sessions[call.id].a
+        self.held.append(Leg(self.app.endpoint.account, None, 0, a_leg.getId()))

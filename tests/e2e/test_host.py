@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .configs import received_responses
 from .conftest import B2buaFactory, GatewayFactory
-from .harness import REPO_ROOT, AddressAllocator, B2buaProcess, Caller, Gateway, free_port
+from .harness import REPO_ROOT, AddressAllocator, B2buaProcess, Caller, Gateway, free_port, wait_until
 
 DEFAULT_SIP = "shutdown_grace = 2.0\nmax_calls = 300"
 
@@ -215,6 +215,46 @@ def test_sigterm_hangs_up_calls_and_exits_0(b2bua_factory: B2buaFactory, address
     assert result.successful + result.failed == 5
     assert gw.count("BYE") == 5, "every B leg was hung up"
     assert "hanging up 5 calls" in b2b.proc.log_text()
+
+
+def test_a_call_object_kept_past_shutdown_does_not_abort_the_process(
+        b2bua_factory: B2buaFactory, addresses: AddressAllocator, gateway_factory: GatewayFactory,
+        caller: Caller) -> None:
+    # a pjsua2 Call deleted after libDestroy fails an assertion in pjsua (SIGABRT, core dump), and
+    # one deleted late hangs up whichever call has its slot by then: the host deletes each leg's
+    # pjsua2 side right after it disconnected, whoever still holds the Python object
+    gw = gateway_factory("answer")
+    b2b = Host(b2bua_factory, addresses, gw.uri, plugins='["tests.e2e.host_plugins:LegKeeper"]')
+    first = caller.run_calls(b2b.ip, b2b.port, n=4, rate=10, call_duration_ms=100)
+    assert first.final_codes == [200] * 4, first.describe()
+    # the kept legs' slots go to new calls: none of these may be hung up by a stale leg
+    again = caller.run_calls(b2b.ip, b2b.port, n=20, rate=20, call_duration_ms=300)
+    assert again.final_codes == [200] * 20, again.describe()
+    assert gw.count("BYE") == 24  # every call ended by the caller's BYE, relayed
+    assert b2b.proc.stop() == 0
+    assert "Assertion" not in b2b.proc.log_text()
+
+
+def test_a_leg_pjsua_ends_without_a_callback_is_found_and_its_call_ended(
+        b2bua_factory: B2buaFactory, addresses: AddressAllocator, gateway_factory: GatewayFactory,
+        caller: Caller) -> None:
+    # overload makes pjsua drop calls or give their slots away without a DISCONNECTED callback;
+    # the periodic audit ends such calls on our side (B leg hung up, session gone, slot counted free)
+    gw = gateway_factory("answer")
+    b2b = Host(b2bua_factory, addresses, gw.uri, plugins='["tests.e2e.host_plugins:SlotTaker"]')
+    run = caller.start_calls(b2b.ip, b2b.port, n=1, call_duration_ms=8000)
+    b2b.proc.wait_for_log("pjsua ended the caller's leg without a callback", timeout=10)
+    assert b2b.proc.rpc("core.calls") == []
+    wait_until(lambda: gw.count("BYE") == 1, timeout=5, what="the B leg hung up (BYE at the gateway)")
+    log = b2b.proc.log_text()
+    assert "1 call leg(s) ended inside pjsua without a callback: cleaned up" in log
+    # the lost leg's slot holds the impostor's call: releasing the lost leg must not hang it up
+    taken_over = run.wait(30)
+    assert taken_over.ok and taken_over.final_codes == [200], taken_over.describe()
+    # the B2BUA goes on serving (the impostor leg is released at shutdown)
+    assert caller.run_calls(b2b.ip, b2b.port, n=2, rate=10, call_duration_ms=100).final_codes == [200, 200]
+    assert b2b.proc.stop() == 0
+    assert "1 call leg(s) still referenced at shutdown" in b2b.proc.log_text()
 
 
 def test_gateway_uri_helper_matches(gateway_factory: GatewayFactory) -> None:

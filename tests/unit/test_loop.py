@@ -36,6 +36,30 @@ def test_timers_run_in_order_when_due() -> None:
     assert s.next_delay(5) == 5
 
 
+def test_clear_drops_everything_pending_without_running_it() -> None:
+    import gc
+    import weakref
+
+    class CallState:  # what a timer's closure typically holds
+        pass
+
+    clock = Clock()
+    s = Scheduler(clock)
+    state = CallState()
+    ref = weakref.ref(state)
+    ran: list[object] = []
+    s.call_later(1, lambda state=state: ran.append(state))
+    s.call_later(2, lambda: ran.append("b")).cancel()
+    s.call_soon_threadsafe(lambda: ran.append("soon"))
+    del state
+    assert s.clear() == 2  # the cancelled timer is not counted
+    gc.collect()
+    assert ref() is None, "the closure's state was released"
+    clock.now += 10
+    assert s.run_pending() == 0 and ran == []
+    assert s.next_delay(5) == 5
+
+
 def test_a_failing_callback_is_logged_and_the_rest_run() -> None:
     s = Scheduler(Clock())
     ran: list[int] = []
