@@ -699,6 +699,16 @@ class Gateway(SippProcess):
         if workdir is None:
             raise ValueError("Gateway.start: workdir is required (sipp's logs go there)")
         template, values = gateway_scenario(behaviour)
+        return cls.start_scenario(template, values, ip, workdir, behaviour=behaviour, port=port,
+                                  transport=transport, name=name, ready_timeout=ready_timeout)
+
+    @classmethod
+    def start_scenario(cls, template: str, values: Mapping[str, str], ip: str, workdir: Path, *,
+                       behaviour: str, port: int | None = None, transport: Transport = "udp",
+                       name: str | None = None, ready_timeout: float = 5.0) -> Gateway:
+        """Like :meth:`start` with a scenario of your own: ``template`` names a file in
+        ``scenarios/`` or is an absolute path, its ``{{NAME}}`` placeholders filled from ``values``;
+        ``behaviour`` is only a label (names and logs)."""
         base = name or f"gw-{ip}-{behaviour.replace(':', '_')}"
         kind: PortKind = "tcp" if transport == "tcp" else "udp"
         attempts = 1 if port is not None else 3

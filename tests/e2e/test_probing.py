@@ -30,7 +30,6 @@ from .harness import (
     Caller,
     Gateway,
     HarnessError,
-    _launch_sipp,
     free_port,
     wait_until,
 )
@@ -199,24 +198,12 @@ Content-Length: 0
 
 
 def options_gateway(code: int, ip: str, workdir: Path, started: list[Gateway]) -> Gateway:
-    """Start a sipp UAS answering OPTIONS with ``code`` (appended to ``started`` for clean-up).
-
-    The harness has no public way to run a custom scenario; ``_launch_sipp`` renders any template
-    path (an absolute one replaces its scenario folder), and ``Gateway`` wraps the process.
-    """
+    """Start a sipp UAS answering OPTIONS with ``code`` (appended to ``started`` for clean-up)."""
     template = workdir / f"uas_options_{code}.xml.in"
     template.write_text(OPTIONS_REPLY_SCENARIO)
-    port = free_port(ip, "udp")
-    name = f"gw-{ip}-options-{code}"
-    proc, files = _launch_sipp(workdir=workdir, name=name, template=str(template),
-                               values={"CODE": str(code), "REASON": REASON_PHRASES.get(code, "Rejected")},
-                               ip=ip, port=port, transport="udp", extra_args=())
-    gw = Gateway(proc, behaviour=f"options:{code}", name=name, ip=ip, port=port, transport="udp",
-                 files=files, workdir=workdir)
+    gw = Gateway.start_scenario(str(template), {"CODE": str(code), "REASON": REASON_PHRASES.get(code, "Rejected")},
+                                ip, workdir, behaviour=f"options:{code}")
     started.append(gw)
-    rc = gw._wait_listening(5.0)
-    if rc is not None:
-        raise HarnessError(f"gateway {name} exited with {rc} before listening\n{gw.log_tail()}")
     return gw
 
 
