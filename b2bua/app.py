@@ -15,6 +15,7 @@ from loguru import logger
 
 from b2bua import __version__, sip
 from b2bua.api import CallInfo, EndCause, Reject
+from b2bua.backlog import ReceiveBacklog
 from b2bua.config import Config
 from b2bua.endpoint import Endpoint
 from b2bua.legs import Leg, op, release_remaining
@@ -31,6 +32,8 @@ POLL_CEILING = 0.005
 HEARTBEAT = 0.05
 #: how often legs are checked against pjsua's call slots (see ``App._audit``)
 AUDIT_INTERVAL = 2.0
+#: at most one "overload" warning per this many seconds (shedding can start and stop often)
+OVERLOAD_LOG_EVERY = 10.0
 
 
 class App:
@@ -56,6 +59,8 @@ class App:
         self._stopping = False
         self._draining = False
         self._overloaded_until = 0.0
+        self._overload_logged = 0.0
+        self._backlog = ReceiveBacklog([])
         self._control: Any = None
         self.reload_requested = False
 
@@ -198,7 +203,13 @@ class App:
                 raise StartupError(f"start-up failed: {exc}") from exc
             self._start_control()
             self._install_signals()
-            if self._config.sip.overload_lag > 0:
+            sip_cfg = self._config.sip
+            if sip_cfg.overload_backlog > 0:
+                # found before the first call: RTP sockets share the listeners' addresses
+                udp = [(x.address, x.port) for x in sip_cfg.listeners if x.transport == "udp"]
+                self._backlog = ReceiveBacklog.find(udp)
+                logger.debug("overload: watching the receive queue of {} UDP listener(s)", self._backlog.count)
+            if sip_cfg.overload_lag > 0 or self._backlog.count:
                 self._heartbeat(time.monotonic())
             self.scheduler.call_later(AUDIT_INTERVAL, self._audit)
             logger.info("b2bua ready: listening on {} (plugins: {})",
@@ -263,17 +274,25 @@ class App:
         self.scheduler.call_later(AUDIT_INTERVAL, self._audit)
 
     def _heartbeat(self, expected: float) -> None:
-        """Measure how late the loop runs; past ``overload_lag`` shed new calls for a second.
+        """Shed new calls while overloaded: the loop runs ``overload_lag`` late (for a second), or
+        ``overload_backlog`` bytes of SIP wait unread (until the next beat finds less).
 
-        Refusing a new INVITE costs a fraction of a call; accepting calls the loop cannot serve
+        Refusing a new INVITE costs a third of a call; accepting calls the loop cannot serve
         makes every call late, then retransmissions multiply the load and everything fails.
         """
+        cfg = self._config.sip
         now = time.monotonic()
         lag = now - expected
-        if lag > self._config.sip.overload_lag:
-            if now >= self._overloaded_until:
-                logger.warning("overload: the loop runs {:.0f} ms late; new calls get 503 for 1 s", lag * 1000)
-            self._overloaded_until = now + 1.0
+        why, hold = "", 0.0
+        if 0 < cfg.overload_lag < lag:
+            why, hold = f"the loop runs {lag * 1000:.0f} ms late", 1.0
+        elif cfg.overload_backlog and (queued := self._backlog.bytes()) > cfg.overload_backlog:
+            why, hold = f"{queued} bytes of SIP wait unread", HEARTBEAT * 2
+        if why:
+            if now >= self._overloaded_until and now - self._overload_logged >= OVERLOAD_LOG_EVERY:
+                self._overload_logged = now
+                logger.warning("overload: {}; new calls get 503 until it passes", why)
+            self._overloaded_until = max(self._overloaded_until, now + hold)
         self.scheduler.call_later(HEARTBEAT, lambda: self._heartbeat(now + HEARTBEAT))
 
     def _on_sighup(self) -> None:
@@ -329,6 +348,7 @@ class App:
         # and their legs
         self.scheduler.clear()
         gc.collect()
+        self._backlog.close()
         left = release_remaining()  # a pj.Call finalised after libDestroy aborts the process
         if left:
             logger.warning("{} call leg(s) still referenced at shutdown: released before pjsua stops", left)

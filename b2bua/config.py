@@ -192,6 +192,10 @@ class SipConfig:
     overload_lag: float = opt(
         0.1, "when the loop runs this many seconds late, new calls get 503 + Retry-After for a second (0: off)"
     )
+    overload_backlog: int = opt(
+        65536, "when this many bytes of SIP wait unread on a UDP listener, new calls get 503 + Retry-After "
+        "until it drains (0: off; Linux)"
+    )
     require_call_slots: bool = opt(
         True, "refuse to start when pjsua2 has fewer call slots than max_calls x 2 (development: false)"
     )
@@ -212,6 +216,8 @@ class SipConfig:
             raise ValueError("admission_code: must be 300-699")
         if self.attempt_timeout <= 0 or self.answer_timeout <= 0:
             raise ValueError("attempt_timeout and answer_timeout must be > 0")
+        if self.overload_backlog < 0:
+            raise ValueError("overload_backlog: must be 0 (off) or a number of bytes")
 
     @property
     def listeners(self) -> tuple[Listen, ...]:

@@ -32,6 +32,7 @@ def test_defaults() -> None:
         ({"sip": {"listen": ["sctp:1.2.3.4:5060"]}}, "config.toml: [sip] listen[0]: 'sctp:1.2.3.4:5060'"),
         ({"sip": {"listen": "udp:127.0.0.1:5060"}}, "config.toml: [sip] listen: expected a list"),
         ({"sip": {"session_timers": 1}}, "[sip] session_timers: expected a boolean"),
+        ({"sip": {"overload_backlog": -1}}, "overload_backlog: must be 0 (off) or a number of bytes"),
         ({"routing": {"default_target": "10.0.0.1"}}, "[routing] default_target: '10.0.0.1' is not a sip: URI"),
         ({"log": {"level": "LOUD"}}, "[log] level: 'LOUD' is not one of"),
         ({"control": {"http": "0.0.0.0:8080"}}, "not a loopback address: set token too"),
