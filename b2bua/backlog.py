@@ -33,7 +33,7 @@ class ReceiveBacklog:
 
         Run before any call exists: RTP sockets share the listeners' addresses.
         """
-        wanted = [(ipaddress.ip_address(addr), port) for addr, port in listeners]
+        wanted = [(ip, port) for addr, port in listeners for ip in _addresses(addr)]
         found: list[socket.socket] = []
         seen: set[str] = set()  # one socket may sit behind several descriptors (our own dups too)
         try:
@@ -75,6 +75,19 @@ class ReceiveBacklog:
         for sock in self._sockets:
             sock.close()
         self._sockets = []
+
+
+def _addresses(host: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """``host`` as IP addresses (a listener may name a host; pjsip binds what it resolves to)."""
+    try:
+        return [ipaddress.ip_address(host)]
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_DGRAM)
+    except OSError:
+        return []
+    return [ipaddress.ip_address(info[4][0]) for info in infos]
 
 
 def _matches(sock: socket.socket, wanted: list[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]]) -> bool:

@@ -39,6 +39,12 @@ def test_port_zero_watches_every_udp_socket_on_the_address_and_nothing_found_rea
         backlog = ReceiveBacklog.find([("127.0.0.61", 0)])
         assert backlog.count == 1
         backlog.close()
+    named = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with named:
+        named.bind(("127.0.0.1", 0))
+        by_name = ReceiveBacklog.find([("localhost", named.getsockname()[1])])  # /etc/hosts, no DNS
+        assert by_name.count == 1  # a listener may name a host
+        by_name.close()
     nothing = ReceiveBacklog.find([("127.0.0.62", 5060)])
     assert (nothing.count, nothing.bytes()) == (0, 0)
     assert ReceiveBacklog.find([("127.0.0.1", 5060)], fd_dir="/nonexistent").count == 0
