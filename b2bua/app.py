@@ -15,7 +15,7 @@ from loguru import logger
 
 from b2bua import __version__, sip
 from b2bua.api import CallInfo, EndCause, Reject
-from b2bua.backlog import ReceiveBacklog
+from b2bua.backlog import AdmissionShare, ReceiveBacklog
 from b2bua.config import Config
 from b2bua.endpoint import Endpoint
 from b2bua.legs import Leg, op, release_remaining
@@ -61,6 +61,7 @@ class App:
         self._overloaded_until = 0.0
         self._overload_logged = 0.0
         self._backlog = ReceiveBacklog([])
+        self._admission = AdmissionShare()
         self._control: Any = None
         self.reload_requested = False
 
@@ -149,7 +150,7 @@ class App:
         refuse: Reject | None = None
         if self._draining:
             refuse = Reject(503, "Shutting Down", sip.retry_after(sip_cfg.retry_after))
-        elif self._overloaded_until and time.monotonic() < self._overloaded_until:
+        elif (self._overloaded_until and time.monotonic() < self._overloaded_until) or not self._admission.admit():
             refuse = Reject(503, "Overloaded", sip.retry_after(sip_cfg.retry_after))
         elif len(self.sessions) >= sip_cfg.max_calls or self.legs_in_use >= self.endpoint.slots - 1:
             refuse = Reject(sip_cfg.admission_code, "Too Many Calls", sip.retry_after(sip_cfg.retry_after))
@@ -274,8 +275,8 @@ class App:
         self.scheduler.call_later(AUDIT_INTERVAL, self._audit)
 
     def _heartbeat(self, expected: float) -> None:
-        """Shed new calls while overloaded: the loop runs ``overload_lag`` late (for a second), or
-        ``overload_backlog`` bytes of SIP wait unread (until the next beat finds less).
+        """Shed new calls while overloaded: all for a second when the loop runs ``overload_lag``
+        late; a share (:class:`AdmissionShare`) while ``overload_backlog`` bytes of SIP wait unread.
 
         Refusing a new INVITE costs a third of a call; accepting calls the loop cannot serve
         makes every call late, then retransmissions multiply the load and everything fails.
@@ -283,16 +284,18 @@ class App:
         cfg = self._config.sip
         now = time.monotonic()
         lag = now - expected
-        why, hold = "", 0.0
+        why = ""
         if 0 < cfg.overload_lag < lag:
-            why, hold = f"the loop runs {lag * 1000:.0f} ms late", 1.0
-        elif cfg.overload_backlog and (queued := self._backlog.bytes()) > cfg.overload_backlog:
-            why, hold = f"{queued} bytes of SIP wait unread", HEARTBEAT * 2
-        if why:
-            if now >= self._overloaded_until and now - self._overload_logged >= OVERLOAD_LOG_EVERY:
-                self._overload_logged = now
-                logger.warning("overload: {}; new calls get 503 until it passes", why)
-            self._overloaded_until = max(self._overloaded_until, now + hold)
+            why = f"the loop runs {lag * 1000:.0f} ms late"
+            self._overloaded_until = now + 1.0
+        if cfg.overload_backlog:
+            queued = self._backlog.bytes()
+            self._admission.update(queued > cfg.overload_backlog)
+            if queued > cfg.overload_backlog:
+                why = why or f"{queued} bytes of SIP wait unread"
+        if why and now - self._overload_logged >= OVERLOAD_LOG_EVERY:
+            self._overload_logged = now
+            logger.warning("overload: {}; some new calls get 503 until it passes", why)
         self.scheduler.call_later(HEARTBEAT, lambda: self._heartbeat(now + HEARTBEAT))
 
     def _on_sighup(self) -> None:

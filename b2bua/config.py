@@ -193,8 +193,8 @@ class SipConfig:
         0.1, "when the loop runs this many seconds late, new calls get 503 + Retry-After for a second (0: off)"
     )
     overload_backlog: int = opt(
-        65536, "when this many bytes of SIP wait unread on a UDP listener, new calls get 503 + Retry-After "
-        "until it drains (0: off; Linux)"
+        131072, "while more than this many bytes of SIP wait unread on a UDP listener, a share of new calls "
+        "gets 503 + Retry-After, cut until the queue drains (0: off; Linux)"
     )
     require_call_slots: bool = opt(
         True, "refuse to start when pjsua2 has fewer call slots than max_calls x 2 (development: false)"
