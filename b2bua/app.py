@@ -60,6 +60,7 @@ class App:
         self._draining = False
         self._overloaded_until = 0.0
         self._overload_logged = 0.0
+        self._shed = 0  #: new calls answered 503 Overloaded since the last overload warning
         self._backlog = ReceiveBacklog([])
         self._admission = AdmissionShare()
         self._control: Any = None
@@ -155,7 +156,11 @@ class App:
         elif len(self.sessions) >= sip_cfg.max_calls or self.legs_in_use >= self.endpoint.slots - 1:
             refuse = Reject(sip_cfg.admission_code, "Too Many Calls", sip.retry_after(sip_cfg.retry_after))
         if refuse is not None:
-            logger.bind(call_id=call.call_id).warning("refused: {} {}", refuse.code, refuse.reason)
+            if refuse.reason == "Overloaded":  # thousands a second: counted, summed up by _heartbeat
+                self._shed += 1
+                logger.bind(call_id=call.call_id).debug("refused: {} {}", refuse.code, refuse.reason)
+            else:
+                logger.bind(call_id=call.call_id).warning("refused: {} {}", refuse.code, refuse.reason)
             a_leg.session = _Refused(self)
             self.keep_until_disconnected(a_leg)  # dropping it now would hang up another call later
             # answered on the next pass: inside onIncomingCall pjsua would drop the extra headers
@@ -293,9 +298,15 @@ class App:
             self._admission.update(queued > cfg.overload_backlog)
             if queued > cfg.overload_backlog:
                 why = why or f"{queued} bytes of SIP wait unread"
-        if why and now - self._overload_logged >= OVERLOAD_LOG_EVERY:
-            self._overload_logged = now
-            logger.warning("overload: {}; some new calls get 503 until it passes", why)
+        if why:
+            if now - self._overload_logged >= OVERLOAD_LOG_EVERY:
+                self._overload_logged = now
+                logger.warning("overload: {}; new calls get 503 until it passes ({} since the last warning)",
+                               why, self._shed)
+                self._shed = 0
+        elif self._shed and self._admission.share >= 1.0 and now >= self._overloaded_until:
+            logger.warning("overload over: {} more new calls were answered 503", self._shed)
+            self._shed = 0
         self.scheduler.call_later(HEARTBEAT, lambda: self._heartbeat(now + HEARTBEAT))
 
     def _on_sighup(self) -> None:
