@@ -319,7 +319,7 @@ def call_load(inp: AlgInput) -> Pick:
     view = inp.view
     dests, loads = view.dests, view.loads or (0,) * len(view.dests)
     best: int | None = None
-    for i in view.usable or ():
+    for i in view.usable:
         if i >= inp.candidates:
             break
         if has_room(dests[i], loads[i]) and (best is None or loads[i] < loads[best]):
@@ -362,7 +362,7 @@ def latency_order(inp: AlgInput) -> tuple[int, ...]:
         latencies = view.latencies or (None,) * len(view.dests)
         pairs = zip(view.dests, latencies, strict=True)
         scores = view.scores = tuple([adjusted_priority(d.priority, latency_ms(d, stats)) for d, stats in pairs])
-    usable = view.usable or ()
+    usable = view.usable
     usable = usable[: bisect_left(usable, n)]  # without the reserve entry
     at = bisect_left(usable, inp.cursors.rr % n)
     # sorting is stable, with reverse=True too: equals keep the rotation order
@@ -380,7 +380,7 @@ def latency(inp: AlgInput) -> Pick:
 
 def parallel(inp: AlgInput) -> Pick:
     """12: every usable candidate in array order (beyond Kamailio: dead ones are not forked to)."""
-    usable = inp.view.usable or ()
+    usable = inp.view.usable
     return Pick(order=usable[: bisect_left(usable, inp.candidates)])
 
 

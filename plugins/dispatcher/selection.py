@@ -38,11 +38,8 @@ from plugins.dispatcher.algorithms import ALGORITHMS, AlgInput, has_room
 from plugins.dispatcher.model import Destination
 from plugins.dispatcher.setview import INITIAL_CURSORS, Cursors, SetView
 
-__all__ = ["CALL_LOAD", "LATENCY", "PARALLEL", "Cursors", "Policy", "Selection", "SetView", "select"]
-
 CALL_LOAD = 10
 PARALLEL = 12
-LATENCY = 13
 #: ALGORITHMS as a plain dict: looked up on every call
 _BY_NUMBER = dict(ALGORITHMS)
 
@@ -110,7 +107,7 @@ def select(
     reserve = policy.use_default and nr > 1
     last = nr - 1
     n = last if reserve else nr
-    usable = view.usable or ()
+    usable = view.usable
     # the usable candidates: the reserve entry takes part only as the last resort
     cand = usable[:-1] if reserve and usable and usable[-1] == last else usable
     pick = algorithm.pick(AlgInput(call, view, n, cursors, policy.user_only, policy.hash_template, rng))

@@ -39,7 +39,7 @@ class SetView:
         empty: all unknown.
     :param weight_table: alg 9's slots; ``rweight_table``: alg 11's.
     :param usable: indexes of the usable entries (neither I nor D), ascending; derived from
-        ``flags`` when not given.
+        ``flags`` when empty (deriving it again gives the same answer).
     :param scores: alg 13's adjusted priorities, computed from ``latencies`` by the algorithm on
         first use and kept with the view.
     """
@@ -50,7 +50,7 @@ class SetView:
     latencies: tuple[Any, ...] = ()
     weight_table: tuple[int, ...] = ()
     rweight_table: tuple[int, ...] = ()
-    usable: tuple[int, ...] | None = None
+    usable: tuple[int, ...] = ()
     scores: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
@@ -61,7 +61,7 @@ class SetView:
             raise ValueError(f"SetView: {len(self.loads)} loads for {n} destinations")
         if self.latencies and len(self.latencies) != n:
             raise ValueError(f"SetView: {len(self.latencies)} latencies for {n} destinations")
-        if self.usable is None:
+        if not self.usable:
             self.usable = tuple([i for i, f in enumerate(self.flags) if not f & UNUSABLE])
 
     def with_loads(self, loads: tuple[int, ...]) -> SetView:
