@@ -149,7 +149,11 @@ class App:
         call = _call_info(number, start, headers, prm.rdata.srcAddress)
         a_leg = Leg(self.endpoint.account, None, 0, prm.callId)
         refuse: Reject | None = None
-        if self._draining:
+        if sip.undecodable(raw.split("\r\n\r\n", 1)[0]):
+            # nothing of it may reach pjsua2 again (TypeError) nor be trusted as text
+            refuse = Reject(400, "Bad Request")
+            call.call_id = sip.printable(call.call_id)
+        elif self._draining:
             refuse = Reject(503, "Shutting Down", sip.retry_after(sip_cfg.retry_after))
         elif (self._overloaded_until and time.monotonic() < self._overloaded_until) or not self._admission.admit():
             refuse = Reject(503, "Overloaded", sip.retry_after(sip_cfg.retry_after))

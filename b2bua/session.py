@@ -9,6 +9,7 @@ answer when every attempt failed. It runs on the loop thread only.
 from __future__ import annotations
 
 import enum
+import secrets
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -128,7 +129,10 @@ class Session:
         prm.txOption.localUri = request.from_uri
         prm.opt.audioCount = 1
         prm.opt.videoCount = 0
-        prm.opt.customCallId = f"{call.call_id}-b{index}"
+        # a Call-ID of our own: the caller's never reaches a gateway (topology hiding), and
+        # whatever bytes it holds never reach pjsua2
+        prm.opt.customCallId = secrets.token_hex(12)
+        self.log.debug("attempt {} to {}: Call-ID {}", index, request.request_uri, prm.opt.customCallId)
         timeout = target.attempt_timeout or app.config.sip.attempt_timeout
         leg.timer = app.scheduler.call_later(timeout, lambda: self._leg_timeout(index, FailureKind.NO_RESPONSE))
         app.hooks.leg_started(call, target)
