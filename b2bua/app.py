@@ -13,16 +13,19 @@ from typing import Any, TypeVar
 import pjsua2 as pj
 from loguru import logger
 
-from b2bua import __version__, sip
+from b2bua import __version__
+from b2bua.admission import Decision, Verdict, Why, split_source
 from b2bua.api import CallInfo, EndCause, Reject
 from b2bua.backlog import AdmissionShare, ReceiveBacklog
 from b2bua.config import Config
 from b2bua.endpoint import Endpoint
+from b2bua.guard import Gate, Load
 from b2bua.legs import Leg, op, release_remaining
 from b2bua.loop import Scheduler, Timer
 from b2bua.plugins import Hooks, make_manager
 from b2bua.rpc import RpcRegistry
 from b2bua.session import Session
+from b2bua.wire import Malformed, WireRequest, check_response, raw_call_id
 
 T = TypeVar("T")
 
@@ -47,7 +50,9 @@ class App:
         self.pm = make_manager(config.plugins.enabled)
         self.hooks = Hooks(self.pm)
         self.registry = RpcRegistry()
-        self.endpoint = Endpoint(config, self.scheduler, self._on_incoming)
+        self.gate = Gate(config.security, config.sip)
+        self.endpoint = Endpoint(config, self.scheduler, self._on_incoming, screen_request=self._screen,
+                                 screen_response=self._screen_response, on_dropped=self.gate.log.note_unparsable)
         #: Host.send_request: out-of-dialog requests (keepalives) go straight to the endpoint
         self.send_request = self.endpoint.send_request
         self.sessions: dict[int, Session] = {}
@@ -61,6 +66,9 @@ class App:
         self._overloaded_until = 0.0
         self._overload_logged = 0.0
         self._shed = 0  #: new calls answered 503 Overloaded since the last overload warning
+        self._refusals_logged = time.monotonic()
+        #: the last INVITE the early filter let in, and what it parsed (see _on_incoming)
+        self._admitted: tuple[bytes, WireRequest] | None = None
         self._backlog = ReceiveBacklog([])
         self._admission = AdmissionShare()
         self._control: Any = None
@@ -137,39 +145,65 @@ class App:
     def session_ended(self, session: Session) -> None:
         self.sessions.pop(session.call.id, None)
 
-    # -- incoming calls ---------------------------------------------------------------------------
+    # -- incoming requests ------------------------------------------------------------------------
+
+    def _load(self, *, taken: bool) -> Load:
+        """The load a new call is admitted against; ``taken``: pjsua gave it a call slot already."""
+        sip_cfg = self._config.sip
+        in_use = self.legs_in_use - (1 if taken else 0)
+        return Load(
+            draining=self._draining,
+            overloaded=bool(self._overloaded_until) and time.monotonic() < self._overloaded_until,
+            share=self._admission.share,
+            calls=len(self.sessions),
+            max_calls=sip_cfg.max_calls,
+            free_slots=self.endpoint.slots - 1 - in_use,  # one slot spare, as reserve_leg keeps
+        )
+
+    def _screen(self, raw: bytes, source: str) -> Decision:
+        """The early filter's question for each request outside a transaction (inside pjsip)."""
+        decision, request = self.gate.screen(raw, source, self._load(taken=False), time.monotonic())
+        if decision.why is Why.OVERLOAD:
+            self._shed += 1
+        elif decision.verdict is Verdict.ACCEPT and request is not None and request.method == "INVITE" \
+                and not request.in_dialog:
+            self._admitted = (raw, request)
+        return decision
+
+    def _screen_response(self, raw: bytes, source: str) -> bool:
+        """Keep a response whose head is text; drop (and count) one that is not."""
+        try:
+            check_response(raw)
+        except Malformed as exc:
+            self.gate.note_bad_response(exc, source, raw_call_id(raw))
+            return False
+        return True
 
     def _on_incoming(self, prm: pj.OnIncomingCallParam) -> None:
-        sip_cfg = self._config.sip
         self._next_session += 1
         number = self._next_session
         self.legs_in_use += 1  # pjsua already took a slot for this INVITE
-        raw = prm.rdata.wholeMsg
-        start, headers = sip.parse_message(raw)
-        call = _call_info(number, start, headers, prm.rdata.srcAddress)
+        raw = prm.rdata.wholeMsg.encode("utf-8", "surrogateescape")
+        source = prm.rdata.srcAddress
         a_leg = Leg(self.endpoint.account, None, 0, prm.callId)
-        refuse: Reject | None = None
-        if sip.undecodable(raw.split("\r\n\r\n", 1)[0]):
-            # nothing of it may reach pjsua2 again (TypeError) nor be trusted as text
-            refuse = Reject(400, "Bad Request")
-            call.call_id = sip.printable(call.call_id)
-        elif self._draining:
-            refuse = Reject(503, "Shutting Down", sip.retry_after(sip_cfg.retry_after))
-        elif (self._overloaded_until and time.monotonic() < self._overloaded_until) or not self._admission.admit():
-            refuse = Reject(503, "Overloaded", sip.retry_after(sip_cfg.retry_after))
-        elif len(self.sessions) >= sip_cfg.max_calls or self.legs_in_use >= self.endpoint.slots - 1:
-            refuse = Reject(sip_cfg.admission_code, "Too Many Calls", sip.retry_after(sip_cfg.retry_after))
-        if refuse is not None:
-            if refuse.reason == "Overloaded":  # thousands a second: counted, summed up by _heartbeat
+        admitted, self._admitted = self._admitted, None
+        if admitted is not None and admitted[0] == raw:
+            request: WireRequest | None = admitted[1]  # screened by the early filter a moment ago
+            decision = Decision(Verdict.ACCEPT)
+        else:  # no early filter: screened now, and a refusal costs the call pjsua set up
+            decision, request = self.gate.screen(raw, source, self._load(taken=True), time.monotonic())
+            if decision.why is Why.OVERLOAD:
                 self._shed += 1
-                logger.bind(call_id=call.call_id).debug("refused: {} {}", refuse.code, refuse.reason)
-            else:
-                logger.bind(call_id=call.call_id).warning("refused: {} {}", refuse.code, refuse.reason)
+        if decision.verdict is not Verdict.ACCEPT or request is None:
+            # pjsua answered 100 Trying already: a request to drop gets untrusted_code instead
+            code = decision.code or self.gate.policy.untrusted_code
+            refuse = Reject(code, decision.reason or "Forbidden", decision.headers)
             a_leg.session = _Refused(self)
             self.keep_until_disconnected(a_leg)  # dropping it now would hang up another call later
             # answered on the next pass: inside onIncomingCall pjsua would drop the extra headers
             self.scheduler.call_soon_threadsafe(lambda: self._refuse(a_leg, refuse))
             return
+        call = _call_info(number, request, source)
         session = Session(self, call, a_leg)
         a_leg.session = session
         self.sessions[number] = session
@@ -219,8 +253,7 @@ class App:
                 udp = [(x.address, x.port) for x in sip_cfg.listeners if x.transport == "udp"]
                 self._backlog = ReceiveBacklog.find(udp)
                 logger.debug("overload: watching the receive queue of {} UDP listener(s)", self._backlog.count)
-            if sip_cfg.overload_lag > 0 or self._backlog.count:
-                self._heartbeat(time.monotonic())
+            self._heartbeat(time.monotonic())
             self.scheduler.call_later(AUDIT_INTERVAL, self._audit)
             logger.info("b2bua ready: listening on {} (plugins: {})",
                         ", ".join(self.endpoint.listeners), ", ".join(self.plugin_names()) or "none")
@@ -286,6 +319,7 @@ class App:
     def _heartbeat(self, expected: float) -> None:
         """Shed new calls while overloaded: all for a second when the loop runs ``overload_lag``
         late; a share (:class:`AdmissionShare`) while ``overload_backlog`` bytes of SIP wait unread.
+        Every ``[security] log_interval``, sum up the requests refused meanwhile in one line.
 
         Refusing a new INVITE costs a third of a call; accepting calls the loop cannot serve
         makes every call late, then retransmissions multiply the load and everything fails.
@@ -311,6 +345,12 @@ class App:
         elif self._shed and self._admission.share >= 1.0 and now >= self._overloaded_until:
             logger.warning("overload over: {} more new calls were answered 503", self._shed)
             self._shed = 0
+        interval = self._config.security.log_interval
+        if now - self._refusals_logged >= interval:
+            summary = self.gate.log.summary(now - self._refusals_logged)
+            self._refusals_logged = now
+            if summary:
+                logger.warning(summary)
         self.scheduler.call_later(HEARTBEAT, lambda: self._heartbeat(now + HEARTBEAT))
 
     def _on_sighup(self) -> None:
@@ -392,27 +432,20 @@ class _Refused:
         pass
 
 
-def _call_info(number: int, start: str, headers: dict[str, tuple[str, ...]], source: str) -> CallInfo:
-    def first(name: str) -> str:
-        values = headers.get(name)
-        return values[0] if values else ""
-
-    from_header, to_header = first("from"), first("to")
-    host, _, port = source.rpartition(":")
-    via = first("via").upper()
-    transport = "tcp" if "/TCP" in via else "udp"
+def _call_info(number: int, request: WireRequest, source: str) -> CallInfo:
+    ip, port = split_source(source)
     return CallInfo(
         id=number,
-        call_id=first("call-id"),
-        request_uri=sip.request_uri(start),
-        from_uri=sip.header_uri(from_header),
-        to_uri=sip.header_uri(to_header),
-        from_header=from_header,
-        to_header=to_header,
-        source_ip=host.strip("[]"),
-        source_port=int(port) if port.isdigit() else 0,
-        transport=transport,
-        headers=headers,
+        call_id=request.call_id,
+        request_uri=request.request_uri,
+        from_uri=request.from_uri,
+        to_uri=request.to_uri,
+        from_header=request.from_header,
+        to_header=request.to_header,
+        source_ip=ip,
+        source_port=port,
+        transport="tcp" if request.transport == "tcp" else "udp",
+        headers=request.headers,
         started=time.monotonic(),
     )
 

@@ -19,6 +19,8 @@ from loguru import logger
 
 from b2bua.api import ProbeResult
 from b2bua.config import Config, Listen
+from b2bua.rxfilter import RequestScreen, ResponseScreen, RxFilter
+from b2bua.sip import printable
 
 if TYPE_CHECKING:
     from b2bua.loop import Scheduler, Timer
@@ -28,6 +30,9 @@ _PROBE_RE = re.compile(r"^X-B2BUA-Probe:\s*(\d+)", re.MULTILINE | re.IGNORECASE)
 
 #: pjsip log level -> loguru level
 _PJ_LEVELS = {0: "CRITICAL", 1: "ERROR", 2: "WARNING", 3: "INFO", 4: "DEBUG", 5: "TRACE", 6: "TRACE"}
+#: pjsip's lines about each packet its parser dropped (raw bytes included): the SIP filter counts
+#: these and sums them up, so they are logged at DEBUG, escaped
+_DROPPED_PACKET = ("Error processing packet from", "Dropping ", "Unable to match whole message")
 
 
 class BuildError(RuntimeError):
@@ -48,6 +53,8 @@ class PjLogWriter(pj.LogWriter):  # type: ignore[misc]
             # pjsua2 reports each as an error: expected at shutdown, so not one
             if self.closing and "cannot find Account instance" in msg:
                 level = "DEBUG"
+            elif msg.startswith(_DROPPED_PACKET):
+                level, msg = "DEBUG", printable(msg, 2000)
             logger.opt(depth=0).bind(call_id="pjsip").log(level, msg)
         except Exception:  # never let an exception cross into C++
             pass
@@ -95,7 +102,9 @@ class _Pending:
 class Endpoint:
     """Owns ``pj.Endpoint``, the transports and the account."""
 
-    def __init__(self, config: Config, scheduler: Scheduler, on_incoming: Callable[[Any], None]) -> None:
+    def __init__(self, config: Config, scheduler: Scheduler, on_incoming: Callable[[Any], None], *,
+                 screen_request: RequestScreen | None = None, screen_response: ResponseScreen | None = None,
+                 on_dropped: Callable[[str], None] | None = None) -> None:
         self.config = config
         self.scheduler = scheduler
         self.ep = pj.Endpoint()
@@ -106,6 +115,8 @@ class Endpoint:
         self._pending: dict[int, _Pending] = {}
         self.slots = 0
         self.listeners: list[str] = []
+        self._screens = (screen_request, screen_response, on_dropped)
+        self._rx_filter: RxFilter | None = None
 
     # -- life cycle -----------------------------------------------------------------------------
 
@@ -150,6 +161,7 @@ class Endpoint:
                 raise BuildError(message)
             logger.warning(message)
 
+        self._install_filter()
         for listen in sip.listeners:
             self._create_transport(listen)
 
@@ -170,6 +182,27 @@ class Endpoint:
         acfg.mediaConfig.transportConfig.boundAddress = first.address
         self.account = LocalAccount(self._on_incoming, self._on_request_done)
         self.account.create(acfg, True)
+
+    @property
+    def filtering(self) -> bool:
+        """Whether requests are screened in pjsip before pjsua sets calls up (see rxfilter.py)."""
+        return self._rx_filter is not None
+
+    def _install_filter(self) -> None:
+        screen_request, screen_response, on_dropped = self._screens
+        if screen_request is None or screen_response is None or on_dropped is None:
+            return
+        if not self.config.security.early_filter:
+            logger.info("[security] early_filter = false: refusals are answered after pjsua set the call up")
+            return
+        lib = _pjlib()
+        if not RxFilter.available(lib):
+            logger.warning("this pjsua2 build lacks what the SIP filter needs: requests are screened after pjsua "
+                           "set their call up (each refusal costs a call slot and RTP ports)")
+            return
+        rx_filter = RxFilter(lib, pj.SipRxData(), screen_request, screen_response, on_dropped)
+        rx_filter.install()
+        self._rx_filter = rx_filter
 
     def _create_transport(self, listen: Listen) -> None:
         tcfg = pj.TransportConfig()
