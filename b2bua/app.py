@@ -19,7 +19,7 @@ from b2bua.api import CallInfo, EndCause, Reject
 from b2bua.backlog import AdmissionShare, ReceiveBacklog
 from b2bua.config import Config
 from b2bua.endpoint import Endpoint
-from b2bua.guard import Gate, Load
+from b2bua.guard import Gate, Load, register_security_methods
 from b2bua.legs import Leg, op, release_remaining
 from b2bua.loop import Scheduler, Timer
 from b2bua.plugins import Hooks, make_manager
@@ -50,7 +50,8 @@ class App:
         self.pm = make_manager(config.plugins.enabled)
         self.hooks = Hooks(self.pm)
         self.registry = RpcRegistry()
-        self.gate = Gate(config.security, config.sip)
+        self.gate = Gate(config.security, config.sip, debug=config.log.level.upper() in ("TRACE", "DEBUG"))
+        register_security_methods(self.registry, self.gate)
         self.endpoint = Endpoint(config, self.scheduler, self._on_incoming, screen_request=self._screen,
                                  screen_response=self._screen_response, on_dropped=self.gate.log.note_unparsable)
         #: Host.send_request: out-of-dialog requests (keepalives) go straight to the endpoint

@@ -30,9 +30,16 @@ _PROBE_RE = re.compile(r"^X-B2BUA-Probe:\s*(\d+)", re.MULTILINE | re.IGNORECASE)
 
 #: pjsip log level -> loguru level
 _PJ_LEVELS = {0: "CRITICAL", 1: "ERROR", 2: "WARNING", 3: "INFO", 4: "DEBUG", 5: "TRACE", 6: "TRACE"}
-#: pjsip's lines about each packet its parser dropped (raw bytes included): the SIP filter counts
-#: these and sums them up, so they are logged at DEBUG, escaped
-_DROPPED_PACKET = ("Error processing packet from", "Dropping ", "Unable to match whole message")
+#: pjsip's and pjsua's lines about one bad packet (some quote its raw bytes): a flood would
+#: multiply them, so they are logged at DEBUG, escaped, and counted in the summary of refused
+#: requests under the reason given (None: the transport's drop report counts that packet already)
+_PACKET_PROBLEMS = {
+    "Error processing packet from": None, "Dropping ": None, "Unable to match whole message": None,
+    "Error parsing '": None, "Error parsing/validating SDP body": None,
+    "Bad SDP in incoming INVITE": "bad-sdp", "Unknown Content-Type in incoming INVITE": "content-type",
+    "Error initializing media channel: Not Acceptable Here": "no-common-codec",
+}
+_PACKET_PREFIXES = tuple(_PACKET_PROBLEMS)
 
 
 class BuildError(RuntimeError):
@@ -44,6 +51,8 @@ class PjLogWriter(pj.LogWriter):  # type: ignore[misc]
 
     #: set while the endpoint shuts down (see :meth:`write`)
     closing = False
+    #: counts a bad packet pjsip or pjsua refused by itself (see _PACKET_PROBLEMS)
+    on_packet_problem: Callable[[str], None] | None = None
 
     def write(self, entry: pj.LogEntry) -> None:
         try:
@@ -53,8 +62,11 @@ class PjLogWriter(pj.LogWriter):  # type: ignore[misc]
             # pjsua2 reports each as an error: expected at shutdown, so not one
             if self.closing and "cannot find Account instance" in msg:
                 level = "DEBUG"
-            elif msg.startswith(_DROPPED_PACKET):
+            elif msg.startswith(_PACKET_PREFIXES):
                 level, msg = "DEBUG", printable(msg, 2000)
+                reason = next(r for p, r in _PACKET_PROBLEMS.items() if msg.startswith(p))
+                if reason and self.on_packet_problem is not None:
+                    self.on_packet_problem(reason)
             logger.opt(depth=0).bind(call_id="pjsip").log(level, msg)
         except Exception:  # never let an exception cross into C++
             pass
@@ -142,6 +154,7 @@ class Endpoint:
         cfg.medConfig.ecTailLen = 0
         cfg.medConfig.maxMediaPorts = cfg.uaConfig.maxCalls * 2 + 16
         self._log_writer = PjLogWriter()
+        self._log_writer.on_packet_problem = self._screens[2]
         cfg.logConfig.writer = self._log_writer
         cfg.logConfig.level = self.config.log.pjsip_level
         cfg.logConfig.consoleLevel = self.config.log.pjsip_level

@@ -9,16 +9,20 @@ Runs on the loop thread (inside pjsip's receive callback); no I/O.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from loguru import logger
 
 from b2bua.admission import Decision, Facts, Policy, TrustList, Verdict, Why, decide, is_scanner, split_source
 from b2bua.config import SecurityConfig, SipConfig
 from b2bua.ratelimit import SourceLimiter
+from b2bua.rpc import RpcError, RpcRegistry
 from b2bua.sip import printable
-from b2bua.wire import Malformed, WireRequest, check_in_dialog, parse_request, peek, raw_call_id
+from b2bua.wire import Malformed, WireRequest, check_in_dialog, parse_request, peek, peek_agent, raw_call_id
 
 #: sources named in one summary line
 TOP_SOURCES = 3
@@ -39,9 +43,13 @@ class Load:
 
 
 class RefusalLog:
-    """Counts refusals and drops by reason; :meth:`summary` sums up an interval in one line."""
+    """Counts refusals and drops by reason; :meth:`summary` sums up an interval in one line.
 
-    def __init__(self) -> None:
+    ``debug``: whether the log writes DEBUG lines; when not, a refusal costs a few counters only.
+    """
+
+    def __init__(self, debug: bool = True) -> None:
+        self.debug = debug
         self._reset()
 
     def _reset(self) -> None:
@@ -52,12 +60,18 @@ class RefusalLog:
         self.unparsable: Counter[str] = Counter()
         self.total = 0
 
-    def note(self, decision: Decision, ip: str, method: str, detail: str, call_id: str) -> None:
-        """One refused or dropped request: a DEBUG line now, a count for the summary."""
-        self.total += 1
-        self.counts[(decision.why, decision.code)] += 1
-        if ip in self.sources or len(self.sources) < MAX_COUNTED_SOURCES:
-            self.sources[ip] += 1
+    def note(self, decision: Decision, ip: str, method: str, detail: str, call_id: str | bytes) -> None:
+        """One refused or dropped request: a count for the summary, and a DEBUG line when the log
+        writes DEBUG (``call_id`` may be the raw message, to read it from only then)."""
+        if decision.why is not Why.OVERLOAD:  # the overload warning sums these up
+            self.total += 1
+            self.counts[(decision.why, decision.code)] += 1
+            if ip in self.sources or len(self.sources) < MAX_COUNTED_SOURCES:
+                self.sources[ip] += 1
+        if not self.debug:
+            return
+        if isinstance(call_id, bytes):
+            call_id = raw_call_id(call_id)
         answer = f"{decision.code} {decision.reason}" if decision.verdict is Verdict.REFUSE else "dropped"
         logger.bind(call_id=printable(call_id, 100) or "-").debug(
             "refused: {} ({}{}) {} from {}", answer, decision.why.value, f": {detail}" if detail else "",
@@ -72,7 +86,7 @@ class RefusalLog:
         logger.debug("blocked {} for {:g} s ({})", ip, seconds, why.value)
 
     def note_unparsable(self, reason: str) -> None:
-        """A packet pjsip's parser dropped (no source known)."""
+        """A packet pjsip dropped (its parser) or pjsua refused by itself (bad SDP); no source known."""
         self.total += 1
         self.unparsable[reason] += 1
 
@@ -82,14 +96,12 @@ class RefusalLog:
             return ""
         parts = []
         for (why, code), n in sorted(self.counts.items(), key=lambda item: -item[1]):
-            if why is Why.OVERLOAD:
-                continue  # the overload warning sums these up
             label = f"{why.value} {code}" if code else f"{why.value} (dropped)"
             if why is Why.MALFORMED and self.malformed:
                 label += " [" + ", ".join(f"{r} {c}" for r, c in self.malformed.most_common()) + "]"
             parts.append(f"{label}: {n}")
         if self.unparsable:
-            parts.append("unparsable (dropped by pjsip) [" +
+            parts.append("refused by pjsip/pjsua [" +
                          ", ".join(f"{r} {c}" for r, c in self.unparsable.most_common()) + f"]: "
                          f"{sum(self.unparsable.values())}")
         line = ""
@@ -110,19 +122,23 @@ class RefusalLog:
 class Gate:
     """Screens requests: parse, trust, rate, scanner, load → :class:`Decision` (see admission.py)."""
 
-    def __init__(self, security: SecurityConfig, sip: SipConfig) -> None:
+    def __init__(self, security: SecurityConfig, sip: SipConfig, *, debug: bool = True) -> None:
         self.config = security
         self.policy = Policy(untrusted_code=security.untrusted_code, capacity_code=sip.admission_code,
                              retry_after=sip.retry_after, drop_scanners=bool(security.scanners))
         self.trusted = TrustList(security.trusted)
         self.scanners = tuple(s.strip().lower() for s in security.scanners)
         self.limiter = SourceLimiter()
-        self.log = RefusalLog()
+        self.log = RefusalLog(debug)
         self.credit = 0.0  #: the share credit carried from one new call to the next
 
     def screen(self, raw: bytes, source: str, load: Load, now: float) -> tuple[Decision, WireRequest | None]:
-        """Decide about one request from ``source`` (``ip:port``); the parsed request when well-formed.
+        """Decide about one request from ``source`` (``ip:port``); the parsed request when let in.
 
+        What is read depends on what can matter, cheapest first: a blocked source's request is
+        not read at all (peek only: a request inside a dialog still passes); one inside a dialog
+        gets the light text check; an untrusted source's new request only its scanner marks
+        (it is refused whatever else it holds); a trusted source's new request is parsed whole.
         Refusals are noted in :attr:`log`; a decision to block is applied here.
         """
         ip, _ = split_source(source)
@@ -130,19 +146,23 @@ class Gate:
         cfg = self.config
         if not in_dialog and self.limiter.blocked(ip, now):
             decision = Decision(Verdict.DROP, Why.BLOCKED, credit=self.credit)
-            self.log.note(decision, ip, method, "", raw_call_id(raw))
+            self.log.note(decision, ip, method, "", raw)
             return decision, None
+        trusted = ip in self.trusted
         request: WireRequest | None = None
         malformed: Malformed | None = None
+        scanner = False
         try:
             if in_dialog:
                 method = check_in_dialog(raw)
-            else:
+            elif trusted:
                 request = parse_request(raw)
                 method = request.method
+                scanner = bool(self.scanners) and is_scanner(request.user_agent, request.from_header, self.scanners)
+            elif self.scanners:
+                scanner = is_scanner(*peek_agent(raw), self.scanners)
         except Malformed as exc:
             malformed = exc
-        trusted = ip in self.trusted
         over_rate = False
         if not in_dialog:
             invite = method == "INVITE"
@@ -152,8 +172,6 @@ class Gate:
                 rate = cfg.invite_rate if invite else cfg.request_rate
             over_rate = not self.limiter.hit(ip, "invite" if invite else "other", rate, cfg.rate_burst, now,
                                              bounded=not trusted)
-        scanner = request is not None and bool(self.scanners) and is_scanner(
-            request.user_agent, request.from_header, self.scanners)
         facts = Facts(
             method=method, in_dialog=in_dialog, malformed_code=malformed.code if malformed else 0,
             trusted=trusted, over_rate=over_rate, scanner=scanner, draining=load.draining,
@@ -163,10 +181,11 @@ class Gate:
         decision = decide(facts, self.policy)
         self.credit = decision.credit
         if decision.verdict is not Verdict.ACCEPT:
+            detail = ""
             if malformed is not None and decision.why is Why.MALFORMED:
                 self.log.note_malformed(malformed.reason)
-            detail = malformed.detail if malformed is not None and decision.why is Why.MALFORMED else ""
-            self.log.note(decision, ip, method, detail, request.call_id if request else raw_call_id(raw))
+                detail = malformed.detail
+            self.log.note(decision, ip, method, detail, request.call_id if request else raw)
             if decision.block and cfg.block_time > 0 and self.limiter.block(ip, now + cfg.block_time):
                 self.log.note_blocked(ip, cfg.block_time, decision.why)
         return decision, request
@@ -176,3 +195,22 @@ class Gate:
         self.log.note_malformed(malformed.reason)
         self.log.note(Decision(Verdict.DROP, Why.MALFORMED), split_source(source)[0], "response",
                       malformed.detail, call_id)
+
+
+def register_security_methods(registry: RpcRegistry, gate: Gate,
+                              clock: Callable[[], float] = time.monotonic) -> None:
+    """Add ``security.blocked`` and ``security.unblock`` (Kamailio: ``htable.dump ipban``,
+    ``htable.delete ipban``); both run on the loop thread, which owns the block list."""
+
+    def blocked() -> list[dict[str, Any]]:
+        return [{"address": ip, "expires_in": round(left, 1)} for ip, left in gate.limiter.blocked_sources(clock())]
+
+    def unblock(address: str) -> str:
+        if not gate.limiter.unblock(address):
+            raise RpcError(f"{address} is not blocked")
+        logger.info("{} unblocked through the control API", printable(address, 60))
+        return f"{address} unblocked"
+
+    registry.add("security.blocked", blocked,
+                 "The sources whose requests outside a dialog are dropped, and the seconds left on each block.")
+    registry.add("security.unblock", unblock, "Lift the block on <address> at once.")

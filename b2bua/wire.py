@@ -65,6 +65,7 @@ _STATUS_LINE = re.compile(r"SIP/2\.0 ([1-6][0-9][0-9]) ")
 # peek(): the To header's value, and a tag parameter in it
 _TO = re.compile(rb"\n(?:to|t)[ \t]*:([^\r\n]*)", re.IGNORECASE)
 _TAG = re.compile(rb";[ \t]*tag[ \t]*=", re.IGNORECASE)
+_AGENT = re.compile(rb"\n(user-agent|from|f)[ \t]*:([^\r\n]{0,300})", re.IGNORECASE)
 _RAW_CALL_ID = re.compile(rb"\n(?:call-id|i)[ \t]*:[ \t]*([^\r\n]{0,200})", re.IGNORECASE)
 
 
@@ -136,6 +137,15 @@ def peek(raw: bytes) -> tuple[str, bool]:
         method = ""
     m = _TO.search(raw, 0, 16384)
     return method, bool(m and _TAG.search(m.group(1)))
+
+
+def peek_agent(raw: bytes) -> tuple[str, str]:
+    """User-Agent and From of a message that is not parsed (for a scanner check), as text."""
+    found = {"user-agent": "", "from": ""}
+    for name, value in _AGENT.findall(raw, 0, 16384):
+        key = "from" if name.lower() in (b"f", b"from") else "user-agent"
+        found[key] = found[key] or value.decode("utf-8", "replace")
+    return found["user-agent"], found["from"]
 
 
 def raw_call_id(raw: bytes) -> str:

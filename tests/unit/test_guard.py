@@ -11,7 +11,8 @@ from loguru import logger
 
 from b2bua.admission import Verdict, Why
 from b2bua.config import SecurityConfig, SipConfig
-from b2bua.guard import Gate, Load, RefusalLog
+from b2bua.guard import Gate, Load, RefusalLog, register_security_methods
+from b2bua.rpc import RpcError, RpcRegistry
 from b2bua.wire import Malformed
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
@@ -148,7 +149,7 @@ def test_pjsip_drops_are_summed_up_without_a_source() -> None:
     for _ in range(3):
         log.note_unparsable("syntax")
     log.note_unparsable("missing-header")
-    assert log.summary(10) == ("refused in the last 10 s: unparsable (dropped by pjsip) "
+    assert log.summary(10) == ("refused in the last 10 s: refused by pjsip/pjsua "
                                "[syntax 3, missing-header 1]: 4")
 
 
@@ -159,3 +160,19 @@ def test_the_summary_names_the_top_sources_and_how_many_more() -> None:
             g.screen(sipfuzz.request("INVITE", peer(f"192.0.2.{i}")), f"192.0.2.{i}:5060", ROOM, 0.0)
     summary = g.log.summary(10)
     assert summary.endswith("from 192.0.2.4 (5), 192.0.2.3 (4), 192.0.2.2 (3) and 2 more"), summary
+
+
+def test_security_methods_list_and_lift_blocks() -> None:
+    g = gate()
+    registry = RpcRegistry()
+    now = [100.0]
+    register_security_methods(registry, g, clock=lambda: now[0])
+    g.limiter.block("192.0.2.9", until=160.0)
+    g.limiter.block("192.0.2.8", until=130.0)
+    assert registry.get("security.blocked").func() == [
+        {"address": "192.0.2.9", "expires_in": 60.0}, {"address": "192.0.2.8", "expires_in": 30.0}]
+    assert registry.get("security.unblock").func("192.0.2.9") == "192.0.2.9 unblocked"
+    with pytest.raises(RpcError, match=r"192\.0\.2\.9 is not blocked"):
+        registry.get("security.unblock").func("192.0.2.9")
+    now[0] = 131.0
+    assert registry.get("security.blocked").func() == []
