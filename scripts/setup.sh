@@ -11,7 +11,7 @@ TEST=0
 say() { printf '[setup] %s\n' "$*" >&2; }
 
 packages=(build-essential dpkg-dev swig xz-utils ca-certificates)
-[ $TEST = 1 ] && packages+=(sip-tester mariadb-server mariadb-client postgresql)
+[ $TEST = 1 ] && packages+=(sip-tester sipvicious mariadb-server mariadb-client postgresql)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
