@@ -11,10 +11,12 @@ or transaction before pjsua sees it (see ``b2bua/rxfilter.py``), and again in
 2. the request took its source over its rate → untrusted: dropped and the source blocked;
    trusted: 503 + Retry-After;
 3. malformed → 400 (416 for a Request-URI scheme other than sip/sips); an ACK is dropped;
-4. inside a dialog (To tag) → let in (pjsip answers what matches no dialog);
-5. a scanner's User-Agent/From → dropped, an untrusted source blocked;
-6. an untrusted source → ``untrusted_code`` (403); an ACK is dropped;
-7. not an INVITE → let in; an INVITE: shutting down → 503; loop overloaded → 503; a share of
+4. a REFER → 603 (pjsua would accept any transfer and dial its target itself, outside any
+   session: toll fraud by transfer);
+5. inside a dialog (To tag) → let in (pjsip answers what matches no dialog);
+6. a scanner's User-Agent/From → dropped, an untrusted source blocked;
+7. an untrusted source → ``untrusted_code`` (403); an ACK is dropped;
+8. not an INVITE → let in; an INVITE: shutting down → 503; loop overloaded → 503; a share of
    new calls under a receive backlog (credit counter, no randomness) → 503; over ``max_calls``
    or out of call slots → ``capacity_code``; else let in.
 
@@ -46,6 +48,7 @@ class Why(str, enum.Enum):
     BLOCKED = "blocked"
     RATE = "rate"
     MALFORMED = "malformed"
+    TRANSFER = "transfer"
     SCANNER = "scanner"
     UNTRUSTED = "untrusted"
     DRAINING = "draining"
@@ -128,6 +131,8 @@ def decide(f: Facts, p: Policy) -> Decision:
             return Decision(Verdict.DROP, Why.MALFORMED, credit=credit)
         return Decision(Verdict.REFUSE, Why.MALFORMED, f.malformed_code, REASONS.get(f.malformed_code, "Bad Request"),
                         credit=credit)
+    if f.method == "REFER":  # pjsua would accept it and dial the Refer-To target itself
+        return Decision(Verdict.REFUSE, Why.TRANSFER, 603, "Decline", credit=credit)
     if f.in_dialog:
         return Decision(Verdict.ACCEPT, credit=credit)
     if f.scanner and p.drop_scanners:

@@ -192,7 +192,8 @@ class App:
             request: WireRequest | None = admitted[1]  # screened by the early filter a moment ago
             decision = Decision(Verdict.ACCEPT)
         else:  # no early filter: screened now, and a refusal costs the call pjsua set up
-            decision, request = self.gate.screen(raw, source, self._load(taken=True), time.monotonic())
+            decision, request = self.gate.screen(raw, source, self._load(taken=True), time.monotonic(),
+                                                 new_call=True)
             if decision.why is Why.OVERLOAD:
                 self._shed += 1
         if decision.verdict is not Verdict.ACCEPT or request is None:

@@ -132,8 +132,13 @@ class Gate:
         self.log = RefusalLog(debug)
         self.credit = 0.0  #: the share credit carried from one new call to the next
 
-    def screen(self, raw: bytes, source: str, load: Load, now: float) -> tuple[Decision, WireRequest | None]:
+    def screen(self, raw: bytes, source: str, load: Load, now: float, *,
+               new_call: bool = False) -> tuple[Decision, WireRequest | None]:
         """Decide about one request from ``source`` (``ip:port``); the parsed request when let in.
+
+        ``new_call``: pjsua made a call of it already, so it belongs to no dialog whatever its To
+        says (``App._on_incoming`` without the early filter; and the safety net should this
+        module's reading of a To tag ever differ from pjsip's).
 
         What is read depends on what can matter, cheapest first: a blocked source's request is
         not read at all (peek only: a request inside a dialog still passes); one inside a dialog
@@ -143,6 +148,7 @@ class Gate:
         """
         ip, _ = split_source(source)
         method, in_dialog = peek(raw)
+        in_dialog = in_dialog and not new_call
         cfg = self.config
         if not in_dialog and self.limiter.blocked(ip, now):
             decision = Decision(Verdict.DROP, Why.BLOCKED, credit=self.credit)

@@ -126,17 +126,21 @@ class WireRequest:
 
 
 def peek(raw: bytes) -> tuple[str, bool]:
-    """The method and whether the To header has a tag, without parsing (about 1 µs).
+    """The method and whether the To header has a tag, without parsing the rest (2-4 µs).
 
-    For the decision to drop a request from a blocked source before it is parsed: requests
-    inside a dialog are let through. The method is ``""`` when the start line has none.
+    For the decisions made before a request is parsed (is it inside a dialog? then a blocked
+    source may still send it). The tag is a header parameter of To, read as pjsip reads it (a
+    ``;tag=`` inside ``<...>`` belongs to the URI). The method is ``""`` when the start line
+    has none.
     """
     space = raw.find(b" ", 0, MAX_METHOD + 1)
     method = raw[:space].decode("ascii", "replace") if space > 0 else ""
     if not method.isalpha():
         method = ""
     m = _TO.search(raw, 0, 16384)
-    return method, bool(m and _TAG.search(m.group(1)))
+    if not m or not _TAG.search(m.group(1)):
+        return method, False
+    return method, bool(parse_name_addr(m.group(1).decode("utf-8", "surrogateescape")).param("tag"))
 
 
 def peek_agent(raw: bytes) -> tuple[str, str]:

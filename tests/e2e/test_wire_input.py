@@ -286,3 +286,54 @@ def test_a_response_that_is_not_text_is_dropped(b2bua_factory: B2buaFactory, add
     wait_until(lambda: "malformed (dropped) [not-utf8" in b2b.proc.log_text(), timeout=5,
                what="the dropped response summed up")
     assert log_problems(b2b.proc) == []
+
+
+def test_a_forged_to_tag_does_not_pass_for_a_dialog(b2bua_factory: B2buaFactory, addresses: AddressAllocator,
+                                                   gateway_factory: GatewayFactory, caller: Caller) -> None:
+    """An untrusted INVITE with a To tag but no dialog: pjsip answers 481; nothing is dialled."""
+    gw = gateway_factory("answer")
+    b2b = Host(b2bua_factory, addresses, gw.uri, extra=security(trusted=[f"{caller.ip}/32"]))
+    stranger = addresses.next()
+    forged = request("INVITE", Peer(b2b.ip, b2b.port, stranger, 5060), call_id="forged-1", to_tag="guess")
+    assert exchange(b2b, stranger, forged) == [b"SIP/2.0 481 Call/Transaction Does Not Exist"]
+    in_uri = request("INVITE", Peer(b2b.ip, b2b.port, stranger, 5060), call_id="forged-2").replace(
+        b"To: <sip:33123@" + b2b.ip.encode() + b">", b"To: <sip:33123@" + b2b.ip.encode() + b";tag=x>")
+    assert exchange(b2b, stranger, in_uri) == [b"SIP/2.0 403 Forbidden"]
+    assert gw.count("INVITE") == 0
+
+
+def test_a_refer_is_declined_and_nothing_is_dialled_for_it(
+        b2bua_factory: B2buaFactory, addresses: AddressAllocator, gateway_factory: GatewayFactory,
+        caller: Caller) -> None:
+    """pjsua would accept a REFER (202) and call its Refer-To target by itself, outside any
+    session: a transfer to an expensive number. The early filter declines it."""
+    gw = gateway_factory("answer")
+    b2b = Host(b2bua_factory, addresses, gw.uri)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((caller.ip, 0))
+        s.settimeout(5.0)
+        peer = Peer(b2b.ip, b2b.port, caller.ip, s.getsockname()[1])
+
+        def send(method: str, cseq: int, to_tag: str = "", extra: tuple[str, ...] = ()) -> None:
+            s.sendto(request(method, peer, call_id="refer-1", branch=f"r{cseq}{method}", from_tag="a1",
+                             to_tag=to_tag, cseq=cseq, extra=extra), (b2b.ip, b2b.port))
+
+        def final(method: str) -> bytes:
+            while True:
+                data = s.recvfrom(65535)[0]
+                if data.startswith(b"SIP/2.0 ") and not data.startswith(b"SIP/2.0 1") \
+                        and f" {method}\r\n".encode() in data.split(b"CSeq:", 1)[1][:40]:
+                    return data
+
+        send("INVITE", 1)
+        answer = final("INVITE")
+        assert answer.startswith(b"SIP/2.0 200"), answer[:200]
+        to_tag = re.search(rb"\r\nTo:[^\r\n]*;tag=([^;\r\n]+)", answer).group(1).decode()  # type: ignore[union-attr]
+        send("ACK", 1, to_tag)
+        send("REFER", 2, to_tag, (f"Refer-To: <sip:900123@{gw.ip}:{gw.port}>", f"Referred-By: <sip:x@{caller.ip}>"))
+        assert final("REFER").split(b"\r\n", 1)[0] == b"SIP/2.0 603 Decline"
+        send("BYE", 3, to_tag)
+        assert final("BYE").startswith(b"SIP/2.0 200")
+    time.sleep(0.5)
+    assert gw.count("INVITE") == 1, "only the call itself reached the gateway"
+    assert "refused: 603 Decline (transfer) REFER from" in b2b.proc.log_text()

@@ -176,3 +176,12 @@ def test_security_methods_list_and_lift_blocks() -> None:
         registry.get("security.unblock").func("192.0.2.9")
     now[0] = 131.0
     assert registry.get("security.blocked").func() == []
+
+
+def test_a_new_call_belongs_to_no_dialog_whatever_its_to_says() -> None:
+    # App._on_incoming: pjsua made a call of it, so a To tag proves nothing
+    g = gate()
+    invite = sipfuzz.request("INVITE", peer(STRANGER), to_tag="forged")
+    assert g.screen(invite, f"{STRANGER}:5062", ROOM, 0.0)[0].verdict is Verdict.ACCEPT
+    decision, _ = g.screen(invite, f"{STRANGER}:5062", ROOM, 0.0, new_call=True)
+    assert (decision.verdict, decision.why) == (Verdict.REFUSE, Why.UNTRUSTED)

@@ -140,6 +140,10 @@ def test_peek_reads_method_and_to_tag_without_parsing() -> None:
     assert peek(b"t: <sip:a@b> ; tag = 1\r\n") == ("", False)
     assert peek(b"BYE sip:a@b SIP/2.0\r\nt: <sip:a@b> ; TAG = 1\r\n") == ("BYE", True)
     assert peek(b"\xff\xfe x") == ("", False)
+    # the tag is a parameter of the header, as pjsip reads it, not of the URI
+    assert peek(b"INVITE sip:a@b SIP/2.0\r\nTo: <sip:a@b;tag=1>\r\n") == ("INVITE", False)
+    assert peek(b"INVITE sip:a@b SIP/2.0\r\nTo: sip:a@b;tag=1\r\n") == ("INVITE", True)
+    assert peek(b'INVITE sip:a@b SIP/2.0\r\nTo: "x>;tag=2" <sip:a@b>\r\n') == ("INVITE", False)
 
 
 @pytest.mark.parametrize(("raw", "reason"), [
