@@ -159,6 +159,22 @@ def decide(f: Facts, p: Policy) -> Decision:
     return Decision(Verdict.ACCEPT, credit=credit)
 
 
+#: what a new call costs the loop, in requests refused or dropped by the early filter (about 1.25 ms
+#: against 40-80 µs, measured)
+CALL_WEIGHT = 20
+
+
+def shedding_helps(new_calls: int, refused: int) -> bool:
+    """Whether refusing new calls would relieve an overloaded loop.
+
+    ``new_calls`` is the demand for new calls since the last look (admitted, or refused as
+    overload), ``refused`` the requests refused or dropped for other reasons (a flood, a scan).
+    When those outweigh the calls, the loop is late or its queue long because of work that
+    refusing calls does not lessen, and the calls would be refused for nothing.
+    """
+    return new_calls * CALL_WEIGHT >= refused
+
+
 class TrustList:
     """Source networks whose requests are trusted (Kamailio's ``permissions`` address table).
 

@@ -14,7 +14,7 @@ import pjsua2 as pj
 from loguru import logger
 
 from b2bua import __version__
-from b2bua.admission import Decision, Verdict, Why, split_source
+from b2bua.admission import Decision, Verdict, Why, shedding_helps, split_source
 from b2bua.api import CallInfo, EndCause, Reject
 from b2bua.backlog import AdmissionShare, ReceiveBacklog
 from b2bua.config import Config
@@ -324,19 +324,23 @@ class App:
         Every ``[security] log_interval``, sum up the requests refused meanwhile in one line.
 
         Refusing a new INVITE costs a third of a call; accepting calls the loop cannot serve
-        makes every call late, then retransmissions multiply the load and everything fails.
+        makes every call late, then retransmissions multiply the load and everything fails. But
+        when the loop is busy dropping a flood (requests the early filter refused or dropped
+        outweigh the new calls), refusing calls would not relieve it: they are not shed then.
         """
         cfg = self._config.sip
         now = time.monotonic()
         lag = now - expected
         why = ""
-        if 0 < cfg.overload_lag < lag:
+        calls_matter = shedding_helps(*self.gate.take_work())
+        if 0 < cfg.overload_lag < lag and calls_matter:
             why = f"the loop runs {lag * 1000:.0f} ms late"
             self._overloaded_until = now + 1.0
         if cfg.overload_backlog:
             queued = self._backlog.bytes()
-            self._admission.update(queued > cfg.overload_backlog)
-            if queued > cfg.overload_backlog:
+            over = queued > cfg.overload_backlog and calls_matter
+            self._admission.update(over)
+            if over:
                 why = why or f"{queued} bytes of SIP wait unread"
         if why:
             if now - self._overload_logged >= OVERLOAD_LOG_EVERY:

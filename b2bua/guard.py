@@ -131,6 +131,15 @@ class Gate:
         self.limiter = SourceLimiter()
         self.log = RefusalLog(debug)
         self.credit = 0.0  #: the share credit carried from one new call to the next
+        #: since the last take_work(): new calls wanted (admitted or shed), requests refused otherwise
+        self.new_calls = 0
+        self.refused = 0
+
+    def take_work(self) -> tuple[int, int]:
+        """``(new_calls, refused)`` since the last call (see :func:`b2bua.admission.shedding_helps`)."""
+        work = (self.new_calls, self.refused)
+        self.new_calls = self.refused = 0
+        return work
 
     def screen(self, raw: bytes, source: str, load: Load, now: float, *,
                new_call: bool = False) -> tuple[Decision, WireRequest | None]:
@@ -151,6 +160,7 @@ class Gate:
         in_dialog = in_dialog and not new_call
         cfg = self.config
         if not in_dialog and self.limiter.blocked(ip, now):
+            self.refused += 1
             decision = Decision(Verdict.DROP, Why.BLOCKED, credit=self.credit)
             self.log.note(decision, ip, method, "", raw)
             return decision, None
@@ -186,6 +196,11 @@ class Gate:
         )
         decision = decide(facts, self.policy)
         self.credit = decision.credit
+        if decision.why is Why.OVERLOAD or (decision.verdict is Verdict.ACCEPT and method == "INVITE"
+                                             and not in_dialog):
+            self.new_calls += 1
+        elif decision.verdict is not Verdict.ACCEPT:
+            self.refused += 1
         if decision.verdict is not Verdict.ACCEPT:
             detail = ""
             if malformed is not None and decision.why is Why.MALFORMED:

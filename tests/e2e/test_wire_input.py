@@ -35,7 +35,7 @@ def send_invite(b2b_ip: str, b2b_port: int, src_ip: str, call_id: bytes) -> list
         sdp = (f"v=0\r\no=- 1 1 IN IP4 {src_ip}\r\ns=-\r\nc=IN IP4 {src_ip}\r\nt=0 0\r\n"
                "m=audio 40000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n").encode()
         head = (f"INVITE sip:123@{b2b_ip}:{b2b_port} SIP/2.0\r\n"
-                f"Via: SIP/2.0/UDP {src_ip}:{port};branch=z9hG4bK-wire1\r\n"
+                f"Via: SIP/2.0/UDP {src_ip}:{port};branch=z9hG4bK-wire{call_id.hex()}\r\n"
                 f"From: <sip:a@{src_ip}>;tag=1\r\nTo: <sip:123@{b2b_ip}>\r\n").encode()
         head += b"Call-ID: " + call_id + b"\r\n"
         head += (f"CSeq: 1 INVITE\r\nContact: <sip:a@{src_ip}:{port}>\r\nMax-Forwards: 70\r\n"

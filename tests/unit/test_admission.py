@@ -6,7 +6,18 @@ import dataclasses
 
 import pytest
 
-from b2bua.admission import Decision, Facts, Policy, TrustList, Verdict, Why, decide, is_scanner, split_source
+from b2bua.admission import (
+    Decision,
+    Facts,
+    Policy,
+    TrustList,
+    Verdict,
+    Why,
+    decide,
+    is_scanner,
+    shedding_helps,
+    split_source,
+)
 
 P = Policy(untrusted_code=403, capacity_code=503, retry_after=5)
 NEW_CALL = Facts(method="INVITE", trusted=True, calls=0, max_calls=10, free_slots=10)
@@ -148,3 +159,14 @@ def test_scanners(ua: str, frm: str, scanner: bool) -> None:
 ])
 def test_split_source(source: str, expected: tuple[str, int]) -> None:
     assert split_source(source) == expected
+
+
+@pytest.mark.parametrize(("new_calls", "refused", "helps"), [
+    (0, 0, True),  # nothing known: as before, the backlog alone decides
+    (35, 0, True),  # 700 calls/s and nothing else: the calls are the load
+    (1, 100, False),  # 20 calls/s in a 2000/s flood: refusing them would not relieve the loop
+    (35, 500, True),  # 700 calls/s in a 10,000/s flood: the calls still weigh more
+    (0, 1, False),
+])
+def test_shedding_helps_only_when_calls_weigh(new_calls: int, refused: int, helps: bool) -> None:
+    assert shedding_helps(new_calls, refused) is helps

@@ -185,3 +185,15 @@ def test_a_new_call_belongs_to_no_dialog_whatever_its_to_says() -> None:
     assert g.screen(invite, f"{STRANGER}:5062", ROOM, 0.0)[0].verdict is Verdict.ACCEPT
     decision, _ = g.screen(invite, f"{STRANGER}:5062", ROOM, 0.0, new_call=True)
     assert (decision.verdict, decision.why) == (Verdict.REFUSE, Why.UNTRUSTED)
+
+
+def test_the_work_since_the_last_beat_is_counted() -> None:
+    g = gate(invite_rate=0)
+    for i in range(3):
+        g.screen(sipfuzz.request("INVITE", peer(TRUSTED), branch=str(i)), f"{TRUSTED}:5062", ROOM, 0.0)
+    for i in range(5):
+        g.screen(sipfuzz.request("INVITE", peer(STRANGER), branch=str(i)), f"{STRANGER}:5062", ROOM, 0.0)
+    g.screen(sipfuzz.request("INVITE", peer(TRUSTED)), f"{TRUSTED}:5062", Load(overloaded=True), 0.0)
+    g.screen(sipfuzz.request("OPTIONS", peer(TRUSTED)), f"{TRUSTED}:5062", ROOM, 0.0)
+    assert g.take_work() == (4, 5)  # 3 admitted + 1 shed; 5 untrusted
+    assert g.take_work() == (0, 0)
