@@ -67,13 +67,27 @@ class Policy:
 
 
 @dataclass(frozen=True, slots=True)
+class Load:
+    """What the app reports about itself when a new call is decided.
+
+    ``share`` is the share of new calls admitted under a receive backlog (1.0: all);
+    ``free_slots`` counts pjsua call slots free for this call (its own A leg not taken yet).
+    """
+
+    draining: bool = False
+    overloaded: bool = False
+    share: float = 1.0
+    calls: int = 0
+    max_calls: int = 1
+    free_slots: int = SLOTS_PER_CALL
+
+
+@dataclass(frozen=True, slots=True)
 class Facts:
     """What is known about one request when it is decided.
 
-    ``malformed_code`` is 0 for a well-formed request, else the status to answer (400/416).
-    ``share`` is the share of new calls admitted under a receive backlog (1.0: all) and
-    ``credit`` the running credit that spreads them evenly. ``free_slots`` counts pjsua call
-    slots free for this call (its own A leg not taken yet).
+    ``malformed_code`` is 0 for a well-formed request, else the status to answer (400/416);
+    ``credit`` the running credit that spreads a share of new calls evenly.
     """
 
     method: str = "INVITE"
@@ -83,13 +97,8 @@ class Facts:
     blocked: bool = False
     over_rate: bool = False
     scanner: bool = False
-    draining: bool = False
-    overloaded: bool = False
-    share: float = 1.0
     credit: float = 0.0
-    calls: int = 0
-    max_calls: int = 1
-    free_slots: int = SLOTS_PER_CALL
+    load: Load = Load()
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,16 +153,17 @@ def decide(f: Facts, p: Policy) -> Decision:
                         credit=credit)
     if f.method != "INVITE":
         return Decision(Verdict.ACCEPT, credit=credit)
-    if f.draining:
+    load = f.load
+    if load.draining:
         return Decision(Verdict.REFUSE, Why.DRAINING, 503, "Shutting Down", p.retry_after, credit=credit)
-    if f.overloaded:
+    if load.overloaded:
         return Decision(Verdict.REFUSE, Why.OVERLOAD, 503, "Overloaded", p.retry_after, credit=credit)
-    if f.share < 1.0:
-        credit += f.share
+    if load.share < 1.0:
+        credit += load.share
         if credit < 1.0 - 1e-9:  # tenths do not add up to exactly 1.0 in floating point
             return Decision(Verdict.REFUSE, Why.OVERLOAD, 503, "Overloaded", p.retry_after, credit=credit)
         credit -= 1.0
-    if f.calls >= f.max_calls or f.free_slots < SLOTS_PER_CALL:
+    if load.calls >= load.max_calls or load.free_slots < SLOTS_PER_CALL:
         return Decision(Verdict.REFUSE, Why.CAPACITY, p.capacity_code, "Too Many Calls", p.retry_after,
                         credit=credit)
     return Decision(Verdict.ACCEPT, credit=credit)

@@ -14,12 +14,12 @@ import pjsua2 as pj
 from loguru import logger
 
 from b2bua import __version__
-from b2bua.admission import Decision, Verdict, Why, shedding_helps, split_source
+from b2bua.admission import Decision, Load, Verdict, Why, shedding_helps, split_source
 from b2bua.api import CallInfo, EndCause, Reject
 from b2bua.backlog import AdmissionShare, ReceiveBacklog
 from b2bua.config import Config
 from b2bua.endpoint import Endpoint
-from b2bua.guard import Gate, Load, register_security_methods
+from b2bua.guard import Gate, register_security_methods
 from b2bua.legs import Leg, op, release_remaining
 from b2bua.loop import Scheduler, Timer
 from b2bua.plugins import Hooks, make_manager

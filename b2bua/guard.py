@@ -12,12 +12,22 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from loguru import logger
 
-from b2bua.admission import Decision, Facts, Policy, TrustList, Verdict, Why, decide, is_scanner, split_source
+from b2bua.admission import (
+    Decision,
+    Facts,
+    Load,
+    Policy,
+    TrustList,
+    Verdict,
+    Why,
+    decide,
+    is_scanner,
+    split_source,
+)
 from b2bua.config import SecurityConfig, SipConfig
 from b2bua.ratelimit import SourceLimiter
 from b2bua.rpc import RpcError, RpcRegistry
@@ -28,18 +38,6 @@ from b2bua.wire import Malformed, WireRequest, check_in_dialog, parse_request, p
 TOP_SOURCES = 3
 #: distinct sources counted per interval (a spoofed flood has millions)
 MAX_COUNTED_SOURCES = 1024
-
-
-@dataclass(frozen=True, slots=True)
-class Load:
-    """What the app reports about itself when a new call is decided."""
-
-    draining: bool = False
-    overloaded: bool = False
-    share: float = 1.0
-    calls: int = 0
-    max_calls: int = 1
-    free_slots: int = 2
 
 
 class RefusalLog:
@@ -188,12 +186,8 @@ class Gate:
                 rate = cfg.invite_rate if invite else cfg.request_rate
             over_rate = not self.limiter.hit(ip, "invite" if invite else "other", rate, cfg.rate_burst, now,
                                              bounded=not trusted)
-        facts = Facts(
-            method=method, in_dialog=in_dialog, malformed_code=malformed.code if malformed else 0,
-            trusted=trusted, over_rate=over_rate, scanner=scanner, draining=load.draining,
-            overloaded=load.overloaded, share=load.share, credit=self.credit, calls=load.calls,
-            max_calls=load.max_calls, free_slots=load.free_slots,
-        )
+        facts = Facts(method=method, in_dialog=in_dialog, malformed_code=malformed.code if malformed else 0,
+                      trusted=trusted, over_rate=over_rate, scanner=scanner, credit=self.credit, load=load)
         decision = decide(facts, self.policy)
         self.credit = decision.credit
         if decision.why is Why.OVERLOAD or (decision.verdict is Verdict.ACCEPT and method == "INVITE"

@@ -37,22 +37,6 @@ def parse_message(raw: str) -> tuple[str, dict[str, tuple[str, ...]]]:
     return start, {k: tuple(v) for k, v in headers.items()}
 
 
-def undecodable(head: str) -> bool:
-    """Whether a message head read from the wire held bytes that are not UTF-8.
-
-    pjsua2 hands the raw message over as ``str`` with such bytes as lone surrogates
-    (``surrogateescape``); any of them passed back to pjsua2 (a Call-ID, a From URI) raises
-    TypeError, so such a request is refused before any call state is made from it.
-    """
-    if head.isascii():
-        return False
-    try:
-        head.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
-
-
 def printable(text: str, limit: int = 200) -> str:
     """``text`` safe for one log line: control characters and undecodable bytes escaped, bounded."""
     if not (text.isascii() and text.isprintable()):

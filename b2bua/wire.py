@@ -60,7 +60,6 @@ _CSEQ = re.compile(r"([0-9]{1,10})[ \t]+(\S+)")
 _TEL = re.compile(r"tel:\+?[0-9A-Fa-f*#().\-]{1,64}(?:;[A-Za-z0-9\-.!%*_+`'~]+(?:=[^;\s]*)?)*")
 # control characters other than HTAB, CR and LF, C1 controls included
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
-_SDP_CONTROL = _CONTROL
 _STATUS_LINE = re.compile(r"SIP/2\.0 ([1-6][0-9][0-9]) ")
 # peek(): the To header's value, and a tag parameter in it
 _TO = re.compile(rb"\n(?:to|t)[ \t]*:([^\r\n]*)", re.IGNORECASE)
@@ -169,12 +168,16 @@ def split_message(raw: bytes) -> tuple[bytes, bytes]:
     return raw, b""
 
 
+def _utf8(data: bytes, reason: str, what: str = "") -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise Malformed(reason, f"{what}byte 0x{data[exc.start]:02x} at offset {exc.start} is not UTF-8") from None
+
+
 def decode_head(head: bytes) -> list[str]:
     """The head's lines as text; :class:`Malformed` unless UTF-8 without control characters."""
-    try:
-        text = head.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise Malformed("not-utf8", f"byte 0x{head[exc.start]:02x} at offset {exc.start} is not UTF-8") from None
+    text = _utf8(head, "not-utf8")
     m = _CONTROL.search(text)
     if m:
         line = text.count("\n", 0, m.start()) + 1
@@ -361,11 +364,8 @@ def _check_body(body: bytes, content_type: str) -> None:
         raise Malformed("too-big", f"a body of {len(body)} bytes (at most {MAX_BODY})")
     if content_type.split(";", 1)[0].strip().lower() != "application/sdp":
         return  # other bodies (SIP-I's ISUP is binary) are pjsua's, never read as text here
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise Malformed("sdp", f"SDP byte 0x{body[exc.start]:02x} at offset {exc.start} is not UTF-8") from None
-    m = _SDP_CONTROL.search(text)
+    text = _utf8(body, "sdp", "SDP ")
+    m = _CONTROL.search(text)
     if m:
         raise Malformed("sdp", f"control character 0x{ord(m.group()):02x} in the SDP")
 

@@ -9,6 +9,7 @@ import pytest
 from b2bua.admission import (
     Decision,
     Facts,
+    Load,
     Policy,
     TrustList,
     Verdict,
@@ -20,11 +21,15 @@ from b2bua.admission import (
 )
 
 P = Policy(untrusted_code=403, capacity_code=503, retry_after=5)
-NEW_CALL = Facts(method="INVITE", trusted=True, calls=0, max_calls=10, free_slots=10)
+ROOM = Load(calls=0, max_calls=10, free_slots=10)
+LOAD_FIELDS = {field.name for field in dataclasses.fields(Load)}
 
 
 def f(**kw: object) -> Facts:
-    return dataclasses.replace(NEW_CALL, **kw)  # type: ignore[arg-type]
+    """A trusted new INVITE with room, changed by ``kw`` (Load's fields go to its load)."""
+    load = dataclasses.replace(ROOM, **{k: v for k, v in kw.items() if k in LOAD_FIELDS})  # type: ignore[arg-type]
+    rest = {"method": "INVITE", "trusted": True} | {k: v for k, v in kw.items() if k not in LOAD_FIELDS}
+    return Facts(load=load, **rest)  # type: ignore[arg-type]
 
 
 CASES = [

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from loguru import logger
 
-from b2bua.admission import Verdict, Why
+from b2bua.admission import Load, Verdict, Why
 from b2bua.config import SecurityConfig, SipConfig
-from b2bua.guard import Gate, Load, RefusalLog, register_security_methods
+from b2bua.guard import Gate, RefusalLog, register_security_methods
 from b2bua.rpc import RpcError, RpcRegistry
 from b2bua.wire import Malformed
 
