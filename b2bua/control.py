@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import hmac
 import http.server
-import ipaddress
 import itertools
 import json
 import os
@@ -40,7 +39,7 @@ from typing import Any
 
 from loguru import logger
 
-from b2bua.config import ControlConfig
+from b2bua.config import ControlConfig, is_loopback_host, split_host_port
 from b2bua.rpc import (
     INTERNAL_ERROR,
     INVALID_REQUEST,
@@ -295,26 +294,15 @@ def _linger(sock: socket.socket) -> None:
             drained += len(chunk)
 
 
-def is_loopback_host(host: str) -> bool:
-    """True for ``localhost`` and addresses in 127.0.0.0/8 or ``::1``."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def parse_http_address(text: str) -> tuple[str, int]:
     """``ADDRESS:PORT`` (IPv6 in brackets) to ``(address, port)``.
 
     :raises ControlError: when it is not of that form.
     """
-    host, sep, port = text.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise ControlError(f"[control] http: {text!r}: expected ADDRESS:PORT")
-    return host, int(port)
+    try:
+        return split_host_port(text)
+    except ValueError as exc:
+        raise ControlError(f"[control] http: {exc}") from None
 
 
 # -- Unix socket listener ------------------------------------------------------------------------

@@ -27,7 +27,6 @@ from b2bua.control import (
     ControlUnavailable,
     JsonRpcProcessor,
     RpcCallError,
-    is_loopback_host,
     parse_http_address,
 )
 from b2bua.rpc import (
@@ -715,15 +714,6 @@ def test_client_times_out(tmp_path: Path) -> None:
 
 
 # -- pure parts ----------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("host", "loopback"),
-    [("127.0.0.1", True), ("127.0.0.53", True), ("::1", True), ("localhost", True),
-     ("0.0.0.0", False), ("10.0.0.1", False), ("::", False), ("example.com", False)],
-)
-def test_is_loopback_host(host: str, loopback: bool) -> None:
-    assert is_loopback_host(host) is loopback
 
 
 @pytest.mark.parametrize(
