@@ -430,6 +430,8 @@ class _RequestReader(io.BufferedReader):
     def __init__(self, raw: _DeadlineSocketIO) -> None:
         super().__init__(raw)
         self.head_budget = 0
+        #: a line ended at end of file: the peer closed (or was displaced) in the middle of a head
+        self.cut_short = False
 
     def readline(self, size: int | None = -1) -> bytes:
         cap = self.head_budget + 1  # one byte over tells "too large" without reading more
@@ -437,6 +439,8 @@ class _RequestReader(io.BufferedReader):
         self.head_budget -= len(line)
         if self.head_budget < 0:
             raise _HeadTooLarge
+        if not line.endswith(b"\n") and len(line) < cap:
+            self.cut_short = True
         return line
 
 
@@ -520,9 +524,10 @@ class _HttpHandler(http.server.BaseHTTPRequestHandler):
         received = self._stream.received
         try:
             self.raw_requestline = self.rfile.readline()
-            if not self.raw_requestline.endswith(b"\n"):
+            if self.rfile.cut_short or not self.raw_requestline:
                 return  # the client closed (or was displaced), perhaps in the middle of a line
-            if not self.parse_request():  # it answered 400/431/505 itself (send_error)
+            parsed = self.parse_request()  # if not, it answered 400/431/505 itself (send_error)
+            if not parsed or self.rfile.cut_short:  # http.client takes end of file for end of head
                 return
             getattr(self, f"do_{self.command}", self._method_not_allowed)()
         except TimeoutError:

@@ -269,7 +269,8 @@ _MAX_SOURCES = 20
 class RefusalLog:
     """Logs each refusal with its source and reason, at most ``burst`` lines per ``interval``;
     the rest are counted and summed up in one line per interval (a flood of refused requests
-    must not become a flood of log lines).
+    must not become a flood of log lines). An interval starts with the first refusal after a
+    quiet one.
 
     ``kind`` groups refusals in the summary (``"origin"``, ``"slow request"``, ...); ``detail``
     says what exactly was wrong. :meth:`flush` writes a pending summary once its interval is
@@ -292,7 +293,9 @@ class RefusalLog:
         """One refusal: logged now, or counted for the next summary."""
         with self._lock:
             now = self._clock()
-            if now - self._window_start >= self.interval:
+            if not self._logged and not self._held:
+                self._window_start = now  # a quiet listener: the interval starts with this refusal
+            elif now - self._window_start >= self.interval:
                 self._summarise(now)
             if self._logged < self.burst:
                 self._logged += 1
