@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, Union
 
+from b2bua.sipuri import parse_uri
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on 3.10 only
@@ -358,12 +360,13 @@ class RoutingConfig:
     no_route_reason: str = opt("No Route", "reason phrase of that answer")
 
     def validate(self) -> None:
-        target = self.default_target
-        if target and (not target.startswith(("sip:", "sips:")) or target.endswith(":")):
-            raise ValueError(f"default_target: {target!r} is not a sip: URI")
-        if any(c.isspace() for c in target) or "?" in target:
-            # a space ends the Request-URI; '?' would add the URI's headers to every INVITE
-            raise ValueError(f"default_target: {target!r}: a target URI has no spaces and no '?headers'")
+        if self.default_target:
+            try:
+                uri = parse_uri(self.default_target)
+            except ValueError as exc:
+                raise ValueError(f"default_target: {exc}") from None
+            if uri.headers:  # they would be added to every INVITE sent there
+                raise ValueError(f"default_target: {self.default_target!r}: a target URI has no '?headers'")
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 
 from loguru import logger
 
+from b2bua.sipuri import is_ip_literal
+
 #: media types a JSON-RPC request may carry; none of them is one a browser may send
 #: cross-origin without asking first (``text/plain``, forms)
 JSON_TYPES = ("application/json", "application/json-rpc")
@@ -82,15 +84,7 @@ def _host_name(host_header: str) -> str | None:
     name = parts.hostname
     if parts.username is not None or parts.path or parts.query or parts.fragment or not name:
         return None
-    return name if _is_ip(name) or _HOST_NAME.fullmatch(name) else None
-
-
-def _is_ip(name: str) -> bool:
-    try:
-        ipaddress.ip_address(name)
-    except ValueError:
-        return False
-    return True
+    return name if is_ip_literal(name) or _HOST_NAME.fullmatch(name) else None
 
 
 def host_refusal(host_headers: list[str], *, token: bool) -> str | None:
@@ -108,7 +102,7 @@ def host_refusal(host_headers: list[str], *, token: bool) -> str | None:
     name = _host_name(host_headers[0])
     if name is None:
         return f"malformed Host {host_headers[0]!r}"
-    if token or _is_ip(name) or name == "localhost" or name.endswith(".localhost"):
+    if token or is_ip_literal(name) or name == "localhost" or name.endswith(".localhost"):
         return None
     return f"Host {host_headers[0]!r} is a name: without a token, use an IP address or localhost"
 
