@@ -170,8 +170,9 @@ class ConnectionTable:
     takes the place of the connection that has waited longest (from the source with the most
     connections, when the total cap is the one reached); only when every candidate is busy is
     the newcomer refused. So connections that trickle bytes cannot lock anyone out: the next
-    client displaces them, and a waiting client loses nothing it has sent a complete request
-    for. Thread-safe; keys are opaque (the listener uses the sockets).
+    client displaces them. A request being run or answered is never cut; a client that just
+    connected is displaced last (it has waited least). Thread-safe; keys are opaque (the
+    listener uses the sockets).
     """
 
     def __init__(self, limit: int, per_source: int, clock: Callable[[], float] = time.monotonic) -> None:
