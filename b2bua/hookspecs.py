@@ -123,9 +123,11 @@ def b2bua_next_target(call: CallInfo, plan: RoutePlan, failure: Failure) -> Targ
     :param failure: the failed attempt (code, reason, kind, attempt number, target).
     :return: the next :class:`~b2bua.api.Target` to dial, or a :class:`~b2bua.api.Reject`
         with the caller's final answer. The host's default tries the plan's next target on
-        408 and 5xx, and otherwise relays the failure.
+        408 and 5xx, and otherwise relays the failure (:func:`b2bua.sippolicy.relay`: a
+        gateway's 503 reaches the caller as 500).
 
-    In parallel mode it is asked once, after every fork failed, with the best failure.
+    In parallel mode it is asked once, after every fork failed, with the best failure
+    (:func:`b2bua.sippolicy.best_failure`: Kamailio tm's choice, RFC 3261 §16.7).
     Stops at first non-None result.
     """
 

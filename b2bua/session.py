@@ -28,8 +28,8 @@ from b2bua.api import (
     RoutePlan,
     Target,
 )
-from b2bua.defaults import relay
 from b2bua.legs import CONFIRMED, CONNECTING, DISCONNECTED, EARLY, Leg, op
+from b2bua.sippolicy import best_failure, relay
 
 if TYPE_CHECKING:
     from b2bua.app import App
@@ -426,15 +426,6 @@ class Session:
         )
         self.app.hooks.call_ended(self.call, cause, answered)
         self.app.session_ended(self)
-
-
-def best_failure(failures: list[Failure]) -> Failure:
-    """The most telling failure of parallel forks (RFC 3261 §16.7: 6xx first, then the lowest class)."""
-    real = [f for f in failures if f.kind is not FailureKind.CANCELLED] or failures
-    six = [f for f in real if 600 <= f.code <= 699]
-    if six:
-        return six[0]
-    return min(real, key=lambda f: (f.code // 100 if f.code >= 300 else 9, f.code == 503, f.code))
 
 
 def _response_headers(prm: Any) -> dict[str, tuple[str, ...]]:

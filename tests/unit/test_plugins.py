@@ -53,7 +53,7 @@ def test_no_route_answers_configured_code() -> None:
         (408, FailureKind.NO_RESPONSE, 1, Target("sip:b")),
         (404, FailureKind.RESPONSE, 1, Reject(404, "Not Found")),
         (486, FailureKind.RESPONSE, 1, Reject(486, "Busy Here")),
-        (503, FailureKind.RESPONSE, 2, Reject(503, "Service Unavailable")),
+        (503, FailureKind.RESPONSE, 2, Reject(500, "Server Internal Error")),  # RFC 3261 16.7: no 503 relayed
         (408, FailureKind.NO_ANSWER, 2, Reject(408, "Request Timeout")),
     ],
 )
@@ -69,7 +69,7 @@ def test_parallel_plan_is_not_redialled_by_default() -> None:
     hooks = Hooks(make_manager([]))
     plan = RoutePlan((Target("sip:a"), Target("sip:b")), DialMode.PARALLEL)
     failure = Failure(plan.targets[0], 503, "Service Unavailable", FailureKind.RESPONSE, 1)
-    assert hooks.next_target(call(), plan, failure) == Reject(503, "Service Unavailable")
+    assert hooks.next_target(call(), plan, failure) == Reject(500, "Server Internal Error")
 
 
 def test_module_path_plugin_overrides_default(plugin_dir: Path) -> None:
