@@ -99,7 +99,7 @@ class FailoverPlugin:
         if policy.should_mark(failure, self.cfg):
             self._mark(call, failure)
 
-    @hookimpl
+    @hookimpl(trylast=True)  # a user's plugin is asked first; the host's default comes after this
     def b2bua_next_target(self, call: CallInfo, plan: RoutePlan, failure: Failure) -> Target | Reject:
         """The next untried plan target, or the final answer (see :func:`policy.next_step`)."""
         record = self._record(call)

@@ -3,7 +3,6 @@ admission, load, plugins and bad input (issue 2)."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -11,7 +10,7 @@ from pathlib import Path
 
 from .configs import received_responses
 from .conftest import B2buaFactory, GatewayFactory
-from .harness import REPO_ROOT, AddressAllocator, B2buaProcess, Caller, Gateway, free_port, wait_until
+from .harness import AddressAllocator, B2buaProcess, Caller, Gateway, free_port, wait_until
 
 DEFAULT_SIP = "shutdown_grace = 2.0\nmax_calls = 300"
 
@@ -155,22 +154,6 @@ def test_tcp_transport(b2bua_factory: B2buaFactory, addresses: AddressAllocator,
     result = caller.run_calls(b2b.ip, b2b.port, n=2, rate=5, transport="tcp")
     assert result.final_codes == [200, 200], result.describe()
     assert gw.count("BYE") == 2
-
-
-def test_example_plugin_routes_by_prefix(b2bua_factory: B2buaFactory, addresses: AddressAllocator,
-                                         gateway_factory: GatewayFactory, caller: Caller) -> None:
-    germany, france = gateway_factory("answer"), gateway_factory("answer")
-    ip = addresses.next()
-    port = free_port(ip, "both")
-    config = host_config(ip, port, plugins='["prefix_router:PrefixRouter"]',
-                         extra=f'[plugins.prefix_router]\n"49" = "{germany.uri}"\n"33" = "{france.uri}"\n')
-    env = {"PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "docs" / "examples"), str(REPO_ROOT)])}
-    b2bua_factory(config, env=env)
-    assert caller.run_calls(ip, port, n=2, rate=5, service="4930123").final_codes == [200, 200]
-    assert caller.run_calls(ip, port, n=1, service="33123").final_codes == [200]
-    nowhere = caller.run_calls(ip, port, n=1, service="1555", behaviour="expect:503")
-    assert nowhere.final_codes == [503], "no prefix and no default_target: the no-route answer"
-    assert (germany.count("INVITE"), france.count("INVITE")) == (2, 1)
 
 
 def test_a_raising_hook_costs_one_call(b2bua_factory: B2buaFactory, addresses: AddressAllocator,

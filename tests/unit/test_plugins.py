@@ -86,6 +86,33 @@ def test_module_path_plugin_overrides_default(plugin_dir: Path) -> None:
     assert hooks.plugin_names() == ["tmp_plugin_ok:Router"]
 
 
+@pytest.mark.parametrize(
+    "enabled",
+    [
+        ["tmp_plugin_mine:Mine", "dispatcher", "failover"],  # docs/hooks.md's order
+        ["dispatcher", "failover", "tmp_plugin_mine:Mine"],
+        ["failover", "tmp_plugin_mine:Mine", "dispatcher"],
+    ],
+)
+def test_users_decision_hooks_run_before_the_built_ins(plugin_dir: Path, enabled: list[str]) -> None:
+    """Whatever the order in ``enabled``: the user's plugin, then the built-in, then the host's default."""
+    write(plugin_dir, "tmp_plugin_mine", """
+        from b2bua import hookimpl
+        class Mine:
+            @hookimpl
+            def b2bua_route_call(self, call):
+                return None
+            @hookimpl
+            def b2bua_next_target(self, call, plan, failure):
+                return None
+    """)
+    pm = make_manager(enabled)
+    for hook, built_in in (("b2bua_route_call", "dispatcher"), ("b2bua_next_target", "failover")):
+        impls = getattr(pm.hook, hook).get_hookimpls()
+        called = [impl.plugin_name for impl in reversed(impls) if not impl.wrapper]
+        assert called == ["tmp_plugin_mine:Mine", built_in, "b2bua.defaults"], hook
+
+
 def test_misspelt_hook_fails_clearly(plugin_dir: Path) -> None:
     write(plugin_dir, "tmp_plugin_typo", """
         from b2bua import hookimpl
@@ -128,3 +155,15 @@ def test_every_hook_is_documented() -> None:
             if signature not in headings:
                 missing.append(signature)
     assert not missing, f"undocumented hooks in docs/hooks.md: {missing}"
+
+
+def test_hooks_md_shows_the_real_example() -> None:
+    """The code block of "A plugin in thirty lines" is docs/examples/prefix_router.py (docstring aside)."""
+    doc = (ROOT / "docs" / "hooks.md").read_text()
+    section = doc.split("## A plugin in thirty lines", 1)[1]
+    snippet = section.split("```python\n", 1)[1].split("```", 1)[0]
+    code = (ROOT / "docs" / "examples" / "prefix_router.py").read_text()
+    body = code.split('"""', 2)[2].lstrip("\n").replace("from __future__ import annotations\n\n", "")
+    assert snippet == body
+    for cited in re.findall(r"`((?:tests|docs)/[\w/.]+\.py)`", doc):
+        assert (ROOT / cited).is_file(), f"docs/hooks.md cites {cited}, which does not exist"
