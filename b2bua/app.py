@@ -14,7 +14,7 @@ import pjsua2 as pj
 from loguru import logger
 
 from b2bua import __version__, sip
-from b2bua.api import CallInfo, EndCause, Reject
+from b2bua.api import EndCause, Reject
 from b2bua.backlog import AdmissionShare, ReceiveBacklog
 from b2bua.config import Config
 from b2bua.endpoint import Endpoint
@@ -146,7 +146,7 @@ class App:
         self.legs_in_use += 1  # pjsua already took a slot for this INVITE
         raw = prm.rdata.wholeMsg
         start, headers = sip.parse_message(raw)
-        call = _call_info(number, start, headers, prm.rdata.srcAddress)
+        call = sip.call_info(number, start, headers, prm.rdata.srcAddress, time.monotonic())
         a_leg = Leg(self.endpoint.account, None, 0, prm.callId)
         refuse: Reject | None = None
         if sip.undecodable(raw.split("\r\n\r\n", 1)[0]):
@@ -390,31 +390,6 @@ class _Refused:
 
     def on_leg_media(self, leg: Leg) -> None:
         pass
-
-
-def _call_info(number: int, start: str, headers: dict[str, tuple[str, ...]], source: str) -> CallInfo:
-    def first(name: str) -> str:
-        values = headers.get(name)
-        return values[0] if values else ""
-
-    from_header, to_header = first("from"), first("to")
-    host, _, port = source.rpartition(":")
-    via = first("via").upper()
-    transport = "tcp" if "/TCP" in via else "udp"
-    return CallInfo(
-        id=number,
-        call_id=first("call-id"),
-        request_uri=sip.request_uri(start),
-        from_uri=sip.header_uri(from_header),
-        to_uri=sip.header_uri(to_header),
-        from_header=from_header,
-        to_header=to_header,
-        source_ip=host.strip("[]"),
-        source_port=int(port) if port.isdigit() else 0,
-        transport=transport,
-        headers=headers,
-        started=time.monotonic(),
-    )
 
 
 def _raise_fd_limit() -> None:
