@@ -167,3 +167,12 @@ def test_hooks_md_shows_the_real_example() -> None:
     assert snippet == body
     for cited in re.findall(r"`((?:tests|docs)/[\w/.]+\.py)`", doc):
         assert (ROOT / cited).is_file(), f"docs/hooks.md cites {cited}, which does not exist"
+
+
+def test_installed_top_level_packages() -> None:
+    """The distribution installs exactly two top-level packages (docs/internals.md, "The
+    top-level package named plugins"): nothing else generic may leak into site-packages."""
+    import importlib.metadata
+
+    top_level = importlib.metadata.distribution("b2bua").read_text("top_level.txt") or ""
+    assert sorted(top_level.split()) == ["b2bua", "plugins"]
