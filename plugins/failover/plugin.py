@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from loguru import logger
 
@@ -79,7 +79,9 @@ class FailoverPlugin:
         return call.stash.setdefault(CALL_RECORD, CallRecord(started=self._clock()))
 
     @hookimpl(wrapper=True)
-    def b2bua_route_call(self, call: CallInfo) -> Generator[None, Any, RoutePlan | Reject | None]:
+    def b2bua_route_call(
+        self, call: CallInfo
+    ) -> Generator[None, RoutePlan | Reject | None, RoutePlan | Reject | None]:
         """Start the call's clock and fill the configured timeouts into the chosen plan."""
         self._record(call)
         plan = yield

@@ -50,7 +50,7 @@ def test_slots_are_counted_and_one_is_kept_for_an_incoming_invite() -> None:
 def test_retired_legs_are_released_on_the_next_pass_once() -> None:
     legs, _ = pool(10)
     leg = legs.new_leg(Owner(), 1)
-    assert leg is not None
+    assert isinstance(leg, FakeLeg)
     legs.retire(leg)
     legs.retire(leg)  # idempotent: re-entrant callbacks may report the end twice
     assert legs.in_use == 0 and leg.owner is None and legs.retired == [leg]

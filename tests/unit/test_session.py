@@ -336,7 +336,7 @@ def test_target_timeouts_override_the_hosts() -> None:
 
 def test_an_invite_that_cannot_be_sent_fails_that_attempt_only() -> None:
     host = FakeHost(serial(Target("sip:bad uri@"), GW2))
-    host.legs._factory = _refusing_first(host)  # type: ignore[method-assign]
+    host.legs._factory = _refusing_first(host)
     s, a = host.session()
     s.start()
     assert host.recorder.failures()[0][2:] == (500, FailureKind.ERROR)
