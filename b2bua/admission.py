@@ -226,11 +226,3 @@ def is_scanner(user_agent: str, from_header: str, patterns: Iterable[str]) -> bo
     """Whether User-Agent or From holds one of ``patterns`` (lower-case substrings)."""
     ua, frm = user_agent.lower(), from_header.lower()
     return any(p in ua or p in frm for p in patterns)
-
-
-def split_source(source: str) -> tuple[str, int]:
-    """``ip:port`` (IPv6 in brackets) as ``(ip, port)``; port 0 when there is none."""
-    host, colon, port = source.rpartition(":")
-    if not colon or (source.startswith("[") and not host.endswith("]")):
-        return source.strip("[]"), 0
-    return host.strip("[]"), int(port) if port.isdigit() else 0

@@ -1,40 +1,52 @@
-"""The running B2BUA: configuration, plugins, the pjsua2 loop, sessions, control API."""
+"""The running B2BUA: the composition root and the plugins' :class:`b2bua.api.Host`.
+
+``App`` wires the parts together and holds what they share; each concern lives in its own
+module:
+
+* admission (which requests get in, which INVITEs get a session): :class:`b2bua.guard.Gate`
+  and :func:`b2bua.admission.decide`, asked by the early filter (:mod:`b2bua.rxfilter`) and,
+  without it, by the incoming-call path below;
+* the call core: :class:`b2bua.session.Session` per call, legs from :class:`b2bua.legpool.LegPool`;
+* start, serve loop and shutdown sequence: :class:`b2bua.lifecycle.Lifecycle`;
+* Host services for plugins (timers, thread hand-off, out-of-dialog requests);
+* ``core.calls``: :func:`b2bua.core_rpc.calls_report`.
+"""
 
 from __future__ import annotations
 
-import gc
-import resource
-import signal
-import threading
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import pjsua2 as pj
 from loguru import logger
 
 from b2bua import __version__
-from b2bua.admission import Decision, Load, Verdict, Why, shedding_helps, split_source
+from b2bua.admission import Decision, Load, Verdict, Why, shedding_helps
 from b2bua.api import CallInfo, EndCause, Reject
 from b2bua.backlog import AdmissionShare, ReceiveBacklog
-from b2bua.config import Config
+from b2bua.config import Config, SipConfig
+from b2bua.core_rpc import calls_report
 from b2bua.endpoint import Endpoint
+from b2bua.events import CallLeg, Disconnected, LegEvent
 from b2bua.guard import Gate, register_security_methods
-from b2bua.legs import Leg, op, release_remaining
+from b2bua.legpool import LegPool
+from b2bua.legs import leg_factory
+from b2bua.lifecycle import Lifecycle, StartupError
 from b2bua.loop import Scheduler, Timer
 from b2bua.plugins import Hooks, make_manager
 from b2bua.rpc import RpcRegistry
 from b2bua.session import Session
-from b2bua.wire import Malformed, WireRequest, check_response, raw_call_id
+from b2bua.wire import Malformed, WireRequest, call_info, check_response, raw_call_id
+
+if TYPE_CHECKING:
+    import pjsua2 as pj
+
+__all__ = ["App", "StartupError"]
 
 T = TypeVar("T")
 
-#: how long the loop blocks in pjsip at most (signals and queued work wait at most this long)
-POLL_CEILING = 0.005
 #: how often the loop measures its own lateness (overload detection)
 HEARTBEAT = 0.05
-#: how often legs are checked against pjsua's call slots (see ``App._audit``)
-AUDIT_INTERVAL = 2.0
 #: at most one "overload" warning per this many seconds (shedding can start and stop often)
 OVERLOAD_LOG_EVERY = 10.0
 
@@ -56,13 +68,11 @@ class App:
                                  screen_response=self._screen_response, on_dropped=self.gate.log.note_unparsable)
         #: Host.send_request: out-of-dialog requests (keepalives) go straight to the endpoint
         self.send_request = self.endpoint.send_request
-        self.sessions: dict[int, Session] = {}
+        #: every call leg's pjsua2 Call object, from call slot to release
+        self.legs = LegPool(leg_factory(lambda: self.endpoint.account))
+        self.sessions: dict[int, Session] = {}  #: calls in progress by CallInfo.id
         self.started_at = time.time()
-        self.legs_in_use = 0
-        self._graveyard: list[Leg] = []
-        self._zombies: dict[int, Leg] = {}
         self._next_session = 0
-        self._stopping = False
         self._draining = False
         self._overloaded_until = 0.0
         self._overload_logged = 0.0
@@ -72,8 +82,6 @@ class App:
         self._admitted: tuple[bytes, WireRequest] | None = None
         self._backlog = ReceiveBacklog([])
         self._admission = AdmissionShare()
-        self._control: Any = None
-        self.reload_requested = False
 
     # -- Host protocol --------------------------------------------------------------------------
 
@@ -100,65 +108,64 @@ class App:
         return self.hooks.plugin_names()
 
     def active_calls(self) -> list[dict[str, Any]]:
-        now = time.monotonic()
-        calls = []
-        for s in self.sessions.values():
-            calls.append({
-                "id": s.call.id,
-                "call_id": s.call.call_id,
-                "from": s.call.from_uri,
-                "to": s.call.to_uri,
-                "ruri": s.call.request_uri,
-                "state": s.state.value,
-                "duration": round(now - s.call.started, 3),
-                "legs": [
-                    {"index": leg.index, "target": leg.target.uri if leg.target else "",
-                     "answered": leg.answered, "provisional": leg.provisional}
-                    for leg in s.b.values()
-                ],
-                "answered_by": s.answered_target.uri if s.answered_target else None,
-            })
-        return calls
+        return calls_report(self.sessions.values(), time.monotonic())
 
-    # -- call slots -------------------------------------------------------------------------------
+    # -- the call core (Session's host) -----------------------------------------------------------
 
-    def reserve_leg(self) -> bool:
-        """Count one more pjsua call slot in use, if one is free."""
-        if self.legs_in_use >= self.endpoint.slots - 1:
-            return False
-        self.legs_in_use += 1
-        return True
-
-    def retire(self, leg: Leg) -> None:
-        """A leg is disconnected: drop it on the next loop pass (never while in its callback)."""
-        if getattr(leg, "_retired", False):
-            return
-        leg._retired = True
-        leg.session = None
-        self._zombies.pop(id(leg), None)
-        self._graveyard.append(leg)
-        self.legs_in_use -= 1
-
-    def keep_until_disconnected(self, leg: Leg) -> None:
-        """A leg its session gave up on but pjsua has not ended yet (no provisional to cancel)."""
-        self._zombies[id(leg)] = leg
+    @property
+    def sip(self) -> SipConfig:
+        return self._config.sip
 
     def session_ended(self, session: Session) -> None:
         self.sessions.pop(session.call.id, None)
+
+    def admit(self, call: CallInfo, a_leg: CallLeg) -> None:
+        """Admission's one way into the call core: ``call`` gets a session, routed on the next pass."""
+        session = Session(self, call, a_leg)
+        self.sessions[call.id] = session
+        session.log.debug("INVITE {} from {} ({})", call.request_uri, call.from_uri, call.source)
+        # pjsua2 may call onIncomingCall before pjsua has set the call up (from its media
+        # transport callback), and pjsua may still drop the call afterwards without telling us
+        # (no RTP port free, say): route it on the next loop pass, once the A leg is real.
+        self.scheduler.call_soon_threadsafe(lambda: self._start_session(session))
+
+    def _start_session(self, session: Session) -> None:
+        a_leg = session.a
+        if a_leg is None:
+            return  # the caller cancelled already
+        if not a_leg.attached():
+            session.lost_caller("pjsua dropped the incoming call (no free RTP port?)")
+            return
+        try:
+            session.start()
+        except Exception:
+            session.log.opt(exception=True).error("the call failed to start")
+            session.reject(Reject(500, "Internal Server Error"), EndCause.ERROR)
+
+    # -- run ----------------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Start everything, serve until SIGTERM/SIGINT, stop cleanly (:class:`Lifecycle`).
+        Returns the exit code."""
+        return Lifecycle(self).run()
+
+    def begin_draining(self) -> None:
+        """Shutdown has begun: new calls are refused (503 Shutting Down)."""
+        self._draining = True
 
     # -- incoming requests ------------------------------------------------------------------------
 
     def _load(self, *, taken: bool) -> Load:
         """The load a new call is admitted against; ``taken``: pjsua gave it a call slot already."""
         sip_cfg = self._config.sip
-        in_use = self.legs_in_use - (1 if taken else 0)
+        in_use = self.legs.in_use - (1 if taken else 0)
         return Load(
             draining=self._draining,
             overloaded=bool(self._overloaded_until) and time.monotonic() < self._overloaded_until,
             share=self._admission.share,
             calls=len(self.sessions),
             max_calls=sip_cfg.max_calls,
-            free_slots=self.endpoint.slots - 1 - in_use,  # one slot spare, as reserve_leg keeps
+            free_slots=self.legs.slots - 1 - in_use,  # one slot kept free, as LegPool.full() does
         )
 
     def _screen(self, raw: bytes, source: str) -> Decision:
@@ -183,10 +190,9 @@ class App:
     def _on_incoming(self, prm: pj.OnIncomingCallParam) -> None:
         self._next_session += 1
         number = self._next_session
-        self.legs_in_use += 1  # pjsua already took a slot for this INVITE
         raw = prm.rdata.wholeMsg.encode("utf-8", "surrogateescape")
         source = prm.rdata.srcAddress
-        a_leg = Leg(self.endpoint.account, None, 0, prm.callId)
+        a_leg = self.legs.incoming(prm.callId)  # pjsua already took a slot for this INVITE
         admitted, self._admitted = self._admitted, None
         if admitted is not None and admitted[0] == raw:
             request: WireRequest | None = admitted[1]  # screened by the early filter a moment ago
@@ -198,135 +204,42 @@ class App:
                 self._shed += 1
         if decision.verdict is not Verdict.ACCEPT or request is None:
             # pjsua answered 100 Trying already: a request to drop gets untrusted_code instead
-            code = decision.code or self.gate.policy.untrusted_code
-            refuse = Reject(code, decision.reason or "Forbidden", decision.headers)
-            a_leg.session = _Refused(self)
-            self.keep_until_disconnected(a_leg)  # dropping it now would hang up another call later
+            refuse = Reject(decision.code or self.gate.policy.untrusted_code, decision.reason or "Forbidden",
+                            decision.headers)
+            a_leg.owner = _Refused(self.legs)
+            self.legs.keep_until_disconnected(a_leg)  # dropping it now would hang up another call later
             # answered on the next pass: inside onIncomingCall pjsua would drop the extra headers
             self.scheduler.call_soon_threadsafe(lambda: self._refuse(a_leg, refuse))
             return
-        call = _call_info(number, request, source)
-        session = Session(self, call, a_leg)
-        a_leg.session = session
-        self.sessions[number] = session
-        session.log.debug("INVITE {} from {} ({})", call.request_uri, call.from_uri, call.source)
-        # pjsua2 may call onIncomingCall before pjsua has set the call up (from its media
-        # transport callback), and pjsua may still drop the call afterwards without telling us
-        # (no RTP port free, say): route it on the next loop pass, once the A leg is real.
-        self.scheduler.call_soon_threadsafe(lambda: self._start_session(session))
+        self.admit(call_info(number, request, source, time.monotonic()), a_leg)
 
-    def _refuse(self, a_leg: Leg, refuse: Reject) -> None:
-        try:
-            a_leg.hangup(op(refuse.code, refuse.reason, refuse.headers))
-        except pj.Error:
-            self.retire(a_leg)
+    def _refuse(self, a_leg: CallLeg, refuse: Reject) -> None:
+        if not a_leg.end(refuse.code, refuse.reason, refuse.headers):
+            self.legs.retire(a_leg)
 
-    def _start_session(self, session: Session) -> None:
-        a_leg = session.a
-        if a_leg is None:
-            return  # the caller cancelled already
-        if not a_leg.attached():
-            session.lost_caller("pjsua dropped the incoming call (no free RTP port?)")
-            return
-        try:
-            session.start()
-        except Exception:
-            session.log.opt(exception=True).error("the call failed to start")
-            session.reject(Reject(500, "Internal Server Error"), EndCause.ERROR)
+    def start_overload_watch(self) -> None:
+        """Start-up: find the UDP listeners' receive queues and start the heartbeat (before the
+        first call: RTP sockets share the listeners' addresses). The heartbeat always runs: it
+        also sums up the refused requests."""
+        sip_cfg = self._config.sip
+        if sip_cfg.overload_backlog > 0:
+            udp = [(x.address, x.port) for x in sip_cfg.listeners if x.transport == "udp"]
+            self._backlog = ReceiveBacklog.find(udp)
+            logger.debug("overload: watching the receive queue of {} UDP listener(s)", self._backlog.count)
+        self._heartbeat(time.monotonic())
 
-    # -- run ----------------------------------------------------------------------------------------
-
-    def run(self) -> int:
-        """Start everything, serve until SIGTERM/SIGINT, stop cleanly. Returns the exit code."""
-        self.scheduler.loop_thread = threading.current_thread()
-        _raise_fd_limit()
-        self.hooks.configure(self._config, self)
-        self.endpoint.start()
-        try:
-            try:
-                self.hooks.startup(self)
-            except Exception as exc:
-                raise StartupError(f"start-up failed: {exc}") from exc
-            self._start_control()
-            self._install_signals()
-            sip_cfg = self._config.sip
-            if sip_cfg.overload_backlog > 0:
-                # found before the first call: RTP sockets share the listeners' addresses
-                udp = [(x.address, x.port) for x in sip_cfg.listeners if x.transport == "udp"]
-                self._backlog = ReceiveBacklog.find(udp)
-                logger.debug("overload: watching the receive queue of {} UDP listener(s)", self._backlog.count)
-            self._heartbeat(time.monotonic())
-            self.scheduler.call_later(AUDIT_INTERVAL, self._audit)
-            logger.info("b2bua ready: listening on {} (plugins: {})",
-                        ", ".join(self.endpoint.listeners), ", ".join(self.plugin_names()) or "none")
-            self._serve()
-        finally:
-            self._shutdown()
-        return 0
-
-    def _start_control(self) -> None:
-        from b2bua.control import ControlServer
-        from b2bua.core_rpc import register_core_methods
-
-        register_core_methods(self.registry, self)
-        self.hooks.register_rpc(self.registry)
-        ctl = self._config.control
-        if ctl.socket or ctl.http:
-            self._control = ControlServer(self.registry, self.run_on_loop, ctl, self._config.base_dir)
-            self._control.start()
-
-    def _install_signals(self) -> None:
-        def stop(signum: int, _frame: Any) -> None:
-            logger.info("{} received: stopping", signal.Signals(signum).name)
-            self._stopping = True
-
-        def reload(_signum: int, _frame: Any) -> None:
-            self.reload_requested = True
-
-        signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, stop)
-        signal.signal(signal.SIGHUP, reload)
-
-    def _serve(self) -> None:
-        scheduler = self.scheduler
-        endpoint = self.endpoint
-        graveyard = self._graveyard
-        while not self._stopping:
-            endpoint.poll(scheduler.next_delay(POLL_CEILING))
-            scheduler.run_pending()
-            if graveyard:
-                self._bury()
-            if self.reload_requested:
-                self.reload_requested = False
-                self._on_sighup()
-
-    def _audit(self) -> None:
-        """Find legs pjsua ended without a callback and end their part on our side.
-
-        Under overload pjsua drops calls silently (no RTP port free, a slot taken over); their
-        sessions and refused legs would otherwise stay forever, counting against ``max_calls``
-        and the call slots, and their Call objects would later act on the slot's next call.
-        """
-        lost = 0
-        for leg in list(self._zombies.values()):
-            if not leg.attached():
-                self.retire(leg)
-                lost += 1
-        for session in list(self.sessions.values()):
-            lost += session.audit_legs()
-        if lost:
-            logger.warning("{} call leg(s) ended inside pjsua without a callback: cleaned up", lost)
-        self.scheduler.call_later(AUDIT_INTERVAL, self._audit)
+    def stop_overload_watch(self) -> None:
+        self._backlog.close()
 
     def _heartbeat(self, expected: float) -> None:
         """Shed new calls while overloaded: all for a second when the loop runs ``overload_lag``
         late; a share (:class:`AdmissionShare`) while ``overload_backlog`` bytes of SIP wait unread.
-        Every ``[security] log_interval``, sum up the requests refused meanwhile in one line.
 
         Refusing a new INVITE costs a third of a call; accepting calls the loop cannot serve
         makes every call late, then retransmissions multiply the load and everything fails. But
         when the loop is busy dropping a flood (requests the early filter refused or dropped
         outweigh the new calls), refusing calls would not relieve it: they are not shed then.
+        Every ``[security] log_interval``, the requests refused meanwhile are summed up in one line.
         """
         cfg = self._config.sip
         now = time.monotonic()
@@ -351,113 +264,20 @@ class App:
         elif self._shed and self._admission.share >= 1.0 and now >= self._overloaded_until:
             logger.warning("overload over: {} more new calls were answered 503", self._shed)
             self._shed = 0
-        interval = self._config.security.log_interval
-        if now - self._refusals_logged >= interval:
+        if now - self._refusals_logged >= self._config.security.log_interval:
             summary = self.gate.log.summary(now - self._refusals_logged)
             self._refusals_logged = now
             if summary:
                 logger.warning(summary)
         self.scheduler.call_later(HEARTBEAT, lambda: self._heartbeat(now + HEARTBEAT))
 
-    def _on_sighup(self) -> None:
-        logger.info("SIGHUP: reloading")
-        try:
-            self.pm.hook.b2bua_reload(app=self)
-        except Exception:
-            logger.opt(exception=True).error("reload failed")
-
-    def _pump(self, seconds: float, until: Callable[[], bool]) -> None:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline and not until():
-            self.endpoint.poll(0.01)
-            self.scheduler.run_pending()
-            self._bury()
-
-    def _bury(self) -> None:
-        """Release the legs retired during this pass (outside every pjsua2 callback)."""
-        for leg in self._graveyard:
-            leg.release()
-        self._graveyard.clear()
-
-    def _shutdown(self) -> None:
-        self._draining = True
-        if self._control is not None:
-            try:
-                self._control.stop()
-            except Exception:
-                logger.opt(exception=True).warning("control API did not stop cleanly")
-        grace = self._config.sip.shutdown_grace
-        if self.sessions:
-            logger.info("draining {} calls (up to {:g} s)", len(self.sessions), grace)
-            self._pump(grace, lambda: not self.sessions)
-        if self.sessions:
-            logger.info("hanging up {} calls", len(self.sessions))
-            for session in list(self.sessions.values()):
-                session.hangup_all()
-        # let BYE/CANCEL transactions finish and every Call object be released before libDestroy
-        self._pump(3.0, lambda: not self.sessions and not self._zombies and self.legs_in_use <= 0)
-        try:
-            self.hooks.shutdown(self)
-        except Exception:
-            logger.opt(exception=True).error("a plugin failed in b2bua_shutdown")
-        try:
-            self.endpoint.hangup_all()
-        except pj.Error:
-            pass
-        self._pump(0.5, lambda: self.legs_in_use <= 0 and not self._zombies)
-        self.sessions.clear()
-        self._zombies.clear()
-        self._bury()
-        # timers of calls that never finished (an overloaded run leaves thousands) hold sessions
-        # and their legs
-        self.scheduler.clear()
-        gc.collect()
-        self._backlog.close()
-        left = release_remaining()  # a pj.Call finalised after libDestroy aborts the process
-        if left:
-            logger.warning("{} call leg(s) still referenced at shutdown: released before pjsua stops", left)
-        self.endpoint.destroy()
-        logger.info("stopped")
-
-
-class StartupError(RuntimeError):
-    """A plugin could not start (its data source is unreachable, a file is malformed, ...)."""
-
 
 class _Refused:
-    """Session stand-in for a refused INVITE's leg: only retires it when it is gone."""
+    """Owner of a refused INVITE's leg: only retires it when it is gone."""
 
-    def __init__(self, app: App) -> None:
-        self.app = app
+    def __init__(self, legs: LegPool) -> None:
+        self.legs = legs
 
-    def on_leg_state(self, leg: Leg, state: int, code: int, reason: str, prm: Any) -> None:
-        if state == pj.PJSIP_INV_STATE_DISCONNECTED:
-            self.app.retire(leg)
-
-    def on_leg_media(self, leg: Leg) -> None:
-        pass
-
-
-def _call_info(number: int, request: WireRequest, source: str) -> CallInfo:
-    ip, port = split_source(source)
-    return CallInfo(
-        id=number,
-        call_id=request.call_id,
-        request_uri=request.request_uri,
-        from_uri=request.from_uri,
-        to_uri=request.to_uri,
-        from_header=request.from_header,
-        to_header=request.to_header,
-        source_ip=ip,
-        source_port=port,
-        transport="tcp" if request.transport == "tcp" else "udp",
-        headers=request.headers,
-        started=time.monotonic(),
-    )
-
-
-def _raise_fd_limit() -> None:
-    """Each call leg takes sockets (RTP, RTCP): lift the soft open-files limit to the hard one."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    def on_event(self, leg: CallLeg, event: LegEvent) -> None:
+        if isinstance(event, Disconnected):
+            self.legs.retire(leg)

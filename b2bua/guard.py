@@ -26,13 +26,21 @@ from b2bua.admission import (
     Why,
     decide,
     is_scanner,
-    split_source,
 )
 from b2bua.config import SecurityConfig, SipConfig
 from b2bua.ratelimit import SourceLimiter
 from b2bua.rpc import RpcError, RpcRegistry
 from b2bua.sip import printable
-from b2bua.wire import Malformed, WireRequest, check_in_dialog, parse_request, peek, peek_agent, raw_call_id
+from b2bua.wire import (
+    Malformed,
+    WireRequest,
+    check_in_dialog,
+    parse_request,
+    peek,
+    peek_agent,
+    raw_call_id,
+    split_source,
+)
 
 #: sources named in one summary line
 TOP_SOURCES = 3

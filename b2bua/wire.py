@@ -28,6 +28,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from b2bua.api import CallInfo
 from b2bua.sip import COMPACT, printable
 from b2bua.sipuri import parse_name_addr, parse_uri
 
@@ -122,6 +123,30 @@ class WireRequest:
     @property
     def user_agent(self) -> str:
         return self.header("user-agent")
+
+
+def call_info(number: int, request: WireRequest, source: str, started: float) -> CallInfo:
+    """The :class:`CallInfo` of an incoming INVITE that passed :func:`parse_request`.
+
+    :param number: the B2BUA's own session number.
+    :param source: ``ip:port`` it came from (pjsua2's ``srcAddress``; IPv6 in brackets).
+    :param started: when it arrived (monotonic seconds).
+    """
+    ip, port = split_source(source)
+    return CallInfo(
+        id=number, call_id=request.call_id, request_uri=request.request_uri, from_uri=request.from_uri,
+        to_uri=request.to_uri, from_header=request.from_header, to_header=request.to_header, source_ip=ip,
+        source_port=port, transport="tcp" if request.transport == "tcp" else "udp", headers=request.headers,
+        started=started,
+    )
+
+
+def split_source(source: str) -> tuple[str, int]:
+    """``ip:port`` (IPv6 in brackets) as ``(ip, port)``; port 0 when there is none."""
+    host, colon, port = source.rpartition(":")
+    if not colon or (source.startswith("[") and not host.endswith("]")):
+        return source.strip("[]"), 0
+    return host.strip("[]"), int(port) if port.isdigit() else 0
 
 
 def peek(raw: bytes) -> tuple[str, bool]:

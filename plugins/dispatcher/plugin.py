@@ -413,7 +413,7 @@ class DispatcherPlugin:
 
     # -- calls -----------------------------------------------------------------------------
 
-    @hookimpl
+    @hookimpl(trylast=True)  # a user's router is asked first (docs/hooks.md "Call order")
     def b2bua_route_call(self, call: CallInfo) -> RoutePlan | Reject:
         log = logger.bind(call_id=call.call_id)
         matched = match_route(self.config.effective_routes, call)

@@ -17,7 +17,6 @@ from b2bua.admission import (
     decide,
     is_scanner,
     shedding_helps,
-    split_source,
 )
 
 P = Policy(untrusted_code=403, capacity_code=503, retry_after=5)
@@ -157,13 +156,6 @@ def test_trust_list_knows_when_everyone_is_trusted() -> None:
 def test_scanners(ua: str, frm: str, scanner: bool) -> None:
     assert is_scanner(ua, frm, ("friendly-scanner", "sipvicious", "sipcli")) is scanner
 
-
-@pytest.mark.parametrize(("source", "expected"), [
-    ("127.0.0.2:5060", ("127.0.0.2", 5060)), ("[::1]:5070", ("::1", 5070)), ("[::1]", ("::1", 0)),
-    ("10.0.0.1", ("10.0.0.1", 0)), ("", ("", 0)),
-])
-def test_split_source(source: str, expected: tuple[str, int]) -> None:
-    assert split_source(source) == expected
 
 
 @pytest.mark.parametrize(("new_calls", "refused", "helps"), [

@@ -13,7 +13,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from b2bua import wire
-from b2bua.wire import Malformed, WireRequest, check_in_dialog, check_response, parse_request, peek, raw_call_id
+from b2bua.wire import (
+    Malformed,
+    WireRequest,
+    call_info,
+    check_in_dialog,
+    check_response,
+    parse_request,
+    peek,
+    raw_call_id,
+    split_source,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
 import sipfuzz  # a plain module shared with the e2e fuzz test
@@ -132,6 +142,22 @@ def test_details_escape_what_they_quote() -> None:
     with pytest.raises(Malformed) as info:
         parse_request(replace(invite(), b"Call-ID: fuzz-1@host", b"Call-ID: a\x1b[31m b"))
     assert "\x1b" not in info.value.detail
+
+
+@pytest.mark.parametrize(("source", "expected"), [
+    ("127.0.0.2:5060", ("127.0.0.2", 5060)), ("[::1]:5070", ("::1", 5070)), ("[::1]", ("::1", 0)),
+    ("10.0.0.1", ("10.0.0.1", 0)), ("", ("", 0)),
+])
+def test_split_source(source: str, expected: tuple[str, int]) -> None:
+    assert split_source(source) == expected
+
+
+def test_call_info_of_an_invite() -> None:
+    info = call_info(7, parse_request(invite(call_id="abc@h")), "[::1]:5062", 1.5)
+    assert (info.id, info.call_id, info.from_uri, info.to_uri) == (7, "abc@h", "sip:caller@127.0.0.2",
+                                                                    "sip:33123@127.0.0.1")
+    assert (info.source_ip, info.source_port, info.transport, info.started) == ("::1", 5062, "udp", 1.5)
+    assert info.request_uri == "sip:33123@127.0.0.1:5060" and info.header("user-agent") == "fuzzer"
 
 
 def test_peek_reads_method_and_to_tag_without_parsing() -> None:
