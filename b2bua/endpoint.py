@@ -67,6 +67,8 @@ class PjLogWriter(pj.LogWriter):  # type: ignore[misc]
                 reason = next(r for p, r in _PACKET_PROBLEMS.items() if msg.startswith(p))
                 if reason and self.on_packet_problem is not None:
                     self.on_packet_problem(reason)
+            elif not msg.isascii():  # a packet dump (pjsip_level 4+): bytes that are not UTF-8 escaped
+                msg = msg.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
             logger.opt(depth=0).bind(call_id="pjsip").log(level, msg)
         except Exception:  # never let an exception cross into C++
             pass
