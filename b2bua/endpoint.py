@@ -198,11 +198,6 @@ class Endpoint:
         self.account = LocalAccount(self._on_incoming, self._on_request_done)
         self.account.create(acfg, True)
 
-    @property
-    def filtering(self) -> bool:
-        """Whether requests are screened in pjsip before pjsua sets calls up (see rxfilter.py)."""
-        return self._rx_filter is not None
-
     def _install_filter(self) -> None:
         screen_request, screen_response, on_dropped = self._screens
         if screen_request is None or screen_response is None or on_dropped is None:
@@ -215,9 +210,15 @@ class Endpoint:
             logger.warning("this pjsua2 build lacks what the SIP filter needs: requests are screened after pjsua "
                            "set their call up (each refusal costs a call slot and RTP ports)")
             return
-        rx_filter = RxFilter(lib, pj.SipRxData(), screen_request, screen_response, on_dropped)
-        rx_filter.install()
-        self._rx_filter = rx_filter
+        # kept until libDestroy even if only part of it got registered: pjsip holds its callbacks
+        self._rx_filter = RxFilter(lib, pj.SipRxData(), screen_request, screen_response, on_dropped)
+        try:
+            self._rx_filter.install()
+        except RuntimeError as exc:
+            logger.error("the SIP filter could not be installed ({}): requests are screened after pjsua set "
+                         "their call up", exc)
+            return
+        logger.debug("SIP filter installed: requests are screened before pjsua sees them")
 
     def _create_transport(self, listen: Listen) -> None:
         tcfg = pj.TransportConfig()

@@ -142,13 +142,13 @@ class RxFilter:
         endpt = self._lib.pjsua_get_pjsip_endpt()
         if not endpt:
             raise RuntimeError("pjsip has no endpoint yet (call after libInit)")
+        self._endpt = endpt
         for module in self._modules:
             status = self._lib.pjsip_endpt_register_module(endpt, ctypes.byref(module))
             if status != 0:
-                raise RuntimeError(f"pjsip refused the module {module.name.slen}-byte name (status {status})")
+                raise RuntimeError(f"pjsip refused a module (status {status})")
         self._lib.pjsip_tpmgr_set_drop_data_cb(self._lib.pjsip_endpt_get_tpmgr(endpt),
                                                ctypes.cast(self._on_drop, c_void_p))
-        self._endpt = endpt
 
     # -- callbacks (inside pjsip; nothing may raise out of them) ------------------------------
 
