@@ -7,8 +7,10 @@ priority 17, right after the transaction layer (16) and before the dialog layer 
 (64), so it sees every request that matches no transaction: new requests and requests inside
 dialogs (retransmissions never reach it). For each it asks a Python callback for a
 :class:`~b2bua.admission.Decision` and answers statelessly (``pjsip_endpt_respond_stateless``)
-or drops the request; only what is let in goes on to pjsua. Measured here: about 40 µs per
-refused INVITE, against about 1 ms when pjsua set the call up first (``bench/flood.py``).
+or drops the request; only what is let in goes on to pjsua. Measured with ``bench/flood.py``
+on a loaded 2-core machine, process CPU per flood INVITE: 79 µs blocked, 112 µs answered 403,
+against 208 µs when pjsua set the call up first (whose transaction then retransmits the 403
+for 32 s); trusted calls meanwhile: 0 of 160 failed, against 150 of 160 (``docs/security.md``).
 
 A second module at priority 15 (before the transaction layer) checks responses' heads and
 drops those that are not text; pjsip's transport layer reports packets its parser dropped
@@ -20,7 +22,7 @@ the pool pointer that opens ``pjsip_rx_data``); the message and its source are r
 pjsua2's own ``SipRxData::fromPj``, so nothing depends on the layout of ``pjsip_rx_data``.
 Every callback runs on the loop thread (inside ``libHandleEvents``) and lets no exception
 out: a failing screen lets the request through to pjsua, where ``App._on_incoming`` screens
-it again.
+an INVITE again (as a new call).
 """
 
 from __future__ import annotations
