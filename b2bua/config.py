@@ -378,27 +378,33 @@ SCANNERS = [
 
 @dataclass(frozen=True)
 class SecurityConfig:
-    """Who may call, and how much: checked for every request outside a dialog before pjsua
-    makes a call of it (see `docs/security.md`)."""
+    """Who may call, and how much: checked for each request outside a dialog before pjsua sees it."""
 
     trusted: tuple[str, ...] = opt(
         ["127.0.0.0/8", "::1/128"], "sources (address or CIDR) whose INVITEs are routed; others get untrusted_code"
     )
-    untrusted_code: int = opt(403, "answer to a request from a source not in trusted (403 or 404)")
+    untrusted_code: int = opt(403, "answer to a request from a source not in trusted (403 or 404)",
+                              bounds=(400, 699))
     invite_rate: float = opt(
-        5.0, "INVITEs per second one untrusted source may send; past it the source is blocked (0: no limit)"
+        5.0, "INVITEs per second one untrusted source may send; past it the source is blocked (0: no limit)",
+        bounds=(0, None),
     )
     request_rate: float = opt(
-        10.0, "other requests outside a dialog per second one untrusted source may send; past it: blocked (0: no limit)"
+        10.0, "other requests outside a dialog per second one untrusted source may send; past it: blocked "
+        "(0: no limit)", bounds=(0, None),
     )
     trusted_invite_rate: float = opt(
-        0.0, "INVITEs per second one trusted source may send; past it they get 503 + Retry-After (0: no limit)"
+        0.0, "INVITEs per second one trusted source may send; past it they get 503 + Retry-After (0: no limit)",
+        bounds=(0, None),
     )
     trusted_request_rate: float = opt(
-        0.0, "other requests outside a dialog per second one trusted source may send; past it: 503 (0: no limit)"
+        0.0, "other requests outside a dialog per second one trusted source may send; past it: 503 (0: no limit)",
+        bounds=(0, None),
     )
-    rate_burst: float = opt(2.0, "seconds' worth of requests a source may send at once above its rate")
-    block_time: float = opt(300.0, "seconds every request outside a dialog from a blocked source is dropped unanswered")
+    rate_burst: float = opt(2.0, "seconds' worth of requests a source may send at once above its rate",
+                            bounds=(0.1, 3600))
+    block_time: float = opt(300.0, "seconds every request outside a dialog from a blocked source is dropped "
+                            "unanswered (0: never blocked)", bounds=(0, None))
     scanners: tuple[str, ...] = opt(
         SCANNERS, "User-Agent or From substrings of SIP scanners: dropped unanswered, an untrusted sender blocked "
         "([]: off)"
@@ -407,7 +413,8 @@ class SecurityConfig:
         True, "decide in pjsip, before pjsua sets up a call (stateless answers); false: after (costs a call slot "
         "and RTP ports per refusal)"
     )
-    log_interval: float = opt(10.0, "seconds between summaries of refused and malformed requests (each at DEBUG)")
+    log_interval: float = opt(10.0, "seconds between summaries of refused and malformed requests (each at DEBUG)",
+                              bounds=(1, 3600))
 
     def validate(self) -> None:
         for i, item in enumerate(self.trusted):
@@ -415,13 +422,6 @@ class SecurityConfig:
                 ipaddress.ip_network(item, strict=True)
             except ValueError as exc:
                 raise ValueError(f"trusted[{i}]: {item!r} is not an address or network ({exc})") from None
-        if not 400 <= self.untrusted_code <= 699:
-            raise ValueError("untrusted_code: must be 400-699")
-        for name in ("invite_rate", "request_rate", "trusted_invite_rate", "trusted_request_rate", "block_time"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name}: must be 0 or more")
-        if self.rate_burst <= 0 or self.log_interval <= 0:
-            raise ValueError("rate_burst and log_interval must be > 0")
         for i, item in enumerate(self.scanners):
             if not item.strip():
                 raise ValueError(f"scanners[{i}]: empty")
