@@ -48,6 +48,12 @@ def test_defaults() -> None:
         ({"log": {"level": "LOUD"}}, "[log] level: 'LOUD' is not one of"),
         ({"control": {"http": "0.0.0.0:8080"}}, "not a loopback address: set token too"),
         ({"bogus": {}}, "config.toml: unknown section [bogus]"),
+        ({"security": {"trusted": ["10.0.0.1/8"]}},
+         "[security] trusted[0]: '10.0.0.1/8' is not an address or network (10.0.0.1/8 has host bits set)"),
+        ({"security": {"trusted": ["gateway.example"]}}, "[security] trusted[0]: 'gateway.example' is not an"),
+        ({"security": {"untrusted_code": 200}}, "[security] untrusted_code: must be 400-699, got 200"),
+        ({"security": {"invite_rate": -1}}, "[security] invite_rate: must be 0 or more"),
+        ({"security": {"scanners": [" "]}}, "[security] scanners[0]: empty"),
         ({"plugins": {"enabled": "dispatcher"}}, "[plugins] enabled: expected a list"),
     ],
 )
