@@ -498,9 +498,9 @@ def test_unresolvable_host_warns_or_with_require_dns_is_refused(cli: Cli, monkey
     cli.ok("add", "1", "sip:gw.example.com")
     rc, out, err = cli("add", "1", "sip:gone.example.com")
     assert rc == 0 and "Added" in out
-    assert err == ("warning: dispatcher add: set 1 sip:gone.example.com: cannot resolve 'gone.example.com' ([Errno -2] Name"
-                   " or service not known); set flag 16 (NODNS) to load it unresolved; added all the same: the"
-                   " next reload fails while it does not resolve\n")
+    assert err == ("warning: dispatcher add: set 1 sip:gone.example.com: cannot resolve 'gone.example.com'"
+                   " ([Errno -2] Name or service not known); set flag 16 (NODNS) to load it unresolved; added"
+                   " all the same: the next reload fails while it does not resolve\n")
     rc, out, err = cli("add", "2", "sip:gone.example.com", "--require-dns")
     assert (rc, out) == (1, "")
     assert err.startswith("error: dispatcher add: set 2 sip:gone.example.com: cannot resolve 'gone.example.com'")
