@@ -145,10 +145,11 @@ def check_sources(config: DispatcherConfig, list_file: Path | None) -> list[str]
     """For ``b2bua check-config``: read the destinations as a load would, but without DNS and
     without writing (a missing SQLite file is not created), and :func:`review` them.
 
-    :raises LoadError: the list file cannot be loaded (every bad line named), or is empty.
-    :returns: the warnings, including a database that cannot be read (it may be up later).
+    :raises LoadError: the list file cannot be loaded (every bad line named) or is empty, or
+        rows of the table are malformed.
+    :returns: the warnings, including a database that cannot be reached (it may be up later).
     """
-    from plugins.dispatcher.sqlstore import SqlStore, StoreError, TableNames
+    from plugins.dispatcher.sqlstore import BadRowsError, SqlStore, StoreError, TableNames
     from plugins.dispatcher.storage import load_snapshot
 
     if list_file is not None:
@@ -158,6 +159,8 @@ def check_sources(config: DispatcherConfig, list_file: Path | None) -> list[str]
             with SqlStore(config.db_url, TableNames.from_config(config), read_only=True) as store:
                 snapshot = load_snapshot(list_file=None, db_url=config.db_url, resolve=False, create_schema=False,
                                          store=store)
+        except BadRowsError:
+            raise
         except StoreError as exc:
             return [f"destinations not checked: {escape(str(exc), backslash=False)}"]
     return review(snapshot, config, list_file)

@@ -49,6 +49,10 @@ class StoreError(LoadError):
     URL (password hidden), the table and, for a bad row, its id."""
 
 
+class BadRowsError(StoreError):
+    """The table was read, and some rows are malformed (each line names a row id)."""
+
+
 @dataclass(frozen=True)
 class TableNames:
     """Table and column names (Kamailio's ``table_name``, ``setid_col``, ... modparams)."""
@@ -331,7 +335,7 @@ class SqlStore:
                                    dest.description, row_id=number)
             dests.append(dest)
         if errors:
-            raise StoreError("\n".join(errors))
+            raise BadRowsError("\n".join(errors))
         return dests
 
     def rows(self) -> list[dict[str, Any]]:

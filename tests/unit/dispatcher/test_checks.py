@@ -166,6 +166,10 @@ def test_check_config_reads_a_table_without_creating_one(tmp_path: Path, capsys:
         store.add(1, "sip:10.0.0.2")
     assert main(["check-config", "-c", str(config)]) == 0
     assert "set 1: a rule uses algorithm 9 (weight) but no entry has a weight" in capsys.readouterr().err
+    with SqlStore(f"sqlite:///{tmp_path}/d.db") as store, store._get_engine().begin() as conn:
+        conn.exec_driver_sql("INSERT INTO dispatcher (setid, destination) VALUES (1, 'sip:10.0.0.3?X-Injected=yes')")
+    assert main(["check-config", "-c", str(config)]) == 2
+    assert "row id 3: sip:10.0.0.3?X-Injected=yes: URI headers" in capsys.readouterr().err
 
 
 def test_check_sources_names_an_unreadable_list_file(tmp_path: Path) -> None:
