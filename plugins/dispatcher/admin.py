@@ -31,7 +31,7 @@ import re
 import socket
 import sys
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -406,7 +406,7 @@ def unresolved(dest: Destination, timeout: float = DNS_TIMEOUT, resolver: Resolv
     return found[0]
 
 
-def _loadable(rows: Any) -> list[Destination]:
+def _loadable(rows: Iterable[dict[str, Any]]) -> list[Destination]:
     """The rows that load (a bad one is the loader's to report), as Destinations."""
     out = []
     for row in rows:
@@ -457,7 +457,7 @@ def cmd_rm(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                     raise AdminError(f"bad URI: {exc}") from None
                 if count == 0:
                     raise AdminError(f"{where}: set {setid} has no destination {escape(uri)}")
-                removed = f"{count} row{'s' if count > 1 else ''} of set {setid} ({uri})"
+                removed = f"{count} row{'s' if count > 1 else ''} of set {setid} ({escape(uri)})"
         print(f"Removed {removed} from {where}", file=out)
     _reload_after(args, out, "takes it out of service")
     return EXIT_OK
@@ -568,7 +568,6 @@ def run(handler: Handler, args: argparse.Namespace, out: TextIO | None = None, e
     except LoadError as exc:  # StoreError, ListFileError: they name the URL or file:line
         _print_error(exc, err)
         return EXIT_FAILED
-
     finally:
         logger.enable("plugins.dispatcher")
 

@@ -14,7 +14,7 @@
   shares that result. ``rweight`` (algorithm 11) is checked the same way.
 
 :func:`review` is pure (tests, ``simulate``); :func:`check_loaded` is what a load runs: it
-raises for an error and logs the warnings; :func:`check_sources` is ``b2bua check-config``'s.
+raises for an error and logs the warnings; :func:`check_config_destinations` is ``b2bua check-config``'s.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from pathlib import Path
 
 from loguru import logger
 
+from b2bua.config import ConfigError
 from plugins.dispatcher.algorithms import TABLE_SIZE, weight_table
 from plugins.dispatcher.config import DispatcherConfig, Route
 from plugins.dispatcher.model import Destination, Snapshot
@@ -164,3 +165,13 @@ def check_sources(config: DispatcherConfig, list_file: Path | None) -> list[str]
         except StoreError as exc:
             return [f"destinations not checked: {escape(str(exc), backslash=False)}"]
     return review(snapshot, config, list_file)
+
+
+def check_config_destinations(config: DispatcherConfig, list_file: Path | None) -> None:
+    """:func:`check_sources` for ``b2bua check-config``: warnings logged, errors as ConfigError."""
+    try:
+        warnings = check_sources(config, list_file)
+    except LoadError as exc:
+        raise ConfigError(str(exc)) from None
+    for message in warnings:
+        logger.warning("dispatcher: {}", message)

@@ -27,7 +27,6 @@ from loguru import logger
 
 from b2bua import hookimpl
 from b2bua.api import DialMode, Reject, RoutePlan, StashKey, Target
-from b2bua.config import ConfigError
 from b2bua.sip import retry_after
 from plugins.dispatcher import hookspecs, statefile
 from plugins.dispatcher.config import DispatcherConfig, parse_dispatcher_config, resolve_sqlite_url
@@ -201,18 +200,9 @@ class DispatcherPlugin:
         if not self.config.routes:
             logger.info("dispatcher: no [[plugins.dispatcher.routes]]: every call goes to set 1, round robin")
         if app.hook is None:  # b2bua check-config: no running host, so check the destinations here
-            self._check_destinations()
+            from plugins.dispatcher.checks import check_config_destinations
 
-    def _check_destinations(self) -> None:
-        from plugins.dispatcher.checks import check_sources
-        from plugins.dispatcher.resolve import LoadError
-
-        try:
-            warnings = check_sources(self.config, self._list_file)
-        except LoadError as exc:
-            raise ConfigError(str(exc)) from None
-        for message in warnings:
-            logger.warning("dispatcher: {}", message)
+            check_config_destinations(self.config, self._list_file)
 
     @hookimpl
     def b2bua_startup(self, app: Host) -> None:

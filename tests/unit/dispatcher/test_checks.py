@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from loguru import logger
 
 from b2bua.cli import main
 from plugins.dispatcher.checks import EmptySource, check_loaded, check_sources, review, weight_warnings
@@ -19,14 +17,6 @@ from plugins.dispatcher.sqlstore import SqlStore
 
 def snap(text: str) -> Snapshot:
     return build_snapshot(parse_list(text, "d.list"), "d.list")
-
-
-@pytest.fixture
-def warnings() -> Iterator[list[str]]:
-    messages: list[str] = []
-    sink = logger.add(lambda m: messages.append(m.record["message"]), level="WARNING")
-    yield messages
-    logger.remove(sink)
 
 
 # -- empty sources -----------------------------------------------------------------------------

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
-from loguru import logger
 
 from b2bua.sipuri import SipUri
 from plugins.dispatcher.model import DestFlags, Destination
@@ -45,14 +44,6 @@ class FakeResolver:
 
 def never(host: str, port: int) -> Sequence[tuple[Any, ...]]:
     raise AssertionError(f"unexpected lookup of {host}")
-
-
-@pytest.fixture
-def warnings() -> Iterator[list[str]]:
-    messages: list[str] = []
-    sink = logger.add(lambda m: messages.append(m.record["message"]), level="WARNING")
-    yield messages
-    logger.remove(sink)
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from loguru import logger
 
 from plugins.dispatcher.model import Attrs, Destination
 from plugins.dispatcher.sqlstore import SCHEMA_VERSION, SqlStore, StoreError, TableNames
@@ -28,14 +27,6 @@ def store(url: str) -> Iterator[SqlStore]:
     s.ensure_schema()
     yield s
     s.close()
-
-
-@pytest.fixture
-def warnings() -> Iterator[list[str]]:
-    messages: list[str] = []
-    sink = logger.add(lambda m: messages.append(m.record["message"]), level="WARNING")
-    yield messages
-    logger.remove(sink)
 
 
 def execute(url: str, *statements: str) -> None:
