@@ -174,11 +174,11 @@ def decide(f: Facts, p: Policy) -> Decision:
 CALL_WEIGHT = 20
 
 
-def shedding_helps(new_calls: int, refused: int) -> bool:
+def shedding_helps(new_calls: float, refused: float) -> bool:
     """Whether refusing new calls would relieve an overloaded loop.
 
-    ``new_calls`` is the demand for new calls since the last look (admitted, or refused as
-    overload), ``refused`` the requests refused or dropped for other reasons (a flood, a scan).
+    ``new_calls`` is the recent demand for new calls (admitted, or refused as overload),
+    ``refused`` the requests refused or dropped for other reasons (a flood, a scan) meanwhile.
     When those outweigh the calls, the loop is late or its queue long because of work that
     refusing calls does not lessen, and the calls would be refused for nothing.
     """

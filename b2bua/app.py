@@ -49,6 +49,9 @@ T = TypeVar("T")
 HEARTBEAT = 0.05
 #: at most one "overload" warning per this many seconds (shedding can start and stop often)
 OVERLOAD_LOG_EVERY = 10.0
+#: per heartbeat, how much of the recent work counts on (about a second's memory): a beat right
+#: after the loop stalled has seen little of what waits in the queue
+RECENT_WORK_DECAY = 0.95
 
 
 class App:
@@ -78,6 +81,7 @@ class App:
         self._overload_logged = 0.0
         self._shed = 0  #: new calls answered 503 Overloaded since the last overload warning
         self._refusals_logged = time.monotonic()
+        self._recent_work = (0.0, 0.0)  #: new calls and other refusals, decayed per heartbeat
         #: the last INVITE the early filter let in, and what it parsed (see _on_incoming)
         self._admitted: tuple[bytes, WireRequest] | None = None
         self._backlog = ReceiveBacklog([])
@@ -245,7 +249,10 @@ class App:
         now = time.monotonic()
         lag = now - expected
         why = ""
-        calls_matter = shedding_helps(*self.gate.take_work())
+        calls, refused = self.gate.take_work()
+        recent_calls, recent_refused = self._recent_work
+        self._recent_work = (recent_calls * RECENT_WORK_DECAY + calls, recent_refused * RECENT_WORK_DECAY + refused)
+        calls_matter = shedding_helps(*self._recent_work)
         if 0 < cfg.overload_lag < lag and calls_matter:
             why = f"the loop runs {lag * 1000:.0f} ms late"
             self._overloaded_until = now + 1.0
