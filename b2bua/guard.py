@@ -165,9 +165,9 @@ class Gate:
         method, in_dialog = peek(raw)
         in_dialog = in_dialog and not new_call
         cfg = self.config
-        if not in_dialog and self.limiter.blocked(ip, now):
+        if not in_dialog and self.limiter.blocked(ip, now):  # decided before anything is parsed
             self.refused += 1
-            decision = Decision(Verdict.DROP, Why.BLOCKED, credit=self.credit)
+            decision = decide(Facts(method=method, blocked=True, credit=self.credit), self.policy)
             self.log.note(decision, ip, method, "", raw)
             return decision, None
         trusted = ip in self.trusted
