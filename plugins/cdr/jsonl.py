@@ -1,24 +1,20 @@
 """The JSON-lines file of call records: one object per line, appended, reopened for log rotation.
 
 Used by the writer thread only. logrotate works either way: with ``postrotate`` sending SIGHUP
-(``b2bua_reload`` reopens the file) or without (the file is reopened within a second once its
-path names another file or none, as Python's ``WatchedFileHandler`` does); ``copytruncate`` needs
-neither.
+(``b2bua_reload`` reopens the file) or without it, since each write first checks that the path
+still names the open file (one ``stat``, as Python's ``WatchedFileHandler`` does) and reopens it
+when the file was moved or deleted; ``copytruncate`` needs neither.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
 from plugins.cdr.record import CallRecord
-
-#: seconds between checks that the path still names the open file
-CHECK_EVERY = 1.0
 
 
 def json_lines(records: Sequence[CallRecord]) -> str:
@@ -29,12 +25,10 @@ def json_lines(records: Sequence[CallRecord]) -> str:
 class JsonLinesFile:
     """Appends records to ``path``; :meth:`reopen` (or a moved file) starts on the path again."""
 
-    def __init__(self, path: Path, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, path: Path) -> None:
         self.path = path
-        self._clock = clock
         self._file: TextIO | None = None
         self._identity: tuple[int, int] | None = None
-        self._checked = 0.0
         self._reopen = False
 
     def open(self) -> None:
@@ -48,7 +42,6 @@ class JsonLinesFile:
         self._file = handle
         st = os.fstat(handle.fileno())
         self._identity = (st.st_dev, st.st_ino)
-        self._checked = self._clock()
         self._reopen = False
 
     def reopen(self) -> None:
@@ -67,11 +60,7 @@ class JsonLinesFile:
         self._file.flush()
 
     def _moved(self) -> bool:
-        """Whether the path names another file, or none (checked once a second at most)."""
-        now = self._clock()
-        if now - self._checked < CHECK_EVERY:
-            return False
-        self._checked = now
+        """Whether the path names another file than the open one, or none."""
         try:
             st = os.stat(self.path)
         except OSError:

@@ -22,6 +22,10 @@ CONNECT_TIMEOUT = 10
 #: the extra that installs each server's driver
 _DRIVER_EXTRAS = {"mysql": "mysql", "mariadb": "mysql", "postgresql": "postgresql"}
 
+#: a MariaDB/MySQL table takes the server's default character set (often latin1), which
+#: refuses a display name in Cyrillic or CJK: ours are created in UTF-8 whatever the default
+_UTF8 = {"mysql_charset": "utf8mb4", "mariadb_charset": "utf8mb4"}
+
 #: DATETIME keeps no fraction of a second on MariaDB/MySQL unless told to
 TIMESTAMP = sa.DateTime().with_variant(mysql.DATETIME(fsp=3), "mysql", "mariadb")
 
@@ -47,8 +51,8 @@ def cdr_tables(cdr_name: str = "cdr", attempts_name: str = "cdr_attempts",
         sa.Column("setup_time", TIMESTAMP, nullable=False),
         sa.Column("answer_time", TIMESTAMP, nullable=True),
         sa.Column("end_time", TIMESTAMP, nullable=False),
-        sa.Column("duration", sa.Float, nullable=False),
-        sa.Column("answer_delay", sa.Float, nullable=True),
+        sa.Column("duration", sa.Double, nullable=False),
+        sa.Column("answer_delay", sa.Double, nullable=True),
         sa.Column("billsec", sa.Integer, nullable=False),
         sa.Column("billmsec", sa.BigInteger, nullable=False),
         sa.Column("final_code", sa.SmallInteger, nullable=False),
@@ -60,6 +64,7 @@ def cdr_tables(cdr_name: str = "cdr", attempts_name: str = "cdr_attempts",
         sa.Column("attempts", sa.SmallInteger, nullable=False),
         sa.Index(f"{cdr_name}_call_id_idx", "call_id"),
         sa.Index(f"{cdr_name}_setup_time_idx", "setup_time"),
+        **_UTF8,
     )
     attempts = sa.Table(
         attempts_name, md,
@@ -70,10 +75,11 @@ def cdr_tables(cdr_name: str = "cdr", attempts_name: str = "cdr_attempts",
         sa.Column("destination", sa.String(URI_MAX), nullable=False),
         sa.Column("request_uri", sa.String(URI_MAX), nullable=False),
         sa.Column("start_time", TIMESTAMP, nullable=False),
-        sa.Column("duration", sa.Float, nullable=False),
+        sa.Column("duration", sa.Double, nullable=False),
         sa.Column("code", sa.SmallInteger, nullable=True),
         sa.Column("reason", sa.String(REASON_MAX), nullable=False),
         sa.Column("kind", sa.String(16), nullable=False),
+        **_UTF8,
     )
     return calls, attempts
 

@@ -16,7 +16,7 @@ import pytest
 import sqlalchemy as sa
 from loguru import logger
 
-from plugins.cdr.jsonl import CHECK_EVERY, JsonLinesFile
+from plugins.cdr.jsonl import JsonLinesFile
 from plugins.cdr.record import Attempt, CallRecord
 from plugins.cdr.sql import SqlRecords, cdr_tables, check_url
 from plugins.cdr.writer import BATCH, MAX_RETRY, DatabaseWriter, RecordWriter
@@ -75,29 +75,36 @@ def test_file_appends_one_object_per_line(tmp_path: Path) -> None:
     assert lines[2]["attempts"][0]["code"] == 503 and lines[2]["setup_time"] == "2026-12-06T09:00:02.000Z"
 
 
-def test_file_moved_by_logrotate_is_reopened_within_a_second(tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", ["moved", "deleted"])
+def test_file_moved_or_deleted_by_logrotate_is_reopened(tmp_path: Path, how: str) -> None:
     path, rotated = tmp_path / "cdr.jsonl", tmp_path / "cdr.jsonl.1"
-    clock = Clock()
-    out = JsonLinesFile(path, clock=clock)
+    out = JsonLinesFile(path)
     out.write([record(1)])
-    path.rename(rotated)
-    out.write([record(2)])  # within the second: still the open (moved) file
-    clock.now += CHECK_EVERY
-    out.write([record(3)])
+    if how == "moved":
+        path.rename(rotated)
+    else:
+        path.unlink()
+    out.write([record(2)])
     out.close()
-    assert [d["call_id"] for d in read_lines(rotated)] == ["call-1@example.com", "call-2@example.com"]
-    assert [d["call_id"] for d in read_lines(path)] == ["call-3@example.com"]
+    if how == "moved":
+        assert [d["call_id"] for d in read_lines(rotated)] == ["call-1@example.com"]
+    assert [d["call_id"] for d in read_lines(path)] == ["call-2@example.com"]
 
 
 def test_file_reopened_when_asked(tmp_path: Path) -> None:
-    path, rotated = tmp_path / "cdr.jsonl", tmp_path / "cdr.jsonl.1"
-    out = JsonLinesFile(path, clock=Clock())
+    path = tmp_path / "cdr.jsonl"
+    out = JsonLinesFile(path)
     out.write([record(1)])
-    path.rename(rotated)
-    out.reopen()  # SIGHUP, from another thread
+    opened = []
+    real_open = out.open
+    out.open = lambda: (opened.append(1), real_open())[-1]  # type: ignore[method-assign]
     out.write([record(2)])
+    assert opened == []  # same file: kept open
+    out.reopen()  # SIGHUP (copytruncate-free rotations that keep the inode, say), from another thread
+    out.write([record(3)])
     out.close()
-    assert [d["call_id"] for d in read_lines(path)] == ["call-2@example.com"]
+    assert opened == [1]
+    assert len(read_lines(path)) == 3
 
 
 def test_file_in_a_missing_folder(tmp_path: Path) -> None:
