@@ -190,31 +190,15 @@ def _route_stdlib_logging() -> None:
 
 # -- pjsip's own level ------------------------------------------------------------------------------
 #
-# The endpoint routes pjsip's log into loguru (a pjsua2 LogWriter) at [log] pjsip_level. pjsua
-# drops every message above the level it was configured with, so a higher level needs
-# pjsua_reconfigure_logging with pjsua2's own callback again. Done with ctypes on the native
-# module the endpoint loaded: nothing here imports pjsua2, and without it running there is no
-# pjsip level to change.
+# The endpoint routes pjsip's log into loguru (a pjsua2 LogWriter) at [log] pjsip_level, through
+# pjsua's log function, which drops every line above the level pjsua was started with. Raising
+# it through pjsua_reconfigure_logging would hold the loop for 100 ms (pjsip sleeps while it
+# swaps its message-logging module: one second of overload shedding). So pjlib's log function
+# is pointed at pjsua2's own callback, which hands every line to the LogWriter (pjsua2's
+# libDestroy expects that and unsets it), and pjlib's level alone decides: two stores, no sleep.
+# Done with ctypes on the native module the endpoint loaded; nothing here imports pjsua2.
 
-
-class _PjStr(ctypes.Structure):
-    _fields_ = (("ptr", ctypes.c_char_p), ("slen", ctypes.c_long))  # pj_str_t; pj_ssize_t is a long
-
-
-class _PjsuaLoggingConfig(ctypes.Structure):
-    # pjsua_logging_config (pjsua-lib/pjsua.h)
-    _fields_ = (
-        ("msg_logging", ctypes.c_int),
-        ("level", ctypes.c_uint),
-        ("console_level", ctypes.c_uint),
-        ("decor", ctypes.c_uint),
-        ("log_filename", _PjStr),
-        ("log_file_flags", ctypes.c_uint),
-        ("cb", ctypes.c_void_p),
-    )
-
-
-#: pjsua2's ``pj::Endpoint::logFunc``, which hands pjsua's log lines to the LogWriter
+#: pjsua2's ``pj::Endpoint::logFunc``: hands a log line to the LogWriter
 _PJSUA2_LOG_FUNC = "_ZN2pj8Endpoint7logFuncEiPKci"
 
 
@@ -242,22 +226,21 @@ def check_pjsip_level(level: Any) -> int:
 
 
 def set_pjsip_log_level(level: int) -> int:
-    """Set pjsip's log level (0-5) from now on; call it on the loop thread (it changes pjsua's state).
+    """Set pjsip's log level (0-5) from now on, without a pause; call it on the loop thread.
 
     :raises ValueError: not an integer 0-5.
-    :raises RuntimeError: this process runs no SIP stack, or pjsua refused.
+    :raises RuntimeError: this process runs no SIP stack, or its pjsua2 build lacks the callback.
     """
     check_pjsip_level(level)
     lib = _pjsip_native()
     if lib is None:
         raise RuntimeError("no SIP stack runs in this process")
-    cfg = _PjsuaLoggingConfig()
-    lib.pjsua_logging_config_default(ctypes.byref(cfg))
-    cfg.level = cfg.console_level = level
-    cfg.decor = lib.pj_log_get_decor()  # as the endpoint set it
-    cfg.cb = ctypes.cast(getattr(lib, _PJSUA2_LOG_FUNC), ctypes.c_void_p).value
-    status = lib.pjsua_reconfigure_logging(ctypes.byref(cfg))
-    if status != 0:
-        raise RuntimeError(f"pjsua_reconfigure_logging failed (status {status})")
+    try:
+        log_func = ctypes.cast(getattr(lib, _PJSUA2_LOG_FUNC), ctypes.c_void_p)
+    except AttributeError:
+        raise RuntimeError(f"this pjsua2 build has no {_PJSUA2_LOG_FUNC}") from None
+    lib.pj_log_set_log_func.argtypes = (ctypes.c_void_p,)
+    lib.pj_log_set_log_func(log_func)
+    lib.pj_log_set_level(level)
     logger.info("pjsip log level now {}", level)
     return level
