@@ -11,6 +11,7 @@ own writes it (:mod:`plugins.cdr.writer`): nothing here blocks the loop.
 
 from __future__ import annotations
 
+import functools
 import socket
 import time
 import uuid
@@ -171,15 +172,16 @@ class CdrPlugin:
 
     @hookimpl
     def b2bua_call_ended(self, call: CallInfo, cause: EndCause, answered: Target | None) -> None:
-        record = self.finish(call, cause)
         if self.writer is not None:
-            self.writer.submit(record)  # a full queue counts it; the writer logs the drops
+            # the record is built on the writer thread (URI parsing, the id): the loop only notes
+            # the end; a full queue counts the record and the writer logs the drops
+            self.writer.submit(functools.partial(self.finish, call, self._trail(call), cause, self._wall(),
+                                                 self._mono()))
 
-    def finish(self, call: CallInfo, cause: EndCause) -> CallRecord:
-        """The call's record (and a DEBUG line with its fields as keys)."""
-        trail = call.stash.get(TRAIL) or self._trail(call)
-        record = trail.finish(call, cause, wall=self._wall(), mono=self._mono(), cdr_id=self._new_id(),
-                              node=self.node)
+    def finish(self, call: CallInfo, trail: CallTrail, cause: EndCause, wall: float, mono: float) -> CallRecord:
+        """The record of ``call``, which ended at ``wall``/``mono`` (and a DEBUG line with its
+        fields as keys). Runs on the writer thread; nothing changes the call or its trail by then."""
+        record = trail.finish(call, cause, wall=wall, mono=mono, cdr_id=self._new_id(), node=self.node)
         logger.bind(call_id=call.call_id).debug(
             "cdr: {code} {cause} by {hangup_by} after {attempts} attempt(s), billsec {billsec}",
             code=record.final_code, cause=record.end_cause, hangup_by=record.hangup_by,

@@ -1,9 +1,11 @@
 """Where records go after a call ends: a bounded queue, then the file and the database.
 
-The loop thread only puts a finished :class:`~plugins.cdr.record.CallRecord` into the queue
-(:meth:`RecordWriter.submit`, never blocking: when the queue is full the record is dropped and
-counted, and the writer logs the count, summed up). The writer thread appends each batch to the
-JSON-lines file and hands it to :class:`DatabaseWriter`, whose own thread inserts it: a database
+The loop thread only puts a finished call into the queue (:meth:`RecordWriter.submit`, never
+blocking: when the queue is full the record is dropped and counted, and the writer logs the
+count, summed up): a :class:`~plugins.cdr.record.CallRecord`, or a callable that builds one, so
+that parsing the call's URIs and making the record costs the writer thread, not the loop. The
+writer thread builds each batch, appends it to the JSON-lines file and hands it to
+:class:`DatabaseWriter`, whose own thread inserts it: a database
 that is slow, down or hanging never holds up the file, and its records wait in memory (bounded)
 and are retried with a growing delay, each failure streak logged once and summed up.
 """
@@ -15,7 +17,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeAlias
 
 from loguru import logger
 
@@ -31,6 +33,9 @@ REPORT_EVERY = 10.0
 MAX_RETRY = 60.0
 
 _STOP = object()
+
+#: what the loop hands over: a record, or a callable that builds it on the writer thread
+Pending: TypeAlias = CallRecord | Callable[[], CallRecord]
 
 
 class RecordFile(Protocol):
@@ -204,6 +209,7 @@ class RecordWriter:
         self.dropped = 0  #: records the full queue refused (loop thread)
         self.written = 0  #: records appended to the file
         self.file_failed = 0  #: records the file could not take
+        self.build_failed = 0  #: records that could not be built (a bug: logged with the traceback)
         self._dropped_reported = 0
         self._file_reported: float | None = None
         self._drops_reported_at: float | None = None
@@ -214,8 +220,9 @@ class RecordWriter:
         self._thread = threading.Thread(target=self._run, name="cdr-writer", daemon=True)
         self._thread.start()
 
-    def submit(self, record: CallRecord) -> bool:
-        """From the loop: queue ``record``; False (and counted) when the queue is full or closed."""
+    def submit(self, record: Pending) -> bool:
+        """From the loop: queue ``record`` (or what builds it); False (and counted) when the queue
+        is full or closed."""
         if self._closed:
             self.dropped += 1
             return False
@@ -236,7 +243,7 @@ class RecordWriter:
         out: dict[str, Any] = {
             "queued": self._queue.qsize(), "dropped": self.dropped,
             "file": str(self.file.path) if self.file is not None else None,
-            "written": self.written, "file_failed": self.file_failed,
+            "written": self.written, "file_failed": self.file_failed, "build_failed": self.build_failed,
         }
         db = self.database
         if db is not None:
@@ -245,15 +252,29 @@ class RecordWriter:
                     "db_last_error": db.last_error}
         return out
 
-    def step(self, batch: Sequence[CallRecord]) -> None:
+    def step(self, pending: Sequence[Pending]) -> None:
         """The writer thread's work for one batch (tests call it directly)."""
         now = self._clock()
+        batch = self._build(pending)
         if batch:
             if self.file is not None:
                 self._to_file(batch, now)
             if self.database is not None:
                 self.database.offer(batch)
         self._report_drops(now)
+
+    def _build(self, pending: Sequence[Pending]) -> list[CallRecord]:
+        records = []
+        for item in pending:
+            if isinstance(item, CallRecord):
+                records.append(item)
+                continue
+            try:
+                records.append(item())
+            except Exception:  # one bad record must not cost the batch
+                self.build_failed += 1
+                logger.opt(exception=True).error("cdr: a call record could not be built")
+        return records
 
     def _to_file(self, batch: Sequence[CallRecord], now: float) -> None:
         assert self.file is not None
@@ -277,9 +298,9 @@ class RecordWriter:
             self._dropped_reported = self.dropped
             logger.warning("cdr: {} call records dropped: the writer's queue was full ({} in all)", new, self.dropped)
 
-    def _take(self) -> tuple[list[CallRecord], bool]:
+    def _take(self) -> tuple[list[Pending], bool]:
         """Wait up to :data:`TICK` for records; take what is queued, up to :data:`BATCH`."""
-        batch: list[CallRecord] = []
+        batch: list[Pending] = []
         try:
             item = self._queue.get(timeout=TICK)
         except queue.Empty:
@@ -287,8 +308,7 @@ class RecordWriter:
         while True:
             if item is _STOP:
                 return batch, True
-            assert isinstance(item, CallRecord)
-            batch.append(item)
+            batch.append(item)  # type: ignore[arg-type]
             if len(batch) >= BATCH:
                 return batch, False
             try:

@@ -334,3 +334,18 @@ def test_threads_write_everything_before_close(tmp_path: Path, sqlite_url: str) 
         assert conn.execute(sa.text("SELECT count(*) FROM cdr")).scalar() == 200
     assert writer.stats()["dropped"] == 0
     assert not writer.submit(record(999))  # closed: refused and counted, never queued
+
+
+def test_records_built_on_the_writer_thread_and_a_broken_one_costs_only_itself(
+        tmp_path: Path, logged: list[tuple[str, str]]) -> None:
+    path = tmp_path / "cdr.jsonl"
+    writer = RecordWriter(JsonLinesFile(path), None, queue_size=10)
+
+    def broken() -> CallRecord:
+        raise KeyError("a bug")
+
+    writer.step([lambda: record(1), broken, record(3)])
+    assert [d["call_id"] for d in read_lines(path)] == ["call-1@example.com", "call-3@example.com"]
+    assert (writer.written, writer.build_failed) == (2, 1)
+    assert ("ERROR", "cdr: a call record could not be built") in logged
+    writer.close(timeout=0.1)
