@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,10 +84,11 @@ class Attempt:
     reason: str
     kind: str  #: "answered", a FailureKind value (response, no-response, cancelled ...) or "unfinished"
 
-    def to_json(self) -> dict[str, Any]:
+    def fields(self, moment: Callable[[float], Any]) -> dict[str, Any]:
+        """The attempt's fields, times as ``moment`` writes them, durations to the millisecond."""
         return {
             "attempt": self.attempt, "setid": self.setid, "destination": self.destination,
-            "request_uri": self.request_uri, "start_time": iso_utc(self.start_time),
+            "request_uri": self.request_uri, "start_time": moment(self.start_time),
             "duration": round(self.duration, 3), "code": self.code, "reason": self.reason, "kind": self.kind,
         }
 
@@ -123,24 +124,28 @@ class CallRecord:
     destination: str | None
     attempts: tuple[Attempt, ...]
 
-    def to_json(self) -> dict[str, Any]:
-        """The record as the JSON-lines file has it (times as ISO 8601 UTC)."""
+    def fields(self, moment: Callable[[float], Any]) -> dict[str, Any]:
+        """The call's fields but its attempts, times as ``moment`` writes them (None stays None),
+        durations to the millisecond: what the file and the SQL row share."""
         return {
             "cdr_id": self.cdr_id, "node": self.node, "call_id": self.call_id,
             "from_uri": self.from_uri, "from_user": self.from_user, "from_name": self.from_name,
             "to_uri": self.to_uri, "request_uri": self.request_uri, "callee": self.callee,
             "source_ip": self.source_ip, "source_port": self.source_port, "transport": self.transport,
-            "setup_time": iso_utc(self.setup_time),
-            "answer_time": iso_utc(self.answer_time) if self.answer_time is not None else None,
-            "end_time": iso_utc(self.end_time),
+            "setup_time": moment(self.setup_time),
+            "answer_time": moment(self.answer_time) if self.answer_time is not None else None,
+            "end_time": moment(self.end_time),
             "duration": round(self.duration, 3),
             "answer_delay": round(self.answer_delay, 3) if self.answer_delay is not None else None,
             "billsec": self.billsec, "billmsec": self.billmsec,
             "final_code": self.final_code, "final_reason": self.final_reason,
             "end_cause": self.end_cause, "hangup_by": self.hangup_by,
             "setid": self.setid, "destination": self.destination,
-            "attempts": [a.to_json() for a in self.attempts],
         }
+
+    def to_json(self) -> dict[str, Any]:
+        """The record as the JSON-lines file has it (times as ISO 8601 UTC)."""
+        return {**self.fields(iso_utc), "attempts": [a.fields(iso_utc) for a in self.attempts]}
 
 
 @dataclass(slots=True)

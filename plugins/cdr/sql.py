@@ -92,30 +92,12 @@ def utc(seconds: float) -> datetime.datetime:
 
 def call_row(r: CallRecord) -> dict[str, Any]:
     """The call table's row for ``r``."""
-    return {
-        "cdr_id": r.cdr_id, "node": r.node, "call_id": r.call_id,
-        "from_uri": r.from_uri, "from_user": r.from_user, "from_name": r.from_name,
-        "to_uri": r.to_uri, "request_uri": r.request_uri, "callee": r.callee,
-        "source_ip": r.source_ip, "source_port": r.source_port, "transport": r.transport,
-        "setup_time": utc(r.setup_time),
-        "answer_time": utc(r.answer_time) if r.answer_time is not None else None,
-        "end_time": utc(r.end_time),
-        "duration": round(r.duration, 3),
-        "answer_delay": round(r.answer_delay, 3) if r.answer_delay is not None else None,
-        "billsec": r.billsec, "billmsec": r.billmsec,
-        "final_code": r.final_code, "final_reason": r.final_reason,
-        "end_cause": r.end_cause, "hangup_by": r.hangup_by,
-        "setid": r.setid, "destination": r.destination, "attempts": len(r.attempts),
-    }
+    return {**r.fields(utc), "attempts": len(r.attempts)}
 
 
 def attempt_row(cdr_id: str, a: Attempt) -> dict[str, Any]:
     """The attempt table's row for attempt ``a`` of call ``cdr_id``."""
-    return {
-        "cdr_id": cdr_id, "attempt": a.attempt, "setid": a.setid, "destination": a.destination,
-        "request_uri": a.request_uri, "start_time": utc(a.start_time), "duration": round(a.duration, 3),
-        "code": a.code, "reason": a.reason, "kind": a.kind,
-    }
+    return {"cdr_id": cdr_id, **a.fields(utc)}
 
 
 def check_url(url: str, resolve_path: Callable[[str], Path]) -> str:
