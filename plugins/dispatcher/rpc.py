@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from b2bua.rpc import INVALID_PARAMS, RpcError, RpcRegistry
 from plugins.dispatcher.attrs import parse_attrs
 from plugins.dispatcher.hashing import ds_get_hash
+from plugins.dispatcher.latency import rpc_block
 from plugins.dispatcher.listfile import check_flags
 from plugins.dispatcher.model import Destination, state_letters
 from plugins.dispatcher.resolve import LoadError, Resolver, normalize_uri, parse_uri, resolve_destinations
@@ -121,7 +122,7 @@ def list_result(state: DispatcherState, mode: str = "", latency_stats: bool = Fa
                     "OBPROXY": a.obproxy,
                 }
             if latency_stats:
-                entry["LATENCY"] = _latency(rt.latency if rt is not None else None)
+                entry["LATENCY"] = rpc_block(rt.latency if rt is not None else None)
             entry["RUNTIME"] = {"DLGLOAD": rt.load if rt is not None else 0}
             targets.append({"DEST": entry})
         records.append({"SET": {"ID": setid, "TARGETS": targets}})
@@ -138,18 +139,6 @@ def _address(dest: Destination) -> dict[str, Any]:
     if dest.address is not None:
         ip, port, proto = dest.address
     return {"HOST": host, "IPADDR": ip, "PORT": port, "PROTO": proto}
-
-
-def _latency(stats: Any) -> dict[str, Any]:
-    if stats is None:
-        return {"AVG": 0.0, "STD": 0.0, "EST": 0.0, "MAX": 0.0, "TIMEOUT": 0}
-    return {
-        "AVG": round(float(stats.avg), 3),
-        "STD": round(float(stats.std), 3),
-        "EST": round(float(stats.est), 3),
-        "MAX": round(float(stats.max), 3),
-        "TIMEOUT": int(stats.timeout),
-    }
 
 
 def hash_result(nslots: int, val1: str, val2: str | None = None) -> dict[str, int]:
