@@ -148,7 +148,7 @@ def register_core_methods(
     registry.add("core.plugins", plugins, "Names of the loaded plugins.", on_loop=False)
     registry.add("system.listMethods", list_methods, "Names of all control methods.", on_loop=False)
     registry.add("system.methodHelp", method_help, "The help text of control method <name>.", on_loop=False)
-    # on the loop: a pjsip level change reconfigures pjsua
+    # on the loop: pjsip's log function and level belong to the thread that runs pjsip
     registry.add("core.log_level", log_level_method(logs or process_logs),
                  "The log level and pjsip's (0-5); with params, set them first: core.log_level DEBUG, "
                  "core.log_level INFO 4, core.log_level null 1 (pjsip's only).")

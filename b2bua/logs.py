@@ -71,11 +71,6 @@ class LogSinks:
         self.level = level
         self._add()
 
-    def remove(self) -> None:
-        for sink_id in self._ids:
-            logger.remove(sink_id)
-        self._ids.clear()
-
 
 #: the process's one set-up, kept here because loguru's sinks are process-wide too
 _sinks: LogSinks | None = None

@@ -223,8 +223,9 @@ class RecordWriter:
     def submit(self, record: Pending) -> bool:
         """From the loop: queue ``record`` (or what builds it); False (and counted) when the queue
         is full or closed."""
-        if self._closed:
+        if self._closed:  # a call that ended after b2bua_shutdown: rare, so each is logged
             self.dropped += 1
+            logger.warning("cdr: a call ended after the writer stopped: its record is lost")
             return False
         try:
             self._queue.put_nowait(record)
