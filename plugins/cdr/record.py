@@ -223,16 +223,16 @@ class CallTrail:
     def finish(self, call: CallInfo, cause: EndCause, *, wall: float, mono: float, cdr_id: str,
                node: str) -> CallRecord:
         """``b2bua_call_ended``: the call's record."""
-        answered = self.answer_mono is not None
+        answer_mono = self.answer_mono
         attempts = tuple(self._attempt(a, mono) for a in self.attempts)
-        final_code, final_reason = self._final(cause, attempts, answered)
-        if answered:
-            assert self.answer_mono is not None
-            billmsec = max(0, round((mono - self.answer_mono) * 1000))
-            answer_delay: float | None = max(0.0, self.answer_mono - call.started)
-            answer_time: float | None = self.setup_wall + answer_delay
-        else:
-            billmsec, answer_delay, answer_time = 0, None, None
+        final_code, final_reason = self._final(cause, attempts, answer_mono is not None)
+        billmsec = 0
+        answer_delay: float | None = None
+        answer_time: float | None = None
+        if answer_mono is not None:
+            billmsec = max(0, round((mono - answer_mono) * 1000))
+            answer_delay = max(0.0, answer_mono - call.started)
+            answer_time = self.setup_wall + answer_delay
         duration = max(0.0, mono - call.started)
         last = next((a for a in attempts if a.kind == ANSWERED), attempts[-1] if attempts else None)
         from_header = parse_name_addr(call.from_header) if call.from_header else None

@@ -22,10 +22,6 @@ CONNECT_TIMEOUT = 10
 #: the extra that installs each server's driver
 _DRIVER_EXTRAS = {"mysql": "mysql", "mariadb": "mysql", "postgresql": "postgresql"}
 
-#: a MariaDB/MySQL table takes the server's default character set (often latin1), which
-#: refuses a display name in Cyrillic or CJK: ours are created in UTF-8 whatever the default
-_UTF8 = {"mysql_charset": "utf8mb4", "mariadb_charset": "utf8mb4"}
-
 #: DATETIME keeps no fraction of a second on MariaDB/MySQL unless told to
 TIMESTAMP = sa.DateTime().with_variant(mysql.DATETIME(fsp=3), "mysql", "mariadb")
 
@@ -64,7 +60,9 @@ def cdr_tables(cdr_name: str = "cdr", attempts_name: str = "cdr_attempts",
         sa.Column("attempts", sa.SmallInteger, nullable=False),
         sa.Index(f"{cdr_name}_call_id_idx", "call_id"),
         sa.Index(f"{cdr_name}_setup_time_idx", "setup_time"),
-        **_UTF8,
+        # a MariaDB/MySQL table takes the server's default character set (often latin1), which
+        # refuses a display name in Cyrillic or CJK: ours are UTF-8 whatever the default
+        mysql_charset="utf8mb4", mariadb_charset="utf8mb4",
     )
     attempts = sa.Table(
         attempts_name, md,
@@ -79,7 +77,7 @@ def cdr_tables(cdr_name: str = "cdr", attempts_name: str = "cdr_attempts",
         sa.Column("code", sa.SmallInteger, nullable=True),
         sa.Column("reason", sa.String(REASON_MAX), nullable=False),
         sa.Column("kind", sa.String(16), nullable=False),
-        **_UTF8,
+        mysql_charset="utf8mb4", mariadb_charset="utf8mb4",
     )
     return calls, attempts
 
