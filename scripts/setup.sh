@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install what the B2BUA needs on a Debian machine, idempotently:
-#   Debian packages (compiler, swig; with --test also sipp and the database servers),
-#   a virtualenv in .venv with the project, and pjsua2 built from pjproject source (cached wheel).
+#   Debian packages (compiler, swig, the codec and resampler libraries pjsua2 links; with --test
+#   also sipp and the database servers), a virtualenv in .venv with the project, and pjsua2 built
+#   from pjproject source (cached wheel; rebuilt when scripts/build-pjsua2.sh's configuration changed).
 # Usage: scripts/setup.sh [--test]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,7 +11,8 @@ TEST=0
 [ "${1:-}" = "--test" ] && TEST=1
 say() { printf '[setup] %s\n' "$*" >&2; }
 
-packages=(build-essential dpkg-dev swig xz-utils ca-certificates)
+# libopus-dev (Opus), libbcg729-dev (G.729), libspeexdsp-dev (resampler): see scripts/build-pjsua2.sh
+packages=(build-essential dpkg-dev swig xz-utils ca-certificates libopus-dev libbcg729-dev libspeexdsp-dev)
 [ $TEST = 1 ] && packages+=(sip-tester mariadb-server mariadb-client postgresql)
 missing=()
 for p in "${packages[@]}"; do
@@ -37,12 +39,14 @@ say "installing the project into .venv"
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".$extras" 2>&1 | grep -v '^WARNING: Location' >&2 || true
 .venv/bin/python -c 'import pluggy, sqlalchemy, loguru' || { say "Python dependencies failed to install"; exit 1; }
 
-if ! .venv/bin/python - <<'PY' 2>/dev/null
-import ctypes, sys
-import pjsua2 as pj
-sys.exit(0 if "+b2bua" in __import__("importlib.metadata").metadata.version("pjsua2") else 1)
-PY
-then
+# The installed pjsua2 must be the one scripts/build-pjsua2.sh builds today: its version's local
+# label carries a hash of the build's configuration (codecs, call slots, source). Any other one
+# (PyPI's, or an older build) is replaced by the cached wheel of today's configuration, built first
+# if no checkout has built it yet.
+label=$(scripts/build-pjsua2.sh --key "$PWD/.venv/bin/python")
+installed=$(.venv/bin/python -c 'import importlib.metadata as m; print(m.version("pjsua2"))' 2>/dev/null || true)
+if [ "${installed#*+}" != "$label" ] || ! .venv/bin/python -c 'import pjsua2' 2>/dev/null; then
+  say "pjsua2 ${installed:-not installed}: want +$label"
   wheel=$(scripts/build-pjsua2.sh "$PWD/.venv/bin/python" | tail -n 1)
   say "installing $wheel"
   .venv/bin/python -m pip install -q --disable-pip-version-check --force-reinstall --no-deps "$wheel" 2>&1 | grep -v '^WARNING: Location' >&2 || true
