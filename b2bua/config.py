@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, Union
 
+from b2bua.codecs import check_entry
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on 3.10 only
@@ -185,7 +187,10 @@ class SipConfig:
     attempt_timeout: float = opt(5.0, "seconds a B leg may take to send any provisional (local 408)")
     answer_timeout: float = opt(60.0, "seconds a B leg may ring before it is given up (local 408)")
     user_agent: str = opt("b2bua", "User-Agent and Server header value")
-    codecs: tuple[str, ...] = opt(["PCMU/8000", "PCMA/8000"], "audio codecs offered, in order of preference")
+    codecs: tuple[str, ...] = opt(
+        ["PCMU/8000", "PCMA/8000"], "audio codecs offered and accepted on both legs, in order of preference: "
+        "NAME[/CLOCK[/CHANNELS]] of the build's codecs (PCMU, PCMA, G722, opus, G729); the others are off"
+    )
     rtp_port: int = opt(16000, "first RTP port; media uses 8 ports per call slot above it (16000-32383 by default)")
     session_timers: bool = opt(False, "offer RFC 4028 session timers on B legs")
     shutdown_grace: float = opt(10.0, "seconds to let calls finish on SIGTERM before hanging them up")
@@ -218,6 +223,21 @@ class SipConfig:
             raise ValueError("attempt_timeout and answer_timeout must be > 0")
         if self.overload_backlog < 0:
             raise ValueError("overload_backlog: must be 0 (off) or a number of bytes")
+        self._validate_media()
+
+    def _validate_media(self) -> None:
+        # the syntax only: which codecs exist is known once pjsua2 runs (b2bua.endpoint)
+        if not self.codecs:
+            raise ValueError("codecs: list at least one codec")
+        seen: set[str] = set()
+        for i, entry in enumerate(self.codecs):
+            try:
+                check_entry(entry)
+            except ValueError as exc:
+                raise ValueError(f"codecs[{i}]: {exc}") from exc
+            if entry.lower() in seen:
+                raise ValueError(f"codecs: {entry!r} is listed twice")
+            seen.add(entry.lower())
 
     @property
     def listeners(self) -> tuple[Listen, ...]:

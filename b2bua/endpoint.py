@@ -18,7 +18,8 @@ import pjsua2 as pj
 from loguru import logger
 
 from b2bua.api import ProbeResult
-from b2bua.config import Config, Listen
+from b2bua.codecs import display_id, priorities
+from b2bua.config import Config, ConfigError, Listen
 
 if TYPE_CHECKING:
     from b2bua.loop import Scheduler, Timer
@@ -136,6 +137,7 @@ class Endpoint:
         cfg.logConfig.consoleLevel = self.config.log.pjsip_level
         cfg.logConfig.decor = 0
         self.ep.libInit(cfg)
+        self._set_codecs(sip.codecs)  # before any listener: a misspelt codec stops the start
         self.slots = call_slots()
         needed = sip.max_calls * 2
         logger.info("pjsua2 {}: {} call slots", self.ep.libVersion().full, self.slots)
@@ -155,7 +157,6 @@ class Endpoint:
 
         self.ep.libStart()
         self.ep.audDevManager().setNullDev()
-        self._set_codecs(sip.codecs)
 
         acfg = pj.AccountConfig()
         first = sip.listeners[0]
@@ -189,12 +190,17 @@ class Endpoint:
         self.listeners.append(str(listen))
 
     def _set_codecs(self, codecs: Sequence[str]) -> None:
-        wanted = [c.lower() for c in codecs]
-        for info in self.ep.codecEnum2():
-            cid = info.codecId
-            name = cid.lower()
-            rank = next((i for i, w in enumerate(wanted) if name.startswith(w)), None)
-            self.ep.codecSetPriority(cid, 0 if rank is None else 250 - rank)
+        """Turn on exactly the ``[sip] codecs`` (in order), the rest off; a codec the build lacks is
+        a ConfigError naming the ones it has."""
+        available = [info.codecId for info in self.ep.codecEnum2()]
+        try:
+            ranks = priorities(codecs, available)
+        except ValueError as exc:
+            raise ConfigError(f"{self.config.where('sip')} codecs: {exc}") from None
+        for cid, priority in ranks.items():
+            self.ep.codecSetPriority(cid, priority)
+        offered = sorted((cid for cid, p in ranks.items() if p), key=lambda cid: -ranks[cid])
+        logger.info("codecs: {}", ", ".join(display_id(cid) for cid in offered))
 
     def poll(self, timeout: float) -> None:
         """Handle pjsip events for at most ``timeout`` seconds."""
