@@ -129,6 +129,7 @@ class Session:
         prm.txOption.localUri = request.from_uri
         prm.opt.audioCount = 1
         prm.opt.videoCount = 0
+        prm.opt.textCount = 0  # no T.140 stream: only what the caller can be bridged to
         # a Call-ID of our own: the caller's never reaches a gateway (topology hiding), and
         # whatever bytes it holds never reach pjsua2
         prm.opt.customCallId = secrets.token_hex(12)
