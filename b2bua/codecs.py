@@ -15,6 +15,9 @@ from collections.abc import Iterable, Sequence
 TOP_PRIORITY = 250
 _ENTRY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.+_-]*(/[0-9]+(/[0-9]+)?)?$")
 #: names people write for things that are not codecs pjsua lists
+#: RFC 3551's static audio payload types, for offers without an rtpmap
+STATIC_PAYLOADS = {"0": "PCMU/8000", "3": "GSM/8000", "4": "G723/8000", "8": "PCMA/8000", "9": "G722/8000",
+                   "18": "G729/8000"}
 _NOT_CODECS = {"telephone-event": "RFC 4733 DTMF (telephone-event) is not a codec here: it is always offered"}
 
 
@@ -58,21 +61,17 @@ def priorities(entries: Sequence[str], available: Iterable[str]) -> dict[str, in
 
 
 def describe_offer(sdp: str) -> list[str]:
-    """The audio formats an SDP offers, as ``name/clock`` (rtpmap) or the static payload number.
+    """The audio codecs an SDP offers, as ``name/clock`` (its rtpmap, else the static payload
+    type's name, else ``payload N``), telephone-event left out.
 
     For the log line of a call refused with 488: which codecs the caller wanted.
     """
-    formats: list[str] = []
-    names: dict[str, str] = {}
-    for line in sdp.splitlines():
-        line = line.strip()
+    lines = [line.strip() for line in sdp.splitlines()]
+    names = {}
+    for line in lines:
         if line.startswith("a=rtpmap:"):
             pt, _, name = line[len("a=rtpmap:"):].partition(" ")
             names[pt] = name.strip()
-    for line in sdp.splitlines():
-        line = line.strip()
-        if line.startswith("m=audio "):
-            formats += line.split()[3:]
-    static = {"0": "PCMU/8000", "3": "GSM/8000", "4": "G723/8000", "8": "PCMA/8000", "9": "G722/8000",
-              "18": "G729/8000"}
-    return [names.get(pt) or static.get(pt) or f"payload {pt}" for pt in formats]
+    formats = [pt for line in lines if line.startswith("m=audio ") for pt in line.split()[3:]]
+    described = (names.get(pt) or STATIC_PAYLOADS.get(pt) or f"payload {pt}" for pt in formats)
+    return [name for name in described if not name.lower().startswith("telephone-event/")]

@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Any
 import pjsua2 as pj
 from loguru import logger
 
+from b2bua import sip as sip_text
 from b2bua.api import ProbeResult
-from b2bua.codecs import display_id, priorities
+from b2bua.codecs import describe_offer, display_id, priorities
 from b2bua.config import Config, ConfigError, Listen
 
 if TYPE_CHECKING:
@@ -46,12 +47,29 @@ class PjLogWriter(pj.LogWriter):  # type: ignore[misc]
             level = _PJ_LEVELS.get(entry.level, "DEBUG")
             msg = entry.msg.rstrip()
             # keepalives still in flight end inside libDestroy, after the account is gone, and
-            # pjsua2 reports each as an error: expected at shutdown, so not one
-            if self.closing and "cannot find Account instance" in msg:
+            # pjsua2 reports each as an error: expected at shutdown, so not one. An INVITE pjsua
+            # refuses itself (488: no codec in common) gets one line with its Call-ID and codecs
+            # from Endpoint._on_rejected: pjsip's own would be an ERROR per call without either.
+            if (self.closing and "cannot find Account instance" in msg) or msg.startswith(
+                    "Request verification failed"):
                 level = "DEBUG"
             logger.opt(depth=0).bind(call_id="pjsip").log(level, msg)
         except Exception:  # never let an exception cross into C++
             pass
+
+
+class _PjEndpoint(pj.Endpoint):  # type: ignore[misc]
+    """``pj.Endpoint`` with the one endpoint-level callback we use."""
+
+    def __init__(self, on_rejected: Callable[[Any], None]) -> None:
+        super().__init__()
+        self._on_rejected = on_rejected
+
+    def onRejectedIncomingCall(self, prm: pj.OnRejectedIncomingCallParam) -> None:
+        try:
+            self._on_rejected(prm)
+        except Exception:  # never let an exception cross into C++
+            logger.opt(exception=True).error("rejected call handler failed")
 
 
 def _pjlib() -> ctypes.CDLL:
@@ -99,7 +117,7 @@ class Endpoint:
     def __init__(self, config: Config, scheduler: Scheduler, on_incoming: Callable[[Any], None]) -> None:
         self.config = config
         self.scheduler = scheduler
-        self.ep = pj.Endpoint()
+        self.ep = _PjEndpoint(self._on_rejected)
         self.account: LocalAccount | None = None
         self._log_writer: PjLogWriter | None = None
         self._on_incoming = on_incoming
@@ -201,6 +219,19 @@ class Endpoint:
             self.ep.codecSetPriority(cid, priority)
         offered = sorted((cid for cid, p in ranks.items() if p), key=lambda cid: -ranks[cid])
         logger.info("codecs: {}", ", ".join(display_id(cid) for cid in offered))
+
+    def _on_rejected(self, prm: pj.OnRejectedIncomingCallParam) -> None:
+        """pjsua answered an INVITE itself, before any call state (488: no codec in common)."""
+        raw = prm.rdata.wholeMsg or ""
+        head, _, body = raw.partition("\r\n\r\n")
+        call_id = sip_text.parse_message(head)[1].get("call-id", ("-",))[0]
+        log = logger.bind(call_id=sip_text.printable(call_id, 100))
+        if prm.statusCode == 488:
+            offered = sip_text.printable(", ".join(describe_offer(body))) or "no audio"
+            log.info("refused: 488 Not Acceptable Here: the caller offers {}; [sip] codecs are {}",
+                     offered, ", ".join(self.config.sip.codecs))
+        else:
+            log.info("refused by pjsua: {} {}", prm.statusCode, sip_text.printable(prm.reason))
 
     def poll(self, timeout: float) -> None:
         """Handle pjsip events for at most ``timeout`` seconds."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from b2bua.codecs import TOP_PRIORITY, display_id, matches, priorities
+from b2bua.codecs import TOP_PRIORITY, describe_offer, display_id, matches, priorities
 from b2bua.config import ConfigError, parse_config
 
 #: what scripts/build-pjsua2.sh's module lists (pjsua's codec ids)
@@ -76,3 +76,13 @@ def test_the_config_checks_the_entries(codecs: list[str], message: str) -> None:
 
 def test_the_default_is_g711() -> None:
     assert parse_config({}).sip.codecs == ("PCMU/8000", "PCMA/8000")
+
+
+def test_describe_offer_names_the_audio_codecs_of_an_sdp() -> None:
+    sdp = ("v=0\r\no=- 1 1 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\n"
+           "m=audio 4000 RTP/AVP 9 3 96 101 18 120\r\na=rtpmap:96 opus/48000/2\r\n"
+           "a=rtpmap:101 telephone-event/8000\r\na=rtpmap:18 G729/8000\r\n"
+           "m=video 4002 RTP/AVP 97\r\na=rtpmap:97 H264/90000\r\n")
+    assert describe_offer(sdp) == ["G722/8000", "GSM/8000", "opus/48000/2", "G729/8000", "payload 120"]
+    assert describe_offer("") == []
+    assert describe_offer("m=video 4002 RTP/AVP 97\r\n") == []
