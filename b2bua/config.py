@@ -149,6 +149,8 @@ def parse_section(cls: type[C], data: Mapping[str, Any], where: str) -> C:
 # -- Sections ----------------------------------------------------------------------------------
 
 TRANSPORTS = ("udp", "tcp")
+#: conference bridge rates offered (each is also an Opus sample rate)
+CLOCK_RATES = (8000, 16000, 48000)
 
 
 @dataclass(frozen=True)
@@ -191,6 +193,10 @@ class SipConfig:
         ["PCMU/8000", "PCMA/8000"], "audio codecs offered and accepted on both legs, in order of preference: "
         "NAME[/CLOCK[/CHANNELS]] of the build's codecs (PCMU, PCMA, G722, opus, G729); the others are off"
     )
+    clock_rate: int = opt(
+        8000, "sample rate of the bridge between the legs: 8000 (G.711 is never resampled; wideband calls "
+        "are bridged narrowband) or 16000 (G.722/Opus stay wideband end to end; G.711 legs are resampled)"
+    )
     rtp_port: int = opt(16000, "first RTP port; media uses 8 ports per call slot above it (16000-32383 by default)")
     session_timers: bool = opt(False, "offer RFC 4028 session timers on B legs")
     shutdown_grace: float = opt(10.0, "seconds to let calls finish on SIGTERM before hanging them up")
@@ -227,6 +233,8 @@ class SipConfig:
 
     def _validate_media(self) -> None:
         # the syntax only: which codecs exist is known once pjsua2 runs (b2bua.endpoint)
+        if self.clock_rate not in CLOCK_RATES:
+            raise ValueError(f"clock_rate: {self.clock_rate} is not one of {', '.join(map(str, CLOCK_RATES))}")
         if not self.codecs:
             raise ValueError("codecs: list at least one codec")
         seen: set[str] = set()

@@ -368,6 +368,9 @@ class Peer:
         call.connected.add(slot)
         if self.source is not None:
             self.source.startTransmit(aud)
+        # our (null) speaker plays every call, as a phone's would: the bridge reads a call's audio
+        # only when it goes somewhere, and its jitter buffer counters mean something only then
+        aud.startTransmit(self.ep.audDevManager().getPlaybackDevMedia())
         if self.args.echo:
             aud.startTransmit(aud)
         if self.record_dir is not None:
@@ -597,7 +600,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ip", required=True)
     p.add_argument("--port", type=int, required=True, help="SIP (UDP) port")
     p.add_argument("--rtp-port", type=int, required=True, help="first RTP port")
-    p.add_argument("--rtp-range", type=int, default=200, help="RTP ports pjsua may try above --rtp-port")
+    p.add_argument("--rtp-range", type=int, default=0, help="RTP ports pjsua may try above --rtp-port "
+                   "(default: 4 per call slot, at least 200)")
     p.add_argument("--events", required=True, help="JSON-lines event file")
     p.add_argument("--log", default="", help="pjsip log file")
     p.add_argument("--log-level", type=int, default=4, help="pjsip log level (4 logs SIP messages)")
@@ -616,6 +620,7 @@ def main(argv: list[str] | None = None) -> int:
         parse_behaviour(args.answer)
     except ValueError as exc:
         p.error(str(exc))
+    args.rtp_range = args.rtp_range or max(200, 4 * args.max_calls)
     with open(args.events, "a", encoding="utf-8") as out:
         events = Events(out)
         peer = Peer(args, events)

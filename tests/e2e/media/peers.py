@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from ..harness import HarnessError, _child_env, _tail, _wait_exit, free_port
+from .tones import ToneReport, analyse_wav
 
 PEER_SCRIPT = Path(__file__).resolve().with_name("peer.py")
 Event = dict[str, Any]
@@ -49,6 +50,8 @@ Event = dict[str, Any]
 READY_TIMEOUT = 20.0
 #: how long a SIP exchange through the B2BUA may take on a loaded test host
 SIGNAL_TIMEOUT = 10.0
+#: what a call's first moments hold (jitter buffers filling) is not judged
+SETTLE = 0.3
 
 
 @dataclass(frozen=True)
@@ -292,6 +295,19 @@ class MediaPeer:
             return None
         event = self.wait_for("recorded", timeout, call=call, what=f"recording of call {call}")
         return Path(event["path"])
+
+    def heard(self, call: int, *, from_answer: bool = True) -> ToneReport | None:
+        """What this peer heard in ``call`` (after it ended): from the answer on, or from its first
+        audio (early media included); the first `SETTLE` seconds left out. None: no audio at all."""
+        recording = self.recording(call)
+        if recording is None:
+            return None
+        skip = SETTLE
+        if from_answer:  # the recording starts with the call's first media, maybe early media
+            first_media = min(e["t"] for e in self.events("media", call))
+            answered = [e["t"] for e in self.events("state", call) if e["state"] == "CONFIRMED"]
+            skip += max(0.0, answered[0] - first_media) if answered else 0.0
+        return analyse_wav(recording, skip=skip)
 
     def incoming(self) -> list[Event]:
         """The INVITEs that reached this peer, in order."""

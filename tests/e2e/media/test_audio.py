@@ -9,50 +9,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..configs import ListEntry, RunningB2bua, start_b2bua
+from ..configs import ListEntry, start_b2bua
 from ..conftest import B2buaFactory
 from ..harness import AddressAllocator
 from .conftest import MediaPeerFactory
-from .peers import MediaPeer, Talk
-from .tones import analyse_wav
-
-CALLER_HZ = 1300.0
-GATEWAY_HZ = (440.0, 880.0, 660.0)
-#: the jitter buffers fill during the first moments of a call: not judged
-SKIP = 0.3
-#: how clean "only this gateway" must be: a second gateway's audio mixed in at anything but a
-#: whisper takes the tone under this share of the energy (two equal tones: 50 %)
-ONLY = 0.8
-TALK_SECONDS = 1.5
-
-
-def b2bua_uri(b2b: RunningB2bua, user: str = "media") -> str:
-    return f"sip:{user}@{b2b.ip}:{b2b.port}"
-
-
-def heard_after_answer(talk: Talk, peer: MediaPeer) -> str:
-    """What ``peer`` heard in ``talk`` from the answer on (early media, if any, left out)."""
-    assert talk.recording is not None, f"{peer.name}: the call had no audio ({talk.ended})"
-    return describe_from_answer(peer, talk.number, talk.recording)
-
-
-def describe_from_answer(peer: MediaPeer, number: int, recording: Path) -> str:
-    return analyse_from_answer(peer, number, recording).describe()
-
-
-def analyse_from_answer(peer: MediaPeer, number: int, recording: Path):
-    """The recording of call ``number`` from its answer on; the recording starts at its first media."""
-    first_media = min(e["t"] for e in peer.events("media", number))
-    answered = next(e["t"] for e in peer.events("state", number) if e["state"] == "CONFIRMED")
-    return analyse_wav(recording, skip=max(0.0, answered - first_media) + SKIP)
-
-
-def assert_heard(peer: MediaPeer, number: int, hz: float, *, only: bool = True) -> None:
-    recording = peer.recording(number)
-    assert recording is not None, f"{peer.name} call {number}: no audio at all"
-    report = analyse_from_answer(peer, number, recording)
-    assert report.is_tone(hz, min_share=ONLY if only else 0.5), (
-        f"{peer.name} call {number} should hear {hz:g} Hz, heard {report.describe()}")
+from .expect import CALLER_HZ, GATEWAY_HZ, TALK_SECONDS, assert_heard, b2bua_uri
+from .peers import MediaPeer
 
 
 def answering_gateway(gateways: list[MediaPeer], before: list[int]) -> tuple[MediaPeer, int]:

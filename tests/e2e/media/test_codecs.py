@@ -17,8 +17,8 @@ from ..configs import ListEntry, b2bua_config, start_b2bua
 from ..conftest import B2buaFactory
 from ..harness import AddressAllocator, B2buaProcess, HarnessError, free_port
 from .conftest import MediaPeerFactory
+from .expect import CALLER_HZ, GATEWAY_HZ, TALK_SECONDS, assert_heard, b2bua_uri
 from .peers import MediaPeer
-from .test_audio import CALLER_HZ, GATEWAY_HZ, TALK_SECONDS, assert_heard, b2bua_uri
 
 WIDEBAND = ["G722/16000", "opus/48000/2", "PCMU/8000"]
 
@@ -106,3 +106,25 @@ def test_a_codec_the_build_lacks_stops_the_start(workdir: Path, addresses: Addre
     log = (workdir / "b2bua.log").read_text()
     assert ("config.toml: [sip] codecs: 'G729a' is not a codec of this pjsua2 build (available: PCMU/8000, "
             "PCMA/8000, G722/16000, opus/48000/2, G729/8000") in log, log
+
+
+@pytest.mark.parametrize(("clock_rate", "wideband"), [(8000, False), (16000, True)])
+def test_the_bridge_clock_rate_decides_whether_wideband_survives(
+        media_peer_factory: MediaPeerFactory, b2bua_factory: B2buaFactory, workdir: Path,
+        addresses: AddressAllocator, clock_rate: int, wideband: bool) -> None:
+    # 6 kHz: G.722 carries it (up to 7 kHz), a narrowband bridge cannot (up to 4 kHz)
+    high = 6000.0
+    gw = media_peer_factory(name="gw-g722", tone=GATEWAY_HZ[0], codecs=["G722"], clock_rate=16000)
+    b2b = start_b2bua(b2bua_factory, workdir, addresses.next(), [ListEntry(1, gw.uri)],
+                      sip={"codecs": ["G722", "PCMU"], "clock_rate": clock_rate})
+    phone = media_peer_factory(name="phone-g722", tone=high, codecs=["G722"], clock_rate=16000)
+    talk = phone.talk(b2bua_uri(b2b), TALK_SECONDS)
+    assert talk.code == 200, talk.ended
+    assert active_codecs(phone, talk.number) == active_codecs(gw, 1) == {"G722"}
+    assert_heard(phone, talk.number, GATEWAY_HZ[0])
+    report = gw.heard(1)
+    assert report is not None
+    if wideband:
+        assert report.is_tone(high), report.describe()
+    else:
+        assert report.silent, report.describe()

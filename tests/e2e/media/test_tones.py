@@ -12,9 +12,10 @@ from .tones import (
     SILENCE_DBFS,
     analyse,
     analyse_wav,
-    onset,
+    burst_onsets,
     read_wav,
     rms_dbfs,
+    round_trips,
     sine,
     timeline,
     tone_runs,
@@ -119,12 +120,13 @@ def test_a_timeline_shows_what_came_when() -> None:
     assert runs == [(None, 2), (440.0, 5), (880.0, 5)]
 
 
-def test_onset_finds_the_start_of_a_burst() -> None:
+def test_burst_onsets_find_the_start_of_a_burst() -> None:
     rate = 8000
     signal = np.concatenate([np.zeros(2000), sine(1000, 0.05, rate), np.zeros(1000)])
-    start = onset(signal, rate)
-    assert start is not None and abs(start - 0.25) <= 0.002
-    assert onset(np.zeros(4000), rate) is None
+    (start,) = burst_onsets(signal, rate)
+    assert abs(start - 0.25) <= 0.002
+    assert burst_onsets(np.zeros(4000), rate) == []
+    assert burst_onsets(sine(1000, 0.1, rate), rate) == [0.0]  # loud from the first sample
 
 
 def test_levels() -> None:
@@ -132,3 +134,20 @@ def test_levels() -> None:
     assert rms_dbfs(np.array([])) == -120.0
     assert abs(rms_dbfs(sine(440, 1.0, 8000, dbfs=-20)) + 20) < 0.05
     assert SILENCE_DBFS < -40
+
+
+def test_round_trips_pair_each_burst_with_its_echo() -> None:
+    # a 30 ms burst every 0.5 s, and its echo 87 ms later, 6 dB weaker: the mix one recording holds
+    rate = 8000
+    signal = np.zeros(rate * 2)
+    burst = sine(1000, 0.03, rate)
+    for k in range(4):
+        start = round(k * 0.5 * rate)
+        echo = start + round(0.087 * rate)
+        signal[start: start + burst.size] += burst
+        signal[echo: echo + burst.size] += burst / 2
+    onsets = burst_onsets(signal, rate)
+    assert len(onsets) == 8
+    trips = round_trips(onsets, period=0.5)
+    assert len(trips) == 4 and all(abs(t - 0.087) <= 0.002 for t in trips), trips
+    assert burst_onsets(np.zeros(100), rate) == []

@@ -15,6 +15,7 @@ Pure numpy; no pjsua2. Used by the e2e tests and ``bench/media.py``.
 
 from __future__ import annotations
 
+import itertools
 import wave
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -165,16 +166,21 @@ def tone_runs(reports: Sequence[ToneReport], candidates: Sequence[float], *,
     return runs
 
 
-def onset(samples: Samples, rate: int, *, threshold_dbfs: float = -30.0, window: float = 0.002) -> float | None:
-    """Seconds from the start to the first ``window`` louder than ``threshold_dbfs``; None if never.
-
-    For latency: the same burst's onset in what was sent and in what came back.
-    """
+def burst_onsets(samples: Samples, rate: int, *, threshold_dbfs: float = -30.0, window: float = 0.002) -> list[float]:
+    """Seconds at which the signal rises above ``threshold_dbfs`` (``window``-second blocks): each
+    burst's start. For latency: a burst and its echo mixed in one recording are two onsets."""
     step = max(1, round(window * rate))
     usable = samples.size - samples.size % step
     if usable == 0:
-        return None
+        return []
     blocks = samples[:usable].reshape(-1, step)
-    power = np.mean(blocks * blocks, axis=1)
-    loud = np.nonzero(power > 10 ** (threshold_dbfs / 10))[0]
-    return float(loud[0] * step / rate) if loud.size else None
+    loud = np.mean(blocks * blocks, axis=1) > 10 ** (threshold_dbfs / 10)
+    rising = np.nonzero(loud[1:] & ~loud[:-1])[0] + 1
+    starts = ([0] if loud[0] else []) + rising.tolist()
+    return [i * step / rate for i in starts]
+
+
+def round_trips(onsets: Sequence[float], period: float) -> list[float]:
+    """Delays between each burst and its echo, from :func:`burst_onsets` of a recording that mixes
+    bursts sent every ``period`` seconds with their echo: gaps under half a period."""
+    return [b - a for a, b in itertools.pairwise(onsets) if b - a < period / 2]
