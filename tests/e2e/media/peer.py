@@ -28,13 +28,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import gc
 import heapq
 import itertools
 import json
+import os
 import queue
 import re
 import signal
+import stat
 import sys
 import threading
 import time
@@ -142,6 +145,8 @@ class Peer:
 
     def start(self) -> None:
         a = self.args
+        with contextlib.suppress(OSError, AttributeError):  # the banner libCreate prints before any config
+            ctypes.CDLL(pj._pjsua2.__file__).pj_log_set_level(0)
         self.ep.libCreate()
         cfg = pj.EpConfig()
         cfg.uaConfig.threadCnt = 0
@@ -247,7 +252,10 @@ class Peer:
         for line in sys.stdin:
             if line.strip():
                 self.commands.put(line)
-        self.commands.put(None)
+        # the end of a pipe means whoever drove us is gone: stop rather than linger as an orphan;
+        # /dev/null (a shell's background job) ends at once and means nothing
+        if stat.S_ISFIFO(os.fstat(sys.stdin.fileno()).st_mode):
+            self.commands.put(None)
 
     def later(self, delay: float, fn: Callable[[], None]) -> None:
         heapq.heappush(self.timers, (time.monotonic() + delay, next(self.timer_seq), fn))

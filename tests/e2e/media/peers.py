@@ -87,11 +87,12 @@ class MediaPeer:
     # -- start and stop ---------------------------------------------------------------------------
 
     @classmethod
-    def start(cls, workdir: Path, ip: str, *, name: str, answer: str = "answer", tone: float | str | None = None,
+    def start(cls, workdir: Path, ip: str, *, name: str, port: int | None = None, answer: str = "answer",
+              tone: float | str | None = None,
               play: Path | None = None, codecs: Sequence[str] = (), clock_rate: int = 8000, record: bool = True,
               record_self: bool = False, echo: bool = False, max_calls: int = 32, log_level: int = 4,
               stats_interval: float = 0.5, ready_timeout: float = READY_TIMEOUT) -> MediaPeer:
-        """Start a peer on ``ip`` (free SIP and RTP ports) and wait for its ``ready`` event.
+        """Start a peer on ``ip`` (a free SIP port unless ``port``; free RTP ports) and wait until ready.
 
         :param answer: what it does with an incoming INVITE: ``answer``, ``ring``,
             ``ring-then-answer:<s>``, ``early`` (183 with SDP, its tone as early media),
@@ -108,9 +109,9 @@ class MediaPeer:
         if not PEER_SCRIPT.exists():
             raise HarnessError(f"{PEER_SCRIPT} is missing")
         for attempt in range(5):
-            port = free_port(ip, "udp")
+            sip_port = port or free_port(ip, "udp")
             rtp_port = free_port(ip, "udp") & ~1
-            peer = cls._launch(workdir, ip, port, rtp_port, name=name, answer=answer, tone=tone, play=play,
+            peer = cls._launch(workdir, ip, sip_port, rtp_port, name=name, answer=answer, tone=tone, play=play,
                                codecs=codecs, clock_rate=clock_rate, record=record, record_self=record_self,
                                echo=echo, max_calls=max_calls, log_level=log_level, stats_interval=stats_interval)
             try:
@@ -120,7 +121,8 @@ class MediaPeer:
                 errors = [e["message"] for e in peer.events("error")]
                 peer.stop(timeout=2.0)
                 # another process took the port between our probe and its bind: try another
-                if attempt < 4 and any("Address already in use" in m or "EADDRINUSE" in m for m in errors):
+                if attempt < 4 and port is None and any("Address already in use" in m or "EADDRINUSE" in m
+                                                        for m in errors):
                     continue
                 raise
         raise HarnessError(f"peer {name}: no free port on {ip} after 5 attempts")  # pragma: no cover

@@ -10,9 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..configs import ListEntry, start_b2bua
-from ..conftest import B2buaFactory
+from ..conftest import B2buaFactory, MediaPeerFactory
 from ..harness import AddressAllocator
-from .conftest import MediaPeerFactory
 from .expect import CALLER_HZ, GATEWAY_HZ, TALK_SECONDS, assert_heard, b2bua_uri
 from .peers import MediaPeer
 

@@ -14,9 +14,8 @@ from pathlib import Path
 import pytest
 
 from ..configs import ListEntry, b2bua_config, start_b2bua
-from ..conftest import B2buaFactory
+from ..conftest import B2buaFactory, MediaPeerFactory
 from ..harness import AddressAllocator, B2buaProcess, HarnessError, free_port
-from .conftest import MediaPeerFactory
 from .expect import CALLER_HZ, GATEWAY_HZ, TALK_SECONDS, assert_heard, b2bua_uri
 from .peers import MediaPeer
 

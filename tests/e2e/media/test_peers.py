@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from .conftest import MediaPeerFactory
+from ..conftest import MediaPeerFactory
 from .expect import CALLER_HZ, GATEWAY_HZ, assert_heard
 from .peers import MediaPeer
 from .tones import analyse_wav, read_wav, timeline, tone_runs

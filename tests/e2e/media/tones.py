@@ -10,12 +10,14 @@ the dominant frequency (parabolic interpolation between bins, so better than a b
 how much of the signal's energy lies within a few hertz of it. :func:`timeline` does the same per
 window, for "first this tone, then that one" (early media, hold).
 
-Pure numpy; no pjsua2. Used by the e2e tests and ``bench/media.py``.
+Pure numpy; no pjsua2. Used by the e2e tests and ``bench/media.py``; by hand,
+``python tones.py FILE.wav...`` says what each recording holds.
 """
 
 from __future__ import annotations
 
 import itertools
+import sys
 import wave
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -184,3 +186,11 @@ def round_trips(onsets: Sequence[float], period: float) -> list[float]:
     """Delays between each burst and its echo, from :func:`burst_onsets` of a recording that mixes
     bursts sent every ``period`` seconds with their echo: gaps under half a period."""
     return [b - a for a, b in itertools.pairwise(onsets) if b - a < period / 2]
+
+
+if __name__ == "__main__":
+    for name in sys.argv[1:] or ["-h"]:
+        if name in ("-h", "--help"):
+            print("usage: tones.py FILE.wav...   (what each recording holds, its first 0.3 s left out)")
+            break
+        print(f"{name}: {analyse_wav(name, skip=0.3).describe()}")
