@@ -14,10 +14,10 @@ from collections.abc import Iterable, Sequence
 #: pjsua's highest codec priority; entries get 250, 249, ... in the order listed
 TOP_PRIORITY = 250
 _ENTRY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.+_-]*(/[0-9]+(/[0-9]+)?)?$")
-#: names people write for things that are not codecs pjsua lists
 #: RFC 3551's static audio payload types, for offers without an rtpmap
 STATIC_PAYLOADS = {"0": "PCMU/8000", "3": "GSM/8000", "4": "G723/8000", "8": "PCMA/8000", "9": "G722/8000",
                    "18": "G729/8000"}
+#: names people write for things that are not codecs pjsua lists
 _NOT_CODECS = {"telephone-event": "RFC 4733 DTMF (telephone-event) is not a codec here: it is always offered"}
 
 
@@ -67,7 +67,7 @@ def describe_offer(sdp: str) -> list[str]:
     For the log line of a call refused with 488: which codecs the caller wanted.
     """
     lines = [line.strip() for line in sdp.splitlines()]
-    names = {}
+    names: dict[str, str] = {}
     for line in lines:
         if line.startswith("a=rtpmap:"):
             pt, _, name = line[len("a=rtpmap:"):].partition(" ")

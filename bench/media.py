@@ -43,22 +43,12 @@ from e2e.configs import ListEntry, b2bua_config, write_list_file  # noqa: E402
 from e2e.harness import B2buaProcess, HarnessError, free_port  # noqa: E402
 from e2e.media.peers import MediaPeer  # noqa: E402
 from e2e.media.tones import burst_onsets, read_wav, round_trips  # noqa: E402
+from load import cpu_seconds, rss_mb  # noqa: E402 - bench/load.py, this script's neighbour
 
 B2BUA_IP, CALLER_IP, GATEWAY_IP, PROBE_IP, ECHO_IP = (f"127.0.0.{x}" for x in (60, 61, 62, 63, 64))
-TICKS = os.sysconf("SC_CLK_TCK")
-PAGE = os.sysconf("SC_PAGE_SIZE")
 #: the probe's bursts: 10 ms of 1 kHz every second (an echo later than that is a burst of its own)
 BURST = "1000:10:990"
 BURST_PERIOD = 1.0
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
-
-
-def rss_mb(pid: int) -> float:
-    return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE / 1e6
 
 
 @dataclass

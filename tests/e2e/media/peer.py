@@ -106,7 +106,19 @@ class PeerCall(pj.Call):  # type: ignore[misc]
         self.record_path = ""
         self.connected: set[int] = set()  # conference slots of this call's audio we wired up
         self.stats: dict[str, Any] = {}
-        self.dtmf_started: dict[str, float] = {}
+
+    def release(self) -> None:
+        """Delete the pjsua2 side now (as b2bua.legs.Leg.release does): ~Call hangs up whatever
+        call holds the slot, so a slot pjsua already gave to a newer call is left alone."""
+        if "this" not in self.__dict__:
+            return
+        _alive.discard(self)
+        cid = self.getId()
+        if cid >= 0 and pj.Call.lookup(cid) is not self and self.isActive():
+            self.this.disown()
+        else:
+            pj.Call.__swig_destroy__(self)
+        del self.this
 
     def onCallState(self, prm: pj.OnCallStateParam) -> None:
         self.peer.guard(self.peer.on_state, self)
@@ -275,9 +287,8 @@ class Peer:
                 # the conference bridge closes the file a moment later, on its own thread
                 call.recorder = None
                 self.closing.append((call.number, call.record_path, time.monotonic() + 5.0))
-        if self.finished:
-            self.finished.clear()
-            gc.collect()
+            call.release()
+        self.finished.clear()
         for item in list(self.closing):
             number, path, deadline = item
             complete = _wav_complete(path)
@@ -301,8 +312,7 @@ class Peer:
         self.source = None
         gc.collect()
         for call in list(_alive):  # a pjsua2 Call deleted after libDestroy aborts the process
-            pj.Call.__swig_destroy__(call)
-            del call.this
+            call.release()
         self.ep.libDestroy()
 
     # -- incoming calls ---------------------------------------------------------------------------
