@@ -12,11 +12,14 @@
 # sources, so each comes from a Debian library; a codec that does not end up in the module is a
 # build error, never a silent omission.
 #
+# Patches: scripts/pjproject-patches/*.patch are applied in order (fixes for crashes we hit that
+# upstream fixed after the release we build; each says which).
+#
 # The wheel's version is <pjproject>+b2bua<max calls>.h<key>, the key a hash of everything that
-# shapes the build (config_site.h, configure options, source). `--key` prints that local version
-# label without building: scripts/setup.sh compares it with the installed wheel, so a change here
-# rebuilds once (the cache is shared by every checkout) and older wheels stay in the cache for
-# checkouts that have not caught up yet.
+# shapes the build (config_site.h, configure options, patches, source). `--key` prints that local
+# version label without building: scripts/setup.sh compares it with the installed wheel, so a
+# change here rebuilds once (the cache is shared by every checkout) and older wheels stay in the
+# cache for checkouts that have not caught up yet.
 #
 # Source of pjproject, in this order:
 #   PJPROJECT_SRC=<dir or .tar.*>   a pjproject tree or release tarball you already have;
@@ -28,6 +31,7 @@
 # Env:   B2BUA_CACHE (default ~/.cache/b2bua), PJPROJECT_SRC, PJ_MAX_CALLS (default 2048).
 set -euo pipefail
 
+PATCHES_DIR="$(cd "$(dirname "$0")" && pwd)/pjproject-patches"
 KEY_ONLY=0
 if [ "${1:-}" = "--key" ]; then KEY_ONLY=1; shift; fi
 PYTHON=${1:-python3}
@@ -42,7 +46,7 @@ die() { printf '[build-pjsua2] error: %s\n' "$*" >&2; exit 1; }
 need() {
   local missing=()
   for tool in "$@"; do command -v "$tool" >/dev/null 2>&1 || missing+=("$tool"); done
-  [ ${#missing[@]} -eq 0 ] || die "missing tools: ${missing[*]} (Debian: apt-get install build-essential swig xz-utils)"
+  [ ${#missing[@]} -eq 0 ] || die "missing tools: ${missing[*]} (Debian: apt-get install build-essential swig xz-utils patch)"
 }
 
 # Every option that shapes the library; part of the cache key. The DFSG tree has no third_party
@@ -60,6 +64,7 @@ CONFIGURE_LIBS="-lspeexdsp"
 # Codec ids (pjsua's "name/clock rate") the module must have, and the Debian -dev package of each.
 REQUIRED_CODECS="PCMU/8000 PCMA/8000 G722/16000 opus/48000 G729/8000"
 DEV_PACKAGES="libopus-dev libbcg729-dev libspeexdsp-dev"
+
 config_site() {
   cat <<CFG
 /* Written by scripts/build-pjsua2.sh: B2BUA scale, no video. */
@@ -78,10 +83,10 @@ CFG
 pyver=$("$PYTHON" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")') \
   || die "cannot run $PYTHON"
 cfg_hash=$( (config_site; echo "${CONFIGURE_ARGS[*]} LIBS=$CONFIGURE_LIBS"; echo "$REQUIRED_CODECS"
-             echo "${PJPROJECT_SRC:-debian}") | sha256sum | cut -c1-12)
+             cat "$PATCHES_DIR"/*.patch 2>/dev/null; echo "${PJPROJECT_SRC:-debian}") | sha256sum | cut -c1-12)
 label="b2bua${MAX_CALLS}.h${cfg_hash}"
 if [ $KEY_ONLY = 1 ]; then echo "$label"; exit 0; fi
-need make gcc g++ swig tar xz
+need make gcc g++ swig tar xz patch
 
 marker="$CACHE/pjsua2-$pyver-$cfg_hash.wheel"
 if [ -f "$marker" ] && [ -f "$(cat "$marker")" ]; then
@@ -153,6 +158,11 @@ say "pjproject $ver in $root"
 config_site > "$root/pjlib/include/pj/config_site.h"
 # Debian's DFSG repack drops the BDIMAD sound device sources; the Makefile still names them.
 sed -i 's/ bdimad_dev\.o//' "$root/pjmedia/build/Makefile"
+for p in "$PATCHES_DIR"/*.patch; do
+  [ -e "$p" ] || continue
+  say "patch $(basename "$p")"
+  patch -d "$root" -p1 --forward --batch < "$p" >&2 || die "$(basename "$p") does not apply to pjproject $ver"
+done
 
 cd "$root"
 say "configure"
