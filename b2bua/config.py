@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, TypeVar, Union
 
 from b2bua.sipuri import parse_uri
+from b2bua.codecs import check_entry
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -210,7 +211,6 @@ def parse_section(cls: type[C], data: Mapping[str, Any], where: str) -> C:
 
 
 #: a codec as pjsua names it (matched as a prefix): PCMU, PCMU/8000, opus/48000/2
-_CODEC = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+_-]*(/[0-9]+){0,2}")
 #: RFC 9110 token68-like: what an Authorization header carries unchanged
 _TOKEN = re.compile(r"[\x21-\x7e]+")
 #: C0 controls but TAB, DEL and C1 controls: never part of a one-line setting
@@ -263,6 +263,8 @@ def split_host_port(text: str) -> tuple[str, int]:
 # -- Sections ----------------------------------------------------------------------------------
 
 TRANSPORTS = ("udp", "tcp")
+#: conference bridge rates offered (each is also an Opus sample rate)
+CLOCK_RATES = (8000, 16000, 48000)
 
 
 @dataclass(frozen=True)
@@ -308,7 +310,12 @@ class SipConfig:
     )
     user_agent: str = opt("b2bua", "User-Agent and Server header value")
     codecs: tuple[str, ...] = opt(
-        ["PCMU/8000", "PCMA/8000"], "audio codecs offered, in order of preference ('NAME[/RATE[/CHANNELS]]')"
+        ["PCMU/8000", "PCMA/8000"], "audio codecs offered and accepted on both legs, in order of preference: "
+        "NAME[/CLOCK[/CHANNELS]] of the build's codecs (PCMU, PCMA, G722, opus, G729); the others are off"
+    )
+    clock_rate: int = opt(
+        8000, "sample rate of the bridge between the legs: 8000 (G.711 is never resampled; wideband calls "
+        "are bridged narrowband) or 16000 (G.722/Opus stay wideband end to end; G.711 legs are resampled)"
     )
     rtp_port: int = opt(
         16000, "first RTP port, even; media uses 8 ports per call slot above it (16000-32383 by default)",
@@ -342,11 +349,6 @@ class SipConfig:
             seen[listen] = i
         if not self.listen:
             raise ValueError("listen: at least one listener is needed")
-        if not self.codecs:
-            raise ValueError("codecs: at least one codec is needed")
-        for i, codec in enumerate(self.codecs):
-            if not _CODEC.fullmatch(codec):
-                raise ValueError(f"codecs[{i}]: {codec!r}: expected NAME[/RATE[/CHANNELS]], e.g. 'PCMU/8000'")
         if self.rtp_port % 2:
             raise ValueError(f"rtp_port: must be even (RTP on even ports, RTCP on the next), got {self.rtp_port}")
         # each leg holds an RTP and an RTCP port, each call at least two legs
@@ -356,6 +358,23 @@ class SipConfig:
                 f"rtp_port: {self.rtp_port} leaves {65536 - self.rtp_port} ports for media, but max_calls = "
                 f"{self.max_calls} needs at least {needed} (RTP and RTCP for two legs a call): lower rtp_port"
             )
+        self._validate_media()
+
+    def _validate_media(self) -> None:
+        # the syntax only: which codecs exist is known once pjsua2 runs (b2bua.endpoint)
+        if self.clock_rate not in CLOCK_RATES:
+            raise ValueError(f"clock_rate: {self.clock_rate} is not one of {', '.join(map(str, CLOCK_RATES))}")
+        if not self.codecs:
+            raise ValueError("codecs: list at least one codec")
+        seen: set[str] = set()
+        for i, entry in enumerate(self.codecs):
+            try:
+                check_entry(entry)
+            except ValueError as exc:
+                raise ValueError(f"codecs[{i}]: {exc}") from exc
+            if entry.lower() in seen:
+                raise ValueError(f"codecs: {entry!r} is listed twice")
+            seen.add(entry.lower())
 
     @property
     def listeners(self) -> tuple[Listen, ...]:
