@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, Union
 
-from b2bua.sipuri import parse_uri
 from b2bua.codecs import check_entry
+from b2bua.sipuri import parse_uri
 
 if sys.version_info >= (3, 11):
     import tomllib
