@@ -7,19 +7,20 @@ import resource
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from typing import Any, TypeVar
 
 import pjsua2 as pj
 from loguru import logger
 
 from b2bua import __version__, sip
-from b2bua.api import CallInfo, EndCause, Reject
+from b2bua.api import CallInfo, EndCause, ProbeResult, Reject
 from b2bua.backlog import AdmissionShare, ReceiveBacklog
 from b2bua.config import Config
 from b2bua.endpoint import Endpoint
 from b2bua.legs import Leg, op, release_remaining
-from b2bua.loop import Scheduler, Timer
+from b2bua.loop import BlockingPool, Scheduler, Timer
 from b2bua.plugins import Hooks, make_manager
 from b2bua.rpc import RpcRegistry
 from b2bua.session import Session
@@ -34,6 +35,10 @@ HEARTBEAT = 0.05
 AUDIT_INTERVAL = 2.0
 #: at most one "overload" warning per this many seconds (shedding can start and stop often)
 OVERLOAD_LOG_EVERY = 10.0
+#: worker threads for plugins' blocking work (``run_blocking``: reloads, DNS, state files)
+BLOCKING_WORKERS = 4
+#: seconds shutdown waits for blocking work still running
+BLOCKING_STOP_WAIT = 5.0
 
 
 class App:
@@ -48,8 +53,7 @@ class App:
         self.hooks = Hooks(self.pm)
         self.registry = RpcRegistry()
         self.endpoint = Endpoint(config, self.scheduler, self._on_incoming)
-        #: Host.send_request: out-of-dialog requests (keepalives) go straight to the endpoint
-        self.send_request = self.endpoint.send_request
+        self.blocking = BlockingPool(self.scheduler, BLOCKING_WORKERS)
         self.sessions: dict[int, Session] = {}
         self.started_at = time.time()
         self.legs_in_use = 0
@@ -84,6 +88,15 @@ class App:
 
     def run_on_loop(self, callback: Callable[[], T], timeout: float = 10.0) -> T:
         return self.scheduler.run_on_loop(callback, timeout)
+
+    def run_blocking(self, fn: Callable[[], T], on_done: Callable[[Future[T]], None] | None = None) -> Future[T]:
+        return self.blocking.submit(fn, on_done)
+
+    def send_request(self, method: str, uri: str, *, from_uri: str, callback: Callable[[ProbeResult], None],
+                     timeout: float = 2.0, headers: Sequence[tuple[str, str]] = ()) -> None:
+        self.scheduler.check_loop_thread("send_request")  # pjsua2 is the loop thread's alone
+        self.endpoint.send_request(method, uri, from_uri=from_uri, callback=callback, timeout=timeout,
+                                   headers=headers)
 
     # -- control API helpers ----------------------------------------------------------------------
 
@@ -354,6 +367,9 @@ class App:
             self.hooks.shutdown(self)
         except Exception:
             logger.opt(exception=True).error("a plugin failed in b2bua_shutdown")
+        running = self.blocking.stop(BLOCKING_STOP_WAIT)
+        if running:
+            logger.warning("{} blocking job(s) still running at shutdown: their results are dropped", running)
         try:
             self.endpoint.hangup_all()
         except pj.Error:

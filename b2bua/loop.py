@@ -1,23 +1,30 @@
-"""The loop thread's scheduler: timers and work handed over from other threads.
+"""The loop thread's scheduler and the host's worker threads for blocking work.
 
 pjsua2 is owned by one thread, which runs ``libHandleEvents`` in a loop; between polls it
-runs the timers that are due and the callables other threads queued. Nothing here touches
-pjsua2, so it is tested on its own.
+runs the timers that are due and the callables other threads queued. Blocking work (files,
+databases, DNS) runs on a :class:`BlockingPool` and hands its outcome back to the loop.
+Nothing here touches pjsua2, so it is tested on its own.
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
+import queue
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future
 from typing import Any, TypeVar
 
 from loguru import logger
 
 T = TypeVar("T")
+
+
+class WrongThreadError(RuntimeError):
+    """A loop-only service was called from another thread (asyncio's debug check, always on)."""
 
 
 class Timer:
@@ -36,20 +43,49 @@ class Timer:
 
 
 class Scheduler:
-    """Timers (a heap) plus a thread-safe queue of callables, run by :meth:`run_pending`."""
+    """Timers (a heap) plus a thread-safe queue of callables, run by :meth:`run_pending`.
+
+    Once :attr:`loop_thread` is set, the loop-only methods (:meth:`call_later`) raise
+    :class:`WrongThreadError` when another thread calls them: the timer heap has no lock.
+    """
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._heap: list[tuple[float, int, Timer]] = []
         self._seq = itertools.count()
         self._queue: deque[Callable[[], None]] = deque()  # deque append/popleft are thread-safe
-        self.loop_thread: threading.Thread | None = None
+        self._loop_thread: threading.Thread | None = None
+        self._loop_ident: int | None = None
+
+    @property
+    def loop_thread(self) -> threading.Thread | None:
+        """The thread that runs :meth:`run_pending` (None: not running yet, nothing is checked)."""
+        return self._loop_thread
+
+    @loop_thread.setter
+    def loop_thread(self, thread: threading.Thread | None) -> None:
+        self._loop_thread = thread
+        self._loop_ident = thread.ident if thread is not None else None
+
+    def on_loop_thread(self) -> bool:
+        """True on the loop thread, and on any thread before the loop runs."""
+        return self._loop_ident is None or threading.get_ident() == self._loop_ident
+
+    def check_loop_thread(self, what: str) -> None:
+        """Raise :class:`WrongThreadError` unless called on the loop thread (see :meth:`on_loop_thread`)."""
+        if self._loop_ident is not None and threading.get_ident() != self._loop_ident:
+            raise WrongThreadError(
+                f"{what} was called from thread {threading.current_thread().name!r}; only the loop thread may"
+                " call it: hand the work over with call_soon_threadsafe() or run_on_loop()"
+            )
 
     def now(self) -> float:
         return self._clock()
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
-        """Run ``callback`` on the loop thread after ``delay`` seconds."""
+        """Run ``callback`` on the loop thread after ``delay`` seconds (loop thread only)."""
+        if self._loop_ident is not None and threading.get_ident() != self._loop_ident:
+            self.check_loop_thread("call_later")
         timer = Timer(self._clock() + max(0.0, delay), callback)
         heapq.heappush(self._heap, (timer.when, next(self._seq), timer))
         return timer
@@ -59,26 +95,18 @@ class Scheduler:
         self._queue.append(callback)
 
     def run_on_loop(self, callback: Callable[[], T], timeout: float = 10.0) -> T:
-        """From another thread: run ``callback`` on the loop and return its result or raise."""
-        if threading.current_thread() is self.loop_thread:
+        """From another thread: run ``callback`` on the loop and return its result or raise.
+
+        :raises TimeoutError: the loop did not start ``callback`` within ``timeout`` seconds; it
+            is then cancelled and never runs. Once the loop has started it, its outcome is
+            awaited however long it takes, so a caller never mistakes a change that was made
+            for one that was not.
+        """
+        if self._loop_ident is not None and threading.get_ident() == self._loop_ident:
             return callback()
-        done = threading.Event()
-        box: dict[str, Any] = {}
-
-        def run() -> None:
-            try:
-                box["result"] = callback()
-            except BaseException as exc:  # handed back to the caller's thread
-                box["error"] = exc
-            finally:
-                done.set()
-
-        self._queue.append(run)
-        if not done.wait(timeout):
-            raise TimeoutError(f"the loop did not run the request within {timeout:g} s")
-        if "error" in box:
-            raise box["error"]
-        return box["result"]
+        handoff = _Handoff(callback)
+        self._queue.append(handoff.run)
+        return handoff.wait(timeout)
 
     def clear(self) -> int:
         """Drop every timer and queued callable without running them (shutdown, after the last
@@ -125,3 +153,150 @@ class Scheduler:
             callback()
         except Exception:
             logger.opt(exception=True).error("error in a loop callback {!r}", callback)
+
+
+class _Handoff:
+    """One :meth:`Scheduler.run_on_loop` request: run once on the loop, or cancelled before it starts."""
+
+    __slots__ = ("callback", "done", "error", "lock", "result", "state")
+
+    PENDING, RUNNING, CANCELLED = "pending", "running", "cancelled"
+
+    def __init__(self, callback: Callable[[], Any]) -> None:
+        self.callback: Callable[[], Any] | None = callback
+        self.state = self.PENDING
+        self.lock = threading.Lock()
+        self.done = threading.Event()
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        """On the loop thread."""
+        with self.lock:
+            if self.state is self.CANCELLED:
+                return
+            self.state = self.RUNNING
+        callback, self.callback = self.callback, None
+        try:
+            assert callback is not None
+            self.result = callback()
+        except BaseException as exc:  # handed back to the caller's thread
+            self.error = exc
+        finally:
+            self.done.set()
+
+    def wait(self, timeout: float) -> Any:
+        """On the caller's thread."""
+        if not self.done.wait(timeout):
+            with self.lock:
+                if self.state is self.PENDING:
+                    self.state = self.CANCELLED
+                    self.callback = None
+                    raise TimeoutError(f"the loop did not run the request within {timeout:g} s; it was cancelled")
+            self.done.wait()  # the loop is running it now: its outcome is the answer
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+class BlockingPool:
+    """Worker threads for blocking work (files, databases, DNS), owned by the host.
+
+    :meth:`submit` runs ``fn`` on a worker and then ``on_done(future)`` on the loop thread,
+    where ``future.result()`` returns what ``fn`` returned or raises what it raised. Workers
+    start on demand, up to ``workers``, and are daemon threads: a DNS lookup that hangs never
+    keeps the process from exiting.
+
+    :param scheduler: where ``on_done`` callbacks are queued.
+    """
+
+    def __init__(self, scheduler: Scheduler, workers: int = 4, name: str = "b2bua-blocking") -> None:
+        if workers < 1:
+            raise ValueError("BlockingPool: workers must be at least 1")
+        self._scheduler = scheduler
+        self._max = workers
+        self._name = name
+        self._jobs: queue.SimpleQueue[_Job[Any] | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._idle = 0
+        self._stopped = False
+
+    def submit(self, fn: Callable[[], T], on_done: Callable[[Future[T]], None] | None = None) -> Future[T]:
+        """Run ``fn`` on a worker; then ``on_done(future)`` on the loop (any thread may submit).
+
+        Without ``on_done`` a failure of ``fn`` is logged. ``future.cancel()`` before a worker
+        starts ``fn`` drops the job (``on_done`` still runs, and ``future.result()`` raises
+        ``CancelledError``).
+
+        :raises RuntimeError: the pool was stopped (the B2BUA is shutting down).
+        """
+        job: _Job[T] = _Job(fn, on_done)
+        with self._lock:
+            if self._stopped:
+                raise RuntimeError("the B2BUA is stopping: no more blocking work is accepted")
+            self._jobs.put(job)
+            if self._idle:
+                self._idle -= 1  # a waiting worker takes it
+            elif len(self._threads) < self._max:
+                thread = threading.Thread(target=self._work, name=f"{self._name}-{len(self._threads) + 1}",
+                                          daemon=True)
+                self._threads.append(thread)
+                thread.start()
+        return job.future
+
+    def stop(self, timeout: float = 5.0) -> int:
+        """Refuse new work, cancel the jobs not started and wait up to ``timeout`` seconds for
+        the running ones; returns how many were still running (their results are dropped)."""
+        with self._lock:
+            self._stopped = True
+            threads = list(self._threads)
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                job.future.cancel()
+        for _ in threads:
+            self._jobs.put(None)  # one stop marker per worker
+        deadline = time.monotonic() + timeout
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        return sum(1 for thread in threads if thread.is_alive())
+
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            job.run(self._scheduler, self._stopped)
+            with self._lock:
+                self._idle += 1  # waiting for the next job
+
+
+class _Job:
+    """One piece of blocking work and where its outcome goes."""
+
+    __slots__ = ("fn", "future", "on_done")
+
+    def __init__(self, fn: Callable[[], Any], on_done: Callable[[Future[Any]], None] | None) -> None:
+        self.fn: Callable[[], Any] | None = fn
+        self.on_done = on_done
+        self.future: Future[Any] = Future()
+
+    def run(self, scheduler: Scheduler, stopped: bool) -> None:
+        fn, self.fn = self.fn, None
+        future = self.future
+        if future.set_running_or_notify_cancel():
+            try:
+                assert fn is not None
+                future.set_result(fn())
+            except BaseException as exc:
+                future.set_exception(exc)
+        on_done, self.on_done = self.on_done, None
+        if on_done is not None:
+            if not stopped:
+                scheduler.call_soon_threadsafe(lambda: on_done(future))
+        elif not future.cancelled() and future.exception() is not None:
+            logger.opt(exception=future.exception()).error("blocking work {!r} failed", fn)
