@@ -8,7 +8,7 @@ here is importable and testable without pjsua2 or a running B2BUA.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar, cast
@@ -249,11 +249,24 @@ class Host(Protocol):
         ...
 
     def run_blocking(self, fn: Callable[[], T], on_done: Callable[[Future[T]], None] | None = None) -> Future[T]:
-        """Run blocking work (files, databases, DNS) on the host's worker threads.
+        """Run work that *waits* (files, databases, DNS) on the host's worker threads.
 
         Then ``on_done(future)`` runs on the loop thread: ``future.result()`` returns what
         ``fn`` returned or raises what it raised. Any thread may call it. Without ``on_done``
-        a failure is logged. Work still queued at shutdown is dropped.
+        a failure is logged. Work still queued at shutdown is dropped. Work that *computes*
+        belongs in :meth:`run_task`: a thread running Python takes the GIL from the loop.
+        """
+        ...
+
+    def run_task(self, steps: Generator[Future[Any] | None, Future[Any] | None, T],
+                 on_done: Callable[[Future[T]], None] | None = None) -> Future[T]:
+        """Run work that *computes* (parsing, building or rendering something large) on the
+        loop thread, a slice of about 2 ms per loop pass, so calls are never stalled by it.
+
+        ``steps`` is a generator: it yields None wherever it may be paused, or a Future (from
+        :meth:`run_blocking`) to wait for, and is sent that Future back when it is done. Its
+        return value is the task's result: ``on_done(future)`` runs on the loop at the end.
+        Loop thread only.
         """
         ...
 

@@ -20,7 +20,7 @@ from b2bua.backlog import AdmissionShare, ReceiveBacklog
 from b2bua.config import Config
 from b2bua.endpoint import Endpoint
 from b2bua.legs import Leg, op, release_remaining
-from b2bua.loop import BlockingPool, Scheduler, Timer
+from b2bua.loop import BlockingPool, Scheduler, Task, Timer
 from b2bua.plugins import Hooks, make_manager
 from b2bua.rpc import RpcRegistry
 from b2bua.session import Session
@@ -91,6 +91,9 @@ class App:
 
     def run_blocking(self, fn: Callable[[], T], on_done: Callable[[Future[T]], None] | None = None) -> Future[T]:
         return self.blocking.submit(fn, on_done)
+
+    def run_task(self, steps: Task[T], on_done: Callable[[Future[T]], None] | None = None) -> Future[T]:
+        return self.scheduler.run_task(steps, on_done)
 
     def send_request(self, method: str, uri: str, *, from_uri: str, callback: Callable[[ProbeResult], None],
                      timeout: float = 2.0, headers: Sequence[tuple[str, str]] = ()) -> None:

@@ -10,7 +10,7 @@ from concurrent.futures import Future
 import pytest
 from loguru import logger
 
-from b2bua.loop import BlockingPool, Scheduler, WrongThreadError
+from b2bua.loop import BlockingPool, Scheduler, Task, WrongThreadError, run_task_now
 
 
 class Clock:
@@ -240,3 +240,91 @@ def test_blocking_pool_logs_a_failure_nobody_waits_for() -> None:
     pool.stop(5.0)  # joins the worker: its log line is written
     logger.remove(sink)
     assert any("blocking work" in line and "failed" in line for line in logged)
+
+
+def test_a_task_runs_in_slices_between_loop_passes() -> None:
+    clock = Clock()
+    s = Scheduler(clock)
+    ran: list[int] = []
+
+    def steps() -> Task[int]:
+        for i in range(10):
+            ran.append(i)
+            clock.now += 0.001  # each step takes 1 ms
+            yield None
+        return sum(ran)
+
+    future = s.run_task(steps(), budget=0.0025)
+    passes = 0
+    while not future.done():
+        passes += 1
+        s.run_pending()  # one loop pass: SIP and timers would be handled in between
+        assert passes < 20
+    assert future.result() == 45
+    assert passes == 4, "3 steps of 1 ms per 2.5 ms slice (the step that crosses it ends the slice)"
+
+
+def test_a_task_waits_for_blocking_work_off_the_loop() -> None:
+    s = Scheduler()
+    s.loop_thread = threading.current_thread()
+    pool = BlockingPool(s, workers=1)
+    seen: list[object] = []
+
+    def steps() -> Task[str]:
+        read = yield pool.submit(lambda: "file contents")
+        assert read is not None
+        seen.append(read.result())
+        failed = yield pool.submit(lambda: open("/nonexistent/list"))  # noqa: SIM115
+        assert failed is not None
+        try:
+            failed.result()
+        except OSError as exc:
+            seen.append(type(exc).__name__)
+        return "done"
+
+    outcome: list[Future[str]] = []
+    s.run_task(steps(), outcome.append)
+    drain(s, lambda: bool(outcome))
+    assert outcome[0].result() == "done"
+    assert seen == ["file contents", "FileNotFoundError"]
+    pool.stop(1.0)
+
+
+def test_a_failing_task_reports_its_error_and_run_task_is_loop_only() -> None:
+    s = Scheduler()
+    s.loop_thread = threading.current_thread()
+
+    def steps() -> Task[None]:
+        yield None
+        raise ValueError("line 3: bad flags")
+
+    future = s.run_task(steps())
+    drain(s, future.done)
+    with pytest.raises(ValueError, match="line 3"):
+        future.result()
+    errors: list[BaseException] = []
+
+    def other_thread() -> None:
+        try:
+            s.run_task(steps())
+        except WrongThreadError as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=other_thread)
+    t.start()
+    t.join(5)
+    assert len(errors) == 1
+
+
+def test_run_task_now_runs_a_task_in_the_calling_thread() -> None:
+    s = Scheduler()
+    pool = BlockingPool(s, workers=1)
+
+    def steps() -> Task[int]:
+        yield None
+        got = yield pool.submit(lambda: 20)
+        assert got is not None
+        return got.result() + 1
+
+    assert run_task_now(steps()) == 21
+    pool.stop(1.0)
