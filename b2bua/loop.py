@@ -235,6 +235,24 @@ class _TaskRun:
             logger.opt(exception=self.future.exception()).error("task {!r} failed", self.steps)
 
 
+def wait_for(future: Future[T]) -> Task[T]:
+    """In a task, wait off the loop: ``value = yield from wait_for(app.run_blocking(fn))``
+    returns what ``fn`` returned, or raises what it raised."""
+    yield future
+    return future.result()
+
+
+def run_here(fn: Callable[[], T]) -> Future[T]:
+    """Run ``fn`` now and return its outcome as a finished Future: ``run_blocking`` for a task
+    run outside the loop with :func:`run_task_now`."""
+    future: Future[T] = Future()
+    try:
+        future.set_result(fn())
+    except Exception as exc:
+        future.set_exception(exc)
+    return future
+
+
 def run_task_now(steps: Task[T]) -> T:
     """Run a task to its end in the calling thread, waiting for each Future it yields
     (start-up before calls arrive, command-line tools, tests)."""
