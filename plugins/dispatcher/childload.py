@@ -1,0 +1,229 @@
+"""Load the destinations in a child process, so a reload never competes with the loop.
+
+Parsing a list file, checking every URI and resolving host names is CPU work in Python: about
+35 µs per line, 3.5 s for 100,000 lines on our test machine. On a thread of the B2BUA it would
+take the GIL from the loop at every pjsua2 call (see :mod:`b2bua.loop`); in a child process it
+runs on another core with the very same code (:func:`plugins.dispatcher.storage.load_snapshot`)
+and hands back its result as plain tuples, which the loop turns into destinations in slices of
+:data:`CHUNK` (:func:`snapshot_steps`, ~15 µs per destination).
+
+The child is ``python -m plugins.dispatcher.childload``: it reads a :class:`LoadRequest` (JSON)
+on stdin and writes length-prefixed pickled frames on stdout: ``("set", setid, rows)`` in set
+order (a large set in several frames), then ``("end", source)``; or ``("error", message)`` for
+a load error (exit 1). Its log lines come back as JSON lines on stderr and are logged here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pickle
+import struct
+import subprocess
+import sys
+import traceback
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, fields
+from typing import IO, TYPE_CHECKING, Any
+
+from loguru import logger
+
+from plugins.dispatcher.model import Attrs, Destination, DestinationSet, Snapshot
+from plugins.dispatcher.resolve import LoadError
+from plugins.dispatcher.storage import load_snapshot
+
+if TYPE_CHECKING:
+    from b2bua.loop import Task
+
+#: destinations per frame: decoding one on the loop takes about 2-3 ms
+CHUNK = 200
+#: seconds a load may take before the child is killed (a database or DNS server that hangs)
+LOAD_TIMEOUT = 300.0
+#: the child's scheduling priority, below the B2BUA's: on a busy machine calls come first
+LOAD_NICE = 10
+_HEADER = struct.Struct(">I")
+_DEST_FIELDS = tuple(f.name for f in fields(Destination))
+_ATTRS_FIELDS = tuple(f.name for f in fields(Attrs))
+_ATTRS_AT = _DEST_FIELDS.index("attrs")
+
+
+@dataclass(frozen=True)
+class LoadRequest:
+    """What the child loads: the arguments of :func:`~plugins.dispatcher.storage.load_snapshot`."""
+
+    list_file: str | None = None
+    db_url: str | None = None
+    table: dict[str, str] = field(default_factory=dict)  #: TableNames' fields
+    resolve: bool = True
+    skip_unresolvable: bool = False
+
+
+def encode(dest: Destination) -> tuple[Any, ...]:
+    """A destination as a tuple of plain values (field order; attrs as a tuple too)."""
+    attrs = dest.attrs
+    row = [getattr(dest, name) for name in _DEST_FIELDS]
+    row[_ATTRS_AT] = tuple(dict(attrs.extra) if name == "extra" else getattr(attrs, name) for name in _ATTRS_FIELDS)
+    return tuple(row)
+
+
+def decode(row: tuple[Any, ...]) -> Destination:
+    """The destination :func:`encode` made ``row`` from."""
+    values = list(row)
+    values[_ATTRS_AT] = Attrs(*values[_ATTRS_AT])
+    return Destination(*values)
+
+
+def frames(data: bytes) -> list[bytes]:
+    """Split the child's output into its frames."""
+    out: list[bytes] = []
+    view, at = memoryview(data), 0
+    while at < len(data):
+        if at + _HEADER.size > len(data):
+            raise LoadError("the load process's output is cut short")
+        (size,) = _HEADER.unpack_from(view, at)
+        at += _HEADER.size
+        if at + size > len(data):
+            raise LoadError("the load process's output is cut short")
+        out.append(bytes(view[at:at + size]))
+        at += size
+    return out
+
+
+def snapshot_steps(chunks: list[bytes]) -> Task[Snapshot]:
+    """Turn the child's frames into a snapshot on the loop, a frame per step.
+
+    :raises LoadError: the child reported one (the message names the file and line, or row).
+    """
+    sets: dict[int, list[Destination]] = {}
+    source = ""
+    complete = False
+    for chunk in chunks:
+        kind, *rest = pickle.loads(chunk)
+        if kind == "set":
+            setid, rows = rest
+            sets.setdefault(setid, []).extend([decode(row) for row in rows])
+        elif kind == "end":
+            source, complete = rest[0], True
+        elif kind == "error":
+            raise LoadError(rest[0])
+        yield None
+    if not complete:
+        raise LoadError("the load process ended without its result")
+    return Snapshot({setid: DestinationSet(setid, tuple(dests)) for setid, dests in sets.items()}, source)
+
+
+class ChildLoad:
+    """One load in a child process, seen from the B2BUA (run :meth:`run` on a worker thread)."""
+
+    def __init__(self, request: LoadRequest, timeout: float = LOAD_TIMEOUT) -> None:
+        self.request = request
+        self.timeout = timeout
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._killed = False
+
+    def run(self) -> list[bytes]:
+        """Start the child, wait for it (blocking) and return its frames.
+
+        :raises LoadError: it could not start, ran out of time, or failed without a message.
+        """
+        env = dict(os.environ)
+        # the child imports exactly what this process imports
+        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        try:
+            proc = self._proc = subprocess.Popen(
+                [sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, env=env, close_fds=True,
+            )
+        except OSError as exc:
+            raise LoadError(f"cannot start the load process: {exc.strerror or exc}") from None
+        if self._killed:  # stopped while it started
+            proc.kill()
+        try:
+            out, err = proc.communicate(json.dumps(asdict(self.request)).encode(), timeout=self.timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise LoadError(f"the load did not finish within {self.timeout:g} s (database or DNS not answering?)"
+                            ) from None
+        last = _relay_log(err.decode("utf-8", "replace"))
+        if self._killed:
+            raise LoadError("the load was stopped (the B2BUA is stopping)")
+        result = frames(out)
+        if proc.returncode not in (0, 1) or not result:
+            raise LoadError(f"the load process failed (exit {proc.returncode}): {last or 'no message'}")
+        return result
+
+    def kill(self) -> None:
+        """Stop the child (shutdown); :meth:`run` then raises LoadError. Any thread."""
+        self._killed = True
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+
+
+def _relay_log(text: str) -> str:
+    """Log the child's log lines here; returns its last line (for an error message)."""
+    last = ""
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            level, message = str(record["level"]), str(record["message"])
+        except (ValueError, KeyError, TypeError):
+            level, message = "WARNING", f"dispatcher: load process: {line}"
+        logger.log(level, "{}", message)
+        last = message
+    return last
+
+
+# -- the child --------------------------------------------------------------------------------
+
+
+def _write(out: IO[bytes], item: tuple[Any, ...]) -> None:
+    data = pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL)
+    out.write(_HEADER.pack(len(data)))
+    out.write(data)
+
+
+def _chunks(dests: tuple[Destination, ...]) -> Iterator[tuple[Destination, ...]]:
+    for start in range(0, len(dests), CHUNK):
+        yield dests[start:start + CHUNK]
+
+
+def main() -> int:
+    """The child: load what stdin asks for, write the frames to stdout."""
+    with contextlib.suppress(OSError):
+        os.nice(LOAD_NICE)
+    logger.remove()
+    logger.add(lambda m: sys.stderr.write(json.dumps({"level": m.record["level"].name,
+                                                      "message": m.record["message"]}) + "\n"),
+               level="INFO", format="{message}")
+    out = sys.stdout.buffer
+    try:
+        request = LoadRequest(**json.loads(sys.stdin.buffer.read()))
+        table = None
+        if request.db_url:
+            from plugins.dispatcher.sqlstore import TableNames  # SQLAlchemy: only for a database
+
+            table = TableNames(**request.table)
+        snapshot = load_snapshot(list_file=request.list_file, db_url=request.db_url, table=table,
+                                 resolve=request.resolve, skip_unresolvable=request.skip_unresolvable)
+    except LoadError as exc:
+        _write(out, ("error", str(exc)))
+        return 1
+    except Exception as exc:
+        traceback.print_exc()
+        _write(out, ("error", f"{type(exc).__name__}: {exc}"))
+        return 1
+    for setid, dset in snapshot.sets.items():
+        for part in _chunks(dset.destinations):
+            _write(out, ("set", setid, [encode(d) for d in part]))
+    _write(out, ("end", snapshot.source))
+    out.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
