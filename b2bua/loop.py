@@ -86,12 +86,9 @@ class Scheduler:
         self._loop_thread = thread
         self._loop_ident = thread.ident if thread is not None else None
 
-    def on_loop_thread(self) -> bool:
-        """True on the loop thread, and on any thread before the loop runs."""
-        return self._loop_ident is None or threading.get_ident() == self._loop_ident
-
     def check_loop_thread(self, what: str) -> None:
-        """Raise :class:`WrongThreadError` unless called on the loop thread (see :meth:`on_loop_thread`)."""
+        """Raise :class:`WrongThreadError` unless called on the loop thread (any thread may
+        call before the loop runs)."""
         if self._loop_ident is not None and threading.get_ident() != self._loop_ident:
             raise WrongThreadError(
                 f"{what} was called from thread {threading.current_thread().name!r}; only the loop thread may"

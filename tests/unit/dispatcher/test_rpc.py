@@ -27,7 +27,7 @@ from plugins.dispatcher.config import DispatcherConfig
 from plugins.dispatcher.latency import LatencyStats
 from plugins.dispatcher.model import DestFlags, Snapshot
 from plugins.dispatcher.plugin import DispatcherPlugin, load_configured
-from plugins.dispatcher.rpc import DispatcherRpc, hash_result
+from plugins.dispatcher.rpc import DispatcherRpc, hash_result, listing_steps
 
 GW1, GW2, GW3 = "sip:127.0.0.1:5061", "sip:127.0.0.1:5062", "sip:127.0.0.1:5070;transport=tcp"
 LIST = f"""# setid uri flags priority attrs
@@ -419,6 +419,38 @@ def test_add_errors(tmp_path: Path, params: list[Any], message: str) -> None:
     fault = h.fault("dispatcher.add", *params)
     assert fault.code == 500 and fault.message.startswith(message), fault.message
     assert h.listing() == before
+
+
+def test_an_add_the_loop_did_not_take_in_time_is_a_failure_and_never_lands(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    before = h.listing()
+    run_on_loop = h.app.run_on_loop
+
+    def loop_busy(callback: Callable[[], Any], timeout: float = 10.0) -> Any:
+        raise TimeoutError  # what Scheduler.run_on_loop raises once it has cancelled the request
+
+    h.app.run_on_loop = loop_busy  # type: ignore[method-assign]
+    fault = h.fault("dispatcher.add", 3, "sip:127.0.0.1:5090")
+    h.app.run_on_loop = run_on_loop  # type: ignore[method-assign]
+    assert fault.message == "Timeout: the loop thread did not answer within 10s; nothing was done"
+    assert h.listing() == before
+
+
+def test_a_listing_shows_the_list_it_started_with(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    steps = listing_steps(h.plugin.state.listing_source())
+    next(steps)  # one entry rendered ...
+    h.list_file.write_text("7 sip:127.0.0.1:5099\n")
+    assert h.rpc("dispatcher.reload") == "Ok. Dispatcher successfully reloaded."  # ... the list is replaced
+    while True:
+        try:
+            next(steps)
+        except StopIteration as stop:
+            listing = json.loads(stop.value)
+            break
+    assert listing["NRSETS"] == 2
+    assert [t["DEST"]["URI"] for r in listing["RECORDS"] for t in r["SET"]["TARGETS"]] == [GW2, GW1, GW3]
+    assert h.rpc("dispatcher.list")["NRSETS"] == 1
 
 
 def test_add_resolves_the_host(tmp_path: Path) -> None:
