@@ -1,0 +1,302 @@
+"""SIP URIs (RFC 3261 §19.1, §25.1): the one parser every part of the B2BUA uses.
+
+Two modes, one result type:
+
+* :func:`parse_uri` is **strict**: the text must be a well-formed ``sip:``/``sips:`` URI (RFC
+  3261's grammar, ASCII, no blanks or control characters, at most :data:`MAX_URI_LENGTH`
+  characters) or :class:`ValueError` says what is wrong. For anything an operator writes
+  (destinations, config) and anything from the wire that is passed on.
+* :func:`parse_uri_lenient` never raises: it splits whatever it gets (any scheme, ``tel:``, a
+  whole name-addr) into the same parts, empty where absent. For per-call reads of values that
+  were already admitted (hashing, route matching), where speed matters and an odd URI must not
+  cost the call.
+
+:func:`parse_name_addr` splits a From/To/Contact value into display name, URI and parameters.
+Parts are kept as written (escapes are not decoded), so a hash or a comparison sees what
+Kamailio's parser would.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from typing import NamedTuple
+
+#: longest URI the strict parser accepts (characters)
+MAX_URI_LENGTH = 2048
+
+DEFAULT_PORTS = {"sip": 5060, "sips": 5061}
+
+# RFC 3261 §25.1, as character classes
+_UNRESERVED = r"A-Za-z0-9\-_.!~*'()"
+_ESCAPED = r"%[0-9A-Fa-f]{2}"
+_USER = re.compile(rf"(?:[{_UNRESERVED}&=+$,;?/]|{_ESCAPED})+")
+_PASSWORD = re.compile(rf"(?:[{_UNRESERVED}&=+$,]|{_ESCAPED})*")
+_PARAMCHARS = re.compile(rf"(?:[{_UNRESERVED}\[\]/:&+$]|{_ESCAPED})+")
+_HNV = re.compile(rf"(?:[{_UNRESERVED}\[\]/?:+$]|{_ESCAPED})*")  # hname / hvalue characters
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+_HOSTNAME = re.compile(rf"(?:{_LABEL}\.)*[A-Za-z](?:[A-Za-z0-9-]*[A-Za-z0-9])?\.?")
+_IPV4 = re.compile(r"[0-9]{1,3}(?:\.[0-9]{1,3}){3}")
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
+
+
+class SipUri(NamedTuple):
+    """The parts of a URI, as written (escapes kept). Immutable; a tuple, so cheap to make.
+
+    ``host`` has no brackets (an IPv6 reference's address); ``port`` is 0 when none is written
+    and ``port_text`` is the port as written (``""`` when absent); ``params`` keep their order
+    with lower-cased names (a flag parameter has the value ``""``); ``headers`` is the raw text
+    after ``?`` without it.
+    """
+
+    scheme: str
+    user: str = ""
+    password: str = ""
+    host: str = ""
+    port: int = 0
+    port_text: str = ""
+    params: tuple[tuple[str, str], ...] = ()
+    headers: str = ""
+
+    def param(self, name: str) -> str | None:
+        """A URI parameter's value (``""`` for a flag such as ``;lr``), or None when absent."""
+        name = name.lower()
+        for key, value in self.params:
+            if key == name:
+                return value
+        return None
+
+    @property
+    def transport(self) -> str:
+        """``;transport=`` lower-cased; else ``tls`` for sips and ``udp`` for sip."""
+        value = self.param("transport")
+        if value:
+            return value.lower()
+        return "tls" if self.scheme == "sips" else "udp"
+
+    @property
+    def effective_port(self) -> int:
+        """The port, or the default (5060; 5061 for sips and for TLS)."""
+        if self.port:
+            return self.port
+        return 5061 if self.scheme == "sips" or self.transport == "tls" else 5060
+
+    @property
+    def is_ip(self) -> bool:
+        """Whether the host is an IPv4 or IPv6 address."""
+        return is_ip_literal(self.host)
+
+    @property
+    def host_ref(self) -> str:
+        """The host as a URI writes it: an IPv6 address in brackets."""
+        return f"[{self.host}]" if ":" in self.host else self.host
+
+    @property
+    def hostport(self) -> str:
+        """``host[:port]`` as written."""
+        return f"{self.host_ref}:{self.port_text}" if self.port_text else self.host_ref
+
+    def __str__(self) -> str:
+        if not self.host:  # tel:, or what the lenient parser made of something else
+            params = "".join(f";{k}={v}" if v else f";{k}" for k, v in self.params)
+            return f"{self.scheme}:{self.user}{params}"
+        userinfo = ""
+        if self.user:
+            userinfo = f"{self.user}:{self.password}@" if self.password else f"{self.user}@"
+        params = "".join(f";{k}={v}" if v else f";{k}" for k, v in self.params)
+        headers = f"?{self.headers}" if self.headers else ""
+        return f"{self.scheme}:{userinfo}{self.hostport}{params}{headers}"
+
+
+def is_ip_literal(host: str) -> bool:
+    """True for an IPv4 or IPv6 address (no brackets)."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def parse_uri(text: str, *, schemes: tuple[str, ...] = ("sip", "sips")) -> SipUri:
+    """Parse a ``sip:``/``sips:`` URI strictly; :class:`ValueError` names the URI and the fault.
+
+    ``sip[s]:[user[:password]@]host[:port][;param[=value]]*[?hname=hvalue[&...]]``;
+    ``schemes`` narrows what is accepted (``("sip",)`` where TLS is not available).
+    """
+    shown = _shown(text)
+    if len(text) > MAX_URI_LENGTH:
+        raise ValueError(f"{shown}: longer than {MAX_URI_LENGTH} characters")
+    if not text.isascii() or not text.isprintable() or " " in text:
+        raise ValueError(f"{shown}: blanks, control or non-ASCII characters")
+    scheme, sep, rest = text.partition(":")
+    if not sep or not _SCHEME.fullmatch(scheme):
+        raise ValueError(f"{shown}: no URI scheme")
+    scheme = scheme.lower()
+    if scheme not in schemes:
+        raise ValueError(f"{shown}: URI scheme {scheme!r} is not {' or '.join(schemes)}")
+    rest, _, headers = rest.partition("?")
+    if headers:
+        for item in headers.split("&"):
+            name, eq, value = item.partition("=")
+            if not name or not eq or not _HNV.fullmatch(name) or not _HNV.fullmatch(value):
+                raise ValueError(f"{shown}: bad URI header {item!r}")
+    user = password = ""
+    at = rest.rfind("@")
+    if at >= 0:
+        userinfo, rest = rest[:at], rest[at + 1:]
+        user, colon, password = userinfo.partition(":")
+        if not user or not _USER.fullmatch(user) or (colon and not _PASSWORD.fullmatch(password)):
+            raise ValueError(f"{shown}: bad user part {userinfo!r}")
+    hostport, *items = rest.split(";")
+    host, port_text = _split_hostport(hostport, shown)
+    port = 0
+    if port_text:
+        if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+            raise ValueError(f"{shown}: bad port {port_text!r} (1-65535)")
+        port = int(port_text)
+    params = []
+    for item in items:
+        name, eq, value = item.partition("=")
+        if not _PARAMCHARS.fullmatch(name) or (eq and not _PARAMCHARS.fullmatch(value)):
+            raise ValueError(f"{shown}: bad URI parameter {item!r}")
+        params.append((name.lower(), value))
+    return SipUri(scheme, user, password, host, port, port_text, tuple(params), headers)
+
+
+def _split_hostport(hostport: str, shown: str) -> tuple[str, str]:
+    if hostport.startswith("["):
+        end = hostport.find("]")
+        host, after = hostport[1:end], hostport[end + 1:]
+        if end < 0 or not _is_ipv6(host):
+            raise ValueError(f"{shown}: bad IPv6 reference {hostport!r}")
+        if after and not after.startswith(":"):
+            raise ValueError(f"{shown}: unexpected {after!r} after the IPv6 reference")
+        return host, after[1:]
+    host, colon, port_text = hostport.partition(":")
+    if not host:
+        raise ValueError(f"{shown}: no host")
+    if _IPV4.fullmatch(host):
+        if not is_ip_literal(host):
+            raise ValueError(f"{shown}: bad IPv4 address {host!r}")
+    elif not _HOSTNAME.fullmatch(host):
+        raise ValueError(f"{shown}: bad host {host!r}")
+    if colon and not port_text:
+        raise ValueError(f"{shown}: empty port")
+    return host, port_text
+
+
+def _is_ipv6(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def parse_uri_lenient(text: str) -> SipUri:
+    """Split any URI (or a whole name-addr) into its parts; never raises.
+
+    Missing or unreadable parts come back empty; a ``tel:`` URI's number is its user part, as
+    in Kamailio. The port is kept as text; ``port`` is 0 unless the text is a number.
+    """
+    text = text.strip()
+    if "<" in text:
+        text = text.split("<", 1)[1].split(">", 1)[0].strip()
+    scheme, sep, rest = text.partition(":")
+    if not sep:
+        scheme, rest = "", text
+    scheme = scheme.lower()
+    if scheme == "tel":
+        number, _, params = rest.partition(";")
+        return SipUri(scheme, number, params=_lenient_params(params))
+    # like Kamailio's parser: a '@' after a '?' belongs to the headers, not to a user part
+    at = rest.find("@")
+    user = password = ""
+    if at != -1 and "?" not in rest[:at]:
+        user, _, password = rest[:at].partition(":")
+        rest = rest[at + 1:]
+    rest, _, headers = rest.partition("?")
+    rest = rest.split(">", 1)[0]
+    hostport, _, params = rest.partition(";")
+    if hostport.startswith("["):
+        close = hostport.find("]")
+        host = hostport[1:close] if close != -1 else hostport[1:]
+        tail = hostport[close + 1:] if close != -1 else ""
+        port_text = tail[1:] if tail.startswith(":") else ""
+    else:
+        host, _, port_text = hostport.partition(":")
+    port = int(port_text) if port_text.isdigit() and len(port_text) <= 5 else 0
+    return SipUri(scheme, user, password, host, port, port_text, _lenient_params(params), headers)
+
+
+def _lenient_params(text: str) -> tuple[tuple[str, str], ...]:
+    if not text:
+        return ()
+    out = []
+    for item in text.split(";"):
+        name, _, value = item.partition("=")
+        if name:
+            out.append((name.strip().lower(), value.strip()))
+    return tuple(out)
+
+
+@dataclass(frozen=True, slots=True)
+class NameAddr:
+    """A From/To/Contact value: ``"Alice" <sip:alice@x>;tag=1`` or ``sip:alice@x;tag=1``.
+
+    ``display`` is the display name as written (quotes removed, escapes kept); ``uri`` the URI
+    text; ``params`` the header parameters after it (``tag`` ...), lower-cased names.
+    """
+
+    display: str
+    uri: str
+    params: tuple[tuple[str, str], ...] = ()
+
+    def param(self, name: str) -> str | None:
+        name = name.lower()
+        for key, value in self.params:
+            if key == name:
+                return value
+        return None
+
+
+def parse_name_addr(value: str) -> NameAddr:
+    """Split a name-addr / addr-spec header value; lenient (never raises)."""
+    value = value.strip()
+    lt = _unquoted_find(value, "<")
+    if lt >= 0:
+        display = value[:lt].strip()
+        if len(display) >= 2 and display[0] == '"' and display[-1] == '"':
+            display = display[1:-1]
+        gt = value.find(">", lt)
+        uri = value[lt + 1:gt if gt >= 0 else len(value)].strip()
+        tail = value[gt + 1:] if gt >= 0 else ""
+        return NameAddr(display, uri, _lenient_params(tail.lstrip().removeprefix(";")))
+    # addr-spec: parameters after the URI belong to the header (RFC 3261 §20.10)
+    uri, _, tail = value.partition(";")
+    return NameAddr("", uri.strip(), _lenient_params(tail))
+
+
+def _unquoted_find(text: str, char: str) -> int:
+    """Index of ``char`` outside a quoted string, or -1."""
+    quoted = False
+    escaped = False
+    for i, ch in enumerate(text):
+        if escaped:
+            escaped = False
+        elif ch == "\\" and quoted:
+            escaped = True
+        elif ch == '"':
+            quoted = not quoted
+        elif ch == char and not quoted:
+            return i
+    return -1
+
+
+def _shown(text: str, limit: int = 80) -> str:
+    """``text`` fit for an error message: escaped and bounded."""
+    out = text if text.isascii() and text.isprintable() else text.encode("utf-8", "surrogateescape").decode(
+        "ascii", "backslashreplace")
+    out = "".join(ch if ch.isprintable() else f"\\x{ord(ch):02x}" for ch in out)
+    return out if len(out) <= limit else out[:limit] + "..."

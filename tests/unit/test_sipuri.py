@@ -1,0 +1,133 @@
+"""The one SIP URI parser: strict for what is passed on, lenient for per-call reads."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from b2bua.sipuri import (
+    MAX_URI_LENGTH,
+    SipUri,
+    parse_name_addr,
+    parse_uri,
+    parse_uri_lenient,
+)
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("sip:10.0.0.1", SipUri("sip", host="10.0.0.1")),
+    ("SIP:gw.example.com:5080;transport=TCP",
+     SipUri("sip", host="gw.example.com", port=5080, port_text="5080", params=(("transport", "TCP"),))),
+    ("sips:alice:pw@[2001:db8::1]:5061;lr?X-A=1&Y=%20",
+     SipUri("sips", "alice", "pw", "2001:db8::1", 5061, "5061", (("lr", ""),), "X-A=1&Y=%20")),
+    ("sip:+49%2030;npdi@h.example.", SipUri("sip", user="+49%2030;npdi", host="h.example.")),
+])
+def test_strict_parses_well_formed_uris(text: str, expected: SipUri) -> None:
+    uri = parse_uri(text)
+    assert uri == expected
+    assert str(uri) == text.replace("SIP:", "sip:")
+
+
+def test_uri_properties() -> None:
+    uri = parse_uri("sip:u@[::1];transport=tcp")
+    assert (uri.transport, uri.effective_port, uri.is_ip, uri.host_ref, uri.hostport) == (
+        "tcp", 5060, True, "[::1]", "[::1]")
+    assert parse_uri("sips:h").effective_port == 5061
+    assert parse_uri("sip:h;transport=tls").effective_port == 5061
+    assert parse_uri("sip:h").param("lr") is None
+    assert parse_uri("sip:h;LR").param("lr") == ""
+
+
+@pytest.mark.parametrize(("text", "fault"), [
+    ("sip:a@b c", "blanks"),
+    ("sip:a@b\r\nX: y", "control"),
+    ("sip:\udcff@h", "non-ASCII"),
+    ("sip:é@h", "non-ASCII"),
+    ("tel:+123", "scheme 'tel'"),
+    ("10.0.0.1", "no URI scheme"),
+    ("sip:", "no host"),
+    ("sip:a@", "no host"),
+    ("sip:@h", "bad user"),
+    ("sip:a<b@h", "bad user"),
+    ("sip:h:0", "bad port"),
+    ("sip:h:70000", "bad port"),
+    ("sip:h:", "empty port"),
+    ("sip:h:5x", "bad port"),
+    ("sip:[::1", "IPv6"),
+    ("sip:[zz::1]", "IPv6"),
+    ("sip:[::1]x", "unexpected"),
+    ("sip:1.2.3.256", "IPv4"),
+    ("sip:-h.example", "bad host"),
+    ("sip:h_x.example", "bad host"),
+    ("sip:h;a=<b>", "parameter"),
+    ("sip:h;=b", "parameter"),
+    ("sip:h?X", "URI header"),
+    ("sip:h?=y", "URI header"),
+    ("sip:" + "a" * MAX_URI_LENGTH, "longer than"),
+])
+def test_strict_refuses_and_says_why(text: str, fault: str) -> None:
+    with pytest.raises(ValueError, match=fault) as info:
+        parse_uri(text)
+    message = str(info.value)
+    assert message.isprintable() and len(message) < 200  # safe to log or print
+
+
+def test_strict_can_narrow_the_schemes() -> None:
+    assert parse_uri("sip:h", schemes=("sip",)).scheme == "sip"
+    with pytest.raises(ValueError):
+        parse_uri("sips:h", schemes=("sip",))
+
+
+@pytest.mark.parametrize(("text", "scheme", "user", "host", "port_text"), [
+    ('"Bob" <sip:bob@x:5060;transport=tcp>;tag=1', "sip", "bob", "x", "5060"),
+    ("tel:+123;npdi", "tel", "+123", "", ""),
+    ("sip:a?b@c?d", "sip", "", "a", ""),  # a '@' after '?' is in the headers (Kamailio)
+    ("<sip:[::1]:5070>", "sip", "", "::1", "5070"),
+    ("sip:u:pw@h:port", "sip", "u", "h", "port"),
+    ("junk", "", "", "junk", ""),
+    ("", "", "", "", ""),
+])
+def test_lenient_splits_anything(text: str, scheme: str, user: str, host: str, port_text: str) -> None:
+    uri = parse_uri_lenient(text)
+    assert (uri.scheme, uri.user, uri.host, uri.port_text) == (scheme, user, host, port_text)
+
+
+@given(st.text(max_size=300))
+def test_lenient_never_raises(text: str) -> None:
+    parse_uri_lenient(text)
+
+
+@given(st.text(max_size=300))
+def test_strict_raises_only_value_error(text: str) -> None:
+    try:
+        uri = parse_uri(text)
+    except ValueError:
+        return
+    assert parse_uri(str(uri)) == uri  # what it accepts, it writes back the same
+
+
+_alnum = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789", min_size=1, max_size=10)
+
+
+@given(user=st.one_of(st.just(""), _alnum), host=st.one_of(
+    st.builds(lambda a, b: f"{a}.example", _alnum, _alnum),
+    st.ip_addresses(v=4).map(str), st.ip_addresses(v=6).map(str)),
+       port=st.one_of(st.just(0), st.integers(1, 65535)),
+       params=st.lists(st.tuples(_alnum, st.one_of(st.just(""), _alnum)), max_size=3))
+def test_strict_round_trips_what_it_builds(user: str, host: str, port: int,
+                                           params: list[tuple[str, str]]) -> None:
+    uri = SipUri("sip", user, "", host, port, str(port) if port else "", tuple(params))
+    assert parse_uri(str(uri)) == uri
+
+
+@pytest.mark.parametrize(("value", "display", "uri", "tag"), [
+    ('"Alice Smith" <sip:alice@x>;tag=1', "Alice Smith", "sip:alice@x", "1"),
+    ('"A <b>" <sip:a@b>;tag=9', "A <b>", "sip:a@b", "9"),
+    ("Bob <sip:bob@x;transport=tcp>", "Bob", "sip:bob@x;transport=tcp", None),
+    ("sip:carol@x;tag=2", "", "sip:carol@x", "2"),
+    ("<sip:d@x", "", "sip:d@x", None),
+])
+def test_name_addr(value: str, display: str, uri: str, tag: str | None) -> None:
+    na = parse_name_addr(value)
+    assert (na.display, na.uri, na.param("tag")) == (display, uri, tag)
