@@ -37,7 +37,8 @@ sys.path.insert(0, str(ROOT))
 from b2bua.control import ControlClient  # noqa: E402
 from tests.e2e.harness import B2buaProcess, free_port  # noqa: E402
 
-CALLER_IP, B2BUA_IP, GATEWAY_IP = "127.0.0.2", "127.0.0.1", "127.0.0.10"
+# addresses of their own: RTP ports on 127.0.0.1 are often taken by other runs on a shared machine
+CALLER_IP, B2BUA_IP, GATEWAY_IP = "127.0.0.62", "127.0.0.61", "127.0.0.63"
 PAGE = 4096
 #: a call that started this long after a window ended still counts as "during" (its INVITE
 #: may have waited in the socket while the loop was busy)
