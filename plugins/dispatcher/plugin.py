@@ -128,10 +128,14 @@ class DispatcherPlugin:
     def b2bua_startup(self, app: Host) -> None:
         # before the first call: loading here, on the loop, stalls nobody
         self.admin_state.read()
-        snapshot = self._loader(self.config, self._list_file)
-        self.state.swap(snapshot, keep_state=False, reason="startup", disabled=self.admin_state.disabled)
-        self.admin_state.apply(self.state)
-        self._heap.settle(self.state.size())
+        self._heap.hold()  # a large list would otherwise trigger full collections over itself
+        try:
+            snapshot = self._loader(self.config, self._list_file)
+            self.state.swap(snapshot, keep_state=False, reason="startup", disabled=self.admin_state.disabled)
+            self.admin_state.apply(self.state)
+            self._heap.settle(self.state.size())
+        finally:
+            self._heap.release()
         self.prober = self._make_prober(app)
         self.prober.start()
         if self._dns is not None:
