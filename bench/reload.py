@@ -35,11 +35,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from b2bua.control import ControlClient  # noqa: E402
+from bench.load import rss_mb, stop  # noqa: E402
 from tests.e2e.harness import B2buaProcess, free_port  # noqa: E402
 
 # addresses of their own: RTP ports on 127.0.0.1 are often taken by other runs on a shared machine
 CALLER_IP, B2BUA_IP, GATEWAY_IP = "127.0.0.62", "127.0.0.61", "127.0.0.63"
-PAGE = 4096
 #: a call that started this long after a window ended still counts as "during" (its INVITE
 #: may have waited in the socket while the loop was busy)
 WINDOW_TAIL = 0.2
@@ -56,10 +56,6 @@ class Window:
 class Sample:
     start: float  #: epoch seconds the call's INVITE went out
     setup_ms: float
-
-
-def rss_mb(pid: int) -> float:
-    return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE / 1e6
 
 
 def write_list(path: Path, gateway: str, lines: int, per_set: int, variant: int) -> None:
@@ -98,16 +94,6 @@ def start_caller(workdir: Path, target: str, rate: int, calls: int) -> subproces
          "-max_socket", "10000", target],
         cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
-
-
-def stop(proc: subprocess.Popen[bytes], sig: signal.Signals = signal.SIGINT) -> None:
-    if proc.poll() is None:
-        proc.send_signal(sig)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def read_stats(workdir: Path) -> tuple[float, list[tuple[float, int]]]:
@@ -196,9 +182,9 @@ def main() -> int:
         except subprocess.TimeoutExpired:
             print("the caller overran its time: stopped", flush=True)
     finally:
-        stop(caller)
+        stop(caller, signal.SIGINT)  # sipp ends at once on SIGINT
         rc = b2bua.stop(60)
-        stop(gateway)
+        stop(gateway, signal.SIGINT)
     started, periods = read_stats(workdir)
     samples = read_samples(workdir, started)
     print(f"\n{args.lines} lines, {args.rate} calls/s; a call is 'during' when it started in a window "
