@@ -150,11 +150,11 @@ class Generation:
 
 @dataclass(frozen=True)
 class ListingSource:
-    """What ``dispatcher.list`` reads, taken on the loop in O(1) and rendered on another thread.
+    """What ``dispatcher.list`` reads, taken in O(1) and rendered by a loop task over several passes.
 
-    ``snapshot`` is immutable; ``runtime`` is the live mapping of runtime records: each value
-    read from it is at least as new as the moment it was taken, and an entry removed since
-    reads as None.
+    ``snapshot`` is immutable (a reload meanwhile does not change what is listed); ``runtime``
+    is the live mapping of runtime records: each value is read as it is when its entry is
+    rendered, and an entry removed since reads as None.
     """
 
     snapshot: Snapshot
@@ -529,7 +529,7 @@ class DispatcherState:
     # -- admin listing ---------------------------------------------------------------------
 
     def listing_source(self) -> ListingSource:
-        """What ``dispatcher.list`` renders, in O(1) (loop thread; render it on another)."""
+        """What ``dispatcher.list`` renders, in O(1)."""
         return ListingSource(self._snapshot, self._rt)
 
     def listing(self) -> list[dict[str, Any]]:
