@@ -1,38 +1,48 @@
-"""The running B2BUA: configuration, plugins, the pjsua2 loop, sessions, control API."""
+"""The running B2BUA: the composition root and the plugins' :class:`b2bua.api.Host`.
+
+``App`` wires the parts together and holds what they share; each concern lives in its own
+module:
+
+* admission (which new INVITEs get a session): the incoming-call path below;
+* the call core: :class:`b2bua.session.Session` per call, legs from :class:`b2bua.legpool.LegPool`;
+* start, serve loop and shutdown sequence: :class:`b2bua.lifecycle.Lifecycle`;
+* Host services for plugins (timers, thread hand-off, out-of-dialog requests);
+* ``core.calls``: :func:`b2bua.core_rpc.calls_report`.
+"""
 
 from __future__ import annotations
 
-import gc
-import resource
-import signal
-import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import pjsua2 as pj
 from loguru import logger
 
 from b2bua import __version__, sip
 from b2bua.api import CallInfo, EndCause, ProbeResult, Reject
 from b2bua.backlog import AdmissionShare, ReceiveBacklog
-from b2bua.config import Config
+from b2bua.config import Config, SipConfig
+from b2bua.core_rpc import calls_report
 from b2bua.endpoint import Endpoint
-from b2bua.legs import Leg, op, release_remaining
+from b2bua.events import CallLeg, Disconnected, LegEvent
+from b2bua.legpool import LegPool
+from b2bua.legs import leg_factory
+from b2bua.lifecycle import Lifecycle, StartupError
 from b2bua.loop import BlockingPool, Scheduler, Task, Timer
 from b2bua.plugins import Hooks, make_manager
 from b2bua.rpc import RpcRegistry
 from b2bua.session import Session
 
+if TYPE_CHECKING:
+    import pjsua2 as pj
+
+__all__ = ["App", "StartupError"]
+
 T = TypeVar("T")
 
-#: how long the loop blocks in pjsip at most (signals and queued work wait at most this long)
-POLL_CEILING = 0.005
 #: how often the loop measures its own lateness (overload detection)
 HEARTBEAT = 0.05
-#: how often legs are checked against pjsua's call slots (see ``App._audit``)
-AUDIT_INTERVAL = 2.0
 #: at most one "overload" warning per this many seconds (shedding can start and stop often)
 OVERLOAD_LOG_EVERY = 10.0
 #: worker threads for plugins' blocking work (``run_blocking``: reloads, DNS, state files)
@@ -53,22 +63,19 @@ class App:
         self.hooks = Hooks(self.pm)
         self.registry = RpcRegistry()
         self.endpoint = Endpoint(config, self.scheduler, self._on_incoming)
+        #: worker threads for plugins' blocking work (Host.run_blocking)
         self.blocking = BlockingPool(self.scheduler, BLOCKING_WORKERS)
-        self.sessions: dict[int, Session] = {}
+        #: every call leg's pjsua2 Call object, from call slot to release
+        self.legs = LegPool(leg_factory(lambda: self.endpoint.account))
+        self.sessions: dict[int, Session] = {}  #: calls in progress by CallInfo.id
         self.started_at = time.time()
-        self.legs_in_use = 0
-        self._graveyard: list[Leg] = []
-        self._zombies: dict[int, Leg] = {}
         self._next_session = 0
-        self._stopping = False
         self._draining = False
         self._overloaded_until = 0.0
         self._overload_logged = 0.0
         self._shed = 0  #: new calls answered 503 Overloaded since the last overload warning
         self._backlog = ReceiveBacklog([])
         self._admission = AdmissionShare()
-        self._control: Any = None
-        self.reload_requested = False
 
     # -- Host protocol --------------------------------------------------------------------------
 
@@ -101,105 +108,38 @@ class App:
         self.endpoint.send_request(method, uri, from_uri=from_uri, callback=callback, timeout=timeout,
                                    headers=headers)
 
+    def stop_blocking_work(self) -> None:
+        """Shutdown, after the plugins stopped: refuse new blocking work, wait a little for what runs."""
+        running = self.blocking.stop(BLOCKING_STOP_WAIT)
+        if running:
+            logger.warning("{} blocking job(s) still running at shutdown: their results are dropped", running)
+
     # -- control API helpers ----------------------------------------------------------------------
 
     def plugin_names(self) -> list[str]:
         return self.hooks.plugin_names()
 
     def active_calls(self) -> list[dict[str, Any]]:
-        now = time.monotonic()
-        calls = []
-        for s in self.sessions.values():
-            calls.append({
-                "id": s.call.id,
-                "call_id": s.call.call_id,
-                "from": s.call.from_uri,
-                "to": s.call.to_uri,
-                "ruri": s.call.request_uri,
-                "state": s.state.value,
-                "duration": round(now - s.call.started, 3),
-                "legs": [
-                    {"index": leg.index, "target": leg.target.uri if leg.target else "",
-                     "answered": leg.answered, "provisional": leg.provisional}
-                    for leg in s.b.values()
-                ],
-                "answered_by": s.answered_target.uri if s.answered_target else None,
-            })
-        return calls
+        return calls_report(self.sessions.values(), time.monotonic())
 
-    # -- call slots -------------------------------------------------------------------------------
+    # -- the call core (Session's host) -----------------------------------------------------------
 
-    def reserve_leg(self) -> bool:
-        """Count one more pjsua call slot in use, if one is free."""
-        if self.legs_in_use >= self.endpoint.slots - 1:
-            return False
-        self.legs_in_use += 1
-        return True
-
-    def retire(self, leg: Leg) -> None:
-        """A leg is disconnected: drop it on the next loop pass (never while in its callback)."""
-        if getattr(leg, "_retired", False):
-            return
-        leg._retired = True
-        leg.session = None
-        self._zombies.pop(id(leg), None)
-        self._graveyard.append(leg)
-        self.legs_in_use -= 1
-
-    def keep_until_disconnected(self, leg: Leg) -> None:
-        """A leg its session gave up on but pjsua has not ended yet (no provisional to cancel)."""
-        self._zombies[id(leg)] = leg
+    @property
+    def sip(self) -> SipConfig:
+        return self._config.sip
 
     def session_ended(self, session: Session) -> None:
         self.sessions.pop(session.call.id, None)
 
-    # -- incoming calls ---------------------------------------------------------------------------
-
-    def _on_incoming(self, prm: pj.OnIncomingCallParam) -> None:
-        sip_cfg = self._config.sip
-        self._next_session += 1
-        number = self._next_session
-        self.legs_in_use += 1  # pjsua already took a slot for this INVITE
-        raw = prm.rdata.wholeMsg
-        start, headers = sip.parse_message(raw)
-        call = _call_info(number, start, headers, prm.rdata.srcAddress)
-        a_leg = Leg(self.endpoint.account, None, 0, prm.callId)
-        refuse: Reject | None = None
-        if sip.undecodable(raw.split("\r\n\r\n", 1)[0]):
-            # nothing of it may reach pjsua2 again (TypeError) nor be trusted as text
-            refuse = Reject(400, "Bad Request")
-            call.call_id = sip.printable(call.call_id)
-        elif self._draining:
-            refuse = Reject(503, "Shutting Down", sip.retry_after(sip_cfg.retry_after))
-        elif (self._overloaded_until and time.monotonic() < self._overloaded_until) or not self._admission.admit():
-            refuse = Reject(503, "Overloaded", sip.retry_after(sip_cfg.retry_after))
-        elif len(self.sessions) >= sip_cfg.max_calls or self.legs_in_use >= self.endpoint.slots - 1:
-            refuse = Reject(sip_cfg.admission_code, "Too Many Calls", sip.retry_after(sip_cfg.retry_after))
-        if refuse is not None:
-            if refuse.reason == "Overloaded":  # thousands a second: counted, summed up by _heartbeat
-                self._shed += 1
-                logger.bind(call_id=call.call_id).debug("refused: {} {}", refuse.code, refuse.reason)
-            else:
-                logger.bind(call_id=call.call_id).warning("refused: {} {}", refuse.code, refuse.reason)
-            a_leg.session = _Refused(self)
-            self.keep_until_disconnected(a_leg)  # dropping it now would hang up another call later
-            # answered on the next pass: inside onIncomingCall pjsua would drop the extra headers
-            self.scheduler.call_soon_threadsafe(lambda: self._refuse(a_leg, refuse))
-            return
+    def admit(self, call: CallInfo, a_leg: CallLeg) -> None:
+        """Admission's one way into the call core: ``call`` gets a session, routed on the next pass."""
         session = Session(self, call, a_leg)
-        a_leg.session = session
-        self.sessions[number] = session
+        self.sessions[call.id] = session
         session.log.debug("INVITE {} from {} ({})", call.request_uri, call.from_uri, call.source)
         # pjsua2 may call onIncomingCall before pjsua has set the call up (from its media
         # transport callback), and pjsua may still drop the call afterwards without telling us
         # (no RTP port free, say): route it on the next loop pass, once the A leg is real.
         self.scheduler.call_soon_threadsafe(lambda: self._start_session(session))
-
-    def _refuse(self, a_leg: Leg, refuse: Reject) -> None:
-        try:
-            a_leg.hangup(op(refuse.code, refuse.reason, refuse.headers))
-        except pj.Error:
-            self.retire(a_leg)
 
     def _start_session(self, session: Session) -> None:
         a_leg = session.a
@@ -217,87 +157,65 @@ class App:
     # -- run ----------------------------------------------------------------------------------------
 
     def run(self) -> int:
-        """Start everything, serve until SIGTERM/SIGINT, stop cleanly. Returns the exit code."""
-        self.scheduler.loop_thread = threading.current_thread()
-        _raise_fd_limit()
-        self.hooks.configure(self._config, self)
-        self.endpoint.start()
-        try:
-            try:
-                self.hooks.startup(self)
-            except Exception as exc:
-                raise StartupError(f"start-up failed: {exc}") from exc
-            self._start_control()
-            self._install_signals()
-            sip_cfg = self._config.sip
-            if sip_cfg.overload_backlog > 0:
-                # found before the first call: RTP sockets share the listeners' addresses
-                udp = [(x.address, x.port) for x in sip_cfg.listeners if x.transport == "udp"]
-                self._backlog = ReceiveBacklog.find(udp)
-                logger.debug("overload: watching the receive queue of {} UDP listener(s)", self._backlog.count)
-            if sip_cfg.overload_lag > 0 or self._backlog.count:
-                self._heartbeat(time.monotonic())
-            self.scheduler.call_later(AUDIT_INTERVAL, self._audit)
-            logger.info("b2bua ready: listening on {} (plugins: {})",
-                        ", ".join(self.endpoint.listeners), ", ".join(self.plugin_names()) or "none")
-            self._serve()
-        finally:
-            self._shutdown()
-        return 0
+        """Start everything, serve until SIGTERM/SIGINT, stop cleanly (:class:`Lifecycle`).
+        Returns the exit code."""
+        return Lifecycle(self).run()
 
-    def _start_control(self) -> None:
-        from b2bua.control import ControlServer
-        from b2bua.core_rpc import register_core_methods
+    def begin_draining(self) -> None:
+        """Shutdown has begun: new calls are refused (503 Shutting Down)."""
+        self._draining = True
 
-        register_core_methods(self.registry, self)
-        self.hooks.register_rpc(self.registry)
-        ctl = self._config.control
-        if ctl.socket or ctl.http:
-            self._control = ControlServer(self.registry, self.run_on_loop, ctl, self._config.base_dir)
-            self._control.start()
+    # -- incoming calls ---------------------------------------------------------------------------
 
-    def _install_signals(self) -> None:
-        def stop(signum: int, _frame: Any) -> None:
-            logger.info("{} received: stopping", signal.Signals(signum).name)
-            self._stopping = True
+    def _on_incoming(self, prm: pj.OnIncomingCallParam) -> None:
+        sip_cfg = self._config.sip
+        self._next_session += 1
+        number = self._next_session
+        raw = prm.rdata.wholeMsg
+        start, headers = sip.parse_message(raw)
+        call = sip.call_info(number, start, headers, prm.rdata.srcAddress, time.monotonic())
+        a_leg = self.legs.incoming(prm.callId)  # pjsua already took a slot for this INVITE
+        refuse: Reject | None = None
+        if sip.undecodable(raw.split("\r\n\r\n", 1)[0]):
+            # nothing of it may reach pjsua2 again (TypeError) nor be trusted as text
+            refuse = Reject(400, "Bad Request")
+            call.call_id = sip.printable(call.call_id)
+        elif self._draining:
+            refuse = Reject(503, "Shutting Down", sip.retry_after(sip_cfg.retry_after))
+        elif (self._overloaded_until and time.monotonic() < self._overloaded_until) or not self._admission.admit():
+            refuse = Reject(503, "Overloaded", sip.retry_after(sip_cfg.retry_after))
+        elif len(self.sessions) >= sip_cfg.max_calls or self.legs.full():
+            refuse = Reject(sip_cfg.admission_code, "Too Many Calls", sip.retry_after(sip_cfg.retry_after))
+        if refuse is not None:
+            if refuse.reason == "Overloaded":  # thousands a second: counted, summed up by _heartbeat
+                self._shed += 1
+                logger.bind(call_id=call.call_id).debug("refused: {} {}", refuse.code, refuse.reason)
+            else:
+                logger.bind(call_id=call.call_id).warning("refused: {} {}", refuse.code, refuse.reason)
+            a_leg.owner = _Refused(self.legs)
+            self.legs.keep_until_disconnected(a_leg)  # dropping it now would hang up another call later
+            # answered on the next pass: inside onIncomingCall pjsua would drop the extra headers
+            self.scheduler.call_soon_threadsafe(lambda: self._refuse(a_leg, refuse))
+            return
+        self.admit(call, a_leg)
 
-        def reload(_signum: int, _frame: Any) -> None:
-            self.reload_requested = True
+    def _refuse(self, a_leg: CallLeg, refuse: Reject) -> None:
+        if not a_leg.end(refuse.code, refuse.reason, refuse.headers):
+            self.legs.retire(a_leg)
 
-        signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, stop)
-        signal.signal(signal.SIGHUP, reload)
+    def start_overload_watch(self) -> None:
+        """Start-up: find the UDP listeners' receive queues and start the heartbeat (before the
+        first call: RTP sockets share the listeners' addresses)."""
+        sip_cfg = self._config.sip
+        if sip_cfg.overload_backlog > 0:
+            udp = [(x.address, x.port) for x in sip_cfg.listeners if x.transport == "udp"]
+            self._backlog = ReceiveBacklog.find(udp)
+            logger.debug("overload: watching the receive queue of {} UDP listener(s)", self._backlog.count)
+        if sip_cfg.overload_lag > 0 or self._backlog.count:
+            self._heartbeat(time.monotonic())
 
-    def _serve(self) -> None:
-        scheduler = self.scheduler
-        endpoint = self.endpoint
-        graveyard = self._graveyard
-        while not self._stopping:
-            endpoint.poll(scheduler.next_delay(POLL_CEILING))
-            scheduler.run_pending()
-            if graveyard:
-                self._bury()
-            if self.reload_requested:
-                self.reload_requested = False
-                self._on_sighup()
-
-    def _audit(self) -> None:
-        """Find legs pjsua ended without a callback and end their part on our side.
-
-        Under overload pjsua drops calls silently (no RTP port free, a slot taken over); their
-        sessions and refused legs would otherwise stay forever, counting against ``max_calls``
-        and the call slots, and their Call objects would later act on the slot's next call.
-        """
-        lost = 0
-        for leg in list(self._zombies.values()):
-            if not leg.attached():
-                self.retire(leg)
-                lost += 1
-        for session in list(self.sessions.values()):
-            lost += session.audit_legs()
-        if lost:
-            logger.warning("{} call leg(s) ended inside pjsua without a callback: cleaned up", lost)
-        self.scheduler.call_later(AUDIT_INTERVAL, self._audit)
+    def stop_overload_watch(self) -> None:
+        self._backlog.close()
 
     def _heartbeat(self, expected: float) -> None:
         """Shed new calls while overloaded: all for a second when the loop runs ``overload_lag``
@@ -329,115 +247,13 @@ class App:
             self._shed = 0
         self.scheduler.call_later(HEARTBEAT, lambda: self._heartbeat(now + HEARTBEAT))
 
-    def _on_sighup(self) -> None:
-        logger.info("SIGHUP: reloading")
-        try:
-            self.pm.hook.b2bua_reload(app=self)
-        except Exception:
-            logger.opt(exception=True).error("reload failed")
-
-    def _pump(self, seconds: float, until: Callable[[], bool]) -> None:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline and not until():
-            self.endpoint.poll(0.01)
-            self.scheduler.run_pending()
-            self._bury()
-
-    def _bury(self) -> None:
-        """Release the legs retired during this pass (outside every pjsua2 callback)."""
-        for leg in self._graveyard:
-            leg.release()
-        self._graveyard.clear()
-
-    def _shutdown(self) -> None:
-        self._draining = True
-        if self._control is not None:
-            try:
-                self._control.stop()
-            except Exception:
-                logger.opt(exception=True).warning("control API did not stop cleanly")
-        grace = self._config.sip.shutdown_grace
-        if self.sessions:
-            logger.info("draining {} calls (up to {:g} s)", len(self.sessions), grace)
-            self._pump(grace, lambda: not self.sessions)
-        if self.sessions:
-            logger.info("hanging up {} calls", len(self.sessions))
-            for session in list(self.sessions.values()):
-                session.hangup_all()
-        # let BYE/CANCEL transactions finish and every Call object be released before libDestroy
-        self._pump(3.0, lambda: not self.sessions and not self._zombies and self.legs_in_use <= 0)
-        try:
-            self.hooks.shutdown(self)
-        except Exception:
-            logger.opt(exception=True).error("a plugin failed in b2bua_shutdown")
-        running = self.blocking.stop(BLOCKING_STOP_WAIT)
-        if running:
-            logger.warning("{} blocking job(s) still running at shutdown: their results are dropped", running)
-        try:
-            self.endpoint.hangup_all()
-        except pj.Error:
-            pass
-        self._pump(0.5, lambda: self.legs_in_use <= 0 and not self._zombies)
-        self.sessions.clear()
-        self._zombies.clear()
-        self._bury()
-        # timers of calls that never finished (an overloaded run leaves thousands) hold sessions
-        # and their legs
-        self.scheduler.clear()
-        gc.collect()
-        self._backlog.close()
-        left = release_remaining()  # a pj.Call finalised after libDestroy aborts the process
-        if left:
-            logger.warning("{} call leg(s) still referenced at shutdown: released before pjsua stops", left)
-        self.endpoint.destroy()
-        logger.info("stopped")
-
-
-class StartupError(RuntimeError):
-    """A plugin could not start (its data source is unreachable, a file is malformed, ...)."""
-
 
 class _Refused:
-    """Session stand-in for a refused INVITE's leg: only retires it when it is gone."""
+    """Owner of a refused INVITE's leg: only retires it when it is gone."""
 
-    def __init__(self, app: App) -> None:
-        self.app = app
+    def __init__(self, legs: LegPool) -> None:
+        self.legs = legs
 
-    def on_leg_state(self, leg: Leg, state: int, code: int, reason: str, prm: Any) -> None:
-        if state == pj.PJSIP_INV_STATE_DISCONNECTED:
-            self.app.retire(leg)
-
-    def on_leg_media(self, leg: Leg) -> None:
-        pass
-
-
-def _call_info(number: int, start: str, headers: dict[str, tuple[str, ...]], source: str) -> CallInfo:
-    def first(name: str) -> str:
-        values = headers.get(name)
-        return values[0] if values else ""
-
-    from_header, to_header = first("from"), first("to")
-    host, _, port = source.rpartition(":")
-    via = first("via").upper()
-    transport = "tcp" if "/TCP" in via else "udp"
-    return CallInfo(
-        id=number,
-        call_id=first("call-id"),
-        request_uri=sip.request_uri(start),
-        from_uri=sip.header_uri(from_header),
-        to_uri=sip.header_uri(to_header),
-        from_header=from_header,
-        to_header=to_header,
-        source_ip=host.strip("[]"),
-        source_port=int(port) if port.isdigit() else 0,
-        transport=transport,
-        headers=headers,
-        started=time.monotonic(),
-    )
-
-
-def _raise_fd_limit() -> None:
-    """Each call leg takes sockets (RTP, RTCP): lift the soft open-files limit to the hard one."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    def on_event(self, leg: CallLeg, event: LegEvent) -> None:
+        if isinstance(event, Disconnected):
+            self.legs.retire(leg)

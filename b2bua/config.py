@@ -10,6 +10,9 @@ function for their own ``[plugins.<name>]`` sections.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
+import math
+import re
 import sys
 import types
 import typing
@@ -17,6 +20,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, Union
+
+from b2bua.sipuri import parse_uri
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -31,7 +36,11 @@ class ConfigError(ValueError):
 
 
 def opt(default: Any, help: str, **kw: Any) -> Any:
-    """A dataclass field with a default and a help line."""
+    """A dataclass field with a default and a help line.
+
+    ``bounds=(low, high)`` (inclusive; ``None``: no limit on that side) makes :func:`parse_section`
+    refuse a number out of range, naming the TOML path; ``docs/config.md`` shows the range.
+    """
     if isinstance(default, list):
         return field(default=tuple(default), metadata={"help": help, **kw})
     if isinstance(default, (dict, set)):
@@ -90,10 +99,16 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if not math.isfinite(value):  # TOML has inf and nan; no setting means either
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"{where}: expected a string, got {value!r}")
+        control = _CONTROL_CHAR.search(value)
+        if control:  # a setting is one line: a CR/LF would end up inside a header or a log line
+            raise ConfigError(f"{where}: must be one line of text, without control characters "
+                              f"(found {control.group()!r} at offset {control.start()})")
         return value
     if origin is tuple:
         if not isinstance(value, list):
@@ -129,6 +144,10 @@ def parse_section(cls: type[C], data: Mapping[str, Any], where: str) -> C:
         known = ", ".join(sorted(fields))
         raise ConfigError(f"{where}: unknown key {unknown[0]!r} (known keys: {known})")
     kwargs = {name: _coerce(value, hints[name], f"{where} {name}") for name, value in data.items()}
+    for name, value in kwargs.items():
+        bounds = fields[name].metadata.get("bounds")
+        if bounds is not None:
+            _check_bounds(value, bounds, f"{where} {name}")
     try:
         obj = cls(**kwargs)
     except (TypeError, ValueError) as exc:
@@ -142,6 +161,57 @@ def parse_section(cls: type[C], data: Mapping[str, Any], where: str) -> C:
         except ValueError as exc:
             raise ConfigError(f"{where} {exc}") from exc
     return obj
+
+
+#: a codec as pjsua names it (matched as a prefix): PCMU, PCMU/8000, opus/48000/2
+_CODEC = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+_-]*(/[0-9]+){0,2}")
+#: RFC 9110 token68-like: what an Authorization header carries unchanged
+_TOKEN = re.compile(r"[\x21-\x7e]+")
+#: C0 controls but TAB, DEL and C1 controls: never part of a one-line setting
+_CONTROL_CHAR = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+
+
+def describe_bounds(bounds: tuple[float | None, float | None]) -> str:
+    """``(1024, 65534)`` as ``1024-65534``, ``(0, None)`` as ``0 or more``."""
+    low, high = (None if b is None else str(b) if isinstance(b, int) else f"{b:g}" for b in bounds)
+    if high is None:
+        return f"{low} or more"
+    if low is None:
+        return f"{high} or less"
+    return f"{low}-{high}"
+
+
+def _check_bounds(value: Any, bounds: tuple[float | None, float | None], where: str) -> None:
+    low, high = bounds
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise ConfigError(f"{where}: must be {describe_bounds(bounds)}, got {value!r}")
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for ``localhost`` and addresses in 127.0.0.0/8 or ``::1`` (brackets allowed).
+
+    The one rule for "reachable only from this machine", used by config validation and by the
+    control API before it serves HTTP without a token.
+    """
+    host = host.strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def split_host_port(text: str) -> tuple[str, int]:
+    """``ADDRESS:PORT`` (IPv6 in brackets) as ``(address, port)``; the port must be 0-65535.
+
+    :raises ValueError: naming the expected form.
+    """
+    host, sep, port = text.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or "[" in host or "]" in host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"{text!r}: expected ADDRESS:PORT")
+    return host, int(port)
 
 
 # -- Sections ----------------------------------------------------------------------------------
@@ -162,11 +232,13 @@ class Listen:
         transport, sep, rest = text.partition(":")
         if not sep or transport.lower() not in TRANSPORTS:
             raise ValueError(f"{text!r}: expected 'udp:ADDRESS:PORT' or 'tcp:ADDRESS:PORT'")
-        address, sep, port_text = rest.rpartition(":")
-        address = address.strip("[]")
-        if not sep or not address or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-            raise ValueError(f"{text!r}: expected 'udp:ADDRESS:PORT' or 'tcp:ADDRESS:PORT'")
-        return cls(transport.lower(), address, int(port_text))
+        try:
+            address, port = split_host_port(rest)
+        except ValueError:
+            raise ValueError(f"{text!r}: expected 'udp:ADDRESS:PORT' or 'tcp:ADDRESS:PORT'") from None
+        if not 1 <= port <= 65535:
+            raise ValueError(f"{text!r}: the port must be 1-65535")
+        return cls(transport.lower(), address, port)
 
     def __str__(self) -> str:
         host = f"[{self.address}]" if ":" in self.address else self.address
@@ -178,46 +250,66 @@ class SipConfig:
     listen: tuple[str, ...] = opt(
         ["udp:127.0.0.1:5060", "tcp:127.0.0.1:5060"], "SIP listeners, 'udp|tcp:ADDRESS:PORT'"
     )
-    max_calls: int = opt(500, "concurrent calls admitted; more get admission_code")
-    max_forks: int = opt(4, "most B legs one call may dial at once (parallel mode)")
-    admission_code: int = opt(503, "answer to a call over max_calls (or out of call slots)")
-    retry_after: int = opt(5, "Retry-After seconds on admission and no-route answers (0: none)")
-    attempt_timeout: float = opt(5.0, "seconds a B leg may take to send any provisional (local 408)")
-    answer_timeout: float = opt(60.0, "seconds a B leg may ring before it is given up (local 408)")
+    max_calls: int = opt(500, "concurrent calls admitted; more get admission_code", bounds=(1, None))
+    max_forks: int = opt(4, "most B legs one call may dial at once (parallel mode)", bounds=(1, None))
+    admission_code: int = opt(503, "answer to a call over max_calls (or out of call slots)", bounds=(400, 699))
+    retry_after: int = opt(5, "Retry-After seconds on admission and no-route answers (0: none)", bounds=(0, 86400))
+    attempt_timeout: float = opt(
+        5.0, "seconds a B leg may take to send any provisional (local 408)", bounds=(0.1, 300)
+    )
+    answer_timeout: float = opt(
+        60.0, "seconds a B leg may ring before it is given up (local 408)", bounds=(0.1, 3600)
+    )
     user_agent: str = opt("b2bua", "User-Agent and Server header value")
-    codecs: tuple[str, ...] = opt(["PCMU/8000", "PCMA/8000"], "audio codecs offered, in order of preference")
-    rtp_port: int = opt(16000, "first RTP port; media uses 8 ports per call slot above it (16000-32383 by default)")
+    codecs: tuple[str, ...] = opt(
+        ["PCMU/8000", "PCMA/8000"], "audio codecs offered, in order of preference ('NAME[/RATE[/CHANNELS]]')"
+    )
+    rtp_port: int = opt(
+        16000, "first RTP port, even; media uses 8 ports per call slot above it (16000-32383 by default)",
+        bounds=(1024, 65534),
+    )
     session_timers: bool = opt(False, "offer RFC 4028 session timers on B legs")
-    shutdown_grace: float = opt(10.0, "seconds to let calls finish on SIGTERM before hanging them up")
+    shutdown_grace: float = opt(
+        10.0, "seconds to let calls finish on SIGTERM before hanging them up", bounds=(0, 3600)
+    )
     overload_lag: float = opt(
-        0.1, "when the loop runs this many seconds late, new calls get 503 + Retry-After for a second (0: off)"
+        0.1, "when the loop runs this many seconds late, new calls get 503 + Retry-After for a second (0: off)",
+        bounds=(0, 60),
     )
     overload_backlog: int = opt(
         131072, "while more than this many bytes of SIP wait unread on a UDP listener, a share of new calls "
-        "gets 503 + Retry-After, cut until the queue drains (0: off; Linux)"
+        "gets 503 + Retry-After, cut until the queue drains (0: off; Linux)", bounds=(0, None)
     )
     require_call_slots: bool = opt(
         True, "refuse to start when pjsua2 has fewer call slots than max_calls x 2 (development: false)"
     )
 
     def validate(self) -> None:
+        seen: dict[Listen, int] = {}
         for i, item in enumerate(self.listen):
             try:
-                Listen.parse(item)
+                listen = Listen.parse(item)
             except ValueError as exc:
                 raise ValueError(f"listen[{i}]: {exc}") from exc
+            if listen in seen:
+                raise ValueError(f"listen[{i}]: {item!r} is the same listener as listen[{seen[listen]}]")
+            seen[listen] = i
         if not self.listen:
             raise ValueError("listen: at least one listener is needed")
-        if self.max_calls < 1:
-            raise ValueError("max_calls: must be at least 1")
-        if self.max_forks < 1:
-            raise ValueError("max_forks: must be at least 1")
-        if not 300 <= self.admission_code <= 699:
-            raise ValueError("admission_code: must be 300-699")
-        if self.attempt_timeout <= 0 or self.answer_timeout <= 0:
-            raise ValueError("attempt_timeout and answer_timeout must be > 0")
-        if self.overload_backlog < 0:
-            raise ValueError("overload_backlog: must be 0 (off) or a number of bytes")
+        if not self.codecs:
+            raise ValueError("codecs: at least one codec is needed")
+        for i, codec in enumerate(self.codecs):
+            if not _CODEC.fullmatch(codec):
+                raise ValueError(f"codecs[{i}]: {codec!r}: expected NAME[/RATE[/CHANNELS]], e.g. 'PCMU/8000'")
+        if self.rtp_port % 2:
+            raise ValueError(f"rtp_port: must be even (RTP on even ports, RTCP on the next), got {self.rtp_port}")
+        # each leg holds an RTP and an RTCP port, each call at least two legs
+        needed = 4 * self.max_calls
+        if self.rtp_port + needed - 1 > 65535:
+            raise ValueError(
+                f"rtp_port: {self.rtp_port} leaves {65536 - self.rtp_port} ports for media, but max_calls = "
+                f"{self.max_calls} needs at least {needed} (RTP and RTCP for two legs a call): lower rtp_port"
+            )
 
     @property
     def listeners(self) -> tuple[Listen, ...]:
@@ -230,44 +322,51 @@ LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL
 @dataclass(frozen=True)
 class LogConfig:
     level: str = opt("INFO", "log level: TRACE, DEBUG, INFO, WARNING, ERROR")
-    pjsip_level: int = opt(1, "pjsip's own log level routed into the log (0-5; 4+ logs every message)")
+    pjsip_level: int = opt(1, "pjsip's own log level routed into the log (4+ logs every message)", bounds=(0, 5))
     file: str = opt("", "also log to this file (rotated at 50 MB); empty: stderr only")
     json: bool = opt(False, "write log lines as JSON objects")
 
     def validate(self) -> None:
         if self.level.upper() not in LOG_LEVELS:
             raise ValueError(f"level: {self.level!r} is not one of {', '.join(LOG_LEVELS)}")
-        if not 0 <= self.pjsip_level <= 5:
-            raise ValueError("pjsip_level: must be 0-5")
 
 
 @dataclass(frozen=True)
 class ControlConfig:
     socket: str = opt("b2bua.sock", "unix socket of the control API (mode 0600); empty: off")
     http: str = opt("", "also serve the control API over HTTP at ADDRESS:PORT (loopback unless token)")
-    token: str = opt("", "bearer token required by the HTTP control API")
-    max_request_bytes: int = opt(65536, "largest control request accepted")
+    token: str = opt("", "bearer token required by the HTTP control API (printable ASCII, no spaces)")
+    max_request_bytes: int = opt(65536, "largest control request accepted", bounds=(256, 16 * 1024 * 1024))
 
     def validate(self) -> None:
         if self.http:
-            host, sep, port = self.http.rpartition(":")
-            if not sep or not port.isdigit():
-                raise ValueError(f"http: {self.http!r}: expected ADDRESS:PORT")
-            if host.strip("[]") not in ("127.0.0.1", "::1", "localhost") and not self.token:
+            try:
+                host, port = split_host_port(self.http)
+            except ValueError as exc:
+                raise ValueError(f"http: {exc}") from None
+            if not 1 <= port <= 65535:
+                raise ValueError(f"http: {self.http!r}: the port must be 1-65535")
+            if not is_loopback_host(host) and not self.token:
                 raise ValueError(f"http: {self.http!r} is not a loopback address: set token too")
+        if self.token and not _TOKEN.fullmatch(self.token):
+            # it travels in an HTTP header: anything else cannot be sent as it is
+            raise ValueError("token: use printable ASCII without spaces (e.g. the output of `openssl rand -hex 32`)")
 
 
 @dataclass(frozen=True)
 class RoutingConfig:
     default_target: str = opt("", "send every call the plugins do not route to this URI; empty: none")
-    no_route_code: int = opt(503, "answer when no plugin routes the call")
+    no_route_code: int = opt(503, "answer when no plugin routes the call", bounds=(400, 699))
     no_route_reason: str = opt("No Route", "reason phrase of that answer")
 
     def validate(self) -> None:
-        if self.default_target and not self.default_target.startswith(("sip:", "sips:")):
-            raise ValueError(f"default_target: {self.default_target!r} is not a sip: URI")
-        if not 300 <= self.no_route_code <= 699:
-            raise ValueError("no_route_code: must be 300-699")
+        if self.default_target:
+            try:
+                uri = parse_uri(self.default_target)
+            except ValueError as exc:
+                raise ValueError(f"default_target: {exc}") from None
+            if uri.headers:  # they would be added to every INVITE sent there
+                raise ValueError(f"default_target: {self.default_target!r}: a target URI has no '?headers'")
 
 
 @dataclass(frozen=True)
@@ -275,6 +374,13 @@ class PluginsConfig:
     enabled: tuple[str, ...] = opt(
         [], "plugins to load: entry-point names (group 'b2bua') or 'package.module[:attr]'"
     )
+
+    def validate(self) -> None:
+        for i, name in enumerate(self.enabled):
+            if not name.strip():
+                raise ValueError(f"enabled[{i}]: empty plugin name")
+            if name in self.enabled[:i]:
+                raise ValueError(f"enabled[{i}]: {name!r} is listed twice")
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import importlib
 import json
 from typing import Any
 
-from b2bua.config import SECTIONS, PluginsConfig
+from b2bua.config import SECTIONS, PluginsConfig, describe_bounds
 
 #: plugin sections documented with the host's: (TOML table, "module:Class")
 PLUGIN_SECTIONS = (
@@ -22,8 +22,10 @@ PLUGIN_SECTIONS = (
 INTRO = """# Configuration reference
 
 `b2bua run -c config.toml` reads one TOML file; `b2bua check-config -c config.toml` checks it
-(and the plugins it enables) without starting. Unknown keys and wrong types are errors that name
-the TOML path, e.g. `config.toml: [sip] max_calls: expected an integer, got 'many'`. Relative
+(and the plugins it enables) without starting. Unknown keys, wrong types and values out of range
+are errors that name the TOML path, e.g. `config.toml: [sip] max_calls: expected an integer, got
+'many'` or `config.toml: [sip] rtp_port: must be 1024-65534, got 70000`. Numbers must be finite
+(no `inf`, `nan`) and strings one line (no control characters). Relative
 paths are relative to the config file's folder. The shipped `config.toml` is a working example.
 
 This page is generated from the code (`python -m b2bua.configdoc > docs/config.md`).
@@ -59,6 +61,9 @@ def section_table(title: str, cls: type) -> str:
         if help_text is None:
             continue
         cell = help_text.replace("|", "\\|")
+        bounds = f.metadata.get("bounds")
+        if bounds is not None:
+            cell += f" (range: {describe_bounds(bounds)})"
         lines.append(f"| `{f.name}` | `{_toml(_default(f))}` | {cell} |")
     return "\n".join(lines) + "\n"
 

@@ -4,8 +4,10 @@
 
 * on a unix socket (mode 0600): newline-delimited JSON, one request (object or batch array)
   per line, one response per line, as many requests per connection as the client likes;
-* optionally over HTTP: ``POST /`` or ``POST /rpc`` with a JSON body, ``Authorization:
-  Bearer <token>`` when a token is configured.
+* optionally over HTTP: ``POST /``, ``/rpc`` or ``/RPC`` with an ``application/json`` body,
+  ``Authorization: Bearer <token>`` when a token is configured. Browsers' cross-origin and
+  DNS-rebound requests are refused, and slow or idle connections give way to new ones
+  (:mod:`b2bua.control_guard` has the rules, ``docs/security.md`` the reasons).
 
 The API threads never touch pjsua2: a method registered with ``on_loop=True`` (the default)
 is handed to the loop thread through ``run_on_loop(callable, timeout)``, which must return
@@ -20,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import hmac
 import http.server
-import ipaddress
+import io
 import itertools
 import json
 import os
@@ -40,7 +42,16 @@ from typing import Any
 
 from loguru import logger
 
-from b2bua.config import ControlConfig
+from b2bua.config import ControlConfig, is_loopback_host, split_host_port
+from b2bua.control_guard import (
+    ConnectionTable,
+    HttpLimits,
+    RefusalLog,
+    content_type_refusal,
+    host_refusal,
+    origin_refusal,
+    source_of,
+)
 from b2bua.rpc import (
     INTERNAL_ERROR,
     INVALID_REQUEST,
@@ -250,32 +261,10 @@ def _short(exc: BaseException) -> str:
 # -- Helpers shared by both listeners ------------------------------------------------------------
 
 
-class _Connections:
-    """The open connections of one listener: capped, and shut down all at once on stop."""
-
-    def __init__(self, limit: int) -> None:
-        self._limit = limit
-        self._lock = threading.Lock()
-        self._open: set[socket.socket] = set()
-
-    def add(self, sock: socket.socket) -> bool:
-        with self._lock:
-            if len(self._open) >= self._limit:
-                return False
-            self._open.add(sock)
-            return True
-
-    def discard(self, sock: socket.socket) -> None:
-        with self._lock:
-            self._open.discard(sock)
-
-    def shutdown_all(self) -> None:
-        # wakes threads blocked in recv(); they see EOF and end their connection
-        with self._lock:
-            socks = list(self._open)
-        for sock in socks:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+def _shutdown(sock: Any) -> None:
+    # wakes the thread blocked in recv() on it: it sees EOF and ends the connection
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
 
 
 def _linger(sock: socket.socket) -> None:
@@ -299,51 +288,74 @@ def _linger(sock: socket.socket) -> None:
             drained += len(chunk)
 
 
-def is_loopback_host(host: str) -> bool:
-    """True for ``localhost`` and addresses in 127.0.0.0/8 or ``::1``."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def parse_http_address(text: str) -> tuple[str, int]:
     """``ADDRESS:PORT`` (IPv6 in brackets) to ``(address, port)``.
 
     :raises ControlError: when it is not of that form.
     """
-    host, sep, port = text.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise ControlError(f"[control] http: {text!r}: expected ADDRESS:PORT")
-    return host, int(port)
+    try:
+        return split_host_port(text)
+    except ValueError as exc:
+        raise ControlError(f"[control] http: {exc}") from None
+
+
+class _Guarded:
+    """Admission for a socketserver listener (mixed in first): the connection table decides who
+    gets in (displacing a connection that only waits, when full), the refusal log says why not."""
+
+    connections: ConnectionTable
+    refusals: RefusalLog
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        source = source_of(client_address)
+        admission = self.connections.admit(request, source)
+        table = self.connections
+        caps = f"{table.limit} connections at most"
+        if table.per_source < table.limit:
+            caps += f", {table.per_source} from one address"
+        for victim, victim_source, waited in admission.evicted:
+            self.refusals.refused(
+                victim_source, "displaced",
+                f"closed a connection that waited {waited:.1f}s without a complete request, for a new one ({caps})",
+            )
+            _shutdown(victim)
+        if admission.admitted:
+            return True
+        self.refusals.refused(source, "connection limit",
+                              f"{len(table)} connections open, none of them idle: connection closed")
+        return False
+
+    def shutdown_request(self, request: Any) -> None:
+        self.connections.remove(request)
+        super().shutdown_request(request)  # type: ignore[misc]
+
+    def service_actions(self) -> None:
+        # serve_forever calls this between requests, at least every POLL_INTERVAL
+        self.refusals.flush()
+
+    def close_connections(self) -> None:
+        """Shut every open connection down (its thread then ends) and log what is pending."""
+        for sock in self.connections.all_keys():
+            _shutdown(sock)
+        self.refusals.flush(force=True)
 
 
 # -- Unix socket listener ------------------------------------------------------------------------
 
 
-class _UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+class _UnixServer(_Guarded, socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = False  # server_close() joins the connection threads
     block_on_close = True
-    request_queue_size = 16
+    request_queue_size = 64
 
-    def __init__(self, path: Path, processor: JsonRpcProcessor, max_request_bytes: int) -> None:
+    def __init__(self, path: Path, processor: JsonRpcProcessor, max_request_bytes: int,
+                 limits: HttpLimits) -> None:
         super().__init__(str(path), _UnixHandler, bind_and_activate=False)
         self.processor = processor
         self.max_request_bytes = max_request_bytes
-        self.connections = _Connections(MAX_CONNECTIONS)
-
-    def verify_request(self, request: Any, client_address: Any) -> bool:
-        if self.connections.add(request):
-            return True
-        logger.warning("control socket: {} connections open, refusing another", MAX_CONNECTIONS)
-        return False
-
-    def shutdown_request(self, request: Any) -> None:
-        self.connections.discard(request)
-        super().shutdown_request(request)
+        # the socket's mode admits only the b2bua's own user: one source, the cap is the limit
+        self.connections = ConnectionTable(MAX_CONNECTIONS, MAX_CONNECTIONS)
+        self.refusals = RefusalLog("control socket", limits.log_burst, limits.log_interval)
 
 
 class _UnixHandler(socketserver.StreamRequestHandler):
@@ -355,6 +367,7 @@ class _UnixHandler(socketserver.StreamRequestHandler):
     def handle(self) -> None:
         threading.current_thread().name = "control-unix"
         limit = self.server.max_request_bytes
+        connections = self.server.connections
         try:
             for _ in range(MAX_REQUESTS_PER_CONNECTION):
                 # at most limit+1 bytes: enough to tell an oversize line without reading it all
@@ -362,15 +375,18 @@ class _UnixHandler(socketserver.StreamRequestHandler):
                 if not line:
                     return
                 if len(line) > limit and not line.endswith(b"\n"):
-                    logger.warning("control socket: request over {} bytes refused", limit)
+                    self.server.refusals.refused("local", "too large", f"request over {limit} bytes")
                     self.wfile.write(oversize_response(limit) + b"\n")
                     _linger(self.connection)
                     return
                 if not line.strip():
                     continue
+                if not connections.set_busy(self.connection, True):
+                    return  # displaced by a newer connection while it waited
                 response = self.server.processor.handle(line)
                 if response is not None:
                     self.wfile.write(response + b"\n")
+                connections.set_busy(self.connection, False)
         except TimeoutError:
             logger.debug("control socket: idle connection closed after {:g}s", IDLE_TIMEOUT)
         except ConnectionError:
@@ -380,16 +396,89 @@ class _UnixHandler(socketserver.StreamRequestHandler):
 # -- HTTP listener -------------------------------------------------------------------------------
 
 
-class _HttpServer(http.server.ThreadingHTTPServer):
+class _HeadTooLarge(Exception):
+    """The request line and headers are over ``HttpLimits.max_head_bytes``."""
+
+
+class _DeadlineSocketIO(io.RawIOBase):
+    """The receiving side of a socket whose reads fail with TimeoutError once ``deadline``
+    (``time.monotonic()``) has passed.
+
+    A socket timeout alone restarts with every byte received: a client sending one byte every
+    few seconds would hold its connection forever.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__()
+        self._sock = sock
+        self.deadline = 0.0
+        #: bytes received so far on this connection
+        self.received = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("deadline passed")
+        self._sock.settimeout(remaining)
+        count = self._sock.recv_into(buffer)
+        self.received += count
+        return count
+
+
+class _RequestReader(io.BufferedReader):
+    """Buffered reads of requests; lines (the request head) count against ``head_budget``."""
+
+    def __init__(self, raw: _DeadlineSocketIO) -> None:
+        super().__init__(raw)
+        self.head_budget = 0
+        #: a line ended at end of file: the peer closed (or was displaced) in the middle of a head
+        self.cut_short = False
+
+    def readline(self, size: int | None = -1) -> bytes:
+        cap = self.head_budget + 1  # one byte over tells "too large" without reading more
+        line = super().readline(cap if size is None or size < 0 else min(size, cap))
+        self.head_budget -= len(line)
+        if self.head_budget < 0:
+            raise _HeadTooLarge
+        if not line.endswith(b"\n") and len(line) < cap:
+            self.cut_short = True
+        return line
+
+
+class _TimedWriter(io.BufferedIOBase):
+    """Writes to a socket, each write bounded in time (a client may stop reading on purpose)."""
+
+    def __init__(self, sock: socket.socket, timeout: float) -> None:
+        super().__init__()
+        self._sock = sock
+        self._timeout = timeout
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self._sock.settimeout(self._timeout)
+        self._sock.sendall(data)  # since Python 3.5 the timeout bounds the whole sendall
+        return memoryview(data).nbytes
+
+
+class _HttpServer(_Guarded, http.server.ThreadingHTTPServer):
     daemon_threads = False
     block_on_close = True
+    request_queue_size = 64
 
-    def __init__(self, address: tuple[str, int], processor: JsonRpcProcessor, config: ControlConfig) -> None:
+    def __init__(self, address: tuple[str, int], processor: JsonRpcProcessor, config: ControlConfig,
+                 limits: HttpLimits) -> None:
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.processor = processor
         self.token = config.token
         self.max_request_bytes = config.max_request_bytes
-        self.connections = _Connections(MAX_CONNECTIONS)
+        self.limits = limits
+        self.connections = ConnectionTable(limits.max_connections, limits.max_per_source)
+        self.refusals = RefusalLog("control http", limits.log_burst, limits.log_interval)
         super().__init__(address, _HttpHandler)
 
     def server_bind(self) -> None:
@@ -399,34 +488,77 @@ class _HttpServer(http.server.ThreadingHTTPServer):
         self.server_name = str(host)
         self.server_port = int(port)
 
-    def verify_request(self, request: Any, client_address: Any) -> bool:
-        if self.connections.add(request):
-            return True
-        logger.warning("control http: {} connections open, refusing {}", MAX_CONNECTIONS, client_address)
-        return False
-
-    def shutdown_request(self, request: Any) -> None:
-        self.connections.discard(request)
-        super().shutdown_request(request)
-
 
 class _HttpHandler(http.server.BaseHTTPRequestHandler):
-    """``POST /`` or ``/rpc`` with a JSON-RPC body."""
+    """``POST /``, ``/rpc`` or ``/RPC`` (Kamailio's ``jsonrpcs`` path) with a JSON-RPC body.
+
+    Each request's head must arrive within ``head_timeout`` of the connection (or the previous
+    answer), its body within ``body_timeout``; a browser's cross-origin or DNS-rebound request,
+    and any body that is not ``application/json``, are refused before the body is read.
+    """
 
     server: _HttpServer
     protocol_version = "HTTP/1.1"
     server_version = "b2bua-control"
     sys_version = ""
-    timeout = IDLE_TIMEOUT
-    PATHS = ("/", "/rpc")
+    PATHS = ("/", "/rpc", "/RPC")
 
     def setup(self) -> None:
         threading.current_thread().name = "control-http"
-        super().setup()
+        self.connection = self.request
+        self.source = source_of(self.client_address)
+        self._stream = _DeadlineSocketIO(self.connection)
+        self.rfile = _RequestReader(self._stream)
+        self.wfile = _TimedWriter(self.connection, self.server.limits.write_timeout)
+        self._phase = "head"
 
     def log_message(self, format: str, *args: Any) -> None:
         # http.server logs to stderr by default; keep everything in the one log
-        logger.debug("control http {}: {}", self.address_string(), format % args)
+        logger.debug("control http {}: {}", self.source, format % args)
+
+    def handle_one_request(self) -> None:
+        """Read, check and answer one request; BaseHTTPRequestHandler's, with deadlines."""
+        limits = self.server.limits
+        self.close_connection = True
+        if not self.server.connections.set_busy(self.connection, False):
+            return  # displaced by a newer connection while it waited
+        self._phase = "head"
+        self._stream.deadline = time.monotonic() + limits.head_timeout
+        self.rfile.head_budget = limits.max_head_bytes
+        received = self._stream.received
+        try:
+            self.raw_requestline = self.rfile.readline()
+            if self.rfile.cut_short or not self.raw_requestline:
+                return  # the client closed (or was displaced), perhaps in the middle of a line
+            parsed = self.parse_request()  # if not, it answered 400/431/505 itself (send_error)
+            if not parsed or self.rfile.cut_short:  # http.client takes end of file for end of head
+                return
+            getattr(self, f"do_{self.command}", self._method_not_allowed)()
+        except TimeoutError:
+            self.close_connection = True
+            if self._phase == "answer":
+                self.server.refusals.refused(self.source, "slow reader",
+                                             f"answer not taken within {limits.write_timeout:g}s: connection closed")
+            elif self._stream.received == received:
+                logger.debug("control http {}: idle connection closed after {:g}s", self.source,
+                             limits.head_timeout)
+            else:
+                timeout = limits.head_timeout if self._phase == "head" else limits.body_timeout
+                self._refuse(HTTPStatus.REQUEST_TIMEOUT, INVALID_REQUEST,
+                             f"Request Timeout: request {self._phase} not complete within {timeout:g}s",
+                             kind="slow request")
+        except _HeadTooLarge:
+            self._refuse(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, INVALID_REQUEST,
+                         f"Invalid Request: request head over {limits.max_head_bytes} bytes", kind="too large")
+        except OSError as exc:  # reset, broken pipe, or shut down by stop()
+            self.close_connection = True
+            logger.debug("control http {}: connection ended: {}", self.source, exc)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        # parse_request's errors (bad request line, header lines, version): JSON like ours
+        status = HTTPStatus(code)
+        self._refuse(status, INVALID_REQUEST, f"{status.phrase}: {message or status.description}",
+                     kind="bad request")
 
     def _send(self, status: HTTPStatus, body: bytes | None, *, close: bool = False,
               headers: Mapping[str, str] | None = None) -> None:
@@ -445,10 +577,16 @@ class _HttpHandler(http.server.BaseHTTPRequestHandler):
         if close:
             _linger(self.connection)
 
-    def _refuse(self, status: HTTPStatus, code: int, message: str,
-                headers: Mapping[str, str] | None = None) -> None:
-        # the body was not read, so the connection cannot carry another request
-        self._send(status, _dumps(error_response(None, code, message)), close=True, headers=headers)
+    def _refuse(self, status: HTTPStatus, code: int, message: str, *, kind: str,
+                headers: Mapping[str, str] | None = None, body: bytes | None = None) -> None:
+        """Answer ``status`` with a JSON-RPC error, log the refusal, close the connection (the
+        body was not read, so it cannot carry another request)."""
+        self.close_connection = True
+        if self.connection not in self.server.connections:
+            return  # displaced (and logged as such): what it read last is a fragment
+        self.server.refusals.refused(self.source, kind, f"HTTP {status.value} {message}")
+        with contextlib.suppress(OSError):  # the client may be gone or not reading
+            self._send(status, body or _dumps(error_response(None, code, message)), close=True, headers=headers)
 
     def _authorized(self) -> bool:
         token = self.server.token
@@ -460,49 +598,76 @@ class _HttpHandler(http.server.BaseHTTPRequestHandler):
         same = hmac.compare_digest(given, token.encode("utf-8"))
         return same and scheme.lower() == "bearer"
 
+    def _browser_refusal(self) -> bool:
+        """Refuse a DNS-rebound or cross-origin browser request; True when refused."""
+        hosts = self.headers.get_all("Host") or []
+        reason = host_refusal(hosts, token=bool(self.server.token))
+        if reason is not None:
+            self._refuse(HTTPStatus.MISDIRECTED_REQUEST, INVALID_REQUEST, f"Misdirected Request: {reason}",
+                         kind="host")
+            return True
+        reason = origin_refusal(self.headers.get("Origin"), hosts[0] if hosts else None)
+        if reason is not None:
+            self._refuse(HTTPStatus.FORBIDDEN, INVALID_REQUEST, f"Forbidden: {reason}", kind="origin")
+            return True
+        return False
+
     def do_POST(self) -> None:
+        if self._browser_refusal():
+            return
         path = urllib.parse.urlsplit(self.path).path
         if path not in self.PATHS:
-            self._refuse(HTTPStatus.NOT_FOUND, INVALID_REQUEST, f"Not found: {path}; POST to / or /rpc")
+            self._refuse(HTTPStatus.NOT_FOUND, INVALID_REQUEST, f"Not found: {path}; POST to / or /rpc",
+                         kind="path")
             return
         if not self._authorized():
-            logger.warning("control http: unauthorized request from {}", self.address_string())
-            self._refuse(HTTPStatus.UNAUTHORIZED, UNAUTHORIZED,
-                         "Unauthorized: send 'Authorization: Bearer <token>'",
-                         headers={"WWW-Authenticate": 'Bearer realm="b2bua"'})
+            self._refuse(HTTPStatus.UNAUTHORIZED, UNAUTHORIZED, "Unauthorized: send 'Authorization: Bearer <token>'",
+                         kind="token", headers={"WWW-Authenticate": 'Bearer realm="b2bua"'})
             return
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            self._refuse(HTTPStatus.LENGTH_REQUIRED, INVALID_REQUEST, "Invalid Request: send Content-Length")
+        reason = content_type_refusal(self.headers.get("Content-Type"))
+        if reason is not None:
+            self._refuse(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, INVALID_REQUEST, f"Unsupported Media Type: {reason}",
+                         kind="content type")
             return
-        length_text = self.headers.get("Content-Length")
-        if length_text is None:
-            self._refuse(HTTPStatus.LENGTH_REQUIRED, INVALID_REQUEST, "Invalid Request: send Content-Length")
+        length = self._content_length()
+        if length is None:
             return
-        if not length_text.strip().isdigit():
-            self._refuse(HTTPStatus.BAD_REQUEST, INVALID_REQUEST,
-                         f"Invalid Request: bad Content-Length {length_text!r}")
-            return
-        length = int(length_text)
-        limit = self.server.max_request_bytes
-        if length > limit:
-            logger.warning("control http: request of {} bytes over {} refused", length, limit)
-            self._send(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, oversize_response(limit), close=True)
-            return
+        self._phase = "body"
+        self._stream.deadline = time.monotonic() + self.server.limits.body_timeout
         body = self.rfile.read(length)
-        if len(body) < length:
-            self.close_connection = True  # the client hung up mid-body
+        if len(body) < length or not self.server.connections.set_busy(self.connection, True):
+            self.close_connection = True  # the client hung up mid-body, or it was displaced
             return
+        self._phase = "answer"
         response = self.server.processor.handle(body)
         if response is None:
             self._send(HTTPStatus.NO_CONTENT, None)
         else:
             self._send(HTTPStatus.OK, response)
 
+    def _content_length(self) -> int | None:
+        """The body's announced length, or None after refusing the request."""
+        length_text = self.headers.get("Content-Length")
+        if length_text is None or "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            self._refuse(HTTPStatus.LENGTH_REQUIRED, INVALID_REQUEST, "Invalid Request: send Content-Length",
+                         kind="bad request")
+            return None
+        if not length_text.strip().isdigit():
+            self._refuse(HTTPStatus.BAD_REQUEST, INVALID_REQUEST,
+                         f"Invalid Request: bad Content-Length {length_text!r}", kind="bad request")
+            return None
+        length = int(length_text)
+        limit = self.server.max_request_bytes
+        if length > limit:
+            self._refuse(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, INVALID_REQUEST,
+                         f"Invalid Request: {length} bytes, larger than {limit}", kind="too large",
+                         body=oversize_response(limit))
+            return None
+        return length
+
     def _method_not_allowed(self) -> None:
         self._refuse(HTTPStatus.METHOD_NOT_ALLOWED, INVALID_REQUEST,
-                     f"Method not allowed: {self.command}; use POST", headers={"Allow": "POST"})
-
-    do_GET = do_HEAD = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _method_not_allowed
+                     f"Method not allowed: {self.command}; use POST", kind="method", headers={"Allow": "POST"})
 
 
 # -- The server ----------------------------------------------------------------------------------
@@ -517,6 +682,8 @@ class ControlServer:
     :param config: the ``[control]`` section.
     :param base_dir: the folder a relative socket path is relative to (the config file's).
     :param loop_timeout: seconds to wait for the loop thread per ``on_loop`` call.
+    :param limits: connection caps, deadlines and refusal logging of the HTTP listener (its
+        log settings serve the unix socket too).
 
     Stop it before the loop thread stops, so that no call waits for a loop that is gone.
     """
@@ -529,8 +696,10 @@ class ControlServer:
         base_dir: Path,
         *,
         loop_timeout: float = LOOP_TIMEOUT,
+        limits: HttpLimits | None = None,
     ) -> None:
         self._config = config
+        self._limits = limits or HttpLimits()
         self._processor = JsonRpcProcessor(registry, run_on_loop, loop_timeout)
         self._socket_path: Path | None = None
         if config.socket:
@@ -612,7 +781,7 @@ class ControlServer:
                 raise ControlError(
                     f"[control] socket: {candidate} is longer than {MAX_UNIX_PATH} bytes; use a shorter path"
                 )
-        server = _UnixServer(path, self._processor, self._config.max_request_bytes)
+        server = _UnixServer(path, self._processor, self._config.max_request_bytes, self._limits)
         try:
             with contextlib.suppress(FileNotFoundError):
                 temp.unlink()
@@ -638,7 +807,7 @@ class ControlServer:
             # token would hand call control to anyone who can reach it
             raise ControlError(f"[control] http: {address_text!r} is not a loopback address: set token too")
         try:
-            server = _HttpServer((host, port), self._processor, self._config)
+            server = _HttpServer((host, port), self._processor, self._config, self._limits)
         except OSError as exc:
             reason = exc.strerror or exc
             raise ControlError(f"[control] http: cannot listen on {address_text}: {reason}") from exc
@@ -657,7 +826,7 @@ class ControlServer:
         for stopper in stoppers:
             stopper.join()
         for server, thread in self._running:
-            server.connections.shutdown_all()
+            server.close_connections()
             server.server_close()  # joins the connection threads
             thread.join(timeout=5.0)
         if self._unix is not None and self._socket_path is not None:

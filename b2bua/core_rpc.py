@@ -7,10 +7,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from typing import Any, Protocol
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, Protocol
 
+from b2bua.events import LegState
 from b2bua.rpc import RpcRegistry
+
+if TYPE_CHECKING:
+    from b2bua.session import Session
 
 
 class CoreApp(Protocol):
@@ -28,6 +32,33 @@ class CoreApp(Protocol):
     def active_calls(self) -> list[dict[str, Any]]:
         """One JSON-serialisable summary per call in progress; called on the loop thread."""
         ...
+
+
+def calls_report(sessions: Iterable[Session], now: float) -> list[dict[str, Any]]:
+    """``core.calls``' answer: one summary per call in progress (loop thread).
+
+    Per call its ids, URIs, state and age (``now``: monotonic seconds), the B legs still up
+    (index, target, leg state, answered, provisional) and the target that answered.
+    """
+    calls = []
+    for s in sessions:
+        call = s.call
+        calls.append({
+            "id": call.id,
+            "call_id": call.call_id,
+            "from": call.from_uri,
+            "to": call.to_uri,
+            "ruri": call.request_uri,
+            "state": s.state.value,
+            "duration": round(now - call.started, 3),
+            "legs": [
+                {"index": leg.index, "target": leg.target.uri if leg.target else "", "state": leg.state.value,
+                 "answered": leg.index == s.winner, "provisional": leg.state is not LegState.CALLING}
+                for leg in s.b.values()
+            ],
+            "answered_by": s.answered_target.uri if s.answered_target else None,
+        })
+    return calls
 
 
 def uptime_report(now: float, started_at: float) -> dict[str, int]:

@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from b2bua import hookimpl
-from b2bua.api import DialMode, Failure, FailureKind, Reject, RoutePlan, Target
-from b2bua.sip import retry_after, status_reason
+from b2bua.api import DialMode, Failure, Reject, RoutePlan, Target
+from b2bua.sip import retry_after
+from b2bua.sippolicy import relay
 
 if TYPE_CHECKING:
     from b2bua.api import CallInfo, Host
@@ -34,17 +35,10 @@ class HostDefaults:
 
     @hookimpl(trylast=True)
     def b2bua_next_target(self, call: CallInfo, plan: RoutePlan, failure: Failure) -> Target | Reject:
-        """Next target of a serial plan on 408 or 5xx; otherwise relay the failure as it is."""
+        """Next target of a serial plan on 408 or 5xx; otherwise relay the failure
+        (:func:`b2bua.sippolicy.relay`: a gateway's 503 reaches the caller as 500)."""
         retryable = failure.code == 408 or 500 <= failure.code <= 599
         if plan.mode is DialMode.SERIAL and retryable and failure.attempt < len(plan.targets):
             return plan.targets[failure.attempt]
         return relay(failure)
 
-
-def relay(failure: Failure) -> Reject:
-    """The caller's answer for a failure: the gateway's own code and reason (a local timeout
-    is a 408). The failover plugin answers RFC 3261 §16.7-style instead (503 + Retry-After)."""
-    if failure.kind in (FailureKind.NO_RESPONSE, FailureKind.NO_ANSWER):
-        return Reject(408, "Request Timeout")
-    code = failure.code if 300 <= failure.code <= 699 else 500
-    return Reject(code, failure.reason or status_reason(code))

@@ -1,10 +1,17 @@
 """The B2BUA's hook specifications (pluggy project name ``b2bua``).
 
 Hooks are called with keyword arguments only. Decision hooks are ``firstresult``: the first
-plugin that returns something other than None decides, so they must have no side effects;
-their paired notification hooks carry the side effects. Every hook runs on the loop thread:
-never block in one (no I/O, no sleeps). The host's own defaults are ``trylast`` impls in
-:mod:`b2bua.defaults`, so any plugin overrides them.
+plugin that returns something other than None decides, and the plugins after it are not asked;
+so a decision hook should have no side effects, and its paired notification hook carries them.
+The built-ins document the side effects they do have: the dispatcher's ``b2bua_route_call``
+advances its round-robin and weight cursors and stores the chosen route in ``call.stash`` (as
+Kamailio's ``ds_select_dst`` does), and the failover plugin's ``b2bua_route_call`` wrapper
+starts the call's ``total_timeout`` clock. Every hook runs on the loop thread: never block in
+one (no I/O, no sleeps).
+
+Call order: users' plugins first, then the built-ins' decision hooks (``trylast``), then the
+host's defaults (:mod:`b2bua.defaults`, ``trylast`` and registered after every plugin), whatever
+the order in ``[plugins] enabled`` (see :func:`b2bua.plugins.make_manager`).
 
 Order of the hooks for one call::
 
@@ -47,7 +54,12 @@ def b2bua_configure(config: Config, app: Host) -> None:
 
     :param config: the whole parsed ``config.toml``; a plugin's section is
         ``config.plugin_section("name")`` (a dict), parsed with :func:`b2bua.config.parse_section`.
-    :param app: the host services (timers, requests, thread hand-off).
+    :param app: the host services; keep it for later. It runs on the loop thread before the SIP
+        stack starts, so only part of them work yet: ``app.config`` and ``app.hook`` do;
+        ``app.call_later`` and ``app.call_soon_threadsafe`` queue work that runs once the loop
+        serves (after ``b2bua_startup``); ``app.run_on_loop`` runs its callable at once (this is
+        the loop thread); ``app.send_request`` does not work (there is no SIP stack yet: it
+        raises). Send requests from ``b2bua_startup`` on.
 
     Raise :class:`b2bua.config.ConfigError` for a bad setting: start-up stops with its message.
     Historic: a plugin registered later still gets the call.
@@ -58,7 +70,8 @@ def b2bua_configure(config: Config, app: Host) -> None:
 def b2bua_startup(app: Host) -> None:
     """The SIP stack is up and no call has arrived yet: load data, start timers.
 
-    :param app: the host services. An exception here stops start-up with the error.
+    :param app: the host services, all of them working from here on. An exception here stops
+        start-up with the error.
     """
 
 
@@ -106,9 +119,10 @@ def b2bua_route_call(call: CallInfo) -> RoutePlan | Reject | None:
 
     :param call: the admitted call.
     :return: a :class:`~b2bua.api.RoutePlan` (targets in order; serial or parallel), a
-        :class:`~b2bua.api.Reject`, or None to let the next plugin decide. The host's
-        default (``[routing] default_target``) answers last; with no route at all the caller
-        gets ``[routing] no_route_code``.
+        :class:`~b2bua.api.Reject`, or None to let the next plugin decide. The dispatcher
+        (``trylast``) answers after users' plugins, always (a Reject when no rule matches);
+        the host's default (``[routing] default_target``) answers last; with no route at all
+        the caller gets ``[routing] no_route_code``.
 
     Stops at first non-None result.
     """
@@ -123,9 +137,13 @@ def b2bua_next_target(call: CallInfo, plan: RoutePlan, failure: Failure) -> Targ
     :param failure: the failed attempt (code, reason, kind, attempt number, target).
     :return: the next :class:`~b2bua.api.Target` to dial, or a :class:`~b2bua.api.Reject`
         with the caller's final answer. The host's default tries the plan's next target on
-        408 and 5xx, and otherwise relays the failure.
+        408 and 5xx, and otherwise relays the failure (:func:`b2bua.sippolicy.relay`: a
+        gateway's 503 reaches the caller as 500).
 
-    In parallel mode it is asked once, after every fork failed, with the best failure.
+    In parallel mode it is asked once, after every fork failed, with the best failure
+    (:func:`b2bua.sippolicy.best_failure`: Kamailio tm's choice, RFC 3261 §16.7). It is not
+    asked for a cancelled attempt, nor once the call is answered or the caller has left.
+    Users' plugins are asked before the failover plugin (``trylast``), which answers always.
     Stops at first non-None result.
     """
 
@@ -145,7 +163,11 @@ def b2bua_prepare_target(call: CallInfo, target: Target, request: OutgoingReques
 
 @hookspec
 def b2bua_leg_started(call: CallInfo, target: Target) -> None:
-    """A B leg's INVITE was sent to ``target`` (e.g. count the destination's load)."""
+    """A B leg's INVITE is about to be sent to ``target`` (e.g. count the destination's load).
+
+    Every attempt that got a call slot fires it, even one whose INVITE then cannot be sent
+    (its ``b2bua_leg_failed`` follows at once, kind ``error``).
+    """
 
 
 @hookspec
@@ -153,7 +175,11 @@ def b2bua_leg_failed(call: CallInfo, failure: Failure) -> None:
     """A B leg ended without being answered: a failure response, a timeout, a send error,
     or cancelled because another fork answered or the caller gave up (``failure.kind``).
 
-    Fires before ``b2bua_next_target`` for the same failure.
+    Fires once per attempt, before ``b2bua_next_target`` for the same failure. It fires
+    *without* a ``b2bua_leg_started`` for an attempt that never got a pjsua call slot
+    (``kind`` ``error``, ``503 Out of call slots``): nothing was sent, so a plugin that counts
+    load in ``b2bua_leg_started`` must not release any for it (compare ``failure.attempt``
+    with the attempts it saw start).
     """
 
 

@@ -1,29 +1,56 @@
-"""pjsua2 Call objects for the two sides of a session.
+"""The pjsua2 adapter of a call leg: pjsua2 callbacks in, typed events out.
 
-A :class:`Leg` only forwards pjsua2's callbacks to its session; all decisions live in
-:mod:`b2bua.session`. Callbacks can fire synchronously inside ``makeCall``/``hangup``, so the
-session's handlers are re-entrant, and no exception may cross back into C++.
+:class:`Leg` is a ``pj.Call`` implementing :class:`b2bua.events.CallLeg`. Its callbacks turn
+pjsua2's invite states, transactions, media and DTMF into the events of
+:mod:`b2bua.events` and hand them to the leg's owner (the session); its methods turn the
+session's actions into pjsua2 calls. It decides nothing. Callbacks can fire synchronously
+inside ``makeCall``/``hangup``, so owners are re-entrant, and no exception crosses back into
+C++ (each callback catches and logs). Per callback it does as little as it can: one
+``getInfo()`` per state change, nothing else for the transactions that follow a provisional.
 """
 
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import pjsua2 as pj
 from loguru import logger
 
+from b2bua import sip
+from b2bua.events import (
+    CONFIRMED,
+    MEDIA_READY,
+    Answered,
+    CallLeg,
+    Disconnected,
+    DtmfMethod,
+    DtmfReceived,
+    EarlyMedia,
+    Failed,
+    LegError,
+    LegEvent,
+    LegOwner,
+    LegState,
+    Provisional,
+)
+
 if TYPE_CHECKING:
-    from b2bua.api import Target
-    from b2bua.loop import Timer
+    from b2bua.api import OutgoingRequest
+    from b2bua.legpool import LegFactory
 
 # pjsip_inv_state values
-CALLING = pj.PJSIP_INV_STATE_CALLING
-INCOMING = pj.PJSIP_INV_STATE_INCOMING
 EARLY = pj.PJSIP_INV_STATE_EARLY
 CONNECTING = pj.PJSIP_INV_STATE_CONNECTING
-CONFIRMED = pj.PJSIP_INV_STATE_CONFIRMED
+CONFIRMED_STATE = pj.PJSIP_INV_STATE_CONFIRMED
 DISCONNECTED = pj.PJSIP_INV_STATE_DISCONNECTED
+
+_CALLING = LegState.CALLING  # read in every transaction callback of a B leg: a module global
+
+#: pjmedia_stream_dtmf_event_flags (pjmedia/stream.h; not exported by the SWIG module)
+_DTMF_IS_UPDATE = 1 << 0
+_DTMF_IS_END = 1 << 1
 
 #: every Leg whose pjsua2 side still exists (weakly), for :func:`release_remaining`
 _alive: weakref.WeakSet[Leg] = weakref.WeakSet()
@@ -42,35 +69,155 @@ def release_remaining() -> int:
     return len(legs)
 
 
-class Leg(pj.Call):  # type: ignore[misc]
-    """One call leg. ``index`` 0 is the caller's (A) leg; B legs count from 1."""
+def leg_factory(account: Callable[[], pj.Account]) -> LegFactory:
+    """The leg pool's factory: legs of the account ``account()`` returns (it exists once the
+    endpoint has started); ``pjsua_call_id`` is -1 for an outgoing leg."""
 
-    def __init__(self, account: pj.Account, session: Any, index: int, call_id: int = pj.PJSUA_INVALID_ID) -> None:
-        super().__init__(account, call_id)
+    def make(owner: LegOwner | None, index: int, pjsua_call_id: int) -> CallLeg:
+        return Leg(account(), owner, index, pjsua_call_id)
+
+    return make
+
+
+class Leg(CallLeg, pj.Call):  # type: ignore[misc]
+    """One call leg on a ``pj.Call``. ``index`` 0 is the caller's (A) leg; B legs count from 1."""
+
+    def __init__(self, account: pj.Account, owner: LegOwner | None, index: int,
+                 pjsua_call_id: int = pj.PJSUA_INVALID_ID) -> None:
+        pj.Call.__init__(self, account, pjsua_call_id)
+        CallLeg.__init__(self, owner, index)
         _alive.add(self)
-        self.session = session
-        self.index = index
-        self.target: Target | None = None
-        self.started = 0.0
-        self.provisional = False  #: any 1xx received (B legs)
-        self.answered = False
-        self.ended = False
-        self.cancelled = False  #: we ended it because another fork won or the caller left
-        self.timeout_kind: Any = None  #: FailureKind when our own timer ended it
-        self.timer: Timer | None = None
-        self.media_active = False
+        self._got_2xx = False  #: our INVITE was answered (B): its end is a Disconnected, not a Failed
+
+    # -- pjsua2 callbacks -> events ----------------------------------------------------------
+
+    def onCallState(self, prm: pj.OnCallStateParam) -> None:
+        owner = self.owner
+        if owner is None:
+            return
+        try:
+            info = self.getInfo()
+            event = self._state_event(info.state, info.lastStatusCode, info.lastReason, prm)
+            if event is not None:
+                owner.on_event(self, event)
+        except Exception:
+            logger.opt(exception=True).error("call state handler failed")
+
+    def _state_event(self, state: int, code: int, reason: str, prm: Any) -> LegEvent | None:
+        if self.index == 0:  # the caller's leg: its other states echo our own answers
+            if state == DISCONNECTED:
+                return Disconnected(code, reason)
+            return CONFIRMED if state == CONFIRMED_STATE else None
+        if state == EARLY:
+            return EarlyMedia(code, reason) if code == 183 else Provisional(code, reason)
+        if state == CONNECTING:
+            self._got_2xx = True
+            return Answered(code, reason)
+        if state == CONFIRMED_STATE:
+            self._got_2xx = True
+            return CONFIRMED
+        if state == DISCONNECTED:
+            if self._got_2xx:
+                return Disconnected(code, reason)
+            # headers only for a failure the session will relay, not for one we caused
+            headers = _response_headers(prm) if self.ended_by is None else {}
+            return Failed(code, reason, headers)
+        return None
+
+    def onCallTsxState(self, prm: pj.OnCallTsxStateParam) -> None:
+        # Only B legs waiting for their first response care: a 100 Trying stops the attempt timer.
+        owner = self.owner
+        if self.state is not _CALLING or owner is None or self.index == 0:
+            return
+        try:
+            tsx = prm.e.body.tsxState.tsx
+            code = tsx.statusCode
+            if 100 <= code < 200 and tsx.method == "INVITE":
+                owner.on_event(self, Provisional(code, tsx.statusText))
+        except Exception:
+            logger.opt(exception=True).error("transaction handler failed")
+
+    def onCallMediaState(self, prm: pj.OnCallMediaStateParam) -> None:
+        owner = self.owner
+        if owner is None:
+            return
+        try:
+            owner.on_event(self, MEDIA_READY)
+        except Exception:
+            logger.opt(exception=True).error("media handler failed")
+
+    def onDtmfEvent(self, prm: pj.OnDtmfEventParam) -> None:
+        owner = self.owner
+        if owner is None:
+            return
+        try:
+            method = DtmfMethod.RFC4733 if prm.method == pj.PJSUA_DTMF_METHOD_RFC2833 else DtmfMethod.SIP_INFO
+            flags = prm.flags
+            owner.on_event(self, DtmfReceived(prm.digit, prm.duration, method, prm.timestamp,
+                                              bool(flags & _DTMF_IS_UPDATE), bool(flags & _DTMF_IS_END)))
+        except Exception:
+            logger.opt(exception=True).error("DTMF handler failed")
+
+    # -- actions ---------------------------------------------------------------------------
+
+    def send_invite(self, request: OutgoingRequest, call_id: str) -> None:
+        prm = op(headers=tuple(request.headers))
+        prm.txOption.targetUri = request.request_uri
+        prm.txOption.localUri = request.from_uri
+        prm.opt.audioCount = 1
+        prm.opt.videoCount = 0
+        prm.opt.customCallId = call_id
+        try:
+            self.makeCall(request.to_uri, prm)
+        except pj.Error as exc:
+            raise LegError(exc.reason, exc.info()) from None
+
+    def respond(self, code: int, reason: str = "", headers: tuple[tuple[str, str], ...] = ()) -> None:
+        try:
+            self.answer(op(code, reason, headers))
+        except pj.Error as exc:
+            raise LegError(exc.reason, exc.info()) from None
+
+    def end(self, code: int = 0, reason: str = "", headers: tuple[tuple[str, str], ...] = ()) -> bool:
+        try:
+            self.hangup(op(code, reason, headers))
+        except pj.Error:
+            return False  # already gone
+        return True
+
+    def connect_audio(self, other: CallLeg) -> bool:
+        assert isinstance(other, Leg)
+        mine, theirs = self._audio(), other._audio()
+        if mine is None or theirs is None:
+            return False
+        try:
+            mine.startTransmit(theirs)
+            theirs.startTransmit(mine)
+        except pj.Error as exc:
+            logger.warning("cannot bridge audio: {}", exc.info())
+            return False
+        return True
+
+    def _audio(self) -> pj.AudioMedia | None:
+        """The leg's active audio, or None."""
+        try:
+            return self.getAudioMedia(-1)
+        except pj.Error:
+            return None
+
+    # -- lifetime --------------------------------------------------------------------------
 
     def release(self) -> None:
         """Delete the pjsua2 side now, whoever still holds this object (idempotent).
 
         pjsua2's ``~Call`` detaches and hangs up whatever call holds the slot *now*. Left to the
         garbage collector it may run after the slot went to a new call and end that one, so the
-        app releases each leg on the loop pass after it ended (never inside its callback). If the
-        slot already holds another call (pjsua gave it away without telling us) the small C++
-        object is leaked instead of deleted. Afterwards pjsua2 methods raise TypeError instead of
-        touching freed memory.
+        leg pool releases each leg on the loop pass after it ended (never inside its callback).
+        If the slot already holds another call (pjsua gave it away without telling us) the small
+        C++ object is leaked instead of deleted. Afterwards pjsua2 methods raise TypeError
+        instead of touching freed memory.
         """
-        self.session = None
+        self.owner = None
         if "this" not in self.__dict__:
             return
         _alive.discard(self)
@@ -92,42 +239,19 @@ class Leg(pj.Call):  # type: ignore[misc]
         cid = self.getId()
         return cid >= 0 and pj.Call.lookup(cid) is self  # never look up -1: pjsua asserts
 
-    def onCallState(self, prm: pj.OnCallStateParam) -> None:
-        session = self.session
-        if session is None:
-            return
-        try:
-            info = self.getInfo()
-            session.on_leg_state(self, info.state, info.lastStatusCode, info.lastReason, prm)
-        except Exception:
-            logger.opt(exception=True).error("call state handler failed")
 
-    def onCallTsxState(self, prm: pj.OnCallTsxStateParam) -> None:
-        # Only B legs waiting for their first response care: a 100 Trying stops the attempt timer.
-        if self.provisional or self.index == 0 or self.session is None:
-            return
-        try:
-            tsx = prm.e.body.tsxState.tsx
-            if tsx.method == "INVITE" and 100 <= tsx.statusCode < 200:
-                self.session.on_leg_provisional(self)
-        except Exception:
-            logger.opt(exception=True).error("transaction handler failed")
-
-    def onCallMediaState(self, prm: pj.OnCallMediaStateParam) -> None:
-        self.media_active = True
-        if self.session is None:
-            return
-        try:
-            self.session.on_leg_media(self)
-        except Exception:
-            logger.opt(exception=True).error("media handler failed")
-
-    def audio(self) -> pj.AudioMedia | None:
-        """The leg's active audio, or None."""
-        try:
-            return self.getAudioMedia(-1)
-        except pj.Error:
-            return None
+def _response_headers(prm: Any) -> dict[str, tuple[str, ...]]:
+    """Headers of the response that ended a B leg, when pjsua received one (else none)."""
+    try:
+        tsx_state = prm.e.body.tsxState
+        if tsx_state.type != pj.PJSIP_EVENT_RX_MSG:
+            return {}  # ended by a timer or our own CANCEL: no message to read
+        raw = tsx_state.src.rdata.wholeMsg
+    except Exception:
+        return {}
+    if not raw:
+        return {}
+    return sip.parse_message(raw)[1]
 
 
 def op(code: int = 0, reason: str = "", headers: tuple[tuple[str, str], ...] = ()) -> pj.CallOpParam:

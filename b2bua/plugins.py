@@ -63,17 +63,26 @@ def load_plugin_object(spec: str) -> Any:
 
 
 def make_manager(enabled: Iterable[str], *, with_defaults: bool = True) -> pluggy.PluginManager:
-    """A plugin manager with the host's specs, its defaults and the ``enabled`` plugins."""
+    """A plugin manager with the host's specs, the ``enabled`` plugins and the host's defaults.
+
+    Call order of a hook (pluggy): plain implementations first, the plugin registered last
+    first; then the ``trylast`` ones in registration order. The built-in plugins mark their
+    decision hooks ``trylast``, and the host's defaults are registered after every plugin, so
+    a decision hook asks users' plugins first, then the built-ins (in ``enabled`` order), then
+    the host's default, whatever the order in ``enabled``.
+    """
     pm = pluggy.PluginManager(PROJECT)
     pm.add_hookspecs(hookspecs)
-    if with_defaults:
-        pm.register(defaults.HostDefaults(), name="b2bua.defaults")
     for spec in enabled:
         obj = load_plugin_object(spec)
         try:
             pm.register(obj, name=spec)
         except ValueError as exc:
             raise PluginError(f"plugin {spec!r}: {exc}") from exc
+    if with_defaults:
+        # trylast like the built-ins, and registered after them: trylast impls run in
+        # registration order, so the host's defaults answer last
+        pm.register(defaults.HostDefaults(), name="b2bua.defaults")
     pm.hook.b2bua_addhooks.call_historic(kwargs={"pluginmanager": pm})
     try:
         pm.check_pending()

@@ -1,9 +1,20 @@
 """One call through the B2BUA: the caller's A leg and the B legs dialled for it.
 
 The session asks the hooks what to do (admit, route, next target) and does it: dial serially
-or in parallel, relay the first 18x, answer the caller when a B leg answers, bridge audio,
+or in parallel, relay the first 180/183, answer the caller when a B leg answers, bridge audio,
 propagate BYE and CANCEL both ways, apply per-attempt timers, and give the caller a final
-answer when every attempt failed. It runs on the loop thread only.
+answer when every attempt failed.
+
+It is an event-driven state machine: legs report :mod:`b2bua.events` through
+:meth:`Session.on_event`, which dispatches on ``(leg state, event type)`` with one table per
+role (:data:`_A_TABLE`, :data:`_B_TABLE`); a pair missing from a table is ignored. Every change
+of a leg's or the call's state is logged ``old -> new`` at DEBUG with the Call-ID bound.
+
+No pjsua2 here: legs are :class:`b2bua.events.CallLeg` objects from the host's leg pool, and
+the host is the small :class:`SessionHost` protocol, so ``tests/unit/test_session.py`` runs it
+with fake legs. It runs on the loop thread only, and must be re-entrant: a leg may report
+events from inside an action (pjsua2 calls back synchronously inside ``makeCall``/``hangup``),
+which is why a leg's state is set before the action.
 """
 
 from __future__ import annotations
@@ -11,9 +22,9 @@ from __future__ import annotations
 import enum
 import secrets
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
-import pjsua2 as pj
 from loguru import logger
 
 from b2bua import sip
@@ -27,47 +38,141 @@ from b2bua.api import (
     Reject,
     RoutePlan,
     Target,
+    TimerHandle,
 )
-from b2bua.defaults import relay
-from b2bua.legs import CONFIRMED, CONNECTING, DISCONNECTED, EARLY, Leg, op
+from b2bua.events import (
+    Answered,
+    CallLeg,
+    Confirmed,
+    Disconnected,
+    EarlyMedia,
+    Failed,
+    LegError,
+    LegEvent,
+    LegOwner,
+    LegState,
+    MediaReady,
+    Provisional,
+)
+from b2bua.sippolicy import best_failure, relay
 
 if TYPE_CHECKING:
-    from b2bua.app import App
+    from b2bua.config import SipConfig
+    from b2bua.plugins import Hooks
 
 
-class State(str, enum.Enum):
-    ROUTING = "routing"
-    DIALING = "dialing"
-    ANSWERED = "answered"
-    ENDING = "ending"
+class CallState(str, enum.Enum):
+    """Where the call is (``core.calls`` shows the value)."""
+
+    ROUTING = "routing"  #: asking the hooks
+    DIALING = "dialing"  #: B legs out, none answered
+    ANSWERED = "answered"  #: bridged
+    ENDING = "ending"  #: legs being ended
     ENDED = "ended"
+
+    def __str__(self) -> str:  # the value, also in log formatting (computed only when logged)
+        return str.__str__(self)
+
+
+class LegSource(Protocol):
+    """The part of the leg pool a session uses (:class:`b2bua.legpool.LegPool`)."""
+
+    def new_leg(self, owner: LegOwner, index: int) -> CallLeg | None:
+        """A new B leg reporting to ``owner``; None when no call slot is free."""
+        ...
+
+    def retire(self, leg: CallLeg) -> None:
+        """The leg's call is over: release it after this loop pass."""
+        ...
+
+    def keep_until_disconnected(self, leg: CallLeg) -> None:
+        """Keep a leg given up on until pjsua reports it over."""
+        ...
+
+
+class SessionHost(Protocol):
+    """What a session needs from the application (:class:`b2bua.app.App`)."""
+
+    @property
+    def hooks(self) -> Hooks:
+        """The typed hook facade."""
+        ...
+
+    @property
+    def sip(self) -> SipConfig:
+        """``[sip]``: timers and fork width."""
+        ...
+
+    @property
+    def legs(self) -> LegSource:
+        """Where B legs come from and go to."""
+        ...
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
+        """Run ``callback`` on the loop thread after ``delay`` seconds."""
+        ...
+
+    def session_ended(self, session: Session) -> None:
+        """The session is over: forget it."""
+        ...
+
+
+#: the B leg states in which an attempt is still running (not answered, not given up)
+_TRYING = (LegState.CALLING, LegState.PROCEEDING)
+#: 18x responses relayed to the caller (once per call)
+_RELAYED_PROVISIONALS = (180, 183)
 
 
 class Session:
     """The state of one call; legs are reached through it, never kept elsewhere."""
 
-    def __init__(self, app: App, call: CallInfo, a_leg: Leg) -> None:
-        self.app = app
+    def __init__(self, host: SessionHost, call: CallInfo, a_leg: CallLeg) -> None:
+        self.host = host
         self.call = call
-        self.a: Leg | None = a_leg
-        self.b: dict[int, Leg] = {}  # live B legs by index
+        self.a: CallLeg | None = a_leg
+        a_leg.owner = self
+        self.b: dict[int, CallLeg] = {}  #: live B legs by index
         self.plan: RoutePlan | None = None
         self.attempts = 0
-        self.winner = 0  # index of the B leg that answered (legs are looked up, never kept)
+        self.winner = 0  #: index of the B leg that answered (legs are looked up, never kept)
         self.answered_target: Target | None = None
         self.failures: list[Failure] = []
-        self.relayed_18x = False
-        self.bridged_with = 0  # index of the B leg whose audio is connected to A
-        self.state = State.ROUTING
+        self.bridged_with = 0  #: index of the B leg whose audio is connected to A
+        self.state = CallState.ROUTING
         self.cause: EndCause | None = None
-        self.final = ""  # the final failure sent to the caller, "486 Busy Here"
+        self.final = ""  #: the final failure sent to the caller, "486 Busy Here"
         self.forking = False
         self.log = logger.bind(call_id=call.call_id)
+
+    # -- state changes --------------------------------------------------------------------------
+
+    def _enter(self, new: CallState) -> None:
+        old = self.state
+        if old is not new:
+            self.state = new
+            self.log.debug("call {} -> {}", old, new)
+
+    def _move(self, leg: CallLeg, new: LegState) -> None:
+        old = leg.state
+        if old is not new:
+            leg.state = new
+            self.log.debug("leg {} {} -> {}", leg.index, old, new)
+
+    # -- events ---------------------------------------------------------------------------------
+
+    def on_event(self, leg: CallLeg, event: LegEvent) -> None:
+        """One event of one of this call's legs: dispatch on ``(leg.state, type(event))``."""
+        handler = (_B_TABLE if leg.index else _A_TABLE).get((leg.state, type(event)))
+        if handler is None:
+            self.log.debug("leg {} ({}): {} ignored", leg.index, leg.state, type(event).__name__)
+            return
+        handler(self, leg, event)
 
     # -- start ----------------------------------------------------------------------------------
 
     def start(self) -> None:
-        hooks = self.app.hooks
+        """Admit and route the call, then dial."""
+        hooks = self.host.hooks
         try:
             verdict = hooks.incoming_call(self.call)
             if isinstance(verdict, Reject):
@@ -86,17 +191,17 @@ class Session:
             self.reject(Reject(500, "Internal Server Error"), EndCause.ERROR)
             return
         self.plan = decision
-        self.state = State.DIALING
+        self._enter(CallState.DIALING)
         if decision.mode is DialMode.PARALLEL:
-            forks = decision.targets[: self.app.config.sip.max_forks]
+            forks = decision.targets[: self.host.sip.max_forks]
             self.log.debug("forking to {}", ", ".join(t.uri for t in forks))
             self.forking = True  # a fork failing at once must not end the call before the rest are out
             for target in forks:
-                if self.state is not State.DIALING:
+                if self.state is not CallState.DIALING:
                     break
                 self.dial(target)
             self.forking = False
-            if self.state is State.DIALING and not self.b and self.failures:
+            if self.state is CallState.DIALING and not self.b and self.failures:
                 self._decide(best_failure(self.failures))
         else:
             self.dial(decision.targets[0])
@@ -105,182 +210,173 @@ class Session:
 
     def dial(self, target: Target) -> None:
         """Send one B leg's INVITE to ``target``."""
-        app = self.app
+        host = self.host
         self.attempts += 1
         index = self.attempts
         call = self.call
-        request = OutgoingRequest(
-            request_uri=target.request_uri or sip.b_leg_request_uri(call.request_uri, target.uri),
-            from_uri=call.from_uri,
-            to_uri="",
-            headers=list(target.headers),
-        )
-        request.to_uri = request.request_uri
-        app.hooks.prepare_target(call, target, request)
-        if not app.reserve_leg():
+        request_uri = target.request_uri or sip.b_leg_request_uri(call.request_uri, target.uri)
+        request = OutgoingRequest(request_uri, call.from_uri, request_uri, list(target.headers))
+        host.hooks.prepare_target(call, target, request)
+        leg = host.legs.new_leg(self, index)
+        if leg is None:
             self._leg_failed_now(target, index, 503, "Out of call slots", FailureKind.ERROR)
             return
-        leg = Leg(app.endpoint.account, self, index)
         leg.target = target
         leg.started = time.monotonic()
         self.b[index] = leg
-        prm = op(headers=tuple(request.headers))
-        prm.txOption.targetUri = request.request_uri
-        prm.txOption.localUri = request.from_uri
-        prm.opt.audioCount = 1
-        prm.opt.videoCount = 0
         # a Call-ID of our own: the caller's never reaches a gateway (topology hiding), and
         # whatever bytes it holds never reach pjsua2
-        prm.opt.customCallId = secrets.token_hex(12)
-        self.log.debug("attempt {} to {}: Call-ID {}", index, request.request_uri, prm.opt.customCallId)
-        timeout = target.attempt_timeout or app.config.sip.attempt_timeout
-        leg.timer = app.scheduler.call_later(timeout, lambda: self._leg_timeout(index, FailureKind.NO_RESPONSE))
-        app.hooks.leg_started(call, target)
+        call_id = secrets.token_hex(12)
+        self.log.debug("attempt {} to {}: Call-ID {}", index, request.request_uri, call_id)
+        timeout = target.attempt_timeout or host.sip.attempt_timeout
+        leg.timer = host.call_later(timeout, lambda: self._leg_timeout(index, FailureKind.NO_RESPONSE))
+        host.hooks.leg_started(call, target)
         try:
-            leg.makeCall(request.to_uri, prm)
-        except pj.Error as exc:
-            self.log.warning("cannot dial {}: {}", request.request_uri, exc.info())
-            self._forget_leg(leg)
+            leg.send_invite(request, call_id)
+        except LegError as exc:
+            self.log.warning("cannot dial {}: {}", request.request_uri, exc)
+            self._cancel_timer(leg)
+            self.b.pop(index, None)
+            self._move(leg, LegState.ENDED)
+            host.legs.retire(leg)
             self._leg_failed_now(target, index, 500, f"Cannot send INVITE: {exc.reason}", FailureKind.ERROR)
 
     def _leg_failed_now(self, target: Target, index: int, code: int, reason: str, kind: FailureKind) -> None:
         failure = Failure(target, code, reason, kind, index)
-        self.app.hooks.leg_failed(self.call, failure)
+        self.host.hooks.leg_failed(self.call, failure)
         self._after_failure(failure)
 
     def _leg_timeout(self, index: int, kind: FailureKind) -> None:
         leg = self.b.get(index)
-        if leg is None or leg.ended or leg.answered:
+        if leg is None or leg.state not in _TRYING:
             return
         leg.timer = None
-        leg.timeout_kind = kind
         self.log.info("attempt {} to {}: {}", index, leg.target.uri if leg.target else "?", kind.value)
-        self._abandon(leg)
+        self._abandon(leg, kind)
 
-    def _abandon(self, leg: Leg) -> None:
-        """Hang up a B leg; if pjsua cannot end it yet (no provisional to CANCEL), treat it
-        as failed now and keep the Call object alive until pjsua reports it disconnected."""
-        self._hangup(leg)  # before any response pjsip ends the INVITE at once (DISCONNECTED)
-        if not leg.ended and leg.index in self.b and not leg.provisional:
+    def _abandon(self, leg: CallLeg, why: FailureKind) -> None:
+        """Give up on an unanswered B leg (CANCEL). pjsip ends one without any response at
+        once; if pjsua cannot end it yet (no provisional to CANCEL), report it failed now and
+        keep the leg until pjsua reports it disconnected."""
+        calling = leg.state is LegState.CALLING
+        leg.ended_by = why
+        self._cancel_timer(leg)
+        self._move(leg, LegState.CANCELLING)
+        leg.end()  # may report Failed at once (re-entrant)
+        if calling and leg.state is LegState.CANCELLING:
             self._fail_leg(leg, 408, "Request Timeout", zombie=True)
 
-    def on_leg_provisional(self, leg: Leg) -> None:
-        if leg.provisional or leg.ended:
-            return
-        leg.provisional = True
-        if leg.timer is not None:
-            leg.timer.cancel()
-        target = leg.target
-        timeout = (target.answer_timeout if target else None) or self.app.config.sip.answer_timeout
-        index = leg.index
-        leg.timer = self.app.scheduler.call_later(timeout, lambda: self._leg_timeout(index, FailureKind.NO_ANSWER))
-
-    def on_leg_state(self, leg: Leg, state: int, code: int, reason: str, prm: Any) -> None:
-        if leg.index == 0:
-            self._on_a_state(leg, state, code, reason)
-        else:
-            self._on_b_state(leg, state, code, reason, prm)
-
-    def _on_b_state(self, leg: Leg, state: int, code: int, reason: str, prm: Any) -> None:
-        if state == EARLY:
-            self.on_leg_provisional(leg)
-            if code in (180, 183) and not self.relayed_18x and self.state is State.DIALING and self.a:
-                self.relayed_18x = True
-                try:
-                    self.a.answer(op(code))
-                except pj.Error as exc:
-                    self.log.warning("cannot relay {}: {}", code, exc.reason)
-                    if not self.a.attached():
-                        self.lost_caller("the caller's leg is gone")
-        elif state in (CONNECTING, CONFIRMED):
-            if leg.answered:
-                return
-            leg.answered = True
-            if leg.timer is not None:
-                leg.timer.cancel()
-                leg.timer = None
-            if self.winner or self.state is not State.DIALING or self.a is None:
-                # another fork won (the 200s crossed the CANCEL) or the caller is gone
-                leg.cancelled = True
-                self._hangup(leg)
-                return
-            self.winner = leg.index
-            self.answered_target = leg.target
-            self.state = State.ANSWERED
-            for other in list(self.b.values()):
-                if other is not leg:
-                    other.cancelled = True
-                    self._abandon(other)
+    def _b_provisional(self, leg: CallLeg, event: Provisional | EarlyMedia) -> None:
+        if leg.state is LegState.CALLING:
+            self._move(leg, LegState.PROCEEDING)
+            self._cancel_timer(leg)
+            target = leg.target
+            timeout = (target.answer_timeout if target else None) or self.host.sip.answer_timeout
+            index = leg.index
+            leg.timer = self.host.call_later(timeout, lambda: self._leg_timeout(index, FailureKind.NO_ANSWER))
+        a = self.a
+        if event.code in _RELAYED_PROVISIONALS and a is not None and a.state is LegState.INCOMING \
+                and self.state is CallState.DIALING:
+            self._move(a, LegState.EARLY)  # relayed once per call
             try:
-                self.a.answer(op(200))
-            except pj.Error as exc:
-                self.log.error("cannot answer the caller: {}", exc.reason)
-                self.lost_caller("the caller's leg is gone")
-                return
-            assert leg.target is not None
-            self.log.debug("answered by {} (attempt {})", leg.target.uri, leg.index)
-            self.app.hooks.call_answered(self.call, leg.target)
-            self._bridge(leg)
-        elif state == DISCONNECTED:
-            self._on_b_disconnected(leg, code, reason, prm)
+                a.respond(event.code)
+            except LegError as exc:
+                self.log.warning("cannot relay {}: {}", event.code, exc.reason)
+                if not a.attached():
+                    self.lost_caller("the caller's leg is gone")
 
-    def _on_b_disconnected(self, leg: Leg, code: int, reason: str, prm: Any) -> None:
-        if leg.ended:
-            self._forget_leg(leg)
+    def _b_answered(self, leg: CallLeg, event: Answered | Confirmed) -> None:
+        self._cancel_timer(leg)
+        a = self.a
+        if self.winner or self.state is not CallState.DIALING or a is None:
+            # another fork won (the 200s crossed the CANCEL) or the caller is gone
+            self._b_answered_late(leg, event)
             return
-        if leg.index == self.winner:
-            leg.ended = True
-            self._forget_leg(leg)
-            if self.a is not None and self.cause is None:
-                self.cause = EndCause.CALLEE_HANGUP
-                self.state = State.ENDING
-                self._hangup(self.a)
-            self._maybe_end()
+        self.winner = leg.index
+        self.answered_target = leg.target
+        self._move(leg, LegState.ANSWERED if isinstance(event, Answered) else LegState.CONFIRMED)
+        self._enter(CallState.ANSWERED)
+        for other in list(self.b.values()):
+            if other is not leg and other.state in _TRYING:
+                self._abandon(other, FailureKind.CANCELLED)
+        self._move(a, LegState.ANSWERED)
+        try:
+            a.respond(200)
+        except LegError as exc:
+            self.log.error("cannot answer the caller: {}", exc.reason)
+            self.lost_caller("the caller's leg is gone")
             return
-        if leg.timeout_kind is not None:
-            code, reason = 408, "Request Timeout"
-        self._fail_leg(leg, code, reason, prm)
+        assert leg.target is not None
+        self.log.debug("answered by {} (attempt {})", leg.target.uri, leg.index)
+        self.host.hooks.call_answered(self.call, leg.target)
+        self._bridge(leg)
 
-    def _fail_leg(self, leg: Leg, code: int, reason: str, prm: Any = None, zombie: bool = False) -> None:
+    def _b_answered_late(self, leg: CallLeg, event: Answered | Confirmed) -> None:
+        """A leg we gave up on (or a losing fork) answered anyway: hang it up (BYE)."""
+        if leg.state in _TRYING:
+            leg.ended_by = FailureKind.CANCELLED
+            self._move(leg, LegState.CANCELLING)
+        leg.end()
+
+    def _b_confirmed(self, leg: CallLeg, event: Confirmed) -> None:
+        self._move(leg, LegState.CONFIRMED)
+
+    def _b_failed(self, leg: CallLeg, event: Failed | Disconnected) -> None:
+        headers = event.headers if isinstance(event, Failed) else {}
+        self._fail_leg(leg, event.code, event.reason, headers)
+
+    def _fail_leg(self, leg: CallLeg, code: int, reason: str,
+                  headers: Mapping[str, tuple[str, ...]] | None = None, zombie: bool = False) -> None:
         """A B leg is over without an answer: report it and decide what comes next."""
-        leg.ended = True
-        if leg.timer is not None:
-            leg.timer.cancel()
-            leg.timer = None
-        if leg.cancelled:
-            kind = FailureKind.CANCELLED
-            code, reason = 487, "Request Terminated"
-        elif leg.timeout_kind is not None:
-            kind = leg.timeout_kind
-        else:
-            kind = FailureKind.RESPONSE
-        headers = _response_headers(prm) if kind is FailureKind.RESPONSE and prm is not None else {}
+        self._cancel_timer(leg)
+        kind = leg.ended_by or FailureKind.RESPONSE
+        if kind is FailureKind.CANCELLED:
+            code, reason, headers = 487, "Request Terminated", None
+        elif kind is not FailureKind.RESPONSE:  # our own timers
+            code, reason, headers = 408, "Request Timeout", None
         assert leg.target is not None
         failure = Failure(
-            leg.target, code or 500, reason or sip.status_reason(code), kind, leg.index, headers,
+            leg.target, code or 500, reason or sip.status_reason(code), kind, leg.index, headers or {},
             time.monotonic() - leg.started,
         )
         if kind is not FailureKind.CANCELLED:
             self.log.info("attempt {} to {} failed: {} {}", leg.index, leg.target.uri, failure.code, failure.reason)
         self.b.pop(leg.index, None)
         if zombie:
-            self.app.keep_until_disconnected(leg)
+            self._move(leg, LegState.ABANDONED)
+            self.host.legs.keep_until_disconnected(leg)
         else:
-            self.app.retire(leg)
-        self.app.hooks.leg_failed(self.call, failure)
+            self._move(leg, LegState.ENDED)
+            self.host.legs.retire(leg)
+        self.host.hooks.leg_failed(self.call, failure)
         if kind is FailureKind.CANCELLED:
             self._maybe_end()
             return
         self._after_failure(failure)
 
+    def _b_callee_hung_up(self, leg: CallLeg, event: Failed | Disconnected) -> None:
+        self._b_gone(leg, event)
+        if self.a is not None and self.cause is None:
+            self.cause = EndCause.CALLEE_HANGUP
+            self._enter(CallState.ENDING)
+            self._hang_up(self.a)
+        self._maybe_end()
+
+    def _b_gone(self, leg: CallLeg, event: Failed | Disconnected) -> None:
+        """A leg we had already ended (BYE sent, or abandoned) is over."""
+        self.b.pop(leg.index, None)
+        self._move(leg, LegState.ENDED)
+        self.host.legs.retire(leg)
+        self._maybe_end()
+
     def _after_failure(self, failure: Failure) -> None:
         self.failures.append(failure)
-        if self.state is not State.DIALING or self.a is None:
+        if self.state is not CallState.DIALING or self.a is None:
             self._maybe_end()
             return
         assert self.plan is not None
         if self.plan.mode is DialMode.PARALLEL:
-            if self.forking or any(not leg.ended for leg in self.b.values()):
+            if self.forking or self.b:
                 return  # other forks still running (or about to be dialled)
             failure = best_failure(self.failures)
         self._decide(failure)
@@ -289,7 +385,7 @@ class Session:
         """Ask the hooks what follows a failure: dial the next target or answer the caller."""
         assert self.plan is not None
         try:
-            decision = self.app.hooks.next_target(self.call, self.plan, failure)
+            decision = self.host.hooks.next_target(self.call, self.plan, failure)
         except Exception:
             self.log.opt(exception=True).error("a plugin failed choosing the next target")
             decision = Reject(500, "Internal Server Error")
@@ -305,45 +401,48 @@ class Session:
 
     # -- A leg ----------------------------------------------------------------------------------
 
-    def _on_a_state(self, leg: Leg, state: int, code: int, reason: str) -> None:
-        if state == CONFIRMED:
-            self._bridge(self.b.get(self.winner))
-        elif state == DISCONNECTED:
-            leg.ended = True
-            self.a = None
-            self.app.retire(leg)
-            if self.cause is None:
-                self.cause = EndCause.CALLER_HANGUP if self.state is State.ANSWERED else EndCause.CALLER_CANCEL
-                self.log.debug("caller {}", "hung up" if self.state is State.ANSWERED else "cancelled")
-            self.state = State.ENDING
-            self._end_b_legs()
-            self._maybe_end()
+    def _a_confirmed(self, leg: CallLeg, event: Confirmed) -> None:
+        self._move(leg, LegState.CONFIRMED)
+        self._bridge(self.b.get(self.winner))
+
+    def _a_disconnected(self, leg: CallLeg, event: Disconnected) -> None:
+        self.a = None
+        self._move(leg, LegState.ENDED)
+        self.host.legs.retire(leg)
+        if self.cause is None:
+            answered = self.state is CallState.ANSWERED
+            self.cause = EndCause.CALLER_HANGUP if answered else EndCause.CALLER_CANCEL
+            self.log.debug("caller {}", "hung up" if answered else "cancelled")
+        self._enter(CallState.ENDING)
+        self._end_b_legs()
+        self._maybe_end()
 
     def lost_caller(self, why: str) -> None:
         """pjsua ended the A leg without a DISCONNECTED callback: end the call on our side.
 
-        The Leg is retired now and released on the next pass (see :meth:`Leg.release`).
+        The leg is retired now and released on the next pass (see :meth:`b2bua.legs.Leg.release`).
         """
         a = self.a
         if a is None:
             return
         self.log.warning("{}", why)
-        a.ended = True
         self.a = None
-        self.app.retire(a)
+        self._move(a, LegState.ENDED)
+        self.host.legs.retire(a)
         self.cause = self.cause or EndCause.ERROR
-        self.state = State.ENDING
+        self._enter(CallState.ENDING)
         self._end_b_legs()
         self._maybe_end()
 
     def audit_legs(self) -> int:
-        """End the part of legs pjsua ended without a callback (see ``App._audit``); returns how many."""
+        """End the part of legs pjsua ended without a callback (the app's periodic audit);
+        returns how many."""
         lost = 0
         for leg in list(self.b.values()):
             if not leg.attached():
                 lost += 1
                 self.log.warning("attempt {}: pjsua ended the call without a callback", leg.index)
-                self._on_b_disconnected(leg, 500, "Call Lost", None)
+                self.on_event(leg, Disconnected(500, "Call Lost"))
         if self.a is not None and not self.a.attached():
             lost += 1
             self.lost_caller("pjsua ended the caller's leg without a callback")
@@ -351,71 +450,70 @@ class Session:
 
     def reject(self, answer: Reject, cause: EndCause) -> None:
         """Give the caller a final failure answer."""
-        self.state = State.ENDING
+        self._enter(CallState.ENDING)
         self.cause = cause
         self.final = f"{answer.code} {answer.reason}"
         if self.a is not None:
-            self._hangup(self.a, answer.code, answer.reason, answer.headers)
+            self._hang_up(self.a, answer.code, answer.reason, answer.headers)
         self._maybe_end()
 
     # -- media ----------------------------------------------------------------------------------
 
-    def on_leg_media(self, leg: Leg) -> None:
+    def _media(self, leg: CallLeg, event: MediaReady) -> None:
+        leg.media_ready = True
         if leg.index == 0:
             self._bridge(self.b.get(self.winner))
         elif leg.index == self.winner:
             self._bridge(leg)
 
-    def _bridge(self, leg: Leg | None) -> None:
+    def _bridge(self, leg: CallLeg | None) -> None:
         a = self.a
-        if leg is None or a is None or self.bridged_with == leg.index or leg.ended:
+        if leg is None or a is None or self.bridged_with == leg.index:
             return
-        if not (a.media_active and leg.media_active):
-            return  # the other side's onCallMediaState will bridge
-        a_audio = a.audio()
-        b_audio = leg.audio()
-        if a_audio is None or b_audio is None:
+        if leg.state not in (LegState.ANSWERED, LegState.CONFIRMED):
             return
-        a_audio.startTransmit(b_audio)
-        b_audio.startTransmit(a_audio)
-        self.bridged_with = leg.index
+        if not (a.media_ready and leg.media_ready):
+            return  # the other side's MediaReady will bridge
+        if a.connect_audio(leg):
+            self.bridged_with = leg.index
 
     # -- ending ---------------------------------------------------------------------------------
 
     def hangup_all(self, code: int = 503, reason: str = "Service Unavailable") -> None:
         """Shutdown: end the call on every leg."""
         self.cause = self.cause or EndCause.SHUTDOWN
-        if self.a is not None:
-            if self.state is State.ANSWERED:
-                self._hangup(self.a)
+        a = self.a
+        if a is not None and a.state is not LegState.HANGING_UP:
+            if self.state is CallState.ANSWERED:
+                self._hang_up(a)
             else:
-                self._hangup(self.a, code, reason)
+                self._hang_up(a, code, reason)
         self._end_b_legs()
 
     def _end_b_legs(self) -> None:
         """BYE to the answered B leg, CANCEL (or give up) the others."""
         for b in list(self.b.values()):
             if b.index == self.winner:
-                self._hangup(b)
-            else:
-                b.cancelled = True
-                self._abandon(b)
+                if b.state is not LegState.HANGING_UP:
+                    self._hang_up(b)
+            elif b.state in _TRYING:
+                self._abandon(b, FailureKind.CANCELLED)
 
-    def _hangup(self, leg: Leg, code: int = 0, reason: str = "",
-                headers: tuple[tuple[str, str], ...] = ()) -> None:
-        try:
-            leg.hangup(op(code, reason, headers))
-        except pj.Error:
-            pass  # already gone
+    def _hang_up(self, leg: CallLeg, code: int = 0, reason: str = "",
+                 headers: tuple[tuple[str, str], ...] = ()) -> None:
+        self._move(leg, LegState.HANGING_UP)
+        leg.end(code, reason, headers)  # False: already gone; its Disconnected ends it here
 
-    def _forget_leg(self, leg: Leg) -> None:
-        self.b.pop(leg.index, None)
-        self.app.retire(leg)
+    @staticmethod
+    def _cancel_timer(leg: CallLeg) -> None:
+        if leg.timer is not None:
+            leg.timer.cancel()
+            leg.timer = None
 
     def _maybe_end(self) -> None:
-        if self.state is State.ENDED or self.a is not None or self.b:
+        if self.state is CallState.ENDED or self.a is not None or self.b:
             return
-        self.state = State.ENDED
+        self._enter(CallState.ENDED)
         cause = self.cause or EndCause.ERROR
         answered = self.answered_target
         self.log.info(
@@ -424,25 +522,45 @@ class Session:
             f" (answered by {answered.uri})" if answered else f" ({self.final})" if self.final else "",
             self.attempts, time.monotonic() - self.call.started,
         )
-        self.app.hooks.call_ended(self.call, cause, answered)
-        self.app.session_ended(self)
+        self.host.hooks.call_ended(self.call, cause, answered)
+        self.host.session_ended(self)
 
 
-def best_failure(failures: list[Failure]) -> Failure:
-    """The most telling failure of parallel forks (RFC 3261 §16.7: 6xx first, then the lowest class)."""
-    real = [f for f in failures if f.kind is not FailureKind.CANCELLED] or failures
-    six = [f for f in real if 600 <= f.code <= 699]
-    if six:
-        return six[0]
-    return min(real, key=lambda f: (f.code // 100 if f.code >= 300 else 9, f.code == 503, f.code))
+# -- dispatch tables: (leg state, event type) -> handler -------------------------------------------
+
+_Handler = Callable[[Session, CallLeg, Any], None]
 
 
-def _response_headers(prm: Any) -> dict[str, tuple[str, ...]]:
-    """Headers of the final response that ended a B leg (for Retry-After and friends)."""
-    try:
-        raw = prm.e.body.tsxState.src.rdata.wholeMsg
-    except Exception:
-        return {}
-    if not raw:
-        return {}
-    return sip.parse_message(raw)[1]
+def _table(*rows: tuple[Iterable[LegState], Iterable[type], _Handler]) -> dict[tuple[LegState, type], _Handler]:
+    table: dict[tuple[LegState, type], _Handler] = {}
+    for states, events, handler in rows:
+        for state in states:
+            for event in events:
+                assert (state, event) not in table, f"{state} {event.__name__} twice"
+                table[(state, event)] = handler
+    return table
+
+
+_S = LegState
+_LIVE_A = (_S.INCOMING, _S.EARLY, _S.ANSWERED, _S.CONFIRMED, _S.HANGING_UP)
+_LIVE_B = (_S.CALLING, _S.PROCEEDING, _S.ANSWERED, _S.CONFIRMED, _S.CANCELLING, _S.ABANDONED, _S.HANGING_UP)
+_OVER = (Failed, Disconnected)
+
+#: the caller's leg
+_A_TABLE = _table(
+    ((_S.ANSWERED,), (Confirmed,), Session._a_confirmed),
+    (_LIVE_A, (Disconnected,), Session._a_disconnected),
+    (_LIVE_A, (MediaReady,), Session._media),
+)
+
+#: the legs we dial
+_B_TABLE = _table(
+    (_TRYING, (Provisional, EarlyMedia), Session._b_provisional),
+    (_TRYING, (Answered, Confirmed), Session._b_answered),
+    ((_S.ANSWERED,), (Confirmed,), Session._b_confirmed),
+    ((_S.CANCELLING, _S.ABANDONED), (Answered, Confirmed), Session._b_answered_late),
+    ((*_TRYING, _S.CANCELLING), _OVER, Session._b_failed),
+    ((_S.ANSWERED, _S.CONFIRMED), _OVER, Session._b_callee_hung_up),
+    ((_S.ABANDONED, _S.HANGING_UP), _OVER, Session._b_gone),
+    (_LIVE_B, (MediaReady,), Session._media),
+)

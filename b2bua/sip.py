@@ -1,14 +1,17 @@
-"""Pure SIP text helpers: read the few things the B2BUA needs from a raw message."""
+"""Pure SIP text helpers: read the few things the B2BUA needs from a raw message.
+
+URIs are split by :mod:`b2bua.sipuri` (the one URI parser); response policy (best failure,
+relaying) lives in :mod:`b2bua.sippolicy`.
+"""
 
 from __future__ import annotations
 
-import re
+from b2bua.api import CallInfo
+from b2bua.sipuri import name_addr_uri, parse_uri_lenient
 
 #: compact header forms (RFC 3261 §7.3.3) we may meet
 COMPACT = {"i": "call-id", "f": "from", "t": "to", "m": "contact", "v": "via", "l": "content-length",
            "c": "content-type", "k": "supported", "s": "subject", "e": "content-encoding"}
-
-_NAME_ADDR = re.compile(r"<([^>]*)>")
 
 
 def parse_message(raw: str) -> tuple[str, dict[str, tuple[str, ...]]]:
@@ -67,44 +70,52 @@ def request_uri(start_line: str) -> str:
     return parts[1] if len(parts) >= 3 else ""
 
 
-def header_uri(value: str) -> str:
-    """The URI inside a From/To/Contact value: ``"Bob" <sip:bob@x>;tag=1`` -> ``sip:bob@x``."""
-    m = _NAME_ADDR.search(value)
-    if m:
-        return m.group(1).strip()
-    return value.split(";", 1)[0].strip()
-
-
-def uri_user(uri: str) -> str:
-    """The user part of a SIP URI (``sip:alice@host`` -> ``alice``), or ``""``."""
-    rest = uri.split(":", 1)[1] if ":" in uri else uri
-    if "@" not in rest:
-        return ""
-    return rest.split("@", 1)[0].split(";", 1)[0].split(":", 1)[0]
-
-
-def uri_hostport(uri: str) -> str:
-    """Everything after ``scheme:`` and ``user@`` (host, port and parameters)."""
-    rest = uri.split(":", 1)[1] if uri.lower().startswith(("sip:", "sips:")) else uri
-    return rest.split("@", 1)[1] if "@" in rest else rest
-
-
-def uri_scheme(uri: str) -> str:
-    return "sips" if uri.lower().startswith("sips:") else "sip"
-
-
 def b_leg_request_uri(a_request_uri: str, destination: str) -> str:
     """Kamailio's ``ds_select_domain``: keep the caller's user, take the destination's host part.
 
     ``sip:4930123@b2bua`` + ``sip:10.0.0.1:5080;transport=tcp`` -> ``sip:4930123@10.0.0.1:5080;transport=tcp``.
-    A destination with a user part of its own is used as it is.
+    A destination with a user part of its own, or that is not a ``sip:``/``sips:`` URI, is
+    used as it is; so is the destination when the caller's Request-URI has no user part.
     """
-    if uri_user(destination):
+    dest = parse_uri_lenient(destination)
+    if dest.user or dest.scheme not in ("sip", "sips"):
         return destination
-    user = uri_user(a_request_uri)
-    hostport = uri_hostport(destination)
-    scheme = uri_scheme(destination)
-    return f"{scheme}:{user}@{hostport}" if user else f"{scheme}:{hostport}"
+    user = parse_uri_lenient(a_request_uri).user
+    if not user:
+        return destination
+    return f"{dest.scheme}:{user}@{destination[len(dest.scheme) + 1:]}"
+
+
+def call_info(number: int, start_line: str, headers: dict[str, tuple[str, ...]], source: str,
+              started: float) -> CallInfo:
+    """The :class:`CallInfo` of an incoming INVITE (its start line and parsed headers).
+
+    :param number: the B2BUA's own session number.
+    :param source: ``ip:port`` the INVITE came from (pjsua2's ``srcAddress``; IPv6 in brackets).
+    :param started: when it arrived (monotonic seconds).
+    """
+
+    def first(name: str) -> str:
+        values = headers.get(name)
+        return values[0] if values else ""
+
+    from_header, to_header = first("from"), first("to")
+    host, _, port = source.rpartition(":")
+    transport = "tcp" if "/TCP" in first("via").upper() else "udp"
+    return CallInfo(
+        id=number,
+        call_id=first("call-id"),
+        request_uri=request_uri(start_line),
+        from_uri=name_addr_uri(from_header),
+        to_uri=name_addr_uri(to_header),
+        from_header=from_header,
+        to_header=to_header,
+        source_ip=host.strip("[]"),
+        source_port=int(port) if port.isdigit() else 0,
+        transport=transport,
+        headers=headers,
+        started=started,
+    )
 
 
 def retry_after(seconds: int) -> tuple[tuple[str, str], ...]:

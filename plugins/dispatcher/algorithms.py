@@ -24,7 +24,8 @@ from types import MappingProxyType
 from typing import Any
 
 from b2bua.api import CallInfo
-from plugins.dispatcher.hashing import ds_get_hash, parse_uri, uri_hash_keys
+from b2bua.sipuri import parse_uri_lenient
+from plugins.dispatcher.hashing import ds_get_hash, uri_hash_keys
 from plugins.dispatcher.model import Destination, is_usable
 from plugins.dispatcher.setview import Cursors, SetView
 
@@ -171,8 +172,8 @@ def _field(call: CallInfo, name: str) -> str:
     prefix, _, part = name.rpartition("_")
     if prefix not in _URI_OF or part not in ("user", "host"):
         raise KeyError(name)
-    parts = parse_uri(getattr(call, _URI_OF[prefix]))
-    return parts.user if part == "user" else parts.host
+    parts = parse_uri_lenient(getattr(call, _URI_OF[prefix]))
+    return parts.user if part == "user" else parts.host_ref  # an IPv6 host in brackets, as Kamailio
 
 
 #: the names a hash template may use (for config validation and docs)

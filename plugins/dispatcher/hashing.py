@@ -10,10 +10,10 @@ Kamailio 5.6.3's ``dispatcher.hash`` RPC).
 from __future__ import annotations
 
 import struct
-from typing import NamedTuple
+
+from b2bua.sipuri import DEFAULT_PORTS, parse_uri_lenient
 
 _MASK = 0xFFFFFFFF
-_DEFAULT_PORTS = {"sip": 5060, "sips": 5061}
 
 
 def _sc(byte: int) -> int:
@@ -56,65 +56,20 @@ def ds_get_hash(x: bytes, y: bytes | None = None) -> int:
     return h or 1
 
 
-class UriParts(NamedTuple):  # a tuple: built for every hashed call, cheaper than a dataclass
-    """The pieces of a SIP URI that hashing and route matching look at (text as written)."""
-
-    scheme: str  #: lower-cased: ``sip``, ``sips``, ``tel``, ...
-    user: str  #: without password; ``""`` when absent
-    host: str  #: IPv6 references keep their brackets, like Kamailio's parser
-    port: str  #: port text as written; ``""`` when absent
-
-
-def parse_uri(uri: str) -> UriParts:
-    """Split ``[name-addr <]scheme:[user[:password]@]host[:port][;params][?headers][>]``.
-
-    Lenient by design (it runs on every call): never raises; missing parts come back empty.
-    A ``tel:`` URI's number is its user part, as in Kamailio.
-    """
-    text = uri.strip()
-    if "<" in text:
-        text = text.split("<", 1)[1].split(">", 1)[0].strip()
-    scheme, sep, rest = text.partition(":")
-    if not sep:
-        scheme, rest = "", text
-    scheme = scheme.lower()
-    if scheme == "tel":
-        return UriParts(scheme, rest.split(";", 1)[0], "", "")
-    # the user part may hold ';' (user parameters) but not '@'; the host part ends at ';' '?'
-    at = rest.find("@")
-    end_of_user_ok = at != -1 and "?" not in rest[:at]
-    if end_of_user_ok:
-        userinfo, hostpart = rest[:at], rest[at + 1 :]
-        user = userinfo.split(":", 1)[0]
-    else:
-        user, hostpart = "", rest
-    for stop in (";", "?", ">"):
-        hostpart = hostpart.split(stop, 1)[0]
-    if hostpart.startswith("["):
-        close = hostpart.find("]")
-        host = hostpart[: close + 1] if close != -1 else hostpart
-        tail = hostpart[len(host) :]
-        port = tail[1:] if tail.startswith(":") else ""
-    else:
-        host, _, port = hostpart.partition(":")
-    return UriParts(scheme, user, host, port)
-
-
 def uri_hash_keys(uri: str, user_only: bool) -> tuple[bytes, bytes]:
     """Kamailio's ``get_uri_hash_keys()``: ``(user, host[:port])`` as UTF-8 bytes.
 
-    The port is kept only when one is written and it differs from the scheme's default
-    (5060, or 5061 for ``sips:``). ``user_only`` (modparam ``flags`` bit 1) empties the
-    second key.
+    The URI is split by :func:`b2bua.sipuri.parse_uri_lenient` (it runs for every call and
+    never raises); the user part is taken as written (no password), the host as Kamailio's
+    parser keeps it (an IPv6 reference in brackets). The port is kept only when one is written
+    and it differs from the scheme's default (5060, or 5061 for ``sips:``). ``user_only``
+    (modparam ``flags`` bit 1) empties the second key.
     """
-    parts = parse_uri(uri)
+    parts = parse_uri_lenient(uri)
     key1 = parts.user.encode()
     if user_only:
         return key1, b""
-    key2 = parts.host
-    if parts.port:
-        default = _DEFAULT_PORTS.get(parts.scheme, 5060)
-        number = int(parts.port) if parts.port.isdigit() else None
-        if number != default:
-            key2 = f"{parts.host}:{parts.port}"
+    key2 = parts.host_ref
+    if parts.port_text and parts.port != DEFAULT_PORTS.get(parts.scheme, 5060):
+        key2 = f"{key2}:{parts.port_text}"
     return key1, key2.encode()

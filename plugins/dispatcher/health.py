@@ -1,8 +1,10 @@
 """Destination health: Kamailio's state machine over the flag bits of :class:`DestFlags`.
 
-Pure functions, no I/O, no clock: the prober (and the admin commands) own the timers and
-the storage and call these to decide. The behaviour follows Kamailio 6.1's
-``ds_update_state()``, ``ds_options_callback()`` and ``ds_ping_result_helper()``
+Pure functions, no I/O, no clock: the prober owns the timers and calls these to decide.
+Operator and failover marks (``set_state``, ``ds_mark_dst``) are parsed and applied by
+:mod:`plugins.dispatcher.runtime` (``parse_state_letters``, ``mark_state_bits``).
+
+The behaviour follows Kamailio 6.1's ``ds_update_state()``, ``ds_options_callback()`` and ``ds_ping_result_helper()``
 (``src/modules/dispatcher/dispatch.c``), with one deliberate difference: the configuration
 bits NODNS (16) and NOPING (32) survive every state change. Kamailio clears all of
 ``DS_STATES_ALL`` (63) on each update, so a script mark on a no-ping entry makes it start
@@ -44,11 +46,6 @@ _P = int(DestFlags.PROBING)
 HEALTH_BITS = _I | _T | _D | _P
 #: configuration bits: the entry is never probed
 NEVER_PROBED = int(DestFlags.NODNS | DestFlags.NOPING)
-
-#: the forms :func:`parse_state` accepts, for error messages and help texts
-STATE_FORMS = "a|1 (active), i|0 (inactive), t|3 (trying), d|2 (disabled), optionally followed by p (probing)"
-
-_STATE_BY_CHAR = {"a": 0, "1": 0, "i": _I, "0": _I, "t": _T, "3": _T, "d": _D, "2": _D}
 
 
 def _check_mode(mode: int) -> None:
@@ -172,56 +169,3 @@ def apply_probe(
         probing_threshold=probing_threshold,
         inactive_threshold=inactive_threshold,
     )
-
-
-def parse_state(text: str) -> int:
-    """Parse an RPC ``set_state`` value into health bits (Kamailio's ``dispatcher.set_state``).
-
-    ``a``/``1`` active, ``i``/``0`` inactive, ``t``/``3`` trying, ``d``/``2`` disabled, with
-    an optional second character ``p`` for probing (ignored with ``d``); case-insensitive.
-
-    :raises ValueError: for anything else, listing the accepted forms.
-    """
-    value = text.strip().lower()
-    if not 1 <= len(value) <= 2 or value[0] not in _STATE_BY_CHAR or value[1:] not in ("", "p"):
-        raise ValueError(f"invalid state {text!r}: expected {STATE_FORMS}")
-    state = _STATE_BY_CHAR[value[0]]
-    if value[1:] == "p" and not state & _D:
-        state |= _P
-    return state
-
-
-def parse_mark_letters(letters: str) -> int:
-    """Parse ``ds_mark_dst`` letters (Kamailio's ``ds_parse_flags``) into requested bits.
-
-    Any sequence of ``a`` (clears what came before), ``i``, ``t``, ``d``, ``p``;
-    case-insensitive. An empty string means ``i``.
-
-    :raises ValueError: for any other character.
-    """
-    if not letters:
-        return _I
-    state = 0
-    for ch in letters.lower():
-        if ch == "a":
-            state = 0
-        elif ch in "itdp":
-            state |= {"i": _I, "t": _T, "d": _D, "p": _P}[ch]
-        else:
-            raise ValueError(f"invalid mark {letters!r}: {ch!r} is not one of a, i, t, d, p")
-    return state
-
-
-def mark(flags: int, letters: str) -> int:
-    """Mark a destination as Kamailio 6.1's ``ds_mark_dst(letters)`` does: set directly.
-
-    Thresholds are bypassed: ``t`` makes the entry I at once, ``a`` makes it A at once,
-    ``d`` wins over everything (P dropped), ``p`` adds P. The probe counter of a marked entry
-    is 0 afterwards. (Kamailio 5.6.3 counted marks against the thresholds instead.)
-
-    :raises ValueError: for letters outside ``aitdp``.
-    """
-    new, _ = update_state(
-        flags, 0, parse_mark_letters(letters), set_mode=True, probing_threshold=1, inactive_threshold=1
-    )
-    return new

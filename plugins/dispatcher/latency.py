@@ -51,9 +51,19 @@ class LatencyStats:
     m2: float = 0.0
     min: float = 0.0
 
-    def as_rpc(self) -> dict[str, float | int]:
-        """The ``LATENCY`` block of Kamailio's ``dispatcher.list``."""
-        return {"AVG": self.avg, "STD": self.std, "EST": self.est, "MAX": self.max, "TIMEOUT": self.timeout}
+
+def rpc_block(stats: LatencyStats | None) -> dict[str, float | int]:
+    """The ``LATENCY`` block of Kamailio's ``dispatcher.list``: ms rounded to 3 decimals, zeros
+    for a destination without statistics (none sampled yet, no ``latency=`` attribute)."""
+    if stats is None:
+        return {"AVG": 0.0, "STD": 0.0, "EST": 0.0, "MAX": 0.0, "TIMEOUT": 0}
+    return {
+        "AVG": round(float(stats.avg), 3),
+        "STD": round(float(stats.std), 3),
+        "EST": round(float(stats.est), 3),
+        "MAX": round(float(stats.max), 3),
+        "TIMEOUT": int(stats.timeout),
+    }
 
 
 def seeded(latency_ms: float) -> LatencyStats:

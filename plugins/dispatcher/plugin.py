@@ -168,7 +168,7 @@ class DispatcherPlugin:
 
     # -- calls -----------------------------------------------------------------------------
 
-    @hookimpl
+    @hookimpl(trylast=True)  # a user's router is asked first (docs/hooks.md "Call order")
     def b2bua_route_call(self, call: CallInfo) -> RoutePlan | Reject:
         return plan_call(self.config, self.state, call, self._rng)
 

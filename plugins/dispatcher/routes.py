@@ -11,8 +11,8 @@ import ipaddress
 from collections.abc import Sequence
 
 from b2bua.api import CallInfo
+from b2bua.sipuri import parse_uri_lenient
 from plugins.dispatcher.config import Route
-from plugins.dispatcher.hashing import parse_uri
 
 
 def _source_matches(route: Route, source_ip: str) -> bool:
@@ -40,7 +40,7 @@ def route_matches(route: Route, call: CallInfo) -> bool:
     """True when every match field the rule sets fits the call."""
     if route.method and call.method.upper() != route.method.upper():
         return False
-    if route.ruri_user_prefix and not parse_uri(call.request_uri).user.startswith(route.ruri_user_prefix):
+    if route.ruri_user_prefix and not parse_uri_lenient(call.request_uri).user.startswith(route.ruri_user_prefix):
         return False
     if route.ruri_pattern is not None and not route.ruri_pattern.search(call.request_uri):
         return False

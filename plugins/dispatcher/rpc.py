@@ -31,6 +31,7 @@ from plugins.dispatcher.adminstate import AdminState
 from plugins.dispatcher.attrs import parse_attrs
 from plugins.dispatcher.config import DispatcherConfig
 from plugins.dispatcher.hashing import ds_get_hash
+from plugins.dispatcher.latency import rpc_block
 from plugins.dispatcher.listfile import check_flags
 from plugins.dispatcher.model import Destination, state_letters
 from plugins.dispatcher.probing import Prober
@@ -156,7 +157,7 @@ def list_entry(dest: Destination, rt: DestRuntime | None, mode: str, latency_sta
             "OBPROXY": a.obproxy,
         }
     if latency_stats:
-        entry["LATENCY"] = _latency(rt.latency if rt is not None else None)
+        entry["LATENCY"] = rpc_block(rt.latency if rt is not None else None)
     entry["RUNTIME"] = {"DLGLOAD": rt.load if rt is not None else 0}
     return entry
 
@@ -176,18 +177,6 @@ def _address(dest: Destination) -> dict[str, Any]:
     if dest.address is not None:
         ip, port, proto = dest.address
     return {"HOST": host, "IPADDR": ip, "PORT": port, "PROTO": proto}
-
-
-def _latency(stats: Any) -> dict[str, Any]:
-    if stats is None:
-        return {"AVG": 0.0, "STD": 0.0, "EST": 0.0, "MAX": 0.0, "TIMEOUT": 0}
-    return {
-        "AVG": round(float(stats.avg), 3),
-        "STD": round(float(stats.std), 3),
-        "EST": round(float(stats.est), 3),
-        "MAX": round(float(stats.max), 3),
-        "TIMEOUT": int(stats.timeout),
-    }
 
 
 def hash_result(nslots: int, val1: str, val2: str | None = None) -> dict[str, int]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from loguru import logger
 
@@ -79,7 +79,9 @@ class FailoverPlugin:
         return call.stash.setdefault(CALL_RECORD, CallRecord(started=self._clock()))
 
     @hookimpl(wrapper=True)
-    def b2bua_route_call(self, call: CallInfo) -> Generator[None, Any, RoutePlan | Reject | None]:
+    def b2bua_route_call(
+        self, call: CallInfo
+    ) -> Generator[None, RoutePlan | Reject | None, RoutePlan | Reject | None]:
         """Start the call's clock and fill the configured timeouts into the chosen plan."""
         self._record(call)
         plan = yield
@@ -99,7 +101,7 @@ class FailoverPlugin:
         if policy.should_mark(failure, self.cfg):
             self._mark(call, failure)
 
-    @hookimpl
+    @hookimpl(trylast=True)  # a user's plugin is asked first; the host's default comes after this
     def b2bua_next_target(self, call: CallInfo, plan: RoutePlan, failure: Failure) -> Target | Reject:
         """The next untried plan target, or the final answer (see :func:`policy.next_step`)."""
         record = self._record(call)

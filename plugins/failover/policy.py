@@ -11,12 +11,11 @@ The decision for one failure (:func:`next_step`):
 3. **final** (any other code, e.g. 404, 484, or a cancelled attempt): the hunt stops and the
    failure is relayed (in ``final = "best"`` mode, the best failure so far).
 
-Relaying a gateway's failure never passes on a 503: RFC 3261 §16.7 says a 503 describes the
-server that sent it, and an upstream proxy that sees 503 from us would stop sending us *any*
-call for Retry-After seconds because one gateway was unhappy. A relayed 503 becomes 500, as
-Kamailio's tm does (``tm_remap_503_500``). Our own ``fixed`` answer (503 + Retry-After by
-default) is different: it is sent when every gateway of the plan failed, when this service
-really is unavailable, and it is what the dispatcher answers when no destination is up.
+Relaying, the best failure and response priorities are the host's (:mod:`b2bua.sippolicy`,
+shared with the host's default): a relayed 503 becomes 500, as Kamailio's tm does. Our own
+``fixed`` answer (503 + Retry-After by default) is different: it is sent when every gateway of
+the plan failed, when this service really is unavailable, and it is what the dispatcher
+answers when no destination is up.
 """
 
 from __future__ import annotations
@@ -26,16 +25,14 @@ from collections.abc import Sequence
 from typing import Literal
 
 from b2bua.api import DialMode, Failure, FailureKind, Reject, RoutePlan, Target
-from b2bua.sip import retry_after, status_reason
+from b2bua.sip import retry_after
+from b2bua.sippolicy import best_failure, reason_header, relay
 from plugins.failover.config import FailoverConfig
 
 Outcome = Literal["failover", "hunt-stop", "final"]
 
 #: no new attempt is started with less budget than this (RFC 3261 T1, the first retransmission)
 MIN_ATTEMPT_SECONDS = 0.5
-
-#: headers of a failure response passed on when it is relayed (RFC 3261 Retry-After; RFC 3326 Reason)
-RELAYED_HEADERS = (("retry-after", "Retry-After"), ("reason", "Reason"))
 
 
 def classify(code: int, cfg: FailoverConfig, kind: FailureKind = FailureKind.RESPONSE) -> Outcome:
@@ -54,76 +51,6 @@ def classify(code: int, cfg: FailoverConfig, kind: FailureKind = FailureKind.RES
     if code in cfg.failover_set:
         return "failover"
     return "final"
-
-
-def response_priority(code: int) -> int:
-    """Rank of a final response when choosing the best one (lower is better; RFC 3261 §16.7).
-
-    Kamailio tm's ``get_prio()``: 6xx first, then 3xx, 4xx (401, 407, 415, 420, 484 before the
-    other 4xx, as they let the caller retry successfully), then 5xx; lower codes first within a
-    class; anything else last.
-    """
-    cls, xx = divmod(code, 100)
-    if cls == 6:
-        return 1000 + xx
-    if cls == 3:
-        return 3000 + xx
-    if cls == 4:
-        return 4000 + (xx if xx in (1, 7, 15, 20, 84) else 100 + xx)
-    if cls == 5:
-        return 5000 + xx
-    return 10000 + code
-
-
-def best_failure(failures: Sequence[Failure]) -> Failure:
-    """The failure to answer with among several (RFC 3261 §16.7); the earliest wins a tie.
-
-    :raises ValueError: when ``failures`` is empty.
-    """
-    if not failures:
-        raise ValueError("best_failure needs at least one failure")
-    return min(failures, key=lambda f: response_priority(f.code))
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
-
-
-def relay(failure: Failure) -> Reject:
-    """The caller's answer passing on one failure: its code, reason, Retry-After and Reason.
-
-    A 503 becomes ``500 Server Internal Error`` without the gateway's Retry-After (RFC 3261
-    §16.7); a code outside 300-699 becomes 500.
-    """
-    code = failure.code if 300 <= failure.code <= 699 else 500
-    if code == 503:
-        return Reject(500, status_reason(500), _headers(failure, ("reason",)))
-    reason = _one_line(failure.reason) or status_reason(code)
-    return Reject(code, reason, _headers(failure, ("retry-after", "reason")))
-
-
-def _headers(failure: Failure, names: Sequence[str]) -> tuple[tuple[str, str], ...]:
-    """The first value of each relayed header of ``failure`` whose lower-case name is in ``names``."""
-    out = []
-    for lower, name in RELAYED_HEADERS:
-        values = failure.headers.get(lower, ()) if lower in names else ()
-        value = _one_line(values[0]) if values else ""
-        if value:
-            out.append((name, value))
-    return tuple(out)
-
-
-def reason_header(failure: Failure) -> str:
-    """An RFC 3326 ``Reason`` value naming a failure, e.g. ``SIP;cause=500;text="Server Internal Error"``.
-
-    A gateway's own Reason header (often a Q.850 cause from the PSTN) is passed on instead.
-    """
-    own = failure.headers.get("reason")
-    if own:
-        return _one_line(own[0])
-    text = _one_line(failure.reason) or status_reason(failure.code)
-    text = text.replace("\\", "\\\\").replace('"', '\\"')
-    return f'SIP;cause={failure.code};text="{text}"'
 
 
 def final_answer(failures: Sequence[Failure], cfg: FailoverConfig) -> Reject:

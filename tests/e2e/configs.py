@@ -98,6 +98,7 @@ def b2bua_config(
     failover: Mapping[str, Any] | None = None,
     sip: Mapping[str, Any] | None = None,
     log_level: str = "INFO",
+    plugins: Sequence[str] | None = None,
 ) -> str:
     """A ``config.toml`` for a B2BUA on ``udp:ip:port`` with the dispatcher and failover plugins.
 
@@ -108,6 +109,8 @@ def b2bua_config(
     :param failover: ``[plugins.failover]`` settings; None leaves the plugin out.
     :param sip: ``[sip]`` settings over the test defaults (``listen``, a small ``max_calls``, a short
         ``shutdown_grace``, no overload shedding).
+    :param plugins: ``[plugins] enabled`` as given (default: the dispatcher, and failover when
+        ``failover`` is set).
     """
     rules = list(routes) if routes is not None else [{"set": setid, "algorithm": algorithm, "limit": limit}]
     # No overload shedding by default: these tests count where every call went, and a hiccup of a
@@ -117,12 +120,13 @@ def b2bua_config(
     # Probing is off unless a test turns it on: a keepalive would add OPTIONS to the gateways'
     # logs and could mark a gateway down behind the test's back. No state file: one less file.
     dispatcher_values = {"list_file": LIST_FILE, "ping_interval": 0, "state_file": "", **(dispatcher or {})}
-    plugins = ["dispatcher"] if failover is None else ["dispatcher", "failover"]
+    if plugins is None:
+        plugins = ["dispatcher"] if failover is None else ["dispatcher", "failover"]
     parts = [
         toml_table("sip", sip_values),
         toml_table("log", {"level": log_level}),
         toml_table("control", {"socket": CONTROL_SOCKET}),
-        toml_table("plugins", {"enabled": plugins}),
+        toml_table("plugins", {"enabled": list(plugins)}),
         toml_table("plugins.dispatcher", dispatcher_values),
         *(toml_table("[[plugins.dispatcher.routes]]", rule) for rule in rules),
     ]

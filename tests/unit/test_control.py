@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import http.client
 import json
 import os
@@ -27,9 +28,9 @@ from b2bua.control import (
     ControlUnavailable,
     JsonRpcProcessor,
     RpcCallError,
-    is_loopback_host,
     parse_http_address,
 )
+from b2bua.control_guard import HttpLimits
 from b2bua.rpc import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
@@ -42,6 +43,7 @@ from b2bua.rpc import (
 )
 
 LIMIT = 1024
+BIG = 16 * 1024 * 1024
 TOKEN = "s3cret-token"
 
 # -- fixtures ----------------------------------------------------------------------------------
@@ -85,11 +87,13 @@ class Recorder:
     def __init__(self) -> None:
         self.values: list[Any] = []
         self.release = threading.Event()
+        self.entered = threading.Semaphore(0)
 
     def record(self, value: Any) -> None:
         self.values.append(value)
 
     def block(self) -> str:
+        self.entered.release()
         self.release.wait(5)
         return "released"
 
@@ -128,6 +132,8 @@ def make_registry(rec: Recorder) -> RpcRegistry:
     reg.add("test.block", rec.block, "Block the loop until released.")
     reg.add("test.thread", thread_name, "The thread the method runs on.")
     reg.add("test.thread_off", thread_name, "The thread an off-loop method runs on.", on_loop=False)
+    reg.add("test.block_off", rec.block, "Block an API thread until released.", on_loop=False)
+    reg.add("test.big", lambda: "x" * BIG, "An answer larger than any socket buffer.", on_loop=False)
     return reg
 
 
@@ -195,8 +201,13 @@ def read_lines(sock: socket.socket, count: int, timeout: float = 5.0) -> list[by
 def unix_connect(path: Path) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(5)
-    sock.connect(str(path))
-    return sock
+    for _ in range(100):
+        try:
+            sock.connect(str(path))
+            return sock
+        except BlockingIOError:  # the listen backlog is full for a moment: the listener is busy
+            time.sleep(0.05)
+    raise AssertionError(f"cannot connect to {path}")
 
 
 SENTINEL = b'{"jsonrpc":"2.0","id":"sentinel","method":"test.echo"}'
@@ -574,7 +585,7 @@ def test_http_keep_alive_serves_several_requests(server: ControlServer) -> None:
     conn = http.client.HTTPConnection(*server.http_address, timeout=5)
     try:
         for i in range(3):
-            conn.request("POST", "/", body=req("test.add", [i, 1], id=i))
+            conn.request("POST", "/", body=req("test.add", [i, 1], id=i), headers={"Content-Type": "application/json"})
             resp = conn.getresponse()
             assert json.loads(resp.read()) == {"jsonrpc": "2.0", "id": i, "result": i + 1}
     finally:
@@ -597,7 +608,8 @@ def test_http_oversize_is_refused_without_reading_it(server: ControlServer) -> N
 def test_http_without_content_length_is_refused(server: ControlServer) -> None:
     assert server.http_address is not None
     with socket.create_connection(server.http_address, timeout=5) as sock:
-        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
         head = sock.recv(4096)
     assert head.startswith(b"HTTP/1.1 411")
 
@@ -718,15 +730,6 @@ def test_client_times_out(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("host", "loopback"),
-    [("127.0.0.1", True), ("127.0.0.53", True), ("::1", True), ("localhost", True),
-     ("0.0.0.0", False), ("10.0.0.1", False), ("::", False), ("example.com", False)],
-)
-def test_is_loopback_host(host: str, loopback: bool) -> None:
-    assert is_loopback_host(host) is loopback
-
-
-@pytest.mark.parametrize(
     ("text", "expected"),
     [("127.0.0.1:8080", ("127.0.0.1", 8080)), ("[::1]:0", ("::1", 0)), ("localhost:1", ("localhost", 1))],
 )
@@ -745,3 +748,341 @@ def test_processor_without_transport(recorder: Recorder) -> None:
     assert json.loads(processor.handle(req("test.add", [1, 2])) or b"") == {"jsonrpc": "2.0", "id": 1, "result": 3}
     assert processor.handle(req("test.record", ["x"], id=...)) is None
     assert recorder.values == ["x"]
+
+
+# -- HTTP hardening: browsers, slow clients, floods ---------------------------------------------------
+
+
+def raw_http(address: tuple[str, int], data: bytes, source: str | None = None, timeout: float = 5.0) -> bytes:
+    """Send ``data`` on a new connection, half-close, and read until the server closes."""
+    with socket.create_connection(address, timeout=timeout, source_address=(source, 0) if source else None) as sock:
+        sock.sendall(data)
+        sock.shutdown(socket.SHUT_WR)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def status_of(response: bytes) -> int:
+    return int(response.split(b" ", 2)[1])
+
+
+def post_bytes(address: tuple[str, int], headers: dict[str, str], body: bytes, path: str = "/") -> bytes:
+    head = f"POST {path} HTTP/1.1\r\nContent-Length: {len(body)}\r\n"
+    head += "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    return raw_http(address, head.encode() + b"\r\n" + body)
+
+
+@pytest.fixture
+def warnings() -> Iterator[list[str]]:
+    lines: list[str] = []
+    sink = logger.add(lambda m: lines.append(m.record["message"]), level="WARNING")
+    yield lines
+    logger.remove(sink)
+
+
+def test_the_issue_cross_origin_text_plain_post_is_refused(server: ControlServer, recorder: Recorder,
+                                                          warnings: list[str]) -> None:
+    # what a web page can send to http://127.0.0.1:PORT/ without asking: a "simple" request
+    address = server.http_address
+    assert address is not None
+    host = f"127.0.0.1:{address[1]}"
+    answer = post_bytes(address, {"Host": host, "Origin": "http://attacker.example",
+                                  "Content-Type": "text/plain;charset=UTF-8"}, req("test.record", ["pwned"]))
+    assert status_of(answer) == 403
+    assert b"cross-origin request (Origin 'http://attacker.example')" in answer
+    # the same without the Origin (a browser always sends one): the Content-Type alone is refused
+    answer = post_bytes(address, {"Host": host, "Content-Type": "text/plain"}, req("test.record", ["pwned"]))
+    assert status_of(answer) == 415
+    assert recorder.values == []
+    assert any("127.0.0.1: HTTP 403 Forbidden: cross-origin" in line for line in warnings)
+
+
+@pytest.mark.parametrize(
+    ("content_type", "status"),
+    [(None, 415), ("text/plain", 415), ("application/x-www-form-urlencoded", 415),
+     ("multipart/form-data; boundary=x", 415), ("application/json", 200), ("Application/JSON; charset=utf-8", 200),
+     ("application/json-rpc", 200)],
+)
+def test_http_requires_a_json_content_type(server: ControlServer, content_type: str | None, status: int) -> None:
+    assert server.http_address is not None
+    headers = {"Content-Type": content_type} if content_type else {}
+    answer = post_bytes(server.http_address, headers, req("test.add", [1, 2]))
+    assert status_of(answer) == status
+    body = json.loads(answer.split(b"\r\n\r\n", 1)[1])
+    if status == 200:
+        assert body["result"] == 3
+    else:
+        assert body["error"]["code"] == INVALID_REQUEST
+        assert body["error"]["message"].startswith("Unsupported Media Type: ")
+
+
+def test_dns_rebinding_is_refused_without_token(make_server: ServerFactory, recorder: Recorder) -> None:
+    # the attacker's name now resolves to 127.0.0.1: to the browser the request is same-origin
+    server = make_server()
+    assert server.http_address is not None
+    name = f"attacker.example:{server.http_address[1]}"
+    answer = post_bytes(server.http_address, {"Host": name, "Origin": f"http://{name}",
+                                              "Content-Type": "application/json"}, req("test.record", ["pwned"]))
+    assert status_of(answer) == 421
+    assert b"is a name: without a token, use an IP address or localhost" in answer
+    assert recorder.values == []
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ({}, 200),  # no Host: HTTP/1.0 tools
+        ({"Host": "127.0.0.1:{port}"}, 200),
+        ({"Host": "localhost:{port}"}, 200),
+        ({"Host": "localhost:{port}", "Origin": "http://localhost:{port}"}, 200),
+        ({"Host": "127.0.0.1:{port}", "Origin": "http://127.0.0.1:{port}"}, 200),
+        ({"Host": "127.0.0.1:{port}", "Origin": "null"}, 403),
+        ({"Host": "127.0.0.1:{port}", "Origin": "http://127.0.0.1:3000"}, 403),  # another local web app
+        ({"Host": "127.0.0.1:{port}", "Origin": "http://localhost:{port}"}, 403),
+        ({"Host": "b2bua.example.net:{port}"}, 421),
+        ({"Host": "bad host"}, 421),
+    ],
+)
+def test_http_host_and_origin(server: ControlServer, headers: dict[str, str], status: int) -> None:
+    address = server.http_address
+    assert address is not None
+    filled = {name: value.format(port=address[1]) for name, value in headers.items()}
+    answer = post_bytes(address, {"Content-Type": "application/json", **filled}, req("test.add", [1, 2]))
+    assert status_of(answer) == status, answer
+
+
+def test_two_host_headers_are_refused(server: ControlServer) -> None:
+    assert server.http_address is not None
+    answer = post_bytes(server.http_address, {"Content-Type": "application/json", "Host": "127.0.0.1",
+                                              "host": "attacker.example"}, req("test.add", [1, 2]))
+    assert status_of(answer) == 421 and b"more than one Host header" in answer
+
+
+def test_with_a_token_any_host_name_works_and_origins_are_still_checked(make_server: ServerFactory) -> None:
+    server = make_server(config={"token": TOKEN})
+    assert server.http_address is not None
+    auth = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+    named = {"Host": "b2bua.example.net:8090", **auth}
+    assert status_of(post_bytes(server.http_address, named, req("test.add", [1, 2]))) == 200
+    crossed = {**named, "Origin": "http://attacker.example"}
+    assert status_of(post_bytes(server.http_address, crossed, req("test.add", [1, 2]))) == 403
+
+
+def test_http_kamailio_rpc_path(server: ControlServer) -> None:
+    assert server.http_address is not None
+    status, _, body = http_post(server.http_address, req("test.add", [2, 2]), path="/RPC")
+    assert (status, json.loads(body)["result"]) == (200, 4)
+
+
+def test_http_head_over_the_limit_is_refused(server: ControlServer) -> None:
+    assert server.http_address is not None
+    answer = post_bytes(server.http_address, {"Content-Type": "application/json", "X-Pad": "p" * 20000},
+                        req("test.add", [1, 2]))
+    assert status_of(answer) == 431
+    assert b"request head over 16384 bytes" in answer
+
+
+def test_http_malformed_requests_get_json_errors(server: ControlServer) -> None:
+    assert server.http_address is not None
+    many = "".join(f"X-{i}: y\r\n" for i in range(101))
+    answer = raw_http(server.http_address, f"POST / HTTP/1.1\r\n{many}\r\n".encode())
+    assert status_of(answer) == 431
+    assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"]["code"] == INVALID_REQUEST
+    # no usable version: answered the HTTP/0.9 way, a bare body
+    answer = raw_http(server.http_address, b"POST / HTTP/1.1 extra\r\n\r\n")
+    assert json.loads(answer)["error"]["message"].startswith("Bad Request: Bad request version")
+
+
+QUICK = HttpLimits(head_timeout=0.5, body_timeout=0.5, write_timeout=0.5)
+
+
+def trickle(sock: socket.socket, head: bytes, byte: bytes, *, rounds: int = 100, pause: float = 0.1) -> bytes:
+    """Send ``head``, then ``byte`` every ``pause`` seconds until the server answers or closes
+    (at most ``rounds`` times); what the server sent."""
+    sock.sendall(head)
+    sock.settimeout(pause)
+    for _ in range(rounds):
+        try:
+            data = sock.recv(65536)
+        except TimeoutError:
+            try:
+                sock.sendall(byte)
+            except OSError:
+                break
+            continue
+        except OSError:
+            break
+        rest = b""
+        with contextlib.suppress(OSError):
+            sock.settimeout(5)
+            while chunk := sock.recv(65536):
+                rest += chunk
+        return data + rest
+    return b""
+
+
+def test_a_trickled_head_is_cut_off(make_server: ServerFactory, warnings: list[str]) -> None:
+    server = make_server(limits=QUICK)
+    assert server.http_address is not None
+    with socket.create_connection(server.http_address, timeout=5) as sock:
+        # 100 rounds of 0.1 s: without a deadline on the whole head this runs for 10 s and fails
+        answer = trickle(sock, b"POST / HTTP/1.1\r\nX-Slow: ", b"a")
+    assert status_of(answer) == 408, answer
+    assert b"request head not complete within 0.5s" in answer
+    assert any("127.0.0.1: HTTP 408 Request Timeout: request head" in line for line in warnings)
+
+
+def test_a_trickled_body_is_cut_off(make_server: ServerFactory) -> None:
+    server = make_server(limits=QUICK)
+    assert server.http_address is not None
+    head = b"POST / HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: 500\r\n\r\n"
+    with socket.create_connection(server.http_address, timeout=5) as sock:
+        answer = trickle(sock, head, b" ")
+    assert status_of(answer) == 408
+    assert b"request body not complete within 0.5s" in answer
+
+
+def test_an_idle_connection_is_closed_quietly(make_server: ServerFactory, warnings: list[str]) -> None:
+    server = make_server(limits=QUICK)
+    assert server.http_address is not None
+    with socket.create_connection(server.http_address, timeout=10) as sock:
+        assert sock.recv(100) == b""  # closed after head_timeout, nothing sent: it asked nothing
+    conn = http.client.HTTPConnection(*server.http_address, timeout=10)
+    try:  # a keep-alive connection after its answer: the same
+        conn.request("POST", "/", body=req("test.add", [1, 2]), headers={"Content-Type": "application/json"})
+        assert json.loads(conn.getresponse().read())["result"] == 3
+        assert conn.sock is not None and conn.sock.recv(100) == b""
+    finally:
+        conn.close()
+    assert warnings == []
+
+
+def test_a_client_that_does_not_read_its_answer_is_cut_off(make_server: ServerFactory,
+                                                          warnings: list[str]) -> None:
+    server = make_server(limits=QUICK)
+    assert server.http_address is not None
+    client = client_for(server, "http")
+    with socket.create_connection(server.http_address, timeout=5) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.sendall(b"POST / HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: "
+                     + str(len(req("test.big"))).encode() + b"\r\n\r\n" + req("test.big"))
+        for _ in range(100):  # the server gives up on us; at most 10 s
+            if any("answer not taken within 0.5s" in line for line in warnings):
+                break
+            time.sleep(0.1)
+        assert client.call("test.add", [1, 2]) == 3  # others were served all along
+    assert any("127.0.0.1: answer not taken within 0.5s: connection closed" in line for line in warnings)
+
+
+def open_slow(address: tuple[str, int], count: int, source: str = "127.0.0.1") -> list[socket.socket]:
+    """``count`` connections from ``source`` that have sent the start of a request head."""
+    socks = []
+    for _ in range(count):
+        sock = socket.create_connection(address, timeout=5, source_address=(source, 0))
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+        socks.append(sock)
+    return socks
+
+
+def closed_by_server(sock: socket.socket) -> bool:
+    sock.settimeout(5)
+    try:
+        return sock.recv(100) == b""
+    except ConnectionError:
+        return True
+
+
+def test_the_issue_slow_connections_lock_nobody_out(server: ControlServer, warnings: list[str]) -> None:
+    # the issue: ~40 connections sending a byte every 20 s blocked every request; here 100, more than
+    # the 64 connections and the 16 per address allowed, all from the client's own address
+    assert server.http_address is not None
+    slow = open_slow(server.http_address, 100)
+    try:
+        with contextlib.suppress(OSError):
+            for sock in slow:
+                sock.sendall(b"x")  # still alive, still incomplete
+        client = client_for(server, "http")
+        for i in range(3):
+            # well within the default 10 s head deadline: only displacement lets it in
+            assert client.call("test.add", [i, 1], timeout=5) == i + 1
+        displaced = [sock for sock in slow[:80] if closed_by_server(sock)]
+        assert len(displaced) == 80  # the oldest gave way; at most 16 are left open
+    finally:
+        for sock in slow:
+            sock.close()
+    lines = [line for line in warnings if "closed a connection that waited" in line]
+    assert 0 < len(lines) <= HttpLimits().log_burst
+
+
+def test_slow_connections_from_one_address_do_not_displace_another_address(
+    server: ControlServer, recorder: Recorder
+) -> None:
+    assert server.http_address is not None
+    conn = http.client.HTTPConnection(*server.http_address, timeout=5)
+    headers = {"Content-Type": "application/json"}
+    slow: list[socket.socket] = []
+    try:
+        conn.request("POST", "/", body=req("test.add", [1, 1]), headers=headers)
+        assert json.loads(conn.getresponse().read())["result"] == 2
+        slow = open_slow(server.http_address, 40, source="127.0.0.2")  # 16 per address: they displace each other
+        assert sum(closed_by_server(sock) for sock in slow[:24]) == 24
+        # the keep-alive connection from 127.0.0.1 was left alone
+        conn.request("POST", "/", body=req("test.add", [2, 2]), headers=headers)
+        assert json.loads(conn.getresponse().read())["result"] == 4
+    finally:
+        conn.close()
+        for sock in slow:
+            sock.close()
+
+
+def test_when_every_connection_is_busy_a_newcomer_is_refused(make_server: ServerFactory, recorder: Recorder,
+                                                             warnings: list[str]) -> None:
+    server = make_server(limits=HttpLimits(max_connections=4, max_per_source=2))
+    client = client_for(server, "http")
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        blocked = [pool.submit(client.call, "test.block_off") for _ in range(2)]
+        assert recorder.entered.acquire(timeout=5) and recorder.entered.acquire(timeout=5)  # both run
+        with pytest.raises(ControlUnavailable):
+            client.call("test.add", [1, 1], timeout=2)
+        recorder.release.set()
+        assert [f.result(5) for f in blocked] == ["released", "released"]
+    assert client.call("test.add", [1, 1]) == 2
+    assert any("127.0.0.1: 2 connections open, none of them idle: connection closed" in line for line in warnings)
+
+
+def test_refusals_flood_logs_a_bounded_number_of_lines(make_server: ServerFactory, recorder: Recorder,
+                                                       warnings: list[str]) -> None:
+    server = make_server(limits=HttpLimits(log_burst=3, log_interval=600))
+    assert server.http_address is not None
+    for _ in range(30):
+        post_bytes(server.http_address, {"Content-Type": "text/plain"}, req("test.record", ["x"]))
+    server.stop()  # writes the pending summary
+    refusals = [line for line in warnings if line.startswith("control http")]
+    assert len(refusals) == 4, refusals
+    assert all("HTTP 415 Unsupported Media Type" in line for line in refusals[:3])
+    assert refusals[3].startswith("control http: 27 more refusals in the last ")
+    assert refusals[3].endswith("not logged one by one (content type x27; from 127.0.0.1 x27)")
+    assert recorder.values == []
+
+
+def test_unix_idle_connections_give_way(server: ControlServer) -> None:
+    assert server.socket_path is not None
+    idle = [unix_connect(server.socket_path) for _ in range(40)]  # the listener accepts them as they come
+    try:
+        assert unix_exchange(server.socket_path, req("test.add", [2, 3]))["result"] == 5
+        assert sum(closed_by_server(sock) for sock in idle[:9]) == 9
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+def test_a_client_closing_in_the_middle_of_a_head_is_no_refusal(server: ControlServer, recorder: Recorder,
+                                                                warnings: list[str]) -> None:
+    assert server.http_address is not None
+    # http.client would take the end of file for the end of the head and run the request
+    answer = raw_http(server.http_address, b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nX-Cut: x")
+    assert answer == b""
+    assert raw_http(server.http_address, b"POST / HTT") == b""
+    assert warnings == []

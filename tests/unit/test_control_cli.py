@@ -242,6 +242,16 @@ def test_http_connection_refused_exits_2(rpc: Callable[..., Outcome]) -> None:
     assert "is the b2bua running?" in result.err
 
 
+def test_http_without_token_by_address_or_localhost(
+    tmp_path: Path, start_server: Callable[..., ControlServer], rpc: Callable[..., Outcome]
+) -> None:
+    server = start_server(tmp_path, socket="", http="127.0.0.1:0")
+    assert server.http_address is not None
+    port = server.http_address[1]
+    assert rpc("--url", f"http://127.0.0.1:{port}/", "core.version") == Outcome(0, "9.9.9\n", "")
+    assert rpc("--url", f"http://localhost:{port}/RPC", "core.version") == Outcome(0, "9.9.9\n", "")
+
+
 def test_bad_url_exits_2(rpc: Callable[..., Outcome]) -> None:
     result = rpc("--url", "127.0.0.1:8080", "core.version")
     assert result.code == 2

@@ -53,7 +53,7 @@ def test_no_route_answers_configured_code() -> None:
         (408, FailureKind.NO_RESPONSE, 1, Target("sip:b")),
         (404, FailureKind.RESPONSE, 1, Reject(404, "Not Found")),
         (486, FailureKind.RESPONSE, 1, Reject(486, "Busy Here")),
-        (503, FailureKind.RESPONSE, 2, Reject(503, "Service Unavailable")),
+        (503, FailureKind.RESPONSE, 2, Reject(500, "Server Internal Error")),  # RFC 3261 16.7: no 503 relayed
         (408, FailureKind.NO_ANSWER, 2, Reject(408, "Request Timeout")),
     ],
 )
@@ -69,7 +69,7 @@ def test_parallel_plan_is_not_redialled_by_default() -> None:
     hooks = Hooks(make_manager([]))
     plan = RoutePlan((Target("sip:a"), Target("sip:b")), DialMode.PARALLEL)
     failure = Failure(plan.targets[0], 503, "Service Unavailable", FailureKind.RESPONSE, 1)
-    assert hooks.next_target(call(), plan, failure) == Reject(503, "Service Unavailable")
+    assert hooks.next_target(call(), plan, failure) == Reject(500, "Server Internal Error")
 
 
 def test_module_path_plugin_overrides_default(plugin_dir: Path) -> None:
@@ -84,6 +84,33 @@ def test_module_path_plugin_overrides_default(plugin_dir: Path) -> None:
     hooks.configure(parse_config({"routing": {"default_target": "sip:default"}}), app=None)  # type: ignore[arg-type]
     assert hooks.route_call(call()).targets[0].uri == "sip:mine"  # type: ignore[union-attr]
     assert hooks.plugin_names() == ["tmp_plugin_ok:Router"]
+
+
+@pytest.mark.parametrize(
+    "enabled",
+    [
+        ["tmp_plugin_mine:Mine", "dispatcher", "failover"],  # docs/hooks.md's order
+        ["dispatcher", "failover", "tmp_plugin_mine:Mine"],
+        ["failover", "tmp_plugin_mine:Mine", "dispatcher"],
+    ],
+)
+def test_users_decision_hooks_run_before_the_built_ins(plugin_dir: Path, enabled: list[str]) -> None:
+    """Whatever the order in ``enabled``: the user's plugin, then the built-in, then the host's default."""
+    write(plugin_dir, "tmp_plugin_mine", """
+        from b2bua import hookimpl
+        class Mine:
+            @hookimpl
+            def b2bua_route_call(self, call):
+                return None
+            @hookimpl
+            def b2bua_next_target(self, call, plan, failure):
+                return None
+    """)
+    pm = make_manager(enabled)
+    for hook, built_in in (("b2bua_route_call", "dispatcher"), ("b2bua_next_target", "failover")):
+        impls = getattr(pm.hook, hook).get_hookimpls()
+        called = [impl.plugin_name for impl in reversed(impls) if not impl.wrapper]
+        assert called == ["tmp_plugin_mine:Mine", built_in, "b2bua.defaults"], hook
 
 
 def test_misspelt_hook_fails_clearly(plugin_dir: Path) -> None:
@@ -128,3 +155,24 @@ def test_every_hook_is_documented() -> None:
             if signature not in headings:
                 missing.append(signature)
     assert not missing, f"undocumented hooks in docs/hooks.md: {missing}"
+
+
+def test_hooks_md_shows_the_real_example() -> None:
+    """The code block of "A plugin in thirty lines" is docs/examples/prefix_router.py (docstring aside)."""
+    doc = (ROOT / "docs" / "hooks.md").read_text()
+    section = doc.split("## A plugin in thirty lines", 1)[1]
+    snippet = section.split("```python\n", 1)[1].split("```", 1)[0]
+    code = (ROOT / "docs" / "examples" / "prefix_router.py").read_text()
+    body = code.split('"""', 2)[2].lstrip("\n").replace("from __future__ import annotations\n\n", "")
+    assert snippet == body
+    for cited in re.findall(r"`((?:tests|docs)/[\w/.]+\.py)`", doc):
+        assert (ROOT / cited).is_file(), f"docs/hooks.md cites {cited}, which does not exist"
+
+
+def test_installed_top_level_packages() -> None:
+    """The distribution installs exactly two top-level packages (docs/internals.md, "The
+    top-level package named plugins"): nothing else generic may leak into site-packages."""
+    import importlib.metadata
+
+    top_level = importlib.metadata.distribution("b2bua").read_text("top_level.txt") or ""
+    assert sorted(top_level.split()) == ["b2bua", "plugins"]

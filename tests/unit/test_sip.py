@@ -22,7 +22,11 @@ def test_parse_message() -> None:
     start, headers = sip.parse_message(INVITE)
     assert sip.request_uri(start) == "sip:4930123@b2bua.example;user=phone"
     assert headers["call-id"] == ("abc@127.0.0.2",)
-    assert sip.header_uri(headers["from"][0]) == "sip:alice@example.com"
+    info = sip.call_info(7, start, headers, "[::1]:5062", 1.5)
+    assert (info.id, info.call_id, info.from_uri, info.to_uri) == (
+        7, "abc@127.0.0.2", "sip:alice@example.com", "sip:4930123@b2bua.example")
+    assert (info.source_ip, info.source_port, info.transport, info.started) == ("::1", 5062, "udp", 1.5)
+    assert info.request_uri == "sip:4930123@b2bua.example;user=phone"
     assert headers["x-long"] == ("one two", "three")
 
 
@@ -34,15 +38,11 @@ def test_parse_message() -> None:
         ("sip:b2bua", "sip:10.0.0.1", "sip:10.0.0.1"),
         ("sip:1@b2bua", "sip:fixed@10.0.0.1", "sip:fixed@10.0.0.1"),
         ("sip:1@b2bua", "sips:10.0.0.1:5061", "sips:1@10.0.0.1:5061"),
+        ("sip:1@b2bua", "SIP:[::1]:5080", "sip:1@[::1]:5080"),
+        ("tel:+4930123", "sip:gw", "sip:+4930123@gw"),
+        ("sip:1@b2bua", "tel:+4930", "tel:+4930"),
+        ("sip:1@b2bua", "sip:bad uri@", "sip:bad uri@"),
     ],
 )
 def test_b_leg_request_uri(a_ruri: str, dest: str, expected: str) -> None:
     assert sip.b_leg_request_uri(a_ruri, dest) == expected
-
-
-@pytest.mark.parametrize(
-    ("uri", "user"),
-    [("sip:alice@x", "alice"), ("sip:x", ""), ("sip:bob:pw@x", "bob"), ("sip:+49;npdi@x", "+49")],
-)
-def test_uri_user(uri: str, user: str) -> None:
-    assert sip.uri_user(uri) == user

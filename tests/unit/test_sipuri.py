@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from b2bua.sipuri import (
     MAX_URI_LENGTH,
     SipUri,
+    name_addr_uri,
     parse_name_addr,
     parse_uri,
     parse_uri_lenient,
@@ -131,3 +132,29 @@ def test_strict_round_trips_what_it_builds(user: str, host: str, port: int,
 def test_name_addr(value: str, display: str, uri: str, tag: str | None) -> None:
     na = parse_name_addr(value)
     assert (na.display, na.uri, na.param("tag")) == (display, uri, tag)
+
+
+@given(st.text(max_size=200))
+def test_name_addr_uri_is_parse_name_addr_uri(value: str) -> None:
+    assert name_addr_uri(value) == parse_name_addr(value).uri
+
+
+def _unquoted_find_reference(text: str, char: str) -> int:
+    quoted = escaped = False
+    for i, ch in enumerate(text):
+        if escaped:
+            escaped = False
+        elif ch == "\\" and quoted:
+            escaped = True
+        elif ch == '"':
+            quoted = not quoted
+        elif ch == char and not quoted:
+            return i
+    return -1
+
+
+@given(st.text(alphabet='"\\<a> ', max_size=40))
+def test_unquoted_find_skips_quoted_strings(text: str) -> None:
+    from b2bua.sipuri import _unquoted_find
+
+    assert _unquoted_find(text, "<") == _unquoted_find_reference(text, "<")

@@ -7,9 +7,6 @@ import pytest
 from plugins.dispatcher.health import (
     apply_probe,
     is_down,
-    mark,
-    parse_mark_letters,
-    parse_state,
     should_probe,
     transition_kind,
     update_state,
@@ -175,62 +172,6 @@ def test_update_state_disabled_wins_over_probing() -> None:
 
 def test_update_state_trying_on_inactive_stays_inactive_and_resets_count() -> None:
     assert update_state(IP, 2, int(T | P), set_mode=False, probing_threshold=1, inactive_threshold=5) == (IP, 0)
-
-
-# -- parse_state (RPC set_state) ---------------------------------------------------------------------
-
-STATE_TABLE = [
-    ("a", AX), ("A", AX), ("1", AX), ("ap", AP), ("AP", AP), ("1p", AP),
-    ("i", IX), ("I", IX), ("0", IX), ("ip", IP), ("0P", IP),
-    ("t", TX), ("3", TX), ("tp", TP), ("3p", TP),
-    ("d", DX), ("2", DX), ("dp", DX), ("2p", DX), (" ip ", IP),
-]  # fmt: skip
-
-
-@pytest.mark.parametrize(("text", "flags"), STATE_TABLE)
-def test_parse_state(text: str, flags: int) -> None:
-    assert parse_state(text) == flags
-
-
-@pytest.mark.parametrize("text", ["", "x", "ax", "app", "active", "p", "4", "i p", "tpp"])
-def test_parse_state_rejects(text: str) -> None:
-    with pytest.raises(ValueError, match=r"invalid state .*a\|1 \(active\)"):
-        parse_state(text)
-
-
-# -- mark (ds_mark_dst, Kamailio 6.1 semantics) --------------------------------------------------------
-
-MARK_TABLE = [
-    # flags, letters, result
-    (AP, "t", IX),  # t: inactive at once, thresholds bypassed; P only if asked for
-    (AX, "tp", IP),
-    (AP, "ip", IP),
-    (TP, "i", IX),
-    (IP, "t", IX),
-    (IP, "a", AX),  # a: active at once, no inactive_threshold
-    (IX, "ap", AP),
-    (IP, "d", DX),
-    (AX, "dp", DX),  # d: P dropped
-    (AP, "", IX),  # no letters: i
-    (IP, "ia", AX),  # a clears the letters before it
-    (int(NOPING), "t", int(INACT | NOPING)),  # configuration bits are kept
-]
-
-
-@pytest.mark.parametrize(("flags", "letters", "result"), MARK_TABLE)
-def test_mark(flags: int, letters: str, result: int) -> None:
-    assert state_letters(mark(flags, letters)) == state_letters(result)
-    assert mark(flags, letters) == result
-
-
-def test_mark_letters_are_case_insensitive() -> None:
-    assert parse_mark_letters("IP") == parse_mark_letters("ip") == int(INACT | P)
-
-
-@pytest.mark.parametrize("letters", ["x", "i!", "ok"])
-def test_mark_rejects_unknown_letters(letters: str) -> None:
-    with pytest.raises(ValueError, match="is not one of a, i, t, d, p"):
-        mark(AX, letters)
 
 
 # -- is_down / transition_kind -----------------------------------------------------------------------

@@ -12,6 +12,7 @@ from plugins.dispatcher.latency import (
     TRAINED_COUNT,
     LatencyStats,
     add_timeout,
+    rpc_block,
     seeded,
     update,
 )
@@ -126,6 +127,7 @@ def test_bad_sample(sample: float) -> None:
         update(LatencyStats(), sample, 100)
 
 
-def test_as_rpc_block() -> None:
+def test_rpc_block() -> None:
     stats = add_timeout(feed([10, 20]))
-    assert stats.as_rpc() == {"AVG": 15, "STD": pytest.approx(math.sqrt(50)), "EST": 15, "MAX": 20, "TIMEOUT": 1}
+    assert rpc_block(stats) == {"AVG": 15, "STD": round(math.sqrt(50), 3), "EST": 15, "MAX": 20, "TIMEOUT": 1}
+    assert rpc_block(None) == {"AVG": 0.0, "STD": 0.0, "EST": 0.0, "MAX": 0.0, "TIMEOUT": 0}

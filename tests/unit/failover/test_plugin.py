@@ -117,9 +117,9 @@ def harness() -> Iterator[Harness]:
     clock = Clock()
     plugin = FailoverPlugin(clock=clock)
     marker = Marker()
-    pm.register(HostDefault(), name="defaults")
     pm.register(plugin, name="failover")
     pm.register(marker, name="dispatcher")
+    pm.register(HostDefault(), name="defaults")  # after the plugins, as b2bua.plugins.make_manager does
     yield Harness(pm, plugin, clock, marker)
 
 

@@ -12,13 +12,9 @@ from b2bua.api import DialMode, Failure, FailureKind, Reject, RoutePlan, Target
 from b2bua.config import parse_section
 from plugins.failover.config import FailoverConfig
 from plugins.failover.policy import (
-    best_failure,
     classify,
     final_answer,
     next_step,
-    reason_header,
-    relay,
-    response_priority,
     should_mark,
     untried,
     with_timeouts,
@@ -141,32 +137,11 @@ def test_relayed_failure_keeps_retry_after_and_reason_headers() -> None:
     assert step == Reject(486, "Busy Here", (("Retry-After", "120"), ("Reason", 'Q.850;cause=17;text="User busy"')))
 
 
-def test_relayed_503_loses_its_retry_after() -> None:
-    failure = fail(T1, 503, headers={"retry-after": ("300",)})
-    assert relay(failure) == Reject(500, "Server Internal Error")
-
-
-@pytest.mark.parametrize(("code", "expected"), [(200, 500), (180, 500), (700, 500), (404, 404)])
-def test_relay_only_final_failure_codes(code: int, expected: int) -> None:
-    assert relay(fail(T1, code)).code == expected
-
-
-def test_relay_sanitises_reason_phrase() -> None:
-    assert relay(fail(T1, 480, reason="Temporarily\r\nX-Evil: 1")).reason == "Temporarily X-Evil: 1"
-    assert relay(fail(T1, 480, reason="")).reason == "Temporarily Unavailable"
-
-
 def test_fixed_answer_passes_on_gateways_own_reason_header() -> None:
     last = fail(T3, 503, headers={"reason": ("Q.850;cause=34",)})
     step = next_step(PLAN, last, [T1, T2, T3], 1.0, cfg())
     assert isinstance(step, Reject)
     assert step.headers == (("Retry-After", "5"), ("Reason", "Q.850;cause=34"))
-
-
-def test_reason_header_escapes_quotes() -> None:
-    assert reason_header(fail(T1, 500, reason='Bad "thing" \\ here')) == (
-        'SIP;cause=500;text="Bad \\"thing\\" \\\\ here"'
-    )
 
 
 def test_budget_shortens_target_attempt_timeout_but_never_lengthens_it() -> None:
@@ -286,21 +261,9 @@ def test_last_mode_relays_reason() -> None:
     assert step == Reject(480, "No Circuit")
 
 
-def test_best_failure_tie_keeps_the_earliest() -> None:
-    first, second = fail(T1, 500, reason="first"), fail(T2, 500, reason="second")
-    assert best_failure([first, second]) is first
-
-
-def test_response_priority_order() -> None:
-    codes = [503, 500, 486, 404, 484, 401, 302, 603, 600, 750]
-    assert sorted(codes, key=response_priority) == [600, 603, 302, 401, 484, 404, 486, 500, 503, 750]
-
-
 def test_empty_failures_are_an_error() -> None:
     with pytest.raises(ValueError, match="at least one failure"):
         final_answer([], cfg())
-    with pytest.raises(ValueError, match="at least one failure"):
-        best_failure([])
 
 
 # -- with_timeouts ---------------------------------------------------------------------------------------
