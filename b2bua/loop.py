@@ -27,7 +27,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Generator
 from concurrent.futures import Future, wait
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from loguru import logger
 
@@ -122,7 +122,8 @@ class Scheduler:
             return callback()
         handoff = _Handoff(callback)
         self._queue.append(handoff.run)
-        return handoff.wait(timeout)
+        result: T = handoff.wait(timeout)
+        return result
 
     def run_task(self, steps: Task[T], on_done: Callable[[Future[T]], None] | None = None,
                  budget: float = TASK_SLICE) -> Future[T]:
@@ -185,7 +186,7 @@ class Scheduler:
             logger.opt(exception=True).error("error in a loop callback {!r}", callback)
 
 
-class _TaskRun:
+class _TaskRun(Generic[T]):
     """One :meth:`Scheduler.run_task`: steps the generator until its slice is used up."""
 
     __slots__ = ("budget", "future", "on_done", "scheduler", "steps")
@@ -385,7 +386,7 @@ class BlockingPool:
                 self._idle += 1  # waiting for the next job
 
 
-class _Job:
+class _Job(Generic[T]):
     """One piece of blocking work and where its outcome goes."""
 
     __slots__ = ("fn", "future", "on_done")

@@ -25,6 +25,7 @@ import sys
 import traceback
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from loguru import logger
@@ -192,14 +193,18 @@ def _chunks(dests: tuple[Destination, ...]) -> Iterator[tuple[Destination, ...]]
         yield dests[start:start + CHUNK]
 
 
+def _log_to_parent(message: Any) -> None:
+    """The child's loguru sink: one JSON line per record on stderr, logged again by the parent."""
+    record = message.record
+    sys.stderr.write(json.dumps({"level": record["level"].name, "message": record["message"]}) + "\n")
+
+
 def main() -> int:
     """The child: load what stdin asks for, write the frames to stdout."""
     with contextlib.suppress(OSError):
         os.nice(LOAD_NICE)
     logger.remove()
-    logger.add(lambda m: sys.stderr.write(json.dumps({"level": m.record["level"].name,
-                                                      "message": m.record["message"]}) + "\n"),
-               level="INFO", format="{message}")
+    logger.add(_log_to_parent, level="INFO", format="{message}")
     out = sys.stdout.buffer
     try:
         request = LoadRequest(**json.loads(sys.stdin.buffer.read()))
@@ -208,7 +213,8 @@ def main() -> int:
             from plugins.dispatcher.sqlstore import TableNames  # SQLAlchemy: only for a database
 
             table = TableNames(**request.table)
-        snapshot = load_snapshot(list_file=request.list_file, db_url=request.db_url, table=table,
+        list_file = Path(request.list_file) if request.list_file is not None else None
+        snapshot = load_snapshot(list_file=list_file, db_url=request.db_url, table=table,
                                  resolve=request.resolve, skip_unresolvable=request.skip_unresolvable)
     except LoadError as exc:
         _write(out, ("error", str(exc)))

@@ -115,7 +115,8 @@ class LoaderSource:
         self._list_file = list_file
 
     def load_steps(self, run_blocking: RunBlocking) -> Task[Snapshot]:
-        return (yield from wait_for(run_blocking(lambda: self._loader(self._config, self._list_file))))
+        snapshot: Snapshot = yield from wait_for(run_blocking(lambda: self._loader(self._config, self._list_file)))
+        return snapshot
 
     def stop(self) -> None:
         pass
