@@ -17,13 +17,26 @@ from b2bua.loop import BlockingPool, Scheduler, Task, Timer
 T = TypeVar("T")
 
 
+class Ticker:
+    """A clock that moves ``step`` seconds each time it is read: a task's slices then hold a
+    fixed number of steps, whatever the machine's speed."""
+
+    def __init__(self, step: float) -> None:
+        self.step = step
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
+
+
 class LoopHost:
     """The Host services on a real :class:`Scheduler` and :class:`BlockingPool`."""
 
-    def __init__(self, hook: Any = None, config: Any = None) -> None:
+    def __init__(self, hook: Any = None, config: Any = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.hook = hook
         self.config = config
-        self.scheduler = Scheduler()
+        self.scheduler = Scheduler(clock)
         self.scheduler.loop_thread = threading.current_thread()
         self.pool = BlockingPool(self.scheduler, workers=2)
         self.sent: list[tuple[str, str]] = []
