@@ -7,10 +7,12 @@ runs on another core with the very same code (:func:`plugins.dispatcher.storage.
 and hands back its result as plain tuples, which the loop turns into destinations in slices of
 :data:`CHUNK` (:func:`snapshot_steps`, ~15 µs per destination).
 
-The child is ``python -m plugins.dispatcher.childload``: it reads a :class:`LoadRequest` (JSON)
-on stdin and writes length-prefixed pickled frames on stdout: ``("set", setid, rows)`` in set
-order (a large set in several frames), then ``("end", source)``; or ``("error", message)`` for
-a load error (exit 1). Its log lines come back as JSON lines on stderr and are logged here.
+The child is ``python -m plugins.dispatcher.childload``: it reads a :class:`LoadRequest`
+(pickled) on stdin, runs :func:`~plugins.dispatcher.source.load_configured` (the same load as
+start-up, with its checks) and writes length-prefixed pickled frames on stdout:
+``("set", setid, rows)`` in set order (a large set in several frames), then ``("end", source)``;
+or ``("error", message)`` for a load error (exit 1). Its log lines come back as JSON lines on
+stderr and are logged here. A database URL with a password travels on stdin, never in argv.
 """
 
 from __future__ import annotations
@@ -24,18 +26,17 @@ import subprocess
 import sys
 import traceback
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
 from loguru import logger
 
+from b2bua.loop import Task, wait_for
+from plugins.dispatcher.config import DispatcherConfig
 from plugins.dispatcher.model import Attrs, Destination, DestinationSet, Snapshot
 from plugins.dispatcher.resolve import LoadError
-from plugins.dispatcher.storage import load_snapshot
-
-if TYPE_CHECKING:
-    from b2bua.loop import Task
+from plugins.dispatcher.source import RunBlocking, load_configured
 
 #: destinations per frame: decoding one on the loop takes about 2-3 ms
 CHUNK = 200
@@ -51,13 +52,10 @@ _ATTRS_AT = _DEST_FIELDS.index("attrs")
 
 @dataclass(frozen=True)
 class LoadRequest:
-    """What the child loads: the arguments of :func:`~plugins.dispatcher.storage.load_snapshot`."""
+    """What the child loads: the arguments of :func:`~plugins.dispatcher.source.load_configured`."""
 
-    list_file: str | None = None
-    db_url: str | None = None
-    table: dict[str, str] = field(default_factory=dict)  #: TableNames' fields
-    resolve: bool = True
-    skip_unresolvable: bool = False
+    config: DispatcherConfig
+    list_file: Path | None = None
 
 
 def encode(dest: Destination) -> tuple[Any, ...]:
@@ -141,7 +139,7 @@ class ChildLoad:
         if self._killed:  # stopped while it started
             proc.kill()
         try:
-            out, err = proc.communicate(json.dumps(asdict(self.request)).encode(), timeout=self.timeout)
+            out, err = proc.communicate(pickle.dumps(self.request), timeout=self.timeout)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.communicate()
@@ -179,6 +177,28 @@ def _relay_log(text: str) -> str:
     return last
 
 
+class ConfiguredSource:
+    """The configured list file or database, loaded in a child process: what
+    :func:`~plugins.dispatcher.source.load_configured` returns, without the loop doing the work."""
+
+    def __init__(self, config: DispatcherConfig, list_file: Path | None) -> None:
+        self.request = LoadRequest(config, list_file)
+        self._child: ChildLoad | None = None
+
+    def load_steps(self, run_blocking: RunBlocking) -> Task[Snapshot]:
+        child = self._child = ChildLoad(self.request)
+        try:
+            chunks = yield from wait_for(run_blocking(child.run))
+        finally:
+            self._child = None
+        return (yield from snapshot_steps(chunks))
+
+    def stop(self) -> None:
+        child = self._child
+        if child is not None:
+            child.kill()
+
+
 # -- the child --------------------------------------------------------------------------------
 
 
@@ -207,15 +227,8 @@ def main() -> int:
     logger.add(_log_to_parent, level="INFO", format="{message}")
     out = sys.stdout.buffer
     try:
-        request = LoadRequest(**json.loads(sys.stdin.buffer.read()))
-        table = None
-        if request.db_url:
-            from plugins.dispatcher.sqlstore import TableNames  # SQLAlchemy: only for a database
-
-            table = TableNames(**request.table)
-        list_file = Path(request.list_file) if request.list_file is not None else None
-        snapshot = load_snapshot(list_file=list_file, db_url=request.db_url, table=table,
-                                 resolve=request.resolve, skip_unresolvable=request.skip_unresolvable)
+        request: LoadRequest = pickle.loads(sys.stdin.buffer.read())
+        snapshot = load_configured(request.config, request.list_file)
     except LoadError as exc:
         _write(out, ("error", str(exc)))
         return 1

@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING
 from loguru import logger
 
 from b2bua.loop import Task, run_here, run_task_now, wait_for
+from b2bua.sipuri import SipUri
 from plugins.dispatcher.model import DestFlags, Destination, DestinationSet, Snapshot
 from plugins.dispatcher.reloader import Reloader
-from plugins.dispatcher.resolve import Resolver, SipUri, lookup, parse_uri
+from plugins.dispatcher.resolve import Resolver, lookup, parse_uri
 from plugins.dispatcher.source import RunBlocking
 
 if TYPE_CHECKING:

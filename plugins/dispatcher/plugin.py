@@ -2,8 +2,10 @@
 
 Hook implementations only; each delegates to a module with one job:
 :mod:`~plugins.dispatcher.plans` (a call's route plan), :mod:`~plugins.dispatcher.runtime`
-(sets, state, selection, call load), :mod:`~plugins.dispatcher.source` (loading),
-:mod:`~plugins.dispatcher.reloader` (reloads off the loop), :mod:`~plugins.dispatcher.dnsrefresh`
+(sets, state, selection, call load), :mod:`~plugins.dispatcher.source` and
+:mod:`~plugins.dispatcher.childload` (loading), :mod:`~plugins.dispatcher.reloader` (reloads
+that never stall calls), :mod:`~plugins.dispatcher.heap` (the GC around large loads),
+:mod:`~plugins.dispatcher.checks` (what a load reports), :mod:`~plugins.dispatcher.dnsrefresh`
 (re-resolving host names), :mod:`~plugins.dispatcher.adminstate` (operator disables kept in
 the state file), :mod:`~plugins.dispatcher.probing` (keepalives), :mod:`~plugins.dispatcher.rpc`
 and :mod:`~plugins.dispatcher.cli` (control methods, commands). Enable it with
@@ -28,9 +30,11 @@ from b2bua import hookimpl
 from b2bua.api import Reject, RoutePlan, Target
 from plugins.dispatcher import hookspecs
 from plugins.dispatcher.adminstate import AdminState
+from plugins.dispatcher.checks import check_config_destinations
+from plugins.dispatcher.childload import ConfiguredSource
 from plugins.dispatcher.cli import add_dispatcher_commands
-from plugins.dispatcher.config import DispatcherConfig, parse_dispatcher_config
-from plugins.dispatcher.dnsrefresh import DnsRefresher, refresh_addresses
+from plugins.dispatcher.config import DispatcherConfig, parse_dispatcher_config, resolve_sqlite_url
+from plugins.dispatcher.dnsrefresh import DnsRefresher
 from plugins.dispatcher.heap import HeapPolicy
 from plugins.dispatcher.latency import seeded
 from plugins.dispatcher.model import Destination
@@ -40,14 +44,7 @@ from plugins.dispatcher.reloader import ReloadBusy, Reloader, ReloadFailed
 from plugins.dispatcher.replycodes import parse_reply_codes
 from plugins.dispatcher.rpc import DispatcherRpc
 from plugins.dispatcher.runtime import DispatcherState
-from plugins.dispatcher.source import (
-    ConfiguredSource,
-    Loader,
-    LoaderSource,
-    Source,
-    load_configured,
-    resolve_sqlite_url,
-)
+from plugins.dispatcher.source import Loader, LoaderSource, Source, load_configured
 from plugins.dispatcher.statefile import StateWriter
 
 if TYPE_CHECKING:
@@ -57,7 +54,7 @@ if TYPE_CHECKING:
     from b2bua.config import Config
     from b2bua.rpc import RpcRegistry
 
-# names other modules import from here (admin.py, cli.py, tests); their homes are the modules above
+# names that lived here before the split, kept for plugins and tests that import them from here
 __all__ = [
     "DATA_KEY",
     "ROUTE",
@@ -69,8 +66,6 @@ __all__ = [
     "dest_key_of",
     "load_configured",
     "make_target",
-    "refresh_addresses",
-    "resolve_sqlite_url",
 ]
 
 
@@ -98,6 +93,7 @@ class DispatcherPlugin:
         self._rng = rng or random.Random()
         self._heap = heap or HeapPolicy()
         self._list_file: Path | None = None
+        self._state_path: Path | None = None
         self.prober: Prober | None = None
         self.state = self._make_state()
         self.admin_state = AdminState()
@@ -117,16 +113,19 @@ class DispatcherPlugin:
         self.app = app
         self._list_file = config.resolve_path(self.config.list_file) if self.config.list_file else None
         self.state = self._make_state()
-        state_path = config.resolve_path(self.config.state_file) if self.config.state_file else None
-        self.admin_state = AdminState(StateWriter(state_path, app.run_blocking) if state_path is not None else None)
+        self._state_path = config.resolve_path(self.config.state_file) if self.config.state_file else None
         self.reloader = self._make_reloader(app)
         self._dns = DnsRefresher(app, self.reloader, self.config.dns_interval)
         if not self.config.routes:
             logger.info("dispatcher: no [[plugins.dispatcher.routes]]: every call goes to set 1, round robin")
+        if app.hook is None:  # b2bua check-config: no running host, so check the destinations here
+            check_config_destinations(self.config, self._list_file)
 
     @hookimpl
     def b2bua_startup(self, app: Host) -> None:
         # before the first call: loading here, on the loop, stalls nobody
+        path = self._state_path
+        self.admin_state = AdminState(StateWriter(path, app.run_blocking) if path is not None else None)
         self.admin_state.read()
         self._heap.hold()  # a large list would otherwise trigger full collections over itself
         try:

@@ -1,10 +1,10 @@
 """Where the destinations come from: the configured list file or database.
 
 :func:`load_configured` reads it in one blocking call (start-up, before calls arrive; the
-``dispatcher simulate`` command). A reload goes through a :class:`Source` instead, as a loop
-task: :class:`ConfiguredSource` has a child process do the parsing and resolving
-(:mod:`~plugins.dispatcher.childload`), :class:`LoaderSource` runs a loader function of the
-plugin's user (tests, embedding) on a worker thread.
+``dispatcher simulate`` command; a reload's child process). A reload goes through a
+:class:`Source` instead, as a loop task: :class:`~plugins.dispatcher.childload.ConfiguredSource`
+has a child process run :func:`load_configured`, :class:`LoaderSource` runs a loader function
+of the plugin's user (tests, embedding) on a worker thread.
 """
 
 from __future__ import annotations
@@ -15,10 +15,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from b2bua.loop import Task, wait_for
-from plugins.dispatcher.childload import ChildLoad, LoadRequest, snapshot_steps
+from plugins.dispatcher.checks import check_loaded
 from plugins.dispatcher.config import DispatcherConfig
 from plugins.dispatcher.model import Snapshot
-from plugins.dispatcher.sqlstore import TableNames
 from plugins.dispatcher.storage import load_snapshot
 
 #: a function that loads the destinations (blocking); the default reads the configured source
@@ -42,67 +41,25 @@ class Source(Protocol):
         ...
 
 
-def table_names(config: DispatcherConfig) -> TableNames:
-    """The table and column names ``[plugins.dispatcher]`` sets (Kamailio's ``*_col`` params)."""
-    return TableNames(
-        table=config.table_name,
-        setid=config.setid_col,
-        destination=config.destination_col,
-        flags=config.flags_col,
-        priority=config.priority_col,
-        attrs=config.attrs_col,
-        description=config.description_col,
-    )
-
-
 def load_configured(config: DispatcherConfig, list_file: Path | None, resolve: bool = True) -> Snapshot:
     """Read the configured source: ``list_file`` when set, else ``db_url`` (blocking).
 
     :param resolve: resolve host names (off for a simulation, which needs no addresses).
     """
-    return load_snapshot(
+    table = None
+    if list_file is None:
+        # SQLAlchemy takes half a second to import: a list file's reload (a fresh process) skips it
+        from plugins.dispatcher.sqlstore import TableNames
+
+        table = TableNames.from_config(config)
+    snapshot = load_snapshot(
         list_file=list_file,
         db_url=None if list_file is not None else config.db_url,
-        table=table_names(config),
+        table=table,
         resolve=resolve,
         skip_unresolvable=config.dns_skip_unresolvable,
     )
-
-
-def resolve_sqlite_url(url: str, base_dir: Path) -> str:
-    """A relative SQLite path (``sqlite:///dispatcher.db``) is relative to the config's folder."""
-    prefix = "sqlite:///"
-    if url.startswith(prefix) and not url.startswith(prefix + "/") and url != prefix + ":memory:":
-        return prefix + str(base_dir / url[len(prefix):])
-    return url
-
-
-class ConfiguredSource:
-    """The configured list file or database, loaded in a child process; what
-    :func:`load_configured` would return."""
-
-    def __init__(self, config: DispatcherConfig, list_file: Path | None) -> None:
-        names = table_names(config)
-        self.request = LoadRequest(
-            list_file=str(list_file) if list_file is not None else None,
-            db_url=None if list_file is not None else (config.db_url or None),
-            table={name: getattr(names, name) for name in names.__dataclass_fields__},
-            skip_unresolvable=config.dns_skip_unresolvable,
-        )
-        self._child: ChildLoad | None = None
-
-    def load_steps(self, run_blocking: RunBlocking) -> Task[Snapshot]:
-        child = self._child = ChildLoad(self.request)
-        try:
-            chunks = yield from wait_for(run_blocking(child.run))
-        finally:
-            self._child = None
-        return (yield from snapshot_steps(chunks))
-
-    def stop(self) -> None:
-        child = self._child
-        if child is not None:
-            child.kill()
+    return check_loaded(snapshot, config, list_file)  # empty list file, duplicates, weights
 
 
 class LoaderSource:

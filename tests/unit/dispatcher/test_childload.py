@@ -10,11 +10,19 @@ from pathlib import Path
 import pytest
 
 from b2bua.loop import run_task_now
-from plugins.dispatcher.childload import ChildLoad, LoadRequest, decode, encode, frames, snapshot_steps
+from plugins.dispatcher.childload import (
+    ChildLoad,
+    ConfiguredSource,
+    LoadRequest,
+    decode,
+    encode,
+    frames,
+    snapshot_steps,
+)
 from plugins.dispatcher.config import DispatcherConfig
 from plugins.dispatcher.model import Attrs, Destination, Snapshot
 from plugins.dispatcher.resolve import LoadError
-from plugins.dispatcher.source import ConfiguredSource, load_configured
+from plugins.dispatcher.source import load_configured
 from plugins.dispatcher.sqlstore import SqlStore
 
 LIST = """# setid uri flags priority attrs
@@ -77,7 +85,7 @@ def test_errors_are_the_in_process_errors(tmp_path: Path) -> None:
 def test_a_load_that_hangs_is_killed(tmp_path: Path) -> None:
     fifo = tmp_path / "never-written.list"
     os.mkfifo(fifo)  # opening it for reading blocks until someone writes: a hung source
-    load = ChildLoad(LoadRequest(list_file=str(fifo)), timeout=0.5)
+    load = ChildLoad(LoadRequest(DispatcherConfig(), fifo), timeout=0.5)
     started = time.monotonic()
     with pytest.raises(LoadError, match=r"did not finish within 0\.5 s"):
         load.run()
@@ -87,7 +95,7 @@ def test_a_load_that_hangs_is_killed(tmp_path: Path) -> None:
 def test_a_load_is_stopped_at_shutdown(tmp_path: Path) -> None:
     fifo = tmp_path / "never-written.list"
     os.mkfifo(fifo)
-    load = ChildLoad(LoadRequest(list_file=str(fifo)))
+    load = ChildLoad(LoadRequest(DispatcherConfig(), fifo))
     errors: list[BaseException] = []
 
     def run() -> None:
