@@ -67,7 +67,7 @@ def write_list(path: Path, gateway: str, lines: int, per_set: int, variant: int)
             setid = 2 + i // per_set
             priority = variant if i == 0 else i % 3
             out.write(f"{setid} sip:10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}:5060 0 {priority} "
-                      f"duid=d{i};weight=10\n")
+                      f"duid=d{i}\n")
 
 
 def config_text(port: int) -> str:

@@ -10,15 +10,15 @@ and hands back its result as plain tuples, which the loop turns into destination
 The child is ``python -m plugins.dispatcher.childload``: it reads a :class:`LoadRequest`
 (pickled) on stdin, runs :func:`~plugins.dispatcher.source.load_configured` (the same load as
 start-up, with its checks) and writes length-prefixed pickled frames on stdout:
-``("set", setid, rows)`` in set order (a large set in several frames), then ``("end", source)``;
-or ``("error", message)`` for a load error (exit 1). Its log lines come back as JSON lines on
-stderr and are logged here. A database URL with a password travels on stdin, never in argv.
+``("log", level, message)`` for what the load logged (warnings about the list), then
+``("set", setid, rows)`` in set order (a large set in several frames) and ``("end", source)``;
+or ``("error", message)`` for a load error (exit 1). The loop logs the records and decodes the
+sets a frame per step. A database URL with a password travels on stdin, never in argv.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import pickle
 import struct
@@ -99,7 +99,9 @@ def snapshot_steps(chunks: list[bytes]) -> Task[Snapshot]:
     complete = False
     for chunk in chunks:
         kind, *rest = pickle.loads(chunk)
-        if kind == "set":
+        if kind == "log":
+            logger.log(rest[0], "{}", rest[1])
+        elif kind == "set":
             setid, rows = rest
             sets.setdefault(setid, []).extend([decode(row) for row in rows])
         elif kind == "end":
@@ -145,7 +147,7 @@ class ChildLoad:
             proc.communicate()
             raise LoadError(f"the load did not finish within {self.timeout:g} s (database or DNS not answering?)"
                             ) from None
-        last = _relay_log(err.decode("utf-8", "replace"))
+        last = _relay_output(err.decode("utf-8", "replace"))
         if self._killed:
             raise LoadError("the load was stopped (the B2BUA is stopping)")
         result = frames(out)
@@ -161,20 +163,12 @@ class ChildLoad:
             proc.kill()
 
 
-def _relay_log(text: str) -> str:
-    """Log the child's log lines here; returns its last line (for an error message)."""
-    last = ""
-    for line in text.splitlines():
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            level, message = str(record["level"]), str(record["message"])
-        except (ValueError, KeyError, TypeError):
-            level, message = "WARNING", f"dispatcher: load process: {line}"
-        logger.log(level, "{}", message)
-        last = message
-    return last
+def _relay_output(text: str) -> str:
+    """Log what the child printed besides its frames (a traceback); returns its last line."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    for line in lines:
+        logger.warning("dispatcher: load process: {}", line)
+    return lines[-1] if lines else ""
 
 
 class ConfiguredSource:
@@ -213,28 +207,30 @@ def _chunks(dests: tuple[Destination, ...]) -> Iterator[tuple[Destination, ...]]
         yield dests[start:start + CHUNK]
 
 
-def _log_to_parent(message: Any) -> None:
-    """The child's loguru sink: one JSON line per record on stderr, logged again by the parent."""
-    record = message.record
-    sys.stderr.write(json.dumps({"level": record["level"].name, "message": record["message"]}) + "\n")
-
-
 def main() -> int:
     """The child: load what stdin asks for, write the frames to stdout."""
     with contextlib.suppress(OSError):
         os.nice(LOAD_NICE)
+    records: list[tuple[str, str]] = []  # what the load logs goes back as frames, first
     logger.remove()
-    logger.add(_log_to_parent, level="INFO", format="{message}")
+    logger.add(lambda m: records.append((m.record["level"].name, m.record["message"])), level="INFO",
+               format="{message}")
     out = sys.stdout.buffer
+    snapshot = Snapshot()
     try:
-        request: LoadRequest = pickle.loads(sys.stdin.buffer.read())
+        request: LoadRequest = pickle.loads(sys.stdin.buffer.read())  # our parent's request
         snapshot = load_configured(request.config, request.list_file)
     except LoadError as exc:
-        _write(out, ("error", str(exc)))
-        return 1
+        failure = str(exc)
     except Exception as exc:
         traceback.print_exc()
-        _write(out, ("error", f"{type(exc).__name__}: {exc}"))
+        failure = f"{type(exc).__name__}: {exc}"
+    else:
+        failure = ""
+    for level, message in records:
+        _write(out, ("log", level, message))
+    if failure:
+        _write(out, ("error", failure))
         return 1
     for setid, dset in snapshot.sets.items():
         for part in _chunks(dset.destinations):

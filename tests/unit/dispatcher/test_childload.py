@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+from loguru import logger
 
 from b2bua.loop import run_task_now
 from plugins.dispatcher.childload import (
@@ -118,3 +119,16 @@ def test_cut_output_is_an_error() -> None:
         frames(b"\x00\x00\x01\x00abc")
     with pytest.raises(LoadError, match="without its result"):
         run_task_now(snapshot_steps([]))
+
+
+def test_what_the_load_logs_is_logged_here(tmp_path: Path) -> None:
+    path = tmp_path / "dispatcher.list"
+    path.write_text(LIST + "1 sip:127.0.0.1:5061\n")  # gw1 twice in set 1
+    logged: list[str] = []
+    sink = logger.add(logged.append, level="WARNING", format="{message}")
+    try:
+        snapshot = child_snapshot(ConfiguredSource(DispatcherConfig(list_file=str(path)), path).request)
+    finally:
+        logger.remove(sink)
+    assert len(snapshot.sets[1].destinations) == 3
+    assert any("sip:127.0.0.1:5061 is listed 2 times (line 2, line 5)" in m for m in logged), logged
