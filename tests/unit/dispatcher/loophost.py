@@ -17,6 +17,24 @@ from b2bua.loop import BlockingPool, Scheduler, Task, Timer
 T = TypeVar("T")
 
 
+def on_a_thread(fn: Callable[[], T], on_done: Callable[[Future[T]], None] | None,
+                deliver: Callable[[Callable[[], None]], None]) -> Future[T]:
+    """``run_blocking`` for a test's own loop: ``fn`` on a thread of its own, then ``on_done``
+    handed to ``deliver`` (the test's way onto its loop)."""
+    future: Future[T] = Future()
+
+    def work() -> None:
+        try:
+            future.set_result(fn())
+        except BaseException as exc:
+            future.set_exception(exc)
+        if on_done is not None:
+            deliver(lambda: on_done(future))
+
+    threading.Thread(target=work, name="test-blocking", daemon=True).start()
+    return future
+
+
 class Ticker:
     """A clock that moves ``step`` seconds each time it is read: a task's slices then hold a
     fixed number of steps, whatever the machine's speed."""

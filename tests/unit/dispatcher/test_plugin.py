@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import queue
 import random
-import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
@@ -24,6 +23,8 @@ from plugins.dispatcher.dnsrefresh import refresh_addresses
 from plugins.dispatcher.model import Attrs, DestFlags, Destination, DestinationSet, Snapshot, build_snapshot
 from plugins.dispatcher.plans import ROUTE, CallRoute
 from plugins.dispatcher.plugin import DispatcherPlugin
+
+from .loophost import on_a_thread
 
 I, P = int(DestFlags.INACTIVE), int(DestFlags.PROBING)  # noqa: E741
 
@@ -54,19 +55,8 @@ class FakeApp:
         self.handoff.put(callback)
 
     def run_blocking(self, fn: Callable[[], Any], on_done: Callable[[Future[Any]], None] | None = None) -> Future[Any]:
-        """A thread per job; ``on_done`` goes through the hand-off queue, as the host's loop runs it."""
-        future: Future[Any] = Future()
-
-        def work() -> None:
-            try:
-                future.set_result(fn())
-            except BaseException as exc:
-                future.set_exception(exc)
-            if on_done is not None:
-                self.handoff.put(lambda: on_done(future))
-
-        threading.Thread(target=work, name="test-blocking", daemon=True).start()
-        return future
+        """``on_done`` goes through the hand-off queue, as the host's loop runs it."""
+        return on_a_thread(fn, on_done, self.handoff.put)
 
     def run_task(self, steps: Task[Any], on_done: Callable[[Future[Any]], None] | None = None) -> Future[Any]:
         """Runs at once up to the first wait; each wait's continuation goes through the hand-off

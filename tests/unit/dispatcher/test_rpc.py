@@ -30,6 +30,8 @@ from plugins.dispatcher.plugin import DispatcherPlugin
 from plugins.dispatcher.rpc import DispatcherRpc, hash_result, listing_steps
 from plugins.dispatcher.source import load_configured
 
+from .loophost import on_a_thread
+
 GW1, GW2, GW3 = "sip:127.0.0.1:5061", "sip:127.0.0.1:5062", "sip:127.0.0.1:5070;transport=tcp"
 LIST = f"""# setid uri flags priority attrs
 1 {GW1} 0 0 duid=gw1;weight=50
@@ -69,19 +71,8 @@ class LoopApp:
         self.run_on_loop(callback)
 
     def run_blocking(self, fn: Callable[[], Any], on_done: Callable[[Future[Any]], None] | None = None) -> Future[Any]:
-        """A thread per job; ``on_done`` on the "loop" (under the lock), as the host does."""
-        future: Future[Any] = Future()
-
-        def work() -> None:
-            try:
-                future.set_result(fn())
-            except BaseException as exc:
-                future.set_exception(exc)
-            if on_done is not None:
-                self.run_on_loop(lambda: on_done(future))
-
-        threading.Thread(target=work, name="test-blocking", daemon=True).start()
-        return future
+        """``on_done`` on the "loop" (under the lock), as the host does."""
+        return on_a_thread(fn, on_done, self.run_on_loop)
 
     def run_task(self, steps: Task[Any], on_done: Callable[[Future[Any]], None] | None = None) -> Future[Any]:
         """Each slice under the lock, waits for blocking work in between, as the loop does."""
