@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import inspect
 import json
 from typing import Any
 
@@ -17,16 +18,19 @@ PLUGIN_SECTIONS = (
     ("plugins.dispatcher", "plugins.dispatcher.config:DispatcherConfig"),
     ("[plugins.dispatcher.routes]", "plugins.dispatcher.config:Route"),
     ("plugins.failover", "plugins.failover.config:FailoverConfig"),
+    ("plugins.cdr", "plugins.cdr.config:CdrConfig"),
 )
 
 INTRO = """# Configuration reference
 
 `b2bua run -c config.toml` reads one TOML file; `b2bua check-config -c config.toml` checks it
-(and the plugins it enables) without starting. Unknown keys, wrong types and values out of range
-are errors that name the TOML path, e.g. `config.toml: [sip] max_calls: expected an integer, got
-'many'` or `config.toml: [sip] rtp_port: must be 1024-65534, got 70000`. Numbers must be finite
-(no `inf`, `nan`) and strings one line (no control characters). Relative
-paths are relative to the config file's folder. The shipped `config.toml` is a working example.
+(and the plugins it enables) without starting. Without `-c`, every command reads
+`$B2BUA_CONFIG` when it is set, else `./config.toml`. Unknown keys, wrong types and values out
+of range are errors that name the TOML path, e.g. `config.toml: [sip] max_calls: expected an
+integer, got 'many'` or `config.toml: [sip] rtp_port: must be 1024-65534, got 70000`, and
+`check-config` reports every one it finds, not only the first. Numbers must be finite (no
+`inf`, `nan`) and strings one line (no control characters). Relative paths are relative to the
+config file's folder. The shipped `config.toml` is a working example.
 
 This page is generated from the code (`python -m b2bua.configdoc > docs/config.md`).
 """
@@ -52,7 +56,7 @@ def _default(f: dataclasses.Field[Any]) -> Any:
 
 def section_table(title: str, cls: type) -> str:
     lines = [f"## `[{title}]`" if not title.startswith("[") else f"## `[{title}]` (array of tables)", ""]
-    doc = (cls.__doc__ or "").strip()
+    doc = inspect.cleandoc(cls.__doc__ or "")
     if doc and not doc.startswith(cls.__name__ + "("):
         lines += [doc, ""]
     lines += ["| key | default | meaning |", "|---|---|---|"]
