@@ -15,14 +15,15 @@ module:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from loguru import logger
 
 from b2bua import __version__
 from b2bua.admission import Decision, Load, Verdict, Why, shedding_helps
-from b2bua.api import CallInfo, EndCause, Reject
+from b2bua.api import CallInfo, EndCause, ProbeResult, Reject
 from b2bua.backlog import AdmissionShare, ReceiveBacklog
 from b2bua.config import Config, SipConfig
 from b2bua.core_rpc import calls_report
@@ -32,7 +33,7 @@ from b2bua.guard import Gate, register_security_methods
 from b2bua.legpool import LegPool
 from b2bua.legs import leg_factory
 from b2bua.lifecycle import Lifecycle, StartupError
-from b2bua.loop import Scheduler, Timer
+from b2bua.loop import BlockingPool, Scheduler, Task, Timer
 from b2bua.plugins import Hooks, make_manager
 from b2bua.rpc import RpcRegistry
 from b2bua.session import Session
@@ -52,6 +53,10 @@ OVERLOAD_LOG_EVERY = 10.0
 #: per heartbeat, how much of the recent work counts on (about a second's memory): a beat right
 #: after the loop stalled has seen little of what waits in the queue
 RECENT_WORK_DECAY = 0.95
+#: worker threads for plugins' blocking work (``run_blocking``: reloads, DNS, state files)
+BLOCKING_WORKERS = 4
+#: seconds shutdown waits for blocking work still running
+BLOCKING_STOP_WAIT = 5.0
 
 
 class App:
@@ -69,8 +74,8 @@ class App:
         register_security_methods(self.registry, self.gate)
         self.endpoint = Endpoint(config, self.scheduler, self._on_incoming, screen_request=self._screen,
                                  screen_response=self._screen_response, on_dropped=self.gate.log.note_unparsable)
-        #: Host.send_request: out-of-dialog requests (keepalives) go straight to the endpoint
-        self.send_request = self.endpoint.send_request
+        #: worker threads for plugins' blocking work (Host.run_blocking)
+        self.blocking = BlockingPool(self.scheduler, BLOCKING_WORKERS)
         #: every call leg's pjsua2 Call object, from call slot to release
         self.legs = LegPool(leg_factory(lambda: self.endpoint.account))
         self.sessions: dict[int, Session] = {}  #: calls in progress by CallInfo.id
@@ -105,6 +110,24 @@ class App:
 
     def run_on_loop(self, callback: Callable[[], T], timeout: float = 10.0) -> T:
         return self.scheduler.run_on_loop(callback, timeout)
+
+    def run_blocking(self, fn: Callable[[], T], on_done: Callable[[Future[T]], None] | None = None) -> Future[T]:
+        return self.blocking.submit(fn, on_done)
+
+    def run_task(self, steps: Task[T], on_done: Callable[[Future[T]], None] | None = None) -> Future[T]:
+        return self.scheduler.run_task(steps, on_done)
+
+    def send_request(self, method: str, uri: str, *, from_uri: str, callback: Callable[[ProbeResult], None],
+                     timeout: float = 2.0, headers: Sequence[tuple[str, str]] = ()) -> None:
+        self.scheduler.check_loop_thread("send_request")  # pjsua2 is the loop thread's alone
+        self.endpoint.send_request(method, uri, from_uri=from_uri, callback=callback, timeout=timeout,
+                                   headers=headers)
+
+    def stop_blocking_work(self) -> None:
+        """Shutdown, after the plugins stopped: refuse new blocking work, wait a little for what runs."""
+        running = self.blocking.stop(BLOCKING_STOP_WAIT)
+        if running:
+            logger.warning("{} blocking job(s) still running at shutdown: their results are dropped", running)
 
     # -- control API helpers ----------------------------------------------------------------------
 
