@@ -326,7 +326,8 @@ class SipConfig:
         10.0, "seconds to let calls finish on SIGTERM before hanging them up", bounds=(0, 3600)
     )
     overload_lag: float = opt(
-        0.1, "when the loop runs this many seconds late, new calls get 503 + Retry-After for a second (0: off)",
+        0.0, "when the loop runs this many seconds late, new calls get 503 + Retry-After for a second (0: off; "
+        "overload_backlog is the saturation signal, a late loop alone is mostly a stall shedding does not cure)",
         bounds=(0, 60),
     )
     overload_backlog: int = opt(
