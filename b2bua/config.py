@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, TypeVar, Union
 
 from b2bua.codecs import check_entry
+from b2bua.nameservers import check_nameservers
 from b2bua.sipuri import parse_uri
 
 if sys.version_info >= (3, 11):
@@ -337,6 +338,10 @@ class SipConfig:
     require_call_slots: bool = opt(
         True, "refuse to start when pjsua2 has fewer call slots than max_calls x 2 (development: false)"
     )
+    nameservers: tuple[str, ...] = opt(
+        [], "DNS servers ('IP' or 'IP:PORT') pjsip asks without blocking calls (SRV, A, cached for their TTL);"
+        " the dispatcher asks them too; empty: the nameserver lines of /etc/resolv.conf (docs/interop.md)"
+    )
 
     def validate(self) -> None:
         seen: dict[Listen, int] = {}
@@ -350,6 +355,7 @@ class SipConfig:
             seen[listen] = i
         if not self.listen:
             raise ValueError("listen: at least one listener is needed")
+        check_nameservers(self.nameservers)
         if self.rtp_port % 2:
             raise ValueError(f"rtp_port: must be even (RTP on even ports, RTCP on the next), got {self.rtp_port}")
         # each leg holds an RTP and an RTCP port, each call at least two legs

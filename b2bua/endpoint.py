@@ -21,6 +21,7 @@ from b2bua import sip as sip_text
 from b2bua.api import ProbeResult
 from b2bua.codecs import describe_offer, display_id, priorities
 from b2bua.config import Config, ConfigError, Listen
+from b2bua.nameservers import Nameserver, effective_nameservers
 from b2bua.rxfilter import RequestScreen, ResponseScreen, RxFilter
 from b2bua.sip import printable
 
@@ -94,6 +95,12 @@ class _PjEndpoint(pj.Endpoint):  # type: ignore[misc]
             self._on_rejected(prm)
         except Exception:  # never let an exception cross into C++
             logger.opt(exception=True).error("rejected call handler failed")
+
+
+class _PjStr(ctypes.Structure):
+    """pjlib's ``pj_str_t``."""
+
+    _fields_ = [("ptr", ctypes.c_char_p), ("slen", ctypes.c_ssize_t)]
 
 
 def _pjlib() -> ctypes.CDLL:
@@ -187,7 +194,11 @@ class Endpoint:
         cfg.logConfig.level = self.config.log.pjsip_level
         cfg.logConfig.consoleLevel = self.config.log.pjsip_level
         cfg.logConfig.decor = 0
+        nameservers = effective_nameservers(sip.nameservers)
+        for server in nameservers:  # makes pjsua create its asynchronous resolver
+            cfg.uaConfig.nameserver.append(server.ip)
         self.ep.libInit(cfg)
+        self._set_nameservers(nameservers)
         self._set_opus_rate(sip.clock_rate)
         self._set_codecs(sip.codecs)  # before any listener: a misspelt codec stops the start
         self.slots = call_slots()
@@ -224,6 +235,30 @@ class Endpoint:
         acfg.mediaConfig.transportConfig.boundAddress = first.address
         self.account = LocalAccount(self._on_incoming, self._on_request_done)
         self.account.create(acfg, True)
+
+    def _set_nameservers(self, servers: Sequence[Nameserver]) -> None:
+        """Give pjsip's resolver the ports too (pjsua's ``UaConfig.nameserver`` takes addresses only
+        and asks port 53), or warn that host names will be resolved on the loop."""
+        if not servers:
+            logger.warning("no nameservers ([sip] nameservers is empty and /etc/resolv.conf lists none): pjsip "
+                           "resolves host names with the system resolver on the loop thread, so a slow DNS "
+                           "server stalls every call, and SRV records are not used")
+            return
+        lib = _pjlib()
+        lib.pjsua_get_pjsip_endpt.restype = ctypes.c_void_p
+        lib.pjsip_endpt_get_resolver.restype = ctypes.c_void_p
+        lib.pjsip_endpt_get_resolver.argtypes = [ctypes.c_void_p]
+        lib.pj_dns_resolver_set_ns.argtypes = [ctypes.c_void_p, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
+        resolver = lib.pjsip_endpt_get_resolver(lib.pjsua_get_pjsip_endpt())
+        if not resolver:
+            raise ConfigError(f"{self.config.where('sip')} nameservers: pjsip did not create its DNS resolver")
+        ips = [s.ip.encode("ascii") for s in servers]
+        names = (_PjStr * len(servers))(*(_PjStr(ip, len(ip)) for ip in ips))
+        ports = (ctypes.c_uint16 * len(servers))(*(s.port for s in servers))
+        status = lib.pj_dns_resolver_set_ns(resolver, len(servers), names, ports)
+        if status != 0:
+            raise ConfigError(f"{self.config.where('sip')} nameservers: pjsip refused them (status {status})")
+        logger.info("DNS: pjsip resolves host names asynchronously through {}", ", ".join(map(str, servers)))
 
     def _install_filter(self) -> None:
         screen_request, screen_response, on_dropped = self._screens

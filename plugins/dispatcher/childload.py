@@ -33,6 +33,7 @@ from typing import IO, Any
 from loguru import logger
 
 from b2bua.loop import Task, wait_for
+from b2bua.nameservers import Nameserver
 from plugins.dispatcher.config import DispatcherConfig
 from plugins.dispatcher.model import Attrs, Destination, DestinationSet, Snapshot
 from plugins.dispatcher.resolve import LoadError
@@ -56,6 +57,7 @@ class LoadRequest:
 
     config: DispatcherConfig
     list_file: Path | None = None
+    nameservers: tuple[Nameserver, ...] = ()
 
 
 def encode(dest: Destination) -> tuple[Any, ...]:
@@ -175,8 +177,9 @@ class ConfiguredSource:
     """The configured list file or database, loaded in a child process: what
     :func:`~plugins.dispatcher.source.load_configured` returns, without the loop doing the work."""
 
-    def __init__(self, config: DispatcherConfig, list_file: Path | None) -> None:
-        self.request = LoadRequest(config, list_file)
+    def __init__(self, config: DispatcherConfig, list_file: Path | None,
+                 nameservers: tuple[Nameserver, ...] = ()) -> None:
+        self.request = LoadRequest(config, list_file, nameservers)
         self._child: ChildLoad | None = None
 
     def load_steps(self, run_blocking: RunBlocking) -> Task[Snapshot]:
@@ -219,7 +222,7 @@ def main() -> int:
     snapshot = Snapshot()
     try:
         request: LoadRequest = pickle.loads(sys.stdin.buffer.read())  # our parent's request
-        snapshot = load_configured(request.config, request.list_file)
+        snapshot = load_configured(request.config, request.list_file, nameservers=request.nameservers)
     except LoadError as exc:
         failure = str(exc)
     except Exception as exc:

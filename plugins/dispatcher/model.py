@@ -12,6 +12,10 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from plugins.dispatcher.dnslookup import Resolution
 
 
 class DestFlags(enum.IntFlag):
@@ -92,7 +96,10 @@ class Destination:
     :param uri: the destination URI as written (``sip:`` added when the scheme was missing).
     :param flags: the configured flags (the loaded state; runtime state starts from these).
     :param row_id: database row id, or the list file's line number.
-    :param address: the resolved ``(ip, port, transport)``; the host name is resolved at load.
+    :param address: the resolved ``(ip, port, transport)`` of the first server; a host name is
+        resolved at load (and again when its records expire).
+    :param dns: a host name's whole answer (SRV targets, addresses, TTL); None for an IP address
+        or an entry flagged NODNS.
     """
 
     setid: int
@@ -103,6 +110,7 @@ class Destination:
     description: str = ""
     row_id: int = 0
     address: tuple[str, int, str] | None = None
+    dns: Resolution | None = None
 
     @cached_property
     def key(self) -> tuple[int, str]:

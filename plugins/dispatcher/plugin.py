@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,12 +29,14 @@ from loguru import logger
 
 from b2bua import hookimpl
 from b2bua.api import Reject, RoutePlan, Target
+from b2bua.nameservers import Nameserver, effective_nameservers
 from plugins.dispatcher import hookspecs
 from plugins.dispatcher.adminstate import AdminState
 from plugins.dispatcher.checks import check_config_destinations
 from plugins.dispatcher.childload import ConfiguredSource
 from plugins.dispatcher.cli import add_dispatcher_commands
 from plugins.dispatcher.config import DispatcherConfig, parse_dispatcher_config, resolve_sqlite_url
+from plugins.dispatcher.dnslookup import HostLookup, make_lookup
 from plugins.dispatcher.dnsrefresh import DnsRefresher
 from plugins.dispatcher.heap import HeapPolicy
 from plugins.dispatcher.latency import seeded
@@ -90,6 +93,8 @@ class DispatcherPlugin:
         self.app: Host | None = None
         self._custom_loader = loader
         self._loader: Loader = loader or load_configured
+        self._nameservers: tuple[Nameserver, ...] = ()
+        self.host_lookup: HostLookup = make_lookup(())  #: how host names are looked up (SRV first)
         self._rng = rng or random.Random()
         self._heap = heap or HeapPolicy()
         self._list_file: Path | None = None
@@ -112,10 +117,15 @@ class DispatcherPlugin:
         self.config = replace(self.config, db_url=resolve_sqlite_url(self.config.db_url, config.base_dir))
         self.app = app
         self._list_file = config.resolve_path(self.config.list_file) if self.config.list_file else None
+        # the DNS servers pjsip asks: destinations are looked up as calls will be (SRV first)
+        self._nameservers = effective_nameservers(config.sip.nameservers)
+        self.host_lookup = make_lookup(self._nameservers)
+        if self._custom_loader is None:
+            self._loader = partial(load_configured, nameservers=self._nameservers)
         self.state = self._make_state()
         self._state_path = config.resolve_path(self.config.state_file) if self.config.state_file else None
         self.reloader = self._make_reloader(app)
-        self._dns = DnsRefresher(app, self.reloader, self.config.dns_interval)
+        self._dns = DnsRefresher(app, self.reloader, self.config.dns_interval, self.host_lookup)
         if not self.config.routes:
             logger.info("dispatcher: no [[plugins.dispatcher.routes]]: every call goes to set 1, round robin")
         if app.hook is None:  # b2bua check-config: no running host, so check the destinations here
@@ -228,7 +238,8 @@ class DispatcherPlugin:
         )
 
     def _make_reloader(self, app: Host | None) -> Reloader:
-        source: Source = (ConfiguredSource(self.config, self._list_file) if self._custom_loader is None
+        source: Source = (ConfiguredSource(self.config, self._list_file, self._nameservers)
+                          if self._custom_loader is None
                           else LoaderSource(self._custom_loader, self.config, self._list_file))
         return Reloader(
             app,

@@ -12,8 +12,10 @@ strict SIP URI parser (:func:`b2bua.sipuri.parse_uri`) plus the rules of a desti
 
 Kamailio resolves every destination host when it loads the list (``ds_dns_mode`` 1, the
 default) and refuses a host that does not resolve unless the entry has flag 16 (NODNS).
-:func:`resolve_destinations` does the same, off the loop thread (``getaddrinfo`` blocks).
-SRV/NAPTR lookups (``ds_dns_mode`` 8) and periodic re-resolution (mode 4) are not done.
+:func:`resolve_destinations` does the same, off the loop thread, the way pjsip will resolve
+the name when it sends (:mod:`plugins.dispatcher.dnslookup`: SRV for a name without a port,
+Kamailio's ``ds_dns_mode`` 8). Re-resolution (mode 4, and the records' TTL):
+:mod:`plugins.dispatcher.dnsrefresh`.
 
 This module also holds :class:`LoadError`, the one exception type every load failure
 derives from (list file, database, DNS), so callers catch a single type.
@@ -23,20 +25,17 @@ from __future__ import annotations
 
 import re
 import socket
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import replace
-from typing import Any
 
 from loguru import logger
 
 from b2bua.config import TRANSPORTS
 from b2bua.sipuri import SipUri
 from b2bua.sipuri import parse_uri as parse_sip_uri
+from plugins.dispatcher.dnslookup import HostLookup, LookupFailed, Resolution, Resolver, system_lookup
 from plugins.dispatcher.model import DestFlags, Destination
 from plugins.dispatcher.safetext import shown
-
-#: ``getaddrinfo``-compatible resolver: ``(host, port) -> [(family, type, proto, canon, sockaddr)]``
-Resolver = Callable[[str, int], Sequence[tuple[Any, ...]]]
 
 #: URI parameters a destination may carry: ``transport`` (one of :data:`TRANSPORTS`), ``lr``
 #: (copied from Route sets; harmless) and ``user`` (``user=phone``, passed on in the
@@ -103,21 +102,13 @@ def normalize_uri(text: str) -> str:
     return uri
 
 
-def _pick(results: Sequence[tuple[Any, ...]]) -> str | None:
-    """IPv4 first, as Kamailio's ``resolvehost`` does with ``dns_prefer_ipv6=0``."""
-    v4 = [r[4][0] for r in results if r[0] == socket.AF_INET]
-    v6 = [r[4][0] for r in results if r[0] == socket.AF_INET6]
-    addrs = v4 or v6 or [r[4][0] for r in results]
-    return str(addrs[0]) if addrs else None
-
-
 def lookup(resolver: Resolver, host: str, port: int) -> tuple[str | None, str]:
-    """``(ip, "")``, or ``(None, reason)`` when the host does not resolve (blocking)."""
+    """``(ip, "")``, or ``(None, reason)`` when ``host`` has no address (``getaddrinfo``, blocking)."""
     try:
-        ip = _pick(resolver(host, port))
-    except (OSError, UnicodeError) as exc:  # gaierror; UnicodeError from IDNA encoding
-        return None, str(exc) or type(exc).__name__
-    return (ip, "") if ip is not None else (None, "no address")
+        found = system_lookup(resolver)(host, port, "udp").first
+    except LookupFailed as exc:
+        return None, str(exc)
+    return (found[0], "") if found is not None else (None, "no address")
 
 
 def _row(dest: Destination) -> str:
@@ -130,18 +121,22 @@ def resolve_destinations(
     skip_unresolvable: bool,
     resolver: Resolver = socket.getaddrinfo,
     location: Callable[[Destination], str] = _row,
+    host_lookup: HostLookup | None = None,
 ) -> list[Destination]:
-    """Return ``dests`` with ``address=(ip, port, transport)`` filled in.
+    """Return ``dests`` with ``address=(ip, port, transport)`` and ``dns`` filled in.
 
-    Entries flagged NODNS (16) are kept unresolved (``address=None``). A host that does not
-    resolve raises :class:`ResolveError` listing every such destination with
-    ``location(dest)`` (e.g. ``dispatcher.list:12``), or, with ``skip_unresolvable``, is
-    dropped with a warning. Blocks on DNS: call it off the loop thread. Each distinct host
-    is looked up once.
+    Entries flagged NODNS (16) are kept unresolved (``address=None``). A host name is looked
+    up with ``host_lookup`` (:mod:`plugins.dispatcher.dnslookup`: SRV first when the URI has no
+    port), or with ``resolver`` (``getaddrinfo``, A/AAAA only) when there is none; ``address``
+    is the first server's. A host that does not resolve raises :class:`ResolveError` listing
+    every such destination with ``location(dest)`` (e.g. ``dispatcher.list:12``), or, with
+    ``skip_unresolvable``, is dropped with a warning. Blocks on DNS: call it off the loop
+    thread. Each distinct name is looked up once.
     """
+    find = host_lookup or system_lookup(resolver)
     out: list[Destination] = []
     failures: list[str] = []
-    cache: dict[tuple[str, int], tuple[str | None, str]] = {}
+    cache: dict[tuple[str, int | None, str], Resolution | str] = {}
     for dest in dests:
         if dest.flags & DestFlags.NODNS:
             out.append(dest)
@@ -150,25 +145,44 @@ def resolve_destinations(
             uri = parse_uri(dest.uri)
         except ValueError as exc:
             raise ResolveError(f"{location(dest)}: {exc}") from None
-        port = uri.effective_port
-        ip = uri.host
-        if not uri.is_ip:
-            key = (uri.host.lower(), port)
-            if key not in cache:
-                cache[key] = lookup(resolver, uri.host, port)
-            found, reason = cache[key]
-            if found is None:
-                message = (
-                    f"{location(dest)}: set {dest.setid} {dest.uri}: cannot resolve {uri.host!r} "
-                    f"({reason}); set flag 16 (NODNS) to load it unresolved"
-                )
-                if skip_unresolvable:
-                    logger.warning("dispatcher: skipping {}", message)
-                else:
-                    failures.append(message)
-                continue
-            ip = found
-        out.append(replace(dest, address=(ip, port, uri.transport)))
+        if uri.is_ip:
+            out.append(replace(dest, address=(uri.host, uri.effective_port, uri.transport)))
+            continue
+        key = name_key(uri)
+        if key not in cache:
+            cache[key] = resolve_name(find, uri)
+        found = cache[key]
+        if isinstance(found, str):
+            message = (
+                f"{location(dest)}: set {dest.setid} {dest.uri}: cannot resolve {uri.host!r} "
+                f"({found}); set flag 16 (NODNS) to load it unresolved"
+            )
+            if skip_unresolvable:
+                logger.warning("dispatcher: skipping {}", message)
+            else:
+                failures.append(message)
+            continue
+        out.append(with_resolution(dest, uri, found))
     if failures:
         raise ResolveError("\n".join(failures))
     return out
+
+
+def name_key(uri: SipUri) -> tuple[str, int | None, str]:
+    """What a host name is looked up by: (name lower-cased, port or None, transport)."""
+    return (uri.host.lower(), uri.port or None, uri.transport)
+
+
+def resolve_name(find: HostLookup, uri: SipUri) -> Resolution | str:
+    """``uri``'s host looked up (blocking), or why it does not resolve."""
+    try:
+        return find(uri.host, uri.port or None, uri.transport)
+    except LookupFailed as exc:
+        return str(exc) or "no address"
+
+
+def with_resolution(dest: Destination, uri: SipUri, found: Resolution) -> Destination:
+    """``dest`` with ``found`` as its DNS answer and the first server as its address."""
+    first = found.first
+    address = (first[0], first[1], uri.transport) if first is not None else None
+    return replace(dest, address=address, dns=found)

@@ -30,6 +30,7 @@ from b2bua.rpc import INVALID_PARAMS, SERVER_ERROR, RawJson, RpcError, RpcRegist
 from plugins.dispatcher.adminstate import AdminState
 from plugins.dispatcher.attrs import parse_attrs
 from plugins.dispatcher.config import DispatcherConfig
+from plugins.dispatcher.dnslookup import HostLookup, Resolution
 from plugins.dispatcher.hashing import ds_get_hash
 from plugins.dispatcher.latency import rpc_block
 from plugins.dispatcher.listfile import check_flags
@@ -52,6 +53,7 @@ class Dispatcher(Protocol):
     reloader: Reloader
     admin_state: AdminState
     prober: Prober | None
+    host_lookup: HostLookup  #: looks destination host names up as calls will (SRV first)
 
 T = TypeVar("T")
 
@@ -120,7 +122,7 @@ def listing_steps(source: ListingSource, mode: str = "", latency_stats: bool = F
 
     :param source: what :meth:`DispatcherState.listing_source` took (non-empty).
     :param mode: ``""`` (normal), ``"short"`` (no ATTRS) or ``"full"`` (adds HOST, IPADDR,
-        PORT, PROTO, and ATTRS even when empty).
+        PORT, PROTO, a host name's DNSTIME_SEC and DNS answer, and ATTRS even when empty).
     :param latency_stats: ``ping_latency_stats``: add each entry's LATENCY block.
     """
     sets, runtime = source.snapshot.sets, source.runtime
@@ -176,7 +178,23 @@ def _address(dest: Destination) -> dict[str, Any]:
     ip = ""
     if dest.address is not None:
         ip, port, proto = dest.address
-    return {"HOST": host, "IPADDR": ip, "PORT": port, "PROTO": proto}
+    entry: dict[str, Any] = {"HOST": host, "IPADDR": ip, "PORT": port, "PROTO": proto}
+    if dest.dns is not None:
+        entry["DNSTIME_SEC"] = int(dest.dns.resolved_at)
+        entry["DNS"] = dns_block(dest.dns)
+    return entry
+
+
+def dns_block(answer: Resolution) -> dict[str, Any]:
+    """A host name's answer for ``dispatcher.list full``: the SRV targets (or the name) in the
+    order a sender tries them, with their addresses; TTL in seconds (0: not known)."""
+    return {
+        "QUERY": answer.query,
+        "TYPE": "SRV" if answer.srv else "A",
+        "TTL": int(answer.ttl),
+        "TARGETS": [{"HOST": t.host, "PORT": t.port, "PRIORITY": t.priority, "WEIGHT": t.weight,
+                     "ADDRESSES": list(t.addresses)} for t in answer.targets],
+    }
 
 
 def hash_result(nslots: int, val1: str, val2: str | None = None) -> dict[str, int]:
@@ -189,10 +207,11 @@ class DispatcherRpc:
     """The ``dispatcher.*`` control methods over one dispatcher (the plugin).
 
     :param plugin: the dispatcher (:class:`Dispatcher`: the plugin).
-    :param resolver: ``getaddrinfo``-compatible, for ``dispatcher.add`` (tests pass a stand-in).
+    :param resolver: ``getaddrinfo``-compatible, for ``dispatcher.add`` (tests pass a stand-in);
+        None: the plugin's ``host_lookup`` (the configured nameservers).
     """
 
-    def __init__(self, plugin: Dispatcher, resolver: Resolver = socket.getaddrinfo) -> None:
+    def __init__(self, plugin: Dispatcher, resolver: Resolver | None = None) -> None:
         self.plugin = plugin
         self._resolver = resolver
 
@@ -201,7 +220,8 @@ class DispatcherRpc:
         registry.add("dispatcher.list", self.list_sets,
                      "The destination sets with each entry's state (FLAGS: AP, AX, IP, TX, DX, ...), "
                      "priority, attributes, latency and active calls (DLGLOAD). Mode 'short' leaves out "
-                     "ATTRS; 'full' adds the resolved address (HOST, IPADDR, PORT, PROTO).", on_loop=False)
+                     "ATTRS; 'full' adds the resolved address (HOST, IPADDR, PORT, PROTO) and, for a host name, "
+                     "its DNS answer (SRV targets with priority, weight and addresses; TTL).", on_loop=False)
         registry.add("dispatcher.reload", self.reload,
                      "Re-read the destinations from the list file or database. On failure the current "
                      "destinations stay and the error names the cause.", on_loop=False)
@@ -305,8 +325,10 @@ class DispatcherRpc:
         """``dispatcher.add <setid> <uri> [flags [priority [attrs]]]`` (control thread)."""
         dest = self._destination(setid, uri, flags, priority, attrs)
         try:
-            resolved = resolve_destinations([dest], skip_unresolvable=False, resolver=self._resolver,
-                                            location=lambda d: "dispatcher.add")
+            resolved = resolve_destinations(
+                [dest], skip_unresolvable=False, resolver=self._resolver or socket.getaddrinfo,
+                location=lambda d: "dispatcher.add",
+                host_lookup=None if self._resolver is not None else self.plugin.host_lookup)
         except LoadError as exc:
             raise RpcError(f"Adding dispatcher dst failed: {exc}", FAULT) from None
         plugin = self.plugin

@@ -9,14 +9,16 @@ of the plugin's user (tests, embedding) on a worker thread.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Protocol
 
 from b2bua.loop import Task, wait_for
+from b2bua.nameservers import Nameserver
 from plugins.dispatcher.checks import check_loaded
 from plugins.dispatcher.config import DispatcherConfig
+from plugins.dispatcher.dnslookup import make_lookup
 from plugins.dispatcher.model import Snapshot
 from plugins.dispatcher.storage import load_snapshot
 
@@ -41,10 +43,13 @@ class Source(Protocol):
         ...
 
 
-def load_configured(config: DispatcherConfig, list_file: Path | None, resolve: bool = True) -> Snapshot:
+def load_configured(config: DispatcherConfig, list_file: Path | None, resolve: bool = True,
+                    nameservers: Sequence[Nameserver] = ()) -> Snapshot:
     """Read the configured source: ``list_file`` when set, else ``db_url`` (blocking).
 
     :param resolve: resolve host names (off for a simulation, which needs no addresses).
+    :param nameservers: the DNS servers pjsip asks (``[sip] nameservers``); host names are
+        looked up through them as pjsip will (SRV first); none: the system resolver.
     """
     table = None
     if list_file is None:
@@ -58,6 +63,7 @@ def load_configured(config: DispatcherConfig, list_file: Path | None, resolve: b
         table=table,
         resolve=resolve,
         skip_unresolvable=config.dns_skip_unresolvable,
+        host_lookup=make_lookup(nameservers) if resolve else None,
     )
     return check_loaded(snapshot, config, list_file)  # empty list file, duplicates, weights
 

@@ -12,6 +12,7 @@ import socket
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from plugins.dispatcher.dnslookup import HostLookup
 from plugins.dispatcher.listfile import ListFileError, load_list_file
 from plugins.dispatcher.model import Destination, Snapshot, build_snapshot
 from plugins.dispatcher.resolve import LoadError, ResolveError, Resolver, resolve_destinations
@@ -37,6 +38,7 @@ def load_snapshot(
     create_schema: bool = True,
     store: SqlStore | None = None,
     resolver: Resolver = socket.getaddrinfo,
+    host_lookup: HostLookup | None = None,
 ) -> Snapshot:
     """Read every destination from ``list_file`` or ``db_url`` (exactly one) and build a snapshot.
 
@@ -50,6 +52,8 @@ def load_snapshot(
     :param store: an existing store for ``db_url`` to reuse (its pooled connections);
         without one a store is made for this load and closed afterwards.
     :param resolver: ``getaddrinfo``-compatible function (tests inject one).
+    :param host_lookup: looks host names up (SRV first, :mod:`plugins.dispatcher.dnslookup`);
+        None: ``resolver``, A/AAAA only.
     :raises LoadError: with a message saying where (``path:line``, ``url row id N``) and why.
     """
     db_url = db_url or None  # an empty setting means "not set"
@@ -85,6 +89,7 @@ def load_snapshot(
 
     if resolve:
         entries = resolve_destinations(
-            entries, skip_unresolvable=skip_unresolvable, resolver=resolver, location=location
+            entries, skip_unresolvable=skip_unresolvable, resolver=resolver, location=location,
+            host_lookup=host_lookup,
         )
     return build_snapshot(entries, source)

@@ -15,6 +15,7 @@ import pytest
 
 from b2bua.api import CallInfo
 from plugins.dispatcher.config import DispatcherConfig
+from plugins.dispatcher.dnslookup import system_lookup
 from plugins.dispatcher.dnsrefresh import DnsRefresher
 from plugins.dispatcher.heap import HELD_THRESHOLD, HeapPolicy
 from plugins.dispatcher.model import Attrs, DestFlags, Destination, Snapshot, build_snapshot
@@ -209,7 +210,7 @@ def test_dns_refresh_swaps_changed_addresses_and_keeps_state() -> None:
     def dns(host_name: str, port: int) -> list[tuple[Any, ...]]:
         return [(2, 2, 17, "", ("192.0.2.99", port))]
 
-    refresher = DnsRefresher(host, reloader, 0.01, resolver=dns)
+    refresher = DnsRefresher(host, reloader, 0.01, system_lookup(dns), check_every=0.01)
     try:
         refresher.start()
         host.pump(lambda: state.find(1, name.uri).address == ("192.0.2.99", 5070, "udp"))  # type: ignore[union-attr]
