@@ -55,6 +55,8 @@ def parse_nameserver(text: str) -> Nameserver:
     else:  # an IPv4 address, or a bare IPv6 one
         host, port_text = value, ""
     try:
+        if "%" in host:  # a zone index (fe80::1%eth0): pjsip's resolver cannot use it
+            raise ValueError(host)
         ip = ipaddress.ip_address(host)
     except ValueError:
         raise ValueError(f"{text!r}: not an IP address (a nameserver cannot be a host name)") from None
@@ -73,7 +75,7 @@ def parse_resolv_conf(text: str) -> list[Nameserver]:
     out: list[Nameserver] = []
     for line in text.splitlines():
         fields = line.split()
-        if len(fields) >= 2 and fields[0] == "nameserver":
+        if len(fields) >= 2 and fields[0] == "nameserver" and "%" not in fields[1]:
             try:
                 out.append(Nameserver(str(ipaddress.ip_address(fields[1]))))
             except ValueError:

@@ -31,6 +31,7 @@ from plugins.dispatcher.algorithms import TABLE_SIZE, weight_table
 from plugins.dispatcher.config import DispatcherConfig, Route
 from plugins.dispatcher.model import Destination, Snapshot
 from plugins.dispatcher.resolve import LoadError
+from plugins.dispatcher.routes import unloaded_sets
 from plugins.dispatcher.safetext import escape
 
 WEIGHT = 9
@@ -142,12 +143,14 @@ def check_loaded(snapshot: Snapshot, config: DispatcherConfig, list_file: Path |
     return snapshot
 
 
-def check_sources(config: DispatcherConfig, list_file: Path | None) -> list[str]:
+def check_sources(config: DispatcherConfig, list_file: Path | None,
+                  routes_where: str = "[[plugins.dispatcher.routes]]") -> list[str]:
     """For ``b2bua check-config``: read the destinations as a load would, but without DNS and
     without writing (a missing SQLite file is not created), and :func:`review` them.
 
-    :raises LoadError: the list file cannot be loaded (every bad line named) or is empty, or
-        rows of the table are malformed.
+    :raises LoadError: the list file cannot be loaded (every bad line named) or is empty, rows
+        of the table are malformed, or a rule's backup set has no destinations (start-up
+        refuses that too: :func:`plugins.dispatcher.routes.unloaded_sets`).
     :returns: the warnings, including a database that cannot be reached (it may be up later).
     """
     from plugins.dispatcher.sqlstore import BadRowsError, SqlStore, StoreError, TableNames
@@ -164,13 +167,17 @@ def check_sources(config: DispatcherConfig, list_file: Path | None) -> list[str]
             raise
         except StoreError as exc:
             return [f"destinations not checked: {escape(str(exc), backslash=False)}"]
-    return review(snapshot, config, list_file)
+    backups, own = unloaded_sets(config.routes, snapshot.sets, routes_where)
+    if backups:
+        raise LoadError("; ".join(backups))
+    return review(snapshot, config, list_file) + own
 
 
-def check_config_destinations(config: DispatcherConfig, list_file: Path | None) -> None:
+def check_config_destinations(config: DispatcherConfig, list_file: Path | None,
+                              routes_where: str = "[[plugins.dispatcher.routes]]") -> None:
     """:func:`check_sources` for ``b2bua check-config``: warnings logged, errors as ConfigError."""
     try:
-        warnings = check_sources(config, list_file)
+        warnings = check_sources(config, list_file, routes_where)
     except LoadError as exc:
         raise ConfigError(str(exc)) from None
     for message in warnings:

@@ -65,6 +65,8 @@ def add_simulate_command(sub: argparse._SubParsersAction[argparse.ArgumentParser
     p.add_argument("--list-file", help="read destinations from this Kamailio list file instead")
     p.add_argument("--set", type=int, required=True, dest="setid", help="destination set id")
     p.add_argument("--alg", required=True, help="algorithm number or name (e.g. 9 or weight)")
+    p.add_argument("--backup-sets", default="", metavar="RULES",
+                   help="sets tried after --set, as a route's backup_sets: 'SET=ALG;...' (e.g. '2=8')")
     p.add_argument("--calls", type=int, default=10000, help="number of calls (default 10000)")
     p.add_argument(
         "--down", action="append", default=[], metavar="URI", help="treat this destination as inactive (repeatable)"
@@ -97,6 +99,7 @@ def cmd_simulate(args: argparse.Namespace, out: TextIO | None = None, err: TextI
             seed=args.seed,
             policy=cfg.selection_policy(),
             concurrent=args.concurrent,
+            backup_sets=args.backup_sets,
         )
     except Exception as exc:  # config, load and argument errors all end here with their message
         print(f"b2bua dispatcher simulate: {exc}", file=err)

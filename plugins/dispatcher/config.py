@@ -19,6 +19,12 @@ by line. Example::
     algorithm = "round-robin"
     limit = 2
 
+    [[plugins.dispatcher.routes]]     # Kamailio: ds_select_routes("3=4;4=8", "d")
+    header = "X-Carrier"
+    set = 3
+    algorithm = 4
+    backup_sets = "4=8"               # set 4, serial, when set 3 has nothing usable or all fail
+
 With no ``routes`` at all, every call goes to set 1 with round robin (algorithm 4), the
 most common single-set Kamailio setup (``ds_select_dst("1", "4")``).
 
@@ -44,7 +50,7 @@ from typing import Any
 from b2bua.config import ConfigError, opt, parse_section
 from plugins.dispatcher.algorithms import TEMPLATE_FIELDS, resolve_algorithm, template_names
 from plugins.dispatcher.attrs import check_message_uri
-from plugins.dispatcher.selection import Policy
+from plugins.dispatcher.selection import PARALLEL, Policy
 
 SECTION = "plugins.dispatcher"
 ROUTES_KEY = "routes"
@@ -68,7 +74,12 @@ class Route:
     header_value: str = opt("", "exact value of that header (after trimming)")
     set: int = opt(1, "destination set id")
     algorithm: int | str = opt(4, "Kamailio algorithm number or name (e.g. 4 or 'round-robin')")
-    limit: int = opt(0, "most destinations tried, first one included; 0: all")
+    limit: int = opt(0, "most destinations tried, first one included, backup sets included; 0: all")
+    backup_sets: str = opt(
+        "", "sets tried after 'set', in order, as Kamailio's ds_select_routes rules: 'SET=ALGORITHM;...'"
+        " (e.g. '2=8;3=round-robin'); each is used when those before it have no usable destination, and"
+        " failover goes on through them"
+    )
 
     def validate(self) -> None:
         """Check every field; the message starts with the field name."""
@@ -76,6 +87,13 @@ class Route:
             resolve_algorithm(self.algorithm)
         except ValueError as exc:
             raise ValueError(f"algorithm: {exc}") from None
+        backups = parse_backup_sets(self.backup_sets)  # ValueError starts with "backup_sets:"
+        for setid, _ in backups:
+            if setid == self.set:
+                raise ValueError(f"backup_sets: set {setid} is the rule's own set")
+        if backups and PARALLEL in (self.alg, *(alg for _, alg in backups)):
+            raise ValueError("backup_sets: algorithm 12 (parallel) forks to every destination at once, so it"
+                             " cannot be followed or preceded by backup sets")
         if self.set < 0:
             raise ValueError(f"set: {self.set} is negative (set ids are 0 or more)")
         if self.limit < 0:
@@ -108,6 +126,21 @@ class Route:
         return resolve_algorithm(self.algorithm)
 
     @cached_property
+    def backups(self) -> tuple[tuple[int, int], ...]:
+        """``backup_sets`` as ``(set, algorithm number)`` pairs, in order."""
+        return parse_backup_sets(self.backup_sets)
+
+    @property
+    def backup_sets_text(self) -> str:
+        """The sets tried, as Kamailio writes them: ``1=4;2=8``."""
+        return ";".join(f"{setid}={alg}" for setid, alg in self.sets)
+
+    @cached_property
+    def sets(self) -> tuple[tuple[int, int], ...]:
+        """Every ``(set, algorithm)`` the rule tries, its own first (Kamailio's ds_select_routes)."""
+        return ((self.set, self.alg), *self.backups)
+
+    @cached_property
     def ruri_pattern(self) -> re.Pattern[str] | None:
         return re.compile(self.ruri_regex) if self.ruri_regex else None
 
@@ -118,6 +151,30 @@ class Route:
     @cached_property
     def networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
         return tuple(ipaddress.ip_network(n.strip(), strict=False) for n in self.source)
+
+
+def parse_backup_sets(text: str) -> tuple[tuple[int, int], ...]:
+    """Kamailio's ``ds_select_routes`` rules, ``"2=8;3=round-robin"``: ``(set, algorithm)`` pairs.
+
+    :raises ValueError: starting with ``backup_sets:``, naming the item and why.
+    """
+    out: list[tuple[int, int]] = []
+    for item in (part.strip() for part in text.split(";")):
+        if not item:
+            continue
+        setid, sep, alg = (x.strip() for x in item.partition("="))
+        if not sep or not setid or not alg:
+            raise ValueError(f"backup_sets: {item!r}: expected SET=ALGORITHM, e.g. 2=8 or 2=priority")
+        if not setid.isdigit():
+            raise ValueError(f"backup_sets: {item!r}: the set id {setid!r} is not a number (0 or more)")
+        try:
+            number = resolve_algorithm(alg)
+        except ValueError as exc:
+            raise ValueError(f"backup_sets: {item!r}: {exc}") from None
+        if any(int(setid) == seen for seen, _ in out):
+            raise ValueError(f"backup_sets: set {int(setid)} is listed twice")
+        out.append((int(setid), number))
+    return tuple(out)
 
 
 #: the rule used when the config has none: set 1, round robin
@@ -286,10 +343,12 @@ def parse_dispatcher_config(data: Mapping[str, Any], path: str = "<config>") -> 
     cfg = parse_section(DispatcherConfig, body, where)
     for i, r in enumerate(routes):
         rwhere = f"{path}: [[{SECTION}.{ROUTES_KEY}]][{i}]"
-        if r.alg == 10 and cfg.hash_size <= 0:
-            raise ConfigError(f"{rwhere} algorithm: 10 (call-load) needs hash_size > 0 in [{SECTION}]")
-        if r.alg == 7 and not cfg.hash_template:
-            raise ConfigError(f"{rwhere} algorithm: 7 (hash-template) needs hash_template in [{SECTION}]")
+        for n, (_, alg) in enumerate(r.sets):
+            field_name = "algorithm" if n == 0 else "backup_sets"
+            if alg == 10 and cfg.hash_size <= 0:
+                raise ConfigError(f"{rwhere} {field_name}: 10 (call-load) needs hash_size > 0 in [{SECTION}]")
+            if alg == 7 and not cfg.hash_template:
+                raise ConfigError(f"{rwhere} {field_name}: 7 (hash-template) needs hash_template in [{SECTION}]")
     if not routes:
         return cfg
     return dataclasses.replace(cfg, routes=routes)

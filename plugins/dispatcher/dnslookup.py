@@ -141,16 +141,16 @@ class DnsLookup:
 
     def __call__(self, host: str, port: int | None, transport: str, secure: bool = False) -> Resolution:
         now = time.time()
-        if port is None:
-            name = srv_name(host, transport, secure)
-            answer = self._query(name, "SRV")
+        srv = srv_name(host, transport, secure) if port is None else ""
+        if srv:
+            answer = self._query(srv, "SRV")
             if answer is not None:
-                return self._from_srv(name, answer, now)
-            port = DEFAULT_PORTS["tls" if secure else transport] if transport in DEFAULT_PORTS else 5060
+                return self._from_srv(srv, answer, now)
         addresses, ttl = self._addresses(host)
         if not addresses:
-            asked = f"no SRV record {srv_name(host, transport, secure)} and no" if port is None else "no"
+            asked = f"no SRV record {srv} and no" if srv else "no"
             raise LookupFailed(f"{asked} A/AAAA record for {host} (nameservers {self._servers()})")
+        port = port or DEFAULT_PORTS.get("tls" if secure else transport, 5060)
         return Resolution(host, False, (DnsTarget(host, port, addresses=addresses),), ttl, now)
 
     def _from_srv(self, name: str, answer: Any, now: float) -> Resolution:

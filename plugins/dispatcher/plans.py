@@ -1,9 +1,10 @@
 """From a call to a :class:`~b2bua.api.RoutePlan`: rule, set, selection, targets.
 
-The first matching ``[[plugins.dispatcher.routes]]`` rule names the set and algorithm; the
-chosen destination and the failover list become the plan's targets (parallel for algorithm
-12), each carrying ``target.data["dispatcher"]`` = ``{"setid", "uri", "key", "duid", "attrs",
-"row_id"}`` so other plugins (failover) can tell which destination a leg went to.
+The first matching ``[[plugins.dispatcher.routes]]`` rule names the set and algorithm, and
+its backup sets (:func:`select_sets`); the chosen destination and the failover list become the
+plan's targets (parallel for algorithm 12), each carrying ``target.data["dispatcher"]`` =
+``{"setid", "uri", "key", "duid", "attrs", "row_id"}`` so other plugins (failover) can tell
+which destination a leg went to.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from loguru import logger
 
 from b2bua.api import CallInfo, DialMode, Reject, RoutePlan, StashKey, Target
 from b2bua.sip import retry_after
-from plugins.dispatcher.config import DispatcherConfig
+from plugins.dispatcher.config import DispatcherConfig, Route
 from plugins.dispatcher.model import Destination
 from plugins.dispatcher.routes import match_route
 from plugins.dispatcher.runtime import DestKey, DispatcherState
@@ -51,22 +52,50 @@ def plan_call(
         log.info("dispatcher: no route rule matches {} {}", call.method, call.request_uri)
         return no_destination(config)
     index, route = matched
-    if not state.has_set(route.set):
-        log.warning("dispatcher: rule {} names set {}, which is not loaded", index, route.set)
-        return no_destination(config)
-    dests = state.select(route.set, route.alg, call, route.limit, rng)
-    if not dests:
-        log.warning("dispatcher: set {} has no usable destination (algorithm {})", route.set, route.alg)
-        return no_destination(config)
     rule = index if config.routes else -1
-    call.stash[ROUTE] = CallRoute(rule, route.set, route.alg, tuple(d.key for d in dests))
-    log.debug("dispatcher: rule {} set {} alg {} -> {}", rule, route.set, route.alg, ", ".join(d.uri for d in dests))
-    mode = DialMode.PARALLEL if route.alg == PARALLEL else DialMode.SERIAL
+    dests, used = select_sets(state, route, call, rng)
+    if not dests:
+        if route.backups:
+            log.warning("dispatcher: rule {}: no set of {} has a usable destination", rule, route.backup_sets_text)
+        elif not state.has_set(route.set):
+            log.warning("dispatcher: rule {} names set {}, which is not loaded", index, route.set)
+        else:
+            log.warning("dispatcher: set {} has no usable destination (algorithm {})", route.set, route.alg)
+        return no_destination(config)
+    setid, alg = used
+    call.stash[ROUTE] = CallRoute(rule, setid, alg, tuple(d.key for d in dests))
+    log.debug("dispatcher: rule {} set {} alg {} -> {}", rule, setid, alg, ", ".join(d.uri for d in dests))
+    mode = DialMode.PARALLEL if alg == PARALLEL else DialMode.SERIAL
     return RoutePlan(
         tuple(make_target(d) for d in dests),
         mode,
-        data={DATA_KEY: {"setid": route.set, "alg": route.alg, "rule": rule}},
+        data={DATA_KEY: {"setid": setid, "alg": alg, "rule": rule}},
     )
+
+
+def select_sets(state: DispatcherState, route: Route, call: CallInfo,
+                rng: random.Random) -> tuple[list[Destination], tuple[int, int]]:
+    """Kamailio's ``ds_select_routes``: the rule's set, then its backup sets, each with its own
+    algorithm; the first that yields a destination gives the first target, the others append
+    their selection to the failover list; ``limit`` counts across all of them. A set that is
+    not loaded, or has nothing usable, is passed over.
+
+    :returns: the destinations in dialling order, and the ``(set, algorithm)`` that chose the
+        first one (the rule's own when none did).
+    """
+    out: list[Destination] = []
+    used = route.sets[0]
+    for setid, alg in route.sets:
+        room = route.limit - len(out) if route.limit else 0
+        if route.limit and room <= 0:
+            break
+        if not state.has_set(setid):
+            continue
+        chosen = state.select(setid, alg, call, room, rng)
+        if chosen and not out:
+            used = (setid, alg)
+        out.extend(chosen)
+    return out, used
 
 
 def no_destination(config: DispatcherConfig) -> Reject:

@@ -35,7 +35,13 @@ from plugins.dispatcher.adminstate import AdminState
 from plugins.dispatcher.checks import check_config_destinations
 from plugins.dispatcher.childload import ConfiguredSource
 from plugins.dispatcher.cli import add_dispatcher_commands
-from plugins.dispatcher.config import DispatcherConfig, parse_dispatcher_config, resolve_sqlite_url
+from plugins.dispatcher.config import (
+    ROUTES_KEY,
+    SECTION,
+    DispatcherConfig,
+    parse_dispatcher_config,
+    resolve_sqlite_url,
+)
 from plugins.dispatcher.dnslookup import HostLookup, make_lookup
 from plugins.dispatcher.dnsrefresh import DnsRefresher
 from plugins.dispatcher.heap import HeapPolicy
@@ -45,6 +51,8 @@ from plugins.dispatcher.plans import DATA_KEY, ROUTE, CallRoute, dest_key_of, ma
 from plugins.dispatcher.probing import Prober
 from plugins.dispatcher.reloader import ReloadBusy, Reloader, ReloadFailed
 from plugins.dispatcher.replycodes import parse_reply_codes
+from plugins.dispatcher.resolve import LoadError
+from plugins.dispatcher.routes import unloaded_sets
 from plugins.dispatcher.rpc import DispatcherRpc
 from plugins.dispatcher.runtime import DispatcherState
 from plugins.dispatcher.source import Loader, LoaderSource, Source, load_configured
@@ -94,6 +102,7 @@ class DispatcherPlugin:
         self._custom_loader = loader
         self._loader: Loader = loader or load_configured
         self._nameservers: tuple[Nameserver, ...] = ()
+        self._routes_where = f"[[{SECTION}.{ROUTES_KEY}]]"  #: for messages about the rules
         self.host_lookup: HostLookup = make_lookup(())  #: how host names are looked up (SRV first)
         self._rng = rng or random.Random()
         self._heap = heap or HeapPolicy()
@@ -117,6 +126,7 @@ class DispatcherPlugin:
         self.config = replace(self.config, db_url=resolve_sqlite_url(self.config.db_url, config.base_dir))
         self.app = app
         self._list_file = config.resolve_path(self.config.list_file) if self.config.list_file else None
+        self._routes_where = f"{config.path}: [[{SECTION}.{ROUTES_KEY}]]"
         # the DNS servers pjsip asks: destinations are looked up as calls will be (SRV first)
         self._nameservers = effective_nameservers(config.sip.nameservers)
         self.host_lookup = make_lookup(self._nameservers)
@@ -129,7 +139,7 @@ class DispatcherPlugin:
         if not self.config.routes:
             logger.info("dispatcher: no [[plugins.dispatcher.routes]]: every call goes to set 1, round robin")
         if app.hook is None:  # b2bua check-config: no running host, so check the destinations here
-            check_config_destinations(self.config, self._list_file)
+            check_config_destinations(self.config, self._list_file, self._routes_where)
 
     @hookimpl
     def b2bua_startup(self, app: Host) -> None:
@@ -140,6 +150,12 @@ class DispatcherPlugin:
         self._heap.hold()  # a large list would otherwise trigger full collections over itself
         try:
             snapshot = self._loader(self.config, self._list_file)
+            missing_backups, missing = unloaded_sets(self.config.routes, snapshot.sets, self._routes_where)
+            for message in missing:
+                logger.warning("dispatcher: {}", message)
+            if missing_backups:
+                raise LoadError("; ".join(missing_backups) + ": a backup set is only needed in an outage; fix the"
+                                " rule or add the destinations")
             self.state.swap(snapshot, keep_state=False, reason="startup", disabled=self.admin_state.disabled)
             self.admin_state.apply(self.state)
             self._heap.settle(self.state.size())
@@ -247,9 +263,17 @@ class DispatcherPlugin:
             source=source,
             keep_state=self.config.keep_state_on_reload,
             disabled=lambda: self.admin_state.disabled,
-            after_install=lambda: self.admin_state.apply(self.state),
+            after_install=self._after_install,
             heap=self._heap,
         )
+
+    def _after_install(self) -> None:
+        """After a reload's swap: the operator's disables back, and a word about the sets the
+        rules name that are gone (a reload is not refused for them: the data is the truth)."""
+        self.admin_state.apply(self.state)
+        backups, own = unloaded_sets(self.config.routes, self.state.snapshot.sets, self._routes_where)
+        for message in own + backups:
+            logger.warning("dispatcher: after the reload, {}", message)
 
     def _make_prober(self, app: Host) -> Prober:
         cfg = self.config

@@ -8,7 +8,7 @@ empty match anything, so a rule without match fields is a catch-all.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from b2bua.api import CallInfo
 from b2bua.sipuri import parse_uri_lenient
@@ -55,3 +55,23 @@ def match_route(routes: Sequence[Route], call: CallInfo) -> tuple[int, Route] | 
         if route_matches(route, call):
             return i, route
     return None
+
+
+def unloaded_sets(routes: Sequence[Route], loaded: Collection[int], where: str) -> tuple[list[str], list[str]]:
+    """The sets rules name that no destination has: ``(backup sets, rules' own sets)``, one
+    message each naming the rule (``where`` is e.g. ``config.toml: [[plugins.dispatcher.routes]]``).
+
+    A missing backup set stops the start-up (it would only be missed in an outage, the moment it
+    is needed), a rule's own set only warns (a table filled after the start is a normal way to
+    begin); after a reload both warn, the destinations being the source of truth.
+    """
+    backups: list[str] = []
+    own: list[str] = []
+    have = ", ".join(str(s) for s in sorted(loaded)) or "none"
+    for i, route in enumerate(routes):
+        if route.set not in loaded:
+            own.append(f"{where}[{i}] set: set {route.set} has no destinations (loaded sets: {have})")
+        for setid, _ in route.backups:
+            if setid not in loaded:
+                backups.append(f"{where}[{i}] backup_sets: set {setid} has no destinations (loaded sets: {have})")
+    return backups, own
