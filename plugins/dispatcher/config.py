@@ -211,7 +211,8 @@ class DispatcherConfig:
     )
     dns_skip_unresolvable: bool = opt(False, "skip entries whose host does not resolve instead of failing the load")
     dns_interval: float = opt(
-        0.0, "seconds between re-resolving host names (a name that stops resolving keeps its address); 0: at load only"
+        0.0, "seconds between re-resolving host names besides when their records expire (TTL, 5 s at the"
+        " least; a name that stops resolving keeps its answer); 0: by TTL only"
     )
 
     # -- selection
