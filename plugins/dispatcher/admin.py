@@ -41,10 +41,12 @@ from loguru import logger
 
 from b2bua.config import Config, ConfigError, load_config
 from b2bua.control import ControlClient, ControlUnavailable, RpcCallError
+from b2bua.nameservers import Nameserver, effective_nameservers
 from plugins.dispatcher.atomicfile import atomic_write_text
 from plugins.dispatcher.attrs import parse_attrs
 from plugins.dispatcher.checks import weight_warnings
 from plugins.dispatcher.config import DispatcherConfig, parse_dispatcher_config, resolve_sqlite_url
+from plugins.dispatcher.dnslookup import make_lookup
 from plugins.dispatcher.listfile import MAX_LINE, check_flags, edit_lock, format_line, parse_line, parse_list
 from plugins.dispatcher.model import MAX_DESCRIPTION_LENGTH, DestFlags, Destination, build_snapshot
 from plugins.dispatcher.resolve import (
@@ -341,7 +343,7 @@ def cmd_add(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         description = check_description(args.description or "")
     except ValueError as exc:
         raise AdminError(str(exc)) from None
-    why = unresolved(dest)
+    why = unresolved(dest, nameservers=effective_nameservers(source.config.sip.nameservers))
     if why is not None:
         if args.require_dns:
             raise AdminError(why)
@@ -379,21 +381,24 @@ def cmd_add(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return EXIT_OK
 
 
-def unresolved(dest: Destination, timeout: float = DNS_TIMEOUT, resolver: Resolver | None = None) -> str | None:
+def unresolved(dest: Destination, timeout: float = DNS_TIMEOUT, resolver: Resolver | None = None,
+               nameservers: Sequence[Nameserver] = ()) -> str | None:
     """Why ``dest``'s host does not resolve now, or None (it does, it is an address, or the
     entry has flag 16, NODNS). The lookup runs on a thread: a slow DNS costs ``timeout``.
 
-    :param resolver: ``getaddrinfo``-compatible; default :func:`socket.getaddrinfo`.
+    :param resolver: ``getaddrinfo``-compatible (tests); default: as the B2BUA looks names up,
+        through ``nameservers`` (SRV first), or :func:`socket.getaddrinfo` without any.
     """
     if dest.flags & DestFlags.NODNS or parse_uri(dest.uri).is_ip:
         return None
     found: list[str | None] = []
     lookup_with = resolver or socket.getaddrinfo
+    host_lookup = None if resolver is not None or not nameservers else make_lookup(nameservers)
 
     def lookup() -> None:
         try:
             resolve_destinations([dest], skip_unresolvable=False, resolver=lookup_with,
-                                 location=lambda d: "dispatcher add")
+                                 location=lambda d: "dispatcher add", host_lookup=host_lookup)
             found.append(None)
         except ResolveError as exc:
             found.append(str(exc))
