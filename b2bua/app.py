@@ -25,6 +25,7 @@ from b2bua.config import Config, SipConfig
 from b2bua.core_rpc import calls_report
 from b2bua.endpoint import Endpoint
 from b2bua.events import CallLeg, Disconnected, LegEvent
+from b2bua.headers import Passthrough
 from b2bua.legpool import LegPool
 from b2bua.legs import leg_factory
 from b2bua.lifecycle import Lifecycle, StartupError
@@ -61,7 +62,9 @@ class App:
         #: Host.send_request: out-of-dialog requests (keepalives) go straight to the endpoint
         self.send_request = self.endpoint.send_request
         #: every call leg's pjsua2 Call object, from call slot to release
-        self.legs = LegPool(leg_factory(lambda: self.endpoint.account))
+        self.legs = LegPool(leg_factory(self.endpoint.account_for))
+        #: [headers]: what crosses between the legs (the session's host)
+        self.passthrough = Passthrough.compile(config.headers.to_gateway, config.headers.to_caller)
         self.sessions: dict[int, Session] = {}  #: calls in progress by CallInfo.id
         self.started_at = time.time()
         self._next_session = 0

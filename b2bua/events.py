@@ -34,10 +34,13 @@ class Provisional:
 
     :param code: 100-199.
     :param reason: its reason phrase (may be empty).
+    :param headers: the response's headers (lower-case names) when the adapter read them (a
+        180/183 that changed the leg's state), for :mod:`b2bua.headers` to pass on; else empty.
     """
 
     code: int
     reason: str = ""
+    headers: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,18 +48,22 @@ class EarlyMedia:
     """183 Session Progress to our INVITE (B legs): the callee announces early media.
 
     pjsua2 reports the media itself (the SDP, the streams) only through :class:`MediaReady`.
+    ``headers`` as for :class:`Provisional`.
     """
 
     code: int = 183
     reason: str = ""
+    headers: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
 class Answered:
-    """A 2xx to our INVITE (B legs): the callee answered; pjsua sends the ACK."""
+    """A 2xx to our INVITE (B legs): the callee answered; pjsua sends the ACK. ``headers`` as
+    for :class:`Provisional`."""
 
     code: int = 200
     reason: str = "OK"
+    headers: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,11 +79,14 @@ class Failed:
     :param reason: its reason phrase.
     :param headers: the response's headers, lower-case names, when one was received and the
         session may need them (Retry-After, Reason); empty otherwise.
+    :param detail: why, in words for the log, when the adapter knows more than the status
+        (a digest challenge not answered: :mod:`b2bua.digest`); never sent to the caller.
     """
 
     code: int
     reason: str
     headers: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    detail: str = ""
 
 
 @dataclass(frozen=True, slots=True)

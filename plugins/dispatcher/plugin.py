@@ -27,10 +27,12 @@ from loguru import logger
 
 from b2bua import hookimpl
 from b2bua.api import DialMode, Reject, RoutePlan, StashKey, Target
+from b2bua.config import SipConfig
 from b2bua.sip import retry_after
 from plugins.dispatcher import hookspecs, statefile
 from plugins.dispatcher.config import DispatcherConfig, parse_dispatcher_config
 from plugins.dispatcher.model import Destination, DestinationSet, Snapshot
+from plugins.dispatcher.outbound import check_outbound, outbound_of
 from plugins.dispatcher.probing import Prober
 from plugins.dispatcher.replycodes import parse_reply_codes
 from plugins.dispatcher.routes import match_route
@@ -163,6 +165,7 @@ def make_target(dest: Destination) -> Target:
                 "row_id": dest.row_id,
             }
         },
+        outbound=outbound_of(dest.attrs),
     )
 
 
@@ -175,6 +178,7 @@ class DispatcherPlugin:
 
     def __init__(self, loader: Loader | None = None, rng: random.Random | None = None) -> None:
         self.config = DispatcherConfig()
+        self.sip = SipConfig()  #: the host's [sip]: listeners, socket names, credentials
         self.app: Host | None = None
         self._loader: Loader = loader or load_configured
         self._rng = rng or random.Random()
@@ -198,6 +202,7 @@ class DispatcherPlugin:
     def b2bua_configure(self, config: Config, app: Host) -> None:
         self.config = parse_dispatcher_config(config.plugin_section("dispatcher"), config.path)
         self.config = replace(self.config, db_url=resolve_sqlite_url(self.config.db_url, config.base_dir))
+        self.sip = config.sip
         self.app = app
         self._list_file = config.resolve_path(self.config.list_file) if self.config.list_file else None
         self.state = self._make_state()
@@ -210,7 +215,8 @@ class DispatcherPlugin:
     def b2bua_startup(self, app: Host) -> None:
         self.app = app
         self.admin_disabled = self._read_admin_state()
-        self.state.swap(self._loader(self.config, self._list_file), keep_state=False, reason="startup")
+        self.state.swap(self._checked(self._loader(self.config, self._list_file)), keep_state=False,
+                        reason="startup")
         self._apply_admin_state()
         self.prober = self._make_prober(app)
         self.prober.start()
@@ -314,7 +320,7 @@ class DispatcherPlugin:
                 ) from None
 
         try:
-            snapshot = self._loader(self.config, self._list_file)
+            snapshot = self._checked(self._loader(self.config, self._list_file))
         except BaseException as exc:
             hand_over(lambda: self._reload_done(None, reason))
             if not isinstance(exc, Exception):
@@ -472,6 +478,12 @@ class DispatcherPlugin:
             logger.debug("dispatcher: dispatcher_mark: {} is no longer loaded", target.uri)
 
     # -- internals -------------------------------------------------------------------------
+
+    def _checked(self, snapshot: Snapshot) -> Snapshot:
+        """``snapshot`` if the host can honour every destination's socket, proxy and credential
+        attributes; else :class:`~plugins.dispatcher.outbound.OutboundError` naming them."""
+        check_outbound(snapshot, self.sip, rows=self._list_file is None)
+        return snapshot
 
     def _make_state(self) -> DispatcherState:
         return DispatcherState(

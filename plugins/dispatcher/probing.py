@@ -15,10 +15,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from b2bua.api import ProbeResult, TimerHandle
+from b2bua.api import Outbound, ProbeResult, TimerHandle
 from plugins.dispatcher import health
 from plugins.dispatcher.latency import LatencyStats, add_timeout, update
 from plugins.dispatcher.model import DestFlags, Destination
+from plugins.dispatcher.outbound import probe_outbound
 from plugins.dispatcher.replycodes import ReplyCodes
 from plugins.dispatcher.runtime import DestKey, DispatcherState
 
@@ -28,7 +29,8 @@ BATCH_GAP = 0.010
 
 class SendRequest(Protocol):
     def __call__(
-        self, method: str, uri: str, *, from_uri: str, callback: Callable[[ProbeResult], None], timeout: float
+        self, method: str, uri: str, *, from_uri: str, callback: Callable[[ProbeResult], None], timeout: float,
+        outbound: Outbound,
     ) -> None: ...
 
 
@@ -134,6 +136,7 @@ class Prober:
             from_uri=dest.attrs.ping_from or self.from_uri,
             callback=lambda result: self.on_result(key, result),
             timeout=self.timeout,
+            outbound=probe_outbound(dest.attrs),  # the destination's socket, proxy and credentials
         )
         return True
 

@@ -31,6 +31,7 @@ from b2bua.events import (
     LegState,
     Provisional,
 )
+from b2bua.headers import Passthrough
 from b2bua.legpool import LegPool
 from b2bua.loop import Scheduler
 from b2bua.plugins import Hooks, make_manager
@@ -138,13 +139,14 @@ class FakeHost:
         config = parse_config({"sip": {"attempt_timeout": 1.0, "answer_timeout": 5.0, **sip}})
         self.hooks.configure(config, app=None)  # type: ignore[arg-type]
         self.sip: SipConfig = config.sip
+        self.passthrough = Passthrough.compile(config.headers.to_gateway, config.headers.to_caller)
         self.now = 0.0
         self.scheduler = Scheduler(clock=lambda: self.now)
         self.made: list[FakeLeg] = []
         self.legs = LegPool(self._make, slots)
         self.ended: list[Session] = []
 
-    def _make(self, owner: LegOwner | None, index: int, pjsua_call_id: int) -> CallLeg:
+    def _make(self, owner: LegOwner | None, index: int, pjsua_call_id: int, profile: object = None) -> CallLeg:
         leg = FakeLeg(owner, index)
         self.made.append(leg)
         return leg
@@ -347,8 +349,8 @@ def test_an_invite_that_cannot_be_sent_fails_that_attempt_only() -> None:
 def _refusing_first(host: FakeHost) -> Any:
     make = host._make
 
-    def factory(owner: LegOwner | None, index: int, pjsua_call_id: int) -> CallLeg:
-        leg = make(owner, index, pjsua_call_id)
+    def factory(owner: LegOwner | None, index: int, pjsua_call_id: int, profile: object = None) -> CallLeg:
+        leg = make(owner, index, pjsua_call_id, profile)
         if index == 1:
             assert isinstance(leg, FakeLeg)
             leg.refuse_invite = "Invalid URI"
