@@ -34,13 +34,10 @@ class Provisional:
 
     :param code: 100-199.
     :param reason: its reason phrase (may be empty).
-    :param headers: the response's headers (lower-case names) when the adapter read them (a
-        180/183 that changed the leg's state), for :mod:`b2bua.headers` to pass on; else empty.
     """
 
     code: int
     reason: str = ""
-    headers: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,18 +45,16 @@ class EarlyMedia:
     """183 Session Progress to our INVITE (B legs): the callee announces early media.
 
     pjsua2 reports the media itself (the SDP, the streams) only through :class:`MediaReady`.
-    ``headers`` as for :class:`Provisional`.
     """
 
     code: int = 183
     reason: str = ""
-    headers: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
 class Answered:
-    """A 2xx to our INVITE (B legs): the callee answered; pjsua sends the ACK. ``headers`` as
-    for :class:`Provisional`."""
+    """A 2xx to our INVITE (B legs): the callee answered; pjsua sends the ACK. ``headers``: the
+    2xx's headers (lower-case names), for :mod:`b2bua.headers` to pass on to the caller."""
 
     code: int = 200
     reason: str = "OK"

@@ -2,8 +2,9 @@
 
 A B2BUA writes each leg's messages itself; only the headers an operator lists cross from one
 leg to the other (``[headers] to_gateway`` from the caller's INVITE to every B leg,
-``[headers] to_caller`` from the answering B leg's 180/183/200 back to the caller). Whatever
-the patterns say, these never cross (:data:`NEVER_COPIED`):
+``[headers] to_caller`` from the answering B leg's 200 back to the caller's 200; see
+:meth:`b2bua.session.Session._to_caller` for why not on 180/183). Whatever the patterns say,
+these never cross (:data:`NEVER_COPIED`):
 
 * topology: Via, Route, Record-Route, Contact, Path, Service-Route, Call-ID: the other leg's
   addresses and identifiers stay on their own side (topology hiding);

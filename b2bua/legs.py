@@ -113,8 +113,7 @@ class Leg(CallLeg, pj.Call):  # type: ignore[misc]
                 return Disconnected(code, reason)
             return CONFIRMED if state == CONFIRMED_STATE else None
         if state == EARLY:
-            headers = _response_headers(prm)
-            return EarlyMedia(code, reason, headers) if code == 183 else Provisional(code, reason, headers)
+            return EarlyMedia(code, reason) if code == 183 else Provisional(code, reason)
         if state == CONNECTING:
             self._got_2xx = True
             self._answered.clear()

@@ -287,7 +287,12 @@ class Session:
         return self._copied
 
     def _to_caller(self, headers: Mapping[str, tuple[str, ...]]) -> tuple[tuple[str, str], ...]:
-        """The headers of a B leg's response that cross to the caller."""
+        """The headers of the answering B leg's 2xx that cross to the caller's 200.
+
+        Only the 200 carries them, not a relayed 180/183: pjsua builds every later response to
+        the caller's INVITE from the provisional one it sent (``pjsip_inv_answer``), so a header
+        put on a 180 would stay on the 200 (two identities) or on a final failure after ringing.
+        """
         if not headers:
             return ()
         selected, dropped = self.host.passthrough.to_caller.select(headers)
@@ -333,7 +338,7 @@ class Session:
                 and self.state is CallState.DIALING:
             self._move(a, LegState.EARLY)  # relayed once per call
             try:
-                a.respond(event.code, "", self._to_caller(event.headers))
+                a.respond(event.code)  # without headers: see _to_caller
             except LegError as exc:
                 self.log.warning("cannot relay {}: {}", event.code, exc.reason)
                 if not a.attached():

@@ -99,6 +99,8 @@ def b2bua_config(
     sip: Mapping[str, Any] | None = None,
     log_level: str = "INFO",
     plugins: Sequence[str] | None = None,
+    extra_sections: Mapping[str, Mapping[str, Any]] | None = None,
+    credentials: Sequence[Mapping[str, Any]] = (),
 ) -> str:
     """A ``config.toml`` for a B2BUA on ``udp:ip:port`` with the dispatcher and failover plugins.
 
@@ -111,6 +113,8 @@ def b2bua_config(
         ``shutdown_grace``, no overload shedding).
     :param plugins: ``[plugins] enabled`` as given (default: the dispatcher, and failover when
         ``failover`` is set).
+    :param extra_sections: more host sections, e.g. ``{"headers": {"to_caller": ["X-*"]}}``.
+    :param credentials: ``[[sip.credentials]]`` tables.
     """
     rules = list(routes) if routes is not None else [{"set": setid, "algorithm": algorithm, "limit": limit}]
     # No overload shedding by default: these tests count where every call went, and a hiccup of a
@@ -132,6 +136,8 @@ def b2bua_config(
     ]
     if failover is not None:
         parts.append(toml_table("plugins.failover", failover))
+    parts += [toml_table(name, values) for name, values in (extra_sections or {}).items()]
+    parts += [toml_table("[[sip.credentials]]", cred) for cred in credentials]
     return "\n".join(parts)
 
 
