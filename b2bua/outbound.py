@@ -68,7 +68,7 @@ def profile_for(outbound: Outbound, sip: SipConfig, next_hop: str = "") -> Outbo
     :raises ValueError: naming the attribute (``socket=``, ``sockname=``, ``obproxy=``,
         ``auth=``) and why it cannot be honoured.
     """
-    listener = _listener(outbound, sip)
+    listener, named = _listener(outbound, sip)
     proxy = outbound.proxy or sip.outbound_proxy
     if proxy:
         try:
@@ -84,20 +84,21 @@ def profile_for(outbound: Outbound, sip: SipConfig, next_hop: str = "") -> Outbo
     if listener is not None and hop:
         transport = parse_uri_lenient(hop).transport
         if transport != listener.transport:
-            raise ValueError(f"socket {listener} is {listener.transport.upper()}, but {hop} is reached over "
+            raise ValueError(f"{named}: a {listener.transport.upper()} listener, but {hop} is reached over "
                              f"{transport.upper()}")
     return OutboundProfile(listener, proxy, outbound.auth)
 
 
-def _listener(outbound: Outbound, sip: SipConfig) -> Listen | None:
+def _listener(outbound: Outbound, sip: SipConfig) -> tuple[Listen | None, str]:
+    """The listener asked for, and how it was asked for (``sockname=wan``) for messages."""
     if outbound.sockname:  # wins over socket, as in Kamailio
         value = sip.socket_names.get(outbound.sockname)
         if value is None:
             known = ", ".join(sip.socket_names) or "none"
             raise ValueError(f"sockname={outbound.sockname}: no such name in [sip] socket_names (known: {known})")
-        return Listen.parse(value)
+        return Listen.parse(value), f"sockname={outbound.sockname} ({value})"
     if not outbound.socket:
-        return None
+        return None, ""
     try:
         listener = Listen.parse(outbound.socket)
     except ValueError as exc:
@@ -105,7 +106,7 @@ def _listener(outbound: Outbound, sip: SipConfig) -> Listen | None:
     if listener not in sip.listeners:
         raise ValueError(f"socket={outbound.socket}: not one of the listeners in [sip] listen "
                          f"({', '.join(sip.listen)})")
-    return listener
+    return listener, f"socket={outbound.socket}"
 
 
 def credentials_for(profile: OutboundProfile, sip: SipConfig) -> tuple[Credential, ...]:

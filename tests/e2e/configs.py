@@ -63,7 +63,7 @@ def write_list_file(directory: Path, entries: Iterable[ListEntry], name: str = L
 
 
 def toml_value(value: Any, where: str = "value") -> str:
-    """``value`` (bool, int, finite float, str, list of those) as TOML; anything else is a TypeError."""
+    """``value`` (bool, int, finite float, str, list or table of those) as TOML; anything else is a TypeError."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):
@@ -76,6 +76,8 @@ def toml_value(value: Any, where: str = "value") -> str:
         return json.dumps(value)  # a JSON string is a valid TOML basic string
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(toml_value(v, f"{where}[{i}]") for i, v in enumerate(value)) + "]"
+    if isinstance(value, Mapping):  # an inline table; keys must be bare keys
+        return "{" + ", ".join(f"{k} = {toml_value(v, f'{where}.{k}')}" for k, v in value.items()) + "}"
     raise TypeError(f"{where}: cannot write {type(value).__name__} {value!r} as TOML")
 
 
