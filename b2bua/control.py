@@ -42,7 +42,7 @@ from typing import Any
 
 from loguru import logger
 
-from b2bua.config import ControlConfig, is_loopback_host, split_host_port
+from b2bua.config import Config, ConfigError, ControlConfig, is_loopback_host, split_host_port
 from b2bua.control_guard import (
     ConnectionTable,
     HttpLimits,
@@ -986,6 +986,26 @@ class ControlClient:
         :raises ValueError: when ``url`` is not an http(s) URL.
         """
         return cls(_HttpTransport(url, token))
+
+    @classmethod
+    def from_config(cls, config: Config, token: str | None = None) -> ControlClient:
+        """A client of the B2BUA that runs with ``config``: its ``[control] socket`` (no token,
+        never leaves the host), else its HTTP listener with ``token``, else ``$B2BUA_TOKEN``,
+        else ``[control] token``.
+
+        :raises ConfigError: ``[control]`` turns both off, or its ``http`` is malformed.
+        """
+        control = config.control
+        if control.socket:
+            return cls.unix(config.resolve_path(control.socket))
+        if control.http:
+            try:
+                host, port = parse_http_address(control.http)
+            except ControlError as exc:
+                raise ConfigError(f"{config.path}: {exc}") from None
+            url = f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+            return cls.http(url, token or os.environ.get("B2BUA_TOKEN", "") or control.token)
+        raise ConfigError(f"{config.path}: [control] sets neither socket nor http: nothing to connect to")
 
     @property
     def target(self) -> str:

@@ -11,10 +11,21 @@
 #   otherwise the pjproject component of Debian's `asterisk` source package (unstable), fetched
 #   with apt through a private sources list built from this machine's own apt mirror.
 #
+# Patches: every scripts/pjproject-patches/*.patch is applied (patch -p1) before configure, and
+# their text is part of the cache key (a new or changed patch builds a new wheel).
+#
+# The wheel's version is <pjproject>+b2bua<max calls>.h<key>, the key a hash of everything that
+# shapes the build (config_site.h, source, patches). `--key` prints that local version label
+# without building: scripts/setup.sh compares it with the installed wheel, so a change here
+# rebuilds once (the cache is shared by every checkout).
+#
 # Usage: scripts/build-pjsua2.sh [PYTHON]      prints the wheel's path on its last line.
+#        scripts/build-pjsua2.sh --key         prints the wheel's local version label (b2bua2048.h...).
 # Env:   B2BUA_CACHE (default ~/.cache/b2bua), PJPROJECT_SRC, PJ_MAX_CALLS (default 2048).
 set -euo pipefail
 
+KEY_ONLY=0
+if [ "${1:-}" = "--key" ]; then KEY_ONLY=1; shift; fi
 PYTHON=${1:-python3}
 CACHE=${B2BUA_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/b2bua}
 MAX_CALLS=${PJ_MAX_CALLS:-2048}
@@ -27,9 +38,10 @@ die() { printf '[build-pjsua2] error: %s\n' "$*" >&2; exit 1; }
 need() {
   local missing=()
   for tool in "$@"; do command -v "$tool" >/dev/null 2>&1 || missing+=("$tool"); done
-  [ ${#missing[@]} -eq 0 ] || die "missing tools: ${missing[*]} (Debian: apt-get install build-essential swig xz-utils)"
+  [ ${#missing[@]} -eq 0 ] || die "missing tools: ${missing[*]} (Debian: apt-get install build-essential swig xz-utils patch)"
 }
-need make gcc g++ swig tar xz
+PATCHES_DIR="$(cd "$(dirname "$0")" && pwd)/pjproject-patches"
+patches() { cat "$PATCHES_DIR"/*.patch 2>/dev/null || true; }
 
 config_site() {
   cat <<CFG
@@ -48,7 +60,11 @@ CFG
 
 pyver=$("$PYTHON" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")') \
   || die "cannot run $PYTHON"
-cfg_hash=$( (config_site; echo "${PJPROJECT_SRC:-debian}") | sha256sum | cut -c1-12)
+cfg_hash=$( (config_site; echo "${PJPROJECT_SRC:-debian}"; patches) | sha256sum | cut -c1-12)
+label="b2bua${MAX_CALLS}.h${cfg_hash}"
+if [ $KEY_ONLY = 1 ]; then echo "$label"; exit 0; fi
+need make gcc g++ swig tar xz patch
+
 marker="$CACHE/pjsua2-$pyver-$cfg_hash.wheel"
 if [ -f "$marker" ] && [ -f "$(cat "$marker")" ]; then
   say "cached: $(cat "$marker")"
@@ -114,6 +130,11 @@ say "pjproject $ver in $root"
 config_site > "$root/pjlib/include/pj/config_site.h"
 # Debian's DFSG repack drops the BDIMAD sound device sources; the Makefile still names them.
 sed -i 's/ bdimad_dev\.o//' "$root/pjmedia/build/Makefile"
+for p in "$PATCHES_DIR"/*.patch; do
+  [ -e "$p" ] || continue
+  say "applying $(basename "$p")"
+  patch -d "$root" -p1 --forward --batch < "$p" >&2 || die "$p does not apply to pjproject $ver"
+done
 
 cd "$root"
 say "configure"
@@ -134,12 +155,12 @@ so=$(find build -name '_pjsua2*.so' | head -n1)
 # Pack the module as a wheel of our own (a zip with dist-info): nothing to compile again.
 say "packing the wheel"
 mkdir -p "$CACHE/wheels"
-whl=$("$PYTHON" - "$so" pjsua2.py "$ver" "$MAX_CALLS" "$CACHE/wheels" <<'PY'
+whl=$("$PYTHON" - "$so" pjsua2.py "$ver" "$label" "$CACHE/wheels" "$MAX_CALLS" <<'PY'
 import base64, hashlib, sys, sysconfig, zipfile, pathlib
-so, py, ver, max_calls, out = sys.argv[1:]
+so, py, ver, label, out, max_calls = sys.argv[1:]
 tag = f"cp{sys.version_info[0]}{sys.version_info[1]}"
 plat = sysconfig.get_platform().replace("-", "_").replace(".", "_")
-version = f"{ver}.0+b2bua{max_calls}"
+version = f"{ver}.0+{label}"
 dist = f"pjsua2-{version}.dist-info"
 files = {pathlib.Path(so).name: pathlib.Path(so).read_bytes(), "pjsua2.py": pathlib.Path(py).read_bytes(),
          f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: pjsua2\nVersion: {version}\nSummary: pjsua2 built by b2bua scripts/build-pjsua2.sh (PJSUA_MAX_CALLS={max_calls}, epoll)\n".encode(),

@@ -37,12 +37,14 @@ say "installing the project into .venv"
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".$extras" 2>&1 | grep -v '^WARNING: Location' >&2 || true
 .venv/bin/python -c 'import pluggy, sqlalchemy, loguru' || { say "Python dependencies failed to install"; exit 1; }
 
-if ! .venv/bin/python - <<'PY' 2>/dev/null
-import ctypes, sys
-import pjsua2 as pj
-sys.exit(0 if "+b2bua" in __import__("importlib.metadata").metadata.version("pjsua2") else 1)
-PY
-then
+# The installed pjsua2 must be the one scripts/build-pjsua2.sh builds today: its version's local
+# label carries a hash of the build's configuration (call slots, source, patches). Any other one
+# (PyPI's, or an older build) is replaced by the cached wheel of today's configuration, built first
+# if no checkout has built it yet.
+label=$(scripts/build-pjsua2.sh --key "$PWD/.venv/bin/python")
+installed=$(.venv/bin/python -c 'import importlib.metadata as m; print(m.version("pjsua2"))' 2>/dev/null || true)
+if [ "${installed#*+}" != "$label" ] || ! .venv/bin/python -c 'import pjsua2' 2>/dev/null; then
+  say "pjsua2 ${installed:-not installed}: want +$label"
   wheel=$(scripts/build-pjsua2.sh "$PWD/.venv/bin/python" | tail -n 1)
   say "installing $wheel"
   .venv/bin/python -m pip install -q --disable-pip-version-check --force-reinstall --no-deps "$wheel" 2>&1 | grep -v '^WARNING: Location' >&2 || true

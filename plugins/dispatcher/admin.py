@@ -10,6 +10,13 @@ Two kinds of verbs, as with kamctl:
 * ``list``, ``reload`` and ``set-state`` talk to the running B2BUA over its control API
   (``dispatcher.list``, ``dispatcher.reload``, ``dispatcher.set_state``).
 
+What ``add`` writes, the loaders read back unchanged, or ``add`` refuses it: the URI is a
+destination the build can reach (:func:`~plugins.dispatcher.resolve.parse_uri`), attrs and the
+description are bounded and printable, and a list-file line fits Kamailio's 1023 characters.
+List-file edits hold a lock (:func:`~plugins.dispatcher.listfile.edit_lock`), so concurrent
+``add``/``rm`` never lose a line. ``show`` only reads (a missing SQLite file is not created)
+and escapes what it prints, so a line break or terminal escape in a row cannot forge output.
+
 Every verb takes ``-c/--config`` (default ``./config.toml``): relative ``list_file`` and
 SQLite paths are relative to the config's folder, as for the B2BUA itself. Exit codes: 0 done,
 1 the command failed (bad URI or attrs, unknown id, database error, the B2BUA answered with
@@ -21,8 +28,11 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import socket
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -30,11 +40,23 @@ from typing import Any, TextIO
 from loguru import logger
 
 from b2bua.config import Config, ConfigError, load_config
-from plugins.dispatcher.config import DispatcherConfig, parse_dispatcher_config
-from plugins.dispatcher.listfile import check_flags, format_line, parse_line, parse_list
-from plugins.dispatcher.model import Destination
-from plugins.dispatcher.resolve import LoadError, normalize_uri
-from plugins.dispatcher.sqlstore import INT_MAX, SqlStore, TableNames
+from b2bua.control import ControlClient, ControlUnavailable, RpcCallError
+from plugins.dispatcher.atomicfile import atomic_write_text
+from plugins.dispatcher.attrs import parse_attrs
+from plugins.dispatcher.checks import weight_warnings
+from plugins.dispatcher.config import DispatcherConfig, parse_dispatcher_config, resolve_sqlite_url
+from plugins.dispatcher.listfile import MAX_LINE, check_flags, edit_lock, format_line, parse_line, parse_list
+from plugins.dispatcher.model import MAX_DESCRIPTION_LENGTH, DestFlags, Destination, build_snapshot
+from plugins.dispatcher.resolve import (
+    LoadError,
+    ResolveError,
+    Resolver,
+    normalize_uri,
+    parse_uri,
+    resolve_destinations,
+)
+from plugins.dispatcher.safetext import check_printable, escape
+from plugins.dispatcher.sqlstore import INT_MAX, SqlStore, TableNames, row_to_destination
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -43,6 +65,8 @@ DEFAULT_CONFIG = "config.toml"
 #: seconds to wait for ``dispatcher.reload`` (a large table, a slow DNS); other methods: 10
 RELOAD_TIMEOUT = 60.0
 CONTROL_TIMEOUT = 10.0
+#: seconds ``add`` waits for DNS when it checks a host name
+DNS_TIMEOUT = 5.0
 #: the columns of ``show``, kamctl's ``dispatcher show``
 ROW_FIELDS = ("id", "setid", "destination", "flags", "priority", "attrs", "description")
 
@@ -73,17 +97,22 @@ class Source:
 
     @property
     def names(self) -> TableNames:
-        cfg = self.dispatcher
-        return TableNames(cfg.table_name, cfg.setid_col, cfg.destination_col, cfg.flags_col, cfg.priority_col,
-                          cfg.attrs_col, cfg.description_col)
+        return TableNames.from_config(self.dispatcher)
 
-    def store(self) -> SqlStore:
-        """A store of the configured table (close it after use). An SQLite table is created
-        when missing, as the B2BUA does on first use."""
-        store = SqlStore(self.db_url, self.names)
-        if store.is_sqlite:
+    def store(self, *, read_only: bool = False) -> SqlStore:
+        """A store of the configured table (close it after use). For writing, an SQLite table
+        is created when missing, as the B2BUA does on first use; ``read_only`` creates nothing."""
+        store = SqlStore(self.db_url, self.names, read_only=read_only)
+        if store.is_sqlite and not read_only:
             store.ensure_schema()
         return store
+
+    @property
+    def sqlite_missing(self) -> bool:
+        """The source is an SQLite file that does not exist yet (``add`` creates it)."""
+        prefix = "sqlite:///"
+        return (self.list_file is None and self.db_url.startswith(prefix)
+                and self.db_url != prefix + ":memory:" and not Path(self.db_url[len(prefix):]).exists())
 
 
 def open_source(config_path: str) -> Source:
@@ -91,8 +120,6 @@ def open_source(config_path: str) -> Source:
 
     :raises AdminError: (exit 2) the config cannot be read or is invalid.
     """
-    from plugins.dispatcher.plugin import resolve_sqlite_url
-
     try:
         config = load_config(config_path)
         cfg = parse_dispatcher_config(config.plugin_section("dispatcher"), config.path)
@@ -134,26 +161,38 @@ def list_rows(text: str, path: str) -> list[dict[str, Any]]:
 
 
 def list_add(text: str, dest: Destination, description: str, path: str) -> tuple[str, int]:
-    """``text`` with a line for ``dest`` appended (``description`` as its trailing comment);
-    returns the new text and the new line's number.
+    """``text`` with a line for ``dest`` appended (``description``, stripped, as its trailing
+    comment); returns the new text and the new line's number.
 
     :raises ValueError: the entry cannot be written in a list file (blanks in attrs, a
-        negative priority, a line break in the description), or the set already has the URI.
+        negative priority, a description that is not one printable line, a line longer than
+        :data:`~plugins.dispatcher.listfile.MAX_LINE`), or the set already has the URI.
     :raises LoadError: ``text`` itself has malformed lines.
     """
     existing = parse_list(text, path)
     for d in existing:
         if d.key == dest.key:
             raise ValueError(f"set {dest.setid} already has {d.uri} ({path}:{d.row_id})")
-    if "\n" in description or "\r" in description:
-        raise ValueError("the description must be one line")
+    description = check_description(description)
     line = format_line(dest)
     again = parse_line(line)  # the file's own rules (e.g. priority: digits only)
     assert again is not None
-    if description.strip():
-        line = f"{line} # {description.strip()}"
+    if description:
+        line = f"{line} # {description}"
+    if len(line) > MAX_LINE:
+        raise ValueError(f"the line would be {len(line)} characters long; a list-file line holds {MAX_LINE}"
+                         " (Kamailio's limit): shorten the attrs or the description")
     body = text if not text or text.endswith("\n") else text + "\n"
     return body + line + "\n", body.count("\n") + 1
+
+
+def check_description(text: str) -> str:
+    """A description as ``add`` stores it: without surrounding blanks, at most
+    :data:`~plugins.dispatcher.model.MAX_DESCRIPTION_LENGTH` printable characters (one line,
+    no control characters); ValueError otherwise."""
+    if "\n" in text or "\r" in text:
+        raise ValueError("description: must be one line")
+    return check_printable(text.strip(), MAX_DESCRIPTION_LENGTH, "description")
 
 
 def list_remove_line(text: str, number: int, path: str) -> tuple[str, Destination]:
@@ -209,8 +248,6 @@ def parse_flags(text: str) -> int:
 
 def make_destination(setid: str, uri: str, flags: str | None, priority: str | None, attrs: str | None) -> Destination:
     """Check ``add``'s arguments as the loaders would; AdminError (exit 1) naming what is wrong."""
-    from plugins.dispatcher.attrs import parse_attrs
-
     try:
         normalized = normalize_uri(uri)
     except ValueError as exc:
@@ -232,8 +269,12 @@ def make_destination(setid: str, uri: str, flags: str | None, priority: str | No
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """Left-aligned columns, two blanks apart, headers first (like ``kamctl dispatcher show``)."""
-    cells = [[str(h) for h in headers], *[["" if c is None else str(c) for c in row] for row in rows]]
+    """Left-aligned columns, two blanks apart, headers first (like ``kamctl dispatcher show``).
+
+    Every cell is escaped (:func:`~plugins.dispatcher.safetext.escape`): a row read from a
+    table or a file is one line, whatever it holds.
+    """
+    cells = [[str(h) for h in headers], *[["" if c is None else escape(str(c)) for c in row] for row in rows]]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells)
 
@@ -267,11 +308,8 @@ def call_b2bua(config_path: str, method: str, params: list[Any] | None = None,
 
     :raises AdminError: exit 1 when it answered with an error, 2 when it cannot be reached.
     """
-    from b2bua.control import ControlUnavailable, RpcCallError
-    from b2bua.control_cli import make_client
-
     try:
-        client = make_client(argparse.Namespace(config=config_path, url=None, socket=None, token=None))
+        client = ControlClient.from_config(load_config(config_path))
     except (ConfigError, ValueError) as exc:
         raise AdminError(str(exc), EXIT_USAGE) from None
     try:
@@ -299,29 +337,84 @@ def cmd_add(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     """``dispatcher add <setid> <uri> [flags] [priority] [attrs] [description] [--reload]``."""
     source = open_source(args.config)
     dest = make_destination(args.setid, args.uri, args.flags, args.priority, args.attrs)
-    description = args.description or ""
+    try:
+        description = check_description(args.description or "")
+    except ValueError as exc:
+        raise AdminError(str(exc)) from None
+    why = unresolved(dest)
+    if why is not None:
+        if args.require_dns:
+            raise AdminError(why)
+        then = ("the b2bua skips it while it does not resolve" if source.dispatcher.dns_skip_unresolvable
+                else "the next reload fails while it does not resolve")
+        print(f"warning: {why}; added all the same: {then}", file=err)
     if source.list_file is not None:
         path = source.list_file
-        text = _read_list(path, missing_ok=True)
-        try:
-            new_text, line = list_add(text, dest, description, str(path))
-        except ValueError as exc:
-            raise AdminError(f"cannot add to {path}: {exc}") from None
-        _write_list(path, new_text)
+        with _locked(path):
+            text = _read_list(path, missing_ok=True)
+            try:
+                new_text, line = list_add(text, dest, description, str(path))
+            except ValueError as exc:
+                raise AdminError(f"cannot add to {path}: {exc}") from None
+            _write_list(path, new_text)
+        same_set = [d for d in parse_list(new_text, str(path)) if d.setid == dest.setid]
         print(f"Added line {line} to {path}: set {dest.setid} {dest.uri}", file=out)
     else:
         with source.store() as store:
-            for row in store.rows():
+            rows = store.rows()
+            for row in rows:
                 if row["setid"] == dest.setid and _same_uri(str(row["destination"]), dest.uri):
-                    raise AdminError(f"set {dest.setid} already has {row['destination']} (id {row['id']})")
+                    raise AdminError(f"set {dest.setid} already has {escape(str(row['destination']))}"
+                                     f" (id {row['id']})")
             try:
                 row_id = store.add(dest.setid, dest.uri, dest.flags, dest.priority, dest.attrs.body, description)
             except ValueError as exc:
                 raise AdminError(f"cannot add to {store.url} table {store.names.table!r}: {exc}") from None
+        same_set = [*_loadable(r for r in rows if r["setid"] == dest.setid), dest]
         print(f"Added id {row_id} to {store.url} table {store.names.table!r}: set {dest.setid} {dest.uri}",
               file=out)
+    for message in weight_warnings(build_snapshot(same_set, ""), source.dispatcher.effective_routes):
+        print(f"warning: {message}", file=err)
     _reload_after(args, out, "puts it in service")
     return EXIT_OK
+
+
+def unresolved(dest: Destination, timeout: float = DNS_TIMEOUT, resolver: Resolver | None = None) -> str | None:
+    """Why ``dest``'s host does not resolve now, or None (it does, it is an address, or the
+    entry has flag 16, NODNS). The lookup runs on a thread: a slow DNS costs ``timeout``.
+
+    :param resolver: ``getaddrinfo``-compatible; default :func:`socket.getaddrinfo`.
+    """
+    if dest.flags & DestFlags.NODNS or parse_uri(dest.uri).is_ip:
+        return None
+    found: list[str | None] = []
+    lookup_with = resolver or socket.getaddrinfo
+
+    def lookup() -> None:
+        try:
+            resolve_destinations([dest], skip_unresolvable=False, resolver=lookup_with,
+                                 location=lambda d: "dispatcher add")
+            found.append(None)
+        except ResolveError as exc:
+            found.append(str(exc))
+
+    thread = threading.Thread(target=lookup, name="dispatcher-add-dns", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if not found:
+        return f"dispatcher add: set {dest.setid} {dest.uri}: no answer from DNS within {timeout:g}s"
+    return found[0]
+
+
+def _loadable(rows: Iterable[dict[str, Any]]) -> list[Destination]:
+    """The rows that load (a bad one is the loader's to report), as Destinations."""
+    out = []
+    for row in rows:
+        try:
+            out.append(row_to_destination(row))
+        except ValueError:
+            continue
+    return out
 
 
 def cmd_rm(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -335,19 +428,20 @@ def cmd_rm(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     uri = args.what[1] if not by_id else ""
     if source.list_file is not None:
         path = source.list_file
-        text = _read_list(path)
-        try:
-            if by_id:
-                new_text, dest = list_remove_line(text, number, str(path))
-                removed = f"line {number}: set {dest.setid} {dest.uri}"
-            else:
-                new_text, lines = list_remove_uri(text, setid, uri, str(path))
-                if not lines:
-                    raise AdminError(f"{path}: set {setid} has no destination {uri}")
-                removed = f"line{'s' if len(lines) > 1 else ''} {', '.join(map(str, lines))}"
-        except ValueError as exc:
-            raise AdminError(str(exc)) from None
-        _write_list(path, new_text)
+        with _locked(path):
+            text = _read_list(path)
+            try:
+                if by_id:
+                    new_text, dest = list_remove_line(text, number, str(path))
+                    removed = f"line {number}: set {dest.setid} {dest.uri}"
+                else:
+                    new_text, lines = list_remove_uri(text, setid, uri, str(path))
+                    if not lines:
+                        raise AdminError(f"{path}: set {setid} has no destination {escape(uri)}")
+                    removed = f"line{'s' if len(lines) > 1 else ''} {', '.join(map(str, lines))}"
+            except ValueError as exc:
+                raise AdminError(str(exc)) from None
+            _write_list(path, new_text)
         print(f"Removed {removed} from {path}", file=out)
     else:
         with source.store() as store:
@@ -362,8 +456,8 @@ def cmd_rm(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 except ValueError as exc:
                     raise AdminError(f"bad URI: {exc}") from None
                 if count == 0:
-                    raise AdminError(f"{where}: set {setid} has no destination {uri}")
-                removed = f"{count} row{'s' if count > 1 else ''} of set {setid} ({uri})"
+                    raise AdminError(f"{where}: set {setid} has no destination {escape(uri)}")
+                removed = f"{count} row{'s' if count > 1 else ''} of set {setid} ({escape(uri)})"
         print(f"Removed {removed} from {where}", file=out)
     _reload_after(args, out, "takes it out of service")
     return EXIT_OK
@@ -375,13 +469,15 @@ def cmd_show(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     wanted = {parse_int("set id", s, 0) for s in args.setids}
     if source.list_file is not None:
         rows = list_rows(_read_list(source.list_file), str(source.list_file))
+    elif source.sqlite_missing:
+        rows = []  # nothing added yet; 'show' creates nothing
     else:
-        with source.store() as store:
+        with source.store(read_only=True) as store:
             rows = [{k: row.get(k) for k in ROW_FIELDS} for row in store.rows()]
     if wanted:
         rows = [r for r in rows if r["setid"] in wanted]
-    if args.json:
-        print(json.dumps(rows, indent=2, ensure_ascii=False), file=out)
+    if args.json:  # ASCII: a C1 control or a bidi override stays an escape on a terminal too
+        print(json.dumps(rows, indent=2, default=str), file=out)
     else:
         print(format_table(ROW_HEADERS, [[r[k] for k in ROW_FIELDS] for r in rows]), file=out)
     return EXIT_OK
@@ -391,7 +487,7 @@ def cmd_list(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     """``dispatcher list [--json]``: the live state, from ``dispatcher.list``."""
     listing = call_b2bua(args.config, "dispatcher.list")
     if args.json:
-        print(json.dumps(listing, indent=2, ensure_ascii=False), file=out)
+        print(json.dumps(listing, indent=2), file=out)
     else:
         print(format_table(LIVE_HEADERS, live_rows(listing)), file=out)
     return EXIT_OK
@@ -433,9 +529,20 @@ def _read_list(path: Path, missing_ok: bool = False) -> str:
         raise AdminError(f"{path}: cannot read: {exc.strerror or exc}") from None
 
 
-def _write_list(path: Path, text: str) -> None:
-    from plugins.dispatcher.atomicfile import atomic_write_text
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """:func:`~plugins.dispatcher.listfile.edit_lock`, its failures as AdminError."""
+    with ExitStack() as stack:
+        try:
+            stack.enter_context(edit_lock(path))
+        except TimeoutError as exc:
+            raise AdminError(str(exc)) from None
+        except OSError as exc:
+            raise AdminError(f"{path.parent}: cannot lock: {exc.strerror or exc}") from None
+        yield
 
+
+def _write_list(path: Path, text: str) -> None:
     try:
         atomic_write_text(path, text)
     except OSError as exc:
@@ -456,13 +563,20 @@ def run(handler: Handler, args: argparse.Namespace, out: TextIO | None = None, e
     try:
         return handler(args, out, err)
     except AdminError as exc:
-        print(f"error: {exc}", file=err)
+        _print_error(exc, err)
         return exc.code
     except LoadError as exc:  # StoreError, ListFileError: they name the URL or file:line
-        print(f"error: {exc}", file=err)
+        _print_error(exc, err)
         return EXIT_FAILED
     finally:
         logger.enable("plugins.dispatcher")
+
+
+def _print_error(exc: BaseException, err: TextIO) -> None:
+    # each line of the message escaped: data quoted in it cannot start a line of its own
+    lines = str(exc).split("\n")
+    print("\n".join(f"error: {escape(lines[0], backslash=False)}" if i == 0 else escape(line, backslash=False)
+                    for i, line in enumerate(lines)), file=err)
 
 
 def _verb(parser: argparse.ArgumentParser, handler: Handler) -> None:
@@ -482,6 +596,8 @@ def add_admin_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     p.add_argument("attrs", nargs="?", help="attributes, e.g. 'duid=gw1;weight=50'")
     p.add_argument("description", nargs="?", help="description (a list file keeps it as the line's comment)")
     p.add_argument("--reload", action="store_true", help="then ask the running b2bua to reload")
+    p.add_argument("--require-dns", action="store_true",
+                   help="refuse a host name that does not resolve now (default: add it with a warning)")
     _verb(p, cmd_add)
 
     p = sub.add_parser("rm", help="remove a destination by id, or by set id and URI",

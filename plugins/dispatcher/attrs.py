@@ -5,6 +5,10 @@ The syntax is Kamailio's (``ds_set_attrs()``, which uses the SIP parameter parse
 ignored, values optionally in double quotes (so a value may hold a ``;``). Names we
 interpret are typed into :class:`Attrs` fields; every other one is kept, lower-cased, in
 ``Attrs.extra`` (e.g. ``prefix=49``, ``ping_socket=...``, ``ocmax=80``).
+
+Admin data, bounded: at most :data:`MAX_ATTRS_LENGTH` characters, all printable (no line
+breaks, tabs, control or format characters), and URI-valued attributes (``ping_from``,
+``obproxy``) are strict SIP URIs without URI headers, since they end up in SIP messages.
 """
 
 from __future__ import annotations
@@ -12,7 +16,12 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
+from b2bua.sipuri import parse_uri
 from plugins.dispatcher.model import Attrs
+from plugins.dispatcher.safetext import check_printable, shown
+
+#: longest attribute string (Kamailio's ``attrs`` column holds 128; a list-file line 1023)
+MAX_ATTRS_LENGTH = 512
 
 _NAME = re.compile(r"[A-Za-z0-9_.!%*+`'~-]+")
 _INT = re.compile(r"[+-]?[0-9]+")
@@ -20,7 +29,7 @@ _INT = re.compile(r"[+-]?[0-9]+")
 
 def _int(name: str, value: str, low: int, high: int) -> int:
     if not _INT.fullmatch(value):
-        raise ValueError(f"{name}={value}: not an integer")
+        raise ValueError(f"{name}={shown(value)}: not an integer")
     number = int(value)
     if not low <= number <= high:
         raise ValueError(f"{name}={value}: must be {low}..{high}")
@@ -28,6 +37,18 @@ def _int(name: str, value: str, low: int, high: int) -> int:
 
 
 def _str(name: str, value: str) -> str:
+    return value
+
+
+def check_message_uri(name: str, value: str) -> str:
+    """``value`` if it is a SIP URI fit to go into messages (the From of keepalives, a proxy):
+    strict (:func:`b2bua.sipuri.parse_uri`), no URI headers; ValueError naming ``name``."""
+    try:
+        uri = parse_uri(value)
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from None
+    if uri.headers:
+        raise ValueError(f"{name}={value}: URI headers (?{uri.headers}) are not allowed")
     return value
 
 
@@ -53,8 +74,8 @@ _KNOWN: dict[str, Callable[[str, str], int | str]] = {
     "latency": _count,
     "socket": _str,
     "sockname": _str,
-    "ping_from": _str,
-    "obproxy": _str,
+    "ping_from": check_message_uri,
+    "obproxy": check_message_uri,
 }
 
 
@@ -72,7 +93,7 @@ def _split(body: str) -> list[str]:
         else:
             current.append(ch)
     if quoted:
-        raise ValueError(f"{body}: unterminated quote")
+        raise ValueError(f"{shown(body)}: unterminated quote")
     items.append("".join(current))
     return items
 
@@ -81,7 +102,7 @@ def _unquote(name: str, value: str) -> str:
     if len(value) >= 2 and value[0] == value[-1] == '"':
         return value[1:-1]
     if '"' in value:
-        raise ValueError(f"{name}={value}: stray quote")
+        raise ValueError(f"{name}={shown(value)}: stray quote")
     return value
 
 
@@ -94,7 +115,9 @@ def parse_attrs(text: str) -> Attrs:
     and the previous destinations stay in use. Duplicate names are errors too (Kamailio
     keeps the last one). ``Attrs.body`` is the text without surrounding blanks and without
     one trailing ``;``; it is what hooks see, as ``$xavp(_dsdst_=>attrs)`` does in Kamailio.
+    Longer than :data:`MAX_ATTRS_LENGTH` or not printable: ValueError.
     """
+    check_printable(text, MAX_ATTRS_LENGTH)
     body = text.strip()
     if body.endswith(";"):
         body = body[:-1]
@@ -107,9 +130,9 @@ def parse_attrs(text: str) -> Attrs:
         raw_name, sep, raw_value = item.partition("=")
         name = raw_name.strip().lower()
         if not name:
-            raise ValueError(f"{item.strip() or '(empty)'}: empty attribute name")
+            raise ValueError(f"{shown(item.strip()) or '(empty)'}: empty attribute name")
         if not _NAME.fullmatch(name):
-            raise ValueError(f"{raw_name.strip()}: invalid attribute name")
+            raise ValueError(f"{shown(raw_name.strip())}: invalid attribute name")
         if name in seen:
             raise ValueError(f"{name}: given twice")
         seen.add(name)
@@ -128,7 +151,7 @@ def _quote(value: str) -> str:
     if value and not re.search(r'[;\s"]', value):
         return value
     if '"' in value:
-        raise ValueError(f"{value}: an attribute value cannot contain a double quote")
+        raise ValueError(f"{shown(value)}: an attribute value cannot contain a double quote")
     return f'"{value}"'
 
 

@@ -14,17 +14,21 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import TextIO
 
 from loguru import logger
 
 from b2bua.config import ConfigError, load_config
-from plugins.dispatcher.admin import add_admin_commands
+from plugins.dispatcher.admin import DEFAULT_CONFIG, add_admin_commands
 from plugins.dispatcher.algorithms import resolve_algorithm
-from plugins.dispatcher.config import DispatcherConfig, parse_dispatcher_config
+from plugins.dispatcher.checks import review
+from plugins.dispatcher.config import DispatcherConfig, parse_dispatcher_config, resolve_sqlite_url
 from plugins.dispatcher.model import Snapshot
 from plugins.dispatcher.simulate import format_result, simulate
+from plugins.dispatcher.sqlstore import SqlStore, TableNames
+from plugins.dispatcher.storage import load_snapshot
 
 EXIT_ERROR = 1
 
@@ -52,10 +56,12 @@ def add_simulate_command(sub: argparse._SubParsersAction[argparse.ArgumentParser
         "simulate",
         help="route synthetic calls through a set and print each destination's share",
         description="Check a distribution (e.g. a 75/25 weight split) without sending a call. "
-        "Destinations come from the config's list_file or db_url, or --list-file.",
+        "Destinations come from the config's list_file or db_url, or --list-file. Nothing is written: "
+        "a missing SQLite database is an error, not created.",
     )
-    # SUPPRESS: do not overwrite a top-level -c the main parser may already have set
-    p.add_argument("-c", "--config", default=argparse.SUPPRESS, help="config.toml to read [plugins.dispatcher] from")
+    p.add_argument("-c", "--config", metavar="FILE",
+                   help=f"config.toml to read [plugins.dispatcher] from (default: ./{DEFAULT_CONFIG}; without one,"
+                   " --list-file is needed)")
     p.add_argument("--list-file", help="read destinations from this Kamailio list file instead")
     p.add_argument("--set", type=int, required=True, dest="setid", help="destination set id")
     p.add_argument("--alg", required=True, help="algorithm number or name (e.g. 9 or weight)")
@@ -76,10 +82,12 @@ def cmd_simulate(args: argparse.Namespace, out: TextIO | None = None, err: TextI
     logger.disable("plugins.dispatcher")
     try:
         alg = resolve_algorithm(args.alg)
-        cfg, list_file = _dispatcher_config(getattr(args, "config", None))
+        cfg, list_file = _dispatcher_config(args.config, args.list_file is not None)
         if args.list_file:
             list_file = Path(args.list_file)
         snapshot = _load(cfg, list_file)
+        for warning in review(snapshot, cfg, list_file):
+            print(f"warning: {warning}", file=err)
         result = simulate(
             snapshot,
             args.setid,
@@ -99,18 +107,26 @@ def cmd_simulate(args: argparse.Namespace, out: TextIO | None = None, err: TextI
     return 0
 
 
-def _dispatcher_config(path: str | None) -> tuple[DispatcherConfig, Path | None]:
+def _dispatcher_config(path: str | None, have_list_file: bool) -> tuple[DispatcherConfig, Path | None]:
+    """The dispatcher settings of ``path`` (default ``./config.toml``) and its list file; the
+    built-in settings when there is no config and ``--list-file`` names the destinations.
+    A relative SQLite URL is made relative to the config's folder, as the B2BUA does."""
     if path is None:
-        return DispatcherConfig(), None
+        if not Path(DEFAULT_CONFIG).is_file():
+            if have_list_file:
+                return DispatcherConfig(), None
+            raise ConfigError(f"no ./{DEFAULT_CONFIG} here: give -c FILE or --list-file FILE")
+        path = DEFAULT_CONFIG
     config = load_config(path)
     cfg = parse_dispatcher_config(config.plugin_section("dispatcher"), config.path)
+    cfg = replace(cfg, db_url=resolve_sqlite_url(cfg.db_url, config.base_dir))
     return cfg, (config.resolve_path(cfg.list_file) if cfg.list_file else None)
 
 
 def _load(cfg: DispatcherConfig, list_file: Path | None) -> Snapshot:
-    from plugins.dispatcher.plugin import load_configured
-
-    if list_file is None and not cfg.db_url:
-        raise ConfigError("no list_file or db_url to read destinations from")
-    # no DNS: a simulation needs names, not addresses
-    return load_configured(cfg, list_file, resolve=False)
+    """Read the destinations without writing anything (no SQLite file or table is created) and
+    without DNS (a simulation needs names, not addresses)."""
+    if list_file is not None:
+        return load_snapshot(list_file=list_file, db_url=None, resolve=False)
+    with SqlStore(cfg.db_url, TableNames.from_config(cfg), read_only=True) as store:
+        return load_snapshot(list_file=None, db_url=cfg.db_url, resolve=False, create_schema=False, store=store)

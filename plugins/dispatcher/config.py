@@ -38,10 +38,12 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 from b2bua.config import ConfigError, opt, parse_section
 from plugins.dispatcher.algorithms import TEMPLATE_FIELDS, resolve_algorithm, template_names
+from plugins.dispatcher.attrs import check_message_uri
 from plugins.dispatcher.selection import Policy
 
 SECTION = "plugins.dispatcher"
@@ -146,6 +148,10 @@ class DispatcherConfig:
         "JSON file (relative to the config) keeping the entries an operator disabled with set_state d"
         " across reloads and restarts; empty: off",
     )
+    allow_empty: bool = opt(
+        False, "a list file without destinations loads (every call gets no_destination_code); off: it is"
+        " an error and the current destinations stay"
+    )
     dns_skip_unresolvable: bool = opt(False, "skip entries whose host does not resolve instead of failing the load")
     dns_interval: float = opt(
         0.0, "seconds between re-resolving host names (a name that stops resolving keeps its address); 0: at load only"
@@ -207,8 +213,7 @@ class DispatcherConfig:
             raise ValueError("ping_timeout: must be > 0")
         if not _TOKEN.fullmatch(self.ping_method):
             raise ValueError(f"ping_method: {self.ping_method!r} is not an upper-case SIP method")
-        if not self.ping_from.lower().startswith(("sip:", "sips:")):
-            raise ValueError(f"ping_from: {self.ping_from!r} is not a sip: URI")
+        check_message_uri("ping_from", self.ping_from)
         if self.probing_threshold < 1 or self.inactive_threshold < 1:
             raise ValueError("probing_threshold and inactive_threshold must be at least 1")
         if not 0 <= self.probing_mode <= 3:
@@ -236,6 +241,14 @@ class DispatcherConfig:
     def effective_routes(self) -> tuple[Route, ...]:
         """The rules, or the implicit set-1 round-robin rule when none is configured."""
         return self.routes or (DEFAULT_ROUTE,)
+
+
+def resolve_sqlite_url(url: str, base_dir: Path) -> str:
+    """A relative SQLite path (``sqlite:///dispatcher.db``) is relative to the config's folder."""
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url.startswith(prefix + "/") and url != prefix + ":memory:":
+        return prefix + str(base_dir / url[len(prefix):])
+    return url
 
 
 def check_reply_codes(text: str) -> None:

@@ -18,8 +18,12 @@ load fails as a whole, so a typo never silently drops a gateway.
 
 from __future__ import annotations
 
+import fcntl
+import os
 import re
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from plugins.dispatcher.atomicfile import atomic_write_text
@@ -33,6 +37,8 @@ KNOWN_FLAGS = int(DestFlags.INACTIVE | DestFlags.TRYING | DestFlags.DISABLED | D
                   | DestFlags.NODNS | DestFlags.NOPING)
 #: how many errors one ListFileError lists before summarising the rest
 MAX_REPORTED = 20
+#: seconds an edit waits for another edit of the same folder's list file to finish
+LOCK_TIMEOUT = 10.0
 
 _DIGITS = re.compile(r"[0-9]+")
 _HEX = re.compile(r"0[xX][0-9a-fA-F]+")
@@ -190,3 +196,32 @@ def write_list_file(path: Path, destinations: Iterable[Destination], header: str
     lines += [format_line(d) for d in destinations]
     text = "".join(line + "\n" for line in lines)
     atomic_write_text(path, text)
+
+
+@contextmanager
+def edit_lock(path: Path, timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on the folder of ``path`` while a read-modify-write runs,
+    so two concurrent ``b2bua dispatcher add`` (or ``rm``) never lose one another's line.
+
+    The folder, not the file: an edit replaces the file by a rename, so a lock on the file
+    would be on the old inode; and it leaves no lock file behind. Readers (the B2BUA's
+    reload) need no lock: they see the old or the new file, whole.
+
+    :raises TimeoutError: another edit held the lock for ``timeout`` seconds.
+    :raises OSError: the folder cannot be opened.
+    """
+    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(f"{path}: another edit has held the lock on {path.parent} for"
+                                       f" {timeout:g}s") from None
+                time.sleep(0.02)
+        yield
+    finally:
+        os.close(fd)  # releases the lock

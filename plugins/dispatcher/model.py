@@ -26,6 +26,10 @@ class DestFlags(enum.IntFlag):
     NOPING = 32  #: never probed (Kamailio 6.0+)
 
 
+#: longest description ``b2bua dispatcher add`` writes and a loader accepts (characters);
+#: Kamailio's ``description`` column holds 64, and a table's own column size applies too
+MAX_DESCRIPTION_LENGTH = 255
+
 #: bits that a state change rewrites (Kamailio's DS_STATES_ALL)
 STATE_BITS = DestFlags(63)
 

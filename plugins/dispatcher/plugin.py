@@ -30,7 +30,7 @@ from b2bua.api import DialMode, Reject, RoutePlan, StashKey, Target
 from b2bua.config import SipConfig
 from b2bua.sip import retry_after
 from plugins.dispatcher import hookspecs, statefile
-from plugins.dispatcher.config import DispatcherConfig, parse_dispatcher_config
+from plugins.dispatcher.config import DispatcherConfig, parse_dispatcher_config, resolve_sqlite_url
 from plugins.dispatcher.model import Destination, DestinationSet, Snapshot
 from plugins.dispatcher.outbound import check_outbound, outbound_of
 from plugins.dispatcher.probing import Prober
@@ -81,6 +81,7 @@ def load_configured(config: DispatcherConfig, list_file: Path | None, resolve: b
     :param resolve: resolve host names (off for a simulation, which needs no addresses).
     """
     # imported here so the routing core (and its tests) does not need the storage stack
+    from plugins.dispatcher.checks import check_loaded
     from plugins.dispatcher.sqlstore import TableNames
     from plugins.dispatcher.storage import load_snapshot
 
@@ -93,21 +94,14 @@ def load_configured(config: DispatcherConfig, list_file: Path | None, resolve: b
         attrs=config.attrs_col,
         description=config.description_col,
     )
-    return load_snapshot(
+    snapshot = load_snapshot(
         list_file=list_file,
         db_url=None if list_file is not None else config.db_url,
         table=table,
         resolve=resolve,
         skip_unresolvable=config.dns_skip_unresolvable,
     )
-
-
-def resolve_sqlite_url(url: str, base_dir: Path) -> str:
-    """A relative SQLite path (``sqlite:///dispatcher.db``) is relative to the config's folder."""
-    prefix = "sqlite:///"
-    if url.startswith(prefix) and not url.startswith(prefix + "/") and url != prefix + ":memory:":
-        return prefix + str(base_dir / url[len(prefix):])
-    return url
+    return check_loaded(snapshot, config, list_file)  # empty list file, duplicates, weights
 
 
 def refresh_addresses(snapshot: Snapshot) -> Snapshot | None:
@@ -210,6 +204,10 @@ class DispatcherPlugin:
         self._state_writer = statefile.StateWriter(state_path) if state_path is not None else None
         if not self.config.routes:
             logger.info("dispatcher: no [[plugins.dispatcher.routes]]: every call goes to set 1, round robin")
+        if app.hook is None:  # b2bua check-config: no running host, so check the destinations here
+            from plugins.dispatcher.checks import check_config_destinations
+
+            check_config_destinations(self.config, self._list_file)
 
     @hookimpl
     def b2bua_startup(self, app: Host) -> None:

@@ -1,5 +1,15 @@
 """Destination URIs: parse and check them, and resolve their hosts at load time.
 
+Every destination URI, from a list file, a table, ``b2bua dispatcher add`` or
+``dispatcher.add``, goes through :func:`normalize_uri` / :func:`parse_uri`: the project's one
+strict SIP URI parser (:func:`b2bua.sipuri.parse_uri`) plus the rules of a destination:
+
+* the scheme is one this build can reach: ``sip:`` (``sips:`` needs TLS, which the host does
+  not offer: :data:`b2bua.config.TRANSPORTS`); ``;transport=`` is one of those transports;
+* no URI headers (``?X-Header=value`` would be copied into every INVITE and keepalive), no
+  password (it would travel in clear in every Request-URI);
+* URI parameters only from :data:`DESTINATION_PARAMS`, each at most once.
+
 Kamailio resolves every destination host when it loads the list (``ds_dns_mode`` 1, the
 default) and refuses a host that does not resolve unless the entry has flag 16 (NODNS).
 :func:`resolve_destinations` does the same, off the loop thread (``getaddrinfo`` blocks).
@@ -11,26 +21,34 @@ derives from (list file, database, DNS), so callers catch a single type.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 import socket
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 from loguru import logger
 
+from b2bua.config import TRANSPORTS
+from b2bua.sipuri import SipUri
+from b2bua.sipuri import parse_uri as parse_sip_uri
 from plugins.dispatcher.model import DestFlags, Destination
+from plugins.dispatcher.safetext import shown
 
 #: ``getaddrinfo``-compatible resolver: ``(host, port) -> [(family, type, proto, canon, sockaddr)]``
 Resolver = Callable[[str, int], Sequence[tuple[Any, ...]]]
 
-_SCHEME = re.compile(r"(?i)(sips?):")
+#: URI parameters a destination may carry: ``transport`` (one of :data:`TRANSPORTS`), ``lr``
+#: (copied from Route sets; harmless) and ``user`` (``user=phone``, passed on in the
+#: Request-URI). Not ``maddr`` (pjsip would send to it while probing, ``dispatcher.list`` and
+#: the address checks use the host), nor ``ttl``/``method``/``comp`` (no meaning here).
+DESTINATION_PARAMS = ("transport", "lr", "user")
+#: schemes a destination may use: ``sips:`` only when the host has a TLS transport
+DESTINATION_SCHEMES = ("sip", "sips") if "tls" in TRANSPORTS else ("sip",)
+
+# a leading "word:" that is a scheme, not "host:port" (digits up to ';', '?' or the end)
 _OTHER_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):(?![0-9]*(?:[;?]|$))")
-_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
-_HOSTNAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?")
-_USER = re.compile(r"[A-Za-z0-9\-_.!~*'()&=+$,;?/%:]+")
-_PARAM = re.compile(r"[A-Za-z0-9\-_.!~*'%\[\]/:&+$]+")
+_SIP_SCHEME = re.compile(r"(?i)sips?:")
 
 
 class LoadError(Exception):
@@ -41,103 +59,45 @@ class ResolveError(LoadError):
     """A destination host did not resolve."""
 
 
-@dataclass(frozen=True)
-class SipUri:
-    """The parts of a ``sip:``/``sips:`` URI that routing and probing need."""
-
-    scheme: str  #: "sip" or "sips", lower case
-    user: str
-    host: str  #: IPv6 without brackets
-    port: int  #: 0 when not given
-    params: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
-
-    @property
-    def transport(self) -> str:
-        """``;transport=`` lower-cased; else ``tls`` for sips and ``udp`` for sip."""
-        return self.params.get("transport", "tls" if self.scheme == "sips" else "udp").lower()
-
-    @property
-    def effective_port(self) -> int:
-        """The port, or the scheme default (5060, 5061 for sips and for TLS)."""
-        if self.port:
-            return self.port
-        return 5061 if self.scheme == "sips" or self.transport == "tls" else 5060
-
-    @property
-    def is_ip(self) -> bool:
-        return is_ip_literal(self.host)
-
-
-def is_ip_literal(host: str) -> bool:
-    """True for an IPv4 or IPv6 address (no brackets)."""
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
 def parse_uri(uri: str) -> SipUri:
-    """Parse ``sip[s]:[user[:password]@]host[:port][;params][?headers]``; ValueError says why."""
-    m = _SCHEME.match(uri)
-    if not m:
-        raise ValueError(f"{uri}: not a sip: or sips: URI")
-    rest = uri[m.end():]
-    if not rest:
-        raise ValueError(f"{uri}: no host")
-    if any(c.isspace() for c in uri):
-        raise ValueError(f"{uri}: contains blanks")
-    rest = rest.split("?", 1)[0]  # headers are not ours to check
-    user = ""
-    if "@" in rest:
-        user, rest = rest.rsplit("@", 1)
-        if not user or not _USER.fullmatch(user):
-            raise ValueError(f"{uri}: bad user part {user!r}")
-        user = user.split(":", 1)[0]
-    hostport, *param_items = rest.split(";")
-    if hostport.startswith("["):
-        end = hostport.find("]")
-        if end < 0:
-            raise ValueError(f"{uri}: unterminated IPv6 reference")
-        host, after = hostport[1:end], hostport[end + 1:]
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise ValueError(f"{uri}: bad IPv6 address [{host}]") from None
-        if after and not after.startswith(":"):
-            raise ValueError(f"{uri}: unexpected {after!r} after the IPv6 address")
-        port_text = after[1:] if after else None
-    else:
-        host, sep, port_text_raw = hostport.partition(":")
-        port_text = port_text_raw if sep else None
-        if not host:
-            raise ValueError(f"{uri}: no host")
-        if not _HOSTNAME.fullmatch(host):
-            raise ValueError(f"{uri}: bad host {host!r}")
-    port = 0
-    if port_text is not None:
-        if not port_text.isascii() or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
-            raise ValueError(f"{uri}: bad port {port_text!r} (1..65535)")
-        port = int(port_text)
-    params: dict[str, str] = {}
-    for item in param_items:
-        name, _, value = item.partition("=")
-        if not name or not _PARAM.fullmatch(name) or (value and not _PARAM.fullmatch(value)):
-            raise ValueError(f"{uri}: bad URI parameter {item!r}")
-        params[name.lower()] = value
-    return SipUri(m.group(1).lower(), user, host, port, params)
+    """Parse a destination URI strictly and apply a destination's rules; ValueError says why.
+
+    The message starts with the URI (escaped and shortened when needed).
+    """
+    parsed = parse_sip_uri(uri, schemes=("sip", "sips"))
+    shown = uri if len(uri) <= 80 else uri[:80] + "..."  # printable ASCII: the parser checked
+    if parsed.scheme not in DESTINATION_SCHEMES:
+        raise ValueError(f"{shown}: scheme {parsed.scheme!r} needs TLS, which this build does not have"
+                         f" (transports: {', '.join(TRANSPORTS)})")
+    if parsed.headers:
+        raise ValueError(f"{shown}: URI headers (?{parsed.headers}) are not allowed in a destination:"
+                         " they would be copied into every request to it")
+    if parsed.password:
+        raise ValueError(f"{shown}: a password in the URI would be sent in clear in every request")
+    seen: set[str] = set()
+    for name, value in parsed.params:
+        if name not in DESTINATION_PARAMS:
+            raise ValueError(f"{shown}: URI parameter {name!r} is not allowed in a destination"
+                             f" (allowed: {', '.join(DESTINATION_PARAMS)})")
+        if name in seen:
+            raise ValueError(f"{shown}: URI parameter {name!r} given twice")
+        seen.add(name)
+        if name == "transport" and value.lower() not in TRANSPORTS:
+            raise ValueError(f"{shown}: transport {value!r} is not one this build can use"
+                             f" ({', '.join(TRANSPORTS)})")
+    return parsed
 
 
 def normalize_uri(text: str) -> str:
-    """Check a destination URI as written; prepend ``sip:`` when there is no scheme (as
-    Kamailio does). ``host:5060`` has no scheme; ``tel:+1234`` is refused."""
+    """Check a destination URI as written (:func:`parse_uri`); prepend ``sip:`` when there is no
+    scheme (as Kamailio does). ``host:5060`` has no scheme; ``tel:+1234`` is refused."""
     uri = text.strip()
     if not uri:
         raise ValueError("empty URI")
-    if not _SCHEME.match(uri):
+    if not _SIP_SCHEME.match(uri):
         other = _OTHER_SCHEME.match(uri)
         if other and "." not in other.group(1) and not uri.startswith("["):
-            raise ValueError(f"{uri}: URI scheme {other.group(1)!r} is not sip or sips")
+            raise ValueError(f"{shown(uri)}: URI scheme {other.group(1)!r} is not {' or '.join(DESTINATION_SCHEMES)}")
         uri = "sip:" + uri
     parse_uri(uri)
     return uri

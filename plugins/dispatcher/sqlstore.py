@@ -13,11 +13,14 @@ database: call them off the loop thread. Errors never show the password.
 
 from __future__ import annotations
 
+import sqlite3
 import threading
+import urllib.parse
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from loguru import logger
@@ -26,8 +29,12 @@ from sqlalchemy.engine import Connection, Engine
 
 from plugins.dispatcher.attrs import parse_attrs
 from plugins.dispatcher.listfile import check_flags
-from plugins.dispatcher.model import Destination
+from plugins.dispatcher.model import MAX_DESCRIPTION_LENGTH, Destination
 from plugins.dispatcher.resolve import LoadError, normalize_uri
+from plugins.dispatcher.safetext import check_printable, shown
+
+if TYPE_CHECKING:
+    from plugins.dispatcher.config import DispatcherConfig
 
 #: Kamailio's table version for ``dispatcher`` (``src/lib/srdb1/schema/dispatcher.xml``)
 SCHEMA_VERSION = 4
@@ -40,6 +47,10 @@ INT_MAX = 2**31 - 1
 class StoreError(LoadError):
     """The database could not be reached or read, or a row is bad; the message names the
     URL (password hidden), the table and, for a bad row, its id."""
+
+
+class BadRowsError(StoreError):
+    """The table was read, and some rows are malformed (each line names a row id)."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +76,12 @@ class TableNames:
             "attrs": self.attrs,
             "description": self.description,
         }
+
+    @classmethod
+    def from_config(cls, cfg: DispatcherConfig) -> TableNames:
+        """The names ``[plugins.dispatcher]`` sets (``table_name``, ``setid_col``, ...)."""
+        return cls(cfg.table_name, cfg.setid_col, cfg.destination_col, cfg.flags_col, cfg.priority_col,
+                   cfg.attrs_col, cfg.description_col)
 
 
 #: value of a field whose column is missing (older table versions) or NULL
@@ -103,7 +120,7 @@ def _int_field(row: Mapping[str, Any], key: str, low: int, high: int) -> int:
     if value is None:
         return int(DEFAULTS[key])
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{key} {value!r}: not an integer")
+        raise ValueError(f"{key} {shown(repr(value))}: not an integer")
     if not low <= value <= high:
         raise ValueError(f"{key} {value}: must be {low}..{high}")
     return value
@@ -116,26 +133,31 @@ def row_to_destination(row: Mapping[str, Any]) -> Destination:
     """
     setid = _int_field(row, "setid", 0, INT_MAX)
     raw_uri = row.get("destination")
-    if not isinstance(raw_uri, str) or not raw_uri.strip():
+    if not isinstance(raw_uri, str):
+        raise ValueError(f"destination {shown(repr(raw_uri))}: not a string")
+    if not raw_uri.strip():
         raise ValueError(f"destination {raw_uri!r}: empty")
     uri = normalize_uri(raw_uri)
     flags = check_flags(_int_field(row, "flags", 0, INT_MAX))
     priority = _int_field(row, "priority", -INT_MAX - 1, INT_MAX)
     raw_attrs = row.get("attrs") or ""
     if not isinstance(raw_attrs, str):
-        raise ValueError(f"attrs {raw_attrs!r}: not a string")
+        raise ValueError(f"attrs {shown(repr(raw_attrs))}: not a string")
     try:
         attrs = parse_attrs(raw_attrs)
     except ValueError as exc:
         raise ValueError(f"attrs: {exc}") from None
     description = row.get("description") or ""
+    if not isinstance(description, str):
+        raise ValueError(f"description {shown(repr(description))}: not a string")
+    check_printable(description, MAX_DESCRIPTION_LENGTH, "description")
     return Destination(
         setid=setid,
         uri=uri,
         flags=flags,
         priority=priority,
         attrs=attrs,
-        description=str(description),
+        description=description,
         row_id=int(row.get("id") or 0),
     )
 
@@ -146,15 +168,19 @@ class SqlStore:
     :param url: an SQLAlchemy URL.
     :param names: table and column names.
     :param connect_timeout: seconds to wait for a MySQL/PostgreSQL connection.
+    :param read_only: for commands that only look (``show``, ``simulate``, ``check-config``): an
+        SQLite file is opened read-only and never created (a missing one is a StoreError).
     """
 
-    def __init__(self, url: str, names: TableNames | None = None, *, connect_timeout: int = 5) -> None:
+    def __init__(self, url: str, names: TableNames | None = None, *, connect_timeout: int = 5,
+                 read_only: bool = False) -> None:
         try:
             self._url = sa.make_url(url)
         except (sa.exc.ArgumentError, ValueError) as exc:
             raise StoreError(f"bad database URL: {exc}") from None
         self.names = names or TableNames()
         self._connect_timeout = connect_timeout
+        self.read_only = read_only
         self._engine: Engine | None = None
         self._lock = threading.Lock()
         self._version_checked = False
@@ -179,10 +205,27 @@ class SqlStore:
                 if backend in ("mysql", "mariadb", "postgresql") and "connect_timeout" not in self._url.query:
                     connect_args["connect_timeout"] = self._connect_timeout
                 try:
-                    self._engine = sa.create_engine(self._url, pool_pre_ping=True, connect_args=connect_args)
+                    if self.read_only and self.is_sqlite:
+                        self._engine = self._sqlite_read_only()
+                    else:
+                        self._engine = sa.create_engine(self._url, pool_pre_ping=True, connect_args=connect_args)
                 except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError) as exc:
                     raise StoreError(f"{self.url}: cannot use this database: {exc}") from None
             return self._engine
+
+    def _sqlite_read_only(self) -> Engine:
+        """An engine that opens the SQLite file read-only (``mode=ro``): connecting to a missing
+        file would otherwise create an empty database."""
+        database = self._url.database or ""
+        if database in ("", ":memory:"):
+            return sa.create_engine(self._url)
+        path = Path(database)
+        if not path.exists():
+            raise StoreError(f"{self.url}: no such database file (a read-only command creates nothing)")
+        if not path.is_file():
+            raise StoreError(f"{self.url}: unable to open database file: {path} is not a file")
+        target = f"file:{urllib.parse.quote(str(path.resolve()))}?mode=ro"
+        return sa.create_engine("sqlite://", creator=lambda: sqlite3.connect(target, uri=True))
 
     def __enter__(self) -> SqlStore:
         return self
@@ -292,7 +335,7 @@ class SqlStore:
                                    dest.description, row_id=number)
             dests.append(dest)
         if errors:
-            raise StoreError("\n".join(errors))
+            raise BadRowsError("\n".join(errors))
         return dests
 
     def rows(self) -> list[dict[str, Any]]:
@@ -322,6 +365,7 @@ class SqlStore:
             attrs = parse_attrs(attrs).body  # stored as Kamailio keeps it: no trailing ';'
         except ValueError as exc:
             raise ValueError(f"attrs: {exc}") from None
+        check_printable(description, MAX_DESCRIPTION_LENGTH, "description")
         values: dict[str, Any] = {"setid": setid, "destination": uri, "flags": flags, "priority": priority,
                                   "attrs": attrs, "description": description}
         with self._errors("cannot write"), self._get_engine().begin() as conn:

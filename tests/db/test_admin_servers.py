@@ -13,6 +13,7 @@ import pytest
 import sqlalchemy as sa
 
 from b2bua.cli import main
+from plugins.dispatcher.sqlstore import SqlStore, StoreError, TableNames
 
 from .test_sql_servers import create_kamailio_table
 
@@ -106,3 +107,26 @@ def test_missing_table_is_named(
 ) -> None:
     rc, _, err = Cli(capsys, config_for(tmp_path, server_url, table_name))("show")
     assert rc == 1 and f"table {table_name!r} does not exist" in err
+
+
+def test_descriptions_round_trip_and_forged_rows_are_escaped(
+    server_url: str, engine: sa.Engine, table_name: str, backend: str, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    create_kamailio_table(engine, backend, table_name)
+    cli = Cli(capsys, config_for(tmp_path, server_url, table_name))
+    description = "Zürich \"Süd\" #2; 'x' \\ ok"
+    out = cli.ok("add", "4", "sip:127.0.0.1:25908", "0", "0", "duid=z;note=\"a;b\"", f"  {description}  ")
+    new_id = int(out.split()[2])
+    with SqlStore(server_url, TableNames(table=table_name)) as store:
+        loaded = {d.row_id: d for d in store.load()}
+    assert (loaded[new_id].description, loaded[new_id].attrs.body) == (description, 'duid=z;note="a;b"')
+
+    with engine.begin() as conn:  # what another tool could write
+        conn.execute(sa.text(f"INSERT INTO {table_name} (setid, destination, description) VALUES "
+                             "(5, 'sip:127.0.0.1:25909', :d)"), {"d": "x\n99  5  sip:forged  0  0\x1b[2J"})
+    lines = cli.ok("show", "5").splitlines()
+    assert len(lines) == 2 and lines[1].endswith("x\\n99  5  sip:forged  0  0\\x1b[2J")
+    with SqlStore(server_url, TableNames(table=table_name)) as store, pytest.raises(StoreError) as info:
+        store.load()
+    assert "description: character \\n at position 2 is not printable" in str(info.value)

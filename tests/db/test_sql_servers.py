@@ -90,19 +90,19 @@ def test_create_add_load_remove(server_url: str, table_name: str) -> None:
         assert store.ensure_schema() is False
         a = store.add(1, "10.0.0.1:5060", flags=8, priority=10, attrs="duid=gw1;weight=50;", description="A")
         b = store.add(2, "sip:gw.example.com;transport=tcp")
-        c = store.add(1, "sips:10.0.0.3", priority=5)
+        c = store.add(1, "sip:10.0.0.3;transport=tcp", priority=5)
         assert a < b < c
         assert store.load() == [
             Destination(1, "sip:10.0.0.1:5060", 8, 10,
                         Attrs(body="duid=gw1;weight=50", duid="gw1", weight=50), "A", row_id=a),
             Destination(2, "sip:gw.example.com;transport=tcp", row_id=b),
-            Destination(1, "sips:10.0.0.3", priority=5, row_id=c),
+            Destination(1, "sip:10.0.0.3;transport=tcp", priority=5, row_id=c),
         ]
         assert [r["id"] for r in store.rows()] == [a, c, b]
         assert store.remove(1, "SIP:10.0.0.1:5060") == 1
         assert store.remove_id(b) == 1
         assert store.remove_id(b) == 0
-        assert [d.uri for d in store.load()] == ["sips:10.0.0.3"]
+        assert [d.uri for d in store.load()] == ["sip:10.0.0.3;transport=tcp"]
     finally:
         store.close()
 

@@ -24,7 +24,7 @@ from plugins.dispatcher.resolve import LoadError
     "line",
     [
         "1 sip:127.0.0.1:5060 0 0",
-        "2 sips:gw.example.com 8 10",
+        "2 sip:gw.example.com;user=phone;lr 8 10",
         "3 sip:[2001:db8::1]:5080;transport=tcp 16 0",
         "10 sip:gw1@10.0.0.1;transport=udp 0 5 duid=gw1;weight=50;prefix=49",
         "0 sip:a.example.com:5070 63 2147483647 maxload=10;socket=udp:10.0.0.5:5060",
@@ -79,14 +79,20 @@ LONG = "1 sip:10.0.0.1 0 0 prefix=" + "x" * 1000
         ("-1 sip:10.0.0.1", "set id '-1': not a number"),
         ("1.5 sip:10.0.0.1", "set id '1.5': not a number"),
         ("99999999999 sip:10.0.0.1", "not a number 0..2147483647"),
-        ("1 tel:+4930123", "URI scheme 'tel' is not sip or sips"),
-        ("1 http://example.com/", "URI scheme 'http' is not sip or sips"),
+        ("1 tel:+4930123", "URI scheme 'tel' is not sip"),
+        ("1 http://example.com/", "URI scheme 'http' is not sip"),
+        ("1 sips:gw.example.com", "scheme 'sips' needs TLS"),
+        ("1 sip:gw.example.com?X-Injected=yes", "URI headers (?X-Injected=yes) are not allowed"),
+        ("1 sip:gw.example.com;maddr=10.0.0.9", "URI parameter 'maddr' is not allowed"),
+        ("1 sip:10.0.0.1 0 0 ping_from=sip:p@x?X-Injected=yes", "ping_from=sip:p@x?X-Injected=yes: URI headers"),
+        ("1 sip:10.0.0.1 0 0 prefix=\x1b[2J", "attrs: character \\x1b at position 8 is not printable"),
+        ("1 sip:10.0.0.1 0 0 x=" + "y" * 520, "attrs: 522 characters long; the limit is 512"),
         ("1 sip:", "no host"),
         ("1 sip:10.0.0.1:0", "bad port '0'"),
         ("1 sip:10.0.0.1:70000", "bad port '70000'"),
         ("1 sip:10.0.0.1:50x", "bad port '50x'"),
-        ("1 sip:[2001:db8::1", "unterminated IPv6"),
-        ("1 sip:[zz::1]", "bad IPv6 address"),
+        ("1 sip:[2001:db8::1", "bad IPv6 reference"),
+        ("1 sip:[zz::1]", "bad IPv6 reference"),
         ("1 sip:bad_host", "bad host 'bad_host'"),
         ("1 sip:10.0.0.1 abc", "flags 'abc': not a decimal or 0x hex number"),
         ("1 sip:10.0.0.1 -1", "flags '-1': not a decimal or 0x hex number"),
@@ -113,7 +119,8 @@ def test_malformed_lines_give_path_line_and_reason(line: str, reason: str) -> No
 
 
 def test_line_of_exactly_1023_characters_is_fine() -> None:
-    line = "1 sip:10.0.0.1 0 0 prefix=" + "x" * (1023 - len("1 sip:10.0.0.1 0 0 prefix="))
+    start = "1 sip:" + "u" * 500 + "@10.0.0.1 0 0 prefix="
+    line = start + "x" * (1023 - len(start))
     assert len(line) == 1023
     assert parse_line(line) is not None
 
@@ -183,7 +190,7 @@ def test_write_list_file_round_trips(tmp_path: Path) -> None:
     dests = [
         Destination(1, "sip:10.0.0.1:5060", 8, 10, Attrs(body="duid=gw1;weight=50", duid="gw1", weight=50)),
         Destination(1, "sip:10.0.0.2:5060", 0, 10),
-        Destination(2, "sips:gw.example.com", 16, 0, description="not in the file"),
+        Destination(2, "sip:gw.example.com;transport=tcp", 16, 0, description="not in the file"),
     ]
     write_list_file(path, dests, header="written by b2bua\nsecond line")
     text = path.read_text()

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
-from loguru import logger
 
+from b2bua.sipuri import SipUri
 from plugins.dispatcher.model import DestFlags, Destination
 from plugins.dispatcher.resolve import (
     ResolveError,
-    SipUri,
     normalize_uri,
     parse_uri,
     resolve_destinations,
@@ -47,24 +46,19 @@ def never(host: str, port: int) -> Sequence[tuple[Any, ...]]:
     raise AssertionError(f"unexpected lookup of {host}")
 
 
-@pytest.fixture
-def warnings() -> Iterator[list[str]]:
-    messages: list[str] = []
-    sink = logger.add(lambda m: messages.append(m.record["message"]), level="WARNING")
-    yield messages
-    logger.remove(sink)
-
-
 @pytest.mark.parametrize(
     ("uri", "expected"),
     [
-        ("sip:10.0.0.1", SipUri("sip", "", "10.0.0.1", 0)),
-        ("sip:10.0.0.1:5080", SipUri("sip", "", "10.0.0.1", 5080)),
-        ("SIPS:GW.example.com", SipUri("sips", "", "GW.example.com", 0)),
-        ("sip:alice:pw@gw.example.com:5070;transport=TCP;lr", SipUri("sip", "alice", "gw.example.com", 5070)),
-        ("sip:[2001:db8::1]:5062", SipUri("sip", "", "2001:db8::1", 5062)),
-        ("sip:[::1]", SipUri("sip", "", "::1", 0)),
-        ("sip:gw.example.com.?X-Foo=bar", SipUri("sip", "", "gw.example.com.", 0)),
+        ("sip:10.0.0.1", SipUri("sip", host="10.0.0.1")),
+        ("sip:10.0.0.1:5080", SipUri("sip", host="10.0.0.1", port=5080, port_text="5080")),
+        ("SIP:GW.example.com", SipUri("sip", host="GW.example.com")),
+        ("sip:alice@gw.example.com:5070;transport=TCP;lr",
+         SipUri("sip", "alice", "", "gw.example.com", 5070, "5070", (("transport", "TCP"), ("lr", "")))),
+        ("sip:[2001:db8::1]:5062", SipUri("sip", host="2001:db8::1", port=5062, port_text="5062")),
+        ("sip:[::1]", SipUri("sip", host="::1")),
+        ("sip:+4930123@gw.example.com.;user=phone",
+         SipUri("sip", "+4930123", host="gw.example.com.", params=(("user", "phone"),))),
+        ("sip:gw.example.com;user=phone", SipUri("sip", host="gw.example.com", params=(("user", "phone"),))),
     ],
 )
 def test_parse_uri(uri: str, expected: SipUri) -> None:
@@ -76,9 +70,6 @@ def test_parse_uri(uri: str, expected: SipUri) -> None:
     [
         ("sip:a.example", "udp", 5060),
         ("sip:a.example;transport=TCP", "tcp", 5060),
-        ("sip:a.example;transport=tls", "tls", 5061),
-        ("sips:a.example", "tls", 5061),
-        ("sips:a.example:5100", "tls", 5100),
         ("sip:a.example:5080;transport=udp", "udp", 5080),
     ],
 )
@@ -95,7 +86,7 @@ def test_transport_and_default_port(uri: str, transport: str, port: int) -> None
         ("gw.example.com:5080;transport=tcp", "sip:gw.example.com:5080;transport=tcp"),
         ("localhost:5060", "sip:localhost:5060"),
         ("[2001:db8::1]:5060", "sip:[2001:db8::1]:5060"),
-        (" sips:gw.example.com ", "sips:gw.example.com"),
+        (" sip:gw.example.com;lr ", "sip:gw.example.com;lr"),
     ],
 )
 def test_normalize_uri(text: str, expected: str) -> None:
@@ -106,32 +97,51 @@ def test_normalize_uri(text: str, expected: str) -> None:
     ("text", "reason"),
     [
         ("", "empty URI"),
-        ("tel:+4930123", "URI scheme 'tel' is not sip or sips"),
+        ("tel:+4930123", "tel:+4930123: URI scheme 'tel' is not sip"),
         ("mailto:a@b.c", "URI scheme 'mailto'"),
-        ("sip:a b", "contains blanks"),
+        ("sip:a b", "blanks, control or non-ASCII characters"),
         ("sip:@host", "bad user part"),
-        ("sip:host:", "bad port ''"),
+        ("sip:host:", "empty port"),
         ("sip:host;=x", "bad URI parameter '=x'"),
-        ("sip:[::1]x", "unexpected 'x' after the IPv6 address"),
+        ("sip:[::1]x", "unexpected 'x' after the IPv6 reference"),
         ("sip:-bad-.example", "bad host"),
+        ("sip:[2001:db8::1", "bad IPv6 reference"),
+        # what the build cannot reach: no TLS, no WebSocket
+        ("sips:gw.example.com", "sips:gw.example.com: scheme 'sips' needs TLS, which this build does not have"),
+        ("sip:gw.example.com;transport=tls", "transport 'tls' is not one this build can use (udp, tcp)"),
+        ("sip:gw.example.com;transport=ws", "transport 'ws' is not one this build can use"),
+        ("ws:gw.example.com", "URI scheme 'ws' is not sip"),
+        ("wss://gw.example.com/", "URI scheme 'wss' is not sip"),
+        # injection: headers, line breaks, control characters
+        ("sip:gw.example.com?X-Injected=yes", "URI headers (?X-Injected=yes) are not allowed in a destination"),
+        ("sip:gw.example.com\r\nX-Injected: yes", "sip:gw.example.com\\x0d\\x0aX-Injected:"),
+        ("sip:gw.example.com\x1b[2J", "blanks, control or non-ASCII characters"),
+        ("sip:gw.ex\u00e4mple.com", "blanks, control or non-ASCII characters"),
+        ("sip:alice:secret@gw.example.com", "a password in the URI would be sent in clear"),
+        # parameters: an explicit list, each once
+        ("sip:gw.example.com;maddr=10.9.9.9", "URI parameter 'maddr' is not allowed in a destination"
+         " (allowed: transport, lr, user)"),
+        ("sip:gw.example.com;x-carrier=a", "URI parameter 'x-carrier' is not allowed"),
+        ("sip:gw.example.com;transport=udp;transport=tcp", "URI parameter 'transport' given twice"),
+        ("sip:" + "a" * 2100, "longer than 2048 characters"),
     ],
 )
 def test_bad_uris(text: str, reason: str) -> None:
-    with pytest.raises(ValueError, match=reason.replace("[", r"\[").replace("+", r"\+")):
+    with pytest.raises(ValueError) as info:
         normalize_uri(text)
+    assert reason in str(info.value)
+    assert str(info.value).isprintable() and len(str(info.value)) < 300
 
 
 def test_ip_literals_need_no_lookup() -> None:
     dests = [
         Destination(1, "sip:10.0.0.1", row_id=1),
         Destination(1, "sip:[2001:db8::1]:5080;transport=tcp", row_id=2),
-        Destination(1, "sips:192.0.2.7", row_id=3),
     ]
     out = resolve_destinations(dests, skip_unresolvable=False, resolver=never)
     assert [d.address for d in out] == [
         ("10.0.0.1", 5060, "udp"),
         ("2001:db8::1", 5080, "tcp"),
-        ("192.0.2.7", 5061, "tls"),
     ]
     assert [d.uri for d in out] == [d.uri for d in dests]
 

@@ -190,7 +190,7 @@ def test_list_shows_load_and_latency(tmp_path: Path) -> None:
 
 
 def test_list_without_sets_is_kamailios_fault(tmp_path: Path) -> None:
-    h = Harness(tmp_path, list_text="# nothing yet\n")
+    h = Harness(tmp_path, section={"allow_empty": True}, list_text="# nothing yet\n")
     fault = h.fault("dispatcher.list")
     assert (fault.code, fault.message) == (500, "No Destination Sets")
 
@@ -355,9 +355,13 @@ def test_add_then_remove(h: Harness) -> None:
     ("params", "message"),
     [
         ([1, GW1], f"Adding dispatcher dst failed: set 1 already has {GW1}"),
-        ([1, "tel:+4930123"], "Adding dispatcher dst failed: tel:+4930123: URI scheme 'tel' is not sip or sips"),
+        ([1, "tel:+4930123"], "Adding dispatcher dst failed: tel:+4930123: URI scheme 'tel' is not sip"),
         ([1, "sip:10.0.0.1", 0, 0, "weight=500"], "Adding dispatcher dst failed: weight=500: must be 1..100"),
         ([1, "sip:10.0.0.1", 64], "Adding dispatcher dst failed: flags 64: unknown bits 0x40"),
+        ([1, "sip:10.0.0.1?X-Injected=yes"], "Adding dispatcher dst failed: sip:10.0.0.1?X-Injected=yes: URI headers"
+                                             " (?X-Injected=yes) are not allowed in a destination"),
+        ([1, "sips:10.0.0.1"], "Adding dispatcher dst failed: sips:10.0.0.1: scheme 'sips' needs TLS"),
+        ([1, "sip:10.0.0.1", 0, 0, "x=\x1b[2J"], "Adding dispatcher dst failed: character \\x1b at position 3"),
         ([1, "sip:gw.example.invalid"], "Adding dispatcher dst failed: dispatcher.add: set 1 "
                                         "sip:gw.example.invalid: cannot resolve 'gw.example.invalid'"),
     ],

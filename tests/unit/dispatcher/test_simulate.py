@@ -148,6 +148,64 @@ def test_cli_errors_exit_non_zero_with_a_message(argv: tuple[str, ...], message:
     assert err.startswith("b2bua dispatcher simulate: ") and message in err
 
 
+def test_without_c_it_reads_config_toml_here_and_creates_nothing(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    work.mkdir()
+    elsewhere.mkdir()
+    (work / "config.toml").write_text('[plugins.dispatcher]\nlist_file = "d.list"\n')
+    (work / "d.list").write_text("1 sip:a 0 0 weight=60\n1 sip:b 0 0 weight=40\n")
+    monkeypatch.chdir(work)
+    code, out, err = run_cli("--set", "1", "--alg", "9", "--calls", "1000")
+    assert (code, err) == (0, "")
+    assert {line.split()[0] for line in out.splitlines()[2:]} == {"sip:a", "sip:b"}
+    assert sorted(p.name for p in work.iterdir()) == ["config.toml", "d.list"]
+
+    # no config here: --list-file is needed, and nothing is created either
+    monkeypatch.chdir(elsewhere)
+    code, out, err = run_cli("--set", "1", "--alg", "4")
+    assert (code, out) == (1, "")
+    assert err == "b2bua dispatcher simulate: no ./config.toml here: give -c FILE or --list-file FILE\n"
+    code, _, _ = run_cli("--set", "1", "--alg", "4", "--calls", "10", "--list-file", str(work / "d.list"))
+    assert code == 0
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_a_missing_sqlite_database_is_an_error_not_created(tmp_path: Path) -> None:
+    cfg = tmp_path / "config.toml"
+    cfg.write_text('[plugins.dispatcher]\ndb_url = "sqlite:///dispatcher.db"\n')
+    code, out, err = run_cli("-c", str(cfg), "--set", "1", "--alg", "4")
+    assert (code, out) == (1, "")
+    assert f"sqlite:///{tmp_path}/dispatcher.db: no such database file (a read-only command creates nothing)" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.toml"]
+
+
+def test_a_database_is_read_relative_to_the_config_and_left_unchanged(tmp_path: Path) -> None:
+    from plugins.dispatcher.sqlstore import SqlStore
+
+    with SqlStore(f"sqlite:///{tmp_path}/dispatcher.db") as store:
+        store.ensure_schema()
+        store.add(1, "sip:a")
+        store.add(1, "sip:b")
+    before = (tmp_path / "dispatcher.db").read_bytes()
+    cfg = tmp_path / "config.toml"
+    cfg.write_text('[plugins.dispatcher]\ndb_url = "sqlite:///dispatcher.db"\n')
+    code, out, err = run_cli("-c", str(cfg), "--set", "1", "--alg", "4", "--calls", "10")
+    assert (code, err) == (0, "")
+    assert [line.split()[:2] for line in out.splitlines()[2:]] == [["sip:b", "5"], ["sip:a", "5"]]
+    assert (tmp_path / "dispatcher.db").read_bytes() == before
+
+
+def test_weight_problems_are_warned_about(tmp_path: Path) -> None:
+    lst = tmp_path / "dispatcher.list"
+    lst.write_text("1 sip:a 0 0 weight=50\n1 sip:b 0 0 weight=50\n1 sip:new\n")
+    code, out, err = run_cli("--list-file", str(lst), "--set", "1", "--alg", "9", "--calls", "100")
+    assert code == 0
+    assert err == ("warning: set 1: weighted, but sip:new has no weight; algorithm 9 would send sip:new 100 %,"
+                   " sip:b 0 %, sip:a 0 %\n")
+    assert [line.split()[:2] for line in out.splitlines()[2:]] == [["sip:new", "100"], ["sip:b", "0"], ["sip:a", "0"]]
+
+
 def test_dispatcher_subparsers_accept_more_commands() -> None:
     p = argparse.ArgumentParser(prog="b2bua")
     sub = add_dispatcher_commands(p.add_subparsers(dest="command"))

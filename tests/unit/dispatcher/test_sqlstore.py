@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from loguru import logger
 
 from plugins.dispatcher.model import Attrs, Destination
 from plugins.dispatcher.sqlstore import SCHEMA_VERSION, SqlStore, StoreError, TableNames
@@ -28,14 +27,6 @@ def store(url: str) -> Iterator[SqlStore]:
     s.ensure_schema()
     yield s
     s.close()
-
-
-@pytest.fixture
-def warnings() -> Iterator[list[str]]:
-    messages: list[str] = []
-    sink = logger.add(lambda m: messages.append(m.record["message"]), level="WARNING")
-    yield messages
-    logger.remove(sink)
 
 
 def execute(url: str, *statements: str) -> None:
@@ -122,23 +113,23 @@ def test_custom_names(url: str, request: pytest.FixtureRequest) -> None:
 def test_add_load_rows_remove(store: SqlStore) -> None:
     a = store.add(1, "10.0.0.1:5060", flags=8, priority=10, attrs="duid=gw1;weight=50;", description="A")
     b = store.add(2, "sip:gw.example.com;transport=tcp")
-    c = store.add(1, "sips:10.0.0.3", priority=5)
+    c = store.add(1, "sip:10.0.0.3;transport=tcp", priority=5)
     assert (a, b, c) == (1, 2, 3)
     assert store.load() == [
         Destination(1, "sip:10.0.0.1:5060", 8, 10, Attrs(body="duid=gw1;weight=50", duid="gw1", weight=50),
                     "A", row_id=1),
         Destination(2, "sip:gw.example.com;transport=tcp", row_id=2),
-        Destination(1, "sips:10.0.0.3", priority=5, row_id=3),
+        Destination(1, "sip:10.0.0.3;transport=tcp", priority=5, row_id=3),
     ]
     assert [(r["id"], r["setid"]) for r in store.rows()] == [(1, 1), (3, 1), (2, 2)]
     assert store.rows()[0] == {"id": 1, "setid": 1, "destination": "sip:10.0.0.1:5060", "flags": 8,
                                "priority": 10, "attrs": "duid=gw1;weight=50", "description": "A"}
     assert store.remove(1, "SIP:10.0.0.1:5060") == 1
     assert store.remove(1, "sip:10.0.0.1:5060") == 0
-    assert store.remove(9, "sips:10.0.0.3") == 0  # other set
+    assert store.remove(9, "sip:10.0.0.3;transport=tcp") == 0  # other set
     assert store.remove_id(2) == 1
     assert store.remove_id(2) == 0
-    assert [d.uri for d in store.load()] == ["sips:10.0.0.3"]
+    assert [d.uri for d in store.load()] == ["sip:10.0.0.3;transport=tcp"]
     assert store.add(7, "sip:10.0.0.7") == 4  # ids are not reused
 
 
@@ -184,6 +175,15 @@ def test_bad_rows_name_the_row_id_and_reason(store: SqlStore, url: str) -> None:
         "INSERT INTO dispatcher (id, setid, destination, flags) VALUES (9, 1, 'sip:10.0.0.9', 64)",
         "INSERT INTO dispatcher (id, setid, destination) VALUES (10, 'one', 'sip:10.0.0.10')",
         "INSERT INTO dispatcher (id, setid, destination) VALUES (11, 1, '')",
+        "INSERT INTO dispatcher (id, setid, destination) VALUES (12, 1, 'sip:10.0.0.12?X-Injected=yes')",
+        "INSERT INTO dispatcher (id, setid, destination, description) VALUES (13, 1, 'sip:10.0.0.13',"
+        " 'fine' || char(10) || '99 1 sip:forged')",
+        "INSERT INTO dispatcher (id, setid, destination, description) VALUES (14, 1, 'sip:10.0.0.14',"
+        " 'x' || char(27) || '[2J')",
+        "INSERT INTO dispatcher (id, setid, destination, attrs) VALUES (15, 1, 'sip:10.0.0.15',"
+        " 'a=' || char(13) || 'b')",
+        "INSERT INTO dispatcher (id, setid, destination, description) VALUES (16, 1, 'sip:10.0.0.16',"
+        " printf('%.300c', 'x'))",
     )
     with pytest.raises(StoreError) as info:
         store.load()
@@ -191,13 +191,22 @@ def test_bad_rows_name_the_row_id_and_reason(store: SqlStore, url: str) -> None:
     prefix = f"{store.url}: table 'dispatcher' row id "
     assert lines == [
         prefix + "7: attrs: weight=abc: not an integer",
-        prefix + "8: tel:+49: URI scheme 'tel' is not sip or sips",
+        prefix + "8: tel:+49: URI scheme 'tel' is not sip",
         prefix + "9: flags 64: unknown bits 0x40 (known: 1, 2, 4, 8, 16, 32)",
         prefix + "10: setid 'one': not an integer",
         prefix + "11: destination '': empty",
+        prefix + "12: sip:10.0.0.12?X-Injected=yes: URI headers (?X-Injected=yes) are not allowed in a"
+        " destination: they would be copied into every request to it",
+        prefix + "13: description: character \\n at position 5 is not printable (line breaks, tabs, control"
+        " and format characters are refused)",
+        prefix + "14: description: character \\x1b at position 2 is not printable (line breaks, tabs, control"
+        " and format characters are refused)",
+        prefix + "15: attrs: character \\r at position 3 is not printable (line breaks, tabs, control"
+        " and format characters are refused)",
+        prefix + "16: description: 300 characters long; the limit is 255",
     ]
     # rows() still shows them, for an operator to fix
-    assert sorted(r["id"] for r in store.rows()) == [1, 7, 8, 9, 10, 11]
+    assert sorted(r["id"] for r in store.rows()) == [1, *range(7, 17)]
 
 
 @pytest.mark.parametrize(
