@@ -11,8 +11,9 @@ Kamailio's meanings, with the differences a B2BUA brings (``docs/kamailio.md``):
 * ``auth=NAME``: the ``[[sip.credentials]]`` entry answering 401/407 (no Kamailio equivalent;
   its ``uac`` module has ``uac_auth()`` in the script).
 
-:func:`check_outbound` runs on every load (start-up and reload): an attribute the host cannot
-honour is a load error naming the list-file line or table row, so it is never silently ignored.
+:func:`check_outbound` runs on every load (start-up, reload, ``b2bua check-config``): an
+attribute the host cannot honour is a load error naming the list-file line or table row, so it
+is never silently ignored.
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ from b2bua.api import Outbound
 from b2bua.config import SipConfig
 from b2bua.outbound import profile_for
 from plugins.dispatcher.model import Attrs, Snapshot
+from plugins.dispatcher.resolve import LoadError
 
 
-class OutboundError(ValueError):
+class OutboundError(LoadError):
     """Destinations whose attributes the host cannot honour; the message names each one."""
 
 

@@ -207,7 +207,7 @@ class DispatcherPlugin:
         if app.hook is None:  # b2bua check-config: no running host, so check the destinations here
             from plugins.dispatcher.checks import check_config_destinations
 
-            check_config_destinations(self.config, self._list_file)
+            check_config_destinations(self.config, self._list_file, self.sip)
 
     @hookimpl
     def b2bua_startup(self, app: Host) -> None:
