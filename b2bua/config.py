@@ -212,6 +212,16 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
+def check_uri_setting(key: str, value: str, what: str) -> None:
+    """``value`` must be a strict SIP URI without ``?headers``; ValueError starting with ``key``."""
+    try:
+        uri = parse_uri(value)
+    except ValueError as exc:
+        raise ValueError(f"{key}: {exc}") from None
+    if uri.headers:
+        raise ValueError(f"{key}: {value!r}: {what} has no '?headers'")
+
+
 def split_host_port(text: str) -> tuple[str, int]:
     """``ADDRESS:PORT`` (IPv6 in brackets) as ``(address, port)``; the port must be 0-65535.
 
@@ -374,12 +384,7 @@ class SipConfig:
 
     def _validate_outbound(self) -> None:
         if self.outbound_proxy:
-            try:
-                uri = parse_uri(self.outbound_proxy)
-            except ValueError as exc:
-                raise ValueError(f"outbound_proxy: {exc}") from None
-            if uri.headers:
-                raise ValueError(f"outbound_proxy: {self.outbound_proxy!r}: a proxy URI has no '?headers'")
+            check_uri_setting("outbound_proxy", self.outbound_proxy, "a proxy URI")
         listeners = set()
         for item in self.listen:
             try:
@@ -462,13 +467,8 @@ class RoutingConfig:
     no_route_reason: str = opt("No Route", "reason phrase of that answer")
 
     def validate(self) -> None:
-        if self.default_target:
-            try:
-                uri = parse_uri(self.default_target)
-            except ValueError as exc:
-                raise ValueError(f"default_target: {exc}") from None
-            if uri.headers:  # they would be added to every INVITE sent there
-                raise ValueError(f"default_target: {self.default_target!r}: a target URI has no '?headers'")
+        if self.default_target:  # URI headers would be added to every INVITE sent there
+            check_uri_setting("default_target", self.default_target, "a target URI")
 
 
 #: what crosses by default: caller identity and diversion (RFC 3325, 3323, 5806, 7044) and X- headers
