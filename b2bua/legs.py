@@ -38,6 +38,7 @@ from b2bua.events import (
 
 if TYPE_CHECKING:
     from b2bua.api import OutgoingRequest
+    from b2bua.endpoint import LocalAccount
     from b2bua.legpool import LegFactory
 
 # pjsip_inv_state values
@@ -69,7 +70,7 @@ def release_remaining() -> int:
     return len(legs)
 
 
-def leg_factory(account_for: Callable[[Any], pj.Account]) -> LegFactory:
+def leg_factory(account_for: Callable[[Any], LocalAccount]) -> LegFactory:
     """The leg pool's factory: a leg of the account ``account_for(profile)`` returns (the
     endpoint's, once it has started; it may raise LegError); ``pjsua_call_id`` is -1 for an
     outgoing leg. The caller's leg uses the default account (``profile`` None)."""
@@ -83,13 +84,13 @@ def leg_factory(account_for: Callable[[Any], pj.Account]) -> LegFactory:
 class Leg(CallLeg, pj.Call):  # type: ignore[misc]
     """One call leg on a ``pj.Call``. ``index`` 0 is the caller's (A) leg; B legs count from 1."""
 
-    def __init__(self, account: pj.Account, owner: LegOwner | None, index: int,
+    def __init__(self, account: LocalAccount, owner: LegOwner | None, index: int,
                  pjsua_call_id: int = pj.PJSUA_INVALID_ID) -> None:
         pj.Call.__init__(self, account, pjsua_call_id)
         CallLeg.__init__(self, owner, index)
         _alive.add(self)
         self._got_2xx = False  #: our INVITE was answered (B): its end is a Disconnected, not a Failed
-        self._account = account  #: realms, credential name and problem log (b2bua.endpoint.LocalAccount)
+        self._account = account  #: its realms, credential name and problem log, for challenges
         self._answered: set[str] = set()  #: realms whose challenge was answered for the current request
         self._auth_problem: digest.AuthProblem | None = None  #: why a challenge ended our INVITE
 
@@ -141,16 +142,14 @@ class Leg(CallLeg, pj.Call):  # type: ignore[misc]
         parts = start.split(" ", 2)
         code = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 401
         account = self._account
-        credential = getattr(account, "auth_name", "")
-        problem = digest.decide(code, digest.challenge_realms(code, headers), self._answered,
-                                getattr(account, "realms", ()), credential)
+        problem = digest.decide(code, digest.challenge_realms(code, headers), self._answered, account.realms,
+                                account.auth_name)
         if problem is None:
             return  # not handled here: pjsip answers from the account's credentials
         if not self._got_2xx:
             self._auth_problem = problem
-        problems = getattr(account, "problems", None)
-        if problems is not None:
-            problems.report(problem, self.target.uri if self.target is not None else "a caller")
+        if account.problems is not None:
+            account.problems.report(problem, self.target.uri if self.target is not None else "a caller")
         prm.challenge.abandon()
 
     def onCallTsxState(self, prm: pj.OnCallTsxStateParam) -> None:
