@@ -116,3 +116,21 @@ def test_reload_with_a_bad_attribute_keeps_the_destinations(
         b2b.process.rpc("dispatcher.reload")
     result = caller.run_calls(b2b.ip, b2b.port, n=1)
     assert result.final_codes == [200], result.describe()
+
+
+def test_a_tcp_destination_leaves_from_the_named_tcp_listener(
+        b2bua_factory: B2buaFactory, gateway_factory: GatewayFactory, addresses: AddressAllocator, caller: Caller,
+        workdir: Path) -> None:
+    lan_ip, wan_ip = addresses.next(), addresses.next()
+    lan_port, wan_port = free_port(lan_ip, "both"), free_port(wan_ip, "both")
+    listen = [f"udp:{lan_ip}:{lan_port}", f"tcp:{lan_ip}:{lan_port}", f"tcp:{wan_ip}:{wan_port}"]
+    gw = gateway_factory("answer", transport="tcp")
+    write_list_file(workdir, [ListEntry(1, gw.uri, attrs="sockname=wan")])
+    b2bua_factory(b2bua_config(lan_ip, lan_port, sip={"listen": listen,
+                                                      "socket_names": {"wan": f"tcp:{wan_ip}:{wan_port}"}}))
+    result = caller.run_calls(lan_ip, lan_port, n=1)
+    assert result.final_codes == [200], result.describe()
+    invite = gw.requests("INVITE")[0]
+    assert sent_by(invite) == f"{wan_ip}:{wan_port}" and (invite.header("Via") or "").startswith("SIP/2.0/TCP")
+    # pjsip's Contact names the connection's own (ephemeral) port on that address
+    assert f"@{wan_ip}:" in (invite.header("Contact") or "") and media_address(invite) == wan_ip
