@@ -5,7 +5,9 @@ when the server changes its nonce (most servers do on every challenge, so a wron
 costs up to four INVITEs), and sends nothing when no credential fits. The B2BUA decides
 first (:func:`decide`): a challenge is answered **once per realm per request**; a second
 challenge for a realm already answered means the credentials were refused, and the request
-is given up at once. Either way the failure says why in words an operator can act on
+is given up at once (a second challenge marked ``stale=true`` too: within one request's retry
+that means a server with a nonce lifetime shorter than a round trip, and answering it is how
+pjsip loops). Either way the failure says why in words an operator can act on
 (:class:`AuthProblem`), and :class:`ProblemLog` puts it in the log as one WARNING per
 problem and minute, summed up, however many calls hit it.
 
