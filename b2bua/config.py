@@ -12,17 +12,19 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import math
+import os
 import re
 import sys
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, Union
 
 from loguru import logger
 
+from b2bua.codecs import check_entry
 from b2bua.headers import check_pattern
 from b2bua.sipuri import parse_uri
 
@@ -34,8 +36,28 @@ else:  # pragma: no cover - exercised on 3.10 only
 C = TypeVar("C")
 
 
+#: names the config file every ``-c/--config`` defaults to when set (see :func:`default_config_path`)
+CONFIG_ENV = "B2BUA_CONFIG"
+#: the config file every ``-c/--config`` defaults to otherwise, in the current folder
+DEFAULT_CONFIG = "config.toml"
+
+
+def default_config_path(environ: Mapping[str, str] | None = None) -> str:
+    """The config file a command reads without ``-c``: ``$B2BUA_CONFIG``, else ``./config.toml``."""
+    value = (os.environ if environ is None else environ).get(CONFIG_ENV, "")
+    return value or DEFAULT_CONFIG
+
+
 class ConfigError(ValueError):
-    """A configuration error; the message names the file, TOML path and reason."""
+    """A configuration error; each message names the file, TOML path and reason.
+
+    ``errors`` holds every problem found, one message each (parsing goes on after the first, so
+    an operator fixes them in one round); ``str()`` is those messages, one per line.
+    """
+
+    def __init__(self, *errors: str) -> None:
+        self.errors: tuple[str, ...] = errors or ("invalid configuration",)
+        super().__init__("\n".join(self.errors))
 
 
 def opt(default: Any, help: str, **kw: Any) -> Any:
@@ -118,13 +140,13 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         args = typing.get_args(tp)
         item = args[0] if args else Any
-        return tuple(_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value))
+        return tuple(_coerce_each(((f"{where}[{i}]", i, v) for i, v in enumerate(value)), item).values())
     if origin in (dict, Mapping) or tp is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a table, got {value!r}")
         args = typing.get_args(tp)
         vt = args[1] if len(args) == 2 else Any
-        return {k: _coerce(v, vt, f"{where}.{k}") for k, v in value.items()}
+        return _coerce_each(((f"{where}.{k}", k, v) for k, v in value.items()), vt)
     if dataclasses.is_dataclass(tp) and isinstance(tp, type):
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a table, got {value!r}")
@@ -132,32 +154,53 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     raise ConfigError(f"{where}: unsupported type {tp!r}")  # pragma: no cover - programming error
 
 
+def _coerce_each(items: Iterable[tuple[str, Any, Any]], tp: Any) -> dict[Any, Any]:
+    """``{key: _coerce(value)}`` for ``(where, key, value)`` items; every item's errors in one ConfigError."""
+    out: dict[Any, Any] = {}
+    errors: list[str] = []
+    for where, key, value in items:
+        try:
+            out[key] = _coerce(value, tp, where)
+        except ConfigError as exc:
+            errors.extend(exc.errors)
+    if errors:
+        raise ConfigError(*errors)
+    return out
+
+
 def parse_section(cls: type[C], data: Mapping[str, Any], where: str) -> C:
     """Build the frozen dataclass ``cls`` from TOML table ``data``.
 
     :param where: the TOML path for messages, e.g. ``"config.toml: [sip]"``.
-    :raises ConfigError: on an unknown key, a wrong type or a failed ``validate()``.
+    :raises ConfigError: on unknown keys, wrong types or values out of range (all of them, in
+        ``errors``), or else on a failed ``validate()`` (its first problem).
     """
     if not isinstance(data, Mapping):
         raise ConfigError(f"{where}: expected a table, got {data!r}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        known = ", ".join(sorted(fields))
-        raise ConfigError(f"{where}: unknown key {unknown[0]!r} (known keys: {known})")
+    errors: list[str] = []
+    known = ", ".join(sorted(fields))
+    for key in sorted(set(data) - set(fields)):
+        errors.append(f"{where}: unknown key {key!r} (known keys: {known})")
     kwargs = {}
     for name, value in data.items():
+        if name not in fields:
+            continue
         try:
-            kwargs[name] = _coerce(value, hints[name], f"{where} {name}")
-        except ConfigError:
-            if fields[name].metadata.get("secret"):  # the message would quote the value
-                raise ConfigError(f"{where} {name}: expected one line of text (the value is not shown)") from None
-            raise
-    for name, value in kwargs.items():
-        bounds = fields[name].metadata.get("bounds")
-        if bounds is not None:
-            _check_bounds(value, bounds, f"{where} {name}")
+            value = _coerce(value, hints[name], f"{where} {name}")
+            bounds = fields[name].metadata.get("bounds")
+            if bounds is not None:
+                _check_bounds(value, bounds, f"{where} {name}")
+        except ConfigError as exc:
+            if fields[name].metadata.get("secret"):  # the messages would quote the value
+                errors.append(f"{where} {name}: expected one line of text (the value is not shown)")
+            else:
+                errors.extend(exc.errors)
+            continue
+        kwargs[name] = value
+    if errors:
+        raise ConfigError(*errors)
     try:
         obj = cls(**kwargs)
     except (TypeError, ValueError) as exc:
@@ -174,7 +217,6 @@ def parse_section(cls: type[C], data: Mapping[str, Any], where: str) -> C:
 
 
 #: a codec as pjsua names it (matched as a prefix): PCMU, PCMU/8000, opus/48000/2
-_CODEC = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+_-]*(/[0-9]+){0,2}")
 #: RFC 9110 token68-like: what an Authorization header carries unchanged
 _TOKEN = re.compile(r"[\x21-\x7e]+")
 #: C0 controls but TAB, DEL and C1 controls: never part of a one-line setting
@@ -237,6 +279,8 @@ def split_host_port(text: str) -> tuple[str, int]:
 # -- Sections ----------------------------------------------------------------------------------
 
 TRANSPORTS = ("udp", "tcp")
+#: conference bridge rates offered (each is also an Opus sample rate)
+CLOCK_RATES = (8000, 16000, 48000)
 
 
 @dataclass(frozen=True)
@@ -318,7 +362,12 @@ class SipConfig:
     )
     user_agent: str = opt("b2bua", "User-Agent and Server header value")
     codecs: tuple[str, ...] = opt(
-        ["PCMU/8000", "PCMA/8000"], "audio codecs offered, in order of preference ('NAME[/RATE[/CHANNELS]]')"
+        ["PCMU/8000", "PCMA/8000"], "audio codecs offered and accepted on both legs, in order of preference: "
+        "NAME[/CLOCK[/CHANNELS]] of the build's codecs (PCMU, PCMA, G722, opus, G729); the others are off"
+    )
+    clock_rate: int = opt(
+        8000, "sample rate of the bridge between the legs: 8000 (G.711 is never resampled; wideband calls "
+        "are bridged narrowband) or 16000 (G.722/Opus stay wideband end to end; G.711 legs are resampled)"
     )
     rtp_port: int = opt(
         16000, "first RTP port, even; media uses 8 ports per call slot above it (16000-32383 by default)",
@@ -363,11 +412,6 @@ class SipConfig:
             seen[listen] = i
         if not self.listen:
             raise ValueError("listen: at least one listener is needed")
-        if not self.codecs:
-            raise ValueError("codecs: at least one codec is needed")
-        for i, codec in enumerate(self.codecs):
-            if not _CODEC.fullmatch(codec):
-                raise ValueError(f"codecs[{i}]: {codec!r}: expected NAME[/RATE[/CHANNELS]], e.g. 'PCMU/8000'")
         if self.rtp_port % 2:
             raise ValueError(f"rtp_port: must be even (RTP on even ports, RTCP on the next), got {self.rtp_port}")
         # each leg holds an RTP and an RTCP port, each call at least two legs
@@ -377,6 +421,23 @@ class SipConfig:
                 f"rtp_port: {self.rtp_port} leaves {65536 - self.rtp_port} ports for media, but max_calls = "
                 f"{self.max_calls} needs at least {needed} (RTP and RTCP for two legs a call): lower rtp_port"
             )
+        self._validate_media()
+
+    def _validate_media(self) -> None:
+        # the syntax only: which codecs exist is known once pjsua2 runs (b2bua.endpoint)
+        if self.clock_rate not in CLOCK_RATES:
+            raise ValueError(f"clock_rate: {self.clock_rate} is not one of {', '.join(map(str, CLOCK_RATES))}")
+        if not self.codecs:
+            raise ValueError("codecs: list at least one codec")
+        seen: set[str] = set()
+        for i, entry in enumerate(self.codecs):
+            try:
+                check_entry(entry)
+            except ValueError as exc:
+                raise ValueError(f"codecs[{i}]: {exc}") from exc
+            if entry.lower() in seen:
+                raise ValueError(f"codecs: {entry!r} is listed twice")
+            seen.add(entry.lower())
 
     @property
     def listeners(self) -> tuple[Listen, ...]:
@@ -554,43 +615,72 @@ SECTIONS: dict[str, type] = {
 
 
 def parse_config(data: Mapping[str, Any], path: str = "<config>", base_dir: Path | None = None) -> Config:
-    """Build :class:`Config` from a parsed TOML document."""
-    unknown = sorted(set(data) - set(SECTIONS) - {"plugins"})
-    if unknown:
-        raise ConfigError(
-            f"{path}: unknown section [{unknown[0]}] (known: {', '.join([*SECTIONS, 'plugins'])})"
+    """Build :class:`Config` from a parsed TOML document.
+
+    :raises ConfigError: with every problem of every section in ``errors``.
+    """
+    config, errors = parse_config_all(data, path, base_dir)
+    if errors:
+        raise ConfigError(*errors)
+    return config
+
+
+def parse_config_all(
+    data: Mapping[str, Any], path: str = "<config>", base_dir: Path | None = None
+) -> tuple[Config, tuple[str, ...]]:
+    """Parse every section, going on after errors: the config (a section with errors left at its
+    defaults) and every error found. ``check-config`` uses it to check the plugins' sections
+    too when a host section is wrong."""
+    errors: list[str] = []
+    for name in sorted(set(data) - set(SECTIONS) - {"plugins"}):
+        errors.append(f"{path}: unknown section [{name}] (known: {', '.join([*SECTIONS, 'plugins'])})")
+    sections: dict[str, Any] = {}
+    for name, cls in SECTIONS.items():
+        try:
+            sections[name] = parse_section(cls, data.get(name, {}), f"{path}: [{name}]")
+        except ConfigError as exc:
+            errors.extend(exc.errors)
+    raw = data.get("plugins", {})
+    if not isinstance(raw, Mapping):
+        errors.append(f"{path}: [plugins]: expected a table, got {raw!r}")
+        raw = {}
+    plugin_sections = {k: v for k, v in raw.items() if isinstance(v, dict)}
+    plugins = PluginsConfig()
+    try:
+        plugins = parse_section(
+            PluginsConfig, {k: v for k, v in raw.items() if not isinstance(v, dict)}, f"{path}: [plugins]"
         )
-    sections = {
-        name: parse_section(cls, data.get(name, {}), f"{path}: [{name}]") for name, cls in SECTIONS.items()
-    }
-    raw_plugins = dict(data.get("plugins", {}))
-    if not isinstance(data.get("plugins", {}), dict):
-        raise ConfigError(f"{path}: [plugins]: expected a table")
-    plugin_sections = {k: v for k, v in raw_plugins.items() if isinstance(v, dict)}
-    plugins = parse_section(
-        PluginsConfig, {k: v for k, v in raw_plugins.items() if not isinstance(v, dict)}, f"{path}: [plugins]"
-    )
-    return Config(
+    except ConfigError as exc:
+        errors.extend(exc.errors)
+    config = Config(
         plugins=plugins,
         plugin_sections=plugin_sections,
         path=path,
         base_dir=base_dir or Path.cwd(),
         **sections,
     )
+    return config, tuple(errors)
 
 
-def load_config(path: str | Path) -> Config:
-    """Read and parse a TOML config file; every problem is a :class:`ConfigError`."""
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """The TOML document in ``path``; an unreadable or malformed file is a :class:`ConfigError`."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{p}: cannot read: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{p}: not UTF-8 text (byte {exc.start})") from exc
     try:
-        data = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{p}: not valid TOML: {exc}") from exc
-    config = parse_config(data, str(p), p.resolve().parent)
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and parse a TOML config file; every problem is in the :class:`ConfigError`."""
+    p = Path(path)
+    config = parse_config(read_toml(p), str(p), p.resolve().parent)
     warning = secrets_warning(config, p)
     if warning:
         logger.warning("{}", warning)

@@ -21,16 +21,19 @@ PLUGIN_SECTIONS = (
     ("plugins.dispatcher", "plugins.dispatcher.config:DispatcherConfig"),
     ("[plugins.dispatcher.routes]", "plugins.dispatcher.config:Route"),
     ("plugins.failover", "plugins.failover.config:FailoverConfig"),
+    ("plugins.cdr", "plugins.cdr.config:CdrConfig"),
 )
 
 INTRO = """# Configuration reference
 
 `b2bua run -c config.toml` reads one TOML file; `b2bua check-config -c config.toml` checks it
-(and the plugins it enables) without starting. Unknown keys, wrong types and values out of range
-are errors that name the TOML path, e.g. `config.toml: [sip] max_calls: expected an integer, got
-'many'` or `config.toml: [sip] rtp_port: must be 1024-65534, got 70000`. Numbers must be finite
-(no `inf`, `nan`) and strings one line (no control characters). Relative
-paths are relative to the config file's folder. The shipped `config.toml` is a working example.
+(and the plugins it enables) without starting. Without `-c`, every command reads
+`$B2BUA_CONFIG` when it is set, else `./config.toml`. Unknown keys, wrong types and values out
+of range are errors that name the TOML path, e.g. `config.toml: [sip] max_calls: expected an
+integer, got 'many'` or `config.toml: [sip] rtp_port: must be 1024-65534, got 70000`, and
+`check-config` reports every one it finds, not only the first. Numbers must be finite (no
+`inf`, `nan`) and strings one line (no control characters). Relative paths are relative to the
+config file's folder. The shipped `config.toml` is a working example.
 
 This page is generated from the code (`python -m b2bua.configdoc > docs/config.md`).
 """

@@ -17,10 +17,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from b2bua.config import Config, ConfigError, load_config
+from b2bua.config import CONFIG_ENV, DEFAULT_CONFIG, Config, ConfigError, load_config
 from b2bua.control import ControlClient, ControlUnavailable, RpcCallError
 
-DEFAULT_CONFIG = "config.toml"
 TOKEN_ENV = "B2BUA_TOKEN"
 
 EXIT_OK = 0
@@ -58,7 +57,8 @@ def add_rpc_command(
     )
     parser.add_argument(
         "-c", "--config", default=None, metavar="FILE",
-        help=f"config file with the [control] settings (default: ./{DEFAULT_CONFIG}, or built-in defaults)",
+        help=f"config file with the [control] settings (default: ${CONFIG_ENV}, else ./{DEFAULT_CONFIG} when "
+        "there is one, else built-in defaults)",
     )
     parser.add_argument("--socket", metavar="PATH", help="connect to this unix socket")
     parser.add_argument("--url", metavar="URL", help="connect over HTTP, e.g. http://127.0.0.1:8080/")

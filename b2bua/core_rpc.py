@@ -10,8 +10,10 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
+from b2bua import logs as process_logs
 from b2bua.events import LegState
-from b2bua.rpc import RpcRegistry
+from b2bua.logs import check_pjsip_level, sink_level
+from b2bua.rpc import INVALID_PARAMS, RpcError, RpcRegistry
 
 if TYPE_CHECKING:
     from b2bua.session import Session
@@ -32,6 +34,41 @@ class CoreApp(Protocol):
     def active_calls(self) -> list[dict[str, Any]]:
         """One JSON-serialisable summary per call in progress; called on the loop thread."""
         ...
+
+
+class LogControl(Protocol):
+    """The process's log levels (:mod:`b2bua.logs` is one; tests pass a stand-in)."""
+
+    def log_level(self) -> str | None: ...
+
+    def set_log_level(self, name: str) -> str: ...
+
+    def pjsip_log_level(self) -> int | None: ...
+
+    def set_pjsip_log_level(self, level: int) -> int: ...
+
+
+def log_level_method(logs: LogControl) -> Callable[..., dict[str, Any]]:
+    """``core.log_level [level [pjsip_level]]``: set what is given (``null`` skips one), answer both."""
+
+    def log_level(level: str | None = None, pjsip_level: int | None = None) -> dict[str, Any]:
+        try:  # both checked before either changes
+            if level is not None:
+                sink_level(level)
+            if pjsip_level is not None:
+                check_pjsip_level(pjsip_level)
+        except ValueError as exc:
+            raise RpcError(f"Invalid params for core.log_level: {exc}", INVALID_PARAMS) from None
+        try:
+            if level is not None:
+                logs.set_log_level(level)
+            if pjsip_level is not None:
+                logs.set_pjsip_log_level(pjsip_level)
+        except RuntimeError as exc:
+            raise RpcError(f"Cannot set the log level: {exc}") from None
+        return {"level": logs.log_level(), "pjsip_level": logs.pjsip_log_level()}
+
+    return log_level
 
 
 def calls_report(sessions: Iterable[Session], now: float) -> list[dict[str, Any]]:
@@ -67,12 +104,14 @@ def uptime_report(now: float, started_at: float) -> dict[str, int]:
 
 
 def register_core_methods(
-    registry: RpcRegistry, app: CoreApp, *, clock: Callable[[], float] = time.time
+    registry: RpcRegistry, app: CoreApp, *, clock: Callable[[], float] = time.time,
+    logs: LogControl | None = None,
 ) -> None:
-    """Add ``core.version``, ``core.uptime``, ``core.calls``, ``core.plugins``,
+    """Add ``core.version``, ``core.uptime``, ``core.calls``, ``core.plugins``, ``core.log_level``,
     ``system.listMethods``, ``system.methodHelp`` and ``help`` to ``registry``.
 
     :param clock: wall-clock seconds (``time.time``), for ``core.uptime``.
+    :param logs: the log levels ``core.log_level`` reads and sets (default: :mod:`b2bua.logs`).
     """
 
     def version() -> str:
@@ -109,6 +148,10 @@ def register_core_methods(
     registry.add("core.plugins", plugins, "Names of the loaded plugins.", on_loop=False)
     registry.add("system.listMethods", list_methods, "Names of all control methods.", on_loop=False)
     registry.add("system.methodHelp", method_help, "The help text of control method <name>.", on_loop=False)
+    # on the loop: pjsip's log function and level belong to the thread that runs pjsip
+    registry.add("core.log_level", log_level_method(logs or process_logs),
+                 "The log level and pjsip's (0-5); with params, set them first: core.log_level DEBUG, "
+                 "core.log_level INFO 4, core.log_level null 1 (pjsip's only).")
     registry.add("help", help_,
                  "Without a name: every control method's usage and help. With one: that method's.",
                  on_loop=False)

@@ -204,7 +204,6 @@ class Leg(CallLeg, pj.Call):  # type: ignore[misc]
         prm.txOption.targetUri = request.request_uri
         prm.txOption.localUri = sip.name_addr(request.from_name, request.from_uri)
         prm.opt.audioCount = 1
-        prm.opt.videoCount = 0
         prm.opt.customCallId = call_id
         try:
             self.makeCall(sip.name_addr(request.to_name, request.to_uri), prm)
@@ -294,8 +293,13 @@ def _response_headers(prm: Any) -> dict[str, tuple[str, ...]]:
 
 
 def op(code: int = 0, reason: str = "", headers: tuple[tuple[str, str], ...] = ()) -> pj.CallOpParam:
-    """A CallOpParam with a status code, reason and extra headers."""
+    """A CallOpParam with a status code, reason and extra headers.
+
+    No video or T.140 text stream, offered or answered: only audio can be bridged.
+    """
     prm = pj.CallOpParam(True)
+    prm.opt.videoCount = 0
+    prm.opt.textCount = 0
     if code:
         prm.statusCode = code
     if reason:

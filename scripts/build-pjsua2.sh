@@ -6,24 +6,32 @@
 # (2048 call legs, epoll, large transaction/dialog tables) and packs the SWIG module as a wheel
 # in the cache, so the next install takes seconds.
 #
+# Codecs: G.711 (PCMU, PCMA), G.722, Opus (Debian's libopus-dev), G.729 (libbcg729-dev), L16,
+# and the Speex resampler (libspeexdsp-dev) that a conference bridge needs to mix legs of
+# different clock rates. Debian's DFSG repack of pjproject has no third_party/ codec or resampler
+# sources, so each comes from a Debian library; a codec that does not end up in the module is a
+# build error, never a silent omission.
+#
+# Patches: scripts/pjproject-patches/*.patch are applied in order (fixes for crashes we hit that
+# upstream fixed after the release we build; each says which).
+#
+# The wheel's version is <pjproject>+b2bua<max calls>.h<key>, the key a hash of everything that
+# shapes the build (config_site.h, configure options, patches, source). `--key` prints that local
+# version label without building: scripts/setup.sh compares it with the installed wheel, so a
+# change here rebuilds once (the cache is shared by every checkout) and older wheels stay in the
+# cache for checkouts that have not caught up yet.
+#
 # Source of pjproject, in this order:
 #   PJPROJECT_SRC=<dir or .tar.*>   a pjproject tree or release tarball you already have;
 #   otherwise the pjproject component of Debian's `asterisk` source package (unstable), fetched
 #   with apt through a private sources list built from this machine's own apt mirror.
-#
-# Patches: every scripts/pjproject-patches/*.patch is applied (patch -p1) before configure, and
-# their text is part of the cache key (a new or changed patch builds a new wheel).
-#
-# The wheel's version is <pjproject>+b2bua<max calls>.h<key>, the key a hash of everything that
-# shapes the build (config_site.h, source, patches). `--key` prints that local version label
-# without building: scripts/setup.sh compares it with the installed wheel, so a change here
-# rebuilds once (the cache is shared by every checkout).
 #
 # Usage: scripts/build-pjsua2.sh [PYTHON]      prints the wheel's path on its last line.
 #        scripts/build-pjsua2.sh --key         prints the wheel's local version label (b2bua2048.h...).
 # Env:   B2BUA_CACHE (default ~/.cache/b2bua), PJPROJECT_SRC, PJ_MAX_CALLS (default 2048).
 set -euo pipefail
 
+PATCHES_DIR="$(cd "$(dirname "$0")" && pwd)/pjproject-patches"
 KEY_ONLY=0
 if [ "${1:-}" = "--key" ]; then KEY_ONLY=1; shift; fi
 PYTHON=${1:-python3}
@@ -40,8 +48,22 @@ need() {
   for tool in "$@"; do command -v "$tool" >/dev/null 2>&1 || missing+=("$tool"); done
   [ ${#missing[@]} -eq 0 ] || die "missing tools: ${missing[*]} (Debian: apt-get install build-essential swig xz-utils patch)"
 }
-PATCHES_DIR="$(cd "$(dirname "$0")" && pwd)/pjproject-patches"
-patches() { cat "$PATCHES_DIR"/*.patch 2>/dev/null || true; }
+
+# Every option that shapes the library; part of the cache key. The DFSG tree has no third_party
+# codecs (GSM, Speex, iLBC, G.722.1, SILK), no libresample, no libsrtp/libyuv/webrtc: off.
+CONFIGURE_ARGS=(
+  --disable-sound --disable-video --enable-epoll
+  --disable-libwebrtc --disable-ffmpeg --disable-v4l2 --disable-openh264 --disable-libyuv
+  --disable-sdl --disable-silk --disable-ssl --disable-libsrtp
+  --disable-gsm-codec --disable-speex-codec --disable-speex-aec --disable-ilbc-codec
+  --disable-g7221-codec --disable-webrtc-aec3
+  --enable-speex-resample
+)
+# The Speex resampler is linked from libspeexdsp (configure only links it with the Speex codec).
+CONFIGURE_LIBS="-lspeexdsp"
+# Codec ids (pjsua's "name/clock rate") the module must have, and the Debian -dev package of each.
+REQUIRED_CODECS="PCMU/8000 PCMA/8000 G722/16000 opus/48000 G729/8000"
+DEV_PACKAGES="libopus-dev libbcg729-dev libspeexdsp-dev"
 
 config_site() {
   cat <<CFG
@@ -60,7 +82,8 @@ CFG
 
 pyver=$("$PYTHON" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")') \
   || die "cannot run $PYTHON"
-cfg_hash=$( (config_site; echo "${PJPROJECT_SRC:-debian}"; patches) | sha256sum | cut -c1-12)
+cfg_hash=$( (config_site; echo "${CONFIGURE_ARGS[*]} LIBS=$CONFIGURE_LIBS"; echo "$REQUIRED_CODECS"
+             cat "$PATCHES_DIR"/*.patch 2>/dev/null; echo "${PJPROJECT_SRC:-debian}") | sha256sum | cut -c1-12)
 label="b2bua${MAX_CALLS}.h${cfg_hash}"
 if [ $KEY_ONLY = 1 ]; then echo "$label"; exit 0; fi
 need make gcc g++ swig tar xz patch
@@ -75,8 +98,13 @@ fi
 work="$CACHE/build-$cfg_hash"
 rm -rf "$work"; mkdir -p "$work"
 
-fetch_debian_source() {
-  local src_list="$work/apt/sources.list" lists="$work/apt/lists" uri signed
+fetch_debian_source() {  # prints the tarball; kept in $CACHE/src for the next build
+  local src="$CACHE/src" tarball uri signed
+  tarball=$(ls "$src"/asterisk_*.orig-*pjproject*.tar.* 2>/dev/null | head -n1 || true)
+  if [ -n "$tarball" ]; then
+    say "using the pjproject source fetched before: $tarball"
+    echo "$tarball"; return
+  fi
   command -v apt-get >/dev/null || die "no apt-get: set PJPROJECT_SRC to a pjproject tree or tarball"
   uri=$(grep -h '^URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null | grep -v security | head -n1 | awk '{print $2}')
   signed=$(grep -h '^Signed-By:' /etc/apt/sources.list.d/*.sources 2>/dev/null | head -n1 | awk '{print $2}')
@@ -84,19 +112,19 @@ fetch_debian_source() {
     uri=$(grep -hE '^deb ' /etc/apt/sources.list 2>/dev/null | grep -v security | head -n1 | awk '{print $2}')
   fi
   [ -n "$uri" ] || die "cannot find this machine's Debian mirror in /etc/apt: set PJPROJECT_SRC"
-  mkdir -p "$lists/partial" "$work/src"
+  local apt="$work/apt" lists="$work/apt/lists"
+  mkdir -p "$lists/partial" "$src"
   {
     echo "Types: deb-src"; echo "URIs: $uri"; echo "Suites: sid"; echo "Components: main"
     [ -n "$signed" ] && echo "Signed-By: $signed"
-  } > "$work/apt/debian-sid-src.sources"
-  local opts=(-o "Dir::Etc::SourceList=/dev/null" -o "Dir::Etc::SourceParts=$work/apt"
+  } > "$apt/debian-sid-src.sources"
+  local opts=(-o "Dir::Etc::SourceList=/dev/null" -o "Dir::Etc::SourceParts=$apt"
               -o "Dir::State::Lists=$lists" -o "Debug::NoLocking=1")
   say "fetching the pjproject component of Debian's asterisk source package (~13 MB)"
   apt-get "${opts[@]}" -q update >&2 || die "apt-get update of Debian's source index failed"
-  (cd "$work/src" && apt-get "${opts[@]}" -q source --download-only asterisk >&2) \
+  (cd "$src" && apt-get "${opts[@]}" -q source --download-only asterisk >&2) \
     || die "apt-get source asterisk failed: set PJPROJECT_SRC to a pjproject tree or tarball"
-  local tarball
-  tarball=$(ls "$work"/src/asterisk_*.orig-*pjproject*.tar.* 2>/dev/null | head -n1)
+  tarball=$(ls "$src"/asterisk_*.orig-*pjproject*.tar.* 2>/dev/null | head -n1 || true)
   [ -n "$tarball" ] || die "the asterisk source package has no pjproject component"
   echo "$tarball"
 }
@@ -132,18 +160,19 @@ config_site > "$root/pjlib/include/pj/config_site.h"
 sed -i 's/ bdimad_dev\.o//' "$root/pjmedia/build/Makefile"
 for p in "$PATCHES_DIR"/*.patch; do
   [ -e "$p" ] || continue
-  say "applying $(basename "$p")"
-  patch -d "$root" -p1 --forward --batch < "$p" >&2 || die "$p does not apply to pjproject $ver"
+  say "patch $(basename "$p")"
+  patch -d "$root" -p1 --forward --batch < "$p" >&2 || die "$(basename "$p") does not apply to pjproject $ver"
 done
 
 cd "$root"
 say "configure"
-CFLAGS="-O2 -fPIC" CXXFLAGS="-O2 -fPIC" ./configure --disable-sound --disable-video --enable-epoll \
-  --disable-libwebrtc --disable-ffmpeg --disable-v4l2 --disable-openh264 --disable-libyuv \
-  --disable-opus --disable-bcg729 --disable-sdl --disable-silk --disable-ssl --disable-libsrtp \
-  --disable-gsm-codec --disable-speex-codec --disable-speex-aec --disable-ilbc-codec \
-  --disable-g7221-codec --disable-g722-codec --disable-resample --disable-webrtc-aec3 \
+CFLAGS="-O2 -fPIC" CXXFLAGS="-O2 -fPIC" LIBS="$CONFIGURE_LIBS" ./configure "${CONFIGURE_ARGS[@]}" \
   > "$work/configure.log" 2>&1 || die "configure failed, see $work/configure.log"
+# configure turns Opus and bcg729 off quietly when their libraries are missing: insist on them
+for feature in "OPUS support enabled" "bcg729 usability... yes" "Speex resample is enabled... yes"; do
+  grep -qF "$feature" "$work/configure.log" \
+    || die "configure did not report '$feature' (Debian: apt-get install $DEV_PACKAGES), see $work/configure.log"
+done
 say "compiling the libraries (about 30 s on 2 cores)"
 (make dep && make -j"$JOBS") > "$work/make.log" 2>&1 || { tail -n 30 "$work/make.log" >&2; die "make failed, see $work/make.log"; }
 say "compiling the SWIG Python module (about 2 min)"
@@ -152,18 +181,41 @@ make PYTHON_EXE="$PYTHON" > "$work/swig.log" 2>&1 || { tail -n 30 "$work/swig.lo
 so=$(find build -name '_pjsua2*.so' | head -n1)
 [ -n "$so" ] || die "the SWIG build produced no _pjsua2*.so"
 
+# The module must have every codec this build promises (a library missing at link time would
+# only show when a call needs it).
+codecs=$(PYTHONPATH="$PWD/$(dirname "$so"):$PWD" "$PYTHON" - <<'PY'
+import pjsua2 as pj
+ep = pj.Endpoint()
+ep.libCreate()
+cfg = pj.EpConfig()
+cfg.uaConfig.threadCnt = 0
+cfg.medConfig.threadCnt = 0
+cfg.logConfig.level = 0
+cfg.logConfig.consoleLevel = 0
+ep.libInit(cfg)
+print("codecs:", " ".join(sorted({c.codecId.rsplit("/", 1)[0] for c in ep.codecEnum2()})))
+ep.libDestroy()
+PY
+) || die "the built module does not start"
+codecs=$(printf '%s\n' "$codecs" | sed -n 's/^codecs: //p')
+for codec in $REQUIRED_CODECS; do
+  case " $codecs " in *" $codec "*) ;; *) die "the built module lacks $codec (it has: $codecs)";; esac
+done
+say "codecs: $codecs"
+
 # Pack the module as a wheel of our own (a zip with dist-info): nothing to compile again.
 say "packing the wheel"
 mkdir -p "$CACHE/wheels"
-whl=$("$PYTHON" - "$so" pjsua2.py "$ver" "$label" "$CACHE/wheels" "$MAX_CALLS" <<'PY'
+whl=$("$PYTHON" - "$so" pjsua2.py "$ver" "$label" "$CACHE/wheels" "$MAX_CALLS" "$codecs" <<'PY'
 import base64, hashlib, sys, sysconfig, zipfile, pathlib
-so, py, ver, label, out, max_calls = sys.argv[1:]
+so, py, ver, label, out, max_calls, codecs = sys.argv[1:]
 tag = f"cp{sys.version_info[0]}{sys.version_info[1]}"
 plat = sysconfig.get_platform().replace("-", "_").replace(".", "_")
 version = f"{ver}.0+{label}"
 dist = f"pjsua2-{version}.dist-info"
+summary = f"pjsua2 built by b2bua scripts/build-pjsua2.sh (PJSUA_MAX_CALLS={max_calls}, epoll; codecs {codecs})"
 files = {pathlib.Path(so).name: pathlib.Path(so).read_bytes(), "pjsua2.py": pathlib.Path(py).read_bytes(),
-         f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: pjsua2\nVersion: {version}\nSummary: pjsua2 built by b2bua scripts/build-pjsua2.sh (PJSUA_MAX_CALLS={max_calls}, epoll)\n".encode(),
+         f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: pjsua2\nVersion: {version}\nSummary: {summary}\n".encode(),
          f"{dist}/WHEEL": f"Wheel-Version: 1.0\nGenerator: b2bua-build-pjsua2\nRoot-Is-Purelib: false\nTag: {tag}-{tag}-{plat}\n".encode()}
 record = []
 for name, data in files.items():

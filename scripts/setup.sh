@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install what the B2BUA needs on a Debian machine, idempotently:
-#   Debian packages (compiler, swig; with --test also sipp and the database servers),
-#   a virtualenv in .venv with the project, and pjsua2 built from pjproject source (cached wheel).
+#   Debian packages (compiler, swig, the codec and resampler libraries pjsua2 links; with --test
+#   also sipp and the database servers), a virtualenv in .venv with the project, and pjsua2 built
+#   from pjproject source (cached wheel; rebuilt when scripts/build-pjsua2.sh's configuration changed).
 # Usage: scripts/setup.sh [--test]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,7 +11,8 @@ TEST=0
 [ "${1:-}" = "--test" ] && TEST=1
 say() { printf '[setup] %s\n' "$*" >&2; }
 
-packages=(build-essential dpkg-dev swig xz-utils ca-certificates)
+# libopus-dev (Opus), libbcg729-dev (G.729), libspeexdsp-dev (resampler): see scripts/build-pjsua2.sh
+packages=(build-essential dpkg-dev swig xz-utils ca-certificates libopus-dev libbcg729-dev libspeexdsp-dev)
 [ $TEST = 1 ] && packages+=(sip-tester mariadb-server mariadb-client postgresql)
 missing=()
 for p in "${packages[@]}"; do
@@ -38,7 +40,7 @@ say "installing the project into .venv"
 .venv/bin/python -c 'import pluggy, sqlalchemy, loguru' || { say "Python dependencies failed to install"; exit 1; }
 
 # The installed pjsua2 must be the one scripts/build-pjsua2.sh builds today: its version's local
-# label carries a hash of the build's configuration (call slots, source, patches). Any other one
+# label carries a hash of the build's configuration (codecs, call slots, source, patches). Any other one
 # (PyPI's, or an older build) is replaced by the cached wheel of today's configuration, built first
 # if no checkout has built it yet.
 label=$(scripts/build-pjsua2.sh --key "$PWD/.venv/bin/python")

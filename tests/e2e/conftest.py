@@ -22,6 +22,7 @@ from .harness import (
     Transport,
     sipp_binary,
 )
+from .media.peers import MediaPeer
 
 HERE = Path(__file__).resolve().parent
 
@@ -155,5 +156,36 @@ def b2bua_factory(workdir: Path) -> Iterator[B2buaFactory]:
         rc = b2b.stop()
         if expected is not None and rc != expected:
             problems.append(f"b2bua (pid {b2b.pid}) exited {rc}, expected {expected}\n{b2b.log_tail()}")
+    if problems:
+        pytest.fail("\n".join(problems), pytrace=False)
+
+
+class MediaPeerFactory(Protocol):
+    """``media_peer_factory("reject:503", tone=880, name="gw2")``: see `MediaPeer.start` for the options;
+    ``ip`` (and ``port``) put it where another peer was."""
+
+    def __call__(self, answer: str = "answer", *, name: str | None = None, ip: str | None = None,
+                 **kwargs: Any) -> MediaPeer: ...
+
+
+@pytest.fixture
+def media_peer_factory(workdir: Path, addresses: AddressAllocator) -> Iterator[MediaPeerFactory]:
+    """Starts media peers (``media/peer.py``: pjsua2 phones with real RTP, gateway or caller) on fresh
+    127.0.0.x addresses; each is stopped when the test ends and must have run without errors."""
+    started: list[MediaPeer] = []
+
+    def start(answer: str = "answer", *, name: str | None = None, ip: str | None = None,
+              **kwargs: Any) -> MediaPeer:
+        peer = MediaPeer.start(workdir, ip or addresses.next(), name=name or f"peer{len(started) + 1}",
+                               answer=answer, **kwargs)
+        started.append(peer)
+        return peer
+
+    yield start
+    problems = []
+    for peer in started:
+        rc = peer.stop()
+        if rc != 0 or peer.errors():
+            problems.append(f"peer {peer.name} exited {rc}\n{peer.log_tail()}")
     if problems:
         pytest.fail("\n".join(problems), pytrace=False)

@@ -7,10 +7,13 @@ maintenance (``set-state dx``), brings it back (``set-state ap``), and swaps the
 gateway that answers 503 so that failover completes every call on the old one.
 
 This test runs the same ``b2bua`` subcommands with the same arguments, and the same config edit on
-the shipped file. Only what a shared test host needs differs: the harness's sipp peers on their own
-127.0.0.x addresses and free ports instead of 127.0.0.1x:5060, keepalives every 0.5 s instead of
-10 s, shorter calls, and no overload shedding. `test_the_doc_shows_the_commands_this_test_runs`
-checks that the doc still shows exactly these commands; `test_two_media_gateways` plays the story.
+the shipped file. Only what a shared test host needs differs: the peers on their own 127.0.0.x
+addresses and free ports instead of 127.0.0.1x:5060, keepalives every 0.5 s instead of 10 s,
+shorter calls, and no overload shedding. The two gateways are real media gateways (pjsua2 phones,
+``media/peer.py``), each playing its own tone, and besides sipp's bulk calls a softphone with real
+RTP calls at each step and hears which gateway answered: the old one's 440 Hz or the new one's
+880 Hz, never both. `test_the_doc_shows_the_commands_this_test_runs` checks that the doc still shows
+exactly these commands; `test_two_media_gateways` plays the story.
 """
 
 from __future__ import annotations
@@ -24,19 +27,19 @@ from pathlib import Path
 
 import tomllib
 
-from .conftest import B2buaFactory, GatewayFactory
+from .conftest import B2buaFactory, MediaPeerFactory
 from .harness import (
     REPO_ROOT,
     AddressAllocator,
     B2buaProcess,
     Caller,
     CallResult,
-    Gateway,
-    TracedMessage,
     free_port,
     parse_message_log,
     wait_until,
 )
+from .media.expect import CALLER_HZ, ONLY, TALK_SECONDS
+from .media.peers import MediaPeer
 
 QUICKSTART = REPO_ROOT / "docs" / "quickstart.md"
 SHIPPED_CONFIG = REPO_ROOT / "config.toml"
@@ -68,6 +71,10 @@ STEP_USERS = ("split", "maintenance", "back", "failover")
 
 PING_INTERVAL = 0.5  # the doc's 10 s would make the test wait; 0.5 s shows the same states
 CALL_MS = 100  # the doc's calls talk for 1 s; who answers does not depend on it
+#: what each gateway plays, so the softphone can tell who answered
+OLD_HZ, NEW_HZ = 440.0, 880.0
+#: the Request-URI user of the softphone's calls (the doc's `answered` counts stay sipp's)
+LISTEN_USER = "listen"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -160,28 +167,47 @@ def place_calls(caller: Caller, ip: str, port: int, user: str, n: int) -> CallRe
     return result
 
 
-def sdp_connection(message: TracedMessage) -> str | None:
-    """The address of the SDP's ``c=`` line, None without SDP."""
-    m = re.search(r"^c=IN IP4 (\S+)$", message.text, re.MULTILINE)
+def sdp_connection(text: str) -> str | None:
+    """The address of the first SDP ``c=`` line in a message or body, None without SDP."""
+    m = re.search(r"^c=IN IP4 (\S+)\r?$", text, re.MULTILINE)
     return m.group(1) if m else None
 
 
-def assert_b2bua_anchors(result: CallResult, gateways: list[Gateway], ip: str) -> None:
+def assert_b2bua_anchors(result: CallResult, gateways: list[MediaPeer], ip: str) -> None:
     """The doc's "Where do replies and media go?": both sides see only the B2BUA's address."""
     answers = [m for m in parse_message_log(result.files.messages.read_text())
-               if m.direction == "received" and m.first_line.startswith("SIP/2.0 200 ") and sdp_connection(m)]
+               if m.direction == "received" and m.first_line.startswith("SIP/2.0 200 ") and sdp_connection(m.text)]
     assert answers, "the caller got no 200 with SDP"
     for m in answers:  # the caller's dialog and media end at the B2BUA, never at a gateway
         assert f"@{ip}:" in (m.header("Contact") or ""), m.text
-        assert sdp_connection(m) == ip, m.text
+        assert sdp_connection(m.text) == ip, m.text
     for gw in gateways:
-        invites = gw.requests("INVITE")
+        invites = gw.incoming()
         assert invites, f"{gw.name} got no INVITE"
         for m in invites:  # each gateway's dialog and media come from the B2BUA, not the caller
-            assert (m.header("Via") or "").split()[1].startswith(f"{ip}:"), m.text
-            assert f"@{ip}:" in (m.header("Contact") or ""), m.text
-            assert m.header("Record-Route") is None, m.text
-            assert sdp_connection(m) == ip, m.text
+            headers = m["headers"]
+            assert headers.get("via", "").split()[1].startswith(f"{ip}:"), m["invite"]
+            assert f"@{ip}:" in headers.get("contact", ""), m["invite"]
+            assert "record-route" not in headers, m["invite"]
+            assert sdp_connection(m["sdp"]) == ip, m["invite"]
+
+
+def invites_for(gw: MediaPeer, user: str) -> int:
+    """How many calls dialling ``user`` reached ``gw``."""
+    return sum(1 for m in gw.incoming() if m["invite"].startswith(f"INVITE sip:{user}@"))
+
+
+def listen(phone: MediaPeer, ip: str, port: int, gateways: dict[float, MediaPeer]) -> float:
+    """One softphone call through the B2BUA: the tone it heard, which must be the answering gateway's
+    alone; and that gateway must have heard nothing else but this call."""
+    before = {hz: invites_for(gw, LISTEN_USER) for hz, gw in gateways.items()}
+    talk = phone.talk(f"sip:{LISTEN_USER}@{ip}:{port}", TALK_SECONDS)
+    assert talk.code == 200, talk.ended
+    (answered,) = [hz for hz, gw in gateways.items() if invites_for(gw, LISTEN_USER) > before[hz]]
+    report = phone.heard(talk.number)
+    assert report is not None and report.is_tone(answered, min_share=ONLY), (
+        f"the softphone should hear {answered:g} Hz, heard {report.describe() if report else 'nothing'}")
+    return answered
 
 
 # --------------------------------------------------------------------------------------------------
@@ -206,11 +232,13 @@ def test_the_doc_shows_the_commands_this_test_runs() -> None:
     assert edited["plugins"]["dispatcher"]["routes"] == [{"set": 1, "algorithm": "weight"}]
 
 
-def test_two_media_gateways(gateway_factory: GatewayFactory, b2bua_factory: B2buaFactory, caller: Caller,
+def test_two_media_gateways(media_peer_factory: MediaPeerFactory, b2bua_factory: B2buaFactory, caller: Caller,
                             addresses: AddressAllocator, workdir: Path) -> None:
-    # Doc steps 1-3: the B2BUA with the shipped config and the weight rule; two answering gateways.
-    old = gateway_factory("answer", name="old-gateway")
-    new = gateway_factory("answer", name="new-gateway")
+    # Doc steps 1-3: the B2BUA with the shipped config and the weight rule; two answering media
+    # gateways, each playing its own tone; a softphone that plays a third and records what it hears.
+    old = media_peer_factory("answer", name="old-gateway", tone=OLD_HZ, record=False)
+    new = media_peer_factory("answer", name="new-gateway", tone=NEW_HZ, record=False)
+    phone = media_peer_factory(name="softphone", tone=CALLER_HZ)
     uris = {"old": old.uri, "new": new.uri}
     ip = addresses.next()
     port = free_port(ip, "both")
@@ -242,10 +270,14 @@ def test_two_media_gateways(gateway_factory: GatewayFactory, b2bua_factory: B2bu
     result = place_calls(caller, ip, port, "split", split_calls)
     counts = wait_answered(b2b, "split", split_calls)
     assert set(counts) == {old.uri, new.uri}, counts
-    assert (old.count("INVITE"), new.count("INVITE")) == (counts[old.uri], counts[new.uri])
+    assert (invites_for(old, "split"), invites_for(new, "split")) == (counts[old.uri], counts[new.uri])
     assert abs(counts[new.uri] / split_calls - 0.75) <= 0.08, counts
     # "Where do replies and media go?": through the B2BUA on both legs.
     assert_b2bua_anchors(result, [old, new], ip)
+    # And the softphone hears whichever gateway answered (8 calls: both, by weight, almost surely).
+    gateways = {OLD_HZ: old, NEW_HZ: new}
+    heard = [listen(phone, ip, port, gateways) for _ in range(8)]
+    assert set(heard) <= {OLD_HZ, NEW_HZ}, heard
 
     # Step 7, "Maintenance": DX takes the old gateway out; every call goes to the new one.
     assert cli_ok(b2b, DISABLE_OLD, uris) == "Ok. Dispatcher state updated.\n"
@@ -253,10 +285,11 @@ def test_two_media_gateways(gateway_factory: GatewayFactory, b2bua_factory: B2bu
     assert (rows[old.uri]["STATE"], rows[new.uri]["STATE"]) == ("DX", "AP"), rows
     state_file = json.loads((workdir / "dispatcher-state.json").read_text())
     assert state_file["disabled"] == [{"setid": 1, "uri": old.uri}], state_file
-    old_before = old.count("INVITE")
+    old_before = len(old.incoming())
     place_calls(caller, ip, port, "maintenance", 20)
     assert wait_answered(b2b, "maintenance", 20) == Counter({new.uri: 20})
-    assert old.count("INVITE") == old_before
+    assert [listen(phone, ip, port, gateways) for _ in range(2)] == [NEW_HZ, NEW_HZ]
+    assert len(old.incoming()) == old_before
 
     # Step 8, "Back in service": AP, and calls reach both again. 100 calls are one walk of the
     # weight table (25/75); the band 10-40 % says "back at its weight" without leaning on that.
@@ -269,17 +302,31 @@ def test_two_media_gateways(gateway_factory: GatewayFactory, b2bua_factory: B2bu
 
     # Step 9, "Failover": the new gateway now answers 503; the caller still gets 200 every time,
     # answered by the old one after a second attempt.
-    new.stop(grace=0.2)
-    rejecting = gateway_factory("reject:503", ip=new.ip, port=new.port, name="new-gateway-rejecting")
+    new.stop()
+    rejecting = media_peer_factory("reject:503", ip=new.ip, port=new.port, name="new-gateway-rejecting",
+                                   tone=NEW_HZ, record=False)
     # A keepalive may have gone unanswered during the swap (TP); wait until it is AP again.
     wait_states(b2b, uris, {old.uri: "AP", new.uri: "AP"})
     calls = 40
     place_calls(caller, ip, port, "failover", calls)
     assert wait_answered(b2b, "failover", calls) == Counter({old.uri: calls})
-    rejected = rejecting.count("INVITE")
+    rejected = invites_for(rejecting, "failover")
     assert rejected > 0, "no call tried the rejecting gateway first"
     log = b2b.log_text()
     failed = set(re.findall(rf"(\S+) attempt 1 to {re.escape(new.uri)} failed: 503 Service Unavailable$",
                             log, re.MULTILINE))
     second = [line for line in log.splitlines() if "sip:failover@" in line and "after 2 attempt(s)" in line]
     assert len(failed) == len(second) == rejected, (len(failed), len(second), rejected)
+    # The softphone hears the old gateway, also when its call met the 503 first (at most 10 calls
+    # until one does: 75 % of first attempts go to the rejecting gateway).
+    tried_new = invites_for(rejecting, LISTEN_USER)
+    for _ in range(10):
+        before = invites_for(old, LISTEN_USER)
+        talk = phone.talk(f"sip:{LISTEN_USER}@{ip}:{port}", TALK_SECONDS)
+        assert talk.code == 200 and invites_for(old, LISTEN_USER) == before + 1, talk.ended
+        report = phone.heard(talk.number)
+        assert report is not None and report.is_tone(OLD_HZ, min_share=ONLY), report
+        if invites_for(rejecting, LISTEN_USER) > tried_new:
+            break
+    else:
+        raise AssertionError("no softphone call met the rejecting gateway first in 10 calls")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ from b2bua.config import (
     Config,
     ConfigError,
     Listen,
+    SipConfig,
     describe_bounds,
     is_loopback_host,
     load_config,
@@ -118,8 +120,9 @@ def test_relative_paths_resolve_against_the_config_folder(tmp_path: Path) -> Non
         ({"sip": {"listen": ["udp:127.0.0.1:0"]}}, "[sip] listen[0]: 'udp:127.0.0.1:0': the port must be 1-65535"),
         ({"sip": {"listen": ["udp:127.0.0.1:5060", "UDP:127.0.0.1:5060"]}},
          "[sip] listen[1]: 'UDP:127.0.0.1:5060' is the same listener as listen[0]"),
-        ({"sip": {"codecs": []}}, "[sip] codecs: at least one codec is needed"),
-        ({"sip": {"codecs": ["PCMU 8000"]}}, "[sip] codecs[0]: 'PCMU 8000': expected NAME[/RATE[/CHANNELS]]"),
+        ({"sip": {"codecs": []}}, "[sip] codecs: list at least one codec"),
+        ({"sip": {"codecs": ["PCMU 8000"]}},
+         "[sip] codecs[0]: 'PCMU 8000': expected NAME, NAME/CLOCK or NAME/CLOCK/CHANNELS"),
         ({"sip": {"user_agent": "b2bua\r\nX-Evil: 1"}},
          "[sip] user_agent: must be one line of text, without control characters (found '\\r' at offset 5)"),
         ({"log": {"pjsip_level": 6}}, "[log] pjsip_level: must be 0-5, got 6"),
@@ -242,3 +245,64 @@ def test_split_host_port(text: str, expected: tuple[str, int]) -> None:
 def test_split_host_port_errors(text: str) -> None:
     with pytest.raises(ValueError, match="expected ADDRESS:PORT"):
         split_host_port(text)
+
+
+SIP_KEYS = ", ".join(sorted(f.name for f in dataclasses.fields(SipConfig)))
+
+
+def test_every_error_is_reported_not_only_the_first() -> None:
+    doc = {
+        "sip": {"max_calls": "many", "max_call": 3, "codecs": ["PCMU/8000", 5, None], "rtp_port": 70000},
+        "log": {"level": "LOUD"},
+        "bogus": {},
+        "plugins": {"enabled": "dispatcher", "dispatcher": {"anything": 1}},
+    }
+    with pytest.raises(ConfigError) as err:
+        parse_config(doc, "config.toml")
+    assert err.value.errors == (
+        "config.toml: unknown section [bogus] (known: sip, log, control, routing, headers, plugins)",
+        f"config.toml: [sip]: unknown key 'max_call' (known keys: {SIP_KEYS})",
+        "config.toml: [sip] max_calls: expected an integer, got 'many'",
+        "config.toml: [sip] codecs[1]: expected a string, got 5",
+        "config.toml: [sip] codecs[2]: expected a string, got None",
+        "config.toml: [sip] rtp_port: must be 1024-65534, got 70000",
+        "config.toml: [log] level: 'LOUD' is not one of TRACE, DEBUG, INFO, SUCCESS, WARNING, ERROR, CRITICAL",
+        "config.toml: [plugins] enabled: expected a list, got 'dispatcher'",
+    )
+    assert str(err.value) == "\n".join(err.value.errors)
+
+
+def test_parse_config_all_keeps_going_with_defaults() -> None:
+    from b2bua.config import parse_config_all
+
+    config, errors = parse_config_all(
+        {"sip": {"max_calls": 0}, "log": {"json": True}, "plugins": {"enabled": ["x"], "x": {"a": 1}}}, "c.toml")
+    assert errors == ("c.toml: [sip] max_calls: must be 1 or more, got 0",)
+    assert config.sip.max_calls == 500  # the broken section at its defaults
+    assert config.log.json is True  # the good ones as written
+    assert config.plugins.enabled == ("x",) and config.plugin_section("x") == {"a": 1}
+
+
+def test_a_single_error_reads_as_before() -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config({"sip": {"max_calls": "many"}}, "config.toml")
+    assert err.value.errors == ("config.toml: [sip] max_calls: expected an integer, got 'many'",)
+    assert str(err.value) == err.value.errors[0]
+
+
+@pytest.mark.parametrize(("environ", "path"), [
+    ({}, "config.toml"),
+    ({"B2BUA_CONFIG": ""}, "config.toml"),
+    ({"B2BUA_CONFIG": "/etc/b2bua.toml"}, "/etc/b2bua.toml"),
+])
+def test_default_config_path(environ: dict[str, str], path: str) -> None:
+    from b2bua.config import default_config_path
+
+    assert default_config_path(environ) == path
+
+
+def test_a_config_that_is_not_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_bytes(b'[sip]\nuser_agent = "\xff"\n')
+    with pytest.raises(ConfigError, match=r"config.toml: not UTF-8 text \(byte 20\)"):
+        load_config(path)

@@ -35,15 +35,48 @@ def app() -> FakeApp:
     return FakeApp(calls=[{"id": 1, "call_id": "abc@h", "state": "ringing"}])
 
 
+@dataclass
+class FakeLogs:
+    """Stands in for b2bua.logs: records what was set."""
+
+    level: str | None = "INFO"
+    pjsip: int | None = 1
+    sip_stack: bool = True
+    changes: list[tuple[str, Any]] = field(default_factory=list)
+
+    def log_level(self) -> str | None:
+        return self.level
+
+    def set_log_level(self, name: str) -> str:
+        self.level = name.upper()
+        self.changes.append(("level", self.level))
+        return self.level
+
+    def pjsip_log_level(self) -> int | None:
+        return self.pjsip if self.sip_stack else None
+
+    def set_pjsip_log_level(self, level: int) -> int:
+        if not self.sip_stack:
+            raise RuntimeError("no SIP stack runs in this process")
+        self.pjsip = level
+        self.changes.append(("pjsip", level))
+        return level
+
+
 @pytest.fixture
-def registry(app: FakeApp) -> RpcRegistry:
+def logs() -> FakeLogs:
+    return FakeLogs()
+
+
+@pytest.fixture
+def registry(app: FakeApp, logs: FakeLogs) -> RpcRegistry:
     reg = RpcRegistry()
 
     def set_state(state: str, group: int, address: str) -> None:
         """A plugin method, to see it listed next to the core ones."""
 
     reg.add("dispatcher.set_state", set_state, "Set the state of a destination.")
-    register_core_methods(reg, app, clock=lambda: NOW)
+    register_core_methods(reg, app, clock=lambda: NOW, logs=logs)
     return reg
 
 
@@ -64,7 +97,8 @@ def test_fake_app_satisfies_the_protocol(app: FakeApp) -> None:
         ("core.plugins", (), ["dispatcher", "failover"]),
         ("core.calls", (), [{"id": 1, "call_id": "abc@h", "state": "ringing"}]),
         ("system.listMethods", (), [
-            "core.calls", "core.plugins", "core.uptime", "core.version", "dispatcher.set_state", "help",
+            "core.calls", "core.log_level", "core.plugins", "core.uptime", "core.version", "dispatcher.set_state",
+            "help",
             "system.listMethods", "system.methodHelp",
         ]),
         ("system.methodHelp", ("dispatcher.set_state",), "Set the state of a destination."),
@@ -97,9 +131,10 @@ def test_results_are_fresh_copies(registry: RpcRegistry, app: FakeApp) -> None:
     assert app.plugins == ["dispatcher", "failover"]
 
 
-def test_only_core_calls_runs_on_the_loop(registry: RpcRegistry) -> None:
+def test_only_core_calls_and_log_level_run_on_the_loop(registry: RpcRegistry) -> None:
+    # core.log_level: a pjsip level change reconfigures pjsua, which belongs to the loop thread
     on_loop = {m.name for m in registry if m.on_loop}
-    assert on_loop == {"core.calls", "dispatcher.set_state"}
+    assert on_loop == {"core.calls", "core.log_level", "dispatcher.set_state"}
 
 
 def test_every_core_method_has_help(registry: RpcRegistry) -> None:
@@ -138,3 +173,50 @@ def test_over_json_rpc(registry: RpcRegistry) -> None:
     assert answers[2]["result"] == "The calls in progress."
     assert answers[3]["error"]["code"] == INVALID_PARAMS
     assert loop_calls == ["loop"]  # only core.calls was handed to the loop
+
+
+def test_log_level_without_params_reads_both(registry: RpcRegistry, logs: FakeLogs) -> None:
+    assert call(registry, "core.log_level") == {"level": "INFO", "pjsip_level": 1}
+    assert logs.changes == []
+
+
+@pytest.mark.parametrize(("params", "changes", "answer"), [
+    (("debug",), [("level", "DEBUG")], {"level": "DEBUG", "pjsip_level": 1}),
+    (("TRACE", 4), [("level", "TRACE"), ("pjsip", 4)], {"level": "TRACE", "pjsip_level": 4}),
+    ((None, 0), [("pjsip", 0)], {"level": "INFO", "pjsip_level": 0}),
+])
+def test_log_level_sets_what_is_given(registry: RpcRegistry, logs: FakeLogs, params: tuple[Any, ...],
+                                      changes: list[tuple[str, Any]], answer: dict[str, Any]) -> None:
+    assert call(registry, "core.log_level", *params) == answer
+    assert logs.changes == changes
+
+
+@pytest.mark.parametrize(("params", "message"), [
+    (("LOUD",), "'LOUD' is not a log level: use one of TRACE, DEBUG, INFO, SUCCESS, WARNING, ERROR, CRITICAL"),
+    ((5,), "5 is not a log level"),
+    (("DEBUG", 6), "6 is not a pjsip log level: use 0-5"),
+    (("DEBUG", "4"), "'4' is not a pjsip log level"),
+    (("DEBUG", True), "True is not a pjsip log level"),
+])
+def test_log_level_refuses_bad_values_and_changes_nothing(registry: RpcRegistry, logs: FakeLogs,
+                                                          params: tuple[Any, ...], message: str) -> None:
+    with pytest.raises(RpcError) as info:
+        call(registry, "core.log_level", *params)
+    assert info.value.code == INVALID_PARAMS
+    assert info.value.message.startswith(f"Invalid params for core.log_level: {message}")
+    assert logs.changes == []  # a bad pjsip level leaves the log level as it was
+
+
+def test_log_level_without_a_sip_stack(registry: RpcRegistry, logs: FakeLogs) -> None:
+    logs.sip_stack = False
+    assert call(registry, "core.log_level", "WARNING") == {"level": "WARNING", "pjsip_level": None}
+    with pytest.raises(RpcError, match="Cannot set the log level: no SIP stack runs in this process"):
+        call(registry, "core.log_level", None, 3)
+
+
+def test_the_logs_module_is_a_log_control() -> None:
+    from b2bua import logs
+    from b2bua.core_rpc import LogControl
+
+    control: LogControl = logs  # a type error here would mean the Protocol and the module disagree
+    assert control.pjsip_log_level() is None  # no SIP stack in a unit test
