@@ -22,8 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, Union
 
-from loguru import logger
-
 from b2bua.codecs import check_entry
 from b2bua.headers import check_pattern
 from b2bua.sipuri import parse_uri
@@ -680,15 +678,13 @@ def read_toml(path: str | Path) -> dict[str, Any]:
 def load_config(path: str | Path) -> Config:
     """Read and parse a TOML config file; every problem is in the :class:`ConfigError`."""
     p = Path(path)
-    config = parse_config(read_toml(p), str(p), p.resolve().parent)
-    warning = secrets_warning(config, p)
-    if warning:
-        logger.warning("{}", warning)
-    return config
+    return parse_config(read_toml(p), str(p), p.resolve().parent)
 
 
-def secrets_warning(config: Config, path: Path) -> str:
-    """A warning when ``path`` holds passwords and others may read it (``""`` otherwise)."""
+def secrets_warning(config: Config, path: str | Path) -> str:
+    """A warning when ``path`` holds passwords and others may read it (``""`` otherwise);
+    ``b2bua run`` and ``check-config`` print it."""
+    path = Path(path)
     if not config.sip.credentials:
         return ""
     try:
