@@ -320,8 +320,8 @@ class Credential:
     Without a ``name`` it is used **per realm**: by every destination that names no
     credential, when a challenge names its ``realm``. With a ``name`` it is used **per
     destination**: only by destinations naming it (dispatcher attribute ``auth=NAME``,
-    ``Target.outbound.auth``); its realm may then be ``"*"`` (any realm). Each challenge is
-    answered once per credential: a second challenge for the same realm (a wrong password)
+    ``Target.outbound.auth``); its realm may then be ``"*"`` (any realm). A challenge is
+    answered once per realm and request: a second one for the same realm (a wrong password)
     ends the attempt.
     """
 
