@@ -8,7 +8,8 @@ here is importable and testable without pjsua2 or a running B2BUA.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar, cast
 
@@ -267,7 +268,8 @@ class TimerHandle(Protocol):
 class Host(Protocol):
     """The services the B2BUA offers plugins (the ``app`` argument of the lifecycle hooks).
 
-    Unless a method says otherwise, call it on the loop thread (from a hook or a timer).
+    Unless a method says otherwise, call it on the loop thread (from a hook or a timer); the
+    loop-only ones raise :class:`b2bua.loop.WrongThreadError` when called from another thread.
     """
 
     @property
@@ -281,7 +283,7 @@ class Host(Protocol):
         ...
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
-        """Run ``callback`` on the loop thread after ``delay`` seconds."""
+        """Run ``callback`` on the loop thread after ``delay`` seconds (loop thread only)."""
         ...
 
     def call_soon_threadsafe(self, callback: Callable[[], None]) -> None:
@@ -289,7 +291,33 @@ class Host(Protocol):
         ...
 
     def run_on_loop(self, callback: Callable[[], T], timeout: float = 10.0) -> T:
-        """From another thread: run ``callback`` on the loop and return its result (or raise)."""
+        """From another thread: run ``callback`` on the loop and return its result (or raise).
+
+        :raises TimeoutError: the loop did not start ``callback`` within ``timeout`` seconds;
+            it is cancelled then and never runs (once started, its outcome is awaited).
+        """
+        ...
+
+    def run_blocking(self, fn: Callable[[], T], on_done: Callable[[Future[T]], None] | None = None) -> Future[T]:
+        """Run work that *waits* (files, databases, DNS) on the host's worker threads.
+
+        Then ``on_done(future)`` runs on the loop thread: ``future.result()`` returns what
+        ``fn`` returned or raises what it raised. Any thread may call it. Without ``on_done``
+        a failure is logged. Work still queued at shutdown is dropped. Work that *computes*
+        belongs in :meth:`run_task`: a thread running Python takes the GIL from the loop.
+        """
+        ...
+
+    def run_task(self, steps: Generator[Future[Any] | None, Future[Any] | None, T],
+                 on_done: Callable[[Future[T]], None] | None = None) -> Future[T]:
+        """Run work that *computes* (parsing, building or rendering something large) on the
+        loop thread, a slice of about 2 ms per loop pass, so calls are never stalled by it.
+
+        ``steps`` is a generator: it yields None wherever it may be paused, or a Future (from
+        :meth:`run_blocking`) to wait for, and is sent that Future back when it is done. Its
+        return value is the task's result: ``on_done(future)`` runs on the loop at the end.
+        Loop thread only.
+        """
         ...
 
     def send_request(
@@ -303,7 +331,8 @@ class Host(Protocol):
         headers: Sequence[tuple[str, str]] = (),
         outbound: Outbound = DEFAULT_OUTBOUND,
     ) -> None:
-        """Send an out-of-dialog request (e.g. OPTIONS) and call ``callback`` exactly once.
+        """Send an out-of-dialog request (e.g. OPTIONS) and call ``callback`` exactly once
+        (loop thread only).
 
         The callback gets the final response, or a local 408 after ``timeout`` seconds, or a
         local 500 when the request could not be sent (an ``outbound`` the host cannot honour

@@ -376,7 +376,8 @@ class SipConfig:
         10.0, "seconds to let calls finish on SIGTERM before hanging them up", bounds=(0, 3600)
     )
     overload_lag: float = opt(
-        0.1, "when the loop runs this many seconds late, new calls get 503 + Retry-After for a second (0: off)",
+        0.0, "when the loop runs this many seconds late, new calls get 503 + Retry-After for a second (0: off; "
+        "overload_backlog is the saturation signal, a late loop alone is mostly a stall shedding does not cure)",
         bounds=(0, 60),
     )
     overload_backlog: int = opt(
@@ -560,6 +561,64 @@ class HeadersConfig:
                     raise ValueError(f"{key}[{i}]: {exc}") from None
 
 
+#: User-Agent / From substrings of common SIP scanners (sipvicious, sipcli, ...), lower-case
+SCANNERS = [
+    "friendly-scanner", "friendly-request", "sipvicious", "sipcli", "sip-scan", "sundayddr", "iwar",
+    "sivus", "smap", "siparmyknife", "vaxsipuseragent", "pplsip",
+]
+
+
+@dataclass(frozen=True)
+class SecurityConfig:
+    """Who may call, and how much: checked for each request outside a dialog before pjsua sees it."""
+
+    trusted: tuple[str, ...] = opt(
+        ["127.0.0.0/8", "::1/128"], "sources (address or CIDR) whose INVITEs are routed; others get untrusted_code"
+    )
+    untrusted_code: int = opt(403, "answer to a request from a source not in trusted (403 or 404)",
+                              bounds=(400, 699))
+    invite_rate: float = opt(
+        5.0, "INVITEs per second one untrusted source may send; past it the source is blocked (0: no limit)",
+        bounds=(0, None),
+    )
+    request_rate: float = opt(
+        10.0, "other requests outside a dialog per second one untrusted source may send; past it: blocked "
+        "(0: no limit)", bounds=(0, None),
+    )
+    trusted_invite_rate: float = opt(
+        0.0, "INVITEs per second one trusted source may send; past it they get 503 + Retry-After (0: no limit)",
+        bounds=(0, None),
+    )
+    trusted_request_rate: float = opt(
+        0.0, "other requests outside a dialog per second one trusted source may send; past it: 503 (0: no limit)",
+        bounds=(0, None),
+    )
+    rate_burst: float = opt(2.0, "seconds' worth of requests a source may send at once above its rate",
+                            bounds=(0.1, 3600))
+    block_time: float = opt(300.0, "seconds every request outside a dialog from a blocked source is dropped "
+                            "unanswered (0: never blocked)", bounds=(0, None))
+    scanners: tuple[str, ...] = opt(
+        SCANNERS, "User-Agent or From substrings of SIP scanners: dropped unanswered, an untrusted sender blocked "
+        "([]: off)"
+    )
+    early_filter: bool = opt(
+        True, "decide in pjsip, before pjsua sets up a call (stateless answers); false: after (costs a call slot "
+        "and RTP ports per refusal)"
+    )
+    log_interval: float = opt(10.0, "seconds between summaries of refused and malformed requests (each at DEBUG)",
+                              bounds=(1, 3600))
+
+    def validate(self) -> None:
+        for i, item in enumerate(self.trusted):
+            try:
+                ipaddress.ip_network(item, strict=True)
+            except ValueError as exc:
+                raise ValueError(f"trusted[{i}]: {item!r} is not an address or network ({exc})") from None
+        for i, item in enumerate(self.scanners):
+            if not item.strip():
+                raise ValueError(f"scanners[{i}]: empty")
+
+
 @dataclass(frozen=True)
 class PluginsConfig:
     enabled: tuple[str, ...] = opt(
@@ -582,6 +641,7 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
     routing: RoutingConfig = field(default_factory=RoutingConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
     headers: HeadersConfig = field(default_factory=HeadersConfig)
     plugins: PluginsConfig = field(default_factory=PluginsConfig)
     #: raw ``[plugins.<name>]`` tables, parsed by each plugin in ``b2bua_configure``
@@ -608,6 +668,7 @@ SECTIONS: dict[str, type] = {
     "log": LogConfig,
     "control": ControlConfig,
     "routing": RoutingConfig,
+    "security": SecurityConfig,
     "headers": HeadersConfig,
 }
 

@@ -36,6 +36,8 @@ from b2bua.config import Config, ConfigError, Listen
 from b2bua.digest import ProblemLog
 from b2bua.events import LegError
 from b2bua.outbound import OutboundProfile, credentials_for, default_profile, profile_for
+from b2bua.rxfilter import RequestScreen, ResponseScreen, RxFilter
+from b2bua.sip import printable
 
 if TYPE_CHECKING:
     from b2bua.loop import Scheduler, Timer
@@ -50,6 +52,16 @@ RESAMPLER_QUALITY = 2
 
 #: pjsip log level -> loguru level
 _PJ_LEVELS = {0: "CRITICAL", 1: "ERROR", 2: "WARNING", 3: "INFO", 4: "DEBUG", 5: "TRACE", 6: "TRACE"}
+#: pjsip's and pjsua's lines about one bad packet (some quote its raw bytes): a flood would
+#: multiply them, so they are logged at DEBUG, escaped, and counted in the summary of refused
+#: requests under the reason given (None: the transport's drop report counts that packet already)
+_PACKET_PROBLEMS = {
+    "Error processing packet from": None, "Dropping ": None, "Unable to match whole message": None,
+    "Error parsing '": None, "Error parsing/validating SDP body": None,
+    "Bad SDP in incoming INVITE": "bad-sdp", "Unknown Content-Type in incoming INVITE": "content-type",
+    "Error initializing media channel: Not Acceptable Here": "no-common-codec",
+}
+_PACKET_PREFIXES = tuple(_PACKET_PROBLEMS)
 
 
 class BuildError(RuntimeError):
@@ -61,6 +73,8 @@ class PjLogWriter(pj.LogWriter):  # type: ignore[misc]
 
     #: set while the endpoint shuts down (see :meth:`write`)
     closing = False
+    #: counts a bad packet pjsip or pjsua refused by itself (see _PACKET_PROBLEMS)
+    on_packet_problem: Callable[[str], None] | None = None
 
     def write(self, entry: pj.LogEntry) -> None:
         try:
@@ -73,6 +87,13 @@ class PjLogWriter(pj.LogWriter):  # type: ignore[misc]
             if (self.closing and "cannot find Account instance" in msg) or msg.startswith(
                     "Request verification failed"):
                 level = "DEBUG"
+            elif msg.startswith(_PACKET_PREFIXES):
+                level, msg = "DEBUG", printable(msg, 2000)
+                reason = next(r for p, r in _PACKET_PROBLEMS.items() if msg.startswith(p))
+                if reason and self.on_packet_problem is not None:
+                    self.on_packet_problem(reason)
+            elif not msg.isascii():  # a packet dump (pjsip_level 4+): bytes that are not UTF-8 escaped
+                msg = msg.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
             logger.opt(depth=0).bind(call_id="pjsip").log(level, msg)
         except Exception:  # never let an exception cross into C++
             pass
@@ -152,7 +173,9 @@ class _Pending:
 class Endpoint:
     """Owns ``pj.Endpoint``, the transports and the account."""
 
-    def __init__(self, config: Config, scheduler: Scheduler, on_incoming: Callable[[Any], None]) -> None:
+    def __init__(self, config: Config, scheduler: Scheduler, on_incoming: Callable[[Any], None], *,
+                 screen_request: RequestScreen | None = None, screen_response: ResponseScreen | None = None,
+                 on_dropped: Callable[[str], None] | None = None) -> None:
         self.config = config
         self.scheduler = scheduler
         self.ep = _PjEndpoint(self._on_rejected)
@@ -167,6 +190,8 @@ class Endpoint:
         self._accounts: dict[OutboundProfile, LocalAccount] = {}  #: every account by its profile
         self._default = default_profile(config.sip)
         self._auth_problems = ProblemLog()
+        self._screens = (screen_request, screen_response, on_dropped)
+        self._rx_filter: RxFilter | None = None
 
     # -- life cycle -----------------------------------------------------------------------------
 
@@ -196,6 +221,7 @@ class Endpoint:
         cfg.medConfig.ecTailLen = 0
         cfg.medConfig.maxMediaPorts = cfg.uaConfig.maxCalls * 2 + 16
         self._log_writer = PjLogWriter()
+        self._log_writer.on_packet_problem = self._screens[2]
         cfg.logConfig.writer = self._log_writer
         cfg.logConfig.level = self.config.log.pjsip_level
         cfg.logConfig.consoleLevel = self.config.log.pjsip_level
@@ -217,6 +243,7 @@ class Endpoint:
                 raise BuildError(message)
             logger.warning(message)
 
+        self._install_filter()
         for listen in sip.listeners:
             self._create_transport(listen)
 
@@ -286,6 +313,28 @@ class Endpoint:
         on_challenge = getattr(leg, "on_challenge", None)
         if on_challenge is not None:
             on_challenge(prm)
+
+    def _install_filter(self) -> None:
+        screen_request, screen_response, on_dropped = self._screens
+        if screen_request is None or screen_response is None or on_dropped is None:
+            return
+        if not self.config.security.early_filter:
+            logger.info("[security] early_filter = false: refusals are answered after pjsua set the call up")
+            return
+        lib = _pjlib()
+        if not RxFilter.available(lib):
+            logger.warning("this pjsua2 build lacks what the SIP filter needs: requests are screened after pjsua "
+                           "set their call up (each refusal costs a call slot and RTP ports)")
+            return
+        # kept until libDestroy even if only part of it got registered: pjsip holds its callbacks
+        self._rx_filter = RxFilter(lib, pj.SipRxData(), screen_request, screen_response, on_dropped)
+        try:
+            self._rx_filter.install()
+        except RuntimeError as exc:
+            logger.error("the SIP filter could not be installed ({}): requests are screened after pjsua set "
+                         "their call up", exc)
+            return
+        logger.debug("SIP filter installed: requests are screened before pjsua sees them")
 
     def _create_transport(self, listen: Listen) -> None:
         tcfg = pj.TransportConfig()

@@ -25,8 +25,11 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-#: longest header value passed on, in characters (a STIR/SHAKEN Identity header is ~1 kB)
-MAX_VALUE = 2048
+from b2bua.wire import MAX_LINE
+
+#: longest header value passed on, in characters: the longest header line a request from the
+#: wire may have (:data:`b2bua.wire.MAX_LINE`; a STIR/SHAKEN Identity header is ~1 kB)
+MAX_VALUE = MAX_LINE
 
 #: lower-case names never copied from one leg to the other (see the module docstring)
 NEVER_COPIED = frozenset({

@@ -84,8 +84,9 @@ def b2bua_shutdown(app: Host) -> None:
 def b2bua_reload(app: Host) -> None:
     """The operator asked for a reload (SIGHUP): re-read data sources.
 
-    Runs on the loop thread: do blocking reads on a thread of your own and hand the result
-    back with ``app.call_soon_threadsafe``. A failed reload must keep the previous data.
+    Runs on the loop thread: read with ``app.run_blocking`` (the result comes back on the
+    loop) and build anything large in an ``app.run_task``. A failed reload must keep the
+    previous data.
     """
 
 

@@ -11,9 +11,10 @@ Kamailio's meanings, with the differences a B2BUA brings (``docs/kamailio.md``):
 * ``auth=NAME``: the ``[[sip.credentials]]`` entry answering 401/407 (no Kamailio equivalent;
   its ``uac`` module has ``uac_auth()`` in the script).
 
-:func:`check_outbound` runs on every load (start-up, reload, ``b2bua check-config``): an
-attribute the host cannot honour is a load error naming the list-file line or table row, so it
-is never silently ignored.
+:func:`check_outbound` runs on every load (start-up, reload, ``b2bua check-config``; a
+reload's runs in the child process that reads the source, off the loop): an attribute the host
+cannot honour is a load error naming the list-file line or table row, so it is never silently
+ignored.
 """
 
 from __future__ import annotations
@@ -42,6 +43,12 @@ def probe_outbound(attrs: Attrs) -> Outbound:
     outbound = outbound_of(attrs)
     ping_socket = attrs.extra.get("ping_socket", "")
     return dataclasses.replace(outbound, socket=ping_socket, sockname="") if ping_socket else outbound
+
+
+def without_passwords(sip: SipConfig) -> SipConfig:
+    """``sip`` with every password blanked: all a check needs, to hand to a child process."""
+    creds = tuple(dataclasses.replace(c, password="-") for c in sip.credentials)
+    return dataclasses.replace(sip, credentials=creds)
 
 
 def check_outbound(snapshot: Snapshot, sip: SipConfig, *, rows: bool = False) -> None:

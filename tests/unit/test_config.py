@@ -50,6 +50,12 @@ def test_defaults() -> None:
         ({"log": {"level": "LOUD"}}, "[log] level: 'LOUD' is not one of"),
         ({"control": {"http": "0.0.0.0:8080"}}, "not a loopback address: set token too"),
         ({"bogus": {}}, "config.toml: unknown section [bogus]"),
+        ({"security": {"trusted": ["10.0.0.1/8"]}},
+         "[security] trusted[0]: '10.0.0.1/8' is not an address or network (10.0.0.1/8 has host bits set)"),
+        ({"security": {"trusted": ["gateway.example"]}}, "[security] trusted[0]: 'gateway.example' is not an"),
+        ({"security": {"untrusted_code": 200}}, "[security] untrusted_code: must be 400-699, got 200"),
+        ({"security": {"invite_rate": -1}}, "[security] invite_rate: must be 0 or more"),
+        ({"security": {"scanners": [" "]}}, "[security] scanners[0]: empty"),
         ({"plugins": {"enabled": "dispatcher"}}, "[plugins] enabled: expected a list"),
     ],
 )
@@ -260,7 +266,7 @@ def test_every_error_is_reported_not_only_the_first() -> None:
     with pytest.raises(ConfigError) as err:
         parse_config(doc, "config.toml")
     assert err.value.errors == (
-        "config.toml: unknown section [bogus] (known: sip, log, control, routing, headers, plugins)",
+        "config.toml: unknown section [bogus] (known: sip, log, control, routing, security, headers, plugins)",
         f"config.toml: [sip]: unknown key 'max_call' (known keys: {SIP_KEYS})",
         "config.toml: [sip] max_calls: expected an integer, got 'many'",
         "config.toml: [sip] codecs[1]: expected a string, got 5",

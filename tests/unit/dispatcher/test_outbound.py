@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from b2bua.api import Outbound
 from b2bua.config import parse_config
+from b2bua.loop import run_task_now
 from plugins.dispatcher.attrs import parse_attrs
+from plugins.dispatcher.childload import ChildLoad, ConfiguredSource, snapshot_steps
+from plugins.dispatcher.config import DispatcherConfig
 from plugins.dispatcher.model import Destination, Snapshot, build_snapshot
 from plugins.dispatcher.outbound import OutboundError, check_outbound, outbound_of, probe_outbound
-from plugins.dispatcher.plugin import make_target
+from plugins.dispatcher.plans import make_target
+from plugins.dispatcher.resolve import LoadError
+from plugins.dispatcher.source import load_configured
 
 SIP = parse_config({"sip": {
     "listen": ["udp:10.0.0.1:5060", "udp:203.0.113.5:5060"],
@@ -63,3 +70,20 @@ def test_check_outbound_bounds_its_message() -> None:
     snap = snapshot(*["sockname=lan"] * 30)
     with pytest.raises(OutboundError, match=r"\(and 10 more\)$"):
         check_outbound(snap, SIP)
+
+
+def test_a_reloads_child_process_checks_the_attributes_without_the_passwords(tmp_path: Path) -> None:
+    """The reload's child process runs the same check (off the loop); the [sip] it gets over
+    its pipe holds no password."""
+    path = tmp_path / "dispatcher.list"
+    path.write_text("1 sip:10.0.0.10 0 0 sockname=wan;auth=carrier\n1 sip:10.0.0.11 0 0 sockname=lan\n")
+    cfg = DispatcherConfig(list_file=str(path))
+    source = ConfiguredSource(cfg, path, SIP)
+    assert source.request.sip is not None and "p" not in {c.password for c in source.request.sip.credentials}
+    with pytest.raises(LoadError) as child:
+        run_task_now(snapshot_steps(ChildLoad(source.request).run()))
+    with pytest.raises(OutboundError) as in_process:
+        load_configured(cfg, path, sip=SIP)
+    assert str(child.value) == str(in_process.value)
+    assert f"{path} line 2: set 1 sip:10.0.0.11: sockname=lan: no such name" in str(child.value)
+    assert len(load_configured(cfg, path).destinations()) == 2, "without [sip], no check (a simulation)"
