@@ -23,7 +23,7 @@ from loguru import logger
 
 from b2bua import __version__
 from b2bua.admission import Decision, Load, Verdict, Why, shedding_helps
-from b2bua.api import CallInfo, EndCause, ProbeResult, Reject
+from b2bua.api import DEFAULT_OUTBOUND, CallInfo, EndCause, Outbound, ProbeResult, Reject
 from b2bua.backlog import AdmissionShare, ReceiveBacklog
 from b2bua.config import Config, SipConfig
 from b2bua.core_rpc import calls_report
@@ -121,10 +121,11 @@ class App:
         return self.scheduler.run_task(steps, on_done)
 
     def send_request(self, method: str, uri: str, *, from_uri: str, callback: Callable[[ProbeResult], None],
-                     timeout: float = 2.0, headers: Sequence[tuple[str, str]] = ()) -> None:
+                     timeout: float = 2.0, headers: Sequence[tuple[str, str]] = (),
+                     outbound: Outbound = DEFAULT_OUTBOUND) -> None:
         self.scheduler.check_loop_thread("send_request")  # pjsua2 is the loop thread's alone
         self.endpoint.send_request(method, uri, from_uri=from_uri, callback=callback, timeout=timeout,
-                                   headers=headers)
+                                   headers=headers, outbound=outbound)
 
     def stop_blocking_work(self) -> None:
         """Shutdown, after the plugins stopped: refuse new blocking work, wait a little for what runs."""
