@@ -12,6 +12,7 @@ tested with a stand-in and never imports pjsua2.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -111,7 +112,7 @@ class Prober:
             if b == 0:
                 self._probe_batch(keys)
             else:
-                self._timers.append(self._call_later(b * step, lambda keys=keys: self._probe_batch(keys)))
+                self._timers.append(self._call_later(b * step, functools.partial(self._probe_batch, keys)))
 
     def _probe_batch(self, keys: list[DestKey]) -> None:
         for key in keys:
