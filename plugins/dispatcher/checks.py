@@ -26,10 +26,11 @@ from pathlib import Path
 
 from loguru import logger
 
-from b2bua.config import ConfigError
+from b2bua.config import ConfigError, SipConfig
 from plugins.dispatcher.algorithms import TABLE_SIZE, weight_table
 from plugins.dispatcher.config import DispatcherConfig, Route
 from plugins.dispatcher.model import Destination, Snapshot
+from plugins.dispatcher.outbound import check_outbound
 from plugins.dispatcher.resolve import LoadError
 from plugins.dispatcher.routes import unloaded_sets
 from plugins.dispatcher.safetext import escape
@@ -143,14 +144,18 @@ def check_loaded(snapshot: Snapshot, config: DispatcherConfig, list_file: Path |
     return snapshot
 
 
-def check_sources(config: DispatcherConfig, list_file: Path | None,
+def check_sources(config: DispatcherConfig, list_file: Path | None, sip: SipConfig | None = None,
                   routes_where: str = "[[plugins.dispatcher.routes]]") -> list[str]:
     """For ``b2bua check-config``: read the destinations as a load would, but without DNS and
     without writing (a missing SQLite file is not created), and :func:`review` them.
 
+    :param sip: the host's ``[sip]``, to check the socket, proxy and credential attributes
+        (:func:`~plugins.dispatcher.outbound.check_outbound`).
+    :param routes_where: the rules' place in the config, for messages.
     :raises LoadError: the list file cannot be loaded (every bad line named) or is empty, rows
-        of the table are malformed, or a rule's backup set has no destinations (start-up
-        refuses that too: :func:`plugins.dispatcher.routes.unloaded_sets`).
+        of the table are malformed, attributes name what the host does not have, or a rule's
+        backup set has no destinations (start-up refuses that too:
+        :func:`plugins.dispatcher.routes.unloaded_sets`).
     :returns: the warnings, including a database that cannot be reached (it may be up later).
     """
     from plugins.dispatcher.sqlstore import BadRowsError, SqlStore, StoreError, TableNames
@@ -167,17 +172,19 @@ def check_sources(config: DispatcherConfig, list_file: Path | None,
             raise
         except StoreError as exc:
             return [f"destinations not checked: {escape(str(exc), backslash=False)}"]
+    if sip is not None:
+        check_outbound(snapshot, sip, rows=list_file is None)
     backups, own = unloaded_sets(config.routes, snapshot.sets, routes_where)
     if backups:
         raise LoadError("; ".join(backups))
     return review(snapshot, config, list_file) + own
 
 
-def check_config_destinations(config: DispatcherConfig, list_file: Path | None,
+def check_config_destinations(config: DispatcherConfig, list_file: Path | None, sip: SipConfig | None = None,
                               routes_where: str = "[[plugins.dispatcher.routes]]") -> None:
     """:func:`check_sources` for ``b2bua check-config``: warnings logged, errors as ConfigError."""
     try:
-        warnings = check_sources(config, list_file, routes_where)
+        warnings = check_sources(config, list_file, sip, routes_where)
     except LoadError as exc:
         raise ConfigError(str(exc)) from None
     for message in warnings:

@@ -29,6 +29,7 @@ from loguru import logger
 
 from b2bua import hookimpl
 from b2bua.api import Reject, RoutePlan, Target
+from b2bua.config import SipConfig
 from b2bua.nameservers import Nameserver, effective_nameservers
 from plugins.dispatcher import hookspecs
 from plugins.dispatcher.adminstate import AdminState
@@ -46,7 +47,8 @@ from plugins.dispatcher.dnslookup import HostLookup, make_lookup
 from plugins.dispatcher.dnsrefresh import DnsRefresher
 from plugins.dispatcher.heap import HeapPolicy
 from plugins.dispatcher.latency import seeded
-from plugins.dispatcher.model import Destination
+from plugins.dispatcher.model import Destination, Snapshot
+from plugins.dispatcher.outbound import check_outbound
 from plugins.dispatcher.plans import DATA_KEY, ROUTE, CallRoute, dest_key_of, make_target, plan_call
 from plugins.dispatcher.probing import Prober
 from plugins.dispatcher.reloader import ReloadBusy, Reloader, ReloadFailed
@@ -98,6 +100,7 @@ class DispatcherPlugin:
     def __init__(self, loader: Loader | None = None, rng: random.Random | None = None,
                  heap: HeapPolicy | None = None) -> None:
         self.config = DispatcherConfig()
+        self.sip = SipConfig()  #: the host's [sip]: listeners, socket names, credentials (for the checks)
         self.app: Host | None = None
         self._custom_loader = loader
         self._loader: Loader = loader or load_configured
@@ -124,6 +127,7 @@ class DispatcherPlugin:
     def b2bua_configure(self, config: Config, app: Host) -> None:
         self.config = parse_dispatcher_config(config.plugin_section("dispatcher"), config.path)
         self.config = replace(self.config, db_url=resolve_sqlite_url(self.config.db_url, config.base_dir))
+        self.sip = config.sip
         self.app = app
         self._list_file = config.resolve_path(self.config.list_file) if self.config.list_file else None
         self._routes_where = f"{config.path}: [[{SECTION}.{ROUTES_KEY}]]"
@@ -131,7 +135,7 @@ class DispatcherPlugin:
         self._nameservers = effective_nameservers(config.sip.nameservers)
         self.host_lookup = make_lookup(self._nameservers)
         if self._custom_loader is None:
-            self._loader = partial(load_configured, nameservers=self._nameservers)
+            self._loader = partial(load_configured, nameservers=self._nameservers)  # start-up: checked below
         self.state = self._make_state()
         self._state_path = config.resolve_path(self.config.state_file) if self.config.state_file else None
         self.reloader = self._make_reloader(app)
@@ -139,7 +143,7 @@ class DispatcherPlugin:
         if not self.config.routes:
             logger.info("dispatcher: no [[plugins.dispatcher.routes]]: every call goes to set 1, round robin")
         if app.hook is None:  # b2bua check-config: no running host, so check the destinations here
-            check_config_destinations(self.config, self._list_file, self._routes_where)
+            check_config_destinations(self.config, self._list_file, self.sip, self._routes_where)
 
     @hookimpl
     def b2bua_startup(self, app: Host) -> None:
@@ -149,7 +153,7 @@ class DispatcherPlugin:
         self.admin_state.read()
         self._heap.hold()  # a large list would otherwise trigger full collections over itself
         try:
-            snapshot = self._loader(self.config, self._list_file)
+            snapshot = self._checked(self._loader(self.config, self._list_file))
             missing_backups, missing = unloaded_sets(self.config.routes, snapshot.sets, self._routes_where)
             for message in missing:
                 logger.warning("dispatcher: {}", message)
@@ -245,6 +249,12 @@ class DispatcherPlugin:
 
     # -- internals -------------------------------------------------------------------------
 
+    def _checked(self, snapshot: Snapshot) -> Snapshot:
+        """``snapshot`` if the host can honour every destination's socket, proxy and credential
+        attributes; else :class:`~plugins.dispatcher.outbound.OutboundError` naming them."""
+        check_outbound(snapshot, self.sip, rows=self._list_file is None)
+        return snapshot
+
     def _make_state(self) -> DispatcherState:
         return DispatcherState(
             policy=self.config.selection_policy(),
@@ -254,9 +264,12 @@ class DispatcherPlugin:
         )
 
     def _make_reloader(self, app: Host | None) -> Reloader:
-        source: Source = (ConfiguredSource(self.config, self._list_file, self._nameservers)
-                          if self._custom_loader is None
-                          else LoaderSource(self._custom_loader, self.config, self._list_file))
+        custom = self._custom_loader
+        source: Source = (
+            ConfiguredSource(self.config, self._list_file, self.sip, self._nameservers)  # checked in the child
+            if custom is None
+            else LoaderSource(lambda config, path: self._checked(custom(config, path)), self.config, self._list_file)
+        )
         return Reloader(
             app,
             self.state,

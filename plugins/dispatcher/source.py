@@ -14,12 +14,14 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Protocol
 
+from b2bua.config import SipConfig
 from b2bua.loop import Task, wait_for
 from b2bua.nameservers import Nameserver
 from plugins.dispatcher.checks import check_loaded
 from plugins.dispatcher.config import DispatcherConfig
 from plugins.dispatcher.dnslookup import make_lookup
 from plugins.dispatcher.model import Snapshot
+from plugins.dispatcher.outbound import check_outbound
 from plugins.dispatcher.storage import load_snapshot
 
 #: a function that loads the destinations (blocking); the default reads the configured source
@@ -44,10 +46,12 @@ class Source(Protocol):
 
 
 def load_configured(config: DispatcherConfig, list_file: Path | None, resolve: bool = True,
-                    nameservers: Sequence[Nameserver] = ()) -> Snapshot:
+                    sip: SipConfig | None = None, nameservers: Sequence[Nameserver] = ()) -> Snapshot:
     """Read the configured source: ``list_file`` when set, else ``db_url`` (blocking).
 
     :param resolve: resolve host names (off for a simulation, which needs no addresses).
+    :param sip: the host's ``[sip]``: destinations whose socket, proxy or credential attributes
+        it cannot honour fail the load (:func:`~plugins.dispatcher.outbound.check_outbound`).
     :param nameservers: the DNS servers pjsip asks (``[sip] nameservers``); host names are
         looked up through them as pjsip will (SRV first); none: the system resolver.
     """
@@ -65,6 +69,8 @@ def load_configured(config: DispatcherConfig, list_file: Path | None, resolve: b
         skip_unresolvable=config.dns_skip_unresolvable,
         host_lookup=make_lookup(nameservers) if resolve else None,
     )
+    if sip is not None:
+        check_outbound(snapshot, sip, rows=list_file is None)
     return check_loaded(snapshot, config, list_file)  # empty list file, duplicates, weights
 
 
