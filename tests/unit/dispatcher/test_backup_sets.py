@@ -132,7 +132,7 @@ def test_check_config_refuses_a_missing_backup_set(tmp_path: Any) -> None:
     listing.write_text("1 sip:10.0.0.1\n")
     cfg = parse_dispatcher_config({"list_file": str(listing), "routes": [{"set": 1, "backup_sets": "2=4"}]}, "c.toml")
     with pytest.raises(LoadError, match=r"c.toml: \[\[r\]\]\[0\] backup_sets: set 2 has no destinations"):
-        check_sources(cfg, listing, "c.toml: [[r]]")
+        check_sources(cfg, listing, routes_where="c.toml: [[r]]")
 
 
 def test_simulate_shows_where_calls_go_when_a_set_is_down() -> None:
