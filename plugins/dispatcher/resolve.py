@@ -33,7 +33,8 @@ from loguru import logger
 from b2bua.config import TRANSPORTS
 from b2bua.sipuri import SipUri
 from b2bua.sipuri import parse_uri as parse_sip_uri
-from plugins.dispatcher.dnslookup import HostLookup, LookupFailed, Resolution, Resolver, system_lookup
+from plugins.dispatcher.dnslookup import HostLookup, LookupFailed, Resolution, system_lookup
+from plugins.dispatcher.dnslookup import Resolver as Resolver  # re-exported: the loaders' type
 from plugins.dispatcher.model import DestFlags, Destination
 from plugins.dispatcher.safetext import shown
 

@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from .configs import ListEntry, start_b2bua
+from .configs import ListEntry, b2bua_config, start_b2bua
 from .conftest import B2buaFactory, GatewayFactory
 from .dnsserver import DnsServer
-from .harness import AddressAllocator, Caller, Gateway, HarnessError, free_port, wait_until
+from .harness import AddressAllocator, B2buaProcess, Caller, Gateway, HarnessError, free_port, wait_until
 
 
 @pytest.fixture
@@ -149,3 +149,18 @@ def test_a_silent_nameserver_stalls_no_call_to_an_ip_destination(
     result = blocked.wait()
     assert result.ok and result.final_codes == [408, 408], result.describe()  # the attempt timer, not a stall
     assert by_name.count("INVITE") == 0 and by_ip.count("INVITE") == 20
+
+
+def test_a_name_without_records_stops_the_start_naming_the_line(workdir: Path, addresses: AddressAllocator,
+                                                                dns: DnsServer) -> None:
+    dns.add_a("gw.test", "127.0.0.99")
+    text = b2bua_config(addresses.next(), 5060, sip={"nameservers": [dns.nameserver]})
+    b2b = B2buaProcess(workdir)
+    b2b.config_path.write_text(text)
+    (workdir / "dispatcher.list").write_text("1 sip:gw.test:5060\n1 sip:carrier.test\n")
+    done = b2b.cli("run", "-c", "config.toml", timeout=30)
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert (f"dispatcher.list:2: set 1 sip:carrier.test: cannot resolve 'carrier.test' (no SRV record "
+            f"_sip._udp.carrier.test and no A/AAAA record for carrier.test (nameservers {dns.nameserver}))"
+            ) in done.stderr, done.stderr
+    assert dns.asked("_sip._udp.carrier.test", "SRV") >= 1 and dns.asked("carrier.test", "A") >= 1
