@@ -41,17 +41,26 @@ CHECK_EVERY = 1.0
 #: the shortest time an answer is kept before it is asked again (records with a TTL of 0 or 1
 #: would otherwise be asked for every second)
 MIN_TTL = 5.0
+#: seconds before a name whose lookup failed (no answer, an error) is asked again
+RETRY_FAILED = 30.0
 
 NameKey = tuple[str, "int | None", str]
 
 
 @dataclass
 class Refreshed:
-    """What one refresh found: the new snapshot (None: no answer changed) and the shortest TTL
-    among the answers (inf: none carries a TTL)."""
+    """What one refresh found: the new snapshot (None: no answer changed), the shortest TTL
+    among the answers (inf: none carries a TTL) and how many names did not resolve."""
 
     snapshot: Snapshot | None = None
     ttl: float = math.inf
+    failed: int = 0
+
+    def next_in(self) -> float:
+        """Seconds until the next refresh: the shortest TTL (at least :data:`MIN_TTL`), sooner
+        when a name failed (:data:`RETRY_FAILED`); inf when nothing needs asking again."""
+        wait = min(self.ttl, RETRY_FAILED) if self.failed else self.ttl
+        return max(wait, MIN_TTL)
 
 
 def refresh_steps(snapshot: Snapshot, run_blocking: RunBlocking, find: HostLookup,
@@ -75,6 +84,7 @@ def refresh_steps(snapshot: Snapshot, run_blocking: RunBlocking, find: HostLooku
         lambda: {key: resolve_name(find, uri) for key, uri in names.items()}))
     ttls = [r.ttl for r in found.values() if isinstance(r, Resolution) and r.ttl > 0]
     out.ttl = min(ttls, default=math.inf)
+    out.failed = sum(1 for r in found.values() if isinstance(r, str))
     changed = False
     sets: dict[int, DestinationSet] = {}
     at = 0
@@ -178,12 +188,13 @@ class DnsRefresher:
                 return (yield from refresh_steps(snapshot, app.run_blocking, find, result))
             except Exception as exc:  # a lookup error is not a reason to touch the destinations
                 logger.warning("dispatcher: re-resolving destinations failed: {}", exc)
+                result.failed += 1
                 return None
 
         def done(error: BaseException | None) -> None:
             finished = self._clock()
             self._last = finished
             self._seen = self._reloader.state.snapshot
-            self._due = finished + max(result.ttl, MIN_TTL)
+            self._due = finished + result.next_in()
 
         self._reloader.start(REASON, build, keep_state=True, on_done=done)  # False: retried at the next check

@@ -103,15 +103,6 @@ def normalize_uri(text: str) -> str:
     return uri
 
 
-def lookup(resolver: Resolver, host: str, port: int) -> tuple[str | None, str]:
-    """``(ip, "")``, or ``(None, reason)`` when ``host`` has no address (``getaddrinfo``, blocking)."""
-    try:
-        found = system_lookup(resolver)(host, port, "udp").first
-    except LookupFailed as exc:
-        return None, str(exc)
-    return (found[0], "") if found is not None else (None, "no address")
-
-
 def _row(dest: Destination) -> str:
     return f"row {dest.row_id}"
 

@@ -12,7 +12,15 @@ import pytest
 
 from b2bua.nameservers import Nameserver
 from plugins.dispatcher.dnslookup import DnsLookup, DnsTarget, LookupFailed, Resolution, srv_name, system_lookup
-from plugins.dispatcher.dnsrefresh import MIN_TTL, DnsRefresher, describe, earliest_expiry, refresh_addresses
+from plugins.dispatcher.dnsrefresh import (
+    MIN_TTL,
+    RETRY_FAILED,
+    DnsRefresher,
+    Refreshed,
+    describe,
+    earliest_expiry,
+    refresh_addresses,
+)
 from plugins.dispatcher.model import Destination, build_snapshot
 from plugins.dispatcher.reloader import Reloader
 from plugins.dispatcher.resolve import ResolveError, resolve_destinations
@@ -216,3 +224,11 @@ def test_list_full_shows_the_dns_answer() -> None:
     assert "DNS" not in list_entry(dest, None, "", False)
     assert describe(dest.dns).startswith("_sip._udp.carrier.test SRV: 10 90 sbc2.carrier.test:5062 [192.0.2.2 "
                                          "192.0.2.22], ")  # type: ignore[arg-type]
+
+
+def test_a_failed_lookup_is_tried_again_sooner() -> None:
+    assert Refreshed(ttl=600).next_in() == 600
+    assert Refreshed(ttl=600, failed=1).next_in() == RETRY_FAILED
+    assert Refreshed(failed=2).next_in() == RETRY_FAILED  # no answer at all: not never again
+    assert Refreshed(ttl=1).next_in() == MIN_TTL
+    assert Refreshed().next_in() == math.inf
