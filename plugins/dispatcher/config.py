@@ -23,7 +23,7 @@ by line. Example::
     header = "X-Carrier"
     set = 3
     algorithm = 4
-    backup_sets = "4=8"               # set 4, serial, when set 3 has nothing usable or all fail
+    backup_sets = "4=8"               # set 4 by priority when set 3 has nothing usable or all fail
 
 With no ``routes`` at all, every call goes to set 1 with round robin (algorithm 4), the
 most common single-set Kamailio setup (``ds_select_dst("1", "4")``).
@@ -131,7 +131,7 @@ class Route:
         return parse_backup_sets(self.backup_sets)
 
     @property
-    def backup_sets_text(self) -> str:
+    def sets_text(self) -> str:
         """The sets tried, as Kamailio writes them: ``1=4;2=8``."""
         return ";".join(f"{setid}={alg}" for setid, alg in self.sets)
 

@@ -57,7 +57,7 @@ def plan_call(
     dests, used = select_sets(state, route, call, rng)
     if not dests:
         if route.backups:
-            log.warning("dispatcher: rule {}: no set of {} has a usable destination", rule, route.backup_sets_text)
+            log.warning("dispatcher: rule {}: no set of {} has a usable destination", rule, route.sets_text)
         elif not state.has_set(route.set):
             log.warning("dispatcher: rule {} names set {}, which is not loaded", index, route.set)
         else:

@@ -44,7 +44,7 @@ def test_parse_rules_like_kamailio() -> None:
     assert parse_backup_sets("2=8; 3=round-robin;") == ((2, 8), (3, 4))
     assert parse_backup_sets("") == ()
     assert Route(set=1, algorithm=4, backup_sets="2=8").sets == ((1, 4), (2, 8))
-    assert Route(set=1, algorithm=4, backup_sets="2=8").backup_sets_text == "1=4;2=8"
+    assert Route(set=1, algorithm=4, backup_sets="2=8").sets_text == "1=4;2=8"
 
 
 @pytest.mark.parametrize(("rules", "why"), [
