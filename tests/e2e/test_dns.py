@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from .configs import ListEntry, b2bua_config, start_b2bua
+from .configs import ListEntry, b2bua_config, start_b2bua, write_list_file
 from .conftest import B2buaFactory, GatewayFactory
 from .dnsserver import DnsServer
 from .harness import AddressAllocator, B2buaProcess, Caller, Gateway, HarnessError, free_port, wait_until
@@ -34,9 +34,9 @@ def request_hosts(gw: Gateway) -> set[str]:
     return {m.first_line.split(" ")[1].split("@")[-1] for m in gw.requests("INVITE")}
 
 
-def full_listing(b2b: Any) -> dict[str, dict[str, Any]]:
+def full_listing(process: B2buaProcess) -> dict[str, dict[str, Any]]:
     """``dispatcher.list full``: each destination's DEST by URI."""
-    listing = b2b.process.rpc("dispatcher.list", "full")
+    listing = process.rpc("dispatcher.list", "full")
     return {t["DEST"]["URI"]: t["DEST"] for r in listing["RECORDS"] for t in r["SET"]["TARGETS"]}
 
 
@@ -71,7 +71,7 @@ def test_srv_destination_goes_to_the_best_target_and_keeps_its_name(
     assert result.ok and result.final_codes == [200] * 4, result.describe()
     assert (best.count("INVITE"), backup.count("INVITE")) == (4, 0)  # priority 10 before 20
     assert request_hosts(best) == {"carrier.test"}  # the name stays in the Request-URI ($du semantics)
-    entry = full_listing(b2b)["sip:carrier.test"]
+    entry = full_listing(b2b.process)["sip:carrier.test"]
     assert entry["HOST"] == "carrier.test" and (entry["IPADDR"], entry["PORT"]) == (best.ip, best.port)
     assert entry["DNS"]["QUERY"] == "_sip._udp.carrier.test" and entry["DNS"]["TYPE"] == "SRV"
     assert [(t["HOST"], t["PORT"], t["PRIORITY"], t["ADDRESSES"]) for t in entry["DNS"]["TARGETS"]] == [
@@ -117,7 +117,7 @@ def test_a_changed_record_is_followed_after_its_ttl(
     assert new.count("INVITE") == before + 2, (old.count("INVITE"), new.count("INVITE"))
     assert request_hosts(new) == {f"gw.test:{old.port}"}
     # the dispatcher's copy follows too (re-resolved when the record expires, 5 s at the least)
-    wait_until(lambda: full_listing(b2b)[uri]["IPADDR"] == new.ip, 15.0, interval=0.5,
+    wait_until(lambda: full_listing(b2b.process)[uri]["IPADDR"] == new.ip, 15.0, interval=0.5,
                what="dispatcher.list full showing the new address")
 
 
@@ -164,3 +164,25 @@ def test_a_name_without_records_stops_the_start_naming_the_line(workdir: Path, a
             f"_sip._udp.carrier.test and no A/AAAA record for carrier.test (nameservers {dns.nameserver}))"
             ) in done.stderr, done.stderr
     assert dns.asked("_sip._udp.carrier.test", "SRV") >= 1 and dns.asked("carrier.test", "A") >= 1
+
+
+def test_an_srv_target_that_refuses_the_connection_is_passed_over(
+        gateway_factory: GatewayFactory, b2bua_factory: B2buaFactory, caller: Caller, workdir: Path,
+        addresses: AddressAllocator, dns: DnsServer) -> None:
+    # pjsip's own failover between the targets of a name: the best one refuses the TCP connection
+    closed_ip = addresses.next()
+    closed_port = free_port(closed_ip, "tcp")  # nothing listens there
+    backup = gateway_factory("answer", transport="tcp")
+    dns.add_srv("_sip._tcp.carrier.test", 10, 0, closed_port, "sbc1.carrier.test")
+    dns.add_srv("_sip._tcp.carrier.test", 20, 0, backup.port, "sbc2.carrier.test")
+    dns.add_a("sbc1.carrier.test", closed_ip)
+    dns.add_a("sbc2.carrier.test", backup.ip)
+    ip = addresses.next()
+    port = free_port(ip, "udp")
+    write_list_file(workdir, [ListEntry(1, "sip:carrier.test;transport=tcp")])
+    b2b = b2bua_factory(b2bua_config(ip, port, sip={
+        "listen": [f"udp:{ip}:{port}", f"tcp:{ip}:{free_port(ip, 'tcp')}"], "nameservers": [dns.nameserver]}))
+    result = caller.run_calls(ip, port, n=2, rate=10, call_duration_ms=0)
+    assert result.ok and result.final_codes == [200, 200], result.describe()
+    assert backup.count("INVITE") == 2 and request_hosts(backup) == {"carrier.test;transport=tcp"}
+    assert full_listing(b2b)["sip:carrier.test;transport=tcp"]["DNS"]["QUERY"] == "_sip._tcp.carrier.test"
