@@ -110,7 +110,7 @@ class PeerCall(pj.Call):  # type: ignore[misc]
         self.ended = False
         self.recorder: pj.AudioMediaRecorder | None = None
         self.record_path = ""
-        self.connected: set[int] = set()  # conference slots of this call's audio we wired up
+        self.wired = False  # the call's audio was wired up at least once
         self.playing: pj.AudioMedia | None = None  # the source we play into it (early tone until answered)
         self.confirmed = False
         self.stats: dict[str, Any] = {}
@@ -404,13 +404,14 @@ class Peer:
             self.events.emit("media", call=call.number, **fields)
 
     def _wire(self, call: PeerCall, index: int) -> None:
-        """Our tone into the call, the call into its recorder (and back into itself with --echo)."""
+        """Our tone into the call, the call into its recorder (and back into itself with --echo).
+
+        After every media update: pjsua may have replaced the call's conference port (a new
+        direction or codec restarts the stream), and a new port may reuse an old one's number,
+        so connections are made again each time (connecting twice changes nothing)."""
         aud = call.getAudioMedia(index)
-        slot = aud.getPortId()
-        if slot in call.connected:
-            return
-        call.connected.add(slot)
-        call.playing = None  # a new port: whatever played into the old one plays into this one
+        call.wired = True
+        call.playing = None  # maybe a new port: whatever played into the old one plays into this one
         early = self.early_source is not None and not call.confirmed
         self._play(call, self.early_source if early else self.source)
         # our (null) speaker plays every call, as a phone's would: the bridge reads a call's audio
@@ -471,7 +472,7 @@ class Peer:
 
     def snapshot_stats(self, call: PeerCall) -> None:
         """The audio stream's RTP/RTCP and jitter buffer counters, kept for the 'ended' event."""
-        if call.ended or not call.connected:
+        if call.ended or not call.wired:
             return
         info = call.getInfo()
         for media in info.media:
