@@ -287,6 +287,9 @@ class Bridge:
         if self.closed:
             return
         old = self.peer
+        if old == index and self.connected:
+            self.early = early  # the early leg answered: it stays connected
+            return
         if old and old != index:
             self._disconnect(old)
         if old != index:

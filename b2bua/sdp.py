@@ -24,7 +24,7 @@ def audio_direction(sdp: str) -> MediaDirection:
     """
     session_dir = MediaDirection.SENDRECV
     session_hold = False
-    in_audio = seen_audio = False
+    in_media = in_audio = seen_audio = False
     media_dir: MediaDirection | None = None
     media_hold: bool | None = None
     port_zero = False
@@ -34,24 +34,28 @@ def audio_direction(sdp: str) -> MediaDirection:
             if in_audio:
                 break  # the first audio stream is over
             fields = line[2:].split()
+            in_media = True
             in_audio = bool(fields) and fields[0] == "audio"
             if in_audio:
                 seen_audio = True
                 port_zero = len(fields) > 1 and fields[1] == "0"
             continue
+        if in_media and not in_audio:
+            continue  # another stream's lines (video before the audio)
         if line.startswith("a="):
             direction = _DIRECTIONS.get(line[2:])
             if direction is None:
                 continue
             if in_audio:
                 media_dir = direction
-            elif not seen_audio:
+            else:
                 session_dir = direction
         elif line.startswith("c="):
-            hold = line.split()[-1] in _HOLD_ADDRESSES if len(line.split()) >= 3 else False
+            fields = line.split()
+            hold = len(fields) >= 3 and fields[-1] in _HOLD_ADDRESSES
             if in_audio:
                 media_hold = hold
-            elif not seen_audio:
+            else:
                 session_hold = hold
     if not seen_audio or port_zero:
         return MediaDirection.INACTIVE

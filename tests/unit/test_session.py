@@ -32,7 +32,9 @@ from b2bua.events import (
     LegState,
     MediaDirection,
     MediaStats,
+    OfferFailed,
     Provisional,
+    RemoteOffer,
 )
 from b2bua.legpool import LegPool
 from b2bua.loop import Scheduler
@@ -245,6 +247,82 @@ def test_early_media_183_is_relayed() -> None:
     host.b(1).report(EarlyMedia(183, "Session Progress"))
     host.b(1).report(RINGING)
     assert a.actions == [("respond", 183)]
+
+
+def test_early_media_gives_the_caller_a_183_and_is_bridged_until_the_answer() -> None:
+    host = FakeHost(serial(GW1))
+    s, a = host.session()
+    s.start()
+    b = host.b(1)
+    b.report(RINGING)  # 180 first: relayed as it is
+    assert a.actions == [("respond", 180)]
+    b.report(MEDIA_READY)  # then a 183 with SDP (or a 180 with SDP): early media
+    assert a.actions == [("respond", 180), ("respond", 183)] and s.early_media_sent
+    a.report(MEDIA_READY)  # our SDP answer in that 183 set up the caller's media
+    assert a.actions[-1] == ("bridge", 1) and s.bridge.early
+    b.report(EarlyMedia(183, "Session Progress"))  # its 183's state report: nothing more to send
+    b.report(OK)
+    assert a.actions[-1] == ("respond", 200) and ("unbridge", 1) not in a.actions
+    assert (s.bridge.peer, s.bridge.early) == (1, False)
+
+
+def test_the_first_early_media_is_heard_then_the_winner() -> None:
+    host = FakeHost(parallel(GW1, GW2, GW3))
+    s, a = host.session()
+    s.start()
+    b1, b2, b3 = host.b(1), host.b(2), host.b(3)
+    a.media_ready = True
+    for b in (b2, b1):
+        b.report(EarlyMedia(183, "Session Progress"))
+        b.report(MEDIA_READY)  # b1's is the second early media: not heard
+    assert a.actions == [("respond", 183), ("bridge", 2)]
+    b2.report(Failed(486, "Busy Here"))  # the early leg gives up: the caller hears nothing
+    assert a.actions[-1] == ("unbridge", 2) and s.bridge.peer == 0
+    b1.report(MEDIA_READY)  # the other early media takes over (no second 183)
+    assert a.actions[-1] == ("bridge", 1)
+    b3.report(OK)
+    b3.report(MEDIA_READY)
+    assert a.actions[-3:] == [("respond", 200), ("unbridge", 1), ("bridge", 3)]
+    assert [x[0] for x in b1.actions] == ["invite", "end"]  # cancelled
+
+
+def test_early_media_after_the_call_is_over_is_ignored() -> None:
+    host = FakeHost(serial(GW1))
+    s, a = host.session()
+    s.start()
+    a.report(Disconnected(487, "Request Terminated"))
+    host.b(1).report(MEDIA_READY)
+    assert a.actions == []
+
+
+def test_digits_and_offers_go_through_the_bridge() -> None:
+    host = FakeHost(serial(GW1))
+    s, a = host.session()
+    s.start()
+    b = host.b(1)
+    b.report(OK)
+    a.report(DtmfReceived("5", 100, DtmfMethod.RFC4733, 7, end=True))
+    a.report(RemoteOffer(MediaDirection.SENDONLY))
+    b.report(DtmfReceived("1", 0, DtmfMethod.SIP_INFO_DTMF, end=True))
+    b.report(OfferFailed(488, "Not Acceptable Here"))
+    assert b.actions[-2:] == [("dtmf", "5", 100, DtmfMethod.RFC4733), ("direction", MediaDirection.SENDONLY)]
+    assert a.actions[-1] == ("dtmf", "1", 160, DtmfMethod.RFC4733)
+
+
+def test_no_rtp_for_rtp_timeout_ends_the_call() -> None:
+    host = FakeHost(serial(GW1))
+    s, a = host.session()
+    s.start()
+    b = host.b(1)
+    b.report(OK)
+    s.media_timeout(1, 30.0)
+    assert ends(a) == [("end", 0, "", ())] and ends(b) == [("end", 0, "", ())]  # BYE both ways
+    s.media_timeout(1, 30.0)  # once
+    assert len(ends(a)) == 1
+    a.report(Disconnected(200, ""))
+    b.report(Disconnected(200, ""))
+    assert s.cause is EndCause.MEDIA_TIMEOUT and host.ended == [s]
+    assert host.recorder.events[-1] == ("ended", EndCause.MEDIA_TIMEOUT, GW1.uri)
 
 
 def test_callee_hangs_up() -> None:
@@ -516,7 +594,9 @@ def test_events_a_state_does_not_expect_are_ignored() -> None:
 # -- any order of events keeps the bookkeeping straight ---------------------------------------------
 
 EVENTS = st.sampled_from([TRYING, RINGING, EarlyMedia(), OK, CONFIRMED, MEDIA_READY, Failed(503, "x"),
-                          Failed(486, "Busy"), Disconnected(200, ""), DtmfReceived("1")])
+                          Failed(486, "Busy"), Disconnected(200, ""), DtmfReceived("1"),
+                          DtmfReceived("2", 100, end=True), RemoteOffer(MediaDirection.INACTIVE),
+                          RemoteOffer(), OfferFailed(491)])
 
 
 @settings(max_examples=300, deadline=None)
