@@ -31,6 +31,10 @@ _PROBE_RE = re.compile(r"^X-B2BUA-Probe:\s*(\d+)", re.MULTILINE | re.IGNORECASE)
 #: pjsua's media "quality" (see Endpoint.start)
 RESAMPLER_QUALITY = 2
 
+#: pjsip's lines about an INVITE it refuses itself (Endpoint._on_rejected logs the refusal)
+_SDP_ERROR = "Bad SDP in incoming INVITE: "
+_QUIET = ("Request verification failed", "Error parsing/validating SDP body")
+
 #: pjsip log level -> loguru level
 _PJ_LEVELS = {0: "CRITICAL", 1: "ERROR", 2: "WARNING", 3: "INFO", 4: "DEBUG", 5: "TRACE", 6: "TRACE"}
 
@@ -44,6 +48,8 @@ class PjLogWriter(pj.LogWriter):  # type: ignore[misc]
 
     #: set while the endpoint shuts down (see :meth:`write`)
     closing = False
+    #: why pjsip refused the SDP of the INVITE being refused now (read by Endpoint._on_rejected)
+    sdp_error = ""
 
     def write(self, entry: pj.LogEntry) -> None:
         try:
@@ -51,10 +57,13 @@ class PjLogWriter(pj.LogWriter):  # type: ignore[misc]
             msg = entry.msg.rstrip()
             # keepalives still in flight end inside libDestroy, after the account is gone, and
             # pjsua2 reports each as an error: expected at shutdown, so not one. An INVITE pjsua
-            # refuses itself (488: no codec in common) gets one line with its Call-ID and codecs
-            # from Endpoint._on_rejected: pjsip's own would be an ERROR per call without either.
-            if (self.closing and "cannot find Account instance" in msg) or msg.startswith(
-                    "Request verification failed"):
+            # refuses itself (488: no codec in common, 400: an SDP that does not parse) gets one
+            # line with its Call-ID and why from Endpoint._on_rejected: pjsip's own would be one
+            # or two ERRORs per call without a Call-ID, which a flood of bad INVITEs multiplies.
+            if msg.startswith(_SDP_ERROR):
+                self.sdp_error = msg[len(_SDP_ERROR):].split(" [status=", 1)[0]
+                level = "DEBUG"
+            elif (self.closing and "cannot find Account instance" in msg) or msg.startswith(_QUIET):
                 level = "DEBUG"
             logger.opt(depth=0).bind(call_id="pjsip").log(level, msg)
         except Exception:  # never let an exception cross into C++
@@ -244,10 +253,15 @@ class Endpoint:
         head, _, body = raw.partition("\r\n\r\n")
         call_id = sip_text.parse_message(head)[1].get("call-id", ("-",))[0]
         log = logger.bind(call_id=sip_text.printable(call_id, 100))
+        sdp_error = ""
+        if self._log_writer is not None:
+            sdp_error, self._log_writer.sdp_error = self._log_writer.sdp_error, ""
         if prm.statusCode == 488:
             offered = sip_text.printable(", ".join(describe_offer(body))) or "no audio"
             log.info("refused: 488 Not Acceptable Here: the caller offers {}; [sip] codecs are {}",
                      offered, ", ".join(self.config.sip.codecs))
+        elif sdp_error:
+            log.info("refused: {} {} ({})", prm.statusCode, sip_text.printable(prm.reason), sdp_error)
         else:
             log.info("refused by pjsua: {} {}", prm.statusCode, sip_text.printable(prm.reason))
 

@@ -253,50 +253,45 @@ class Leg(CallLeg, pj.Call):  # type: ignore[misc]
             return False  # already gone
         return True
 
+    # The conference is wired through pjsua's C functions: pjsua2's AudioMedia lookups raise (and
+    # log an ERROR each time) for a leg whose stream is gone or held inactive, an everyday case.
+
     def connect_audio(self, other: CallLeg) -> bool:
         assert isinstance(other, Leg)
-        mine, theirs = self._audio(), other._audio()
-        if mine is None or theirs is None:
+        lib = _pjsip()
+        mine, theirs = lib.pjsua_call_get_conf_port(self.getId()), lib.pjsua_call_get_conf_port(other.getId())
+        if mine < 0 or theirs < 0:
             return False
-        try:
-            mine.startTransmit(theirs)
-            theirs.startTransmit(mine)
-        except pj.Error as exc:
-            logger.warning("cannot bridge audio: {}", exc.info())
+        status = lib.pjsua_conf_connect(mine, theirs) or lib.pjsua_conf_connect(theirs, mine)
+        if status:
+            logger.warning("cannot bridge audio: pjsua_conf_connect {} <-> {} failed ({})", mine, theirs, status)
             return False
         return True
 
     def disconnect_audio(self, other: CallLeg) -> None:
         assert isinstance(other, Leg)
-        mine, theirs = self._audio(), other._audio()
-        if mine is None or theirs is None:
-            return
-        for src, dst in ((mine, theirs), (theirs, mine)):
-            try:
-                src.stopTransmit(dst)
-            except pj.Error:
-                pass  # not connected (any more)
+        lib = _pjsip()
+        mine = lib.pjsua_call_get_conf_port(self.getId())
+        theirs = lib.pjsua_call_get_conf_port(other.getId()) if "this" in other.__dict__ else -1
+        if mine >= 0 and theirs >= 0:
+            lib.pjsua_conf_disconnect(mine, theirs)  # whatever of it is still there
+            lib.pjsua_conf_disconnect(theirs, mine)
 
-    def _audio(self) -> pj.AudioMedia | None:
-        """The leg's active audio, or None."""
-        try:
-            return self.getAudioMedia(-1)
-        except pj.Error:
-            return None
-
-    def _stream_index(self) -> int:
-        """The media index of the leg's audio stream, -1 without one (no stream: inactive)."""
-        for index in range(3):  # audio first on our own offers; a caller's may put video before it
-            try:
-                if self.getStreamInfo(index).type == pj.PJMEDIA_TYPE_AUDIO:
-                    return index
-            except pj.Error:
-                continue
+    def _media_index(self, *, stream: bool) -> int:
+        """The index of the leg's audio in its SDP, -1 without one; with ``stream``, only when
+        it has a stream now (held ``inactive`` it has none)."""
+        info = self.getInfo()  # held: its media vector lives as long as it does
+        for media in info.media:
+            if media.type == pj.PJMEDIA_TYPE_AUDIO and (media.audioConfSlot >= 0 or not stream):
+                return int(media.index)
         return -1
 
     def telephone_event(self) -> bool:
-        index = self._stream_index()
-        return index >= 0 and self.getStreamInfo(index).audTxEventPt > 0
+        index = self._media_index(stream=True)
+        if index < 0:
+            return False
+        info = self.getStreamInfo(index)
+        return info.audTxEventPt > 0 and bool(info.dir & pj.PJMEDIA_DIR_ENCODING)
 
     def send_dtmf(self, digit: str, duration_ms: int, method: DtmfMethod) -> None:
         try:
@@ -319,8 +314,9 @@ class Leg(CallLeg, pj.Call):  # type: ignore[misc]
             raise LegError(exc.reason, exc.info()) from None
 
     def _play_tones(self, digit: str, duration_ms: int) -> None:
-        audio = self._audio()
-        if audio is None:
+        lib = _pjsip()
+        slot = lib.pjsua_call_get_conf_port(self.getId())
+        if slot < 0:
             raise LegError("no audio stream")
         if self._tones is None:
             tones = pj.ToneGenerator()
@@ -334,11 +330,11 @@ class Leg(CallLeg, pj.Call):  # type: ignore[misc]
         tone.volume = 0  # pjmedia's default level
         digits = pj.ToneDigitVector()
         digits.append(tone)
-        self._tones.startTransmit(audio)  # again after a renegotiation replaced the port: harmless
+        lib.pjsua_conf_connect(self._tones.getPortId(), slot)  # again after a renegotiation: harmless
         self._tones.playDigits(digits, False)
 
     def set_direction(self, direction: MediaDirection) -> None:
-        index = self._stream_index()
+        index = self._media_index(stream=False)
         prm = op()
         prm.opt.flag = pj.PJSUA_CALL_SET_MEDIA_DIR
         dirs = pj.IntVector()
@@ -352,7 +348,7 @@ class Leg(CallLeg, pj.Call):  # type: ignore[misc]
         self._reinviting = True
 
     def media_stats(self) -> MediaStats | None:
-        index = self._stream_index()
+        index = self._media_index(stream=True)
         if index < 0:
             return None
         try:
@@ -423,13 +419,20 @@ def _response_headers(prm: Any) -> dict[str, tuple[str, ...]]:
 
 @functools.cache
 def _pjsip() -> ctypes.CDLL:
-    """pjsip's C API in the loaded module, for what pjsua2 does not wrap."""
+    """pjsip's and pjsua's C API in the loaded module: what pjsua2 does not wrap, or wraps with
+    an exception (and an ERROR line) for everyday cases."""
     lib = ctypes.CDLL(pj._pjsua2.__file__)
     lib.pjsip_rdata_get_dlg.restype = ctypes.c_void_p
     lib.pjsip_rdata_get_dlg.argtypes = [ctypes.c_void_p]
     lib.pjsip_dlg_respond.restype = ctypes.c_int
     lib.pjsip_dlg_respond.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p,
                                       ctypes.c_void_p, ctypes.c_void_p]
+    for name in ("pjsua_call_get_conf_port",):
+        getattr(lib, name).restype = ctypes.c_int
+        getattr(lib, name).argtypes = [ctypes.c_int]
+    for name in ("pjsua_conf_connect", "pjsua_conf_disconnect"):
+        getattr(lib, name).restype = ctypes.c_int
+        getattr(lib, name).argtypes = [ctypes.c_int, ctypes.c_int]
     return lib
 
 

@@ -59,6 +59,7 @@ class FakeLeg(CallLeg):
         self.is_attached = True
         self.released = False
         self.on_end: list[LegEvent] = []
+        self.stats: MediaStats | None = None
 
     def report(self, event: LegEvent) -> None:
         """What the adapter does: hand the event to the owner, if the leg still has one."""
@@ -98,7 +99,7 @@ class FakeLeg(CallLeg):
         self.actions.append(("direction", direction))
 
     def media_stats(self) -> MediaStats | None:
-        return None
+        return self.stats
 
     def attached(self) -> bool:
         return self.is_attached
@@ -635,17 +636,29 @@ def test_core_calls_reports_the_call_and_its_legs() -> None:
     from b2bua.core_rpc import calls_report
 
     host = FakeHost(parallel(GW1, GW2))
-    s, _a = host.session()
+    s, a = host.session()
     s.call.started = 10.0
     s.start()
     host.b(1).report(RINGING)
     [report] = calls_report([s], 12.5)
     assert (report["state"], report["duration"], report["answered_by"]) == ("dialing", 2.5, None)
+    assert report["caller"] == {"state": "early", "media": None}
     assert report["legs"] == [
-        {"index": 1, "target": GW1.uri, "state": "proceeding", "answered": False, "provisional": True},
-        {"index": 2, "target": GW2.uri, "state": "calling", "answered": False, "provisional": False},
+        {"index": 1, "target": GW1.uri, "state": "proceeding", "answered": False, "provisional": True,
+         "heard": False, "media": None},
+        {"index": 2, "target": GW2.uri, "state": "calling", "answered": False, "provisional": False,
+         "heard": False, "media": None},
     ]
     host.b(2).report(OK)
+    a.report(MEDIA_READY)
+    host.b(2).report(MEDIA_READY)
+    stats = MediaStats("PCMA/8000", MediaDirection.RECVONLY, 120, 118, 2, 1, 0.4567, "10.0.0.2:4000", "10.0.0.2:4000")
+    host.b(2).stats = stats
     [report] = calls_report([s], 13.0)
     assert report["state"] == "answered" and report["answered_by"] == GW2.uri
-    assert [(leg["index"], leg["answered"]) for leg in report["legs"]] == [(1, False), (2, True)]
+    assert [(leg["index"], leg["answered"], leg["heard"]) for leg in report["legs"]] == [(1, False, False),
+                                                                                        (2, True, True)]
+    assert report["legs"][1]["media"] == {
+        "codec": "PCMA/8000", "direction": "recvonly", "rx_packets": 120, "tx_packets": 118, "rx_lost": 2,
+        "rx_discarded": 1, "jitter_ms": 0.46, "remote": "10.0.0.2:4000", "source": "10.0.0.2:4000"}
+    assert report["caller"] == {"state": "answered", "media": None}  # ready, but no stream to read
