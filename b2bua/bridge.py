@@ -25,7 +25,8 @@ What it does (``docs/media.md`` says it for operators):
   A session refresh (same direction) is answered on its own leg and goes nowhere.
 * **RTP watch.** Every ``rtp_watch_interval`` seconds of an answered call each leg's counters
   are read (:class:`RtpWatch`): a flood, RTP from an address that is not the negotiated one,
-  and (``rtp_timeout``) a peer silent too long, which ends the call.
+  and (``rtp_timeout``) a peer silent too long, which ends the call. Dropping what does not
+  belong is pjmedia's (with ``rtp_strict_source``, its source lock); the watch tells.
 """
 
 from __future__ import annotations
@@ -102,13 +103,14 @@ class MediaPolicy:
     watch_interval: float = 5.0  #: seconds between RTP checks of an answered call (0: no watch)
     rtp_timeout: float = 0.0  #: seconds of silence from a peer that should send that end the call (0: never)
     flood_pps: int = 400  #: packets a second from one peer that count as a flood
+    strict_source: bool = True  #: RTP from another address than the peer's is dropped (pjmedia's lock)
 
 
 @functools.lru_cache(maxsize=8)
 def policy(sip: SipConfig) -> MediaPolicy:
     """The bridge's policy from ``[sip]`` (validated there)."""
     return MediaPolicy(DtmfMode(sip.dtmf), DtmfFallback(sip.dtmf_fallback), HoldMode(sip.hold),
-                       sip.rtp_watch_interval, sip.rtp_timeout, sip.rtp_flood_pps)
+                       sip.rtp_watch_interval, sip.rtp_timeout, sip.rtp_flood_pps, sip.rtp_strict_source)
 
 
 _AS_SENT = {DtmfMode.RFC4733: DtmfMethod.RFC4733, DtmfMode.INFO: DtmfMethod.SIP_INFO,
@@ -521,10 +523,10 @@ class Bridge:
                              "the call is dropped", index, report.flood_started, stats.source or "?")
         if report.flood_ended:
             self.log.info("RTP flood to leg {} over: {} packets", index, report.flood_ended)
-        if report.new_source:
-            self.log.warning("RTP to leg {} comes from {}, not {} as its SDP says (pjmedia follows a new source "
-                             "after 10 packets in a row: a NATed peer, or someone else)", index,
-                             report.new_source, stats.remote)
+        if report.new_source:  # a NATed peer (every call of it), or someone else: not a warning
+            self.log.info("RTP to leg {} comes from {}, not {} as its SDP says: {}", index, report.new_source,
+                          stats.remote, "the leg keeps the first source it heard, the rest is dropped"
+                          if self.policy.strict_source else "followed after 10 packets in a row")
         timeout = self.policy.rtp_timeout
         if timeout > 0 and report.silent_for >= timeout:
             self.log.info("no RTP from leg {} for {:.0f} s (rtp_timeout = {:g}): ending the call", index,

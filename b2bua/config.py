@@ -346,6 +346,11 @@ class SipConfig:
         0.0, "end a call when a peer that should send audio (not on hold) sent no RTP for this many seconds "
         "(checked every rtp_watch_interval); 0: never", bounds=(0, 86400)
     )
+    rtp_strict_source: bool = opt(
+        True, "once a leg has RTP from its peer (the SDP's address, or the first it latched onto: a NATed "
+        "peer), drop RTP from any other address; false: follow a new source after 10 packets in a row, as "
+        "pjmedia does (whoever can send that many takes the call's audio)"
+    )
     rtp_flood_pps: int = opt(
         400, "RTP packets a second to one leg that are logged as a flood (a 20 ms stream is 50)", bounds=(60, None)
     )

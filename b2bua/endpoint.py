@@ -171,6 +171,7 @@ class Endpoint:
         cfg.logConfig.consoleLevel = self.config.log.pjsip_level
         cfg.logConfig.decor = 0
         self.ep.libInit(cfg)
+        self._set_rtp_source_lock(sip.rtp_strict_source)
         self._set_opus_rate(sip.clock_rate)
         self._set_codecs(sip.codecs)  # before any listener: a misspelt codec stops the start
         self.slots = call_slots()
@@ -236,6 +237,16 @@ class Endpoint:
             self.ep.codecSetPriority(cid, priority)
         offered = sorted((cid for cid, p in ranks.items() if p), key=lambda cid: -ranks[cid])
         logger.info("codecs: {}", ", ".join(display_id(cid) for cid in offered))
+
+    def _set_rtp_source_lock(self, on: bool) -> None:
+        """``[sip] rtp_strict_source``: pjmedia's source lock (scripts/pjproject-patches/0003), a
+        global read by the media threads; set before any call exists."""
+        try:
+            ctypes.c_int.in_dll(_pjlib(), "pjmedia_stream_rtp_source_lock").value = int(on)
+        except ValueError:  # a pjsua2 built without the patch (PyPI's, say)
+            if on:
+                logger.warning("this pjsua2 has no RTP source lock (scripts/build-pjsua2.sh builds one): RTP "
+                               "from another address is followed after 10 packets in a row")
 
     def _set_opus_rate(self, clock_rate: int) -> None:
         """Run Opus at the bridge's rate: nothing above it survives the bridge anyway, and at 8 kHz

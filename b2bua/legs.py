@@ -290,7 +290,10 @@ class Leg(CallLeg, pj.Call):  # type: ignore[misc]
         index = self._media_index(stream=True)
         if index < 0:
             return False
-        info = self.getStreamInfo(index)
+        try:
+            info = self.getStreamInfo(index)
+        except pj.Error:
+            return False
         return info.audTxEventPt > 0 and bool(info.dir & pj.PJMEDIA_DIR_ENCODING)
 
     def send_dtmf(self, digit: str, duration_ms: int, method: DtmfMethod) -> None:

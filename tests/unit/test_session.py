@@ -627,7 +627,8 @@ def test_any_event_sequence_keeps_the_books(mode: DialMode, steps: list[tuple[in
 
 
 def test_the_call_core_does_not_import_pjsua2() -> None:
-    code = ("import sys; import b2bua.session, b2bua.legpool, b2bua.events, b2bua.core_rpc, b2bua.sippolicy; "
+    code = ("import sys; import b2bua.session, b2bua.legpool, b2bua.events, b2bua.core_rpc, b2bua.sippolicy, "
+            "b2bua.bridge, b2bua.sdp; "
             "sys.exit('pjsua2' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 

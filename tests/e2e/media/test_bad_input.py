@@ -94,7 +94,7 @@ def test_an_invite_whose_sdp_does_not_parse_gets_400_and_one_line(
     for name, (sdp, why) in BAD_SDPS.items():
         status = raw_invite(b2b, ip, f"bad-{name}", sdp.replace("\n", "\r\n").encode())
         assert status == "SIP/2.0 400 Bad SDP", (name, status)
-        wait_until(lambda: bool(log_lines(b2b, f"bad-{name}")), 5, what=f"the log line of bad-{name}")
+        wait_until(lambda call_id=f"bad-{name}": bool(log_lines(b2b, call_id)), 5, what=f"the line of bad-{name}")
         [line] = log_lines(b2b, f"bad-{name}")
         assert f"refused: 400 Bad SDP ({why}" in line and "INFO" in line, line
     assert gw.incoming() == []  # nothing reached the gateway

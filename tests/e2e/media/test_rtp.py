@@ -96,42 +96,76 @@ def test_core_calls_shows_each_legs_codec_and_rtp_counters(
     assert caller["media"]["remote"].startswith(phone.ip + ":")
 
 
+def intrude(target: tuple[str, int], ip: str, *, seconds: float, copies: int, garbage: int) -> str:
+    """Attack a call's RTP port from ``ip`` for ``seconds``; the attacker's address.
+
+    Every 20 ms: ``garbage`` packets that are no RTP, and ``copies`` copies of one RTP packet of
+    the intruder's tone (the next sequence number each time: the copies are duplicates, so what
+    gets through plays in real time). pjmedia alone follows a new source after 10 packets from
+    it in a row: 12 copies every 20 ms take the stream over.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind((ip, 0))
+        started = time.monotonic()
+        for seq in range(1, round(seconds / 0.02) + 1):  # bounded: seconds / 20 ms ticks
+            for _ in range(garbage):
+                sock.sendto(b"\x00garbage that is no RTP\x00" * 4, target)
+            packet = rtp_packet(seq, 0x1234, INTRUDER_HZ)
+            for _ in range(copies):
+                sock.sendto(packet, target)
+            time.sleep(max(0.0, started + seq * 0.02 - time.monotonic()))
+        return f"{ip}:{sock.getsockname()[1]}"
+
+
+def heard_runs(peer: MediaPeer, call: int, candidates: list[float]) -> list[tuple[float | None, int]]:
+    samples, rate = read_wav(peer.recording(call))
+    return tone_runs(timeline(samples, rate, window=0.1), candidates)
+
+
 def test_a_flood_and_an_intruders_rtp_leave_the_call_alone_and_are_logged_once(
         media_peer_factory: MediaPeerFactory, b2bua_factory: B2buaFactory, workdir: Path,
         addresses: AddressAllocator) -> None:
     b2b, phone, gw, number = answered_call(media_peer_factory, b2bua_factory, workdir, addresses,
                                            rtp_watch_interval=0.5)
-    target = b2bua_rtp_address(phone, number)
-    intruder = addresses.next()
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind((intruder, 0))
-        sent, seq, started = 0, 0, time.monotonic()
-        while sent < 12_000 and time.monotonic() - started < 6.0:  # ~4000 a second for 3 s
-            for _ in range(40):
-                sock.sendto(b"\x00garbage that is no RTP\x00" * 4, target)
-            # an intruder's RTP, a few packets at a time: fewer in a row than pjmedia follows (10)
-            for _ in range(3):
-                seq += 1
-                sock.sendto(rtp_packet(seq, 0x1234, INTRUDER_HZ), target)
-            sent += 43
-            time.sleep(0.01)
-        source = f"{intruder}:{sock.getsockname()[1]}"
+    # 3 s of 60 packets every 20 ms (3000 a second): 48 that are no RTP, 12 of an intruder's RTP
+    source = intrude(b2bua_rtp_address(phone, number), addresses.next(), seconds=3.0, copies=12, garbage=48)
     time.sleep(1.5)  # the call goes on after the flood
     phone.hangup(number)
     assert gw.wait_ended(1)["code"] == 200
     # the call and its audio were left alone: each side hears the other, nobody the intruder
     assert tail_heard(phone, number, 1.2).is_tone(GW_HZ), tail_heard(phone, number, 1.2).describe()
     assert tail_heard(gw, 1, 1.2).is_tone(CALLER_HZ), tail_heard(gw, 1, 1.2).describe()
-    samples, rate = read_wav(phone.recording(number))
-    runs = tone_runs(timeline(samples, rate, window=0.1), [GW_HZ, INTRUDER_HZ])
-    assert not any(tone == INTRUDER_HZ for tone, _ in runs), runs
+    for peer, call in ((phone, number), (gw, 1)):
+        runs = heard_runs(peer, call, [GW_HZ, CALLER_HZ, INTRUDER_HZ])
+        assert not any(tone == INTRUDER_HZ for tone, _ in runs), (peer.name, runs)
+    # and the caller was not cut off: at most a few concealed frames here and there
+    runs = heard_runs(gw, 1, [CALLER_HZ])
+    assert sum(count for tone, count in runs[1:] if tone != CALLER_HZ) <= 5, runs
     # logged once each, with the Call-ID, however many packets came
     call_id = phone.events("state", number)[0]["call_id"]
     floods = log_lines(b2b, "RTP flood to leg 0:")
     assert len(floods) == 1 and call_id in floods[0] and "WARNING" in floods[0], floods
     intruders = log_lines(b2b, f"RTP to leg 0 comes from {source}")
-    assert len(intruders) == 1 and call_id in intruders[0], intruders
+    assert len(intruders) == 1 and call_id in intruders[0] and "the rest is dropped" in intruders[0], intruders
     assert len(log_lines(b2b, "RTP flood to leg 0 over:")) == 1
+
+
+def test_without_the_source_lock_an_intruder_takes_the_audio(
+        media_peer_factory: MediaPeerFactory, b2bua_factory: B2buaFactory, workdir: Path,
+        addresses: AddressAllocator) -> None:
+    """What [sip] rtp_strict_source = true protects against (pjmedia's own behaviour)."""
+    b2b, phone, gw, number = answered_call(media_peer_factory, b2bua_factory, workdir, addresses,
+                                           rtp_watch_interval=0.5, rtp_strict_source=False)
+    intrude(b2bua_rtp_address(phone, number), addresses.next(), seconds=3.0, copies=12, garbage=0)
+    time.sleep(1.0)
+    phone.hangup(number)
+    gw.wait_ended(1)
+    # the intruder took the caller's place: the gateway heard the intruder (or what pjmedia made
+    # of its packets) instead of the caller for a second at least (the locked test's gateway
+    # hears the caller throughout)
+    runs = heard_runs(gw, 1, [CALLER_HZ, INTRUDER_HZ])
+    assert sum(count for tone, count in runs if tone != CALLER_HZ) >= 10, runs
+    assert log_lines(b2b, "followed after 10 packets in a row")
 
 
 def test_rtp_timeout_ends_a_call_whose_peer_stopped_sending(
