@@ -3,7 +3,9 @@
 ``App`` wires the parts together and holds what they share; each concern lives in its own
 module:
 
-* admission (which new INVITEs get a session): the incoming-call path below;
+* admission (which requests get in, which INVITEs get a session): :class:`b2bua.guard.Gate`
+  and :func:`b2bua.admission.decide`, asked by the early filter (:mod:`b2bua.rxfilter`) and,
+  without it, by the incoming-call path below;
 * the call core: :class:`b2bua.session.Session` per call, legs from :class:`b2bua.legpool.LegPool`;
 * start, serve loop and shutdown sequence: :class:`b2bua.lifecycle.Lifecycle`;
 * Host services for plugins (timers, thread hand-off, out-of-dialog requests);
@@ -13,25 +15,30 @@ module:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from loguru import logger
 
-from b2bua import __version__, sip
-from b2bua.api import CallInfo, EndCause, Reject
+from b2bua import __version__
+from b2bua.admission import Decision, Load, Verdict, Why, shedding_helps
+from b2bua.api import DEFAULT_OUTBOUND, CallInfo, EndCause, Outbound, ProbeResult, Reject
 from b2bua.backlog import AdmissionShare, ReceiveBacklog
 from b2bua.config import Config, SipConfig
 from b2bua.core_rpc import calls_report
 from b2bua.endpoint import Endpoint
 from b2bua.events import CallLeg, Disconnected, LegEvent
+from b2bua.guard import Gate, register_security_methods
+from b2bua.headers import Passthrough
 from b2bua.legpool import LegPool
 from b2bua.legs import leg_factory
 from b2bua.lifecycle import Lifecycle, StartupError
-from b2bua.loop import Scheduler, Timer
+from b2bua.loop import BlockingPool, Scheduler, Task, Timer
 from b2bua.plugins import Hooks, make_manager
 from b2bua.rpc import RpcRegistry
 from b2bua.session import Session
+from b2bua.wire import Malformed, WireRequest, call_info, check_response, raw_call_id
 
 if TYPE_CHECKING:
     import pjsua2 as pj
@@ -44,6 +51,13 @@ T = TypeVar("T")
 HEARTBEAT = 0.05
 #: at most one "overload" warning per this many seconds (shedding can start and stop often)
 OVERLOAD_LOG_EVERY = 10.0
+#: per heartbeat, how much of the recent work counts on (about a second's memory): a beat right
+#: after the loop stalled has seen little of what waits in the queue
+RECENT_WORK_DECAY = 0.95
+#: worker threads for plugins' blocking work (``run_blocking``: reloads, DNS, state files)
+BLOCKING_WORKERS = 4
+#: seconds shutdown waits for blocking work still running
+BLOCKING_STOP_WAIT = 5.0
 
 
 class App:
@@ -57,11 +71,16 @@ class App:
         self.pm = make_manager(config.plugins.enabled)
         self.hooks = Hooks(self.pm)
         self.registry = RpcRegistry()
-        self.endpoint = Endpoint(config, self.scheduler, self._on_incoming)
-        #: Host.send_request: out-of-dialog requests (keepalives) go straight to the endpoint
-        self.send_request = self.endpoint.send_request
+        self.gate = Gate(config.security, config.sip, debug=config.log.level.upper() in ("TRACE", "DEBUG"))
+        register_security_methods(self.registry, self.gate)
+        self.endpoint = Endpoint(config, self.scheduler, self._on_incoming, screen_request=self._screen,
+                                 screen_response=self._screen_response, on_dropped=self.gate.log.note_unparsable)
+        #: worker threads for plugins' blocking work (Host.run_blocking)
+        self.blocking = BlockingPool(self.scheduler, BLOCKING_WORKERS)
         #: every call leg's pjsua2 Call object, from call slot to release
-        self.legs = LegPool(leg_factory(lambda: self.endpoint.account))
+        self.legs = LegPool(leg_factory(self.endpoint.account_for))
+        #: [headers]: what crosses between the legs (the session's host)
+        self.passthrough = Passthrough.compile(config.headers.to_gateway, config.headers.to_caller)
         self.sessions: dict[int, Session] = {}  #: calls in progress by CallInfo.id
         self.started_at = time.time()
         self._next_session = 0
@@ -69,6 +88,10 @@ class App:
         self._overloaded_until = 0.0
         self._overload_logged = 0.0
         self._shed = 0  #: new calls answered 503 Overloaded since the last overload warning
+        self._refusals_logged = time.monotonic()
+        self._recent_work = (0.0, 0.0)  #: new calls and other refusals, decayed per heartbeat
+        #: the last INVITE the early filter let in, and what it parsed (see _on_incoming)
+        self._admitted: tuple[bytes, WireRequest] | None = None
         self._backlog = ReceiveBacklog([])
         self._admission = AdmissionShare()
 
@@ -90,6 +113,25 @@ class App:
 
     def run_on_loop(self, callback: Callable[[], T], timeout: float = 10.0) -> T:
         return self.scheduler.run_on_loop(callback, timeout)
+
+    def run_blocking(self, fn: Callable[[], T], on_done: Callable[[Future[T]], None] | None = None) -> Future[T]:
+        return self.blocking.submit(fn, on_done)
+
+    def run_task(self, steps: Task[T], on_done: Callable[[Future[T]], None] | None = None) -> Future[T]:
+        return self.scheduler.run_task(steps, on_done)
+
+    def send_request(self, method: str, uri: str, *, from_uri: str, callback: Callable[[ProbeResult], None],
+                     timeout: float = 2.0, headers: Sequence[tuple[str, str]] = (),
+                     outbound: Outbound = DEFAULT_OUTBOUND) -> None:
+        self.scheduler.check_loop_thread("send_request")  # pjsua2 is the loop thread's alone
+        self.endpoint.send_request(method, uri, from_uri=from_uri, callback=callback, timeout=timeout,
+                                   headers=headers, outbound=outbound)
+
+    def stop_blocking_work(self) -> None:
+        """Shutdown, after the plugins stopped: refuse new blocking work, wait a little for what runs."""
+        running = self.blocking.stop(BLOCKING_STOP_WAIT)
+        if running:
+            logger.warning("{} blocking job(s) still running at shutdown: their results are dropped", running)
 
     # -- control API helpers ----------------------------------------------------------------------
 
@@ -142,39 +184,65 @@ class App:
         """Shutdown has begun: new calls are refused (503 Shutting Down)."""
         self._draining = True
 
-    # -- incoming calls ---------------------------------------------------------------------------
+    # -- incoming requests ------------------------------------------------------------------------
+
+    def _load(self, *, taken: bool) -> Load:
+        """The load a new call is admitted against; ``taken``: pjsua gave it a call slot already."""
+        sip_cfg = self._config.sip
+        in_use = self.legs.in_use - (1 if taken else 0)
+        return Load(
+            draining=self._draining,
+            overloaded=bool(self._overloaded_until) and time.monotonic() < self._overloaded_until,
+            share=self._admission.share,
+            calls=len(self.sessions),
+            max_calls=sip_cfg.max_calls,
+            free_slots=self.legs.slots - 1 - in_use,  # one slot kept free, as LegPool.full() does
+        )
+
+    def _screen(self, raw: bytes, source: str) -> Decision:
+        """The early filter's question for each request outside a transaction (inside pjsip)."""
+        decision, request = self.gate.screen(raw, source, self._load(taken=False), time.monotonic())
+        if decision.why is Why.OVERLOAD:
+            self._shed += 1
+        elif decision.verdict is Verdict.ACCEPT and request is not None and request.method == "INVITE" \
+                and not request.in_dialog:
+            self._admitted = (raw, request)
+        return decision
+
+    def _screen_response(self, raw: bytes, source: str) -> bool:
+        """Keep a response whose head is text; drop (and count) one that is not."""
+        try:
+            check_response(raw)
+        except Malformed as exc:
+            self.gate.note_bad_response(exc, source, raw_call_id(raw))
+            return False
+        return True
 
     def _on_incoming(self, prm: pj.OnIncomingCallParam) -> None:
-        sip_cfg = self._config.sip
         self._next_session += 1
         number = self._next_session
-        raw = prm.rdata.wholeMsg
-        start, headers = sip.parse_message(raw)
-        call = sip.call_info(number, start, headers, prm.rdata.srcAddress, time.monotonic())
+        raw = prm.rdata.wholeMsg.encode("utf-8", "surrogateescape")
+        source = prm.rdata.srcAddress
         a_leg = self.legs.incoming(prm.callId)  # pjsua already took a slot for this INVITE
-        refuse: Reject | None = None
-        if sip.undecodable(raw.split("\r\n\r\n", 1)[0]):
-            # nothing of it may reach pjsua2 again (TypeError) nor be trusted as text
-            refuse = Reject(400, "Bad Request")
-            call.call_id = sip.printable(call.call_id)
-        elif self._draining:
-            refuse = Reject(503, "Shutting Down", sip.retry_after(sip_cfg.retry_after))
-        elif (self._overloaded_until and time.monotonic() < self._overloaded_until) or not self._admission.admit():
-            refuse = Reject(503, "Overloaded", sip.retry_after(sip_cfg.retry_after))
-        elif len(self.sessions) >= sip_cfg.max_calls or self.legs.full():
-            refuse = Reject(sip_cfg.admission_code, "Too Many Calls", sip.retry_after(sip_cfg.retry_after))
-        if refuse is not None:
-            if refuse.reason == "Overloaded":  # thousands a second: counted, summed up by _heartbeat
+        admitted, self._admitted = self._admitted, None
+        if admitted is not None and admitted[0] == raw:
+            request: WireRequest | None = admitted[1]  # screened by the early filter a moment ago
+            decision = Decision(Verdict.ACCEPT)
+        else:  # no early filter: screened now, and a refusal costs the call pjsua set up
+            decision, request = self.gate.screen(raw, source, self._load(taken=True), time.monotonic(),
+                                                 new_call=True)
+            if decision.why is Why.OVERLOAD:
                 self._shed += 1
-                logger.bind(call_id=call.call_id).debug("refused: {} {}", refuse.code, refuse.reason)
-            else:
-                logger.bind(call_id=call.call_id).warning("refused: {} {}", refuse.code, refuse.reason)
+        if decision.verdict is not Verdict.ACCEPT or request is None:
+            # pjsua answered 100 Trying already: a request to drop gets untrusted_code instead
+            refuse = Reject(decision.code or self.gate.policy.untrusted_code, decision.reason or "Forbidden",
+                            decision.headers)
             a_leg.owner = _Refused(self.legs)
             self.legs.keep_until_disconnected(a_leg)  # dropping it now would hang up another call later
             # answered on the next pass: inside onIncomingCall pjsua would drop the extra headers
             self.scheduler.call_soon_threadsafe(lambda: self._refuse(a_leg, refuse))
             return
-        self.admit(call, a_leg)
+        self.admit(call_info(number, request, source, time.monotonic()), a_leg)
 
     def _refuse(self, a_leg: CallLeg, refuse: Reject) -> None:
         if not a_leg.end(refuse.code, refuse.reason, refuse.headers):
@@ -182,14 +250,14 @@ class App:
 
     def start_overload_watch(self) -> None:
         """Start-up: find the UDP listeners' receive queues and start the heartbeat (before the
-        first call: RTP sockets share the listeners' addresses)."""
+        first call: RTP sockets share the listeners' addresses). The heartbeat always runs: it
+        also sums up the refused requests."""
         sip_cfg = self._config.sip
         if sip_cfg.overload_backlog > 0:
             udp = [(x.address, x.port) for x in sip_cfg.listeners if x.transport == "udp"]
             self._backlog = ReceiveBacklog.find(udp)
             logger.debug("overload: watching the receive queue of {} UDP listener(s)", self._backlog.count)
-        if sip_cfg.overload_lag > 0 or self._backlog.count:
-            self._heartbeat(time.monotonic())
+        self._heartbeat(time.monotonic())
 
     def stop_overload_watch(self) -> None:
         self._backlog.close()
@@ -199,19 +267,27 @@ class App:
         late; a share (:class:`AdmissionShare`) while ``overload_backlog`` bytes of SIP wait unread.
 
         Refusing a new INVITE costs a third of a call; accepting calls the loop cannot serve
-        makes every call late, then retransmissions multiply the load and everything fails.
+        makes every call late, then retransmissions multiply the load and everything fails. But
+        when the loop is busy dropping a flood (requests the early filter refused or dropped
+        outweigh the new calls), refusing calls would not relieve it: they are not shed then.
+        Every ``[security] log_interval``, the requests refused meanwhile are summed up in one line.
         """
         cfg = self._config.sip
         now = time.monotonic()
         lag = now - expected
         why = ""
-        if 0 < cfg.overload_lag < lag:
+        calls, refused = self.gate.take_work()
+        recent_calls, recent_refused = self._recent_work
+        self._recent_work = (recent_calls * RECENT_WORK_DECAY + calls, recent_refused * RECENT_WORK_DECAY + refused)
+        calls_matter = shedding_helps(*self._recent_work)
+        if 0 < cfg.overload_lag < lag and calls_matter:
             why = f"the loop runs {lag * 1000:.0f} ms late"
             self._overloaded_until = now + 1.0
         if cfg.overload_backlog:
             queued = self._backlog.bytes()
-            self._admission.update(queued > cfg.overload_backlog)
-            if queued > cfg.overload_backlog:
+            over = queued > cfg.overload_backlog and calls_matter
+            self._admission.update(over)
+            if over:
                 why = why or f"{queued} bytes of SIP wait unread"
         if why:
             if now - self._overload_logged >= OVERLOAD_LOG_EVERY:
@@ -222,6 +298,11 @@ class App:
         elif self._shed and self._admission.share >= 1.0 and now >= self._overloaded_until:
             logger.warning("overload over: {} more new calls were answered 503", self._shed)
             self._shed = 0
+        if now - self._refusals_logged >= self._config.security.log_interval:
+            summary = self.gate.log.summary(now - self._refusals_logged)
+            self._refusals_logged = now
+            if summary:
+                logger.warning(summary)
         self.scheduler.call_later(HEARTBEAT, lambda: self._heartbeat(now + HEARTBEAT))
 
 

@@ -103,28 +103,17 @@ class AdmissionShare:
     """The share of new calls admitted while the receive queue is too long (AIMD, as TCP's window).
 
     Each heartbeat reports whether the queue was over the threshold: over, the share is cut by
-    ``cut``; under, it grows by ``step`` back towards 1. :meth:`admit` spreads the admitted calls
-    evenly (a credit counter, no randomness). On/off shedding refused far more than needed: at
-    1000 calls/s offered it completed ~400/s where ~540/s fit.
+    ``cut``; under, it grows by ``step`` back towards 1. :func:`b2bua.admission.decide` spreads
+    the admitted calls evenly (a credit counter, no randomness). On/off shedding refused far more
+    than needed: at 1000 calls/s offered it completed ~400/s where ~540/s fit.
     """
 
     def __init__(self, cut: float = 0.8, step: float = 0.02, floor: float = 0.05) -> None:
         self.share = 1.0
         self.cut, self.step, self.floor = cut, step, floor
-        self._credit = 0.0
 
     def update(self, overloaded: bool) -> None:
         if overloaded:
             self.share = max(self.floor, self.share * self.cut)
         else:
             self.share = min(1.0, self.share + self.step)
-
-    def admit(self) -> bool:
-        """Whether the next new call is admitted."""
-        if self.share >= 1.0:
-            return True
-        self._credit += self.share
-        if self._credit >= 1.0 - 1e-9:  # tenths do not add up to exactly 1.0 in floating point
-            self._credit -= 1.0
-            return True
-        return False

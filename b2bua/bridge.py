@@ -106,11 +106,17 @@ class MediaPolicy:
     strict_source: bool = True  #: RTP from another address than the peer's is dropped (pjmedia's lock)
 
 
-@functools.lru_cache(maxsize=8)
 def policy(sip: SipConfig) -> MediaPolicy:
-    """The bridge's policy from ``[sip]`` (validated there)."""
-    return MediaPolicy(DtmfMode(sip.dtmf), DtmfFallback(sip.dtmf_fallback), HoldMode(sip.hold),
-                       sip.rtp_watch_interval, sip.rtp_timeout, sip.rtp_flood_pps, sip.rtp_strict_source)
+    """The bridge's policy from ``[sip]`` (validated there); one object per distinct setting."""
+    return _policy(sip.dtmf, sip.dtmf_fallback, sip.hold, sip.rtp_watch_interval, sip.rtp_timeout,
+                   sip.rtp_flood_pps, sip.rtp_strict_source)
+
+
+@functools.lru_cache(maxsize=8)
+def _policy(dtmf: str, fallback: str, hold: str, interval: float, timeout: float, flood_pps: int,
+            strict_source: bool) -> MediaPolicy:
+    return MediaPolicy(DtmfMode(dtmf), DtmfFallback(fallback), HoldMode(hold), interval, timeout, flood_pps,
+                       strict_source)
 
 
 _AS_SENT = {DtmfMode.RFC4733: DtmfMethod.RFC4733, DtmfMode.INFO: DtmfMethod.SIP_INFO,

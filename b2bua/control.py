@@ -57,6 +57,7 @@ from b2bua.rpc import (
     INVALID_REQUEST,
     PARSE_ERROR,
     SERVER_ERROR,
+    RawJson,
     RpcError,
     RpcRegistry,
 )
@@ -214,6 +215,9 @@ class JsonRpcProcessor:
             if "error" in response:
                 logger.info("control notification {} failed: {}", call.method, response["error"]["message"])
             return None
+        result = response.get("result")
+        if isinstance(result, RawJson):  # encoded by the method, in slices (a large listing)
+            return b"".join((b'{"jsonrpc":"2.0","id":', _dumps(call.id), b',"result":', result.data, b"}"))
         try:
             return _dumps(response)
         except (TypeError, ValueError) as exc:
@@ -494,6 +498,7 @@ class _HttpHandler(http.server.BaseHTTPRequestHandler):
     """
 
     server: _HttpServer
+    rfile: _RequestReader
     protocol_version = "HTTP/1.1"
     server_version = "b2bua-control"
     sys_version = ""

@@ -1,7 +1,19 @@
-"""The pjsua2 endpoint: library set-up, transports, the local account, out-of-dialog requests.
+"""The pjsua2 endpoint: library set-up, transports, the accounts, out-of-dialog requests.
 
 One thread owns all of this (see ``docs/internals.md``): ``threadCnt = 0``,
 ``mainThreadOnly = True``, and the loop calls :meth:`Endpoint.poll`.
+
+**Accounts.** A pjsua account is how pjsua sends: its transport (listener), route set
+(outbound proxy) and digest credentials. The B2BUA makes one per way of sending in use
+(:class:`b2bua.outbound.OutboundProfile`), the first one at start-up (the default: no
+listener chosen, ``[sip] outbound_proxy``, the credentials without a name), the others the
+first time a B leg or keepalive needs them; every one receives incoming calls the same way.
+One account per credential set rather than one for all: a B leg's dialog takes its
+credentials from its account, so two trunks of one carrier (same realm, different
+usernames) need two accounts, and a socket or proxy is an account setting in pjsua anyway.
+pjsua allows ``PJSUA_MAX_ACC`` accounts (16 in our build): 15 ways of sending besides the
+default. Other accounts get an identity no incoming INVITE matches (``b2bua.invalid``), so
+pjsua keeps giving incoming calls to the default one.
 """
 
 from __future__ import annotations
@@ -18,25 +30,40 @@ import pjsua2 as pj
 from loguru import logger
 
 from b2bua import sip as sip_text
-from b2bua.api import ProbeResult
+from b2bua.api import DEFAULT_OUTBOUND, Outbound, ProbeResult
 from b2bua.codecs import describe_offer, display_id, priorities
 from b2bua.config import Config, ConfigError, Listen
+from b2bua.digest import ProblemLog
+from b2bua.events import LegError
+from b2bua.outbound import OutboundProfile, credentials_for, default_profile, profile_for
+from b2bua.rxfilter import RequestScreen, ResponseScreen, RxFilter
+from b2bua.sip import printable
 
 if TYPE_CHECKING:
     from b2bua.loop import Scheduler, Timer
 
 PROBE_HEADER = "X-B2BUA-Probe"
+#: pjsua accounts our build allows (PJSUA_MAX_ACC in scripts/build-pjsua2.sh)
+MAX_ACCOUNTS = 16
 _PROBE_RE = re.compile(r"^X-B2BUA-Probe:\s*(\d+)", re.MULTILINE | re.IGNORECASE)
 
 #: pjsua's media "quality" (see Endpoint.start)
 RESAMPLER_QUALITY = 2
 
-#: pjsip's lines about an INVITE it refuses itself (Endpoint._on_rejected logs the refusal)
+#: pjsip's line saying why it refuses an INVITE's SDP (Endpoint._on_rejected logs the refusal)
 _SDP_ERROR = "Bad SDP in incoming INVITE: "
-_QUIET = ("Request verification failed", "Error parsing/validating SDP body")
-
 #: pjsip log level -> loguru level
 _PJ_LEVELS = {0: "CRITICAL", 1: "ERROR", 2: "WARNING", 3: "INFO", 4: "DEBUG", 5: "TRACE", 6: "TRACE"}
+#: pjsip's and pjsua's lines about one bad packet (some quote its raw bytes): a flood would
+#: multiply them, so they are logged at DEBUG, escaped, and counted in the summary of refused
+#: requests under the reason given (None: the transport's drop report counts that packet already)
+_PACKET_PROBLEMS = {
+    "Error processing packet from": None, "Dropping ": None, "Unable to match whole message": None,
+    "Error parsing '": None, "Error parsing/validating SDP body": None,
+    "Bad SDP in incoming INVITE": "bad-sdp", "Unknown Content-Type in incoming INVITE": "content-type",
+    "Error initializing media channel: Not Acceptable Here": "no-common-codec",
+}
+_PACKET_PREFIXES = tuple(_PACKET_PROBLEMS)
 
 
 class BuildError(RuntimeError):
@@ -48,6 +75,8 @@ class PjLogWriter(pj.LogWriter):  # type: ignore[misc]
 
     #: set while the endpoint shuts down (see :meth:`write`)
     closing = False
+    #: counts a bad packet pjsip or pjsua refused by itself (see _PACKET_PROBLEMS)
+    on_packet_problem: Callable[[str], None] | None = None
     #: why pjsip refused the SDP of the INVITE being refused now (read by Endpoint._on_rejected)
     sdp_error = ""
 
@@ -60,11 +89,18 @@ class PjLogWriter(pj.LogWriter):  # type: ignore[misc]
             # refuses itself (488: no codec in common, 400: an SDP that does not parse) gets one
             # line with its Call-ID and why from Endpoint._on_rejected: pjsip's own would be one
             # or two ERRORs per call without a Call-ID, which a flood of bad INVITEs multiplies.
-            if msg.startswith(_SDP_ERROR):
-                self.sdp_error = msg[len(_SDP_ERROR):].split(" [status=", 1)[0]
+            if (self.closing and "cannot find Account instance" in msg) or msg.startswith(
+                    "Request verification failed"):
                 level = "DEBUG"
-            elif (self.closing and "cannot find Account instance" in msg) or msg.startswith(_QUIET):
-                level = "DEBUG"
+            elif msg.startswith(_PACKET_PREFIXES):
+                if msg.startswith(_SDP_ERROR):
+                    self.sdp_error = printable(msg[len(_SDP_ERROR):].split(" [status=", 1)[0], 200)
+                level, msg = "DEBUG", printable(msg, 2000)
+                reason = next(r for p, r in _PACKET_PROBLEMS.items() if msg.startswith(p))
+                if reason and self.on_packet_problem is not None:
+                    self.on_packet_problem(reason)
+            elif not msg.isascii():  # a packet dump (pjsip_level 4+): bytes that are not UTF-8 escaped
+                msg = msg.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
             logger.opt(depth=0).bind(call_id="pjsip").log(level, msg)
         except Exception:  # never let an exception cross into C++
             pass
@@ -94,12 +130,30 @@ def call_slots() -> int:
 
 
 class LocalAccount(pj.Account):  # type: ignore[misc]
-    """The B2BUA's one account: receives every INVITE, sends keepalives."""
+    """One of the B2BUA's accounts (see the module docstring): each receives INVITEs, sends B
+    legs and keepalives of its profile, and hands challenges to the challenged leg.
 
-    def __init__(self, on_incoming: Callable[[Any], None], on_request_done: Callable[[Any], None]) -> None:
+    ``realms`` (lower-case, ``*``: any), ``auth_name`` and ``problems`` are read by
+    :meth:`b2bua.legs.Leg.on_challenge`.
+    """
+
+    def __init__(self, on_incoming: Callable[[Any], None], on_request_done: Callable[[Any], None],
+                 on_challenge: Callable[[Any], None] | None = None, *, realms: Sequence[str] = (),
+                 auth_name: str = "", problems: ProblemLog | None = None) -> None:
         super().__init__()
         self._on_incoming = on_incoming
         self._on_request_done = on_request_done
+        self._on_challenge = on_challenge
+        self.realms = tuple(r.lower() for r in realms)
+        self.auth_name = auth_name
+        self.problems = problems
+
+    def onAuthChallenge(self, prm: pj.OnAuthChallengeParam) -> None:
+        try:
+            if self._on_challenge is not None:
+                self._on_challenge(prm)
+        except Exception:
+            logger.opt(exception=True).error("challenge handler failed")
 
     def onIncomingCall(self, prm: pj.OnIncomingCallParam) -> None:
         try:
@@ -126,7 +180,9 @@ class _Pending:
 class Endpoint:
     """Owns ``pj.Endpoint``, the transports and the account."""
 
-    def __init__(self, config: Config, scheduler: Scheduler, on_incoming: Callable[[Any], None]) -> None:
+    def __init__(self, config: Config, scheduler: Scheduler, on_incoming: Callable[[Any], None], *,
+                 screen_request: RequestScreen | None = None, screen_response: ResponseScreen | None = None,
+                 on_dropped: Callable[[str], None] | None = None) -> None:
         self.config = config
         self.scheduler = scheduler
         self.ep = _PjEndpoint(self._on_rejected)
@@ -137,6 +193,12 @@ class Endpoint:
         self._pending: dict[int, _Pending] = {}
         self.slots = 0
         self.listeners: list[str] = []
+        self._transports: dict[Listen, int] = {}  #: pjsua transport id per listener
+        self._accounts: dict[OutboundProfile, LocalAccount] = {}  #: every account by its profile
+        self._default = default_profile(config.sip)
+        self._auth_problems = ProblemLog()
+        self._screens = (screen_request, screen_response, on_dropped)
+        self._rx_filter: RxFilter | None = None
 
     # -- life cycle -----------------------------------------------------------------------------
 
@@ -166,6 +228,7 @@ class Endpoint:
         cfg.medConfig.ecTailLen = 0
         cfg.medConfig.maxMediaPorts = cfg.uaConfig.maxCalls * 2 + 16
         self._log_writer = PjLogWriter()
+        self._log_writer.on_packet_problem = self._screens[2]
         cfg.logConfig.writer = self._log_writer
         cfg.logConfig.level = self.config.log.pjsip_level
         cfg.logConfig.consoleLevel = self.config.log.pjsip_level
@@ -188,25 +251,98 @@ class Endpoint:
                 raise BuildError(message)
             logger.warning(message)
 
+        self._install_filter()
         for listen in sip.listeners:
             self._create_transport(listen)
 
         self.ep.libStart()
         self.ep.audDevManager().setNullDev()
 
+        self.account = self._create_account(self._default)
+
+    def _account_config(self, profile: OutboundProfile) -> pj.AccountConfig:
+        sip = self.config.sip
         acfg = pj.AccountConfig()
         first = sip.listeners[0]
         host = f"[{first.address}]" if ":" in first.address else first.address
-        acfg.idUri = f"sip:b2bua@{host}:{first.port}"
+        # only the default account may match incoming INVITEs (pjsua scores the identity's domain)
+        acfg.idUri = f"sip:b2bua@{host}:{first.port}" if profile == self._default else "sip:b2bua@b2bua.invalid"
         acfg.callConfig.timerUse = pj.PJSUA_SIP_TIMER_OPTIONAL if sip.session_timers else pj.PJSUA_SIP_TIMER_INACTIVE
         acfg.callConfig.prackUse = pj.PJSUA_100REL_NOT_USED
         acfg.mediaConfig.lockCodecEnabled = False  # no re-INVITE to lock a codec: carriers dislike it
         acfg.mediaConfig.transportConfig.port = sip.rtp_port
         # room to spare: pjsua takes ports in turn and gives a call up after 100 busy pairs
         acfg.mediaConfig.transportConfig.portRange = min(65534 - sip.rtp_port, max(1000, self.slots * 8))
-        acfg.mediaConfig.transportConfig.boundAddress = first.address
-        self.account = LocalAccount(self._on_incoming, self._on_request_done)
-        self.account.create(acfg, True)
+        # media leaves from the listener's address too (the SDP names it)
+        media_listener = profile.listener or first
+        acfg.mediaConfig.transportConfig.boundAddress = media_listener.address
+        if profile.listener is not None:
+            acfg.sipConfig.transportId = self._transports[profile.listener]
+        if profile.proxy:
+            acfg.sipConfig.proxies.append(profile.proxy)
+        for cred in credentials_for(profile, sip):
+            acfg.sipConfig.authCreds.append(pj.AuthCredInfo("digest", cred.realm, cred.username, 0, cred.password))
+        return acfg
+
+    def _create_account(self, profile: OutboundProfile) -> LocalAccount:
+        creds = credentials_for(profile, self.config.sip)
+        account = LocalAccount(self._on_incoming, self._on_request_done, self._on_challenge,
+                               realms=[c.realm for c in creds], auth_name=profile.auth, problems=self._auth_problems)
+        first = not self._accounts
+        try:
+            account.create(self._account_config(profile), first)
+        except pj.Error as exc:
+            raise LegError(exc.reason, f"cannot make a pjsua account to send {profile.describe()}: {exc.info()} "
+                                       f"(pjsua allows {MAX_ACCOUNTS} accounts: at most {MAX_ACCOUNTS - 1} ways "
+                                       "of sending besides the default)") from None
+        self._accounts[profile] = account
+        if not first:
+            logger.info("new way of sending: {} (account {} of at most {})", profile.describe(), len(self._accounts),
+                        MAX_ACCOUNTS)
+        return account
+
+    def account_for(self, profile: OutboundProfile | None) -> LocalAccount:
+        """The account sending as ``profile`` says (None: the default), made on first use.
+
+        :raises LegError: pjsua cannot make one more account.
+        """
+        if profile is None:
+            assert self.account is not None, "the endpoint has not started"
+            return self.account
+        account = self._accounts.get(profile)
+        return account if account is not None else self._create_account(profile)
+
+    def _on_challenge(self, prm: pj.OnAuthChallengeParam) -> None:
+        """A 401/407 to a request of one of our calls: its leg decides (``Leg.on_challenge``).
+        Out-of-dialog requests (keepalives) are not answered: their 401/407 is their result."""
+        if prm.callId < 0:
+            return
+        leg = pj.Call.lookup(prm.callId)
+        on_challenge = getattr(leg, "on_challenge", None)
+        if on_challenge is not None:
+            on_challenge(prm)
+
+    def _install_filter(self) -> None:
+        screen_request, screen_response, on_dropped = self._screens
+        if screen_request is None or screen_response is None or on_dropped is None:
+            return
+        if not self.config.security.early_filter:
+            logger.info("[security] early_filter = false: refusals are answered after pjsua set the call up")
+            return
+        lib = _pjlib()
+        if not RxFilter.available(lib):
+            logger.warning("this pjsua2 build lacks what the SIP filter needs: requests are screened after pjsua "
+                           "set their call up (each refusal costs a call slot and RTP ports)")
+            return
+        # kept until libDestroy even if only part of it got registered: pjsip holds its callbacks
+        self._rx_filter = RxFilter(lib, pj.SipRxData(), screen_request, screen_response, on_dropped)
+        try:
+            self._rx_filter.install()
+        except RuntimeError as exc:
+            logger.error("the SIP filter could not be installed ({}): requests are screened after pjsua set "
+                         "their call up", exc)
+            return
+        logger.debug("SIP filter installed: requests are screened before pjsua sees them")
 
     def _create_transport(self, listen: Listen) -> None:
         tcfg = pj.TransportConfig()
@@ -220,7 +356,7 @@ class Endpoint:
             ("tcp", True): pj.PJSIP_TRANSPORT_TCP6,
         }[(listen.transport, ipv6)]
         try:
-            self.ep.transportCreate(kind, tcfg)
+            self._transports[listen] = self.ep.transportCreate(kind, tcfg)
         except pj.Error as exc:
             raise OSError(f"cannot listen on {listen}: {exc.info()}") from None
         self.listeners.append(str(listen))
@@ -291,12 +427,13 @@ class Endpoint:
         self._pending.clear()
         if self._log_writer is not None:
             self._log_writer.closing = True
-        if self.account is not None:
+        for account in self._accounts.values():
             try:
-                self.account.shutdown()
+                account.shutdown()
             except pj.Error:
                 pass
-            self.account = None
+        self._accounts.clear()
+        self.account = None
         self.ep.libDestroy()
 
     # -- out-of-dialog requests (keepalives) ---------------------------------------------------
@@ -310,11 +447,17 @@ class Endpoint:
         callback: Callable[[ProbeResult], None],
         timeout: float = 2.0,
         headers: Sequence[tuple[str, str]] = (),
+        outbound: Outbound = DEFAULT_OUTBOUND,
     ) -> None:
         """Send an out-of-dialog request; ``callback`` runs exactly once (see ``Host``)."""
         probe_id = next(self._probe_ids)
         pending = _Pending(callback, time.monotonic())
         self._pending[probe_id] = pending
+        try:
+            account = self.account_for(profile_for(outbound, self.config.sip, uri) if outbound else None)
+        except (ValueError, LegError) as exc:
+            self._finish(probe_id, ProbeResult(500, f"Not sent: {exc}", None, local=True))
+            return
         prm = pj.SendRequestParam()
         prm.method = method
         prm.txOption.targetUri = uri
@@ -327,8 +470,7 @@ class Endpoint:
             hv.append(h)
         prm.txOption.headers = hv
         try:
-            assert self.account is not None
-            self.account.sendRequest(prm)
+            account.sendRequest(prm)
         except pj.Error as exc:
             self._finish(probe_id, ProbeResult(500, f"Sending failed: {exc.reason}", None, local=True))
             return

@@ -172,6 +172,7 @@ class Lifecycle:
             app.hooks.shutdown(app)
         except Exception:
             logger.opt(exception=True).error("a plugin failed in b2bua_shutdown")
+        app.stop_blocking_work()
         try:
             app.endpoint.hangup_all()
         except Exception:  # pjsua2's error: nothing left to hang up

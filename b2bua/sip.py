@@ -6,8 +6,9 @@ relaying) lives in :mod:`b2bua.sippolicy`.
 
 from __future__ import annotations
 
-from b2bua.api import CallInfo
-from b2bua.sipuri import name_addr_uri, parse_uri_lenient
+import re
+
+from b2bua.sipuri import parse_name_addr, parse_uri_lenient
 
 #: compact header forms (RFC 3261 §7.3.3) we may meet
 COMPACT = {"i": "call-id", "f": "from", "t": "to", "m": "contact", "v": "via", "l": "content-length",
@@ -40,34 +41,12 @@ def parse_message(raw: str) -> tuple[str, dict[str, tuple[str, ...]]]:
     return start, {k: tuple(v) for k, v in headers.items()}
 
 
-def undecodable(head: str) -> bool:
-    """Whether a message head read from the wire held bytes that are not UTF-8.
-
-    pjsua2 hands the raw message over as ``str`` with such bytes as lone surrogates
-    (``surrogateescape``); any of them passed back to pjsua2 (a Call-ID, a From URI) raises
-    TypeError, so such a request is refused before any call state is made from it.
-    """
-    if head.isascii():
-        return False
-    try:
-        head.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
-
-
 def printable(text: str, limit: int = 200) -> str:
     """``text`` safe for one log line: control characters and undecodable bytes escaped, bounded."""
     if not (text.isascii() and text.isprintable()):
         text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
         text = "".join(ch if ch.isprintable() else f"\\x{ord(ch):02x}" for ch in text)
     return text if len(text) <= limit else text[:limit] + "..."
-
-
-def request_uri(start_line: str) -> str:
-    """The Request-URI of ``METHOD uri SIP/2.0``."""
-    parts = start_line.split(" ")
-    return parts[1] if len(parts) >= 3 else ""
 
 
 def b_leg_request_uri(a_request_uri: str, destination: str) -> str:
@@ -86,36 +65,40 @@ def b_leg_request_uri(a_request_uri: str, destination: str) -> str:
     return f"{dest.scheme}:{user}@{destination[len(dest.scheme) + 1:]}"
 
 
-def call_info(number: int, start_line: str, headers: dict[str, tuple[str, ...]], source: str,
-              started: float) -> CallInfo:
-    """The :class:`CallInfo` of an incoming INVITE (its start line and parsed headers).
+def display_name(header: str) -> str:
+    """The display name of a From/To value as plain text (quotes and escapes removed), or ``""``.
 
-    :param number: the B2BUA's own session number.
-    :param source: ``ip:port`` the INVITE came from (pjsua2's ``srcAddress``; IPv6 in brackets).
-    :param started: when it arrived (monotonic seconds).
+    ``"Alice \\"A\\" Smith" <sip:...>`` -> ``Alice "A" Smith``; ``Bob <sip:...>`` -> ``Bob``.
     """
+    display = parse_name_addr(header).display if "<" in header else ""
+    return _ESCAPE.sub(r"\1", display) if "\\" in display else display
 
-    def first(name: str) -> str:
-        values = headers.get(name)
-        return values[0] if values else ""
 
-    from_header, to_header = first("from"), first("to")
-    host, _, port = source.rpartition(":")
-    transport = "tcp" if "/TCP" in first("via").upper() else "udp"
-    return CallInfo(
-        id=number,
-        call_id=first("call-id"),
-        request_uri=request_uri(start_line),
-        from_uri=name_addr_uri(from_header),
-        to_uri=name_addr_uri(to_header),
-        from_header=from_header,
-        to_header=to_header,
-        source_ip=host.strip("[]"),
-        source_port=int(port) if port.isdigit() else 0,
-        transport=transport,
-        headers=headers,
-        started=started,
-    )
+_ESCAPE = re.compile(r"\\(.)")
+
+
+def name_addr(display: str, uri: str) -> str:
+    """A From/To value: ``"display" <uri>`` (quoted and escaped), or ``<uri>`` without a name."""
+    if not display:
+        return f"<{uri}>"
+    quoted = display.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{quoted}" <{uri}>'
+
+
+def with_host_of(uri: str, other: str) -> str:
+    """``uri`` with its host, port and ``transport`` parameter taken from ``other`` (its user and
+    other parameters kept): the B leg's To, whose host part follows the Request-URI as the
+    Request-URI's follows the destination (pjsua also picks the Contact's transport from it).
+    ``uri`` is returned as it is when either has no host (a ``tel:`` URI)."""
+    mine, theirs = parse_uri_lenient(uri), parse_uri_lenient(other)
+    if not (mine.host and theirs.host) or mine.scheme not in ("sip", "sips"):
+        return uri
+    params = tuple(p for p in mine.params if p[0] != "transport")
+    transport = theirs.param("transport")
+    if transport:
+        params += (("transport", transport),)
+    return str(mine._replace(host=theirs.host, port=theirs.port, port_text=theirs.port_text, params=params,
+                             headers=""))
 
 
 def retry_after(seconds: int) -> tuple[tuple[str, str], ...]:
@@ -130,9 +113,9 @@ def status_reason(code: int) -> str:
 
 REASONS = {
     100: "Trying", 180: "Ringing", 183: "Session Progress", 200: "OK", 400: "Bad Request",
-    403: "Forbidden", 404: "Not Found", 408: "Request Timeout", 480: "Temporarily Unavailable",
-    481: "Call/Transaction Does Not Exist", 486: "Busy Here", 487: "Request Terminated",
-    488: "Not Acceptable Here", 500: "Server Internal Error", 502: "Bad Gateway",
-    503: "Service Unavailable", 504: "Server Time-out", 600: "Busy Everywhere", 603: "Decline",
-    604: "Does Not Exist Anywhere", 606: "Not Acceptable",
+    401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 407: "Proxy Authentication Required",
+    408: "Request Timeout", 480: "Temporarily Unavailable", 481: "Call/Transaction Does Not Exist",
+    486: "Busy Here", 487: "Request Terminated", 488: "Not Acceptable Here", 500: "Server Internal Error",
+    502: "Bad Gateway", 503: "Service Unavailable", 504: "Server Time-out", 600: "Busy Everywhere",
+    603: "Decline", 604: "Does Not Exist Anywhere", 606: "Not Acceptable",
 }

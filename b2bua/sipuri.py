@@ -321,7 +321,8 @@ def _unquoted_find(text: str, char: str) -> int:
 
 def _shown(text: str, limit: int = 80) -> str:
     """``text`` fit for an error message: escaped and bounded."""
-    out = text if text.isascii() and text.isprintable() else text.encode("utf-8", "surrogateescape").decode(
-        "ascii", "backslashreplace")
+    if text.isascii() and text.isprintable():  # the usual case: parse_uri computes this for every URI
+        return text if len(text) <= limit else text[:limit] + "..."
+    out = text.encode("utf-8", "surrogateescape").decode("ascii", "backslashreplace")
     out = "".join(ch if ch.isprintable() else f"\\x{ord(ch):02x}" for ch in out)
     return out if len(out) <= limit else out[:limit] + "..."

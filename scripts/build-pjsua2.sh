@@ -89,6 +89,9 @@ if [ $KEY_ONLY = 1 ]; then echo "$label"; exit 0; fi
 need make gcc g++ swig tar xz patch
 
 marker="$CACHE/pjsua2-$pyver-$cfg_hash.wheel"
+# one build of a configuration at a time: two checkouts set up at once would share $work
+exec 9>"$CACHE/build-$cfg_hash.lock"
+flock 9 || die "cannot lock $CACHE/build-$cfg_hash.lock"
 if [ -f "$marker" ] && [ -f "$(cat "$marker")" ]; then
   say "cached: $(cat "$marker")"
   cat "$marker"

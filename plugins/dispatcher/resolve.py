@@ -111,8 +111,8 @@ def _pick(results: Sequence[tuple[Any, ...]]) -> str | None:
     return str(addrs[0]) if addrs else None
 
 
-def _lookup(resolver: Resolver, host: str, port: int) -> tuple[str | None, str]:
-    """``(ip, "")``, or ``(None, reason)`` when the host does not resolve."""
+def lookup(resolver: Resolver, host: str, port: int) -> tuple[str | None, str]:
+    """``(ip, "")``, or ``(None, reason)`` when the host does not resolve (blocking)."""
     try:
         ip = _pick(resolver(host, port))
     except (OSError, UnicodeError) as exc:  # gaierror; UnicodeError from IDNA encoding
@@ -155,7 +155,7 @@ def resolve_destinations(
         if not uri.is_ip:
             key = (uri.host.lower(), port)
             if key not in cache:
-                cache[key] = _lookup(resolver, uri.host, port)
+                cache[key] = lookup(resolver, uri.host, port)
             found, reason = cache[key]
             if found is None:
                 message = (

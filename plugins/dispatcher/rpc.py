@@ -11,30 +11,56 @@ these differences, all on purpose:
 * ``dispatcher.list`` always shows ``RUNTIME{DLGLOAD}``: the B2BUA counts every leg's load;
 * a ``set_state d`` is kept in the admin state file (see :mod:`plugins.dispatcher.statefile`).
 
-Methods that block (reload, add: file, database, DNS) run on a control thread
-(``on_loop=False``) and hand the change to the loop thread with ``app.run_on_loop``; the
-others run on the loop thread.
+Methods that block or whose work grows with the list (reload, add: file, database, DNS;
+list: rendering every entry) run on a control thread (``on_loop=False``) and take from or
+hand to the loop thread only what is cheap there (``app.run_on_loop``); the others run on
+the loop thread.
 """
 
 from __future__ import annotations
 
+import json
 import socket
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from b2bua.rpc import INVALID_PARAMS, RpcError, RpcRegistry
+from b2bua.loop import Task
+from b2bua.rpc import INVALID_PARAMS, SERVER_ERROR, RawJson, RpcError, RpcRegistry
+from plugins.dispatcher.adminstate import AdminState
 from plugins.dispatcher.attrs import parse_attrs
+from plugins.dispatcher.config import DispatcherConfig
 from plugins.dispatcher.hashing import ds_get_hash
 from plugins.dispatcher.latency import rpc_block
 from plugins.dispatcher.listfile import check_flags
 from plugins.dispatcher.model import Destination, state_letters
+from plugins.dispatcher.probing import Prober
+from plugins.dispatcher.reloader import ReloadBusy, Reloader, ReloadFailed
 from plugins.dispatcher.resolve import LoadError, Resolver, normalize_uri, parse_uri, resolve_destinations
-from plugins.dispatcher.runtime import DispatcherState, parse_state_letters
+from plugins.dispatcher.runtime import DestRuntime, DispatcherState, ListingSource, parse_state_letters
 
 if TYPE_CHECKING:
-    from plugins.dispatcher.plugin import DispatcherPlugin
+    from b2bua.api import Host
+
+
+class Dispatcher(Protocol):
+    """What the control methods use of the dispatcher (the plugin has it all)."""
+
+    config: DispatcherConfig
+    app: Host | None
+    state: DispatcherState
+    reloader: Reloader
+    admin_state: AdminState
+    prober: Prober | None
+
+T = TypeVar("T")
 
 #: Kamailio answers every dispatcher fault with code 500; scripts match on it
 FAULT = 500
+#: seconds a control method waits for the loop thread to take its request
+LOOP_TIMEOUT = 10.0
+#: seconds ``dispatcher.list`` waits for its listing (100,000 entries take a few seconds)
+LIST_WAIT = 120.0
 INT_MAX = 2**31 - 1
 LIST_MODES = ("short", "full")
 
@@ -88,45 +114,57 @@ def state_param(text: str) -> str:
     return letters
 
 
-def list_result(state: DispatcherState, mode: str = "", latency_stats: bool = False) -> dict[str, Any]:
-    """``dispatcher.list``'s answer: ``{NRSETS, RECORDS: [{SET: {ID, TARGETS: [{DEST: {...}}]}}]}``.
+def listing_steps(source: ListingSource, mode: str = "", latency_stats: bool = False) -> Task[bytearray]:
+    """``dispatcher.list``'s answer as JSON, built as a loop task (a step per entry):
+    ``{NRSETS, RECORDS: [{SET: {ID, TARGETS: [{DEST: {...}}]}}]}``.
 
+    :param source: what :meth:`DispatcherState.listing_source` took (non-empty).
     :param mode: ``""`` (normal), ``"short"`` (no ATTRS) or ``"full"`` (adds HOST, IPADDR,
         PORT, PROTO, and ATTRS even when empty).
     :param latency_stats: ``ping_latency_stats``: add each entry's LATENCY block.
-    :raises RpcError: 500 "No Destination Sets" when nothing is loaded.
     """
-    sets = state.snapshot.sets
-    if not sets:
-        raise RpcError("No Destination Sets", FAULT)
-    records = []
-    for setid in sorted(sets):
-        targets = []
-        for dest in sets[setid].destinations:
-            rt = state.runtime(dest.key)
-            flags = rt.flags if rt is not None else dest.flags
-            entry: dict[str, Any] = {"URI": dest.uri, "FLAGS": state_letters(flags), "PRIORITY": dest.priority}
-            if mode == "full":
-                entry.update(_address(dest))
-            if mode != "short" and (dest.attrs.body or mode == "full"):
-                a = dest.attrs
-                entry["ATTRS"] = {
-                    "BODY": a.body,
-                    "DUID": a.duid,
-                    "PROBING_COUNT": rt.probe_count if rt is not None else 0,
-                    "MAXLOAD": a.maxload,
-                    "WEIGHT": a.weight,
-                    "RWEIGHT": a.rweight,
-                    "SOCKET": a.socket,
-                    "SOCKNAME": a.sockname,
-                    "OBPROXY": a.obproxy,
-                }
-            if latency_stats:
-                entry["LATENCY"] = rpc_block(rt.latency if rt is not None else None)
-            entry["RUNTIME"] = {"DLGLOAD": rt.load if rt is not None else 0}
-            targets.append({"DEST": entry})
-        records.append({"SET": {"ID": setid, "TARGETS": targets}})
-    return {"NRSETS": len(sets), "RECORDS": records}
+    sets, runtime = source.snapshot.sets, source.runtime
+    out = bytearray(b'{"NRSETS":%d,"RECORDS":[' % len(sets))
+    for n, setid in enumerate(sorted(sets)):
+        out += b'%s{"SET":{"ID":%d,"TARGETS":[' % (b"," if n else b"", setid)
+        for i, dest in enumerate(sets[setid].destinations):
+            if i:
+                out += b","
+            out += _json({"DEST": list_entry(dest, runtime.get(dest.key), mode, latency_stats)})
+            yield None
+        out += b"]}}"
+    out += b"]}"
+    return out
+
+
+def list_entry(dest: Destination, rt: DestRuntime | None, mode: str, latency_stats: bool) -> dict[str, Any]:
+    """One ``DEST`` of ``dispatcher.list`` (``rt`` None: removed since the listing started)."""
+    flags = rt.flags if rt is not None else dest.flags
+    entry: dict[str, Any] = {"URI": dest.uri, "FLAGS": state_letters(flags), "PRIORITY": dest.priority}
+    if mode == "full":
+        entry.update(_address(dest))
+    if mode != "short" and (dest.attrs.body or mode == "full"):
+        a = dest.attrs
+        entry["ATTRS"] = {
+            "BODY": a.body,
+            "DUID": a.duid,
+            "PROBING_COUNT": rt.probe_count if rt is not None else 0,
+            "MAXLOAD": a.maxload,
+            "WEIGHT": a.weight,
+            "RWEIGHT": a.rweight,
+            "SOCKET": a.socket,
+            "SOCKNAME": a.sockname,
+            "OBPROXY": a.obproxy,
+        }
+    if latency_stats:
+        entry["LATENCY"] = rpc_block(rt.latency if rt is not None else None)
+    entry["RUNTIME"] = {"DLGLOAD": rt.load if rt is not None else 0}
+    return entry
+
+
+def _json(value: Any) -> bytes:
+    # as the control API encodes results: compact, UTF-8, no NaN
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
 
 
 def _address(dest: Destination) -> dict[str, Any]:
@@ -148,12 +186,13 @@ def hash_result(nslots: int, val1: str, val2: str | None = None) -> dict[str, in
 
 
 class DispatcherRpc:
-    """The ``dispatcher.*`` control methods over one :class:`DispatcherPlugin`.
+    """The ``dispatcher.*`` control methods over one dispatcher (the plugin).
 
+    :param plugin: the dispatcher (:class:`Dispatcher`: the plugin).
     :param resolver: ``getaddrinfo``-compatible, for ``dispatcher.add`` (tests pass a stand-in).
     """
 
-    def __init__(self, plugin: DispatcherPlugin, resolver: Resolver = socket.getaddrinfo) -> None:
+    def __init__(self, plugin: Dispatcher, resolver: Resolver = socket.getaddrinfo) -> None:
         self.plugin = plugin
         self._resolver = resolver
 
@@ -162,7 +201,7 @@ class DispatcherRpc:
         registry.add("dispatcher.list", self.list_sets,
                      "The destination sets with each entry's state (FLAGS: AP, AX, IP, TX, DX, ...), "
                      "priority, attributes, latency and active calls (DLGLOAD). Mode 'short' leaves out "
-                     "ATTRS; 'full' adds the resolved address (HOST, IPADDR, PORT, PROTO).")
+                     "ATTRS; 'full' adds the resolved address (HOST, IPADDR, PORT, PROTO).", on_loop=False)
         registry.add("dispatcher.reload", self.reload,
                      "Re-read the destinations from the list file or database. On failure the current "
                      "destinations stay and the error names the cause.", on_loop=False)
@@ -188,19 +227,31 @@ class DispatcherRpc:
 
     # -- methods (names and parameters are what `b2bua rpc help` shows) ---------------------
 
-    def list_sets(self, mode: str | None = None) -> dict[str, Any]:
-        """``dispatcher.list [short|full]`` (loop thread)."""
+    def list_sets(self, mode: str | None = None) -> RawJson:
+        """``dispatcher.list [short|full]`` (control thread; the listing is built on the loop a
+        slice at a time, and waited for here)."""
         text = "" if mode is None else str_param("mode", mode).strip().lower()
         if text and text not in LIST_MODES:
             raise RpcError(f"Invalid Parameters: mode must be short or full, got {mode!r}", INVALID_PARAMS)
-        return list_result(self.plugin.state, text, self.plugin.config.ping_latency_stats)
+        plugin = self.plugin
+
+        def start() -> Future[bytearray]:
+            source = plugin.state.listing_source()
+            if not source.snapshot.sets:
+                raise RpcError("No Destination Sets", FAULT)
+            assert plugin.app is not None
+            return plugin.app.run_task(listing_steps(source, text, plugin.config.ping_latency_stats))
+
+        listing = self._on_loop(start)
+        try:
+            return RawJson(listing.result(LIST_WAIT))
+        except TimeoutError:
+            raise RpcError(f"Timeout: the listing was not done within {LIST_WAIT:g}s", SERVER_ERROR) from None
 
     def reload(self) -> str:
-        """``dispatcher.reload`` (control thread)."""
-        from plugins.dispatcher.plugin import ReloadBusy, ReloadFailed
-
+        """``dispatcher.reload`` (control thread; waits until the new destinations are in use)."""
         try:
-            self.plugin.reload("reload")
+            self.plugin.reloader.wait_for_reload("reload")
         except ReloadBusy:
             raise RpcError("Ongoing reload", FAULT) from None
         except ReloadFailed as exc:
@@ -222,7 +273,7 @@ class DispatcherRpc:
             targets = [found]
         self.plugin.state.set_state(group, "all" if len(targets) > 1 else targets[0].uri, letters,
                                     reason=f"set_state {letters}")
-        self.plugin.note_admin_state(targets, letters)
+        self.plugin.admin_state.note(targets, letters)
         return STATE_UPDATED
 
     def set_duid_state(self, state: str, setid: int, duid: str) -> str:
@@ -235,7 +286,7 @@ class DispatcherRpc:
         if not targets:
             raise RpcError(f"State Update Failed: set {group} has no destination with duid {value}", FAULT)
         self.plugin.state.set_duid_state(group, value, letters, reason=f"set_duid_state {letters}")
-        self.plugin.note_admin_state(targets, letters)
+        self.plugin.admin_state.note(targets, letters)
         return STATE_UPDATED
 
     def ping_active(self, state: int | None = None) -> dict[str, int]:
@@ -258,32 +309,30 @@ class DispatcherRpc:
                                             location=lambda d: "dispatcher.add")
         except LoadError as exc:
             raise RpcError(f"Adding dispatcher dst failed: {exc}", FAULT) from None
-        app = self.plugin.app
-        if app is None:
+        plugin = self.plugin
+        if plugin.app is None:
             raise RpcError("Adding dispatcher dst failed: the dispatcher is not running", FAULT)
-        if not self.plugin.try_exclusive():
-            raise RpcError("Ongoing reload", FAULT)
         try:
-            app.run_on_loop(lambda: self.plugin.state.add(resolved[0], reason="dispatcher.add"))
+            # checked and added in one loop callback: no reload can start in between, and a
+            # request the loop did not take in time is cancelled, never applied later
+            self._on_loop(lambda: plugin.reloader.exclusive(
+                lambda: plugin.state.add(resolved[0], reason="dispatcher.add")))
+        except ReloadBusy:
+            raise RpcError("Ongoing reload", FAULT) from None
         except ValueError as exc:  # the set already has this URI
             raise RpcError(f"Adding dispatcher dst failed: {exc}", FAULT) from None
-        finally:
-            self.plugin.end_exclusive()
         return ADDED
 
     def remove(self, setid: int, uri: str) -> str:
         """``dispatcher.remove <setid> <uri>`` (loop thread)."""
         group = int_param("setid", setid, 0, INT_MAX)
         address = str_param("uri", uri).strip()
-        if not self.plugin.try_exclusive():
+        if self.plugin.reloader.busy is not None:
             raise RpcError("Ongoing reload", FAULT)
-        try:
-            dest = self._find(group, address)
-            if dest is None or not self.plugin.state.remove(group, dest.uri):
-                raise RpcError(f"Removing dispatcher dst failed: set {group} has no destination {address}", FAULT)
-        finally:
-            self.plugin.end_exclusive()
-        self.plugin.forget_admin_state(group, dest.uri)
+        dest = self._find(group, address)
+        if dest is None or not self.plugin.state.remove(group, dest.uri):
+            raise RpcError(f"Removing dispatcher dst failed: set {group} has no destination {address}", FAULT)
+        self.plugin.admin_state.forget(group, dest.uri)
         return REMOVED
 
     def hash_values(self, nslots: int, val1: str, val2: str | None = None) -> dict[str, int]:
@@ -293,6 +342,21 @@ class DispatcherRpc:
         return hash_result(slots, str_param("val1", val1), second)
 
     # -- helpers ---------------------------------------------------------------------------
+
+    def _on_loop(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on the loop thread (from a control thread).
+
+        :raises RpcError: the dispatcher is not running, or the loop did not take ``fn`` in
+            time (it is cancelled then, never run later).
+        """
+        app = self.plugin.app
+        if app is None:
+            raise RpcError("The dispatcher is not running", FAULT)
+        try:
+            return app.run_on_loop(fn, LOOP_TIMEOUT)
+        except TimeoutError:
+            raise RpcError(f"Timeout: the loop thread did not answer within {LOOP_TIMEOUT:g}s; nothing was done",
+                           SERVER_ERROR) from None
 
     def _find(self, setid: int, address: str) -> Destination | None:
         """The loaded entry for ``address`` as written (case-insensitive); a URI without a

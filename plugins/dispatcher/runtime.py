@@ -6,22 +6,27 @@ destination's runtime: state flags (starting from the configured ones), probe co
 latency statistics and active calls. Per set it keeps the rotating cursors and the weight
 tables of algorithms 9 and 11.
 
-Everything runs on the loop thread: no locks. Up/down changes are reported to a listener
-``listener(dest, old_flags, new_flags, reason)`` (the plugin turns that into the
-``dispatcher_dst_state_changed`` hook); ``old_flags`` is None for an entry reported for the
-first time (start-up, reload, add).
+Everything runs on the loop thread, with no locks. A reload builds the next load's
+:class:`Generation` as a loop task (:meth:`DispatcherState.prepare_steps`, a slice per loop
+pass while calls flow) and swaps it in with :meth:`DispatcherState.install`, in time
+independent of the list's size.
+Up/down changes are reported to a listener ``listener(dest, old_flags, new_flags, reason)``
+(the plugin turns that into the ``dispatcher_dst_state_changed`` hook); ``old_flags`` is None
+for an entry reported for the first time (start-up, reload, add).
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Hashable, Iterator
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Callable, Collection, Hashable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from loguru import logger
 
 from b2bua.api import CallInfo
+from b2bua.loop import Task, run_task_now
 from plugins.dispatcher.algorithms import relative_weight_table, weight_table
 from plugins.dispatcher.model import (
     DestFlags,
@@ -36,6 +41,8 @@ from plugins.dispatcher.selection import CALL_LOAD, Policy, Selection, select
 from plugins.dispatcher.setview import INITIAL_CURSORS, Cursors, SetView
 
 DestKey = tuple[int, str]
+#: entries :meth:`DispatcherState.prepare_steps` handles per step (~1-2 ms)
+PREPARE_STEP = 200
 #: listener(dest, old_flags or None, new_flags, reason)
 Listener = Callable[[Destination, "int | None", int, str], None]
 
@@ -115,6 +122,43 @@ class SetRuntime:
     rts: tuple[DestRuntime, ...] = ()
     #: what selection reads, kept between calls; None after a flag or latency change (rebuilt on use)
     view: SetView | None = None
+    #: bumped after every flag or latency change, so a reload prepared meanwhile knows the
+    #: view and tables it derived from these records are out of date
+    version: int = 0
+
+
+@dataclass(eq=False)
+class Generation:
+    """One load's destinations with their runtime records and per-set state.
+
+    :meth:`DispatcherState.prepare_steps` builds it (in slices for a reload);
+    :meth:`DispatcherState.install` makes it current and returns the one it replaced, which
+    the caller announces (:meth:`DispatcherState.announce`) and then lets go of.
+    """
+
+    snapshot: Snapshot
+    dests: dict[DestKey, Destination]
+    rt: dict[DestKey, DestRuntime]
+    sets: dict[int, SetRuntime]
+    #: set id -> the previous generation's :attr:`SetRuntime.version` when this one read it
+    basis: dict[int, int] = field(default_factory=dict)
+    keep_state: bool = False
+
+    def __len__(self) -> int:
+        return len(self.dests)
+
+
+@dataclass(frozen=True)
+class ListingSource:
+    """What ``dispatcher.list`` reads, taken in O(1) and rendered by a loop task over several passes.
+
+    ``snapshot`` is immutable (a reload meanwhile does not change what is listed); ``runtime``
+    is the live mapping of runtime records: each value is read as it is when its entry is
+    rendered, and an entry removed since reads as None.
+    """
+
+    snapshot: Snapshot
+    runtime: Mapping[DestKey, DestRuntime]
 
 
 class DispatcherState:
@@ -153,6 +197,10 @@ class DispatcherState:
         """The snapshot in use."""
         return self._snapshot
 
+    def size(self) -> int:
+        """How many entries are loaded."""
+        return len(self._dests)
+
     def has_set(self, setid: int) -> bool:
         return setid in self._snapshot.sets
 
@@ -180,45 +228,110 @@ class DispatcherState:
 
     # -- loading ---------------------------------------------------------------------------
 
-    def swap(self, snapshot: Snapshot, keep_state: bool, reason: str = "reload") -> None:
-        """Make ``snapshot`` current.
+    def swap(self, snapshot: Snapshot, keep_state: bool, reason: str = "reload",
+             disabled: Collection[DestKey] = ()) -> None:
+        """Make ``snapshot`` current at once and report every entry (start-up, tests).
+
+        The same as :meth:`prepare`, :meth:`install` and a full :meth:`announce` in a row.
+        """
+        previous = self.install(self.prepare(snapshot, keep_state, disabled), reason)
+        for _ in self.announce(previous, reason):
+            pass
+
+    def prepare(self, snapshot: Snapshot, keep_state: bool, disabled: Collection[DestKey] = ()) -> Generation:
+        """:meth:`prepare_steps` in one go (start-up, tests)."""
+        return run_task_now(self.prepare_steps(snapshot, keep_state, disabled))
+
+    def prepare_steps(self, snapshot: Snapshot, keep_state: bool,
+                      disabled: Collection[DestKey] = ()) -> Task[Generation]:
+        """Build the generation for ``snapshot`` as a loop task (``app.run_task``): a step per
+        :data:`PREPARE_STEP` entries and per set, while calls flow in between.
 
         With ``keep_state``, an entry that survives (same set and URI) keeps its runtime
-        (flags, probe counter, latency) unless its *configured* flags changed: then the new
-        configuration wins, so disabling a row in the database and reloading takes effect.
+        record itself (flags, probe counter, latency, load), so what probing or an operator
+        changes until the swap carries over; unless its *configured* flags changed: then the
+        new configuration wins, so disabling a row in the database and reloading takes effect.
         Without it every entry restarts from its configured flags (Kamailio's reload).
-        Cursors restart and weight tables are rebuilt; call loads are recounted from the
-        calls in progress, so they stay right across reloads. The listener hears about
-        every entry (``old`` = previous flags, None for a new one).
+        Entries in ``disabled`` (an operator's state file) start in D. Cursors restart and
+        weight tables are built; each set's view is built too, so the first call after the
+        swap finds it ready. Entries must not be added or removed meanwhile (the reloader
+        refuses that while a reload runs).
         """
-        old_dests, old_rt = self._dests, self._rt
-        self._snapshot = snapshot
-        self._dests = {}
-        self._rt = {}
-        for d in snapshot.destinations():
-            if d.key in self._dests:
-                logger.warning("dispatcher: set {} lists {} twice; the first entry's state is shared", *d.key)
-            self._dests[d.key] = d
-            prev, prev_rt = old_dests.get(d.key), old_rt.get(d.key)
-            if keep_state and prev is not None and prev_rt is not None:
-                if prev.flags == d.flags:
-                    rt = DestRuntime(prev_rt.flags, prev_rt.probe_count, prev_rt.latency)
+        old_dests, old_rt, old_sets = self._dests, self._rt, self._sets
+        # versions first: a flag changed after this point marks the set for a rebuild at install
+        basis = {setid: srt.version for setid, srt in old_sets.items()} if keep_state else {}
+        dests: dict[DestKey, Destination] = {}
+        rts: dict[DestKey, DestRuntime] = {}
+        sets: dict[int, SetRuntime] = {}
+        for setid, dset in snapshot.sets.items():
+            for n, d in enumerate(dset.destinations, 1):
+                if n % PREPARE_STEP == 0:
+                    yield None
+                key = d.key
+                if key in dests:
+                    logger.warning("dispatcher: set {} lists {} twice; the first entry's state is shared", *key)
+                dests[key] = d
+                if key in rts:
+                    continue
+                prev, prev_rt = old_dests.get(key), old_rt.get(key)
+                if keep_state and prev is not None and prev_rt is not None:
+                    rt = prev_rt if prev.flags == d.flags else DestRuntime(d.flags, 0, prev_rt.latency)
                 else:
-                    rt = DestRuntime(d.flags, 0, prev_rt.latency)
-            else:
-                rt = self._new_runtime(d)
-            self._rt.setdefault(d.key, rt)
-        self._recount_loads()
-        self._sets = {sid: self._build_set(dset) for sid, dset in snapshot.sets.items()}
+                    rt = self._new_runtime(d)
+                if key in disabled and rt is not prev_rt:
+                    rt.flags = (rt.flags & CONFIG_BITS) | DestFlags.DISABLED
+                rts[key] = rt
+            srt = sets[setid] = self._build_set(dset, rts)
+            srt.view = self._make_view(dset, srt)
+            yield None
+        return Generation(snapshot, dests, rts, sets, basis, keep_state)
+
+    def install(self, generation: Generation, reason: str = "reload") -> Generation:
+        """Make a prepared generation current (loop thread); returns the one it replaced.
+
+        Costs O(active calls + sets whose state changed since :meth:`prepare` read them), not
+        O(entries): the call loads of new records are recounted from the calls in progress.
+        Nobody is told yet: :meth:`announce` does that.
+        """
+        previous = Generation(self._snapshot, self._dests, self._rt, self._sets)
+        for setid, version in generation.basis.items():
+            old, new = previous.sets.get(setid), generation.sets.get(setid)
+            if old is not None and new is not None and old.version != version:
+                # probing or an operator changed this set while the reload was prepared
+                dset = generation.snapshot.sets[setid]
+                new.rweight_table = relative_weight_table(dset.destinations, self._flags_of(dset, generation.rt),
+                                                          self._rng)
+                new.view = None
+        self._snapshot, self._dests, self._rt, self._sets = (
+            generation.snapshot, generation.dests, generation.rt, generation.sets)
+        held = Counter(key for keys in self._calls.values() for key in keys)
+        for key, count in held.items():
+            rt = self._rt.get(key)
+            if rt is not None and rt is not previous.rt.get(key):
+                rt.load = count
         logger.info(
             "dispatcher: {} loaded from {}: {} sets, {} destinations ({})",
             reason,
-            snapshot.source or "?",
-            len(snapshot.sets),
+            self._snapshot.source or "?",
+            len(self._snapshot.sets),
             len(self._dests),
-            "state kept" if keep_state else "state reset",
+            "state kept" if generation.keep_state else "state reset",
         )
-        self._report_all(old_rt, reason)
+        return previous
+
+    def announce(self, previous: Generation, reason: str = "reload") -> Iterator[None]:
+        """Report every current entry to the listener (``old`` from ``previous``, None for a
+        new entry), one per step: a loop task spreads a large list over several passes.
+        """
+        snapshot, before = self._snapshot, previous.rt
+        for dset in snapshot.sets.values():
+            for d in dset.destinations:
+                rt = self._rt.get(d.key)
+                if rt is None:  # removed meanwhile
+                    continue
+                prev = before.get(d.key)
+                self._notify(d, prev.flags if prev is not None else None, rt.flags, reason)
+                yield
 
     def add(self, dest: Destination, reason: str = "add") -> None:
         """Add one entry in memory (RPC ``dispatcher.add``); other entries keep their runtime.
@@ -240,7 +353,7 @@ class DispatcherState:
         rt = self._new_runtime(dest)
         rt.load = sum(1 for keys in self._calls.values() if dest.key in keys)
         self._rt[dest.key] = rt
-        self._sets[dest.setid] = self._build_set(self._snapshot.sets[dest.setid])
+        self._sets[dest.setid] = self._build_set(self._snapshot.sets[dest.setid], self._rt)
         self._notify(dest, None, rt.flags, reason)
 
     def remove(self, setid: int, uri: str) -> bool:
@@ -253,7 +366,7 @@ class DispatcherState:
         del self._dests[key]
         del self._rt[key]
         if setid in self._snapshot.sets:
-            self._sets[setid] = self._build_set(self._snapshot.sets[setid])
+            self._sets[setid] = self._build_set(self._snapshot.sets[setid], self._rt)
         else:
             self._sets.pop(setid, None)
         return True
@@ -273,14 +386,7 @@ class DispatcherState:
             return None
         view = srt.view
         if view is None:
-            rts = srt.rts
-            view = srt.view = SetView(
-                self._snapshot.sets[setid].destinations,
-                tuple([rt.flags for rt in rts]),
-                latencies=tuple([rt.latency for rt in rts]),
-                weight_table=srt.weight_table,
-                rweight_table=srt.rweight_table,
-            )
+            view = srt.view = self._make_view(self._snapshot.sets[setid], srt)
         if alg == CALL_LOAD or alg is None:
             return view.with_loads(tuple([rt.load for rt in srt.rts]))
         return view
@@ -327,9 +433,10 @@ class DispatcherState:
         srt = self._sets[key[0]]
         if old != rt.flags:
             srt.view = None
+            srt.version += 1  # after the change: see Generation.basis
         if is_usable(old) != is_usable(rt.flags):
             dset = self._snapshot.sets[key[0]]
-            srt.rweight_table = relative_weight_table(dset.destinations, self._flags_of(dset), self._rng)
+            srt.rweight_table = relative_weight_table(dset.destinations, self._flags_of(dset, self._rt), self._rng)
             self._notify(self._dests[key], old, rt.flags, reason)
         elif old != rt.flags:
             # T (failures below the threshold) is an operator's early warning: INFO
@@ -379,7 +486,9 @@ class DispatcherState:
         if rt is None:
             return False
         rt.latency = stats
-        self._sets[key[0]].view = None
+        srt = self._sets[key[0]]
+        srt.view = None
+        srt.version += 1
         return True
 
     # -- call load -------------------------------------------------------------------------
@@ -419,6 +528,10 @@ class DispatcherState:
 
     # -- admin listing ---------------------------------------------------------------------
 
+    def listing_source(self) -> ListingSource:
+        """What ``dispatcher.list`` renders, in O(1)."""
+        return ListingSource(self._snapshot, self._rt)
+
     def listing(self) -> list[dict[str, Any]]:
         """Data for ``dispatcher.list``: per set (ascending id), the entries in array order."""
         out = []
@@ -449,14 +562,26 @@ class DispatcherState:
         lat = self._latency_factory(d) if self._latency_factory else None
         return DestRuntime(flags=d.flags, latency=lat)
 
-    def _flags_of(self, dset: DestinationSet) -> list[int]:
-        return [self._rt[d.key].flags for d in dset.destinations]
+    @staticmethod
+    def _flags_of(dset: DestinationSet, rts: Mapping[DestKey, DestRuntime]) -> list[int]:
+        return [rts[d.key].flags for d in dset.destinations]
 
-    def _build_set(self, dset: DestinationSet) -> SetRuntime:
+    def _build_set(self, dset: DestinationSet, rts: Mapping[DestKey, DestRuntime]) -> SetRuntime:
         return SetRuntime(
             weight_table=weight_table(dset.destinations, self._rng),
-            rweight_table=relative_weight_table(dset.destinations, self._flags_of(dset), self._rng),
-            rts=tuple(self._rt[d.key] for d in dset.destinations),
+            rweight_table=relative_weight_table(dset.destinations, self._flags_of(dset, rts), self._rng),
+            rts=tuple([rts[d.key] for d in dset.destinations]),
+        )
+
+    @staticmethod
+    def _make_view(dset: DestinationSet, srt: SetRuntime) -> SetView:
+        rts = srt.rts
+        return SetView(
+            dset.destinations,
+            tuple([rt.flags for rt in rts]),
+            latencies=tuple([rt.latency for rt in rts]),
+            weight_table=srt.weight_table,
+            rweight_table=srt.rweight_table,
         )
 
     def _replace_set(self, setid: int, dests: list[Destination] | tuple[Destination, ...]) -> None:
@@ -467,13 +592,6 @@ class DispatcherState:
             sets.pop(setid, None)
         self._snapshot = Snapshot(dict(sorted(sets.items())), self._snapshot.source)
 
-    def _recount_loads(self) -> None:
-        for keys in self._calls.values():
-            for k in keys:
-                rt = self._rt.get(k)
-                if rt is not None:
-                    rt.load += 1
-
     def _apply_bits(self, targets: Any, bits: int, reason: str) -> int:
         count = 0
         for d in targets:
@@ -481,11 +599,6 @@ class DispatcherState:
             self.set_flags(d.key, (rt.flags & CONFIG_BITS) | bits, reason)
             count += 1
         return count
-
-    def _report_all(self, old_rt: dict[DestKey, DestRuntime], reason: str) -> None:
-        for d in self.destinations():
-            prev = old_rt.get(d.key)
-            self._notify(d, prev.flags if prev else None, self._rt[d.key].flags, reason)
 
     def _notify(self, dest: Destination, old: int | None, new: int, reason: str) -> None:
         if old is not None and is_usable(old) != is_usable(new):

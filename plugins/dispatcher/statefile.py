@@ -121,57 +121,78 @@ def read_state_file(path: Path) -> dict[tuple[int, str], str]:
     return parse_state(text, str(path))
 
 
+#: hands a write to a worker thread: the host's ``run_blocking`` (or an executor's ``submit``)
+Submit = Callable[[Callable[[], None]], "Future[Any]"]
+
+
 class StateWriter:
     """Writes the state file on a worker thread; the loop thread only hands the content over.
 
     Writes coalesce: a burst of changes writes the latest content (at least once after the
     last :meth:`save`). A failed write is logged; the next change tries again.
+
+    :param submit: runs a write off the loop (the plugin passes the host's ``run_blocking``);
+        None: a worker thread of its own.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, submit: Submit | None = None) -> None:
         self.path = path
         self._lock = threading.Lock()
+        self._write_lock = threading.Lock()  # writes never overlap, whichever worker runs them
         self._pending: str | None = None
         self._last_written: str | None = None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dispatcher-state")
+        self._last: Future[Any] | None = None
+        self._closed = False
+        self._own: ThreadPoolExecutor | None = None
+        if submit is None:
+            self._own = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dispatcher-state")
+            submit = self._own.submit
+        self._submit = submit
 
     def save(self, disabled: Disabled) -> None:
         """Schedule writing ``disabled`` (any thread; returns at once)."""
         text = format_state(disabled)
         with self._lock:
             self._pending = text
+        if self._closed:  # shut down: write now rather than lose the change
+            self._write_pending()
+            return
         try:
-            self._executor.submit(self._write_pending)
-        except RuntimeError:  # shut down: write now rather than lose the change
+            self._last = self._submit(self._write_pending)
+        except RuntimeError:  # the worker threads are gone (shutdown)
             self._write_pending()
 
     def _write_pending(self) -> None:
-        with self._lock:
-            text, self._pending = self._pending, None
-        if text is None or text == self._last_written:
-            return
-        try:
-            atomic_write_text(self.path, text)
-        except OSError as exc:
-            logger.error("dispatcher: cannot write the admin state file {}: {}", self.path, exc.strerror or exc)
-            return
-        self._last_written = text
+        with self._write_lock:
+            with self._lock:
+                text, self._pending = self._pending, None
+            if text is None or text == self._last_written:
+                return
+            try:
+                atomic_write_text(self.path, text)
+            except OSError as exc:
+                logger.error("dispatcher: cannot write the admin state file {}: {}", self.path, exc.strerror or exc)
+                return
+            self._last_written = text
         logger.debug("dispatcher: admin state written to {}", self.path)
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until every scheduled write is done; False when ``timeout`` passed first."""
-        try:
-            marker: Future[Any] = self._executor.submit(lambda: None)
-        except RuntimeError:
+        last = self._last
+        if last is None:
             return True
         try:
-            marker.result(timeout)
+            last.result(timeout)
         except concurrent.futures.TimeoutError:
             return False
+        except concurrent.futures.CancelledError:
+            self._write_pending()  # dropped at shutdown: write it here
         return True
 
     def close(self, timeout: float = 5.0) -> None:
-        """Finish pending writes (bounded by ``timeout``) and stop the worker."""
+        """Finish pending writes (bounded by ``timeout``); later saves are written at once."""
         if not self.flush(timeout):
             logger.warning("dispatcher: the admin state file {} is still being written", self.path)
-        self._executor.shutdown(wait=False)
+        self._closed = True
+        if self._own is not None:
+            self._own.shutdown(wait=False)

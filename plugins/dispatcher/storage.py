@@ -10,18 +10,19 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from plugins.dispatcher.listfile import ListFileError, load_list_file
 from plugins.dispatcher.model import Destination, Snapshot, build_snapshot
 from plugins.dispatcher.resolve import LoadError, ResolveError, Resolver, resolve_destinations
-from plugins.dispatcher.sqlstore import SqlStore, StoreError, TableNames
+
+if TYPE_CHECKING:
+    from plugins.dispatcher.sqlstore import SqlStore, TableNames
 
 __all__ = [
     "ListFileError",
     "LoadError",
     "ResolveError",
-    "StoreError",
-    "TableNames",
     "load_snapshot",
 ]
 
@@ -64,6 +65,10 @@ def load_snapshot(
             return f"{path}:{d.row_id}"
     else:
         assert db_url is not None
+        # SQLAlchemy takes half a second to import: only a database load pays for it (a reload
+        # runs in a fresh process, see childload.py)
+        from plugins.dispatcher.sqlstore import SqlStore, TableNames
+
         own = store is None
         db = store if store is not None else SqlStore(db_url, table or TableNames())
         try:

@@ -53,15 +53,14 @@ def test_port_zero_watches_every_udp_socket_on_the_address_and_nothing_found_rea
 def test_admission_share_is_cut_while_overloaded_and_grows_back() -> None:
     from b2bua.backlog import AdmissionShare
 
+    # how the share spreads admitted calls is admission.decide's (tests/unit/test_admission.py)
     share = AdmissionShare(cut=0.5, step=0.1, floor=0.1)
-    assert all(share.admit() for _ in range(100))  # calm: everything admitted
+    assert share.share == 1.0  # calm: everything admitted
     share.update(True)
     assert share.share == 0.5
-    assert sum(share.admit() for _ in range(100)) == 50  # spread evenly, no randomness
     for _ in range(10):
         share.update(True)
     assert share.share == 0.1  # never below the floor: some calls always get through
-    assert sum(share.admit() for _ in range(100)) == 10
     for _ in range(4):
         share.update(False)
     assert round(share.share, 2) == 0.5

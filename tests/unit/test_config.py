@@ -50,6 +50,12 @@ def test_defaults() -> None:
         ({"log": {"level": "LOUD"}}, "[log] level: 'LOUD' is not one of"),
         ({"control": {"http": "0.0.0.0:8080"}}, "not a loopback address: set token too"),
         ({"bogus": {}}, "config.toml: unknown section [bogus]"),
+        ({"security": {"trusted": ["10.0.0.1/8"]}},
+         "[security] trusted[0]: '10.0.0.1/8' is not an address or network (10.0.0.1/8 has host bits set)"),
+        ({"security": {"trusted": ["gateway.example"]}}, "[security] trusted[0]: 'gateway.example' is not an"),
+        ({"security": {"untrusted_code": 200}}, "[security] untrusted_code: must be 400-699, got 200"),
+        ({"security": {"invite_rate": -1}}, "[security] invite_rate: must be 0 or more"),
+        ({"security": {"scanners": [" "]}}, "[security] scanners[0]: empty"),
         ({"plugins": {"enabled": "dispatcher"}}, "[plugins] enabled: expected a list"),
     ],
 )
@@ -120,8 +126,9 @@ def test_relative_paths_resolve_against_the_config_folder(tmp_path: Path) -> Non
         ({"sip": {"listen": ["udp:127.0.0.1:0"]}}, "[sip] listen[0]: 'udp:127.0.0.1:0': the port must be 1-65535"),
         ({"sip": {"listen": ["udp:127.0.0.1:5060", "UDP:127.0.0.1:5060"]}},
          "[sip] listen[1]: 'UDP:127.0.0.1:5060' is the same listener as listen[0]"),
-        ({"sip": {"codecs": []}}, "[sip] codecs: at least one codec is needed"),
-        ({"sip": {"codecs": ["PCMU 8000"]}}, "[sip] codecs[0]: 'PCMU 8000': expected NAME[/RATE[/CHANNELS]]"),
+        ({"sip": {"codecs": []}}, "[sip] codecs: list at least one codec"),
+        ({"sip": {"codecs": ["PCMU 8000"]}},
+         "[sip] codecs[0]: 'PCMU 8000': expected NAME, NAME/CLOCK or NAME/CLOCK/CHANNELS"),
         ({"sip": {"user_agent": "b2bua\r\nX-Evil: 1"}},
          "[sip] user_agent: must be one line of text, without control characters (found '\\r' at offset 5)"),
         ({"log": {"pjsip_level": 6}}, "[log] pjsip_level: must be 0-5, got 6"),
@@ -259,7 +266,7 @@ def test_every_error_is_reported_not_only_the_first() -> None:
     with pytest.raises(ConfigError) as err:
         parse_config(doc, "config.toml")
     assert err.value.errors == (
-        "config.toml: unknown section [bogus] (known: sip, log, control, routing, plugins)",
+        "config.toml: unknown section [bogus] (known: sip, log, control, routing, security, headers, plugins)",
         f"config.toml: [sip]: unknown key 'max_call' (known keys: {SIP_KEYS})",
         "config.toml: [sip] max_calls: expected an integer, got 'many'",
         "config.toml: [sip] codecs[1]: expected a string, got 5",

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
 
 import pytest
+from loguru import logger
 
-from b2bua.loop import Scheduler
+from b2bua.loop import BlockingPool, Scheduler, Task, WrongThreadError, run_task_now
 
 
 class Clock:
@@ -99,3 +103,228 @@ def test_run_on_loop_times_out() -> None:
     s = Scheduler()
     with pytest.raises(TimeoutError):
         s.run_on_loop(lambda: None, timeout=0.05)
+
+
+def test_run_on_loop_that_times_out_never_runs_later() -> None:
+    s = Scheduler()
+    s.loop_thread = threading.current_thread()
+    ran: list[str] = []
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            s.run_on_loop(lambda: ran.append("late add"), timeout=0.05)
+        except TimeoutError as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=worker)
+    t.start()
+    t.join(5)
+    assert len(errors) == 1 and "cancelled" in str(errors[0])
+    s.run_pending()  # the loop comes back: the cancelled request must not run
+    assert ran == []
+
+
+def test_run_on_loop_started_before_the_timeout_is_awaited() -> None:
+    s = Scheduler()
+    s.loop_thread = threading.current_thread()
+    started = threading.Event()
+    results: list[object] = []
+
+    def slow() -> str:
+        started.set()
+        time.sleep(0.2)  # longer than the caller's timeout
+        return "applied"
+
+    t = threading.Thread(target=lambda: results.append(s.run_on_loop(slow, timeout=0.05)))
+    t.start()
+    for _ in range(500):  # the loop picks the request up before the caller's timeout runs out
+        if s.run_pending():
+            break
+        time.sleep(0.001)
+    t.join(5)
+    assert started.is_set()
+    assert results == ["applied"], "a request the loop ran is reported as done, never as timed out"
+
+
+def test_call_later_from_another_thread_is_refused() -> None:
+    s = Scheduler()
+    s.call_later(1, lambda: None)  # before the loop runs: no owner to check against
+    s.loop_thread = threading.current_thread()
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            s.call_later(1, lambda: None)
+        except WrongThreadError as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=worker, name="control-7")
+    t.start()
+    t.join(5)
+    assert len(errors) == 1
+    assert "call_later" in str(errors[0]) and "'control-7'" in str(errors[0])
+    assert "call_soon_threadsafe" in str(errors[0])
+    s.call_later(1, lambda: None)  # the loop thread itself may
+
+
+def drain(s: Scheduler, until: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Play the loop thread until ``until()`` holds."""
+    deadline = time.monotonic() + timeout
+    while not until():
+        assert time.monotonic() < deadline, "the loop never got the result"
+        s.run_pending()
+        time.sleep(0.001)
+
+
+def test_blocking_work_runs_off_the_loop_and_reports_back_on_it() -> None:
+    s = Scheduler()
+    s.loop_thread = threading.current_thread()
+    pool = BlockingPool(s, workers=2)
+    outcomes: list[tuple[str, object, threading.Thread]] = []
+    worker_threads: list[threading.Thread] = []
+
+    def work() -> int:
+        worker_threads.append(threading.current_thread())
+        return 7
+
+    def fail() -> int:
+        raise OSError("database unreachable")
+
+    def done(name: str) -> Callable[[Future[int]], None]:
+        def on_done(future: Future[int]) -> None:
+            try:
+                outcomes.append((name, future.result(), threading.current_thread()))
+            except OSError as exc:
+                outcomes.append((name, exc, threading.current_thread()))
+        return on_done
+
+    pool.submit(work, done("ok"))
+    pool.submit(fail, done("failed"))
+    drain(s, lambda: len(outcomes) == 2)
+    by_name = {name: (value, thread) for name, value, thread in outcomes}
+    assert by_name["ok"][0] == 7
+    assert isinstance(by_name["failed"][0], OSError)
+    assert {thread for _, thread in by_name.values()} == {threading.current_thread()}, "on_done runs on the loop"
+    assert worker_threads and worker_threads[0] is not threading.current_thread()
+    assert worker_threads[0].daemon, "a hung lookup must not keep the process from exiting"
+    assert pool.stop(1.0) == 0
+
+
+def test_blocking_pool_stop_cancels_queued_work_and_refuses_more() -> None:
+    s = Scheduler()
+    pool = BlockingPool(s, workers=1)
+    gate = threading.Event()
+    ran: list[str] = []
+    pool.submit(lambda: gate.wait(5))
+    queued = pool.submit(lambda: ran.append("queued"))
+    threading.Timer(0.1, gate.set).start()
+    assert pool.stop(5.0) == 0
+    assert queued.cancelled() and ran == []
+    with pytest.raises(RuntimeError, match="stopping"):
+        pool.submit(lambda: None)
+
+
+def test_blocking_pool_logs_a_failure_nobody_waits_for() -> None:
+    logged: list[str] = []
+    sink = logger.add(logged.append, level="ERROR", format="{message}")
+    s = Scheduler()
+    pool = BlockingPool(s, workers=1)
+
+    def boom() -> None:
+        raise ValueError("bad row")
+
+    future = pool.submit(boom)
+    with pytest.raises(ValueError):
+        future.result(5)
+    pool.stop(5.0)  # joins the worker: its log line is written
+    logger.remove(sink)
+    assert any("blocking work" in line and "failed" in line for line in logged)
+
+
+def test_a_task_runs_in_slices_between_loop_passes() -> None:
+    clock = Clock()
+    s = Scheduler(clock)
+    ran: list[int] = []
+
+    def steps() -> Task[int]:
+        for i in range(10):
+            ran.append(i)
+            clock.now += 0.001  # each step takes 1 ms
+            yield None
+        return sum(ran)
+
+    future = s.run_task(steps(), budget=0.0025)
+    passes = 0
+    while not future.done():
+        passes += 1
+        s.run_pending()  # one loop pass: SIP and timers would be handled in between
+        assert passes < 20
+    assert future.result() == 45
+    assert passes == 4, "3 steps of 1 ms per 2.5 ms slice (the step that crosses it ends the slice)"
+
+
+def test_a_task_waits_for_blocking_work_off_the_loop() -> None:
+    s = Scheduler()
+    s.loop_thread = threading.current_thread()
+    pool = BlockingPool(s, workers=1)
+    seen: list[object] = []
+
+    def steps() -> Task[str]:
+        read = yield pool.submit(lambda: "file contents")
+        assert read is not None
+        seen.append(read.result())
+        failed = yield pool.submit(lambda: open("/nonexistent/list"))  # noqa: SIM115
+        assert failed is not None
+        try:
+            failed.result()
+        except OSError as exc:
+            seen.append(type(exc).__name__)
+        return "done"
+
+    outcome: list[Future[str]] = []
+    s.run_task(steps(), outcome.append)
+    drain(s, lambda: bool(outcome))
+    assert outcome[0].result() == "done"
+    assert seen == ["file contents", "FileNotFoundError"]
+    pool.stop(1.0)
+
+
+def test_a_failing_task_reports_its_error_and_run_task_is_loop_only() -> None:
+    s = Scheduler()
+    s.loop_thread = threading.current_thread()
+
+    def steps() -> Task[None]:
+        yield None
+        raise ValueError("line 3: bad flags")
+
+    future = s.run_task(steps())
+    drain(s, future.done)
+    with pytest.raises(ValueError, match="line 3"):
+        future.result()
+    errors: list[BaseException] = []
+
+    def other_thread() -> None:
+        try:
+            s.run_task(steps())
+        except WrongThreadError as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=other_thread)
+    t.start()
+    t.join(5)
+    assert len(errors) == 1
+
+
+def test_run_task_now_runs_a_task_in_the_calling_thread() -> None:
+    s = Scheduler()
+    pool = BlockingPool(s, workers=1)
+
+    def steps() -> Task[int]:
+        yield None
+        got = yield pool.submit(lambda: 20)
+        assert got is not None
+        return got.result() + 1
+
+    assert run_task_now(steps()) == 21
+    pool.stop(1.0)

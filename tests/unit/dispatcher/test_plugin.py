@@ -7,6 +7,7 @@ import queue
 import random
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +17,14 @@ import pytest
 from b2bua import hookimpl, hookspecs
 from b2bua.api import CallInfo, DialMode, EndCause, Failure, FailureKind, Reject, RoutePlan, Target
 from b2bua.config import ConfigError, parse_config
+from b2bua.loop import Task
 from plugins.dispatcher.config import DispatcherConfig
-from plugins.dispatcher.model import Attrs, DestFlags, Destination, Snapshot, build_snapshot
-from plugins.dispatcher.plugin import ROUTE, CallRoute, DispatcherPlugin
+from plugins.dispatcher.dnsrefresh import refresh_addresses
+from plugins.dispatcher.model import Attrs, DestFlags, Destination, DestinationSet, Snapshot, build_snapshot
+from plugins.dispatcher.plans import ROUTE, CallRoute
+from plugins.dispatcher.plugin import DispatcherPlugin
+
+from .loophost import on_a_thread
 
 I, P = int(DestFlags.INACTIVE), int(DestFlags.PROBING)  # noqa: E741
 
@@ -47,6 +53,35 @@ class FakeApp:
 
     def call_soon_threadsafe(self, callback: Callable[[], None]) -> None:
         self.handoff.put(callback)
+
+    def run_blocking(self, fn: Callable[[], Any], on_done: Callable[[Future[Any]], None] | None = None) -> Future[Any]:
+        """``on_done`` goes through the hand-off queue, as the host's loop runs it."""
+        return on_a_thread(fn, on_done, self.handoff.put)
+
+    def run_task(self, steps: Task[Any], on_done: Callable[[Future[Any]], None] | None = None) -> Future[Any]:
+        """Runs at once up to the first wait; each wait's continuation goes through the hand-off
+        queue (so one ``wait_handoff`` finishes a reload whose load is done)."""
+        future: Future[Any] = Future()
+
+        def resume(sent: Future[Any] | None) -> None:
+            while True:
+                try:
+                    item = steps.send(sent)
+                except StopIteration as stop:
+                    future.set_result(stop.value)
+                    break
+                except Exception as exc:
+                    future.set_exception(exc)
+                    break
+                sent = None
+                if isinstance(item, Future):
+                    item.add_done_callback(lambda done: self.handoff.put(lambda: resume(done)))
+                    return
+            if on_done is not None:
+                on_done(future)
+
+        resume(None)
+        return future
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> Any:
         # timers never fire here: probing is tested in test_probing
@@ -308,9 +343,6 @@ def test_route_call_is_fast(h: Harness) -> None:
 
 
 def test_dns_refresh_keeps_order_and_reports_changes() -> None:
-    from plugins.dispatcher.model import DestinationSet
-    from plugins.dispatcher.plugin import refresh_addresses
-
     a = Destination(1, "sip:localhost:5070", priority=5)
     b = Destination(1, "sip:127.0.0.9:5060", priority=5, address=("127.0.0.9", 5060, "udp"))
     snap = Snapshot({1: DestinationSet(1, (a, b))}, "test")

@@ -11,6 +11,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, wait
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +21,16 @@ import pytest
 from b2bua import hookspecs
 from b2bua.config import parse_config
 from b2bua.control import JsonRpcProcessor
+from b2bua.loop import Task
 from b2bua.rpc import INVALID_PARAMS, RpcRegistry
 from plugins.dispatcher.config import DispatcherConfig
 from plugins.dispatcher.latency import LatencyStats
 from plugins.dispatcher.model import DestFlags, Snapshot
-from plugins.dispatcher.plugin import DispatcherPlugin, load_configured
-from plugins.dispatcher.rpc import DispatcherRpc, hash_result
+from plugins.dispatcher.plugin import DispatcherPlugin
+from plugins.dispatcher.rpc import DispatcherRpc, hash_result, listing_steps
+from plugins.dispatcher.source import load_configured
+
+from .loophost import on_a_thread
 
 GW1, GW2, GW3 = "sip:127.0.0.1:5061", "sip:127.0.0.1:5062", "sip:127.0.0.1:5070;transport=tcp"
 LIST = f"""# setid uri flags priority attrs
@@ -65,6 +70,36 @@ class LoopApp:
     def call_soon_threadsafe(self, callback: Callable[[], None]) -> None:
         self.run_on_loop(callback)
 
+    def run_blocking(self, fn: Callable[[], Any], on_done: Callable[[Future[Any]], None] | None = None) -> Future[Any]:
+        """``on_done`` on the "loop" (under the lock), as the host does."""
+        return on_a_thread(fn, on_done, self.run_on_loop)
+
+    def run_task(self, steps: Task[Any], on_done: Callable[[Future[Any]], None] | None = None) -> Future[Any]:
+        """Each slice under the lock, waits for blocking work in between, as the loop does."""
+        future: Future[Any] = Future()
+
+        def drive() -> None:
+            sent: Future[Any] | None = None
+            while True:
+                with self.lock:
+                    try:
+                        item = steps.send(sent)
+                    except StopIteration as stop:
+                        future.set_result(stop.value)
+                        break
+                    except Exception as exc:
+                        future.set_exception(exc)
+                        break
+                sent = None
+                if isinstance(item, Future):
+                    wait([item])
+                    sent = item
+            if on_done is not None:
+                self.run_on_loop(lambda: on_done(future))
+
+        threading.Thread(target=drive, name="test-task", daemon=True).start()
+        return future
+
     def call_later(self, delay: float, callback: Callable[[], None]) -> _NoTimer:
         return _NoTimer()
 
@@ -87,7 +122,7 @@ class Harness:
         self.state_file = tmp_path / "state.json"
         self.pm = pluggy.PluginManager("b2bua")
         self.pm.add_hookspecs(hookspecs)
-        self.plugin = DispatcherPlugin(loader=loader or load_configured, rng=random.Random(1))
+        self.plugin = DispatcherPlugin(loader=loader, rng=random.Random(1))  # None: reloads in a child process
         self.pm.register(self.plugin, name="dispatcher")
         self.pm.hook.b2bua_addhooks.call_historic(kwargs={"pluginmanager": self.pm})
         settings = {"list_file": "dispatcher.list", "state_file": "state.json", "ping_interval": 0,
@@ -382,6 +417,38 @@ def test_add_errors(tmp_path: Path, params: list[Any], message: str) -> None:
     assert h.listing() == before
 
 
+def test_an_add_the_loop_did_not_take_in_time_is_a_failure_and_never_lands(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    before = h.listing()
+    run_on_loop = h.app.run_on_loop
+
+    def loop_busy(callback: Callable[[], Any], timeout: float = 10.0) -> Any:
+        raise TimeoutError  # what Scheduler.run_on_loop raises once it has cancelled the request
+
+    h.app.run_on_loop = loop_busy  # type: ignore[method-assign]
+    fault = h.fault("dispatcher.add", 3, "sip:127.0.0.1:5090")
+    h.app.run_on_loop = run_on_loop  # type: ignore[method-assign]
+    assert fault.message == "Timeout: the loop thread did not answer within 10s; nothing was done"
+    assert h.listing() == before
+
+
+def test_a_listing_shows_the_list_it_started_with(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    steps = listing_steps(h.plugin.state.listing_source())
+    next(steps)  # one entry rendered ...
+    h.list_file.write_text("7 sip:127.0.0.1:5099\n")
+    assert h.rpc("dispatcher.reload") == "Ok. Dispatcher successfully reloaded."  # ... the list is replaced
+    while True:
+        try:
+            next(steps)
+        except StopIteration as stop:
+            listing = json.loads(stop.value)
+            break
+    assert listing["NRSETS"] == 2
+    assert [t["DEST"]["URI"] for r in listing["RECORDS"] for t in r["SET"]["TARGETS"]] == [GW2, GW1, GW3]
+    assert h.rpc("dispatcher.list")["NRSETS"] == 1
+
+
 def test_add_resolves_the_host(tmp_path: Path) -> None:
     h = Harness(tmp_path)
     asked: list[str] = []
@@ -447,5 +514,6 @@ def test_every_method_has_help_and_kamailios_usage(h: Harness) -> None:
 
 
 def test_registry_runs_blocking_methods_off_the_loop(h: Harness) -> None:
+    # list: its rendering grows with the list, so only the O(1) hand-over runs on the loop
     off_loop = {m.name for m in h.registry if not m.on_loop}
-    assert off_loop == {"dispatcher.reload", "dispatcher.add", "dispatcher.hash"}
+    assert off_loop == {"dispatcher.reload", "dispatcher.add", "dispatcher.hash", "dispatcher.list"}

@@ -1,0 +1,228 @@
+"""Admission: whether a request from the wire is let in, refused or dropped (a pure policy).
+
+:func:`decide` weighs the :class:`Facts` about one request (well-formed? trusted source?
+over its rate? a scanner? and, for a new call: draining, overloaded, capacity) against a
+:class:`Policy` and returns a :class:`Decision`. It runs for every request outside a dialog
+or transaction before pjsua sees it (see ``b2bua/rxfilter.py``), and again in
+``App._on_incoming`` when that early filter is not installed. The rules, first match wins
+(Kamailio's ``sanity``, ``pike`` and ``permissions`` in that order):
+
+1. the source is blocked → dropped unanswered;
+2. the request took its source over its rate → untrusted: dropped and the source blocked;
+   trusted: 503 + Retry-After;
+3. malformed → 400 (416 for a Request-URI scheme other than sip/sips); an ACK is dropped;
+4. a REFER → 603 (pjsua would accept any transfer and dial its target itself, outside any
+   session: toll fraud by transfer);
+5. inside a dialog (To tag) → let in (pjsip answers what matches no dialog);
+6. a scanner's User-Agent/From → dropped, an untrusted source blocked;
+7. an untrusted source → ``untrusted_code`` (403); an ACK is dropped;
+8. not an INVITE → let in; an INVITE: shutting down → 503; loop overloaded → 503; a share of
+   new calls under a receive backlog (credit counter, no randomness) → 503; over ``max_calls``
+   or out of call slots → ``capacity_code``; else let in.
+
+No I/O, clock or randomness here; the caller passes the share credit in and keeps
+:attr:`Decision.credit` for the next call.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+#: pjsua call slots a new call needs: its A leg and at least one B leg
+SLOTS_PER_CALL = 2
+
+
+class Verdict(enum.Enum):
+    ACCEPT = "accept"  #: let in: pjsua (and, for an INVITE, a Session) takes it from here
+    REFUSE = "refuse"  #: answered statelessly with ``code``/``reason``
+    DROP = "drop"  #: nothing is sent
+
+
+class Why(str, enum.Enum):
+    """Why a request was refused or dropped; the log summary counts by these."""
+
+    NONE = ""
+    BLOCKED = "blocked"
+    RATE = "rate"
+    MALFORMED = "malformed"
+    TRANSFER = "transfer"
+    SCANNER = "scanner"
+    UNTRUSTED = "untrusted"
+    DRAINING = "draining"
+    OVERLOAD = "overload"
+    CAPACITY = "capacity"
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """The admission settings (from ``[security]`` and ``[sip]``)."""
+
+    untrusted_code: int = 403
+    capacity_code: int = 503
+    retry_after: int = 5
+    drop_scanners: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Load:
+    """What the app reports about itself when a new call is decided.
+
+    ``share`` is the share of new calls admitted under a receive backlog (1.0: all);
+    ``free_slots`` counts pjsua call slots free for this call (its own A leg not taken yet).
+    """
+
+    draining: bool = False
+    overloaded: bool = False
+    share: float = 1.0
+    calls: int = 0
+    max_calls: int = 1
+    free_slots: int = SLOTS_PER_CALL
+
+
+@dataclass(frozen=True, slots=True)
+class Facts:
+    """What is known about one request when it is decided.
+
+    ``malformed_code`` is 0 for a well-formed request, else the status to answer (400/416);
+    ``credit`` the running credit that spreads a share of new calls evenly.
+    """
+
+    method: str = "INVITE"
+    in_dialog: bool = False
+    malformed_code: int = 0
+    trusted: bool = True
+    blocked: bool = False
+    over_rate: bool = False
+    scanner: bool = False
+    credit: float = 0.0
+    load: Load = Load()
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The answer for one request; ``block`` asks the caller to block its source."""
+
+    verdict: Verdict
+    why: Why = Why.NONE
+    code: int = 0
+    reason: str = ""
+    retry_after: int = 0
+    block: bool = False
+    credit: float = 0.0
+
+    @property
+    def headers(self) -> tuple[tuple[str, str], ...]:
+        """Extra headers of the answer (``Retry-After``)."""
+        return (("Retry-After", str(self.retry_after)),) if self.retry_after else ()
+
+
+#: reason phrases of the answers decided here
+REASONS = {400: "Bad Request", 403: "Forbidden", 404: "Not Found", 416: "Unsupported URI Scheme",
+           480: "Temporarily Unavailable", 486: "Busy Here", 503: "Service Unavailable",
+           603: "Decline"}
+
+
+def decide(f: Facts, p: Policy) -> Decision:
+    """The decision for one request (the rules in the module docstring, in order)."""
+    credit = f.credit
+    ack = f.method == "ACK"
+    if f.blocked:
+        return Decision(Verdict.DROP, Why.BLOCKED, credit=credit)
+    if f.over_rate:
+        if f.trusted and not ack:
+            return Decision(Verdict.REFUSE, Why.RATE, 503, "Rate Limited", p.retry_after, credit=credit)
+        return Decision(Verdict.DROP, Why.RATE, block=not f.trusted, credit=credit)
+    if f.malformed_code:
+        if ack:
+            return Decision(Verdict.DROP, Why.MALFORMED, credit=credit)
+        return Decision(Verdict.REFUSE, Why.MALFORMED, f.malformed_code, REASONS.get(f.malformed_code, "Bad Request"),
+                        credit=credit)
+    if f.method == "REFER":  # pjsua would accept it and dial the Refer-To target itself
+        return Decision(Verdict.REFUSE, Why.TRANSFER, 603, "Decline", credit=credit)
+    if f.in_dialog:
+        return Decision(Verdict.ACCEPT, credit=credit)
+    if f.scanner and p.drop_scanners:
+        return Decision(Verdict.DROP, Why.SCANNER, block=not f.trusted, credit=credit)
+    if not f.trusted:
+        if ack:
+            return Decision(Verdict.DROP, Why.UNTRUSTED, credit=credit)
+        return Decision(Verdict.REFUSE, Why.UNTRUSTED, p.untrusted_code, REASONS.get(p.untrusted_code, "Forbidden"),
+                        credit=credit)
+    if f.method != "INVITE":
+        return Decision(Verdict.ACCEPT, credit=credit)
+    load = f.load
+    if load.draining:
+        return Decision(Verdict.REFUSE, Why.DRAINING, 503, "Shutting Down", p.retry_after, credit=credit)
+    if load.overloaded:
+        return Decision(Verdict.REFUSE, Why.OVERLOAD, 503, "Overloaded", p.retry_after, credit=credit)
+    if load.share < 1.0:
+        credit += load.share
+        if credit < 1.0 - 1e-9:  # tenths do not add up to exactly 1.0 in floating point
+            return Decision(Verdict.REFUSE, Why.OVERLOAD, 503, "Overloaded", p.retry_after, credit=credit)
+        credit -= 1.0
+    if load.calls >= load.max_calls or load.free_slots < SLOTS_PER_CALL:
+        return Decision(Verdict.REFUSE, Why.CAPACITY, p.capacity_code, "Too Many Calls", p.retry_after,
+                        credit=credit)
+    return Decision(Verdict.ACCEPT, credit=credit)
+
+
+#: what a new call costs the loop, in requests refused or dropped by the early filter (about 1.25 ms
+#: against 40-80 µs, measured)
+CALL_WEIGHT = 20
+
+
+def shedding_helps(new_calls: float, refused: float) -> bool:
+    """Whether refusing new calls would relieve an overloaded loop.
+
+    ``new_calls`` is the recent demand for new calls (admitted, or refused as overload),
+    ``refused`` the requests refused or dropped for other reasons (a flood, a scan) meanwhile.
+    When those outweigh the calls, the loop is late or its queue long because of work that
+    refusing calls does not lessen, and the calls would be refused for nothing.
+    """
+    return new_calls * CALL_WEIGHT >= refused
+
+
+class TrustList:
+    """Source networks whose requests are trusted (Kamailio's ``permissions`` address table).
+
+    ``ip in trust`` takes a source address as text (no brackets, no port); an IPv4-mapped IPv6
+    address counts as its IPv4 address. Answers are cached (sources repeat).
+    """
+
+    CACHE = 4096
+
+    def __init__(self, networks: Iterable[str]) -> None:
+        self.networks = tuple(ipaddress.ip_network(n, strict=False) for n in networks)
+        self._cache: dict[str, bool] = {}
+
+    def __contains__(self, ip: object) -> bool:
+        if not isinstance(ip, str):
+            return False
+        known = self._cache.get(ip)
+        if known is not None:
+            return known
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped
+        trusted = any(addr in net for net in self.networks)
+        if len(self._cache) >= self.CACHE:
+            self._cache.clear()
+        self._cache[ip] = trusted
+        return trusted
+
+    @property
+    def everyone(self) -> bool:
+        """Whether a whole address family is trusted (``0.0.0.0/0`` or ``::/0``)."""
+        return any(net.prefixlen == 0 for net in self.networks)
+
+
+def is_scanner(user_agent: str, from_header: str, patterns: Iterable[str]) -> bool:
+    """Whether User-Agent or From holds one of ``patterns`` (lower-case substrings)."""
+    ua, frm = user_agent.lower(), from_header.lower()
+    return any(p in ua or p in frm for p in patterns)

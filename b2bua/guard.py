@@ -1,0 +1,239 @@
+"""The front door: every request from the wire is screened here before it can become a call.
+
+:class:`Gate` gathers the facts about one request (parsed by :mod:`b2bua.wire`, its source
+checked against the trust list and :class:`~b2bua.ratelimit.SourceLimiter`, the load the app
+reports) and asks :func:`b2bua.admission.decide`. :class:`RefusalLog` logs each refusal at
+DEBUG and sums them up in one WARNING per interval, so a flood cannot multiply log lines.
+Runs on the loop thread (inside pjsip's receive callback); no I/O.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from loguru import logger
+
+from b2bua.admission import (
+    Decision,
+    Facts,
+    Load,
+    Policy,
+    TrustList,
+    Verdict,
+    Why,
+    decide,
+    is_scanner,
+)
+from b2bua.config import SecurityConfig, SipConfig
+from b2bua.ratelimit import SourceLimiter
+from b2bua.rpc import RpcError, RpcRegistry
+from b2bua.sip import printable
+from b2bua.wire import (
+    Malformed,
+    WireRequest,
+    check_in_dialog,
+    parse_request,
+    peek,
+    peek_agent,
+    raw_call_id,
+    split_source,
+)
+
+#: sources named in one summary line
+TOP_SOURCES = 3
+#: distinct sources counted per interval (a spoofed flood has millions)
+MAX_COUNTED_SOURCES = 1024
+
+
+class RefusalLog:
+    """Counts refusals and drops by reason; :meth:`summary` sums up an interval in one line.
+
+    ``debug``: whether the log writes DEBUG lines; when not, a refusal costs a few counters only.
+    """
+
+    def __init__(self, debug: bool = True) -> None:
+        self.debug = debug
+        self._reset()
+
+    def _reset(self) -> None:
+        self.counts: Counter[tuple[Why, int]] = Counter()
+        self.malformed: Counter[str] = Counter()
+        self.sources: Counter[str] = Counter()
+        self.blocked: list[str] = []
+        self.unparsable: Counter[str] = Counter()
+        self.total = 0
+
+    def note(self, decision: Decision, ip: str, method: str, detail: str, call_id: str | bytes) -> None:
+        """One refused or dropped request: a count for the summary, and a DEBUG line when the log
+        writes DEBUG (``call_id`` may be the raw message, to read it from only then)."""
+        if decision.why is not Why.OVERLOAD:  # the overload warning sums these up
+            self.total += 1
+            self.counts[(decision.why, decision.code)] += 1
+            if ip in self.sources or len(self.sources) < MAX_COUNTED_SOURCES:
+                self.sources[ip] += 1
+        if not self.debug:
+            return
+        if isinstance(call_id, bytes):
+            call_id = raw_call_id(call_id)
+        answer = f"{decision.code} {decision.reason}" if decision.verdict is Verdict.REFUSE else "dropped"
+        logger.bind(call_id=printable(call_id, 100) or "-").debug(
+            "refused: {} ({}{}) {} from {}", answer, decision.why.value, f": {detail}" if detail else "",
+            printable(method, 20) or "request", ip)
+
+    def note_malformed(self, reason: str) -> None:
+        self.malformed[reason] += 1
+
+    def note_blocked(self, ip: str, seconds: float, why: Why) -> None:
+        if len(self.blocked) < MAX_COUNTED_SOURCES:
+            self.blocked.append(ip)
+        logger.debug("blocked {} for {:g} s ({})", ip, seconds, why.value)
+
+    def note_unparsable(self, reason: str) -> None:
+        """A packet pjsip dropped (its parser) or pjsua refused by itself (bad SDP); no source known."""
+        self.total += 1
+        self.unparsable[reason] += 1
+
+    def summary(self, seconds: float) -> str:
+        """The interval's counts as one line ("" when nothing was refused), and a fresh start."""
+        if not self.total:
+            return ""
+        parts = []
+        for (why, code), n in sorted(self.counts.items(), key=lambda item: -item[1]):
+            label = f"{why.value} {code}" if code else f"{why.value} (dropped)"
+            if why is Why.MALFORMED and self.malformed:
+                label += " [" + ", ".join(f"{r} {c}" for r, c in self.malformed.most_common()) + "]"
+            parts.append(f"{label}: {n}")
+        if self.unparsable:
+            parts.append("refused by pjsip/pjsua [" +
+                         ", ".join(f"{r} {c}" for r, c in self.unparsable.most_common()) + f"]: "
+                         f"{sum(self.unparsable.values())}")
+        line = ""
+        if parts:
+            line = f"refused in the last {seconds:.0f} s: " + "; ".join(parts)
+            if self.sources:
+                line += "; from " + ", ".join(f"{ip} ({n})" for ip, n in self.sources.most_common(TOP_SOURCES))
+                if len(self.sources) > TOP_SOURCES:
+                    line += f" and {len(self.sources) - TOP_SOURCES} more"
+            if self.blocked:
+                shown = ", ".join(self.blocked[:TOP_SOURCES])
+                more = f" and {len(self.blocked) - TOP_SOURCES} more" if len(self.blocked) > TOP_SOURCES else ""
+                line += f"; newly blocked: {shown}{more}"
+        self._reset()
+        return line
+
+
+class Gate:
+    """Screens requests: parse, trust, rate, scanner, load → :class:`Decision` (see admission.py)."""
+
+    def __init__(self, security: SecurityConfig, sip: SipConfig, *, debug: bool = True) -> None:
+        self.config = security
+        self.policy = Policy(untrusted_code=security.untrusted_code, capacity_code=sip.admission_code,
+                             retry_after=sip.retry_after, drop_scanners=bool(security.scanners))
+        self.trusted = TrustList(security.trusted)
+        self.scanners = tuple(s.strip().lower() for s in security.scanners)
+        self.limiter = SourceLimiter()
+        self.log = RefusalLog(debug)
+        self.credit = 0.0  #: the share credit carried from one new call to the next
+        #: since the last take_work(): new calls wanted (admitted or shed), requests refused otherwise
+        self.new_calls = 0
+        self.refused = 0
+
+    def take_work(self) -> tuple[int, int]:
+        """``(new_calls, refused)`` since the last call (see :func:`b2bua.admission.shedding_helps`)."""
+        work = (self.new_calls, self.refused)
+        self.new_calls = self.refused = 0
+        return work
+
+    def screen(self, raw: bytes, source: str, load: Load, now: float, *,
+               new_call: bool = False) -> tuple[Decision, WireRequest | None]:
+        """Decide about one request from ``source`` (``ip:port``); the parsed request when let in.
+
+        ``new_call``: pjsua made a call of it already, so it belongs to no dialog whatever its To
+        says (``App._on_incoming`` without the early filter; and the safety net should this
+        module's reading of a To tag ever differ from pjsip's).
+
+        What is read depends on what can matter, cheapest first: a blocked source's request is
+        not read at all (peek only: a request inside a dialog still passes); one inside a dialog
+        gets the light text check; an untrusted source's new request only its scanner marks
+        (it is refused whatever else it holds); a trusted source's new request is parsed whole.
+        Refusals are noted in :attr:`log`; a decision to block is applied here.
+        """
+        ip, _ = split_source(source)
+        method, in_dialog = peek(raw)
+        in_dialog = in_dialog and not new_call
+        cfg = self.config
+        if not in_dialog and self.limiter.blocked(ip, now):  # decided before anything is parsed
+            self.refused += 1
+            decision = decide(Facts(method=method, blocked=True, credit=self.credit), self.policy)
+            self.log.note(decision, ip, method, "", raw)
+            return decision, None
+        trusted = ip in self.trusted
+        request: WireRequest | None = None
+        malformed: Malformed | None = None
+        scanner = False
+        try:
+            if in_dialog:
+                method = check_in_dialog(raw)
+            elif trusted:
+                request = parse_request(raw)
+                method = request.method
+                scanner = bool(self.scanners) and is_scanner(request.user_agent, request.from_header, self.scanners)
+            elif self.scanners:
+                scanner = is_scanner(*peek_agent(raw), self.scanners)
+        except Malformed as exc:
+            malformed = exc
+        over_rate = False
+        if not in_dialog:
+            invite = method == "INVITE"
+            if trusted:
+                rate = cfg.trusted_invite_rate if invite else cfg.trusted_request_rate
+            else:
+                rate = cfg.invite_rate if invite else cfg.request_rate
+            over_rate = not self.limiter.hit(ip, "invite" if invite else "other", rate, cfg.rate_burst, now,
+                                             bounded=not trusted)
+        facts = Facts(method=method, in_dialog=in_dialog, malformed_code=malformed.code if malformed else 0,
+                      trusted=trusted, over_rate=over_rate, scanner=scanner, credit=self.credit, load=load)
+        decision = decide(facts, self.policy)
+        self.credit = decision.credit
+        if decision.why is Why.OVERLOAD or (decision.verdict is Verdict.ACCEPT and method == "INVITE"
+                                             and not in_dialog):
+            self.new_calls += 1
+        elif decision.verdict is not Verdict.ACCEPT:
+            self.refused += 1
+        if decision.verdict is not Verdict.ACCEPT:
+            detail = ""
+            if malformed is not None and decision.why is Why.MALFORMED:
+                self.log.note_malformed(malformed.reason)
+                detail = malformed.detail
+            self.log.note(decision, ip, method, detail, request.call_id if request else raw)
+            if decision.block and cfg.block_time > 0 and self.limiter.block(ip, now + cfg.block_time):
+                self.log.note_blocked(ip, cfg.block_time, decision.why)
+        return decision, request
+
+    def note_bad_response(self, malformed: Malformed, source: str, call_id: str) -> None:
+        """A response dropped because its head is not text (see :func:`b2bua.wire.check_response`)."""
+        self.log.note_malformed(malformed.reason)
+        self.log.note(Decision(Verdict.DROP, Why.MALFORMED), split_source(source)[0], "response",
+                      malformed.detail, call_id)
+
+
+def register_security_methods(registry: RpcRegistry, gate: Gate,
+                              clock: Callable[[], float] = time.monotonic) -> None:
+    """Add ``security.blocked`` and ``security.unblock`` (Kamailio: ``htable.dump ipban``,
+    ``htable.delete ipban``); both run on the loop thread, which owns the block list."""
+
+    def blocked() -> list[dict[str, Any]]:
+        return [{"address": ip, "expires_in": round(left, 1)} for ip, left in gate.limiter.blocked_sources(clock())]
+
+    def unblock(address: str) -> str:
+        if not gate.limiter.unblock(address):
+            raise RpcError(f"{address} is not blocked")
+        logger.info("{} unblocked through the control API", printable(address, 60))
+        return f"{address} unblocked"
+
+    registry.add("security.blocked", blocked,
+                 "The sources whose requests outside a dialog are dropped, and the seconds left on each block.")
+    registry.add("security.unblock", unblock, "Lift the block on <address> at once.")

@@ -1,0 +1,399 @@
+"""SIP messages from the wire: bytes until proven text.
+
+:func:`parse_request` decides whether the B2BUA can handle a request at all and returns its
+fields as text that is safe to log and to hand to pjsua2; anything else raises
+:class:`Malformed`, whose ``reason`` is a short stable key (counted in the log summary) and
+whose ``detail`` says where and why. "Can be handled" means (Kamailio's ``sanity`` module
+checks much the same):
+
+* the head (start line and headers) is UTF-8 without control characters other than the
+  line breaks and HTAB; an SDP body is UTF-8 with no control characters but CR, LF, HTAB;
+* the message, each header line, the number of headers and of Via entries are bounded
+  (the ``MAX_*`` constants);
+* the Request-URI is a ``sip:``/``sips:`` URI by :func:`b2bua.sipuri.parse_uri`; From and
+  To are name-addrs whose URI parses the same way (or is a ``tel:`` number), with token
+  tags; Call-ID is an RFC 3261 ``word[@word]``; CSeq is ``number method`` with the
+  request's method; Call-ID, From, To, CSeq, Content-Length, Max-Forwards appear once;
+* Content-Length, when present, is a number no larger than the body received.
+
+:func:`check_response` applies the text rules to a response's head. :func:`peek` is the
+cheap pre-look (method, To tag) for a request that may be dropped before it is parsed, and
+:func:`check_in_dialog` the lighter check for requests inside a dialog.
+Everything here is pure: no I/O, no clock, no pjsua2.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from b2bua.api import CallInfo
+from b2bua.sip import COMPACT, printable
+from b2bua.sipuri import parse_name_addr, parse_uri
+
+#: largest message handled (bytes); pjsip's own buffer is 4000 bytes (PJSIP_MAX_PKT_LEN)
+MAX_MESSAGE = 65535
+#: most header lines (after unfolding) in one message
+MAX_HEADERS = 100
+#: longest header line, name and (unfolded) value, in characters: a STIR/SHAKEN Identity
+#: header is about 1 kB
+MAX_LINE = 2048
+#: most Via entries (each proxy on the way adds one)
+MAX_VIA = 32
+#: longest Call-ID, tag and method
+MAX_CALL_ID = 256
+MAX_TAG = 128
+MAX_METHOD = 32
+#: largest body (bytes)
+MAX_BODY = 32768
+
+#: headers that must appear exactly once (a second From is a classic way to confuse a parser)
+SINGLE = ("call-id", "from", "to", "cseq", "content-length", "max-forwards")
+REQUIRED = ("call-id", "from", "to", "cseq", "via")
+
+_TOKEN = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
+# RFC 3261 §25.1: word = 1*(alphanum / "-" / "." / "!" / "%" / "*" / "_" / "+" / "`" / "'" / "~" /
+#   "(" / ")" / "<" / ">" / ":" / "\" / DQUOTE / "/" / "[" / "]" / "?" / "{" / "}")
+_WORD = r"[A-Za-z0-9\-.!%*_+`'~()<>:\\\"/\[\]?{}]+"
+_CALL_ID = re.compile(rf"{_WORD}(?:@{_WORD})?")
+_CSEQ = re.compile(r"([0-9]{1,10})[ \t]+(\S+)")
+_TEL = re.compile(r"tel:\+?[0-9A-Fa-f*#().\-]{1,64}(?:;[A-Za-z0-9\-.!%*_+`'~]+(?:=[^;\s]*)?)*")
+# control characters other than HTAB, CR and LF, C1 controls included
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+_STATUS_LINE = re.compile(r"SIP/2\.0 ([1-6][0-9][0-9]) ")
+# peek(): the To header's value, and a tag parameter in it
+_TO = re.compile(rb"\n(?:to|t)[ \t]*:([^\r\n]*)", re.IGNORECASE)
+_TAG = re.compile(rb";[ \t]*tag[ \t]*=", re.IGNORECASE)
+_AGENT = re.compile(rb"\n(user-agent|from|f)[ \t]*:([^\r\n]{0,300})", re.IGNORECASE)
+_RAW_CALL_ID = re.compile(rb"\n(?:call-id|i)[ \t]*:[ \t]*([^\r\n]{0,200})", re.IGNORECASE)
+
+
+class Malformed(ValueError):
+    """A message the B2BUA cannot handle.
+
+    :param reason: a short stable key (``not-utf8``, ``control-char``, ``call-id`` ...), counted
+        by reason in the log summary.
+    :param detail: where and why, already escaped for a log line.
+    :param code: the status to answer with (400; 416 for a Request-URI scheme other than sip/sips).
+    """
+
+    def __init__(self, reason: str, detail: str, code: int = 400) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+        self.code = code
+
+
+@dataclass(frozen=True, slots=True)
+class WireRequest:
+    """A request that passed :func:`parse_request`: every text field is UTF-8 without control
+    characters and bounded in size.
+
+    ``headers`` maps lower-case header names (compact forms expanded) to their values in order;
+    ``from_uri``/``to_uri`` are the URIs inside From/To; ``transport`` is the top Via's
+    (``udp``, ``tcp`` ...); ``via_count`` counts Via entries, not lines.
+    """
+
+    method: str
+    request_uri: str
+    call_id: str
+    from_header: str
+    to_header: str
+    from_uri: str
+    to_uri: str
+    from_tag: str
+    to_tag: str
+    cseq: int
+    headers: Mapping[str, tuple[str, ...]]
+    transport: str = "udp"
+    via_count: int = 1
+    body_length: int = 0
+
+    @property
+    def in_dialog(self) -> bool:
+        """Whether the request belongs to a dialog (its To has a tag)."""
+        return bool(self.to_tag)
+
+    def header(self, name: str) -> str:
+        """The first value of header ``name`` (lower-case), or ``""``."""
+        values = self.headers.get(name)
+        return values[0] if values else ""
+
+    @property
+    def user_agent(self) -> str:
+        return self.header("user-agent")
+
+
+def call_info(number: int, request: WireRequest, source: str, started: float) -> CallInfo:
+    """The :class:`CallInfo` of an incoming INVITE that passed :func:`parse_request`.
+
+    :param number: the B2BUA's own session number.
+    :param source: ``ip:port`` it came from (pjsua2's ``srcAddress``; IPv6 in brackets).
+    :param started: when it arrived (monotonic seconds).
+    """
+    ip, port = split_source(source)
+    return CallInfo(
+        id=number, call_id=request.call_id, request_uri=request.request_uri, from_uri=request.from_uri,
+        to_uri=request.to_uri, from_header=request.from_header, to_header=request.to_header, source_ip=ip,
+        source_port=port, transport="tcp" if request.transport == "tcp" else "udp", headers=request.headers,
+        started=started,
+    )
+
+
+def split_source(source: str) -> tuple[str, int]:
+    """``ip:port`` (IPv6 in brackets) as ``(ip, port)``; port 0 when there is none."""
+    host, colon, port = source.rpartition(":")
+    if not colon or (source.startswith("[") and not host.endswith("]")):
+        return source.strip("[]"), 0
+    return host.strip("[]"), int(port) if port.isdigit() else 0
+
+
+def peek(raw: bytes) -> tuple[str, bool]:
+    """The method and whether the To header has a tag, without parsing the rest (2-4 µs).
+
+    For the decisions made before a request is parsed (is it inside a dialog? then a blocked
+    source may still send it). The tag is a header parameter of To, read as pjsip reads it (a
+    ``;tag=`` inside ``<...>`` belongs to the URI). The method is ``""`` when the start line
+    has none.
+    """
+    space = raw.find(b" ", 0, MAX_METHOD + 1)
+    method = raw[:space].decode("ascii", "replace") if space > 0 else ""
+    if not method.isalpha():
+        method = ""
+    m = _TO.search(raw, 0, 16384)
+    if not m or not _TAG.search(m.group(1)):
+        return method, False
+    return method, bool(parse_name_addr(m.group(1).decode("utf-8", "surrogateescape")).param("tag"))
+
+
+def peek_agent(raw: bytes) -> tuple[str, str]:
+    """User-Agent and From of a message that is not parsed (for a scanner check), as text."""
+    found = {"user-agent": "", "from": ""}
+    for name, value in _AGENT.findall(raw, 0, 16384):
+        key = "from" if name.lower() in (b"f", b"from") else "user-agent"
+        found[key] = found[key] or value.decode("utf-8", "replace")
+    return found["user-agent"], found["from"]
+
+
+def raw_call_id(raw: bytes) -> str:
+    """The Call-ID of a message that may not parse, escaped for a log line (``""`` when none)."""
+    m = _RAW_CALL_ID.search(raw, 0, 16384)
+    return printable(m.group(1).decode("utf-8", "surrogateescape").strip(), 100) if m else ""
+
+
+def split_message(raw: bytes) -> tuple[bytes, bytes]:
+    """Head (start line and headers) and body; the body is empty when there is no blank line."""
+    end = raw.find(b"\r\n\r\n")
+    if end >= 0:
+        return raw[:end], raw[end + 4:]
+    end = raw.find(b"\n\n")
+    if end >= 0:
+        return raw[:end], raw[end + 2:]
+    return raw, b""
+
+
+def _utf8(data: bytes, reason: str, what: str = "") -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise Malformed(reason, f"{what}byte 0x{data[exc.start]:02x} at offset {exc.start} is not UTF-8") from None
+
+
+def decode_head(head: bytes) -> list[str]:
+    """The head's lines as text; :class:`Malformed` unless UTF-8 without control characters."""
+    text = _utf8(head, "not-utf8")
+    m = _CONTROL.search(text)
+    if m:
+        where = text.count("\n", 0, m.start()) + 1
+        raise Malformed("control-char", f"control character 0x{ord(m.group()):02x} on line {where}")
+    lines = text.split("\r\n") if "\r\n" in text else text.split("\n")
+    for number, line in enumerate(lines, 1):
+        if "\r" in line or "\n" in line:
+            raise Malformed("control-char", f"a bare line break on line {number}")
+    return lines
+
+
+def parse_headers(lines: list[str]) -> dict[str, list[str]]:
+    """Header lines (start line excluded) as lower-case name -> values; folded lines joined."""
+    headers: dict[str, list[str]] = {}
+    last: list[str] | None = None
+    count = 0
+    for number, line in enumerate(lines, 2):
+        if not line:
+            continue
+        if line[0] in " \t":
+            if last is None:
+                raise Malformed("header-syntax", f"line {number} continues no header")
+            last[-1] = f"{last[-1]} {line.strip()}"
+            if len(last[-1]) > MAX_LINE:
+                raise Malformed("header-too-long", f"line {number}: longer than {MAX_LINE} characters")
+            continue
+        if len(line) > MAX_LINE:
+            raise Malformed("header-too-long", f"line {number}: longer than {MAX_LINE} characters")
+        count += 1
+        if count > MAX_HEADERS:
+            raise Malformed("too-many-headers", f"more than {MAX_HEADERS} header lines")
+        name, colon, value = line.partition(":")
+        name = name.rstrip(" \t")
+        if not colon or not _TOKEN.fullmatch(name):
+            raise Malformed("header-syntax", f"line {number}: {printable(line, 60)!r} is not 'Name: value'")
+        key = name.lower()
+        key = COMPACT.get(key, key)
+        last = headers.setdefault(key, [])
+        last.append(value.strip(" \t"))
+    return headers
+
+
+def parse_request(raw: bytes) -> WireRequest:
+    """Parse and check a request; :class:`Malformed` says why it cannot be handled."""
+    if len(raw) > MAX_MESSAGE:
+        raise Malformed("too-big", f"{len(raw)} bytes (at most {MAX_MESSAGE})")
+    head, body = split_message(raw)
+    lines = decode_head(head)
+    method, request_uri = _request_line(lines[0])
+    headers = parse_headers(lines[1:])
+    for name in REQUIRED:
+        if name not in headers:
+            raise Malformed("missing-header", f"no {_title(name)} header")
+    for name in SINGLE:
+        if len(headers.get(name, ())) > 1:
+            raise Malformed("duplicate-header", f"{len(headers[name])} {_title(name)} headers")
+    call_id = headers["call-id"][0]
+    if len(call_id) > MAX_CALL_ID or not _CALL_ID.fullmatch(call_id):
+        raise Malformed("call-id", f"Call-ID {printable(call_id, 60)!r} is not a word[@word] of at most "
+                        f"{MAX_CALL_ID} characters")
+    from_header, to_header = headers["from"][0], headers["to"][0]
+    from_uri, from_tag = _party("From", from_header)
+    to_uri, to_tag = _party("To", to_header)
+    if not from_tag and method == "INVITE":
+        raise Malformed("tag", "From has no tag")
+    cseq = _cseq(headers["cseq"][0], method)
+    vias = headers["via"]
+    via_count = sum(v.upper().count("SIP/2.0/") for v in vias)
+    if via_count > MAX_VIA:
+        raise Malformed("via", f"{via_count} Via entries (at most {MAX_VIA})")
+    top = vias[0]
+    if not top.upper().startswith("SIP/2.0/"):
+        raise Malformed("via", f"Via {printable(top, 60)!r} does not start with SIP/2.0/")
+    transport = top[8:].split(None, 1)[0].lower() if len(top) > 8 else ""
+    _content_length(headers.get("content-length"), len(body))
+    if "max-forwards" in headers:
+        value = headers["max-forwards"][0]
+        if not value.isdigit() or len(value) > 3 or int(value) > 255:
+            raise Malformed("max-forwards", f"Max-Forwards {printable(value, 20)!r} is not 0-255")
+    if body:
+        _check_body(body, headers.get("content-type", ("",))[0])
+    return WireRequest(
+        method=method, request_uri=request_uri, call_id=call_id, from_header=from_header,
+        to_header=to_header, from_uri=from_uri, to_uri=to_uri, from_tag=from_tag, to_tag=to_tag,
+        cseq=cseq, headers={k: tuple(v) for k, v in headers.items()}, transport=transport,
+        via_count=via_count, body_length=len(body),
+    )
+
+
+def check_in_dialog(raw: bytes) -> str:
+    """Check a request inside a dialog (its To has a tag) and return its method.
+
+    Only the text rules and the sizes: pjsip matches it to a dialog (or answers 481), pjsua
+    handles it, and none of its fields is read here, so the full parse is spared (about 5 µs
+    against 40 µs; each call has an ACK and a BYE or two).
+    """
+    if len(raw) > MAX_MESSAGE:
+        raise Malformed("too-big", f"{len(raw)} bytes (at most {MAX_MESSAGE})")
+    head, _ = split_message(raw)
+    lines = decode_head(head)
+    if len(lines) > MAX_HEADERS + 1:
+        raise Malformed("too-many-headers", f"more than {MAX_HEADERS} header lines")
+    if max(map(len, lines)) > MAX_LINE:
+        raise Malformed("header-too-long", f"a line longer than {MAX_LINE} characters")
+    parts = lines[0].split(" ")
+    if len(parts) != 3 or parts[2] != "SIP/2.0" or len(parts[0]) > MAX_METHOD or not _TOKEN.fullmatch(parts[0]):
+        raise Malformed("request-line", f"{printable(lines[0], 80)!r} is not 'METHOD URI SIP/2.0'")
+    return parts[0]
+
+
+def check_response(raw: bytes) -> None:
+    """Check a response's head: a status line, UTF-8 text without control characters.
+
+    Only what could reach Python as text (the reason phrase, headers) is checked: pjsip parsed
+    the rest already, and this runs for every response (about 5 µs).
+    """
+    if len(raw) > MAX_MESSAGE:
+        raise Malformed("too-big", f"{len(raw)} bytes (at most {MAX_MESSAGE})")
+    head, _ = split_message(raw)
+    lines = decode_head(head)
+    if not _STATUS_LINE.match(lines[0] + " "):
+        raise Malformed("status-line", f"{printable(lines[0], 60)!r} is not 'SIP/2.0 code reason'")
+
+
+def _request_line(line: str) -> tuple[str, str]:
+    parts = line.split(" ")
+    if len(parts) != 3 or parts[2] != "SIP/2.0":
+        raise Malformed("request-line", f"{printable(line, 80)!r} is not 'METHOD URI SIP/2.0'")
+    method, uri = parts[0], parts[1]
+    if len(method) > MAX_METHOD or not _TOKEN.fullmatch(method):
+        raise Malformed("request-line", f"method {printable(method, 40)!r} is not a token")
+    scheme = uri.partition(":")[0].lower()
+    if scheme not in ("sip", "sips"):
+        raise Malformed("request-uri", f"Request-URI scheme {printable(scheme, 20)!r} is not sip or sips", 416)
+    try:
+        parse_uri(uri)
+    except ValueError as exc:
+        raise Malformed("request-uri", f"Request-URI {exc}") from None
+    return method, uri
+
+
+def _party(name: str, value: str) -> tuple[str, str]:
+    """The URI and tag of a From/To value."""
+    addr = parse_name_addr(value)
+    uri = addr.uri
+    if uri.lower().startswith("tel:"):
+        if not _TEL.fullmatch(uri):
+            raise Malformed(name.lower(), f"{name} {printable(uri, 60)!r} is not a tel: number")
+    else:
+        try:
+            parse_uri(uri)
+        except ValueError as exc:
+            raise Malformed(name.lower(), f"{name} URI {exc}") from None
+    tag = addr.param("tag") or ""
+    if tag and (len(tag) > MAX_TAG or not _TOKEN.fullmatch(tag)):
+        raise Malformed("tag", f"{name} tag {printable(tag, 40)!r} is not a token of at most {MAX_TAG} characters")
+    return uri, tag
+
+
+def _cseq(value: str, method: str) -> int:
+    m = _CSEQ.fullmatch(value)
+    if not m or int(m.group(1)) >= 2**31:
+        raise Malformed("cseq", f"CSeq {printable(value, 40)!r} is not 'number METHOD'")
+    if m.group(2) != method:
+        raise Malformed("cseq", f"CSeq method {printable(m.group(2), 20)!r} is not the request's {method}")
+    return int(m.group(1))
+
+
+def _content_length(values: list[str] | None, received: int) -> None:
+    if not values:
+        return
+    value = values[0]
+    if not value.isdigit() or len(value) > 10:
+        raise Malformed("content-length", f"Content-Length {printable(value, 20)!r} is not a number")
+    declared = int(value)
+    if declared > MAX_BODY:
+        raise Malformed("content-length", f"Content-Length {declared} (at most {MAX_BODY})")
+    if declared > received:
+        raise Malformed("content-length", f"Content-Length {declared} but {received} bytes of body received")
+
+
+def _check_body(body: bytes, content_type: str) -> None:
+    if len(body) > MAX_BODY:
+        raise Malformed("too-big", f"a body of {len(body)} bytes (at most {MAX_BODY})")
+    if content_type.split(";", 1)[0].strip().lower() != "application/sdp":
+        return  # other bodies (SIP-I's ISUP is binary) are pjsua's, never read as text here
+    text = _utf8(body, "sdp", "SDP ")
+    m = _CONTROL.search(text)
+    if m:
+        raise Malformed("sdp", f"control character 0x{ord(m.group()):02x} in the SDP")
+
+
+def _title(name: str) -> str:
+    return {"call-id": "Call-ID", "cseq": "CSeq"}.get(name, name.title())
