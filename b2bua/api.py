@@ -256,6 +256,7 @@ class EndCause(str, enum.Enum):
     REJECTED = "rejected"  #: refused before any attempt (admission, routing, a plugin error)
     FAILED = "failed"  #: every attempt failed; the caller got a final failure
     SHUTDOWN = "shutdown"
+    MEDIA_TIMEOUT = "media-timeout"  #: a peer sent no RTP for [sip] rtp_timeout seconds: the B2BUA hung up
     ERROR = "error"
 
 

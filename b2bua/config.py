@@ -280,6 +280,10 @@ def split_host_port(text: str) -> tuple[str, int]:
 TRANSPORTS = ("udp", "tcp")
 #: conference bridge rates offered (each is also an Opus sample rate)
 CLOCK_RATES = (8000, 16000, 48000)
+#: [sip] dtmf, dtmf_fallback and hold values (b2bua.bridge's DtmfMode, DtmfFallback, HoldMode)
+DTMF_MODES = ("rfc4733", "info", "info-dtmf", "same", "off")
+DTMF_FALLBACKS = ("inband", "info", "drop")
+HOLD_MODES = ("relay", "absorb")
 
 
 @dataclass(frozen=True)
@@ -373,6 +377,34 @@ class SipConfig:
         bounds=(1024, 65534),
     )
     session_timers: bool = opt(False, "offer RFC 4028 session timers on B legs")
+    dtmf: str = opt(
+        "rfc4733", "how a DTMF digit from one leg is sent on the other: rfc4733 (RTP telephone-events), info "
+        "(SIP INFO application/dtmf-relay), info-dtmf (INFO application/dtmf), same (the way it came), off"
+    )
+    dtmf_fallback: str = opt(
+        "inband", "toward a leg that negotiated no telephone-event, instead of rfc4733: inband (tones in the "
+        "audio), info (SIP INFO application/dtmf-relay) or drop"
+    )
+    hold: str = opt(
+        "relay", "a hold or resume (re-INVITE or UPDATE) from one side: relay (re-INVITE the other side with "
+        "the same direction, so a gateway knows the caller is on hold) or absorb (answered on its own leg only)"
+    )
+    rtp_watch_interval: float = opt(
+        5.0, "seconds between checks of an answered call's RTP counters (floods, unexpected sources, "
+        "rtp_timeout); 0: no checks", bounds=(0, 3600)
+    )
+    rtp_timeout: float = opt(
+        0.0, "end a call when a peer that should send audio (not on hold) sent no RTP for this many seconds "
+        "(checked every rtp_watch_interval); 0: never", bounds=(0, 86400)
+    )
+    rtp_strict_source: bool = opt(
+        True, "once a leg has RTP from its peer (the SDP's address, or the first it latched onto: a NATed "
+        "peer), drop RTP from any other address; false: follow a new source after 10 packets in a row, as "
+        "pjmedia does (whoever can send that many takes the call's audio)"
+    )
+    rtp_flood_pps: int = opt(
+        400, "RTP packets a second to one leg that are logged as a flood (a 20 ms stream is 50)", bounds=(60, None)
+    )
     shutdown_grace: float = opt(
         10.0, "seconds to let calls finish on SIGTERM before hanging them up", bounds=(0, 3600)
     )
@@ -429,6 +461,12 @@ class SipConfig:
         self._validate_media()
 
     def _validate_media(self) -> None:
+        for name, allowed in (("dtmf", DTMF_MODES), ("dtmf_fallback", DTMF_FALLBACKS), ("hold", HOLD_MODES)):
+            value = getattr(self, name)
+            if value not in allowed:
+                raise ValueError(f"{name}: {value!r} is not one of {', '.join(allowed)}")
+        if self.rtp_timeout and not self.rtp_watch_interval:
+            raise ValueError("rtp_timeout: needs rtp_watch_interval above 0 (the watch is what notices the silence)")
         # the syntax only: which codecs exist is known once pjsua2 runs (b2bua.endpoint)
         if self.clock_rate not in CLOCK_RATES:
             raise ValueError(f"clock_rate: {self.clock_rate} is not one of {', '.join(map(str, CLOCK_RATES))}")

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from b2bua import logs as process_logs
-from b2bua.events import LegState
+from b2bua.events import CallLeg, LegState
 from b2bua.logs import check_pjsip_level, sink_level
 from b2bua.rpc import INVALID_PARAMS, RpcError, RpcRegistry
 
@@ -74,12 +74,16 @@ def log_level_method(logs: LogControl) -> Callable[..., dict[str, Any]]:
 def calls_report(sessions: Iterable[Session], now: float) -> list[dict[str, Any]]:
     """``core.calls``' answer: one summary per call in progress (loop thread).
 
-    Per call its ids, URIs, state and age (``now``: monotonic seconds), the B legs still up
-    (index, target, leg state, answered, provisional) and the target that answered.
+    Per call its ids, URIs, state and age (``now``: monotonic seconds), the caller's leg (state,
+    media), the B legs still up (index, target, leg state, answered, provisional, heard: the
+    caller is connected to it, media) and the target that answered. A leg's ``media`` is its
+    audio stream now (codec, direction, RTP counters: :meth:`b2bua.events.MediaStats.summary`),
+    read from pjsua for this answer only; None before the leg has media.
     """
     calls = []
     for s in sessions:
         call = s.call
+        peer = s.bridge.peer if s.bridge.connected else 0
         calls.append({
             "id": call.id,
             "call_id": call.call_id,
@@ -88,14 +92,24 @@ def calls_report(sessions: Iterable[Session], now: float) -> list[dict[str, Any]
             "ruri": call.request_uri,
             "state": s.state.value,
             "duration": round(now - call.started, 3),
+            "caller": {"state": s.a.state.value, "media": media_report(s.a)} if s.a is not None else None,
             "legs": [
                 {"index": leg.index, "target": leg.target.uri if leg.target else "", "state": leg.state.value,
-                 "answered": leg.index == s.winner, "provisional": leg.state is not LegState.CALLING}
+                 "answered": leg.index == s.winner, "provisional": leg.state is not LegState.CALLING,
+                 "heard": leg.index == peer, "media": media_report(leg)}
                 for leg in s.b.values()
             ],
             "answered_by": s.answered_target.uri if s.answered_target else None,
         })
     return calls
+
+
+def media_report(leg: CallLeg) -> dict[str, object] | None:
+    """One leg's audio stream for ``core.calls`` (None before it has media)."""
+    if not leg.media_ready:
+        return None
+    stats = leg.media_stats()
+    return stats.summary() if stats is not None else None
 
 
 def uptime_report(now: float, started_at: float) -> dict[str, int]:

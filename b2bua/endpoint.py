@@ -51,6 +51,8 @@ _PROBE_RE = re.compile(r"^X-B2BUA-Probe:\s*(\d+)", re.MULTILINE | re.IGNORECASE)
 #: pjsua's media "quality" (see Endpoint.start)
 RESAMPLER_QUALITY = 2
 
+#: pjsip's line saying why it refuses an INVITE's SDP (Endpoint._on_rejected logs the refusal)
+_SDP_ERROR = "Bad SDP in incoming INVITE: "
 #: pjsip log level -> loguru level
 _PJ_LEVELS = {0: "CRITICAL", 1: "ERROR", 2: "WARNING", 3: "INFO", 4: "DEBUG", 5: "TRACE", 6: "TRACE"}
 #: pjsip's and pjsua's lines about one bad packet (some quote its raw bytes): a flood would
@@ -76,6 +78,8 @@ class PjLogWriter(pj.LogWriter):  # type: ignore[misc]
     closing = False
     #: counts a bad packet pjsip or pjsua refused by itself (see _PACKET_PROBLEMS)
     on_packet_problem: Callable[[str], None] | None = None
+    #: why pjsip refused the SDP of the INVITE being refused now (read by Endpoint._on_rejected)
+    sdp_error = ""
 
     def write(self, entry: pj.LogEntry) -> None:
         try:
@@ -83,12 +87,15 @@ class PjLogWriter(pj.LogWriter):  # type: ignore[misc]
             msg = entry.msg.rstrip()
             # keepalives still in flight end inside libDestroy, after the account is gone, and
             # pjsua2 reports each as an error: expected at shutdown, so not one. An INVITE pjsua
-            # refuses itself (488: no codec in common) gets one line with its Call-ID and codecs
-            # from Endpoint._on_rejected: pjsip's own would be an ERROR per call without either.
+            # refuses itself (488: no codec in common, 400: an SDP that does not parse) gets one
+            # line with its Call-ID and why from Endpoint._on_rejected: pjsip's own would be one
+            # or two ERRORs per call without a Call-ID, which a flood of bad INVITEs multiplies.
             if (self.closing and "cannot find Account instance" in msg) or msg.startswith(
                     "Request verification failed"):
                 level = "DEBUG"
             elif msg.startswith(_PACKET_PREFIXES):
+                if msg.startswith(_SDP_ERROR):
+                    self.sdp_error = printable(msg[len(_SDP_ERROR):].split(" [status=", 1)[0], 200)
                 level, msg = "DEBUG", printable(msg, 2000)
                 reason = next(r for p, r in _PACKET_PROBLEMS.items() if msg.startswith(p))
                 if reason and self.on_packet_problem is not None:
@@ -238,6 +245,7 @@ class Endpoint:
             cfg.uaConfig.nameserver.append(server.ip)
         self.ep.libInit(cfg)
         self._set_nameservers(nameservers)
+        self._set_rtp_source_lock(sip.rtp_strict_source)
         self._set_opus_rate(sip.clock_rate)
         self._set_codecs(sip.codecs)  # before any listener: a misspelt codec stops the start
         self.slots = call_slots()
@@ -401,6 +409,16 @@ class Endpoint:
         offered = sorted((cid for cid, p in ranks.items() if p), key=lambda cid: -ranks[cid])
         logger.info("codecs: {}", ", ".join(display_id(cid) for cid in offered))
 
+    def _set_rtp_source_lock(self, on: bool) -> None:
+        """``[sip] rtp_strict_source``: pjmedia's source lock (scripts/pjproject-patches/0003), a
+        global read by the media threads; set before any call exists."""
+        try:
+            ctypes.c_int.in_dll(_pjlib(), "pjmedia_stream_rtp_source_lock").value = int(on)
+        except ValueError:  # a pjsua2 built without the patch (PyPI's, say)
+            if on:
+                logger.warning("this pjsua2 has no RTP source lock (scripts/build-pjsua2.sh builds one): RTP "
+                               "from another address is followed after 10 packets in a row")
+
     def _set_opus_rate(self, clock_rate: int) -> None:
         """Run Opus at the bridge's rate: nothing above it survives the bridge anyway, and at 8 kHz
         it costs half the CPU of 48 kHz (no resampling, a narrowband encoder; the SDP's
@@ -417,10 +435,15 @@ class Endpoint:
         head, _, body = raw.partition("\r\n\r\n")
         call_id = sip_text.parse_message(head)[1].get("call-id", ("-",))[0]
         log = logger.bind(call_id=sip_text.printable(call_id, 100))
+        sdp_error = ""
+        if self._log_writer is not None:
+            sdp_error, self._log_writer.sdp_error = self._log_writer.sdp_error, ""
         if prm.statusCode == 488:
             offered = sip_text.printable(", ".join(describe_offer(body))) or "no audio"
             log.info("refused: 488 Not Acceptable Here: the caller offers {}; [sip] codecs are {}",
                      offered, ", ".join(self.config.sip.codecs))
+        elif sdp_error:
+            log.info("refused: {} {} ({})", prm.statusCode, sip_text.printable(prm.reason), sdp_error)
         else:
             log.info("refused by pjsua: {} {}", prm.statusCode, sip_text.printable(prm.reason))
 

@@ -7,9 +7,10 @@ B2BUA's ``CCEvents``:
 * **events** are small frozen dataclasses a leg hands its owner with
   ``owner.on_event(leg, event)``;
 * :class:`LegState` is the one state of a leg; only the session changes it;
-* :class:`CallLeg` is a leg as the session sees it: that state, a little bookkeeping and five
-  SIP actions. :class:`b2bua.legs.Leg` implements it on a ``pj.Call``; the unit tests implement
-  it with a fake that records what the session asked for.
+* :class:`CallLeg` is a leg as the session sees it: that state, a little bookkeeping, its SIP
+  actions and its media actions (audio bridge, DTMF, direction, counters).
+  :class:`b2bua.legs.Leg` implements it on a ``pj.Call``; the unit tests implement it with a
+  fake that records what the session asked for.
 
 Nothing here imports pjsua2.
 """
@@ -95,7 +96,11 @@ class Disconnected:
 
 @dataclass(frozen=True, slots=True)
 class MediaReady:
-    """The leg's media was negotiated or renegotiated (pjsua2's ``onCallMediaState``).
+    """The leg's media was negotiated or renegotiated (pjsua2's ``onCallMediaState``): an SDP
+    answer sent or received, in a 18x, a 2xx, a re-INVITE or an UPDATE.
+
+    pjsua may have replaced the leg's audio port (a changed direction or codec restarts the
+    stream), so whatever was connected to it must be connected again.
 
     :param audio: an active audio stream exists (it can be bridged).
     :param remote_sdp: the remote SDP, when the adapter was asked to read it (else ``""``).
@@ -107,11 +112,59 @@ class MediaReady:
     codec: str = ""
 
 
+class MediaDirection(str, enum.Enum):
+    """An SDP media direction (RFC 3264 section 6.1), from the point of view of whoever wrote it."""
+
+    SENDRECV = "sendrecv"
+    SENDONLY = "sendonly"
+    RECVONLY = "recvonly"
+    INACTIVE = "inactive"
+
+    @property
+    def sends(self) -> bool:
+        return self in (MediaDirection.SENDRECV, MediaDirection.SENDONLY)
+
+    @property
+    def receives(self) -> bool:
+        return self in (MediaDirection.SENDRECV, MediaDirection.RECVONLY)
+
+    def __str__(self) -> str:
+        return str.__str__(self)
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteOffer:
+    """The leg's peer sent a new SDP offer in the dialog (a re-INVITE or UPDATE: hold, resume,
+    a session refresh, a codec change). pjsua answers it itself after this event.
+
+    :param direction: the offer's audio direction, from the peer's side (``sendonly``: the peer
+        puts us on hold and may play music; ``inactive``: no audio either way).
+    """
+
+    direction: MediaDirection = MediaDirection.SENDRECV
+
+
+@dataclass(frozen=True, slots=True)
+class OfferFailed:
+    """A re-INVITE the B2BUA sent in the dialog (to relay hold or resume) got a failure response.
+
+    :param code: its status (491: the peer was sending its own re-INVITE at the same time).
+    """
+
+    code: int
+    reason: str = ""
+
+
 class DtmfMethod(str, enum.Enum):
-    """How a DTMF digit arrived."""
+    """How a DTMF digit arrived, or how it is sent."""
 
     RFC4733 = "rfc4733"  #: telephone-event RTP packets (RFC 4733, formerly RFC 2833)
-    SIP_INFO = "sip-info"  #: an INFO request (application/dtmf-relay)
+    SIP_INFO = "sip-info"  #: an INFO request, application/dtmf-relay (``Signal=5``, ``Duration=160``)
+    SIP_INFO_DTMF = "sip-info-dtmf"  #: an INFO request, application/dtmf (the digit alone)
+    INBAND = "inband"  #: tones in the audio (sent only: a digit heard in the audio is just audio)
+
+    def __str__(self) -> str:
+        return str.__str__(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +189,8 @@ class DtmfReceived:
 
 
 #: everything a leg reports
-LegEvent = Provisional | EarlyMedia | Answered | Confirmed | Failed | Disconnected | MediaReady | DtmfReceived
+LegEvent = (Provisional | EarlyMedia | Answered | Confirmed | Failed | Disconnected | MediaReady | DtmfReceived
+            | RemoteOffer | OfferFailed)
 
 #: the events without data, shared (no allocation per callback)
 CONFIRMED = Confirmed()
@@ -163,6 +217,39 @@ class LegState(str, enum.Enum):
 
     def __str__(self) -> str:  # the value, also in log formatting (computed only when logged)
         return str.__str__(self)
+
+
+@dataclass(frozen=True, slots=True)
+class MediaStats:
+    """One leg's audio stream now, read from pjsua when asked (``core.calls``, the RTP watch),
+    never per packet.
+
+    :param codec: the negotiated codec, ``PCMU/8000``.
+    :param direction: the stream's direction from the B2BUA's side (``recvonly``: the peer has
+        put us on hold).
+    :param rx_packets: RTP packets received and accepted; ``rx_discarded`` those dropped as
+        malformed or too late, ``rx_lost`` the gaps in the sequence numbers.
+    :param jitter_ms: the mean interarrival jitter of what was received.
+    :param remote: where the SDP says the peer receives RTP, ``ip:port``; ``source``: where the
+        last RTP packet came from (``""`` before the first one). They differ when a NATed peer
+        sends from another address, or when someone else sends to the port.
+    """
+
+    codec: str = ""
+    direction: MediaDirection = MediaDirection.SENDRECV
+    rx_packets: int = 0
+    tx_packets: int = 0
+    rx_lost: int = 0
+    rx_discarded: int = 0
+    jitter_ms: float = 0.0
+    remote: str = ""
+    source: str = ""
+
+    def summary(self) -> dict[str, object]:
+        """The JSON form ``core.calls`` shows."""
+        return {"codec": self.codec, "direction": self.direction.value, "rx_packets": self.rx_packets,
+                "tx_packets": self.tx_packets, "rx_lost": self.rx_lost, "rx_discarded": self.rx_discarded,
+                "jitter_ms": round(self.jitter_ms, 2), "remote": self.remote, "source": self.source}
 
 
 class LegError(Exception):
@@ -220,7 +307,30 @@ class CallLeg(abc.ABC):
 
     @abc.abstractmethod
     def connect_audio(self, other: CallLeg) -> bool:
-        """Bridge this leg's audio with ``other``'s both ways; False when either has none yet."""
+        """Bridge this leg's audio with ``other``'s both ways; False when either has none yet.
+        Connecting again what is connected changes nothing (call it after every renegotiation:
+        pjsua may have replaced a leg's audio port)."""
+
+    @abc.abstractmethod
+    def disconnect_audio(self, other: CallLeg) -> None:
+        """Undo :meth:`connect_audio` (whatever of it is still there)."""
+
+    @abc.abstractmethod
+    def telephone_event(self) -> bool:
+        """Whether the peer negotiated RFC 4733 telephone-event (digits can be sent as RTP events)."""
+
+    @abc.abstractmethod
+    def send_dtmf(self, digit: str, duration_ms: int, method: DtmfMethod) -> None:
+        """Send one digit to the peer. :raises LegError: when it cannot be sent that way."""
+
+    @abc.abstractmethod
+    def set_direction(self, direction: MediaDirection) -> None:
+        """Offer ``direction`` (from our side) in a re-INVITE; later answers to the peer's own
+        offers keep to it. :raises LegError: when no re-INVITE can be sent now (one is pending)."""
+
+    @abc.abstractmethod
+    def media_stats(self) -> MediaStats | None:
+        """The audio stream's codec and counters now; None without an audio stream."""
 
     @abc.abstractmethod
     def attached(self) -> bool:

@@ -6,11 +6,15 @@ pjsua2's invite states, transactions, media and DTMF into the events of
 session's actions into pjsua2 calls. It decides nothing. Callbacks can fire synchronously
 inside ``makeCall``/``hangup``, so owners are re-entrant, and no exception crosses back into
 C++ (each callback catches and logs). Per callback it does as little as it can: one
-``getInfo()`` per state change, nothing else for the transactions that follow a provisional.
+``getInfo()`` per state change, nothing else for the transactions that follow a provisional
+(a talking leg looks at its in-dialog requests: INFO digits, the answer to its own re-INVITE).
+Media counters and stream details are read only when asked (:meth:`Leg.media_stats`).
 """
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -19,6 +23,7 @@ import pjsua2 as pj
 from loguru import logger
 
 from b2bua import digest, sip
+from b2bua.bridge import info_dtmf_digit
 from b2bua.events import (
     CONFIRMED,
     MEDIA_READY,
@@ -33,8 +38,13 @@ from b2bua.events import (
     LegEvent,
     LegOwner,
     LegState,
+    MediaDirection,
+    MediaStats,
+    OfferFailed,
     Provisional,
+    RemoteOffer,
 )
+from b2bua.sdp import audio_direction
 
 if TYPE_CHECKING:
     from b2bua.api import OutgoingRequest
@@ -48,10 +58,23 @@ CONFIRMED_STATE = pj.PJSIP_INV_STATE_CONFIRMED
 DISCONNECTED = pj.PJSIP_INV_STATE_DISCONNECTED
 
 _CALLING = LegState.CALLING  # read in every transaction callback of a B leg: a module global
+#: states in which a leg's in-dialog requests matter (INFO digits, our re-INVITE's answer)
+_TALKING = (LegState.ANSWERED, LegState.CONFIRMED)
 
 #: pjmedia_stream_dtmf_event_flags (pjmedia/stream.h; not exported by the SWIG module)
 _DTMF_IS_UPDATE = 1 << 0
 _DTMF_IS_END = 1 << 1
+
+#: pjmedia_dir <-> SDP direction, from our side
+_DIRECTION = {
+    pj.PJMEDIA_DIR_ENCODING_DECODING: MediaDirection.SENDRECV, pj.PJMEDIA_DIR_ENCODING: MediaDirection.SENDONLY,
+    pj.PJMEDIA_DIR_DECODING: MediaDirection.RECVONLY, pj.PJMEDIA_DIR_NONE: MediaDirection.INACTIVE,
+}
+_PJ_DIRECTION = {d: pj_dir for pj_dir, d in _DIRECTION.items()}
+#: the rate of the in-band DTMF generator (pjsua2 does not tell the bridge's own rate)
+TONE_CLOCK_RATE = 8000
+#: INFO bodies the adapter writes for a digit, by method
+_INFO_TYPES = {DtmfMethod.SIP_INFO: "application/dtmf-relay", DtmfMethod.SIP_INFO_DTMF: "application/dtmf"}
 
 #: every Leg whose pjsua2 side still exists (weakly), for :func:`release_remaining`
 _alive: weakref.WeakSet[Leg] = weakref.WeakSet()
@@ -93,6 +116,8 @@ class Leg(CallLeg, pj.Call):  # type: ignore[misc]
         self._account = account  #: its realms, credential name and problem log, for challenges
         self._answered: set[str] = set()  #: realms whose challenge was answered for the current request
         self._auth_problem: digest.AuthProblem | None = None  #: why a challenge ended our INVITE
+        self._reinviting = False  #: we sent a re-INVITE (set_direction): its failure is reported
+        self._tones: pj.ToneGenerator | None = None  #: in-band DTMF toward this leg, made when first needed
 
     # -- pjsua2 callbacks -> events ----------------------------------------------------------
 
@@ -153,19 +178,63 @@ class Leg(CallLeg, pj.Call):  # type: ignore[misc]
         prm.challenge.abandon()
 
     def onCallTsxState(self, prm: pj.OnCallTsxStateParam) -> None:
-        # Only B legs waiting for their first response care: a 100 Trying stops the attempt timer.
+        # B legs waiting for their first response: a 100 Trying stops the attempt timer. Talking
+        # legs: an INFO with a digit, the answer to our own re-INVITE. Nothing else is read.
         if self._answered and self._got_2xx:
             self._in_dialog_done(prm)
         owner = self.owner
-        if self.state is not _CALLING or owner is None or self.index == 0:
+        if owner is None:
             return
+        state = self.state
         try:
-            tsx = prm.e.body.tsxState.tsx
-            code = tsx.statusCode
-            if 100 <= code < 200 and tsx.method == "INVITE":
-                owner.on_event(self, Provisional(code, tsx.statusText))
+            if state is _CALLING:
+                if self.index:
+                    tsx = prm.e.body.tsxState.tsx
+                    code = tsx.statusCode
+                    if 100 <= code < 200 and tsx.method == "INVITE":
+                        owner.on_event(self, Provisional(code, tsx.statusText))
+            elif state in _TALKING or self._reinviting:
+                self._talking_tsx(owner, prm.e.body.tsxState)
         except Exception:
             logger.opt(exception=True).error("transaction handler failed")
+
+    def _talking_tsx(self, owner: LegOwner, tsx_state: Any) -> None:
+        tsx = tsx_state.tsx
+        method = tsx.method
+        if method == "INFO":
+            if tsx.role == pj.PJSIP_ROLE_UAS and tsx.state == pj.PJSIP_TSX_STATE_TRYING \
+                    and tsx_state.type == pj.PJSIP_EVENT_RX_MSG:
+                self._rx_info(owner, tsx_state.src.rdata)
+        elif method == "INVITE" and self._reinviting and tsx.role == pj.PJSIP_ROLE_UAC:
+            code = tsx.statusCode
+            if code >= 200:
+                self._reinviting = False
+                if code >= 300:
+                    owner.on_event(self, OfferFailed(code, tsx.statusText))
+
+    def _rx_info(self, owner: LegOwner, rdata: Any) -> None:
+        """An INFO from the peer. application/dtmf-relay is pjsua's (it answers and reports the
+        digit through onDtmfEvent, after this callback); application/dtmf is ours: answered here
+        (pjsip would answer 500) and reported."""
+        raw = rdata.wholeMsg
+        head, _, body = raw.partition("\r\n\r\n")
+        ctype = sip.parse_message(head)[1].get("content-type", ("",))[0]
+        if ctype.split(";", 1)[0].strip().lower() != "application/dtmf":
+            return
+        digit = info_dtmf_digit(body)
+        respond_in_dialog(rdata, 200 if digit else 400)
+        if digit:
+            owner.on_event(self, DtmfReceived(digit, 0, DtmfMethod.SIP_INFO_DTMF, end=True))
+
+    def onCallRxOffer(self, prm: pj.OnCallRxOfferParam) -> None:
+        # a re-INVITE or UPDATE with an offer: which direction the peer asks for (hold, resume)
+        owner = self.owner
+        if owner is None:
+            return
+        try:
+            owner.on_event(self, RemoteOffer(audio_direction(prm.offer.wholeSdp)))
+        except Exception:
+            logger.opt(exception=True).error("offer handler failed")
 
     def _in_dialog_done(self, prm: pj.OnCallTsxStateParam) -> None:
         """A request inside the dialog got its final answer after a challenge was answered:
@@ -223,25 +292,122 @@ class Leg(CallLeg, pj.Call):  # type: ignore[misc]
             return False  # already gone
         return True
 
+    # The conference is wired through pjsua's C functions: pjsua2's AudioMedia lookups raise (and
+    # log an ERROR each time) for a leg whose stream is gone or held inactive, an everyday case.
+
     def connect_audio(self, other: CallLeg) -> bool:
         assert isinstance(other, Leg)
-        mine, theirs = self._audio(), other._audio()
-        if mine is None or theirs is None:
+        lib = _pjsip()
+        mine, theirs = lib.pjsua_call_get_conf_port(self.getId()), lib.pjsua_call_get_conf_port(other.getId())
+        if mine < 0 or theirs < 0:
             return False
-        try:
-            mine.startTransmit(theirs)
-            theirs.startTransmit(mine)
-        except pj.Error as exc:
-            logger.warning("cannot bridge audio: {}", exc.info())
+        status = lib.pjsua_conf_connect(mine, theirs) or lib.pjsua_conf_connect(theirs, mine)
+        if status:
+            logger.warning("cannot bridge audio: pjsua_conf_connect {} <-> {} failed ({})", mine, theirs, status)
             return False
         return True
 
-    def _audio(self) -> pj.AudioMedia | None:
-        """The leg's active audio, or None."""
+    def disconnect_audio(self, other: CallLeg) -> None:
+        assert isinstance(other, Leg)
+        lib = _pjsip()
+        mine = lib.pjsua_call_get_conf_port(self.getId())
+        theirs = lib.pjsua_call_get_conf_port(other.getId()) if "this" in other.__dict__ else -1
+        if mine >= 0 and theirs >= 0:
+            lib.pjsua_conf_disconnect(mine, theirs)  # whatever of it is still there
+            lib.pjsua_conf_disconnect(theirs, mine)
+
+    def _media_index(self, *, stream: bool) -> int:
+        """The index of the leg's audio in its SDP, -1 without one; with ``stream``, only when
+        it has a stream now (held ``inactive`` it has none)."""
+        info = self.getInfo()  # held: its media vector lives as long as it does
+        for media in info.media:
+            if media.type == pj.PJMEDIA_TYPE_AUDIO and (media.audioConfSlot >= 0 or not stream):
+                return int(media.index)
+        return -1
+
+    def telephone_event(self) -> bool:
+        index = self._media_index(stream=True)
+        if index < 0:
+            return False
         try:
-            return self.getAudioMedia(-1)
+            info = self.getStreamInfo(index)
+        except pj.Error:
+            return False
+        return info.audTxEventPt > 0 and bool(info.dir & pj.PJMEDIA_DIR_ENCODING)
+
+    def send_dtmf(self, digit: str, duration_ms: int, method: DtmfMethod) -> None:
+        try:
+            if method is DtmfMethod.RFC4733:
+                prm = pj.CallSendDtmfParam()
+                prm.digits = digit
+                prm.duration = duration_ms
+                prm.method = pj.PJSUA_DTMF_METHOD_RFC2833
+                self.sendDtmf(prm)
+            elif method is DtmfMethod.INBAND:
+                self._play_tones(digit, duration_ms)
+            else:
+                req = pj.CallSendRequestParam()
+                req.method = "INFO"
+                req.txOption.contentType = _INFO_TYPES[method]
+                req.txOption.msgBody = (f"Signal={digit}\r\nDuration={duration_ms}\r\n"
+                                        if method is DtmfMethod.SIP_INFO else f"{digit}\r\n")
+                self.sendRequest(req)
+        except pj.Error as exc:
+            raise LegError(exc.reason, exc.info()) from None
+
+    def _play_tones(self, digit: str, duration_ms: int) -> None:
+        lib = _pjsip()
+        slot = lib.pjsua_call_get_conf_port(self.getId())
+        if slot < 0:
+            raise LegError("no audio stream")
+        if self._tones is None:
+            tones = pj.ToneGenerator()
+            # DTMF tones need no more than 8 kHz; the conference bridge resamples to its own rate
+            tones.createToneGenerator(TONE_CLOCK_RATE, 1)
+            self._tones = tones
+        tone = pj.ToneDigit()
+        tone.digit = digit
+        tone.on_msec = duration_ms
+        tone.off_msec = 50  # the gap before a next digit (RFC 4733's 40 ms at least)
+        tone.volume = 0  # pjmedia's default level
+        digits = pj.ToneDigitVector()
+        digits.append(tone)
+        lib.pjsua_conf_connect(self._tones.getPortId(), slot)  # again after a renegotiation: harmless
+        self._tones.playDigits(digits, False)
+
+    def set_direction(self, direction: MediaDirection) -> None:
+        index = self._media_index(stream=False)
+        prm = op()
+        prm.opt.flag = pj.PJSUA_CALL_SET_MEDIA_DIR
+        dirs = pj.IntVector()
+        for i in range(max(index, 0) + 1):  # the media before the audio keep the default
+            dirs.append(_PJ_DIRECTION[direction] if i == max(index, 0) else pj.PJMEDIA_DIR_ENCODING_DECODING)
+        prm.opt.mediaDir = dirs
+        try:
+            self.reinvite(prm)
+        except pj.Error as exc:
+            raise LegError(exc.reason, exc.info()) from None
+        self._reinviting = True
+
+    def media_stats(self) -> MediaStats | None:
+        index = self._media_index(stream=True)
+        if index < 0:
+            return None
+        try:
+            info = self.getStreamInfo(index)
+            stat = self.getStreamStat(index)
+            transport = self.getMedTransportInfo(index)
         except pj.Error:
             return None
+        rx = stat.rtcp.rxStat
+        source = transport.srcRtpName
+        return MediaStats(
+            codec=f"{info.codecName}/{info.codecClockRate}",
+            direction=_DIRECTION.get(info.dir, MediaDirection.INACTIVE),
+            rx_packets=rx.pkt, tx_packets=stat.rtcp.txStat.pkt, rx_lost=rx.loss, rx_discarded=rx.discard,
+            jitter_ms=rx.jitterUsec.mean / 1000, remote=info.remoteRtpAddress,
+            source="" if source.startswith("0.0.0.0") else source,
+        )
 
     # -- lifetime --------------------------------------------------------------------------
 
@@ -256,6 +422,7 @@ class Leg(CallLeg, pj.Call):  # type: ignore[misc]
         instead of touching freed memory.
         """
         self.owner = None
+        self._tones = None  # its conference port goes now, on the loop thread, before the call's
         if "this" not in self.__dict__:
             return
         _alive.discard(self)
@@ -290,6 +457,40 @@ def _response_headers(prm: Any) -> dict[str, tuple[str, ...]]:
     if not raw:
         return {}
     return sip.parse_message(raw)[1]
+
+
+@functools.cache
+def _pjsip() -> ctypes.CDLL:
+    """pjsip's and pjsua's C API in the loaded module: what pjsua2 does not wrap, or wraps with
+    an exception (and an ERROR line) for everyday cases."""
+    lib = ctypes.CDLL(pj._pjsua2.__file__)
+    lib.pjsip_rdata_get_dlg.restype = ctypes.c_void_p
+    lib.pjsip_rdata_get_dlg.argtypes = [ctypes.c_void_p]
+    lib.pjsip_dlg_respond.restype = ctypes.c_int
+    lib.pjsip_dlg_respond.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p,
+                                      ctypes.c_void_p, ctypes.c_void_p]
+    for name in ("pjsua_call_get_conf_port",):
+        getattr(lib, name).restype = ctypes.c_int
+        getattr(lib, name).argtypes = [ctypes.c_int]
+    for name in ("pjsua_conf_connect", "pjsua_conf_disconnect"):
+        getattr(lib, name).restype = ctypes.c_int
+        getattr(lib, name).argtypes = [ctypes.c_int, ctypes.c_int]
+    return lib
+
+
+def respond_in_dialog(rdata: Any, code: int) -> bool:
+    """Answer an in-dialog request pjsua leaves to the application (pjsua2 has no call for it)
+    with ``code``; False when it could not.
+
+    ``rdata`` is the ``SipRxData`` of an ``onCallTsxState`` in state TRYING: the transaction
+    exists and has sent nothing yet (pjsip answers 500 after the callback otherwise).
+    """
+    lib = _pjsip()
+    pointer = int(rdata.pjRxData)
+    dialog = lib.pjsip_rdata_get_dlg(pointer)
+    if not dialog:
+        return False
+    return int(lib.pjsip_dlg_respond(dialog, pointer, code, None, None, None)) == 0
 
 
 def op(code: int = 0, reason: str = "", headers: tuple[tuple[str, str], ...] = ()) -> pj.CallOpParam:

@@ -1,9 +1,10 @@
 """One call through the B2BUA: the caller's A leg and the B legs dialled for it.
 
 The session asks the hooks what to do (admit, route, next target) and does it: dial serially
-or in parallel, relay the first 180/183, answer the caller when a B leg answers, bridge audio,
-propagate BYE and CANCEL both ways, apply per-attempt timers, and give the caller a final
-answer when every attempt failed.
+or in parallel, relay the first 180/183 (and a 183 for the first early media), answer the
+caller when a B leg answers, propagate BYE and CANCEL both ways, apply per-attempt timers, and
+give the caller a final answer when every attempt failed. What the call's media does (whose
+audio the caller hears, DTMF, hold, the RTP watch) is its :class:`b2bua.bridge.Bridge`'s.
 
 It is an event-driven state machine: legs report :mod:`b2bua.events` through
 :meth:`Session.on_event`, which dispatches on ``(leg state, event type)`` with one table per
@@ -40,11 +41,13 @@ from b2bua.api import (
     Target,
     TimerHandle,
 )
+from b2bua.bridge import Bridge, policy
 from b2bua.events import (
     Answered,
     CallLeg,
     Confirmed,
     Disconnected,
+    DtmfReceived,
     EarlyMedia,
     Failed,
     LegError,
@@ -52,7 +55,9 @@ from b2bua.events import (
     LegOwner,
     LegState,
     MediaReady,
+    OfferFailed,
     Provisional,
+    RemoteOffer,
 )
 from b2bua.headers import is_name, merge, one_line_problem, usable_value
 from b2bua.outbound import profile_for
@@ -147,13 +152,14 @@ class Session:
         self.winner = 0  #: index of the B leg that answered (legs are looked up, never kept)
         self.answered_target: Target | None = None
         self.failures: list[Failure] = []
-        self.bridged_with = 0  #: index of the B leg whose audio is connected to A
         self.state = CallState.ROUTING
         self.cause: EndCause | None = None
         self.final = ""  #: the final failure sent to the caller, "486 Busy Here"
         self.forking = False
+        self.early_media_sent = False  #: the caller got a 183 (with our SDP: its media is set up)
         self.log = logger.bind(call_id=call.call_id)
         self._copied: list[tuple[str, str]] | None = None  #: the caller's headers for B legs
+        self.bridge = Bridge(self, policy(host.sip), self.log, time.monotonic)
 
     # -- state changes --------------------------------------------------------------------------
 
@@ -162,6 +168,8 @@ class Session:
         if old is not new:
             self.state = new
             self.log.debug("call {} -> {}", old, new)
+            if new in (CallState.ENDING, CallState.ENDED):
+                self.bridge.close()
 
     def _move(self, leg: CallLeg, new: LegState) -> None:
         old = leg.state
@@ -337,12 +345,36 @@ class Session:
         if event.code in _RELAYED_PROVISIONALS and a is not None and a.state is LegState.INCOMING \
                 and self.state is CallState.DIALING:
             self._move(a, LegState.EARLY)  # relayed once per call
-            try:
-                a.respond(event.code)  # without headers: see _to_caller
-            except LegError as exc:
-                self.log.warning("cannot relay {}: {}", event.code, exc.reason)
-                if not a.attached():
-                    self.lost_caller("the caller's leg is gone")
+            self._relay_provisional(a, event.code)
+
+    def _relay_provisional(self, a: CallLeg, code: int) -> bool:
+        """Send the caller a 180 or 183 (pjsua puts our SDP answer in a 183: the caller's media is
+        set up from then on, and the 200 carries the same SDP)."""
+        if code == 183:
+            self.early_media_sent = True
+        try:
+            a.respond(code)  # without headers: see _to_caller
+        except LegError as exc:
+            self.log.warning("cannot relay {}: {}", code, exc.reason)
+            if not a.attached():
+                self.lost_caller("the caller's leg is gone")
+            return False
+        return True
+
+    def _b_early_media(self, leg: CallLeg) -> None:
+        """A B leg's 18x carried SDP: its early media (an announcement, a ringback tone) is
+        bridged to the caller, unless another leg's is already: the first is heard until the answer."""
+        a = self.a
+        if self.state is not CallState.DIALING or a is None or a.state not in (LegState.INCOMING, LegState.EARLY):
+            return
+        peer = self.bridge.peer
+        if peer and peer != leg.index and peer in self.b:
+            return
+        if not self.early_media_sent:  # a 180 (no SDP) may have gone first, or nothing yet
+            self._move(a, LegState.EARLY)
+            if not self._relay_provisional(a, 183):
+                return
+        self.bridge.select(leg.index, early=True)
 
     def _b_answered(self, leg: CallLeg, event: Answered | Confirmed) -> None:
         self._cancel_timer(leg)
@@ -368,7 +400,7 @@ class Session:
         assert leg.target is not None
         self.log.debug("answered by {} (attempt {})", leg.target.uri, leg.index)
         self.host.hooks.call_answered(self.call, leg.target)
-        self._bridge(leg)
+        self.bridge.answer(leg.index)
 
     def _b_answered_late(self, leg: CallLeg, event: Answered | Confirmed) -> None:
         """A leg we gave up on (or a losing fork) answered anyway: hang it up (BYE)."""
@@ -405,6 +437,7 @@ class Session:
             self.log.info("attempt {} to {} failed: {} {}{}", leg.index, leg.target.uri, failure.code,
                           failure.reason, f" ({detail})" if detail else "")
         self.b.pop(leg.index, None)
+        self.bridge.leg_gone(leg)
         if zombie:
             self._move(leg, LegState.ABANDONED)
             self.host.legs.keep_until_disconnected(leg)
@@ -428,6 +461,7 @@ class Session:
     def _b_gone(self, leg: CallLeg, event: Failed | Disconnected) -> None:
         """A leg we had already ended (BYE sent, or abandoned) is over."""
         self.b.pop(leg.index, None)
+        self.bridge.leg_gone(leg)
         self._move(leg, LegState.ENDED)
         self.host.legs.retire(leg)
         self._maybe_end()
@@ -466,7 +500,7 @@ class Session:
 
     def _a_confirmed(self, leg: CallLeg, event: Confirmed) -> None:
         self._move(leg, LegState.CONFIRMED)
-        self._bridge(self.b.get(self.winner))
+        self.bridge.connect()
 
     def _a_disconnected(self, leg: CallLeg, event: Disconnected) -> None:
         self.a = None
@@ -520,25 +554,42 @@ class Session:
             self._hang_up(self.a, answer.code, answer.reason, answer.headers)
         self._maybe_end()
 
-    # -- media ----------------------------------------------------------------------------------
+    # -- media (the bridge's host) ---------------------------------------------------------------
 
     def _media(self, leg: CallLeg, event: MediaReady) -> None:
         leg.media_ready = True
-        if leg.index == 0:
-            self._bridge(self.b.get(self.winner))
-        elif leg.index == self.winner:
-            self._bridge(leg)
+        if leg.index and leg.state in _TRYING:
+            self._b_early_media(leg)
+        else:
+            self.bridge.media_ready(leg.index)
 
-    def _bridge(self, leg: CallLeg | None) -> None:
-        a = self.a
-        if leg is None or a is None or self.bridged_with == leg.index:
+    def _dtmf(self, leg: CallLeg, event: DtmfReceived) -> None:
+        self.bridge.dtmf(leg.index, event)
+
+    def _remote_offer(self, leg: CallLeg, event: RemoteOffer) -> None:
+        self.bridge.remote_offer(leg.index, event)
+
+    def _offer_failed(self, leg: CallLeg, event: OfferFailed) -> None:
+        self.bridge.offer_failed(leg.index, event)
+
+    def leg(self, index: int) -> CallLeg | None:
+        """The live leg ``index`` (0: the caller's), or None."""
+        return self.a if index == 0 else self.b.get(index)
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
+        """Run ``callback`` on the loop thread after ``delay`` seconds."""
+        return self.host.call_later(delay, callback)
+
+    def media_timeout(self, index: int, silent_for: float) -> None:
+        """Leg ``index`` sent no RTP for ``silent_for`` seconds (``[sip] rtp_timeout``): BYE both ways."""
+        if self.state is not CallState.ANSWERED:
             return
-        if leg.state not in (LegState.ANSWERED, LegState.CONFIRMED):
-            return
-        if not (a.media_ready and leg.media_ready):
-            return  # the other side's MediaReady will bridge
-        if a.connect_audio(leg):
-            self.bridged_with = leg.index
+        self.cause = EndCause.MEDIA_TIMEOUT
+        self._enter(CallState.ENDING)
+        if self.a is not None:
+            self._hang_up(self.a)
+        self._end_b_legs()
+        self._maybe_end()
 
     # -- ending ---------------------------------------------------------------------------------
 
@@ -640,11 +691,18 @@ _LIVE_A = (_S.INCOMING, _S.EARLY, _S.ANSWERED, _S.CONFIRMED, _S.HANGING_UP)
 _LIVE_B = (_S.CALLING, _S.PROCEEDING, _S.ANSWERED, _S.CONFIRMED, _S.CANCELLING, _S.ABANDONED, _S.HANGING_UP)
 _OVER = (Failed, Disconnected)
 
+#: legs talking (the caller's early state: early media)
+_TALKING_A = (_S.EARLY, _S.ANSWERED, _S.CONFIRMED)
+_TALKING_B = (_S.PROCEEDING, _S.ANSWERED, _S.CONFIRMED)
+
 #: the caller's leg
 _A_TABLE = _table(
     ((_S.ANSWERED,), (Confirmed,), Session._a_confirmed),
     (_LIVE_A, (Disconnected,), Session._a_disconnected),
     (_LIVE_A, (MediaReady,), Session._media),
+    (_TALKING_A, (DtmfReceived,), Session._dtmf),
+    (_TALKING_A, (RemoteOffer,), Session._remote_offer),
+    ((_S.ANSWERED, _S.CONFIRMED), (OfferFailed,), Session._offer_failed),
 )
 
 #: the legs we dial
@@ -657,4 +715,7 @@ _B_TABLE = _table(
     ((_S.ANSWERED, _S.CONFIRMED), _OVER, Session._b_callee_hung_up),
     ((_S.ABANDONED, _S.HANGING_UP), _OVER, Session._b_gone),
     (_LIVE_B, (MediaReady,), Session._media),
+    (_TALKING_B, (DtmfReceived,), Session._dtmf),
+    (_TALKING_B, (RemoteOffer,), Session._remote_offer),
+    ((_S.ANSWERED, _S.CONFIRMED), (OfferFailed,), Session._offer_failed),
 )

@@ -10,7 +10,14 @@ call for ``--seconds``, so every call carries 50 RTP packets a second each way o
 - **added one-way latency**: a probe phone sends a 10 ms burst every second to an echo phone and
   records the burst and its echo in one file; half the difference between the round trip through
   the B2BUA (during the load) and phone to phone directly (before it) is what the B2BUA adds;
-- **CPU and RSS** of the B2BUA: idle, under load, and per call.
+- **CPU and RSS** of the B2BUA: idle, under load, and per call;
+- with ``--early S``: each gateway answers with 183 and S seconds of early media first (bridged
+  to the caller before the 200); the B2BUA's CPU from the first INVITE until every call is
+  answered, per call (compare with a run without ``--early``: the set-up's cost, early media's
+  RTP included);
+- with ``--dtmf K``: after the load window, a second one of the same length in which every
+  caller sends K digits (``--dtmf-method``); the B2BUA's extra CPU per relayed digit, and how
+  many digits the gateway received.
 
 The phones are pjsua2 processes (``tests/e2e/media/peer.py``) on the same machine: their CPU is
 printed too, because on a small machine they compete with the B2BUA. Every run is bounded.
@@ -18,6 +25,7 @@ printed too, because on a small machine they compete with the B2BUA. Every run i
     .venv/bin/python bench/media.py                          # 100 calls, 60 s, G.711 (PCMU)
     .venv/bin/python bench/media.py --calls 20 --seconds 10  # a quick check
     .venv/bin/python bench/media.py --calls 400 --caller-codec G722 --clock-rate 16000
+    .venv/bin/python bench/media.py --calls 100 --seconds 20 --dtmf 10 --early 3
 
 Numbers are only worth publishing from a machine nothing else loads.
 """
@@ -146,7 +154,9 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
             stack.callback(p.stop, 10.0)
             return p
 
-        gateway = peer(GATEWAY_IP, "gateway", tone=440, record=False, codecs=[args.gateway_codec])
+        answer = f"early-then-answer:{args.early:g}" if args.early else "answer"
+        gateway = peer(GATEWAY_IP, "gateway", answer=answer, tone=440, early_tone=660 if args.early else None,
+                       record=False, codecs=[args.gateway_codec])
         # the B2BUA offers the gateway's codec first: the echo phone picks it, like the gateway (the
         # probe's path is the load's), and takes the caller's codec when the probe calls it directly
         codecs = list(dict.fromkeys([args.gateway_codec, args.caller_codec]))
@@ -175,8 +185,11 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
             time.sleep(3)
         print(f"{n} calls at {args.rate:g}/s, {args.caller_codec} -> {args.gateway_codec}, "
               f"bridge {args.clock_rate} Hz", flush=True)
-        numbers = caller.call(f"sip:load@{B2BUA_IP}:{port}", count=n, rate=args.rate)
-        wait_all(caller, numbers, "CONFIRMED", timeout=n / args.rate + 30)
+        with measure(pids) as setup:
+            set_up_from = time.monotonic()
+            numbers = caller.call(f"sip:load@{B2BUA_IP}:{port}", count=n, rate=args.rate)
+            wait_all(caller, numbers, "CONFIRMED", timeout=n / args.rate + args.early + 30)
+            set_up_in = time.monotonic() - set_up_from
         time.sleep(2)  # jitter buffers settle
         at_start = caller.stats(), gateway.stats()
         with measure(pids) as load:
@@ -186,6 +199,15 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
             time.sleep(max(0.0, args.seconds - (time.monotonic() - talking)))
         down = frames_between(at_start[0], caller.stats())  # B2BUA -> caller: through the A legs
         up = frames_between(at_start[1], gateway.stats())  # B2BUA -> gateway: through the B legs
+        digits = 0
+        if args.dtmf:
+            with measure(pids) as dtmf:
+                started = time.monotonic()
+                for number in numbers:
+                    caller.dtmf(number, ("1234567890*#" * args.dtmf)[:args.dtmf], method=args.dtmf_method,
+                                duration_ms=100)
+                time.sleep(max(0.0, args.seconds - (time.monotonic() - started)))
+            digits = sum(len(gateway.digits(number)) for number in range(1, n + 1))
         caller.hangup("all")
         gateway_calls = len(gateway.incoming())
         b2b_log = b2b.log_text()
@@ -204,6 +226,14 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
     cpu = load.cpu["b2bua"]
     print(f"B2BUA CPU: idle {idle.cpu['b2bua'] * 100:.1f} %, with {n} talking calls {cpu * 100:.1f} % of a core, "
           f"{(cpu - idle.cpu['b2bua']) * 100 / n:.3f} % per call")
+    setup_ms = (setup.cpu["b2bua"] - idle.cpu["b2bua"]) * set_up_in * 1000 / n
+    print(f"call set-up{f' with {args.early:g} s of early media' if args.early else ''}: B2BUA CPU "
+          f"{setup_ms:.2f} ms per call ({n} calls in {set_up_in:.1f} s)")
+    if args.dtmf:
+        extra = (dtmf.cpu["b2bua"] - load.cpu["b2bua"]) * args.seconds
+        sent = n * args.dtmf
+        print(f"DTMF ({args.dtmf_method}): {sent} digits sent, {digits} received by the gateway; B2BUA CPU "
+              f"{extra * 1e6 / max(1, digits):.0f} us per relayed digit over the talking calls' own")
     print(f"B2BUA RSS: idle {idle.rss['b2bua']:.0f} MB, loaded {load.rss['b2bua']:.0f} MB, "
           f"{(load.rss['b2bua'] - idle.rss['b2bua']) * 1000 / n:.0f} KB per call")
     print(f"load generators: caller {load.cpu['caller'] * 100:.0f} %, gateway {load.cpu['gateway'] * 100:.0f} % "
@@ -223,10 +253,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--peer-clock-rate", type=int, default=8000, help="the caller and probe phones' bridge rate")
     p.add_argument("--probe-calls", type=int, default=3, help="latency probe calls (each way of measuring)")
     p.add_argument("--probe-seconds", type=float, default=6.0, help="length of a probe call")
+    p.add_argument("--early", type=float, default=0.0,
+                   help="seconds of early media (183) the gateway plays before answering each call")
+    p.add_argument("--dtmf", type=int, default=0, help="digits each caller sends in a second load window")
+    p.add_argument("--dtmf-method", default="rfc4733", choices=("rfc4733", "info", "info-dtmf"))
     p.add_argument("--workdir", default="", help="keep logs here (default: a temporary folder)")
     args = p.parse_args(argv)
     if not 1 <= args.calls <= 1000 or not 1 <= args.seconds <= 3600 or args.rate <= 0:
         p.error("need 1 <= calls <= 1000, 1 <= seconds <= 3600, rate > 0")
+    if not 0 <= args.early <= 60 or not 0 <= args.dtmf <= 100:
+        p.error("need 0 <= early <= 60, 0 <= dtmf <= 100")
     if args.workdir:
         workdir = Path(args.workdir)
         workdir.mkdir(parents=True, exist_ok=True)

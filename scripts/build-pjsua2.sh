@@ -13,7 +13,7 @@
 # build error, never a silent omission.
 #
 # Patches: scripts/pjproject-patches/*.patch are applied in order (fixes for crashes we hit that
-# upstream fixed after the release we build; each says which).
+# upstream fixed after the release we build, and an opt-in RTP source lock of ours; each says which).
 #
 # The wheel's version is <pjproject>+b2bua<max calls>.h<key>, the key a hash of everything that
 # shapes the build (config_site.h, configure options, patches, source). `--key` prints that local

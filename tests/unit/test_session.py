@@ -34,6 +34,7 @@ from b2bua.events import (
     Answered,
     CallLeg,
     Disconnected,
+    DtmfMethod,
     DtmfReceived,
     EarlyMedia,
     Failed,
@@ -41,7 +42,11 @@ from b2bua.events import (
     LegEvent,
     LegOwner,
     LegState,
+    MediaDirection,
+    MediaStats,
+    OfferFailed,
     Provisional,
+    RemoteOffer,
 )
 from b2bua.headers import Passthrough
 from b2bua.legpool import LegPool
@@ -69,6 +74,7 @@ class FakeLeg(CallLeg):
         self.released = False
         self.on_end: list[LegEvent] = []
         self.response_headers: list[tuple[tuple[str, str], ...]] = []  #: each respond()'s headers
+        self.stats: MediaStats | None = None
 
     def report(self, event: LegEvent) -> None:
         """What the adapter does: hand the event to the owner, if the leg still has one."""
@@ -95,6 +101,21 @@ class FakeLeg(CallLeg):
     def connect_audio(self, other: CallLeg) -> bool:
         self.actions.append(("bridge", other.index))
         return True
+
+    def disconnect_audio(self, other: CallLeg) -> None:
+        self.actions.append(("unbridge", other.index))
+
+    def telephone_event(self) -> bool:
+        return True
+
+    def send_dtmf(self, digit: str, duration_ms: int, method: DtmfMethod) -> None:
+        self.actions.append(("dtmf", digit, duration_ms, method))
+
+    def set_direction(self, direction: MediaDirection) -> None:
+        self.actions.append(("direction", direction))
+
+    def media_stats(self) -> MediaStats | None:
+        return self.stats
 
     def attached(self) -> bool:
         return self.is_attached
@@ -225,8 +246,9 @@ def test_serial_call_rings_answers_bridges_and_ends_when_the_caller_hangs_up() -
     a.report(MEDIA_READY)
     assert ("bridge", 1) not in a.actions  # B's media is not there yet
     b.report(MEDIA_READY)
-    b.report(MEDIA_READY)  # a re-INVITE renegotiates: bridged once
     assert a.actions.count(("bridge", 1)) == 1
+    b.report(MEDIA_READY)  # a re-INVITE renegotiates: pjsua may have replaced the port, connect again
+    assert a.actions.count(("bridge", 1)) == 2
     a.report(Disconnected(200, "Normal call clearing"))
     assert ends(b) == [("end", 0, "", ())]  # BYE
     assert b.state is LegState.HANGING_UP and not host.ended
@@ -246,6 +268,82 @@ def test_early_media_183_is_relayed() -> None:
     host.b(1).report(EarlyMedia(183, "Session Progress"))
     host.b(1).report(RINGING)
     assert a.actions == [("respond", 183)]
+
+
+def test_early_media_gives_the_caller_a_183_and_is_bridged_until_the_answer() -> None:
+    host = FakeHost(serial(GW1))
+    s, a = host.session()
+    s.start()
+    b = host.b(1)
+    b.report(RINGING)  # 180 first: relayed as it is
+    assert a.actions == [("respond", 180)]
+    b.report(MEDIA_READY)  # then a 183 with SDP (or a 180 with SDP): early media
+    assert a.actions == [("respond", 180), ("respond", 183)] and s.early_media_sent
+    a.report(MEDIA_READY)  # our SDP answer in that 183 set up the caller's media
+    assert a.actions[-1] == ("bridge", 1) and s.bridge.early
+    b.report(EarlyMedia(183, "Session Progress"))  # its 183's state report: nothing more to send
+    b.report(OK)
+    assert a.actions[-1] == ("respond", 200) and ("unbridge", 1) not in a.actions
+    assert (s.bridge.peer, s.bridge.early) == (1, False)
+
+
+def test_the_first_early_media_is_heard_then_the_winner() -> None:
+    host = FakeHost(parallel(GW1, GW2, GW3))
+    s, a = host.session()
+    s.start()
+    b1, b2, b3 = host.b(1), host.b(2), host.b(3)
+    a.media_ready = True
+    for b in (b2, b1):
+        b.report(EarlyMedia(183, "Session Progress"))
+        b.report(MEDIA_READY)  # b1's is the second early media: not heard
+    assert a.actions == [("respond", 183), ("bridge", 2)]
+    b2.report(Failed(486, "Busy Here"))  # the early leg gives up: the caller hears nothing
+    assert a.actions[-1] == ("unbridge", 2) and s.bridge.peer == 0
+    b1.report(MEDIA_READY)  # the other early media takes over (no second 183)
+    assert a.actions[-1] == ("bridge", 1)
+    b3.report(OK)
+    b3.report(MEDIA_READY)
+    assert a.actions[-3:] == [("respond", 200), ("unbridge", 1), ("bridge", 3)]
+    assert [x[0] for x in b1.actions] == ["invite", "end"]  # cancelled
+
+
+def test_early_media_after_the_call_is_over_is_ignored() -> None:
+    host = FakeHost(serial(GW1))
+    s, a = host.session()
+    s.start()
+    a.report(Disconnected(487, "Request Terminated"))
+    host.b(1).report(MEDIA_READY)
+    assert a.actions == []
+
+
+def test_digits_and_offers_go_through_the_bridge() -> None:
+    host = FakeHost(serial(GW1))
+    s, a = host.session()
+    s.start()
+    b = host.b(1)
+    b.report(OK)
+    a.report(DtmfReceived("5", 100, DtmfMethod.RFC4733, 7, end=True))
+    a.report(RemoteOffer(MediaDirection.SENDONLY))
+    b.report(DtmfReceived("1", 0, DtmfMethod.SIP_INFO_DTMF, end=True))
+    b.report(OfferFailed(488, "Not Acceptable Here"))
+    assert b.actions[-2:] == [("dtmf", "5", 100, DtmfMethod.RFC4733), ("direction", MediaDirection.SENDONLY)]
+    assert a.actions[-1] == ("dtmf", "1", 160, DtmfMethod.RFC4733)
+
+
+def test_no_rtp_for_rtp_timeout_ends_the_call() -> None:
+    host = FakeHost(serial(GW1))
+    s, a = host.session()
+    s.start()
+    b = host.b(1)
+    b.report(OK)
+    s.media_timeout(1, 30.0)
+    assert ends(a) == [("end", 0, "", ())] and ends(b) == [("end", 0, "", ())]  # BYE both ways
+    s.media_timeout(1, 30.0)  # once
+    assert len(ends(a)) == 1
+    a.report(Disconnected(200, ""))
+    b.report(Disconnected(200, ""))
+    assert s.cause is EndCause.MEDIA_TIMEOUT and host.ended == [s]
+    assert host.recorder.events[-1] == ("ended", EndCause.MEDIA_TIMEOUT, GW1.uri)
 
 
 def test_callee_hangs_up() -> None:
@@ -517,7 +615,9 @@ def test_events_a_state_does_not_expect_are_ignored() -> None:
 # -- any order of events keeps the bookkeeping straight ---------------------------------------------
 
 EVENTS = st.sampled_from([TRYING, RINGING, EarlyMedia(), OK, CONFIRMED, MEDIA_READY, Failed(503, "x"),
-                          Failed(486, "Busy"), Disconnected(200, ""), DtmfReceived("1")])
+                          Failed(486, "Busy"), Disconnected(200, ""), DtmfReceived("1"),
+                          DtmfReceived("2", 100, end=True), RemoteOffer(MediaDirection.INACTIVE),
+                          RemoteOffer(), OfferFailed(491)])
 
 
 @settings(max_examples=300, deadline=None)
@@ -547,7 +647,8 @@ def test_any_event_sequence_keeps_the_books(mode: DialMode, steps: list[tuple[in
 
 
 def test_the_call_core_does_not_import_pjsua2() -> None:
-    code = ("import sys; import b2bua.session, b2bua.legpool, b2bua.events, b2bua.core_rpc, b2bua.sippolicy; "
+    code = ("import sys; import b2bua.session, b2bua.legpool, b2bua.events, b2bua.core_rpc, b2bua.sippolicy, "
+            "b2bua.bridge, b2bua.sdp; "
             "sys.exit('pjsua2' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
@@ -556,20 +657,32 @@ def test_core_calls_reports_the_call_and_its_legs() -> None:
     from b2bua.core_rpc import calls_report
 
     host = FakeHost(parallel(GW1, GW2))
-    s, _a = host.session()
+    s, a = host.session()
     s.call.started = 10.0
     s.start()
     host.b(1).report(RINGING)
     [report] = calls_report([s], 12.5)
     assert (report["state"], report["duration"], report["answered_by"]) == ("dialing", 2.5, None)
+    assert report["caller"] == {"state": "early", "media": None}
     assert report["legs"] == [
-        {"index": 1, "target": GW1.uri, "state": "proceeding", "answered": False, "provisional": True},
-        {"index": 2, "target": GW2.uri, "state": "calling", "answered": False, "provisional": False},
+        {"index": 1, "target": GW1.uri, "state": "proceeding", "answered": False, "provisional": True,
+         "heard": False, "media": None},
+        {"index": 2, "target": GW2.uri, "state": "calling", "answered": False, "provisional": False,
+         "heard": False, "media": None},
     ]
     host.b(2).report(OK)
+    a.report(MEDIA_READY)
+    host.b(2).report(MEDIA_READY)
+    stats = MediaStats("PCMA/8000", MediaDirection.RECVONLY, 120, 118, 2, 1, 0.4567, "10.0.0.2:4000", "10.0.0.2:4000")
+    host.b(2).stats = stats
     [report] = calls_report([s], 13.0)
     assert report["state"] == "answered" and report["answered_by"] == GW2.uri
-    assert [(leg["index"], leg["answered"]) for leg in report["legs"]] == [(1, False), (2, True)]
+    assert [(leg["index"], leg["answered"], leg["heard"]) for leg in report["legs"]] == [(1, False, False),
+                                                                                        (2, True, True)]
+    assert report["legs"][1]["media"] == {
+        "codec": "PCMA/8000", "direction": "recvonly", "rx_packets": 120, "tx_packets": 118, "rx_lost": 2,
+        "rx_discarded": 1, "jitter_ms": 0.46, "remote": "10.0.0.2:4000", "source": "10.0.0.2:4000"}
+    assert report["caller"] == {"state": "answered", "media": None}  # ready, but no stream to read
 
 
 # -- identity, headers and outbound (issue 12) ----------------------------------------------------

@@ -3,7 +3,8 @@
 It answers incoming calls as told (``--answer``: answer, ring, 183 with early media, reject with a
 code, ...) and places calls when told on stdin; it plays a tone (or a WAV file) into every call,
 records what it hears to one WAV file per call, can loop the audio back (``--echo``), sends and
-reports DTMF (RFC 4733 and SIP INFO), and puts calls on hold and back. Everything it sees is an
+reports DTMF (RFC 4733 and SIP INFO of both kinds), and puts calls on hold and back (re-INVITE or
+UPDATE, ``sendonly`` or ``inactive``). Everything it sees is an
 event: one JSON object per line in ``--events`` (written as it happens, so a test can follow it).
 ``peers.py`` starts it and reads the events; the tone analyser is ``tones.py``.
 
@@ -14,7 +15,8 @@ Commands, one JSON object per line on stdin (``id`` is echoed in the ``done``/``
     {"cmd": "hangup", "call": 1}                       # or "call": "all"; "code" for an unanswered one
     {"cmd": "dtmf", "call": 1, "digits": "123#", "method": "rfc4733", "duration_ms": 160}
                                                        # method: rfc4733, info (dtmf-relay), info-dtmf
-    {"cmd": "hold", "call": 1}   {"cmd": "unhold", "call": 1}   {"cmd": "update", "call": 1}
+    {"cmd": "hold", "call": 1, "direction": "sendonly", "method": "reinvite"}   # or inactive; or update
+    {"cmd": "unhold", "call": 1, "method": "reinvite"}   {"cmd": "update", "call": 1}  # a refresh
     {"cmd": "stats", "call": "all"}
     {"cmd": "quit"}
 
@@ -53,6 +55,10 @@ BEHAVIOURS = ("answer", "ring", "ring-then-answer:<s>", "early", "early-then-ans
 DTMF_METHODS = ("rfc4733", "info", "info-dtmf")
 #: pjmedia_stream_dtmf_event_flags (not in the SWIG module)
 DTMF_IS_UPDATE, DTMF_IS_END = 1 << 0, 1 << 1
+#: hold directions (ours) and the methods a hold or resume can go by
+HOLD_DIRECTIONS = {"sendonly": pj.PJMEDIA_DIR_ENCODING, "inactive": pj.PJMEDIA_DIR_NONE,
+                   "recvonly": pj.PJMEDIA_DIR_DECODING, "sendrecv": pj.PJMEDIA_DIR_ENCODING_DECODING}
+HOLD_METHODS = ("reinvite", "update")
 _HEADER = re.compile(r"^([A-Za-z-]+):\s*(.*)$")
 
 
@@ -104,7 +110,9 @@ class PeerCall(pj.Call):  # type: ignore[misc]
         self.ended = False
         self.recorder: pj.AudioMediaRecorder | None = None
         self.record_path = ""
-        self.connected: set[int] = set()  # conference slots of this call's audio we wired up
+        self.wired = False  # the call's audio was wired up at least once
+        self.playing: pj.AudioMedia | None = None  # the source we play into it (early tone until answered)
+        self.confirmed = False
         self.stats: dict[str, Any] = {}
 
     def release(self) -> None:
@@ -150,6 +158,7 @@ class Peer:
         self.timer_seq = itertools.count()
         self.commands: queue.Queue[str | None] = queue.Queue()
         self.source: pj.AudioMedia | None = None
+        self.early_source: pj.AudioMedia | None = None  # --early-tone: played until the call is answered
         self.running = True
         self.record_dir = Path(args.record) if args.record else None
 
@@ -179,6 +188,12 @@ class Peer:
         if a.log:
             cfg.logConfig.filename = a.log
         self.ep.libInit(cfg)
+        if a.no_telephone_event:  # neither offered nor answered: a peer that knows only in-band DTMF
+            lib = ctypes.CDLL(pj._pjsua2.__file__)
+            lib.pjsua_get_pjmedia_endpt.restype = ctypes.c_void_p
+            lib.pjmedia_endpt_set_flag.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p]
+            off = ctypes.c_int(0)
+            lib.pjmedia_endpt_set_flag(lib.pjsua_get_pjmedia_endpt(), 0, ctypes.byref(off))  # HAS_TELEPHONE_EVENT
         tcfg = pj.TransportConfig()
         tcfg.port = a.port
         tcfg.boundAddress = a.ip
@@ -204,6 +219,8 @@ class Peer:
         self.account = PeerAccount(self)
         self.account.create(acfg, True)
         self.source = self._make_source()
+        if a.early_tone:
+            self.early_source = self._tone_source(a.early_tone)
         self.events.emit("ready", sip=f"{a.ip}:{a.port}", rtp_port=a.rtp_port, clock_rate=a.clock_rate,
                          codecs=[c.codecId for c in self.ep.codecEnum2() if c.priority > 0])
 
@@ -214,20 +231,23 @@ class Peer:
             player.createPlayer(a.play, 0)  # 0: loop
             return player
         if a.tone:
-            hz, on_ms, off_ms = a.tone
-            gen = pj.ToneGenerator()
-            gen.createToneGenerator(a.clock_rate, 1)
-            desc = pj.ToneDesc()
-            desc.freq1 = int(hz)
-            desc.freq2 = 0
-            desc.on_msec = on_ms
-            desc.off_msec = off_ms
-            desc.volume = 0
-            tones = pj.ToneDescVector()
-            tones.append(desc)
-            gen.play(tones, True)
-            return gen
+            return self._tone_source(a.tone)
         return None
+
+    def _tone_source(self, tone: tuple[float, int, int]) -> pj.AudioMedia:
+        hz, on_ms, off_ms = tone
+        gen = pj.ToneGenerator()
+        gen.createToneGenerator(self.args.clock_rate, 1)
+        desc = pj.ToneDesc()
+        desc.freq1 = int(hz)
+        desc.freq2 = 0
+        desc.on_msec = on_ms
+        desc.off_msec = off_ms
+        desc.volume = 0
+        tones = pj.ToneDescVector()
+        tones.append(desc)
+        gen.play(tones, True)
+        return gen
 
     # -- loop -------------------------------------------------------------------------------------
 
@@ -309,7 +329,7 @@ class Peer:
         for call in list(self.calls.values()):
             call.recorder = None
         self.calls.clear()
-        self.source = None
+        self.source = self.early_source = None
         gc.collect()
         for call in list(_alive):  # a pjsua2 Call deleted after libDestroy aborts the process
             call.release()
@@ -325,17 +345,19 @@ class Peer:
         self.events.emit("incoming", call=number, source=prm.rdata.srcAddress, invite=invite,
                          headers=_headers(invite), sdp=_body(invite))
         kind, seconds, code = self.behaviour
-        # act on the next pass: pjsua may not have finished setting the call up inside this callback
+        # act on the next pass (pjsua may not have finished setting the call up inside this
+        # callback), or --delay seconds later
+        delay = self.args.delay
         if kind == "reject":
-            self.later(0, lambda: self.answer(number, code))
+            self.later(delay, lambda: self.answer(number, code))
         elif kind == "answer":
-            self.later(0, lambda: (self.answer(number, 180), self.answer(number, 200)))
+            self.later(delay, lambda: (self.answer(number, 180), self.answer(number, 200)))
         elif kind in ("ring", "ring-then-answer"):
-            self.later(0, lambda: self.answer(number, 180))
+            self.later(delay, lambda: self.answer(number, 180))
         elif kind in ("early", "early-then-answer"):
-            self.later(0, lambda: self.answer(number, 183))
+            self.later(delay, lambda: self.answer(number, 183))
         if kind in ("ring-then-answer", "early-then-answer"):
-            self.later(seconds, lambda: self.answer(number, 200))
+            self.later(delay + seconds, lambda: self.answer(number, 200))
 
     def answer(self, number: int, code: int) -> None:
         call = self.calls.get(number)
@@ -354,6 +376,10 @@ class Peer:
         info = call.getInfo()
         self.events.emit("state", call=call.number, state=info.stateText, code=info.lastStatusCode,
                          reason=info.lastReason, call_id=info.callIdString)
+        if info.state == pj.PJSIP_INV_STATE_CONFIRMED and not call.confirmed:
+            call.confirmed = True
+            if self.early_source is not None:  # the announcement is over: the call's own tone now
+                self._play(call, self.source)
         if info.state == pj.PJSIP_INV_STATE_DISCONNECTED and not call.ended:
             call.ended = True
             self.events.emit("ended", call=call.number, code=info.lastStatusCode, reason=info.lastReason,
@@ -378,14 +404,16 @@ class Peer:
             self.events.emit("media", call=call.number, **fields)
 
     def _wire(self, call: PeerCall, index: int) -> None:
-        """Our tone into the call, the call into its recorder (and back into itself with --echo)."""
+        """Our tone into the call, the call into its recorder (and back into itself with --echo).
+
+        After every media update: pjsua may have replaced the call's conference port (a new
+        direction or codec restarts the stream), and a new port may reuse an old one's number,
+        so connections are made again each time (connecting twice changes nothing)."""
         aud = call.getAudioMedia(index)
-        slot = aud.getPortId()
-        if slot in call.connected:
-            return
-        call.connected.add(slot)
-        if self.source is not None:
-            self.source.startTransmit(aud)
+        call.wired = True
+        call.playing = None  # maybe a new port: whatever played into the old one plays into this one
+        early = self.early_source is not None and not call.confirmed
+        self._play(call, self.early_source if early else self.source)
         # our (null) speaker plays every call, as a phone's would: the bridge reads a call's audio
         # only when it goes somewhere, and its jitter buffer counters mean something only then
         aud.startTransmit(self.ep.audDevManager().getPlaybackDevMedia())
@@ -400,6 +428,19 @@ class Peer:
                     self.source.startTransmit(call.recorder)
             aud.startTransmit(call.recorder)
 
+    def _play(self, call: PeerCall, source: pj.AudioMedia | None) -> None:
+        """Play ``source`` (and nothing else of ours) into the call's audio."""
+        try:
+            aud = call.getAudioMedia(-1)
+        except pj.Error:
+            return  # no audio (yet)
+        if call.playing is not None and call.playing is not source:
+            with contextlib.suppress(pj.Error):
+                call.playing.stopTransmit(aud)
+        if source is not None:
+            source.startTransmit(aud)
+        call.playing = source
+
     def on_tsx(self, call: PeerCall, prm: pj.OnCallTsxStateParam) -> None:
         body = prm.e.body.tsxState
         if body.type != pj.PJSIP_EVENT_RX_MSG:
@@ -410,6 +451,13 @@ class Peer:
                                                pj.PJSIP_TSX_STATE_COMPLETED, pj.PJSIP_TSX_STATE_TERMINATED):
             return
         headers = _headers(msg)
+        if (body.tsx.method == "INFO" and first.startswith("INFO ") and body.tsx.state == pj.PJSIP_TSX_STATE_TRYING
+                and headers.get("content-type", "").lower() == "application/dtmf"):
+            # pjsua answers only application/dtmf-relay itself (pjsip would answer this one 500)
+            digit = _body(msg).strip()
+            respond_in_dialog(body.src.rdata, 200 if len(digit) == 1 else 400)
+            self.events.emit("dtmf", call=call.number, digit=digit, method="info-dtmf", duration_ms=0,
+                             phase="end")
         self.events.emit("rx", call=call.number, method=body.tsx.method, first_line=first,
                          code=body.tsx.statusCode if first.startswith("SIP/2.0") else 0,
                          content_type=headers.get("content-type", ""), body=_body(msg))
@@ -424,7 +472,7 @@ class Peer:
 
     def snapshot_stats(self, call: PeerCall) -> None:
         """The audio stream's RTP/RTCP and jitter buffer counters, kept for the 'ended' event."""
-        if call.ended or not call.connected:
+        if call.ended or not call.wired:
             return
         info = call.getInfo()
         for media in info.media:
@@ -527,14 +575,27 @@ class Peer:
             call.sendDtmf(prm)
 
     def cmd_hold(self, request: dict[str, Any]) -> None:
-        for call in self._calls(request):
-            call.setHold(pj.CallOpParam(True))
+        self._direction(request, str(request.get("direction", "sendonly")))
 
     def cmd_unhold(self, request: dict[str, Any]) -> None:
+        self._direction(request, "sendrecv")
+
+    def _direction(self, request: dict[str, Any], direction: str) -> None:
+        """Offer ``direction`` (ours) in a re-INVITE or an UPDATE (``method``)."""
+        method = str(request.get("method", "reinvite"))
+        if direction not in HOLD_DIRECTIONS or method not in HOLD_METHODS:
+            raise ValueError(f"direction {direction!r} / method {method!r}: expected one of "
+                             f"{', '.join(HOLD_DIRECTIONS)} / {', '.join(HOLD_METHODS)}")
         for call in self._calls(request):
             prm = pj.CallOpParam(True)
-            prm.opt.flag = pj.PJSUA_CALL_UNHOLD
-            call.reinvite(prm)
+            prm.opt.flag = pj.PJSUA_CALL_SET_MEDIA_DIR
+            dirs = pj.IntVector()
+            dirs.append(HOLD_DIRECTIONS[direction])
+            prm.opt.mediaDir = dirs
+            if method == "update":
+                call.update(prm)
+            else:
+                call.reinvite(prm)
 
     def cmd_update(self, request: dict[str, Any]) -> None:
         for call in self._calls(request):
@@ -571,6 +632,20 @@ def _stream_stats(stat: pj.StreamStat) -> dict[str, Any]:
         "jb_frames_lost": jb.lost, "jb_frames_discarded": jb.discard, "jb_empty": jb.empty,
         "jb_avg_delay_ms": jb.avgDelayMsec, "jb_max_delay_ms": jb.maxDelayMsec,
     }
+
+
+def respond_in_dialog(rdata: Any, code: int) -> None:
+    """Answer an in-dialog request pjsua leaves to the application, through pjsip's C API (as
+    b2bua.legs does; this script imports nothing of the project)."""
+    lib = ctypes.CDLL(pj._pjsua2.__file__)
+    lib.pjsip_rdata_get_dlg.restype = ctypes.c_void_p
+    lib.pjsip_rdata_get_dlg.argtypes = [ctypes.c_void_p]
+    lib.pjsip_dlg_respond.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p,
+                                      ctypes.c_void_p, ctypes.c_void_p]
+    pointer = int(rdata.pjRxData)
+    dialog = lib.pjsip_rdata_get_dlg(pointer)
+    if dialog:
+        lib.pjsip_dlg_respond(dialog, pointer, code, None, None, None)
 
 
 def _wav_complete(path: str) -> bool:
@@ -628,6 +703,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clock-rate", type=int, default=8000, help="conference bridge (and recording) rate")
     p.add_argument("--tone", type=_tone, default=None, help="play HZ or HZ:ON_MS:OFF_MS into every call")
     p.add_argument("--play", default="", help="play this WAV file (looped) into every call instead")
+    p.add_argument("--early-tone", type=_tone, default=None,
+                   help="play HZ (or HZ:ON_MS:OFF_MS) until a call is answered: an announcement in early media")
+    p.add_argument("--delay", type=float, default=0.0, help="seconds before acting on an incoming INVITE")
+    p.add_argument("--no-telephone-event", action="store_true",
+                   help="neither offer nor accept RFC 4733 telephone-event (DTMF only in-band or by INFO)")
     p.add_argument("--record", default="", help="record each call's received audio into this folder")
     p.add_argument("--record-self", action="store_true", help="mix our own tone into each recording too")
     p.add_argument("--echo", action="store_true", help="send every call's received audio back to it")

@@ -88,9 +88,10 @@ class MediaPeer:
 
     @classmethod
     def start(cls, workdir: Path, ip: str, *, name: str, port: int | None = None, answer: str = "answer",
-              tone: float | str | None = None,
-              play: Path | None = None, codecs: Sequence[str] = (), clock_rate: int = 8000, record: bool = True,
-              record_self: bool = False, echo: bool = False, max_calls: int = 32, log_level: int = 4,
+              tone: float | str | None = None, early_tone: float | str | None = None, delay: float = 0.0,
+              telephone_event: bool = True, play: Path | None = None, codecs: Sequence[str] = (),
+              clock_rate: int = 8000, record: bool = True, record_self: bool = False, echo: bool = False,
+              max_calls: int = 32, log_level: int = 4,
               stats_interval: float = 0.5, ready_timeout: float = READY_TIMEOUT) -> MediaPeer:
         """Start a peer on ``ip`` (a free SIP port unless ``port``; free RTP ports) and wait until ready.
 
@@ -98,6 +99,10 @@ class MediaPeer:
             ``ring-then-answer:<s>``, ``early`` (183 with SDP, its tone as early media),
             ``early-then-answer:<s>``, ``reject:<code>``, ``manual`` (nothing: use `command`).
         :param tone: play this frequency (Hz) into every call, or ``"HZ:ON_MS:OFF_MS"`` bursts.
+        :param early_tone: play this one instead until a call is answered (an announcement in early media).
+        :param delay: seconds before acting on an incoming INVITE (``answer``'s first response).
+        :param telephone_event: offer and accept RFC 4733 telephone-event (False: a peer that knows
+            DTMF only in-band or by INFO).
         :param play: play this WAV file (looped) instead.
         :param codecs: codec ids in order of preference (``"PCMU"``, ``"G722"``, ``"opus"``);
             the others are off. Empty: pjsua's defaults.
@@ -111,7 +116,8 @@ class MediaPeer:
         for attempt in range(5):
             sip_port = port or free_port(ip, "udp")
             rtp_port = free_port(ip, "udp") & ~1
-            peer = cls._launch(workdir, ip, sip_port, rtp_port, name=name, answer=answer, tone=tone, play=play,
+            peer = cls._launch(workdir, ip, sip_port, rtp_port, name=name, answer=answer, tone=tone,
+                               early_tone=early_tone, delay=delay, telephone_event=telephone_event, play=play,
                                codecs=codecs, clock_rate=clock_rate, record=record, record_self=record_self,
                                echo=echo, max_calls=max_calls, log_level=log_level, stats_interval=stats_interval)
             try:
@@ -129,7 +135,9 @@ class MediaPeer:
 
     @classmethod
     def _launch(cls, workdir: Path, ip: str, port: int, rtp_port: int, *, name: str, answer: str,
-                tone: float | str | None, play: Path | None, codecs: Sequence[str], clock_rate: int,
+                tone: float | str | None, early_tone: float | str | None, delay: float, telephone_event: bool,
+                play: Path | None,
+                codecs: Sequence[str], clock_rate: int,
                 record: bool, record_self: bool, echo: bool, max_calls: int, log_level: int,
                 stats_interval: float) -> MediaPeer:
         events = workdir / f"{name}.events.jsonl"
@@ -142,6 +150,12 @@ class MediaPeer:
             cmd += ["--codecs", ",".join(codecs)]
         if tone is not None:
             cmd += ["--tone", str(tone)]
+        if early_tone is not None:
+            cmd += ["--early-tone", str(early_tone)]
+        if delay:
+            cmd += ["--delay", str(delay)]
+        if not telephone_event:
+            cmd.append("--no-telephone-event")
         if play is not None:
             cmd += ["--play", str(play)]
         if record:
@@ -256,11 +270,23 @@ class MediaPeer:
         """Send ``digits``: ``rfc4733`` (RTP events), ``info`` (application/dtmf-relay), ``info-dtmf``."""
         self.command("dtmf", call=call, digits=digits, method=method, duration_ms=duration_ms)
 
-    def hold(self, call: int) -> None:
-        self.command("hold", call=call)
+    def hold(self, call: int, direction: str = "sendonly", method: str = "reinvite") -> None:
+        """Put ``call`` on hold: offer ``direction`` (``sendonly``, ``inactive``) in a re-INVITE or UPDATE."""
+        self.command("hold", call=call, direction=direction, method=method)
 
-    def unhold(self, call: int) -> None:
-        self.command("unhold", call=call)
+    def unhold(self, call: int, method: str = "reinvite") -> None:
+        """Resume ``call``: offer ``sendrecv`` in a re-INVITE or UPDATE."""
+        self.command("unhold", call=call, method=method)
+
+    def digits(self, call: int) -> list[Event]:
+        """The completed digits ``peer`` received in ``call`` so far (``dtmf`` events of phase end)."""
+        return [e for e in self.events("dtmf", call) if e["phase"] == "end"]
+
+    def wait_digits(self, call: int, count: int, timeout: float = SIGNAL_TIMEOUT) -> list[Event]:
+        """The first ``count`` completed digits of ``call`` (bounded wait)."""
+        self.wait_for("dtmf", timeout, call=call, what=f"{count} digits",
+                      where=lambda _e: len(self.digits(call)) >= count)
+        return self.digits(call)[:count]
 
     def stats(self, call: int | str = "all") -> dict[str, dict[str, Any]]:
         """Each call's stream counters now (see ``peer.py`` ``_stream_stats``), by call number."""

@@ -12,7 +12,6 @@ import pytest
 
 from ..conftest import MediaPeerFactory
 from .expect import CALLER_HZ, GATEWAY_HZ, assert_heard
-from .peers import MediaPeer
 from .tones import analyse_wav, read_wav, timeline, tone_runs
 
 GW_HZ = GATEWAY_HZ[0]
@@ -88,8 +87,8 @@ def test_dtmf_both_ways(media_peer_factory: MediaPeerFactory, method: str) -> No
     gw.wait_state(1, "CONFIRMED")
     phone.dtmf(number, "159#", method=method, duration_ms=200)
     gw.dtmf(1, "*0", method=method, duration_ms=120)
-    at_gw = wait_digits(gw, 1, 4)
-    at_phone = wait_digits(phone, number, 2)
+    at_gw = gw.wait_digits(1, 4)
+    at_phone = phone.wait_digits(number, 2)
     assert [(d["digit"], d["method"]) for d in at_gw] == [(c, method) for c in "159#"]
     assert [(d["digit"], d["method"]) for d in at_phone] == [(c, method) for c in "*0"]
     # RFC 4733 end events carry the duration played (a packet's worth of slack); INFO the one sent
@@ -106,18 +105,10 @@ def test_dtmf_as_info_application_dtmf(media_peer_factory: MediaPeerFactory) -> 
     phone.dtmf(number, "7", method="info-dtmf")
     info = gw.wait_for("rx", call=1, where=lambda e: e["method"] == "INFO")
     assert (info["content_type"], info["body"].strip()) == ("application/dtmf", "7"), info
+    assert [(d["digit"], d["method"]) for d in gw.wait_digits(1, 1)] == [("7", "info-dtmf")]
+    # the peer answered it (pjsip alone would have answered 500)
+    phone.wait_for("rx", call=number, where=lambda e: e["method"] == "INFO" and e["code"] == 200)
     phone.hangup(number)
-
-
-def wait_digits(peer: MediaPeer, call: int, count: int) -> list[dict[str, object]]:
-    """The ``count`` completed digits ``peer`` received in ``call`` (bounded wait)."""
-    peer.wait_for("dtmf", call=call, what=f"{count} digits",
-                  where=lambda _e: len(ended_digits(peer, call)) >= count)
-    return ended_digits(peer, call)
-
-
-def ended_digits(peer: MediaPeer, call: int) -> list[dict[str, object]]:
-    return [e for e in peer.events("dtmf", call) if e["phase"] == "end"]
 
 
 def test_hold_and_resume(media_peer_factory: MediaPeerFactory) -> None:

@@ -188,6 +188,44 @@ def round_trips(onsets: Sequence[float], period: float) -> list[float]:
     return [b - a for a, b in itertools.pairwise(onsets) if b - a < period / 2]
 
 
+#: DTMF's row and column frequencies and the keys they make (ITU-T Q.23)
+DTMF_LOW = (697.0, 770.0, 852.0, 941.0)
+DTMF_HIGH = (1209.0, 1336.0, 1477.0, 1633.0)
+DTMF_KEYS = ("123A", "456B", "789C", "*0#D")
+
+
+def dtmf_digits(samples: Samples, rate: int, *, window: float = 0.02,
+                min_dbfs: float = -40.0) -> list[tuple[str, float]]:
+    """The in-band DTMF digits in a recording and how long each sounded, ``[("5", 0.16), ...]``.
+
+    Per ``window``-second block, the power at the eight DTMF frequencies (a DFT at each); a block
+    is a digit when its strongest row and column tone hold most of its energy. Consecutive blocks
+    of the same digit make one; a digit shorter than two blocks is noise.
+    """
+    step = max(16, round(window * rate))
+    n = np.arange(step)
+    freqs = DTMF_LOW + DTMF_HIGH
+    basis = np.exp(-2j * np.pi * np.outer(freqs, n) / rate)
+    labels: list[str | None] = []
+    for i in range(0, samples.size - step + 1, step):
+        block = samples[i: i + step]
+        energy = float(np.sum(block * block))
+        if rms_dbfs(block) < min_dbfs or energy <= 0:
+            labels.append(None)
+            continue
+        # a tone of amplitude A gives |DFT|^2 = (A N / 2)^2 and energy N A^2 / 2: share 1 alone
+        share = 2 * np.abs(basis @ block) ** 2 / (step * energy)
+        row, col = int(np.argmax(share[:4])), int(np.argmax(share[4:]))
+        tonal = share[row] > 0.2 and share[4 + col] > 0.2 and share[row] + share[4 + col] > 0.7
+        labels.append(DTMF_KEYS[row][col] if tonal else None)
+    digits: list[tuple[str, float]] = []
+    for label, run in itertools.groupby(labels):
+        count = len(list(run))
+        if label is not None and count >= 2:
+            digits.append((label, count * step / rate))
+    return digits
+
+
 if __name__ == "__main__":
     for name in sys.argv[1:] or ["-h"]:
         if name in ("-h", "--help"):
