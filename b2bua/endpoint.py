@@ -20,7 +20,7 @@ from loguru import logger
 from b2bua import sip as sip_text
 from b2bua.api import ProbeResult
 from b2bua.codecs import describe_offer, display_id, priorities
-from b2bua.config import Config, ConfigError, Listen
+from b2bua.config import Config, ConfigError, Listen, SipConfig
 from b2bua.rxfilter import RequestScreen, ResponseScreen, RxFilter
 from b2bua.sip import printable
 
@@ -32,6 +32,19 @@ _PROBE_RE = re.compile(r"^X-B2BUA-Probe:\s*(\d+)", re.MULTILINE | re.IGNORECASE)
 
 #: pjsua's media "quality" (see Endpoint.start)
 RESAMPLER_QUALITY = 2
+
+#: how long an answered server transaction lingers to absorb retransmitted requests (Timer J; an
+#: INVITE's after the ACK of its 2xx): RFC 3261's 64*T1 = 32 s held every ended call's dialog for
+#: 32 s (most of the memory at a high call rate); Kamailio's tm waits 5 s (wt_timer). Needs the
+#: build's pjsip_tsx_set_wait_timer (scripts/pjproject-patches/0003-b2bua-call-cost.patch).
+TSX_WAIT_MS = 5000
+
+#: pjsua2 callbacks the build calls without a SWIG director (0003-b2bua-call-cost.patch): a
+#: Python override of one of them would never run, so defining one is an error at start-up
+NO_DIRECTOR = frozenset({
+    "onCallMediaTransportState", "onCallSdpCreated", "onStreamPreCreate", "onStreamCreated",
+    "onStreamDestroyed", "onCreateMediaTransport", "onAudioMediaOpCompleted", "onSelectAccount",
+})
 
 #: pjsip log level -> loguru level
 _PJ_LEVELS = {0: "CRITICAL", 1: "ERROR", 2: "WARNING", 3: "INFO", 4: "DEBUG", 5: "TRACE", 6: "TRACE"}
@@ -45,6 +58,9 @@ _PACKET_PROBLEMS = {
     "Error initializing media channel: Not Acceptable Here": "no-common-codec",
 }
 _PACKET_PREFIXES = tuple(_PACKET_PROBLEMS)
+#: pjsua's line for an RTP/RTCP port still held by a live call: it takes the next pair (up to 100),
+#: so it is no error; every pass over the port range after the first meets the ports of calls up
+_PORT_BUSY = ("RTP socket bind() at ", "RTCP socket bind() at ")
 
 
 class BuildError(RuntimeError):
@@ -58,6 +74,8 @@ class PjLogWriter(pj.LogWriter):  # type: ignore[misc]
     closing = False
     #: counts a bad packet pjsip or pjsua refused by itself (see _PACKET_PROBLEMS)
     on_packet_problem: Callable[[str], None] | None = None
+    #: RTP/RTCP ports pjsua found busy and skipped (logged at DEBUG; summed up by the lifecycle)
+    busy_ports = 0
 
     def write(self, entry: pj.LogEntry) -> None:
         try:
@@ -70,6 +88,9 @@ class PjLogWriter(pj.LogWriter):  # type: ignore[misc]
             if (self.closing and "cannot find Account instance" in msg) or msg.startswith(
                     "Request verification failed"):
                 level = "DEBUG"
+            elif msg.startswith(_PORT_BUSY) and "already in use" in msg:
+                level = "DEBUG"
+                self.busy_ports += 1
             elif msg.startswith(_PACKET_PREFIXES):
                 level, msg = "DEBUG", printable(msg, 2000)
                 reason = next(r for p, r in _PACKET_PROBLEMS.items() if msg.startswith(p))
@@ -94,6 +115,31 @@ class _PjEndpoint(pj.Endpoint):  # type: ignore[misc]
             self._on_rejected(prm)
         except Exception:  # never let an exception cross into C++
             logger.opt(exception=True).error("rejected call handler failed")
+
+
+def call_legs(sip: SipConfig) -> int:
+    """The call legs pjsua is asked for: every call's A leg and up to max_forks B legs (the build
+    may allow fewer: :func:`call_slots`)."""
+    return max(4, min(sip.max_calls * (1 + sip.max_forks) + 8, 4096))
+
+
+def rtp_port_span(sip: SipConfig) -> int:
+    """How many ports from ``[sip] rtp_port`` media may use: ``rtp_ports``, or 4 per call leg.
+
+    pjsua takes the next free RTP/RTCP pair in turn and skips a busy one (100 at most), so
+    twice the 2 ports a leg needs keeps the search short when every leg is up.
+    """
+    span = sip.rtp_ports or max(1000, 4 * call_legs(sip))
+    return min(span, 65534 - sip.rtp_port)
+
+
+def check_overrides(cls: type) -> None:
+    """Refuse a pjsua2 subclass that overrides a callback the build never calls into Python."""
+    mine = {name for klass in cls.__mro__ if not klass.__module__.startswith("pjsua2") for name in vars(klass)}
+    bad = sorted(mine & NO_DIRECTOR)
+    if bad:
+        raise TypeError(f"{cls.__qualname__} overrides {', '.join(bad)}: this pjsua2 build calls no Python "
+                        "for it (scripts/pjproject-patches/0003-b2bua-call-cost.patch)")
 
 
 def _pjlib() -> ctypes.CDLL:
@@ -153,6 +199,8 @@ class Endpoint:
         self.listeners: list[str] = []
         self._screens = (screen_request, screen_response, on_dropped)
         self._rx_filter: RxFilter | None = None
+        for cls in (type(self.ep), LocalAccount, PjLogWriter):
+            check_overrides(cls)
 
     # -- life cycle -----------------------------------------------------------------------------
 
@@ -167,7 +215,7 @@ class Endpoint:
         cfg = pj.EpConfig()
         cfg.uaConfig.threadCnt = 0
         cfg.uaConfig.mainThreadOnly = True
-        cfg.uaConfig.maxCalls = max(4, min(sip.max_calls * (1 + sip.max_forks) + 8, 4096))
+        cfg.uaConfig.maxCalls = call_legs(sip)
         cfg.uaConfig.userAgent = sip.user_agent
         cfg.medConfig.threadCnt = 0
         cfg.medConfig.hasIoqueue = True
@@ -180,7 +228,10 @@ class Endpoint:
         # 0.97 % at pjsua's default of 8 (Speex quality 10) (docs/media.md)
         cfg.medConfig.quality = RESAMPLER_QUALITY
         cfg.medConfig.ecTailLen = 0
-        cfg.medConfig.maxMediaPorts = cfg.uaConfig.maxCalls * 2 + 16
+        # one conference port per call leg, and some to spare: each port's slot arrays and every
+        # port removal's sweep are as long as the bridge (2 x the legs cost ~40,000 instructions
+        # per call more)
+        cfg.medConfig.maxMediaPorts = cfg.uaConfig.maxCalls + 16
         self._log_writer = PjLogWriter()
         self._log_writer.on_packet_problem = self._screens[2]
         cfg.logConfig.writer = self._log_writer
@@ -188,6 +239,7 @@ class Endpoint:
         cfg.logConfig.consoleLevel = self.config.log.pjsip_level
         cfg.logConfig.decor = 0
         self.ep.libInit(cfg)
+        self._set_wait_timer()
         self._set_opus_rate(sip.clock_rate)
         self._set_codecs(sip.codecs)  # before any listener: a misspelt codec stops the start
         self.slots = call_slots()
@@ -219,8 +271,7 @@ class Endpoint:
         acfg.callConfig.prackUse = pj.PJSUA_100REL_NOT_USED
         acfg.mediaConfig.lockCodecEnabled = False  # no re-INVITE to lock a codec: carriers dislike it
         acfg.mediaConfig.transportConfig.port = sip.rtp_port
-        # room to spare: pjsua takes ports in turn and gives a call up after 100 busy pairs
-        acfg.mediaConfig.transportConfig.portRange = min(65534 - sip.rtp_port, max(1000, self.slots * 8))
+        acfg.mediaConfig.transportConfig.portRange = rtp_port_span(sip)
         acfg.mediaConfig.transportConfig.boundAddress = first.address
         self.account = LocalAccount(self._on_incoming, self._on_request_done)
         self.account.create(acfg, True)
@@ -264,6 +315,18 @@ class Endpoint:
             raise OSError(f"cannot listen on {listen}: {exc.info()}") from None
         self.listeners.append(str(listen))
 
+    def _set_wait_timer(self) -> None:
+        """Answered server transactions linger TSX_WAIT_MS, not 32 s (when the build allows it)."""
+        try:
+            set_wait = _pjlib().pjsip_tsx_set_wait_timer
+        except AttributeError:
+            logger.info("this pjsua2 build keeps answered transactions 32 s (no pjsip_tsx_set_wait_timer): "
+                        "memory grows with the call rate; scripts/setup.sh builds the B2BUA's pjsua2")
+            return
+        set_wait.argtypes = [ctypes.c_uint]
+        set_wait.restype = None
+        set_wait(TSX_WAIT_MS)
+
     def _set_codecs(self, codecs: Sequence[str]) -> None:
         """Turn on exactly the ``[sip] codecs`` (in order), the rest off; a codec the build lacks is
         a ConfigError naming the ones it has."""
@@ -304,6 +367,10 @@ class Endpoint:
         """Handle pjsip events for at most ``timeout`` seconds."""
         # round up: a wait under 1 ms must not become a busy poll of 0 ms
         self.ep.libHandleEvents(math.ceil(timeout * 1000))
+
+    def busy_ports(self) -> int:
+        """RTP/RTCP ports pjsua found held by live calls and skipped, since start."""
+        return self._log_writer.busy_ports if self._log_writer is not None else 0
 
     def hangup_all(self) -> None:
         self.ep.hangupAllCalls()

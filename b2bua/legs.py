@@ -19,6 +19,7 @@ import pjsua2 as pj
 from loguru import logger
 
 from b2bua import sip
+from b2bua.endpoint import check_overrides
 from b2bua.events import (
     CONFIRMED,
     MEDIA_READY,
@@ -237,6 +238,9 @@ class Leg(CallLeg, pj.Call):  # type: ignore[misc]
             return False
         cid = self.getId()
         return cid >= 0 and pj.Call.lookup(cid) is self  # never look up -1: pjsua asserts
+
+
+check_overrides(Leg)  # a callback the build calls without Python must not look overridden
 
 
 def _response_headers(prm: Any) -> dict[str, tuple[str, ...]]:
