@@ -36,6 +36,7 @@ class LegPool:
         self._factory = factory
         self.slots = slots
         self.in_use = 0  #: slots taken: live legs, zombies and legs not released yet
+        self.made = 0  #: legs made since start (the heap trimmer's sign of activity)
         #: legs retired during this loop pass, released at its end (the loop reads it directly)
         self.retired: list[CallLeg] = []
         self._zombies: dict[int, CallLeg] = {}
@@ -47,6 +48,7 @@ class LegPool:
     def incoming(self, pjsua_call_id: int) -> CallLeg:
         """The A leg of an INVITE pjsua already took a slot for (owner set by the caller)."""
         self.in_use += 1
+        self.made += 1
         return self._factory(None, 0, pjsua_call_id)
 
     def new_leg(self, owner: LegOwner, index: int) -> CallLeg | None:
@@ -54,6 +56,7 @@ class LegPool:
         if self.full():
             return None
         self.in_use += 1
+        self.made += 1
         return self._factory(owner, index, -1)
 
     def retire(self, leg: CallLeg) -> None:

@@ -88,9 +88,8 @@ class Tree:
         assert self.proc is not None
         return sum(pss_mb(p) for p in process_tree(self.proc.pid))
 
-    def log_count(self, needle: str) -> int:
-        path = self.workdir / self.log_name
-        return path.read_text(errors="replace").count(needle) if path.exists() else 0
+    def busy_ports(self) -> int:
+        return 0  # signalling only: no media ports
 
     def stop(self) -> int:
         assert self.proc is not None

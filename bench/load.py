@@ -10,7 +10,8 @@ RFC 3261 retransmissions, a 503 ACKed at once and counted apart). Per offered ra
 * p50/p99 setup time (INVITE to 200 at the caller);
 * the B2BUA's CPU (cores, averaged over the step), RSS before, at the end, and ``--settle``
   seconds (60) after the load ended, with the process idle;
-* pjsua's "RTP socket bind()" errors logged during the step.
+* RTP/RTCP ports pjsua found still held by calls up (its "RTP socket bind() ... Address already
+  in use") and skipped during the step.
 
     .venv/bin/python bench/load.py                          # 200 400 600 calls/s, 60 s each
     .venv/bin/python bench/load.py --rates 1000 --seconds 60
@@ -55,8 +56,9 @@ CALLER_IP, B2BUA_IP = "127.0.0.72", "127.0.0.71"
 GATEWAY_IPS = ("127.0.0.73", "127.0.0.74")
 TICKS = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
-#: pjsua's line when it cannot bind an RTP/RTCP port (pjsua_media.c create_rtp_rtcp_sock)
-BIND_ERROR = "socket bind() at"
+#: the B2BUA's summary of RTP/RTCP ports pjsua found busy and skipped (pjsua_media.c
+#: create_rtp_rtcp_sock logs each at ERROR: "RTP socket bind() at ... Address already in use")
+BUSY_PORTS = re.compile(r"(\d+) RTP/RTCP port\(s\) were still held")
 
 
 def free_port(ip: str) -> int:
@@ -114,8 +116,8 @@ class System(Protocol):
         """MB resident (RSS; PSS summed over a multi-process tree)."""
         ...
 
-    def log_count(self, needle: str) -> int:
-        """How many log lines so far contain ``needle``."""
+    def busy_ports(self) -> int:
+        """RTP/RTCP ports found busy so far (0 for a server without media)."""
         ...
 
     def stop(self) -> int:
@@ -139,7 +141,7 @@ class Step:
     rss_before: float = 0.0
     rss_after: float = 0.0
     rss_settled: float = float("nan")
-    bind_errors: int = 0
+    busy_ports: int = 0
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -152,13 +154,13 @@ class Step:
 
 
 HEADER = (f"{'system':<12} {'offered':>7} {'completed/s':>11} {'failed%':>8} {'503':>6} {'p50 ms':>7} "
-          f"{'p99 ms':>7} {'CPU':>5} {'RSS MB before/after/settled':>28} {'bind err':>8}")
+          f"{'p99 ms':>7} {'CPU':>5} {'RSS MB before/after/settled':>28} {'busy RTP':>8}")
 
 
 def format_step(s: Step) -> str:
     rss = f"{s.rss_before:.0f} / {s.rss_after:.0f} / {s.rss_settled:.0f}"
     return (f"{s.system:<12} {s.offered:>7} {s.completed_cps:>11.1f} {s.failed_pct:>8.3f} {s.refused:>6} "
-            f"{s.p50:>7.1f} {s.p99:>7.1f} {s.cpu:>5.2f} {rss:>28} {s.bind_errors:>8}")
+            f"{s.p50:>7.1f} {s.p99:>7.1f} {s.cpu:>5.2f} {rss:>28} {s.busy_ports:>8}")
 
 
 # -- the peers ----------------------------------------------------------------------------------
@@ -265,7 +267,7 @@ def run_step(workdir: Path, system: System, targets: Sequence[str], rate: int, s
     """One offered rate against ``system``, sampled before, after, and ``settle`` s after."""
     step = Step(system.name, rate)
     step.rss_before = system.memory()
-    binds0 = system.log_count(BIND_ERROR)
+    busy0 = system.busy_ports()
     cpu0, t0 = system.cpu(), time.monotonic()
     res = run_caller(workdir, targets, rate, int(rate * seconds), hold_ms=hold_ms, caller=caller)
     step.cpu = (system.cpu() - cpu0) / (time.monotonic() - t0)
@@ -275,7 +277,7 @@ def run_step(workdir: Path, system: System, targets: Sequence[str], rate: int, s
     if settle > 0:
         time.sleep(settle)
         step.rss_settled = system.memory()
-    step.bind_errors = system.log_count(BIND_ERROR) - binds0
+    step.busy_ports = system.busy_ports() - busy0
     return step
 
 
@@ -397,8 +399,9 @@ class B2bua:
     def memory(self) -> float:
         return sum(rss_mb(p) for p in self._pids())
 
-    def log_count(self, needle: str) -> int:
-        return sum(path.read_text(errors="replace").count(needle) for path in self.workdir.glob("b2bua*.log"))
+    def busy_ports(self) -> int:
+        return sum(int(n) for path in self.workdir.glob("b2bua*.log")
+                   for n in BUSY_PORTS.findall(path.read_text(errors="replace")))
 
     def stop(self) -> int:
         assert self.proc is not None
@@ -420,7 +423,7 @@ class Direct:
     def memory(self) -> float:
         return 0.0
 
-    def log_count(self, needle: str) -> int:
+    def busy_ports(self) -> int:
         return 0
 
     def stop(self) -> int:

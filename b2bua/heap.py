@@ -1,0 +1,62 @@
+"""Give the heap's free pages back to the system once a load has passed.
+
+pjsip frees each call's pools when its last transaction ends, and Python frees ended sessions,
+but glibc keeps freed memory inside the heap as long as a live block sits above it: after a
+burst of calls the process stays at its peak RSS with the heap mostly free (measured: 965 MB
+an hour after a 400 calls/s run, with no call up). ``malloc_trim(0)`` hands the free pages in
+the middle of the heap back (``madvise``). It walks the heap, so it runs on the loop only when
+no call has been up for :data:`TRIM_AFTER_IDLE` seconds after some calls, once per such lull.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+from collections.abc import Callable
+
+#: seconds without any call leg (and after the transactions' linger) before the heap is trimmed
+TRIM_AFTER_IDLE = 10.0
+
+
+def malloc_trim() -> Callable[[], int] | None:
+    """glibc's ``malloc_trim(0)``, or None where there is none (musl, macOS)."""
+    name = ctypes.util.find_library("c")
+    try:
+        fn = ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):
+        return None
+    if fn is None:
+        return None
+    fn.argtypes = [ctypes.c_size_t]
+    fn.restype = ctypes.c_int
+
+    def trim() -> int:
+        return int(fn(0))
+
+    return trim
+
+
+class HeapTrimmer:
+    """Decides when to trim: ``check`` is called periodically with the current leg count and
+    how many legs were ever made; it trims once after calls, when none has been up for
+    ``idle_for`` seconds. Returns whether it trimmed."""
+
+    def __init__(self, trim: Callable[[], int] | None, idle_for: float = TRIM_AFTER_IDLE) -> None:
+        self._trim = trim
+        self.idle_for = idle_for
+        self._trimmed_at_made = 0  #: legs made when the heap was last trimmed
+        self._idle_since: float | None = None
+        self.trims = 0
+
+    def check(self, now: float, legs_in_use: int, legs_made: int) -> bool:
+        if legs_in_use > 0:
+            self._idle_since = None
+            return False
+        if self._idle_since is None:
+            self._idle_since = now
+        if self._trim is None or legs_made == self._trimmed_at_made or now - self._idle_since < self.idle_for:
+            return False
+        self._trimmed_at_made = legs_made
+        self._trim()
+        self.trims += 1
+        return True
