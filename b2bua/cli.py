@@ -150,14 +150,20 @@ def _print_errors(exc: ConfigError | list[str] | tuple[str, ...]) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from b2bua.logs import setup_logging
-
     try:
         config = load_config(args.config)
     except ConfigError as exc:
         _print_errors(exc)
         return 2
-    setup_logging(config.log, args.verbose, base_dir=str(config.base_dir))
+    return run_config(config, args.verbose)
+
+
+def run_config(config: Config, verbose: int = 0) -> int:
+    """Run the B2BUA with a parsed config until it stops (``b2bua run``; each of
+    ``b2bua.workers``' processes). Returns the exit code."""
+    from b2bua.logs import setup_logging
+
+    setup_logging(config.log, verbose, base_dir=str(config.base_dir))
     try:
         from b2bua.app import App
     except ImportError as exc:  # pjsua2 missing
