@@ -163,10 +163,11 @@ class Leg(CallLeg, pj.Call):  # type: ignore[misc]
 
     def send_invite(self, request: OutgoingRequest, call_id: str) -> None:
         prm = op(headers=tuple(request.headers))
-        prm.txOption.targetUri = request.request_uri
-        prm.txOption.localUri = request.from_uri
-        prm.opt.audioCount = 1
-        prm.opt.customCallId = call_id
+        tx, opt = prm.txOption, prm.opt
+        tx.targetUri = request.request_uri
+        tx.localUri = request.from_uri
+        opt.audioCount = 1
+        opt.customCallId = call_id
         try:
             self.makeCall(request.to_uri, prm)
         except pj.Error as exc:
@@ -263,8 +264,9 @@ def op(code: int = 0, reason: str = "", headers: tuple[tuple[str, str], ...] = (
     No video or T.140 text stream, offered or answered: only audio can be bridged.
     """
     prm = pj.CallOpParam(True)
-    prm.opt.videoCount = 0
-    prm.opt.textCount = 0
+    opt = prm.opt  # each attribute read makes a new SWIG proxy
+    opt.videoCount = 0
+    opt.textCount = 0
     if code:
         prm.statusCode = code
     if reason:
