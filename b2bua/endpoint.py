@@ -368,6 +368,13 @@ class Endpoint:
         # round up: a wait under 1 ms must not become a busy poll of 0 ms
         self.ep.libHandleEvents(math.ceil(timeout * 1000))
 
+    def transactions(self) -> int:
+        """SIP transactions pjsip holds now (answered ones linger TSX_WAIT_MS)."""
+        try:
+            return int(_pjlib().pjsip_tsx_layer_get_tsx_count())
+        except (OSError, AttributeError):
+            return -1
+
     def busy_ports(self) -> int:
         """RTP/RTCP ports pjsua found held by live calls and skipped, since start."""
         return self._log_writer.busy_ports if self._log_writer is not None else 0

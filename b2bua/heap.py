@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 from collections.abc import Callable
+from typing import Any
 
 #: seconds without any call leg (and after the transactions' linger) before the heap is trimmed
 TRIM_AFTER_IDLE = 10.0
@@ -34,6 +36,30 @@ def malloc_trim() -> Callable[[], int] | None:
         return int(fn(0))
 
     return trim
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def heap_report() -> dict[str, Any]:
+    """The process's resident memory and glibc's main-heap figures, in MB (``core.memory``)."""
+    page = os.sysconf("SC_PAGE_SIZE")
+    with open("/proc/self/statm") as f:
+        rss = int(f.read().split()[1]) * page
+    out: dict[str, Any] = {"rss_mb": round(rss / 1e6, 1)}
+    name = ctypes.util.find_library("c")
+    try:
+        mallinfo2 = ctypes.CDLL(name).mallinfo2 if name else None
+    except (OSError, AttributeError):
+        mallinfo2 = None
+    if mallinfo2 is not None:
+        mallinfo2.restype = _MallInfo2
+        info = mallinfo2()
+        out.update(heap_mb=round(info.arena / 1e6, 1), heap_in_use_mb=round(info.uordblks / 1e6, 1),
+                   heap_free_mb=round(info.fordblks / 1e6, 1), mmapped_mb=round(info.hblkhd / 1e6, 1))
+    return out
 
 
 class HeapTrimmer:

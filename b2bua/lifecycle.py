@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
-from b2bua.heap import HeapTrimmer, malloc_trim
+from b2bua.heap import HeapTrimmer, heap_report, malloc_trim
 from b2bua.legs import release_remaining
 
 if TYPE_CHECKING:
@@ -85,6 +85,8 @@ class Lifecycle:
 
         app = self.app
         register_core_methods(app.registry, app)
+        app.registry.add("core.memory", self._memory,
+                         "resident memory, glibc heap (in use, free), SIP transactions held, call legs, heap trims")
         app.hooks.register_rpc(app.registry)
         ctl = app.config.control
         if ctl.socket or ctl.http:
@@ -144,6 +146,11 @@ class Lifecycle:
             logger.debug("no call for {:g} s: heap trimmed in {:.1f} ms", self.heap.idle_for,
                          (time.monotonic() - started) * 1000)
         app.scheduler.call_later(AUDIT_INTERVAL, self.audit)
+
+    def _memory(self) -> dict[str, Any]:
+        app = self.app
+        return {**heap_report(), "transactions": app.endpoint.transactions(), "legs_in_use": app.legs.in_use,
+                "legs_made": app.legs.made, "heap_trims": self.heap.trims}
 
     def _on_sighup(self) -> None:
         logger.info("SIGHUP: reloading")
