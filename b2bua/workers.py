@@ -83,10 +83,13 @@ def worker_config(data: Mapping[str, Any], index: int, rtp_span: int) -> dict[st
 def run_worker(path: str, index: int, rtp_span: int, verbose: int) -> int:
     """One worker, in this process: the config of ``path`` as worker ``index`` sees it."""
     from b2bua.cli import run_config
+    from b2bua.endpoint import rtp_port_span
 
     p = Path(path)
     try:
-        config = parse_config(worker_config(read_toml(p), index, rtp_span), f"{p} (worker {index})",
+        # started alone (a systemd template unit: --worker %i), the span is the one supervise() uses
+        span = rtp_span or rtp_port_span(load_config(p).sip)
+        config = parse_config(worker_config(read_toml(p), index, span), f"{p} (worker {index})",
                               p.resolve().parent)
     except ConfigError as exc:
         print(f"worker {index}: {exc}", file=sys.stderr)
