@@ -26,6 +26,7 @@ from b2bua.config import (
     load_config,
     parse_config_all,
     read_toml,
+    secrets_warning,
 )
 
 #: shells ``b2bua completion`` writes a script for (what shtab supports)
@@ -155,15 +156,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         _print_errors(exc)
         return 2
-    return run_config(config, args.verbose)
+    return run_config(config, args.verbose, args.config)
 
 
-def run_config(config: Config, verbose: int = 0) -> int:
+def run_config(config: Config, verbose: int = 0, path: str | None = None) -> int:
     """Run the B2BUA with a parsed config until it stops (``b2bua run``; each of
     ``b2bua.workers``' processes). Returns the exit code."""
     from b2bua.logs import setup_logging
 
     setup_logging(config.log, verbose, base_dir=str(config.base_dir))
+    if path is not None and (warning := secrets_warning(config, path)):
+        logger.warning("{}", warning)
     try:
         from b2bua.app import App
     except ImportError as exc:  # pjsua2 missing
@@ -193,6 +196,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         _print_errors(exc)
         return 2
     config, host_errors = parse_config_all(data, str(path), path.resolve().parent)
+    if warning := secrets_warning(config, path):
+        logger.warning("{}", warning)
     errors = list(host_errors)
     try:
         pm = make_manager(config.plugins.enabled)
