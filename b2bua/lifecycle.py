@@ -142,8 +142,8 @@ class Lifecycle:
                         busy - self._busy_ports_logged)
             self._busy_ports_logged = busy
         started = time.monotonic()
-        if self.heap.check(started, app.legs.in_use, app.legs.made):
-            logger.debug("no call for {:g} s: heap trimmed in {:.1f} ms", self.heap.idle_for,
+        if self.heap.check(started, app.legs.made):
+            logger.debug("no new call for {:g} s: heap trimmed in {:.1f} ms", self.heap.idle_for,
                          (time.monotonic() - started) * 1000)
         app.scheduler.call_later(AUDIT_INTERVAL, self.audit)
 
