@@ -199,11 +199,14 @@ def report_callgrind(p: Profile, top: int) -> None:
 class Rig:
     """Two gateways and the B2BUA (shipped config) started by ``prefix + [python -m ...]``."""
 
+    #: TOML appended to the shipped config (``--extra``: an A/B of a setting)
+    extra = ""
+
     def __init__(self, workdir: Path, prefix: Sequence[str], wrapper: Sequence[str] = ()) -> None:
         self.workdir = workdir
         self.gateways, addrs = start_gateways(workdir)
         port = free_port(B2BUA_IP)
-        config = shipped_config(workdir, B2BUA_IP, port, addrs)
+        config = shipped_config(workdir, B2BUA_IP, port, addrs, extra=self.extra)
         self.target = [f"{B2BUA_IP}:{port}"]
         log = workdir / "b2bua.log"
         cmd = [*prefix, sys.executable, *(wrapper or ["-m", "b2bua"]), "run", "-c", str(config)]
@@ -369,7 +372,11 @@ def main() -> int:
     ap.add_argument("--calls", type=int, default=100)
     ap.add_argument("--rate", type=float, default=2.0)
     ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--extra", default="", help="TOML appended to the shipped config (\\n: a new line)")
     args = ap.parse_args()
+    Rig.extra = args.extra.replace("\\n", "\n")
+    if Rig.extra and not Rig.extra.endswith("\n"):
+        Rig.extra += "\n"
     tools = ("cprofile", "strace", "callgrind") if args.tool == "all" else (args.tool,)
     for tool in tools:
         {"callgrind": callgrind, "cprofile": cprofile_run, "strace": strace_run}[tool](args.calls, args.rate, args.top)

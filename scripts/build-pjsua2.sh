@@ -82,6 +82,10 @@ config_site() {
 #define PJ_DEBUG 0
 #include <assert.h>
 #define pj_assert(expr) assert(expr)
+/* Plain epoll: one thread polls each ioqueue (the loop SIP's, pjmedia's thread RTP's), so
+   EPOLLEXCLUSIVE buys nothing and costs an epoll_ctl DEL+ADD pair (not one MOD) each time a
+   socket's read interest toggles, around every packet received. */
+#define PJ_IOQUEUE_DEFAULT_EPOLL_FLAGS 0
 CFG
 }
 
