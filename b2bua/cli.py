@@ -151,15 +151,21 @@ def _print_errors(exc: ConfigError | list[str] | tuple[str, ...]) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from b2bua.logs import setup_logging
-
     try:
         config = load_config(args.config)
     except ConfigError as exc:
         _print_errors(exc)
         return 2
-    setup_logging(config.log, args.verbose, base_dir=str(config.base_dir))
-    if warning := secrets_warning(config, args.config):
+    return run_config(config, args.verbose, args.config)
+
+
+def run_config(config: Config, verbose: int = 0, path: str | None = None) -> int:
+    """Run the B2BUA with a parsed config until it stops (``b2bua run``; each of
+    ``b2bua.workers``' processes). Returns the exit code."""
+    from b2bua.logs import setup_logging
+
+    setup_logging(config.log, verbose, base_dir=str(config.base_dir))
+    if path is not None and (warning := secrets_warning(config, path)):
         logger.warning("{}", warning)
     try:
         from b2bua.app import App

@@ -373,8 +373,11 @@ class SipConfig:
         "are bridged narrowband) or 16000 (G.722/Opus stay wideband end to end; G.711 legs are resampled)"
     )
     rtp_port: int = opt(
-        16000, "first RTP port, even; media uses 8 ports per call slot above it (16000-32383 by default)",
-        bounds=(1024, 65534),
+        16000, "first RTP port, even; media uses the rtp_ports ports above it", bounds=(1024, 65534),
+    )
+    rtp_ports: int = opt(
+        0, "how many ports from rtp_port media may use (2 per call leg: RTP, RTCP); 0: 4 per call leg "
+        "max_calls and max_forks allow, at least 1000 (16000-26031 by default)", bounds=(0, 64510),
     )
     session_timers: bool = opt(False, "offer RFC 4028 session timers on B legs")
     dtmf: str = opt(
@@ -458,6 +461,9 @@ class SipConfig:
                 f"rtp_port: {self.rtp_port} leaves {65536 - self.rtp_port} ports for media, but max_calls = "
                 f"{self.max_calls} needs at least {needed} (RTP and RTCP for two legs a call): lower rtp_port"
             )
+        if self.rtp_ports and self.rtp_ports < needed:
+            raise ValueError(f"rtp_ports: {self.rtp_ports} ports, but max_calls = {self.max_calls} needs at least "
+                             f"{needed} (RTP and RTCP for two legs a call)")
         self._validate_media()
 
     def _validate_media(self) -> None:

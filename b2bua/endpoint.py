@@ -32,7 +32,7 @@ from loguru import logger
 from b2bua import sip as sip_text
 from b2bua.api import DEFAULT_OUTBOUND, Outbound, ProbeResult
 from b2bua.codecs import describe_offer, display_id, priorities
-from b2bua.config import Config, ConfigError, Listen
+from b2bua.config import Config, ConfigError, Listen, SipConfig
 from b2bua.digest import ProblemLog
 from b2bua.events import LegError
 from b2bua.nameservers import Nameserver, effective_nameservers
@@ -53,6 +53,19 @@ RESAMPLER_QUALITY = 2
 
 #: pjsip's line saying why it refuses an INVITE's SDP (Endpoint._on_rejected logs the refusal)
 _SDP_ERROR = "Bad SDP in incoming INVITE: "
+#: how long an answered server transaction lingers to absorb retransmitted requests (Timer J; an
+#: INVITE's after the ACK of its 2xx): RFC 3261's 64*T1 = 32 s held every ended call's dialog for
+#: 32 s (most of the memory at a high call rate); Kamailio's tm waits 5 s (wt_timer). Needs the
+#: build's pjsip_tsx_set_wait_timer (scripts/pjproject-patches/0004-b2bua-call-cost.patch).
+TSX_WAIT_MS = 5000
+
+#: pjsua2 callbacks the build calls without a SWIG director (0004-b2bua-call-cost.patch): a
+#: Python override of one of them would never run, so defining one is an error at start-up
+NO_DIRECTOR = frozenset({
+    "onCallMediaTransportState", "onCallSdpCreated", "onStreamPreCreate", "onStreamCreated",
+    "onStreamDestroyed", "onCreateMediaTransport", "onAudioMediaOpCompleted", "onSelectAccount",
+})
+
 #: pjsip log level -> loguru level
 _PJ_LEVELS = {0: "CRITICAL", 1: "ERROR", 2: "WARNING", 3: "INFO", 4: "DEBUG", 5: "TRACE", 6: "TRACE"}
 #: pjsip's and pjsua's lines about one bad packet (some quote its raw bytes): a flood would
@@ -65,6 +78,9 @@ _PACKET_PROBLEMS = {
     "Error initializing media channel: Not Acceptable Here": "no-common-codec",
 }
 _PACKET_PREFIXES = tuple(_PACKET_PROBLEMS)
+#: pjsua's line for an RTP/RTCP port still held by a live call: it takes the next pair (up to 100),
+#: so it is no error; every pass over the port range after the first meets the ports of calls up
+_PORT_BUSY = ("RTP socket bind() at ", "RTCP socket bind() at ")
 
 
 class BuildError(RuntimeError):
@@ -80,6 +96,8 @@ class PjLogWriter(pj.LogWriter):  # type: ignore[misc]
     on_packet_problem: Callable[[str], None] | None = None
     #: why pjsip refused the SDP of the INVITE being refused now (read by Endpoint._on_rejected)
     sdp_error = ""
+    #: RTP/RTCP ports pjsua found busy and skipped (logged at DEBUG; summed up by the lifecycle)
+    busy_ports = 0
 
     def write(self, entry: pj.LogEntry) -> None:
         try:
@@ -93,6 +111,9 @@ class PjLogWriter(pj.LogWriter):  # type: ignore[misc]
             if (self.closing and "cannot find Account instance" in msg) or msg.startswith(
                     "Request verification failed"):
                 level = "DEBUG"
+            elif msg.startswith(_PORT_BUSY) and "already in use" in msg:
+                level = "DEBUG"
+                self.busy_ports += 1
             elif msg.startswith(_PACKET_PREFIXES):
                 if msg.startswith(_SDP_ERROR):
                     self.sdp_error = printable(msg[len(_SDP_ERROR):].split(" [status=", 1)[0], 200)
@@ -125,6 +146,31 @@ class _PjStr(ctypes.Structure):
     """pjlib's ``pj_str_t``."""
 
     _fields_ = [("ptr", ctypes.c_char_p), ("slen", ctypes.c_ssize_t)]
+
+
+def call_legs(sip: SipConfig) -> int:
+    """The call legs pjsua is asked for: every call's A leg and up to max_forks B legs (the build
+    may allow fewer: :func:`call_slots`)."""
+    return max(4, min(sip.max_calls * (1 + sip.max_forks) + 8, 4096))
+
+
+def rtp_port_span(sip: SipConfig) -> int:
+    """How many ports from ``[sip] rtp_port`` media may use: ``rtp_ports``, or 4 per call leg.
+
+    pjsua takes the next free RTP/RTCP pair in turn and skips a busy one (100 at most), so
+    twice the 2 ports a leg needs keeps the search short when every leg is up.
+    """
+    span = sip.rtp_ports or max(1000, 4 * call_legs(sip))
+    return min(span, 65534 - sip.rtp_port)
+
+
+def check_overrides(cls: type) -> None:
+    """Refuse a pjsua2 subclass that overrides a callback the build never calls into Python."""
+    mine = {name for klass in cls.__mro__ if not klass.__module__.startswith("pjsua2") for name in vars(klass)}
+    bad = sorted(mine & NO_DIRECTOR)
+    if bad:
+        raise TypeError(f"{cls.__qualname__} overrides {', '.join(bad)}: this pjsua2 build calls no Python "
+                        "for it (scripts/pjproject-patches/0004-b2bua-call-cost.patch)")
 
 
 def _pjlib() -> ctypes.CDLL:
@@ -206,6 +252,8 @@ class Endpoint:
         self._auth_problems = ProblemLog()
         self._screens = (screen_request, screen_response, on_dropped)
         self._rx_filter: RxFilter | None = None
+        for cls in (type(self.ep), LocalAccount, PjLogWriter):
+            check_overrides(cls)
 
     # -- life cycle -----------------------------------------------------------------------------
 
@@ -220,7 +268,7 @@ class Endpoint:
         cfg = pj.EpConfig()
         cfg.uaConfig.threadCnt = 0
         cfg.uaConfig.mainThreadOnly = True
-        cfg.uaConfig.maxCalls = max(4, min(sip.max_calls * (1 + sip.max_forks) + 8, 4096))
+        cfg.uaConfig.maxCalls = call_legs(sip)
         cfg.uaConfig.userAgent = sip.user_agent
         cfg.medConfig.threadCnt = 0
         cfg.medConfig.hasIoqueue = True
@@ -233,7 +281,10 @@ class Endpoint:
         # 0.97 % at pjsua's default of 8 (Speex quality 10) (docs/media.md)
         cfg.medConfig.quality = RESAMPLER_QUALITY
         cfg.medConfig.ecTailLen = 0
-        cfg.medConfig.maxMediaPorts = cfg.uaConfig.maxCalls * 2 + 16
+        # one conference port per call leg, and some to spare: each port's slot arrays and every
+        # port removal's sweep are as long as the bridge (2 x the legs cost ~40,000 instructions
+        # per call more)
+        cfg.medConfig.maxMediaPorts = cfg.uaConfig.maxCalls + 16
         self._log_writer = PjLogWriter()
         self._log_writer.on_packet_problem = self._screens[2]
         cfg.logConfig.writer = self._log_writer
@@ -246,6 +297,7 @@ class Endpoint:
         self.ep.libInit(cfg)
         self._set_nameservers(nameservers)
         self._set_rtp_source_lock(sip.rtp_strict_source)
+        self._set_wait_timer()
         self._set_opus_rate(sip.clock_rate)
         self._set_codecs(sip.codecs)  # before any listener: a misspelt codec stops the start
         self.slots = call_slots()
@@ -282,8 +334,7 @@ class Endpoint:
         acfg.callConfig.prackUse = pj.PJSUA_100REL_NOT_USED
         acfg.mediaConfig.lockCodecEnabled = False  # no re-INVITE to lock a codec: carriers dislike it
         acfg.mediaConfig.transportConfig.port = sip.rtp_port
-        # room to spare: pjsua takes ports in turn and gives a call up after 100 busy pairs
-        acfg.mediaConfig.transportConfig.portRange = min(65534 - sip.rtp_port, max(1000, self.slots * 8))
+        acfg.mediaConfig.transportConfig.portRange = rtp_port_span(sip)
         # media leaves from the listener's address too (the SDP names it)
         media_listener = profile.listener or first
         acfg.mediaConfig.transportConfig.boundAddress = media_listener.address
@@ -396,6 +447,18 @@ class Endpoint:
             raise OSError(f"cannot listen on {listen}: {exc.info()}") from None
         self.listeners.append(str(listen))
 
+    def _set_wait_timer(self) -> None:
+        """Answered server transactions linger TSX_WAIT_MS, not 32 s (when the build allows it)."""
+        try:
+            set_wait = _pjlib().pjsip_tsx_set_wait_timer
+        except AttributeError:
+            logger.info("this pjsua2 build keeps answered transactions 32 s (no pjsip_tsx_set_wait_timer): "
+                        "memory grows with the call rate; scripts/setup.sh builds the B2BUA's pjsua2")
+            return
+        set_wait.argtypes = [ctypes.c_uint]
+        set_wait.restype = None
+        set_wait(TSX_WAIT_MS)
+
     def _set_codecs(self, codecs: Sequence[str]) -> None:
         """Turn on exactly the ``[sip] codecs`` (in order), the rest off; a codec the build lacks is
         a ConfigError naming the ones it has."""
@@ -451,6 +514,17 @@ class Endpoint:
         """Handle pjsip events for at most ``timeout`` seconds."""
         # round up: a wait under 1 ms must not become a busy poll of 0 ms
         self.ep.libHandleEvents(math.ceil(timeout * 1000))
+
+    def transactions(self) -> int:
+        """SIP transactions pjsip holds now (answered ones linger TSX_WAIT_MS)."""
+        try:
+            return int(_pjlib().pjsip_tsx_layer_get_tsx_count())
+        except (OSError, AttributeError):
+            return -1
+
+    def busy_ports(self) -> int:
+        """RTP/RTCP ports pjsua found held by live calls and skipped, since start."""
+        return self._log_writer.busy_ports if self._log_writer is not None else 0
 
     def hangup_all(self) -> None:
         self.ep.hangupAllCalls()

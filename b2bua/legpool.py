@@ -39,6 +39,7 @@ class LegPool:
         self._factory = factory
         self.slots = slots
         self.in_use = 0  #: slots taken: live legs, zombies and legs not released yet
+        self.made = 0  #: legs made since start (the heap trimmer's sign of activity)
         #: legs retired during this loop pass, released at its end (the loop reads it directly)
         self.retired: list[CallLeg] = []
         self._zombies: dict[int, CallLeg] = {}
@@ -50,6 +51,7 @@ class LegPool:
     def incoming(self, pjsua_call_id: int) -> CallLeg:
         """The A leg of an INVITE pjsua already took a slot for (owner set by the caller)."""
         self.in_use += 1
+        self.made += 1
         return self._factory(None, 0, pjsua_call_id, None)
 
     def new_leg(self, owner: LegOwner, index: int, profile: Any = None) -> CallLeg | None:
@@ -59,6 +61,7 @@ class LegPool:
             return None
         leg = self._factory(owner, index, -1, profile)
         self.in_use += 1
+        self.made += 1
         return leg
 
     def retire(self, leg: CallLeg) -> None:

@@ -24,6 +24,7 @@ from loguru import logger
 
 from b2bua import digest, sip
 from b2bua.bridge import info_dtmf_digit
+from b2bua.endpoint import check_overrides
 from b2bua.events import (
     CONFIRMED,
     MEDIA_READY,
@@ -270,10 +271,11 @@ class Leg(CallLeg, pj.Call):  # type: ignore[misc]
 
     def send_invite(self, request: OutgoingRequest, call_id: str) -> None:
         prm = op(headers=tuple(request.headers))
-        prm.txOption.targetUri = request.request_uri
-        prm.txOption.localUri = sip.name_addr(request.from_name, request.from_uri)
-        prm.opt.audioCount = 1
-        prm.opt.customCallId = call_id
+        tx, opt = prm.txOption, prm.opt  # each attribute read makes a new SWIG proxy
+        tx.targetUri = request.request_uri
+        tx.localUri = sip.name_addr(request.from_name, request.from_uri)
+        opt.audioCount = 1
+        opt.customCallId = call_id
         try:
             self.makeCall(sip.name_addr(request.to_name, request.to_uri), prm)
         except pj.Error as exc:
@@ -445,6 +447,9 @@ class Leg(CallLeg, pj.Call):  # type: ignore[misc]
         return cid >= 0 and pj.Call.lookup(cid) is self  # never look up -1: pjsua asserts
 
 
+check_overrides(Leg)  # a callback the build calls without Python must not look overridden
+
+
 def _response_headers(prm: Any) -> dict[str, tuple[str, ...]]:
     """Headers of the response that changed a B leg's state, when pjsua received one (else none)."""
     try:
@@ -499,8 +504,9 @@ def op(code: int = 0, reason: str = "", headers: tuple[tuple[str, str], ...] = (
     No video or T.140 text stream, offered or answered: only audio can be bridged.
     """
     prm = pj.CallOpParam(True)
-    prm.opt.videoCount = 0
-    prm.opt.textCount = 0
+    opt = prm.opt  # each attribute read makes a new SWIG proxy
+    opt.videoCount = 0
+    opt.textCount = 0
     if code:
         prm.statusCode = code
     if reason:

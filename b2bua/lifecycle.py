@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
+from b2bua.heap import HeapTrimmer, heap_report, malloc_trim
 from b2bua.legs import release_remaining
 
 if TYPE_CHECKING:
@@ -49,6 +50,8 @@ class Lifecycle:
         self.stopping = False  #: set by SIGTERM/SIGINT: the serve loop ends
         self.reload_requested = False  #: set by SIGHUP: the loop runs ``b2bua_reload``
         self._control: Any = None
+        self.heap = HeapTrimmer(malloc_trim())
+        self._busy_ports_logged = 0
 
     # -- start ----------------------------------------------------------------------------------
 
@@ -82,6 +85,8 @@ class Lifecycle:
 
         app = self.app
         register_core_methods(app.registry, app)
+        app.registry.add("core.memory", self._memory,
+                         "resident memory, glibc heap (in use, free), SIP transactions held, call legs, heap trims")
         app.hooks.register_rpc(app.registry)
         ctl = app.config.control
         if ctl.socket or ctl.http:
@@ -118,7 +123,8 @@ class Lifecycle:
 
     def audit(self) -> None:
         """Find legs pjsua ended without a callback and end their part on our side (every
-        :data:`AUDIT_INTERVAL` seconds).
+        :data:`AUDIT_INTERVAL` seconds); after a load, give the heap's free pages back
+        (:mod:`b2bua.heap`).
 
         Under overload pjsua drops calls silently (no RTP port free, a slot taken over); their
         sessions and refused legs would otherwise stay forever, counting against ``max_calls``
@@ -130,7 +136,21 @@ class Lifecycle:
             lost += session.audit_legs()
         if lost:
             logger.warning("{} call leg(s) ended inside pjsua without a callback: cleaned up", lost)
+        busy = app.endpoint.busy_ports()
+        if busy > self._busy_ports_logged:
+            logger.info("{} RTP/RTCP port(s) were still held by calls up and were skipped",
+                        busy - self._busy_ports_logged)
+            self._busy_ports_logged = busy
+        started = time.monotonic()
+        if self.heap.check(started, app.legs.made):
+            logger.debug("no new call for {:g} s: heap trimmed in {:.1f} ms", self.heap.idle_for,
+                         (time.monotonic() - started) * 1000)
         app.scheduler.call_later(AUDIT_INTERVAL, self.audit)
+
+    def _memory(self) -> dict[str, Any]:
+        app = self.app
+        return {**heap_report(), "transactions": app.endpoint.transactions(), "legs_in_use": app.legs.in_use,
+                "legs_made": app.legs.made, "heap_trims": self.heap.trims}
 
     def _on_sighup(self) -> None:
         logger.info("SIGHUP: reloading")

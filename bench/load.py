@@ -1,15 +1,31 @@
-"""Call-rate benchmark: sipp caller -> B2BUA -> sipp gateway, at rising rates, on loopback.
+"""Call-rate benchmark: a sipp caller -> the B2BUA -> two sipp gateways, on loopback.
 
-Prints, per offered rate: achieved calls/s, failed %, p50/p99 setup time (INVITE to 200 at
-the caller), the B2BUA's CPU (cores) and RSS, and the same numbers for sipp calling sipp
-directly (the ceiling of this machine), with the ratio.
+By default every step is what docs/performance.md's capacity numbers are: **60 s of offered
+load through the shipped ``config.toml``** (dispatcher round robin over two gateways in its
+SQLite table, failover, OPTIONS probing every 10 s, INFO logging; only ``listen`` and
+``max_calls`` changed), and the caller behaves as an upstream proxy does (``bench/uac_proxy.xml``:
+RFC 3261 retransmissions, a 503 ACKed at once and counted apart). Per offered rate it prints:
 
-    .venv/bin/python bench/load.py                       # rates 200 400 600 800, 10 s each
-    .venv/bin/python bench/load.py --rates 600 --seconds 20
-    .venv/bin/python bench/load.py --concurrent 1000     # hold 1000 bridged calls
-    .venv/bin/python bench/load.py --recovery 800        # 10 s at 800 calls/s, then 100 calls/s probes
+* completed calls/s (200 answered and hung up, over the time the offer took), failed %, 503s;
+* p50/p99 setup time (INVITE to 200 at the caller);
+* the B2BUA's CPU (cores, averaged over the step), RSS before, at the end, and ``--settle``
+  seconds (60) after the load ended, with the process idle;
+* RTP/RTCP ports pjsua found still held by calls up (its "RTP socket bind() ... Address already
+  in use") and skipped during the step.
+
+    .venv/bin/python bench/load.py                          # 200 400 600 calls/s, 60 s each
+    .venv/bin/python bench/load.py --rates 1000 --seconds 60
+    .venv/bin/python bench/load.py --rates 400 --seconds 5 --settle 5     # a quick check
+    .venv/bin/python bench/load.py --no-plugins             # [routing] default_target, no plugins
+    .venv/bin/python bench/load.py --caller sipp            # sipp's built-in uac scenario
+    .venv/bin/python bench/load.py --workers 2              # two B2BUA processes (b2bua.workers)
+    .venv/bin/python bench/load.py --direct                 # and sipp calling a gateway directly
+    .venv/bin/python bench/load.py --concurrent 1000        # hold 1000 bridged calls
+    .venv/bin/python bench/load.py --recovery 800           # overload, then 100 calls/s probes
 
 Every run is bounded in calls and time. Needs sipp (scripts/setup.sh --test installs it).
+Capacity numbers come from a quiet machine only (``uptime`` load under 1 before the run).
+``bench/compare.py`` runs Kamailio and Sippy B2BUA under the same caller with these helpers.
 """
 
 from __future__ import annotations
@@ -17,6 +33,7 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import re
 import shutil
 import signal
 import socket
@@ -25,13 +42,23 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 ROOT = Path(__file__).resolve().parents[1]
-CALLER_IP, B2BUA_IP, GATEWAY_IP = "127.0.0.2", "127.0.0.1", "127.0.0.10"
+BENCH = Path(__file__).resolve().parent
+SHIPPED_CONFIG = ROOT / "config.toml"
+UAC_PROXY = BENCH / "uac_proxy.xml"
+# addresses of their own: ports on 127.0.0.1 are often taken by other runs on a shared machine
+CALLER_IP, B2BUA_IP = "127.0.0.72", "127.0.0.71"
+GATEWAY_IPS = ("127.0.0.73", "127.0.0.74")
 TICKS = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
+#: the B2BUA's summary of RTP/RTCP ports pjsua found busy and skipped (pjsua_media.c
+#: create_rtp_rtcp_sock logs each at ERROR: "RTP socket bind() at ... Address already in use")
+BUSY_PORTS = re.compile(r"(\d+) RTP/RTCP port\(s\) were still held")
 
 
 def free_port(ip: str) -> int:
@@ -49,173 +76,465 @@ def rss_mb(pid: int) -> float:
     return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE / 1e6
 
 
+def pss_mb(pid: int) -> float:
+    """Proportional set size: shared pages (Kamailio's shared memory) counted once over a tree."""
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1]) / 1e3
+    return 0.0
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and every descendant (Kamailio forks its workers)."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(parents.get(p, ()))
+    return out
+
+
+class System(Protocol):
+    """A SIP server under test: started on (ip, port), routing to the gateways."""
+
+    name: str
+
+    def start(self, workdir: Path, ip: str, port: int, gateways: Sequence[str]) -> None: ...
+
+    def cpu(self) -> float:
+        """CPU seconds used so far by all its processes."""
+        ...
+
+    def memory(self) -> float:
+        """MB resident (RSS; PSS summed over a multi-process tree)."""
+        ...
+
+    def busy_ports(self) -> int:
+        """RTP/RTCP ports found busy so far (0 for a server without media)."""
+        ...
+
+    def stop(self) -> int:
+        """Stop it; the exit code (non-zero: something went wrong at shutdown)."""
+        ...
+
+
 @dataclass
-class Result:
+class Step:
+    """One offered rate's numbers."""
+
+    system: str
     offered: int
-    achieved: float
-    calls: int
-    failed: int
-    p50: float
-    p99: float
-    cpu: float = 0.0
-    rss: float = 0.0
+    calls: int = 0  #: calls the caller placed
+    ok: int = 0  #: answered 200 and hung up
+    refused: int = 0  #: answered 503
+    window: float = float("nan")  #: seconds from the first INVITE to the last call placed and done
+    p50: float = float("nan")
+    p99: float = float("nan")
+    cpu: float = 0.0  #: cores, averaged over the step
+    rss_before: float = 0.0
+    rss_after: float = 0.0
+    rss_settled: float = float("nan")
+    busy_ports: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def completed_cps(self) -> float:
+        return self.ok / self.window if self.window > 0 else 0.0
 
     @property
     def failed_pct(self) -> float:
-        return 100.0 * self.failed / max(1, self.calls)
+        return 100.0 * (self.calls - self.ok) / max(1, self.calls)
 
 
-def start_gateway(workdir: Path, port: int) -> subprocess.Popen[bytes]:
+HEADER = (f"{'system':<12} {'offered':>7} {'completed/s':>11} {'failed%':>8} {'503':>6} {'p50 ms':>7} "
+          f"{'p99 ms':>7} {'CPU':>5} {'RSS MB before/after/settled':>28} {'busy RTP':>8}")
+
+
+def format_step(s: Step) -> str:
+    rss = f"{s.rss_before:.0f} / {s.rss_after:.0f} / {s.rss_settled:.0f}"
+    return (f"{s.system:<12} {s.offered:>7} {s.completed_cps:>11.1f} {s.failed_pct:>8.3f} {s.refused:>6} "
+            f"{s.p50:>7.1f} {s.p99:>7.1f} {s.cpu:>5.2f} {rss:>28} {s.busy_ports:>8}")
+
+
+# -- the peers ----------------------------------------------------------------------------------
+
+
+def start_gateway(workdir: Path, ip: str, port: int) -> subprocess.Popen[bytes]:
+    """The e2e tests' "answer" gateway: 100, 180, 200; keepalive OPTIONS get 200 (sipp's
+    built-in uas ignores them, and the dispatcher would mark both gateways down)."""
+    scenario = workdir / "uas_gateway.xml"
+    if not scenario.exists():
+        sys.path.insert(0, str(ROOT))
+        from tests.e2e.harness import gateway_scenario, render_scenario
+
+        scenario.write_text(render_scenario(*gateway_scenario("answer")))
     return subprocess.Popen(
-        ["sipp", "-sn", "uas", "-i", GATEWAY_IP, "-p", str(port), "-nostdin",
-         "-max_socket", "10000", "-trace_err", "-error_file", str(workdir / "uas_err.log")],
+        ["sipp", "-sf", str(scenario), "-i", ip, "-p", str(port), "-nostdin", "-max_socket", "10000",
+         "-trace_err", "-error_file", str(workdir / f"uas_{ip}_err.log")],
         cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
 
 
-def run_caller(workdir: Path, target: str, rate: int, calls: int, hold_ms: int, timeout: float) -> Result:
-    port = free_port(CALLER_IP)
-    for old in workdir.glob("uac_*_rtt.csv"):
-        old.unlink()
-    stat = workdir / "uac_stat.csv"
-    cmd = ["sipp", "-sn", "uac", "-i", CALLER_IP, "-p", str(port), "-r", str(rate), "-m", str(calls),
-           "-l", str(max(rate * 4, 100) + rate * hold_ms // 1000), "-d", str(hold_ms), "-s", "1000",
-           "-nostdin", "-trace_rtt", "-rtt_freq", "1", "-trace_stat", "-stf", str(stat), "-fd", "1",
-           "-timeout", f"{int(timeout)}s", "-timeout_error", "-max_socket", "10000", target]
+def start_gateways(workdir: Path, ips: Sequence[str] = GATEWAY_IPS) -> tuple[list[subprocess.Popen[bytes]], list[str]]:
+    procs, addrs = [], []
+    for ip in ips:
+        port = free_port(ip)
+        procs.append(start_gateway(workdir, ip, port))
+        addrs.append(f"{ip}:{port}")
+    time.sleep(0.3)
+    for proc in procs:
+        if proc.poll() is not None:
+            raise SystemExit(f"a sipp gateway did not start: see {workdir}")
+    return procs, addrs
+
+
+@dataclass
+class CallerResult:
+    calls: int
+    ok: int
+    refused: int
+    window: float
+    p50: float
+    p99: float
+
+
+def _last_row(path: Path) -> dict[str, str]:
+    rows = list(csv.reader(path.read_text().splitlines(), delimiter=";")) if path.exists() else []
+    if len(rows) < 2:
+        return {}
+    return dict(zip(rows[0], rows[-1], strict=False))
+
+
+def run_caller(workdir: Path, targets: Sequence[str], rate: float, calls: int, *, hold_ms: int = 0,
+               caller: str = "proxy", ip: str = CALLER_IP) -> CallerResult:
+    """Offer ``calls`` calls at ``rate`` per second, spread over ``targets`` (one sipp each, the
+    rate split evenly); blocks until they are done (bounded: the offer's time x 3 + 60 s)."""
+    tag = f"c{time.monotonic_ns()}"
+    share_rate, share_calls = rate / len(targets), calls // len(targets)
+    seconds = calls / max(rate, 1e-9)
+    timeout = seconds * 3 + hold_ms / 1000 + 60
+    procs = []
+    for n, target in enumerate(targets):
+        port = free_port(ip)
+        scen = ["-sf", str(UAC_PROXY)] if caller == "proxy" else ["-sn", "uac"]
+        cmd = ["sipp", *scen, "-i", ip, "-p", str(port), "-r", f"{share_rate:g}", "-rp", "1000",
+               "-m", str(share_calls), "-l", str(int(max(share_rate * 4, 100) + share_rate * hold_ms / 1000)),
+               "-d", str(hold_ms), "-s", "1000", "-nostdin", "-max_socket", "10000",
+               "-max_invite_retrans", "6", "-max_non_invite_retrans", "10",
+               "-trace_rtt", "-rtt_freq", "1", "-trace_stat", "-stf", f"{tag}_{n}_stat.csv", "-fd", "1",
+               "-trace_counts", "-timeout", f"{int(timeout)}s", "-timeout_error", target]
+        procs.append(subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        # sipp names its trace files <scenario>_<pid>_...: remember each pid
     started = time.monotonic()
-    subprocess.run(cmd, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=timeout + 30,
-                   check=False)
-    elapsed = time.monotonic() - started
-    rows = list(csv.reader(stat.read_text().splitlines(), delimiter=";")) if stat.exists() else []
-    header, last = (rows[0], rows[-1]) if len(rows) >= 2 else ([], [])
-    values = dict(zip(header, last, strict=False))
-    ok = int(values.get("SuccessfulCall(C)", 0))
-    failed = int(values.get("FailedCall(C)", 0))
+    for proc in procs:
+        try:
+            proc.wait(timeout + 30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    window = time.monotonic() - started - hold_ms / 1000
+    total = ok = refused = 0
     samples: list[float] = []
-    for path in workdir.glob("uac_*_rtt.csv"):
-        for row in csv.reader(path.read_text().splitlines()[1:], delimiter=";"):
-            if len(row) >= 2:
-                samples.append(float(row[1]))
+    prefix = "uac_proxy" if caller == "proxy" else "uac"
+    for n, proc in enumerate(procs):
+        stat = _last_row(workdir / f"{tag}_{n}_stat.csv")
+        total += int(stat.get("TotalCallCreated", 0))
+        successful = int(stat.get("SuccessfulCall(C)", 0))
+        counts = _last_row(next(iter(workdir.glob(f"{prefix}_{proc.pid}_counts.csv")), workdir / "-"))
+        n503 = sum(int(v) for k, v in counts.items() if re.fullmatch(r"\d+_503_Recv", k))
+        refused += n503
+        ok += successful - (n503 if caller == "proxy" else 0)  # the scenario ends a 503 call "successfully"
+        for path in workdir.glob(f"{prefix}_{proc.pid}_rtt.csv"):
+            for row in csv.reader(path.read_text().splitlines()[1:], delimiter=";"):
+                if len(row) >= 2:
+                    samples.append(float(row[1]))
     samples.sort()
     p50 = statistics.median(samples) if samples else float("nan")
     p99 = samples[min(len(samples) - 1, int(len(samples) * 0.99))] if samples else float("nan")
-    achieved = (ok + failed) / max(1e-9, elapsed - hold_ms / 1000)
-    return Result(rate, achieved, ok + failed, failed + (calls - ok - failed), p50, p99)
+    # sipp ends when the last call is done: the window is how long the offer took to be served
+    return CallerResult(max(total, calls), ok, refused, window, p50, p99)
 
 
-def write_config(workdir: Path, port: int, gw_port: int, max_calls: int) -> Path:
+def run_step(workdir: Path, system: System, targets: Sequence[str], rate: int, seconds: float, *,
+             hold_ms: int = 0, caller: str = "proxy", settle: float = 60.0) -> Step:
+    """One offered rate against ``system``, sampled before, after, and ``settle`` s after."""
+    step = Step(system.name, rate)
+    step.rss_before = system.memory()
+    busy0 = system.busy_ports()
+    cpu0, t0 = system.cpu(), time.monotonic()
+    res = run_caller(workdir, targets, rate, int(rate * seconds), hold_ms=hold_ms, caller=caller)
+    step.cpu = (system.cpu() - cpu0) / (time.monotonic() - t0)
+    step.rss_after = system.memory()
+    step.calls, step.ok, step.refused, step.window = res.calls, res.ok, res.refused, res.window
+    step.p50, step.p99 = res.p50, res.p99
+    if settle > 0:
+        time.sleep(settle)
+        step.rss_settled = system.memory()
+    step.busy_ports = system.busy_ports() - busy0
+    return step
+
+
+# -- the B2BUA ----------------------------------------------------------------------------------
+
+
+def _replace_line(text: str, pattern: str, new: str) -> str:
+    out, n = re.subn(pattern, new, text, count=1, flags=re.MULTILINE)
+    if n != 1:
+        raise SystemExit(f"config.toml has no line matching {pattern!r}: update bench/load.py")
+    return out
+
+
+def shipped_config(workdir: Path, ip: str, port: int, gateways: Sequence[str], *, max_calls: int = 0,
+                   extra: str = "") -> Path:
+    """The repository's config.toml with only ``listen`` (and ``max_calls``) changed, in
+    ``workdir`` beside its SQLite destinations table (set 1: the gateways)."""
+    sys.path.insert(0, str(ROOT))
+    from loguru import logger
+
+    from plugins.dispatcher.sqlstore import SqlStore
+
+    logger.disable("plugins")  # its "created table" line would cut into the table printed
+
+    text = _replace_line(SHIPPED_CONFIG.read_text(), r"^listen = .*$", f'listen = ["udp:{ip}:{port}"]')
+    if max_calls:
+        text = _replace_line(text, r"^max_calls = \d+", f"max_calls = {max_calls}")
+    db = workdir / "dispatcher.db"
+    if not db.exists():
+        store = SqlStore(f"sqlite:///{db}")
+        store.ensure_schema()
+        for gw in gateways:
+            store.add(1, f"sip:{gw}")
+        store.close()
+    path = workdir / "config.toml"
+    path.write_text(text + extra)
+    return path
+
+
+def plain_config(workdir: Path, ip: str, port: int, gateway: str, max_calls: int) -> Path:
+    """No plugins: every call to one gateway by ``[routing] default_target`` (the old bench)."""
     path = workdir / "config.toml"
     path.write_text(
-        f'[sip]\nlisten = ["udp:{B2BUA_IP}:{port}"]\nmax_calls = {max_calls}\nmax_forks = 1\n'
+        f'[sip]\nlisten = ["udp:{ip}:{port}"]\nmax_calls = {max_calls}\nmax_forks = 1\n'
         f'[log]\nlevel = "INFO"\n[control]\nsocket = ""\n'
-        f'[routing]\ndefault_target = "sip:{GATEWAY_IP}:{gw_port}"\n'
+        f'[routing]\ndefault_target = "sip:{gateway}"\n'
     )
     return path
 
 
-def start_b2bua(workdir: Path, config: Path) -> subprocess.Popen[bytes]:
-    log = (workdir / "b2bua.log").open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "b2bua", "run", "-c", str(config)], cwd=workdir,
-                            stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 30
+def wait_ready(proc: subprocess.Popen[bytes], log: Path, text: bytes, what: str, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        if b"b2bua ready" in (workdir / "b2bua.log").read_bytes():
-            return proc
+        if log.exists() and text in log.read_bytes():
+            return
         if proc.poll() is not None:
             break
         time.sleep(0.1)
     stop(proc)
-    raise SystemExit("the B2BUA did not start:\n" + (workdir / "b2bua.log").read_text()[-3000:])
+    tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
+    raise SystemExit(f"{what} did not start:\n{tail}")
+
+
+def start_b2bua(workdir: Path, config: Path, log_name: str = "b2bua.log",
+                args: Sequence[str] = ()) -> subprocess.Popen[bytes]:
+    log = workdir / log_name
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "b2bua", "run", "-c", str(config), *args], cwd=workdir,
+                                stdout=out, stderr=subprocess.STDOUT)
+    wait_ready(proc, log, b"b2bua ready", "the B2BUA")
+    return proc
 
 
 def stop(proc: subprocess.Popen[bytes], sig: signal.Signals = signal.SIGTERM) -> None:
     if proc.poll() is None:
         proc.send_signal(sig)
         try:
-            proc.wait(20)
+            proc.wait(30)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
 
 
+class B2bua:
+    """This project's B2BUA: one process, or ``workers`` of them (``b2bua.workers``)."""
+
+    def __init__(self, *, plugins: bool = True, max_calls: int = 1000, workers: int = 0) -> None:
+        self.name = "b2bua" if not workers else f"b2bua x{workers}"
+        self.plugins, self.max_calls, self.workers = plugins, max_calls, workers
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.workdir = Path()
+        self.ports: list[int] = []
+
+    def start(self, workdir: Path, ip: str, port: int, gateways: Sequence[str]) -> None:
+        self.workdir = workdir
+        if self.plugins:
+            config = shipped_config(workdir, ip, port, gateways, max_calls=self.max_calls)
+        else:
+            config = plain_config(workdir, ip, port, gateways[0], self.max_calls)
+        if self.workers:
+            log = workdir / "b2bua.log"
+            with log.open("wb") as out:
+                self.proc = subprocess.Popen(
+                    [sys.executable, "-m", "b2bua.workers", "-c", str(config), "-n", str(self.workers)],
+                    cwd=workdir, stdout=out, stderr=subprocess.STDOUT)
+            wait_ready(self.proc, log, b"workers ready", "the B2BUA workers", 60)
+            self.ports = [port + i for i in range(self.workers)]
+        else:
+            self.proc = start_b2bua(workdir, config)
+            self.ports = [port]
+
+    def _pids(self) -> list[int]:
+        assert self.proc is not None
+        return process_tree(self.proc.pid) if self.workers else [self.proc.pid]
+
+    def cpu(self) -> float:
+        return sum(cpu_seconds(p) for p in self._pids())
+
+    def memory(self) -> float:
+        return sum(rss_mb(p) for p in self._pids())
+
+    def busy_ports(self) -> int:
+        return sum(int(n) for path in self.workdir.glob("b2bua*.log")
+                   for n in BUSY_PORTS.findall(path.read_text(errors="replace")))
+
+    def stop(self) -> int:
+        assert self.proc is not None
+        stop(self.proc)
+        return self.proc.returncode
+
+
+class Direct:
+    """No server: the caller calls the first gateway itself (the machine's ceiling)."""
+
+    name = "direct"
+
+    def start(self, workdir: Path, ip: str, port: int, gateways: Sequence[str]) -> None:
+        pass
+
+    def cpu(self) -> float:
+        return 0.0
+
+    def memory(self) -> float:
+        return 0.0
+
+    def busy_ports(self) -> int:
+        return 0
+
+    def stop(self) -> int:
+        return 0
+
+
+def run_systems(systems: Sequence[System], rates: Sequence[int], seconds: float, *, hold_ms: int = 0,
+                caller: str = "proxy", settle: float = 60.0, pause: float = 5.0) -> list[Step]:
+    """Each system in turn, every rate, against the same two gateways and caller."""
+    if not shutil.which("sipp"):
+        raise SystemExit("sipp is missing: scripts/setup.sh --test installs it")
+    print(HEADER, flush=True)
+    steps: list[Step] = []
+    for system in systems:
+        workdir = Path(tempfile.mkdtemp(prefix=f"b2bua-bench-{system.name.replace(' ', '')}-"))
+        gateways, addrs = start_gateways(workdir)
+        port = free_port(B2BUA_IP)
+        try:
+            system.start(workdir, B2BUA_IP, port, addrs)
+            targets = ([addrs[0]] if isinstance(system, Direct)
+                       else [f"{B2BUA_IP}:{p}" for p in getattr(system, "ports", [port])])
+            time.sleep(pause)  # start-up work (first keepalives, imports) out of the first step
+            for rate in rates:
+                step = run_step(workdir, system, targets, rate, seconds, hold_ms=hold_ms, caller=caller,
+                                settle=settle)
+                steps.append(step)
+                print(format_step(step), flush=True)
+                time.sleep(pause)
+        finally:
+            code = system.stop()
+            for gw in gateways:
+                stop(gw, signal.SIGINT)  # sipp ends at once on SIGINT (it ignores SIGTERM while busy)
+            if code:  # an abort at shutdown (negative: the signal) must not go unseen
+                print(f"{system.name} exited with {code}: see {workdir}", flush=True)
+            print(f"{system.name} logs: {workdir}", flush=True)
+    return steps
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rates", type=int, nargs="+", default=[200, 400, 600, 800])
-    ap.add_argument("--seconds", type=float, default=10.0, help="length of each rate step")
+    ap.add_argument("--rates", type=int, nargs="+", default=[200, 400, 600])
+    ap.add_argument("--seconds", type=float, default=60.0, help="offered load per step (capacity: 60 or more)")
+    ap.add_argument("--settle", type=float, default=60.0, help="idle seconds after a step before RSS is read again")
     ap.add_argument("--hold-ms", type=int, default=0, help="call duration at the caller")
+    ap.add_argument("--caller", choices=("proxy", "sipp"), default="proxy",
+                    help="proxy: bench/uac_proxy.xml (503 ACKed and counted); sipp: sipp's built-in uac")
+    ap.add_argument("--no-plugins", action="store_true",
+                    help="no plugins: [routing] default_target to one gateway (not the shipped config)")
+    ap.add_argument("--workers", type=int, default=0, help="run N B2BUA worker processes (b2bua.workers)")
+    ap.add_argument("--direct", action="store_true", help="also sipp calling a gateway directly (the ceiling)")
     ap.add_argument("--concurrent", type=int, default=0,
                     help="instead: hold this many bridged calls for 20 s (ramp 100 calls/s)")
-    ap.add_argument("--no-direct", action="store_true", help="skip the sipp->sipp ceiling")
     ap.add_argument("--recovery", type=int, default=0, metavar="RATE",
                     help="instead: overload at RATE calls/s for --seconds, then probe at 100 calls/s "
                          "2, 30 and 60 s later (does the B2BUA recover?)")
     args = ap.parse_args()
-    if not shutil.which("sipp"):
-        raise SystemExit("sipp is missing: scripts/setup.sh --test installs it")
-    workdir = Path(tempfile.mkdtemp(prefix="b2bua-bench-"))
-    gw_port = free_port(GATEWAY_IP)
-    gateway = start_gateway(workdir, gw_port)
-    b2b_port = free_port(B2BUA_IP)
-    max_calls = args.concurrent + 20 if args.concurrent else 1000
-    b2bua = start_b2bua(workdir, write_config(workdir, b2b_port, gw_port, max_calls))
-    try:
-        if args.concurrent:
-            return concurrent(workdir, b2bua, b2b_port, args.concurrent)
-        if args.recovery:
-            return recovery(workdir, b2b_port, args.recovery, args.seconds)
-        print(f"{'offered':>7} | {'via B2BUA: cps':>14} {'failed%':>8} {'p50 ms':>7} {'p99 ms':>7} {'CPU':>5} "
-              f"{'RSS MB':>7} | {'direct: cps':>11} {'failed%':>8} {'p99 ms':>7} | {'ratio':>5}")
-        for rate in args.rates:
-            calls = int(rate * args.seconds)
-            cpu0, t0 = cpu_seconds(b2bua.pid), time.monotonic()
-            via = run_caller(workdir, f"{B2BUA_IP}:{b2b_port}", rate, calls, args.hold_ms, args.seconds * 3 + 10)
-            via.cpu = (cpu_seconds(b2bua.pid) - cpu0) / (time.monotonic() - t0)
-            via.rss = rss_mb(b2bua.pid)
-            time.sleep(2)  # let transactions of this step end
-            if args.no_direct:
-                direct = Result(rate, float("nan"), 0, 0, float("nan"), float("nan"))
-            else:
-                direct = run_caller(workdir, f"{GATEWAY_IP}:{gw_port}", rate, calls, args.hold_ms,
-                                    args.seconds * 3 + 10)
-            ratio = via.achieved / direct.achieved if direct.achieved == direct.achieved and direct.achieved else 0
-            print(f"{rate:>7} | {via.achieved:>14.0f} {via.failed_pct:>8.2f} {via.p50:>7.1f} {via.p99:>7.1f} "
-                  f"{via.cpu:>5.2f} {via.rss:>7.0f} | {direct.achieved:>11.0f} {direct.failed_pct:>8.2f} "
-                  f"{direct.p99:>7.1f} | {ratio:>5.2f}", flush=True)
-            time.sleep(2)
-    finally:
-        stop(b2bua)
-        stop(gateway, signal.SIGINT)  # sipp ends at once on SIGINT (it ignores SIGTERM while busy)
-        if b2bua.returncode != 0:  # an abort at shutdown (negative: the signal) must not go unseen
-            print(f"the B2BUA exited with {b2bua.returncode}: see {workdir / 'b2bua.log'}", flush=True)
-    print(f"logs: {workdir}")
+    if args.concurrent or args.recovery:
+        return single_modes(args)
+    systems: list[System] = [B2bua(plugins=not args.no_plugins, workers=args.workers)]
+    if args.direct:
+        systems.append(Direct())
+    run_systems(systems, args.rates, args.seconds, hold_ms=args.hold_ms, caller=args.caller, settle=args.settle)
     return 0
 
 
-def recovery(workdir: Path, port: int, rate: int, seconds: float) -> int:
+def single_modes(args: argparse.Namespace) -> int:
+    workdir = Path(tempfile.mkdtemp(prefix="b2bua-bench-"))
+    gateways, addrs = start_gateways(workdir)
+    port = free_port(B2BUA_IP)
+    system = B2bua(plugins=not args.no_plugins, max_calls=args.concurrent + 20 if args.concurrent else 1000)
+    system.start(workdir, B2BUA_IP, port, addrs)
+    target = [f"{B2BUA_IP}:{port}"]
+    try:
+        if args.concurrent:
+            return concurrent(workdir, system, target, args.concurrent, args.caller)
+        return recovery(workdir, target, args.recovery, args.seconds, args.caller)
+    finally:
+        code = system.stop()
+        for gw in gateways:
+            stop(gw, signal.SIGINT)
+        if code:
+            print(f"the B2BUA exited with {code}: see {workdir / 'b2bua.log'}", flush=True)
+        print(f"logs: {workdir}")
+
+
+def recovery(workdir: Path, target: list[str], rate: int, seconds: float, caller: str) -> int:
     """Overload the B2BUA, then check that calls at a modest rate go through again."""
-    target = f"{B2BUA_IP}:{port}"
-    over = run_caller(workdir, target, rate, int(rate * seconds), 0, seconds * 3 + 10)
-    print(f"overload: {rate} calls/s for {seconds:g} s -> {over.achieved:.0f} achieved, "
-          f"{over.failed_pct:.1f} % failed", flush=True)
+    over = run_caller(workdir, target, rate, int(rate * seconds), caller=caller)
+    print(f"overload: {rate} calls/s for {seconds:g} s -> {over.ok / over.window:.0f} completed/s, "
+          f"{100 * (over.calls - over.ok) / max(1, over.calls):.1f} % failed ({over.refused} answered 503)",
+          flush=True)
     ended = time.monotonic()
     for after in (2, 30, 60):
         time.sleep(max(0.0, ended + after - time.monotonic()))
-        probe = run_caller(workdir, target, 100, 500, 0, 40)
-        print(f"{after:>3} s later: 100 calls/s x 5 s -> {probe.failed_pct:.1f} % failed, p99 setup "
-              f"{probe.p99:.0f} ms", flush=True)
+        probe = run_caller(workdir, target, 100, 500, caller=caller)
+        print(f"{after:>3} s later: 100 calls/s x 5 s -> {100 * (probe.calls - probe.ok) / max(1, probe.calls):.1f} "
+              f"% failed, p99 setup {probe.p99:.0f} ms", flush=True)
     return 0
 
 
-def concurrent(workdir: Path, b2bua: subprocess.Popen[bytes], port: int, n: int) -> int:
+def concurrent(workdir: Path, system: B2bua, target: list[str], n: int, caller: str) -> int:
     """Ramp to ``n`` calls held for 20 s, sample the B2BUA, then let them all hang up."""
     hold_ms = int(n / 100 * 1000) + 20000
-    cpu0, t0 = cpu_seconds(b2bua.pid), time.monotonic()
-    result = run_caller(workdir, f"{B2BUA_IP}:{port}", 100, n, hold_ms, hold_ms / 1000 + n / 100 + 60)
-    cpu = (cpu_seconds(b2bua.pid) - cpu0) / (time.monotonic() - t0)
-    print(f"concurrent calls held: {n} for {hold_ms / 1000:.0f} s | completed {result.calls - result.failed} "
-          f"failed {result.failed} ({result.failed_pct:.2f} %) | p99 setup {result.p99:.1f} ms | "
-          f"CPU {cpu:.2f} cores avg | RSS {rss_mb(b2bua.pid):.0f} MB")
-    return 0 if result.failed == 0 else 1
+    cpu0, t0 = system.cpu(), time.monotonic()
+    result = run_caller(workdir, target, 100, n, hold_ms=hold_ms, caller=caller)
+    cpu = (system.cpu() - cpu0) / (time.monotonic() - t0)
+    failed = result.calls - result.ok
+    print(f"concurrent calls held: {n} for {hold_ms / 1000:.0f} s | completed {result.ok} failed {failed} "
+          f"({100 * failed / max(1, result.calls):.2f} %) | p99 setup {result.p99:.1f} ms | "
+          f"CPU {cpu:.2f} cores avg | RSS {system.memory():.0f} MB")
+    return 0 if failed == 0 else 1
 
 
 if __name__ == "__main__":

@@ -77,6 +77,15 @@ config_site() {
 #define PJSIP_MAX_TSX_COUNT (16*1024-1)
 #define PJSIP_MAX_DIALOG_COUNT (16*1024-1)
 #define PJ_LOG_MAX_LEVEL 5
+/* A release build: no debug bookkeeping (PJ_DEBUG named the owner of every mutex on every lock,
+   ~500 string copies per bridged call); pj_assert still aborts, as in the debug build. */
+#define PJ_DEBUG 0
+#include <assert.h>
+#define pj_assert(expr) assert(expr)
+/* Plain epoll: one thread polls each ioqueue (the loop SIP's, pjmedia's thread RTP's), so
+   EPOLLEXCLUSIVE buys nothing and costs an epoll_ctl DEL+ADD pair (not one MOD) each time a
+   socket's read interest toggles, around every packet received. */
+#define PJ_IOQUEUE_DEFAULT_EPOLL_FLAGS 0
 CFG
 }
 

@@ -282,3 +282,32 @@ def test_a_few_thousand_mutations_by_seed() -> None:
     elapsed = time.perf_counter() - started
     assert 0 < accepted < len(messages)  # the mutations reach both outcomes
     print(f"{len(messages)} messages, {accepted} accepted, {elapsed / len(messages) * 1e6:.1f} µs each")
+
+
+def _check_response_full(raw: bytes) -> bool:
+    """check_response without its fast path (the reference it must agree with)."""
+    from b2bua.wire import _STATUS_LINE, MAX_MESSAGE, decode_head, split_message
+
+    if len(raw) > MAX_MESSAGE:
+        return False
+    try:
+        lines = decode_head(split_message(raw)[0])
+    except Malformed:
+        return False
+    return bool(_STATUS_LINE.match(lines[0] + " "))
+
+
+_HEAD_PIECES = st.sampled_from([b"SIP/2.0 ", b"200", b" OK", b"183", b"9", b"\r\n", b"\n", b"\r", b"\t",
+                                b"Via: x", b"\x00", b"\x7f", b"\xc3\xa4", b"\xff", b"\x1b", b" ", b"To: <sip:a>"])
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_HEAD_PIECES, max_size=12), st.sampled_from([b"\r\n\r\n", b"\n\n", b""]))
+def test_check_response_fast_path_agrees_with_the_full_check(pieces: list[bytes], end: bytes) -> None:
+    raw = b"".join(pieces) + end + b"body"
+    try:
+        check_response(raw)
+        ok = True
+    except Malformed:
+        ok = False
+    assert ok == _check_response_full(raw), raw

@@ -1,0 +1,214 @@
+"""Run N B2BUA processes on one machine as one service: ``python -m b2bua.workers -n N``.
+
+One B2BUA process is one loop thread, so it uses one core (``docs/performance.md``). Workers are
+full B2BUA processes with the same ``config.toml``, apart from what two processes cannot share
+(worker 0 keeps the configured values, worker ``i`` gets):
+
+* SIP: every ``[sip] listen`` port + i (the upstream proxy spreads calls over the workers, e.g. a
+  Kamailio dispatcher set of the N addresses); RTP: ``[sip] rtp_port`` + i x the ports each
+  worker takes (``[sip] rtp_ports``, or ``b2bua.endpoint.rtp_port_span``);
+* the control socket ``b2bua.sock`` -> ``b2bua-i.sock``; ``[control] http`` port + i;
+  ``[log] file`` ``x.log`` -> ``x-i.log``; the dispatcher's ``state_file`` likewise.
+
+Destinations come from the same list file or SQL table in every worker. Runtime state
+(probing results, admin states set over a control socket, call-load counters) is each worker's
+own until shared state lands (issue 16): an admin command goes to every worker's socket.
+
+The supervisor starts the workers, prefixes each one's log lines with ``wI |``, says
+``workers ready`` once every worker is, restarts a worker that dies (after 1 s, at most 5
+times a minute), passes SIGHUP on, and on SIGTERM/SIGINT stops them all (each drains its calls
+for ``[sip] shutdown_grace``). A systemd template unit can do the same job instead: see
+``docs/performance.md``, "More than one core".
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from b2bua.config import ConfigError, Listen, load_config, parse_config, read_toml
+
+#: restarts allowed per worker within RESTART_WINDOW seconds before the supervisor gives up
+MAX_RESTARTS = 5
+RESTART_WINDOW = 60.0
+READY = "b2bua ready"
+
+
+def _suffixed(name: str, index: int) -> str:
+    """``b2bua.sock`` -> ``b2bua-2.sock``; ``x`` -> ``x-2``."""
+    path = Path(name)
+    return str(path.with_name(f"{path.stem}-{index}{path.suffix}"))
+
+
+def worker_config(data: Mapping[str, Any], index: int, rtp_span: int) -> dict[str, Any]:
+    """The TOML document of worker ``index`` (0 keeps ``data`` as it is)."""
+    out = copy.deepcopy(dict(data))
+    sip = out.setdefault("sip", {})
+    sip["rtp_ports"] = rtp_span
+    if index == 0:
+        return out
+    listen = sip.get("listen", ["udp:127.0.0.1:5060", "tcp:127.0.0.1:5060"])
+    moved = []
+    for item in listen:
+        spec = Listen.parse(item)
+        host = f"[{spec.address}]" if ":" in spec.address else spec.address
+        moved.append(f"{spec.transport}:{host}:{spec.port + index}")
+    sip["listen"] = moved
+    sip["rtp_port"] = int(sip.get("rtp_port", 16000)) + index * rtp_span
+    control = out.setdefault("control", {})
+    control["socket"] = _suffixed(control.get("socket", "b2bua.sock"), index) if control.get(
+        "socket", "b2bua.sock") else ""
+    if control.get("http"):
+        host, _, port = str(control["http"]).rpartition(":")
+        control["http"] = f"{host}:{int(port) + index}"
+    log = out.setdefault("log", {})
+    if log.get("file"):
+        log["file"] = _suffixed(log["file"], index)
+    dispatcher = out.get("plugins", {}).get("dispatcher")
+    if isinstance(dispatcher, dict):
+        state = dispatcher.get("state_file", "dispatcher-state.json")
+        if state:
+            dispatcher["state_file"] = _suffixed(state, index)
+    return out
+
+
+def run_worker(path: str, index: int, rtp_span: int, verbose: int) -> int:
+    """One worker, in this process: the config of ``path`` as worker ``index`` sees it."""
+    from b2bua.cli import run_config
+    from b2bua.endpoint import rtp_port_span
+
+    p = Path(path)
+    try:
+        # started alone (a systemd template unit: --worker %i), the span is the one supervise() uses
+        span = rtp_span or rtp_port_span(load_config(p).sip)
+        config = parse_config(worker_config(read_toml(p), index, span), f"{p} (worker {index})",
+                              p.resolve().parent)
+    except ConfigError as exc:
+        print(f"worker {index}: {exc}", file=sys.stderr)
+        return 2
+    return run_config(config, verbose)
+
+
+class Worker:
+    def __init__(self, index: int, cmd: Sequence[str], out: TextIO) -> None:
+        self.index = index
+        self.cmd = list(cmd)
+        self.out = out
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.ready = threading.Event()
+        self.starts: list[float] = []
+
+    def start(self) -> None:
+        self.ready.clear()
+        self.starts = [t for t in self.starts if time.monotonic() - t < RESTART_WINDOW] + [time.monotonic()]
+        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        threading.Thread(target=self._pump, args=(self.proc,), name=f"worker-{self.index}-log", daemon=True).start()
+
+    def _pump(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stdout is not None
+        prefix = f"w{self.index} | "
+        for raw in proc.stdout:
+            line = raw.decode("utf-8", "replace")
+            if READY in line:
+                self.ready.set()
+            self.out.write(prefix + line)
+            self.out.flush()
+
+    def signal(self, sig: signal.Signals) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+
+
+def supervise(config_path: str, n: int, verbose: int, out: TextIO = sys.stderr) -> int:
+    from b2bua.endpoint import rtp_port_span
+
+    config = load_config(config_path)  # a bad config stops here, once, not in N workers
+    span = rtp_port_span(config.sip)
+    if config.sip.rtp_port + n * span > 65535:
+        raise ConfigError(f"{n} workers need RTP ports {config.sip.rtp_port}-{config.sip.rtp_port + n * span - 1}: "
+                          "lower [sip] rtp_port, rtp_ports or max_calls")
+    workers = [Worker(i, [sys.executable, "-m", "b2bua.workers", "--worker", str(i), "--rtp-span", str(span),
+                          "-c", config_path, *(["-" + "v" * verbose] if verbose else [])], out)
+               for i in range(n)]
+    stopping = threading.Event()
+
+    def on_stop(signum: int, _frame: Any) -> None:
+        stopping.set()
+
+    def on_hup(_signum: int, _frame: Any) -> None:
+        for w in workers:
+            w.signal(signal.SIGHUP)
+
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
+    signal.signal(signal.SIGHUP, on_hup)
+    for w in workers:
+        w.start()
+    announced = False
+    code = 0
+    while not stopping.is_set():
+        if not announced and all(w.ready.is_set() for w in workers):
+            announced = True
+            out.write(f"workers ready: {n} B2BUA processes, SIP ports "
+                      f"{', '.join(str(Listen.parse(config.sip.listen[0]).port + i) for i in range(n))}\n")
+            out.flush()
+        for w in workers:
+            assert w.proc is not None
+            status = w.proc.poll()
+            if status is None or stopping.is_set():
+                continue
+            if len(w.starts) >= MAX_RESTARTS:
+                out.write(f"worker {w.index} exited with {status} {MAX_RESTARTS} times within "
+                          f"{RESTART_WINDOW:g} s: stopping the service\n")
+                stopping.set()
+                code = 1
+                break
+            out.write(f"worker {w.index} exited with {status}: restarting it in 1 s\n")
+            time.sleep(1)
+            w.start()
+        stopping.wait(0.2)
+    for w in workers:
+        w.signal(signal.SIGTERM)
+    grace = config.sip.shutdown_grace + 30
+    for w in workers:
+        assert w.proc is not None
+        try:
+            w.proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            w.proc.kill()
+            w.proc.wait()
+        if w.proc.returncode not in (0, -signal.SIGTERM):
+            code = code or 1
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m b2bua.workers", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("-c", "--config", default="config.toml", metavar="FILE")
+    ap.add_argument("-n", "--workers", type=int, default=2, help="how many B2BUA processes (one per core)")
+    ap.add_argument("-v", "--verbose", action="count", default=0)
+    ap.add_argument("--worker", type=int, default=-1, help=argparse.SUPPRESS)  # run one worker
+    ap.add_argument("--rtp-span", type=int, default=0, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker >= 0:
+        return run_worker(args.config, args.worker, args.rtp_span, args.verbose)
+    if args.workers < 1:
+        ap.error("--workers must be at least 1")
+    try:
+        return supervise(args.config, args.workers, args.verbose)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
