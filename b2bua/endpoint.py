@@ -222,6 +222,8 @@ class Endpoint:
         # room to spare: pjsua takes ports in turn and gives a call up after 100 busy pairs
         acfg.mediaConfig.transportConfig.portRange = min(65534 - sip.rtp_port, max(1000, self.slots * 8))
         acfg.mediaConfig.transportConfig.boundAddress = first.address
+        if sip.public_address:  # 1:1 NAT: the SDP's c= and o= name the public address
+            acfg.mediaConfig.transportConfig.publicAddress = sip.public_address
         self.account = LocalAccount(self._on_incoming, self._on_request_done)
         self.account.create(acfg, True)
 
@@ -252,6 +254,9 @@ class Endpoint:
         tcfg.port = listen.port
         tcfg.boundAddress = listen.address
         ipv6 = ":" in listen.address
+        public = self.config.sip.public_address
+        if public and (":" in public) == ipv6:  # 1:1 NAT: Via sent-by and Contact name it
+            tcfg.publicAddress = public
         kind = {
             ("udp", False): pj.PJSIP_TRANSPORT_UDP,
             ("tcp", False): pj.PJSIP_TRANSPORT_TCP,

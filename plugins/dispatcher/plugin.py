@@ -7,8 +7,11 @@ Hook implementations only; each delegates to a module with one job:
 that never stall calls), :mod:`~plugins.dispatcher.heap` (the GC around large loads),
 :mod:`~plugins.dispatcher.checks` (what a load reports), :mod:`~plugins.dispatcher.dnsrefresh`
 (re-resolving host names), :mod:`~plugins.dispatcher.adminstate` (operator disables kept in
-the state file), :mod:`~plugins.dispatcher.probing` (keepalives), :mod:`~plugins.dispatcher.rpc`
-and :mod:`~plugins.dispatcher.cli` (control methods, commands). Enable it with
+the state file), :mod:`~plugins.dispatcher.probing` (keepalives),
+:mod:`~plugins.dispatcher.counters` and :mod:`~plugins.dispatcher.metrics` (per-destination
+counters, the ``dispatcher`` statistics group), :mod:`~plugins.dispatcher.drain` (draining a
+destination), :mod:`~plugins.dispatcher.rpc` and :mod:`~plugins.dispatcher.cli` (control
+methods, commands). Enable it with
 ``[plugins] enabled = ["dispatcher"]`` and configure ``[plugins.dispatcher]`` (see
 :mod:`plugins.dispatcher.config`).
 
@@ -27,23 +30,26 @@ import pluggy
 from loguru import logger
 
 from b2bua import hookimpl
-from b2bua.api import Reject, RoutePlan, Target
+from b2bua.api import FailureKind, Reject, RoutePlan, StashKey, Target
 from plugins.dispatcher import hookspecs
 from plugins.dispatcher.adminstate import AdminState
 from plugins.dispatcher.checks import check_config_destinations
 from plugins.dispatcher.childload import ConfiguredSource
 from plugins.dispatcher.cli import add_dispatcher_commands
 from plugins.dispatcher.config import DispatcherConfig, parse_dispatcher_config, resolve_sqlite_url
+from plugins.dispatcher.counters import DispatcherCounters
 from plugins.dispatcher.dnsrefresh import DnsRefresher
+from plugins.dispatcher.drain import DrainWatch
 from plugins.dispatcher.heap import HeapPolicy
 from plugins.dispatcher.latency import seeded
-from plugins.dispatcher.model import Destination
+from plugins.dispatcher.metrics import DispatcherStats
+from plugins.dispatcher.model import Destination, is_usable
 from plugins.dispatcher.plans import DATA_KEY, ROUTE, CallRoute, dest_key_of, make_target, plan_call
 from plugins.dispatcher.probing import Prober
 from plugins.dispatcher.reloader import ReloadBusy, Reloader, ReloadFailed
 from plugins.dispatcher.replycodes import parse_reply_codes
 from plugins.dispatcher.rpc import DispatcherRpc
-from plugins.dispatcher.runtime import DispatcherState
+from plugins.dispatcher.runtime import DestKey, DispatcherState
 from plugins.dispatcher.source import Loader, LoaderSource, Source, load_configured
 from plugins.dispatcher.statefile import StateWriter
 
@@ -53,6 +59,7 @@ if TYPE_CHECKING:
     from b2bua.api import CallInfo, EndCause, Failure, Host
     from b2bua.config import Config
     from b2bua.rpc import RpcRegistry
+    from b2bua.stats import StatsRegistry
 
 # names that lived here before the split, kept for plugins and tests that import them from here
 __all__ = [
@@ -67,6 +74,10 @@ __all__ = [
     "load_configured",
     "make_target",
 ]
+
+
+#: the destination of a call's last failed attempt, until the next attempt (a failover) starts
+FAILED_AT: StashKey[DestKey] = StashKey("dispatcher.failed_at")
 
 
 def seed_latency(dest: Destination) -> Any:
@@ -96,6 +107,9 @@ class DispatcherPlugin:
         self._state_path: Path | None = None
         self.prober: Prober | None = None
         self.state = self._make_state()
+        #: per-destination counters and drains, kept by key across reloads (``self.state`` changes)
+        self.counters = DispatcherCounters(lambda key: self.state.runtime(key) is not None)
+        self.drains = DrainWatch()
         self.admin_state = AdminState()
         self.reloader = self._make_reloader(None)
         self._dns: DnsRefresher | None = None
@@ -162,6 +176,10 @@ class DispatcherPlugin:
         DispatcherRpc(self).register(registry)
 
     @hookimpl
+    def b2bua_register_stats(self, registry: StatsRegistry) -> None:
+        registry.add(self.statistics())
+
+    @hookimpl
     def b2bua_cli_commands(self, subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         add_dispatcher_commands(subparsers)
 
@@ -169,23 +187,45 @@ class DispatcherPlugin:
 
     @hookimpl(trylast=True)  # a user's router is asked first (docs/hooks.md "Call order")
     def b2bua_route_call(self, call: CallInfo) -> RoutePlan | Reject:
-        return plan_call(self.config, self.state, call, self._rng)
+        plan = plan_call(self.config, self.state, call, self._rng)
+        if isinstance(plan, RoutePlan):
+            self.counters.selected(call.stash[ROUTE].keys[0])
+        return plan
 
     @hookimpl
     def b2bua_leg_started(self, call: CallInfo, target: Target) -> None:
         key = dest_key_of(target)
         if key is not None:
             self.state.load_add(call.id, key)
+            self.counters.attempt(key)
+        failed_at = call.stash.get(FAILED_AT)
+        if failed_at is not None:  # the call fails over from there to this target
+            del call.stash[FAILED_AT]
+            self.counters.failover(failed_at)
 
     @hookimpl
     def b2bua_leg_failed(self, call: CallInfo, failure: Failure) -> None:
         key = dest_key_of(failure.target)
+        if key is None:
+            return
+        self.state.load_release(call.id, key)
+        self.counters.failed(key, failure.kind.value, failure.code)
+        if failure.kind is not FailureKind.CANCELLED:
+            call.stash[FAILED_AT] = key
+        if self.drains.pending:
+            self.drains.check(self.state)
+
+    @hookimpl
+    def b2bua_call_answered(self, call: CallInfo, target: Target) -> None:
+        key = dest_key_of(target)
         if key is not None:
-            self.state.load_release(call.id, key)
+            self.counters.answered(key)
 
     @hookimpl
     def b2bua_call_ended(self, call: CallInfo, cause: EndCause, answered: Target | None) -> None:
         self.state.release_call(call.id)
+        if self.drains.pending:
+            self.drains.check(self.state)
 
     @hookimpl
     def dispatcher_mark(self, target: Target, state: str, reason: str) -> None:
@@ -217,6 +257,10 @@ class DispatcherPlugin:
         """Wait for pending state-file writes; False on timeout."""
         return self.admin_state.flush(timeout)
 
+    def statistics(self) -> DispatcherStats:
+        """The ``dispatcher`` statistics group over the current state."""
+        return DispatcherStats(self.state, self.counters, self.drains)
+
     # -- internals -------------------------------------------------------------------------
 
     def _make_state(self) -> DispatcherState:
@@ -236,9 +280,15 @@ class DispatcherPlugin:
             source=source,
             keep_state=self.config.keep_state_on_reload,
             disabled=lambda: self.admin_state.disabled,
-            after_install=lambda: self.admin_state.apply(self.state),
+            after_install=self._after_install,
             heap=self._heap,
+            on_finished=lambda reason, error: self.counters.reload_done(reason, error is None),
         )
+
+    def _after_install(self) -> None:
+        self.admin_state.apply(self.state)
+        self.counters.prune()  # destinations gone from the list take their counters along
+        self.drains.check(self.state)
 
     def _make_prober(self, app: Host) -> Prober:
         cfg = self.config
@@ -257,8 +307,11 @@ class DispatcherPlugin:
             latency_stats=cfg.ping_latency_stats,
             alpha_per_mille=cfg.latency_estimator_alpha,
             active=cfg.ping_active,
+            counters=self.counters,
         )
 
     def _on_change(self, dest: Destination, old: int | None, new: int, reason: str) -> None:
+        if old is not None and is_usable(old) != is_usable(new):
+            self.counters.state_changed(dest.key)
         if self.app is not None:
             self.app.hook.dispatcher_dst_state_changed(dest=dest, old=old, new=new, reason=reason)

@@ -13,7 +13,7 @@ tested with a stand-in and never imports pjsua2.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from b2bua.api import ProbeResult, TimerHandle
 from plugins.dispatcher import health
@@ -21,6 +21,9 @@ from plugins.dispatcher.latency import LatencyStats, add_timeout, update
 from plugins.dispatcher.model import DestFlags, Destination
 from plugins.dispatcher.replycodes import ReplyCodes
 from plugins.dispatcher.runtime import DestKey, DispatcherState
+
+if TYPE_CHECKING:
+    from plugins.dispatcher.counters import DispatcherCounters
 
 #: the smallest gap between two batches of keepalives of one round (seconds)
 BATCH_GAP = 0.010
@@ -55,8 +58,10 @@ class Prober:
         latency_stats: bool = False,
         alpha_per_mille: int = 100,
         active: bool = True,
+        counters: DispatcherCounters | None = None,
     ) -> None:
         self.state = state
+        self.counters = counters  #: keepalives sent and failed, round-trip times
         self._send = send
         self._call_later = call_later
         self.interval = interval
@@ -128,6 +133,8 @@ class Prober:
             return False
         self.outstanding.add(key)
         self.sent += 1
+        if self.counters is not None:
+            self.counters.keepalive_sent(key)
         self._send(
             self.method,
             dest.uri,
@@ -144,6 +151,8 @@ class Prober:
         if rt is None:
             return  # removed by a reload meanwhile
         ok = self.reply_codes.accepts(result.code)
+        if self.counters is not None:
+            self.counters.keepalive_done(key, ok, None if result.local else result.latency)
         flags, count = health.apply_probe(
             rt.flags,
             rt.probe_count,
