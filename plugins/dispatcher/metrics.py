@@ -1,10 +1,12 @@
 """The dispatcher's statistics group (``dispatcher``): metric families, totals, ``dispatcher.stats``.
 
 Everything here reads on the loop thread. A scrape or a ``dispatcher.stats`` takes the
-destinations of one snapshot (:meth:`DispatcherState.listing_source`, O(1)) and walks them as
-a loop task, :data:`STEP` entries per slice: a reload that swaps the list meanwhile does not
-change which destinations are reported, and the counters of those that stay are the same
-objects in both generations, so no number goes back. Names, labels and queries:
+destinations of one snapshot (:meth:`DispatcherState.listing_source`, O(1)) and a shallow copy
+of the counters' index (a C-level dict copy: about a millisecond per 50,000 entries), then
+walks them as a loop task, :data:`STEP` entries per slice: a reload that swaps the list
+meanwhile changes neither which destinations are reported nor whose counters are read (those
+that stay are the same objects in both generations; those that go keep the values they had),
+so no number goes back. Names, labels and queries:
 ``docs/metrics.md``.
 """
 
@@ -116,7 +118,8 @@ class DispatcherStats:
 
     def _entries(self, source: ListingSource, setid: int | None = None
                  ) -> Iterator[tuple[Destination, DestRuntime | None, DestCounters | None]]:
-        runtime, counters = source.runtime, self.counters.by_key
+        # copied now, before the first slice: a reload's prune must not change whose counters are read
+        runtime, counters = source.runtime, dict(self.counters.by_key)
         for sid in sorted(source.snapshot.sets):
             if setid is not None and sid != setid:
                 continue
