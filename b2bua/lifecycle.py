@@ -86,7 +86,7 @@ class Lifecycle:
         from b2bua.control import ControlServer
         from b2bua.core_rpc import register_core_methods, register_drain_methods, register_stats_methods
         from b2bua.health import health_routes
-        from b2bua.metrics import loop_scrape, make_registry, metrics_routes
+        from b2bua.metrics import exposition_steps, loop_scrape, metrics_routes, process_registry
 
         app = self.app
         app.hooks.register_stats(app.stats_registry)
@@ -96,8 +96,9 @@ class Lifecycle:
         app.hooks.register_rpc(app.registry)
         ctl = app.config.control
         if ctl.socket or ctl.http:
-            scrape = loop_scrape(app.run_on_loop, lambda: app.run_task(app.stats_registry.collect_steps()))
-            routes = [*health_routes(app.health, app.run_on_loop), *metrics_routes(make_registry(scrape))]
+            scrape = loop_scrape(app.run_on_loop,
+                                 lambda: app.run_task(exposition_steps(app.stats_registry.collect_steps())))
+            routes = [*health_routes(app.health, app.run_on_loop), *metrics_routes(scrape, process_registry())]
             self._control = ControlServer(app.registry, app.run_on_loop, ctl, app.config.base_dir, routes=routes)
             self._control.start()
 

@@ -1,88 +1,111 @@
-"""Prometheus ``/metrics``: the statistics (:mod:`b2bua.stats`) read at scrape time.
+"""Prometheus ``/metrics``: the statistics (:mod:`b2bua.stats`) read and encoded at scrape time.
 
 No metric object is touched on the call path: the counters are plain numbers on the loop
-thread, and :class:`StatsCollector` (a ``prometheus_client`` custom collector) asks the loop
-for a copy of every group's families when Prometheus scrapes, as one loop task
-(:meth:`b2bua.stats.StatsRegistry.collect_steps`: a large destination list is copied a slice at
-a time between calls). Each group copies what it reads from one consistent state (the
-dispatcher: one generation of its destinations, so a scrape during a reload sees the list
-before it or after it, never a mix). Then the families are converted and encoded here, on the
-listener's thread. ``prometheus_client``'s process and platform collectors add CPU, memory,
-open files and the Python version. Names, labels and example queries: ``docs/metrics.md``.
+thread. A scrape is one loop task (:func:`exposition_steps`): every group copies its numbers
+(:meth:`b2bua.stats.StatsRegistry.collect_steps`; the dispatcher from one generation of its
+destinations, so a scrape during a reload sees the list before it or after it, never a mix),
+then the families are written in Prometheus' text format (0.0.4), :data:`ENCODE_STEP` samples
+per slice between calls.
+
+Why on the loop, in slices, and not in ``prometheus_client``'s ``generate_latest`` on the
+listener's thread: encoding is Python computing (about 10 µs a sample through
+``prometheus_client``; a destination has about 30 series), and a thread computing beside the
+loop takes the GIL from it at every pjsua2 call (``docs/internals.md``, Threads), stalling
+calls for the whole scrape. ``bench/stats.py`` measures both parts. ``prometheus_client``
+provides the process and platform collectors (CPU seconds, resident memory, open files, start
+time, Python), encoded by its own ``generate_latest`` (a few dozen samples), and the number
+formatting. Names, labels and example queries: ``docs/metrics.md``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
-from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
-from prometheus_client.exposition import choose_encoder
+from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.utils import floatToGoString
 
 from b2bua.control_routes import Access, HttpRequest, HttpResponse, Route, json_response
+from b2bua.loop import Task
 from b2bua.stats import Family, HistogramValue
 
-#: seconds a scrape waits for the loop thread to copy the statistics
+#: seconds a scrape waits for the loop thread to copy and encode the statistics
 SCRAPE_TIMEOUT = 10.0
+#: samples encoded per loop slice (about 1 ms)
+ENCODE_STEP = 250
 
 
 class ScrapeFailed(Exception):
     """The loop did not hand over the statistics in time."""
 
 
-def to_prometheus(family: Family) -> Metric:
-    """One :class:`~b2bua.stats.Family` as a ``prometheus_client`` metric family."""
-    labels = list(family.labels)
-    metric: Metric
-    if family.kind == "counter":
-        metric = CounterMetricFamily(family.name, family.help, labels=labels)
-        for values, value in family.samples:
-            metric.add_metric(list(values), value)
-    elif family.kind == "gauge":
-        metric = GaugeMetricFamily(family.name, family.help, labels=labels)
-        for values, value in family.samples:
-            metric.add_metric(list(values), value)
-    else:
-        metric = HistogramMetricFamily(family.name, family.help, labels=labels)
-        for values, hist in family.samples:
-            assert isinstance(hist, HistogramValue)
-            buckets: list[tuple[str, float]] = [(_bound(le), n) for le, n in hist.buckets]
-            buckets.append(("+Inf", hist.count))
-            metric.add_metric(list(values), buckets, hist.sum)
-    return metric
+def _escape_label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
-def _bound(value: float) -> str:
-    return repr(float(value))
+def _escape_help(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\n", "\\n")
 
 
-class StatsCollector:
-    """A ``prometheus_client`` collector over ``scrape()``, which returns the families."""
+def _labels(names: tuple[str, ...], values: tuple[str, ...], extra: str = "") -> str:
+    pairs = [f'{n}="{_escape_label(v)}"' for n, v in zip(names, values, strict=True)]
+    if extra:
+        pairs.append(extra)
+    return "{" + ",".join(pairs) + "}" if pairs else ""
 
-    def __init__(self, scrape: Callable[[], list[Family]]) -> None:
-        self._scrape = scrape
 
-    def describe(self) -> list[Metric]:
-        return []  # nothing to collect at registration: the loop may not run yet
+def encode_family(family: Family) -> list[str]:
+    """One family in the text format: its HELP and TYPE lines, then one line per sample."""
+    name = family.name
+    lines = [f"# HELP {name} {_escape_help(family.help)}\n", f"# TYPE {name} {family.kind}\n"]
+    for values, value in family.samples:
+        if isinstance(value, HistogramValue):
+            for bound, count in (*value.buckets, (float("inf"), value.count)):
+                le = f'le="{floatToGoString(bound)}"'
+                lines.append(f"{name}_bucket{_labels(family.labels, values, le)} {floatToGoString(count)}\n")
+            lines.append(f"{name}_count{_labels(family.labels, values)} {floatToGoString(value.count)}\n")
+            lines.append(f"{name}_sum{_labels(family.labels, values)} {floatToGoString(value.sum)}\n")
+        else:
+            lines.append(f"{name}{_labels(family.labels, values)} {floatToGoString(value)}\n")
+    return lines
 
-    def collect(self) -> Iterator[Metric]:
-        for family in self._scrape():
-            yield to_prometheus(family)
+
+def exposition_steps(families: Task[list[Family]], step: int = ENCODE_STEP) -> Task[bytes]:
+    """The families ``families`` returns, in the text format, as a loop task."""
+    collected = yield from families
+    out: list[str] = []
+    done = 0
+    for family in collected:
+        if len(family.samples) <= step:
+            out.extend(encode_family(family))
+            done += len(family.samples)
+        else:  # a large family (per destination) is written a slice at a time
+            out.extend(encode_family(Family(family.name, family.kind, family.help, family.labels, ())))
+            for start in range(0, len(family.samples), step):
+                part = Family(family.name, family.kind, family.help, family.labels,
+                              family.samples[start:start + step])
+                out.extend(encode_family(part)[2:])
+                done += len(part.samples)
+                yield None
+        if done >= step:
+            done = 0
+            yield None
+    return "".join(out).encode("utf-8")
 
 
 def loop_scrape(run_on_loop: Callable[[Callable[[], Any], float], Any],
-                start_task: Callable[[], Future[list[Family]]],
-                timeout: float = SCRAPE_TIMEOUT) -> Callable[[], list[Family]]:
+                start_task: Callable[[], Future[bytes]],
+                timeout: float = SCRAPE_TIMEOUT) -> Callable[[], bytes]:
     """A ``scrape()`` that starts ``start_task()`` on the loop thread and waits for its result.
 
     :raises ScrapeFailed: the loop did not take the request, or finish it, within ``timeout``.
     """
 
-    def scrape() -> list[Family]:
+    def scrape() -> bytes:
         try:
-            future: Future[list[Family]] = run_on_loop(start_task, timeout)
+            future: Future[bytes] = run_on_loop(start_task, timeout)
             return future.result(timeout)
         except TimeoutError:
             raise ScrapeFailed(f"the loop thread did not hand over the statistics within {timeout:g}s") from None
@@ -90,32 +113,25 @@ def loop_scrape(run_on_loop: Callable[[Callable[[], Any], float], Any],
     return scrape
 
 
-def make_registry(scrape: Callable[[], list[Family]], *, process: bool = True) -> CollectorRegistry:
-    """A registry with the statistics and (``process``) prometheus_client's process and
-    platform collectors (CPU seconds, resident memory, open files, start time, Python)."""
+def process_registry() -> CollectorRegistry:
+    """prometheus_client's process and platform collectors (CPU seconds, resident memory, open
+    files, start time, Python version), in a registry of their own."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(StatsCollector(scrape))
-    if process:
-        ProcessCollector(registry=registry)
-        PlatformCollector(registry=registry)
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
     return registry
 
 
-def render(registry: CollectorRegistry, accept: str | None) -> tuple[bytes, str]:
-    """The exposition of ``registry`` in the format ``accept`` asks for (Prometheus text 0.0.4,
-    or OpenMetrics); its body and content type."""
-    encoder, content_type = choose_encoder(accept or "")
-    return encoder(registry), content_type
-
-
-def metrics_routes(registry: CollectorRegistry) -> list[Route]:
+def metrics_routes(scrape: Callable[[], bytes], process: CollectorRegistry | None = None) -> list[Route]:
     """``GET /metrics`` (access READ: ``[control] read_token`` or ``token`` when either is set)."""
 
     def metrics(request: HttpRequest) -> HttpResponse:
         try:
-            body, content_type = render(registry, request.headers.get("accept"))
+            body = scrape()
         except ScrapeFailed as exc:
             return json_response(503, {"error": str(exc)})
-        return HttpResponse(200, body, content_type, (("Cache-Control", "no-store"),))
+        if process is not None:
+            body += generate_latest(process)
+        return HttpResponse(200, body, CONTENT_TYPE_PLAIN_0_0_4, (("Cache-Control", "no-store"),))
 
-    return [Route("/metrics", metrics, Access.READ, "Prometheus metrics (docs/metrics.md)")]
+    return [Route("/metrics", metrics, Access.READ, "Prometheus metrics, text format 0.0.4 (docs/metrics.md)")]

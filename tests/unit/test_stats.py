@@ -14,7 +14,7 @@ from b2bua import PROJECT, hookspecs
 from b2bua.api import CallInfo, EndCause, Target
 from b2bua.control_routes import HttpRequest
 from b2bua.loop import run_task_now
-from b2bua.metrics import ScrapeFailed, loop_scrape, make_registry, metrics_routes, render
+from b2bua.metrics import ScrapeFailed, exposition_steps, loop_scrape, metrics_routes, process_registry
 from b2bua.stats import (
     CoreStats,
     Family,
@@ -116,49 +116,77 @@ def test_registry_collects_every_group_and_refuses_a_second_of_a_name() -> None:
         registry.get("c")
 
 
-def scrape_of(families: list[Family]) -> Callable[[], list[Family]]:
-    return lambda: families
+def families_task(families: list[Family]) -> Any:
+    return families
+    yield
+
+
+def encoded(families: list[Family], step: int = 500) -> str:
+    return run_task_now(exposition_steps(families_task(families), step)).decode()
 
 
 def parsed(text: str) -> dict[str, Any]:
     return {f.name: f for f in text_string_to_metric_families(text)}
 
 
-def test_exposition_of_counters_gauges_and_histograms() -> None:
+def test_exposition_of_counters_gauges_and_histograms_parses_back() -> None:
     hist = Histogram((0.01, 0.1))
     for v in (0.004, 0.02, 0.3):
         hist.observe(v)
     families = [
         *core_families(snapshot()),
-        Family("b2bua_x_rtt_seconds", "histogram", "RTT.", ("set", "uri"), [(("1", 'sip:"gw"\n'), hist.value())]),
+        Family("b2bua_x_rtt_seconds", "histogram", "RTT.\nin \\ seconds.", ("set", "uri"),
+               [(("1", 'sip:"gw"\n\\x'), hist.value())]),
     ]
-    body, content_type = render(make_registry(scrape_of(families), process=False), None)
-    assert content_type.startswith("text/plain; version=0.0.4")
-    metrics = parsed(body.decode())
+    metrics = parsed(encoded(families))
     refused = {s.labels["reason"]: s.value for s in metrics["b2bua_calls_refused"].samples}
     assert refused == {"draining": 2, "untrusted": 4}
+    assert metrics["b2bua_calls_refused"].type == "counter"
     assert [s.value for s in metrics["b2bua_calls_received"].samples] == [10]
+    assert metrics["b2bua_admitted_share"].type == "gauge"
     rtt = {(s.name, s.labels.get("le")): s.value for s in metrics["b2bua_x_rtt_seconds"].samples}
     assert rtt[("b2bua_x_rtt_seconds_bucket", "0.01")] == 1
+    assert rtt[("b2bua_x_rtt_seconds_bucket", "0.1")] == 2
     assert rtt[("b2bua_x_rtt_seconds_bucket", "+Inf")] == 3
     assert rtt[("b2bua_x_rtt_seconds_count", None)] == 3
-    # a label value with a quote and a line break is escaped, not a broken exposition
-    assert metrics["b2bua_x_rtt_seconds"].samples[0].labels["uri"] == 'sip:"gw"\n'
+    assert rtt[("b2bua_x_rtt_seconds_sum", None)] == pytest.approx(0.324)
+    # a label value with a quote, a backslash and a line break is escaped, not a broken exposition
+    assert metrics["b2bua_x_rtt_seconds"].samples[0].labels["uri"] == 'sip:"gw"\n\\x'
+    assert metrics["b2bua_x_rtt_seconds"].documentation == "RTT.\nin \\ seconds."
 
 
-def test_openmetrics_when_asked() -> None:
-    registry = make_registry(scrape_of(core_families(snapshot())), process=False)
-    body, content_type = render(registry, "application/openmetrics-text; version=1.0.0")
-    assert content_type.startswith("application/openmetrics-text")
-    assert body.endswith(b"# EOF\n")
+def test_the_same_text_whatever_the_slices_and_a_large_family_is_sliced() -> None:
+    big = Family("b2bua_big_total", "counter", "Many.", ("n",), [((str(i),), i) for i in range(1200)])
+    families = [*core_families(snapshot()), big]
+    steps = exposition_steps(families_task(families), step=100)
+    slices = 0
+    try:
+        while True:
+            next(steps)
+            slices += 1
+    except StopIteration as stop:
+        text = stop.value.decode()
+    assert slices >= 12  # the 1200 samples were written 100 per loop pass
+    assert text == encoded(families, step=10_000)
+    assert text.count("# TYPE b2bua_big_total counter") == 1
+    assert len(parsed(text)["b2bua_big"].samples) == 1200
+
+
+def test_metrics_route_adds_the_process_collectors() -> None:
+    route = metrics_routes(lambda: encoded(core_families(snapshot())).encode(), process_registry())[0]
+    response = route.handler(HttpRequest("GET", "/metrics"))
+    assert response.status == 200 and response.content_type.startswith("text/plain; version=0.0.4")
+    metrics = parsed(response.body.decode())
+    assert metrics["process_resident_memory_bytes"].samples[0].value > 0
+    assert "b2bua_calls_received" in metrics and "python_info" in metrics
 
 
 def test_a_scrape_the_loop_does_not_take_is_a_503() -> None:
     def stuck(fn: Callable[[], Any], timeout: float) -> Any:
         raise TimeoutError
 
-    route = metrics_routes(make_registry(loop_scrape(stuck, lambda: None, timeout=0.1), process=False))[0]
+    route = metrics_routes(loop_scrape(stuck, lambda: None, timeout=0.1))[0]  # type: ignore[arg-type,return-value]
     response = route.handler(HttpRequest("GET", "/metrics"))
     assert response.status == 503 and b"did not hand over" in response.body
     with pytest.raises(ScrapeFailed):
-        loop_scrape(stuck, lambda: None, timeout=0.1)()
+        loop_scrape(stuck, lambda: None, timeout=0.1)()  # type: ignore[arg-type,return-value]
