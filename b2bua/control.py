@@ -706,7 +706,8 @@ class _HttpHandler(http.server.BaseHTTPRequestHandler):
             self.close_connection = True  # displaced meanwhile
             return
         self._phase = "answer"
-        request = HttpRequest(self.command, parts.path, urllib.parse.parse_qs(parts.query),
+        query = {name: tuple(values) for name, values in urllib.parse.parse_qs(parts.query).items()}
+        request = HttpRequest(self.command, parts.path, query,
                               {name.lower(): value for name, value in reversed(self.headers.items())}, self.source)
         try:
             response = route.handler(request)

@@ -90,7 +90,7 @@ def run_drain(args: argparse.Namespace) -> int:
         return result
 
     result, failed = _call(args, steps)
-    if failed:
+    if result is None:
         return failed
     if args.json:
         sys.stdout.write(json.dumps(result, indent=2) + "\n")
@@ -106,7 +106,7 @@ def run_undrain(args: argparse.Namespace) -> int:
         return client.call("dispatcher.undrain", list(args.destination), timeout=args.timeout)
 
     result, failed = _call(args, steps)
-    if failed:
+    if result is None:
         return failed
     if args.json:
         sys.stdout.write(json.dumps(result, indent=2) + "\n")

@@ -13,19 +13,19 @@ listener's thread: encoding is Python computing (about 10 µs a sample through
 loop takes the GIL from it at every pjsua2 call (``docs/internals.md``, Threads), stalling
 calls for the whole scrape. ``bench/stats.py`` measures both parts. ``prometheus_client``
 provides the process and platform collectors (CPU seconds, resident memory, open files, start
-time, Python), encoded by its own ``generate_latest`` (a few dozen samples), and the number
-formatting. Names, labels and example queries: ``docs/metrics.md``.
+time, Python), encoded by its own ``generate_latest`` (a few dozen samples). Names, labels and
+example queries: ``docs/metrics.md``.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
-from prometheus_client.utils import floatToGoString
 
 from b2bua.control_routes import Access, HttpRequest, HttpResponse, Route, json_response
 from b2bua.loop import Task
@@ -39,6 +39,14 @@ ENCODE_STEP = 250
 
 class ScrapeFailed(Exception):
     """The loop did not hand over the statistics in time."""
+
+
+def _number(value: float) -> str:
+    """A sample value as the text format writes it (Go's ``+Inf``, ``-Inf``, ``NaN``)."""
+    number = float(value)
+    if math.isinf(number):
+        return "+Inf" if number > 0 else "-Inf"
+    return "NaN" if math.isnan(number) else repr(number)
 
 
 def _escape_label(value: str) -> str:
@@ -63,12 +71,12 @@ def encode_family(family: Family) -> list[str]:
     for values, value in family.samples:
         if isinstance(value, HistogramValue):
             for bound, count in (*value.buckets, (float("inf"), value.count)):
-                le = f'le="{floatToGoString(bound)}"'
-                lines.append(f"{name}_bucket{_labels(family.labels, values, le)} {floatToGoString(count)}\n")
-            lines.append(f"{name}_count{_labels(family.labels, values)} {floatToGoString(value.count)}\n")
-            lines.append(f"{name}_sum{_labels(family.labels, values)} {floatToGoString(value.sum)}\n")
+                le = f'le="{_number(bound)}"'
+                lines.append(f"{name}_bucket{_labels(family.labels, values, le)} {_number(count)}\n")
+            lines.append(f"{name}_count{_labels(family.labels, values)} {_number(value.count)}\n")
+            lines.append(f"{name}_sum{_labels(family.labels, values)} {_number(value.sum)}\n")
         else:
-            lines.append(f"{name}{_labels(family.labels, values)} {floatToGoString(value)}\n")
+            lines.append(f"{name}{_labels(family.labels, values)} {_number(value)}\n")
     return lines
 
 
