@@ -306,6 +306,8 @@ class DispatcherRpc:
         self.plugin.state.set_state(group, "all" if len(targets) > 1 else targets[0].uri, letters,
                                     reason=f"set_state {letters}")
         self.plugin.admin_state.note(targets, letters)
+        if not letters.startswith(("d", "2")):  # back in service: no drain waits for it any more
+            self.plugin.drains.stop(d.key for d in targets)
         return STATE_UPDATED
 
     def set_duid_state(self, state: str, setid: int, duid: str) -> str:
@@ -365,12 +367,16 @@ class DispatcherRpc:
         if dest is None or not self.plugin.state.remove(group, dest.uri):
             raise RpcError(f"Removing dispatcher dst failed: set {group} has no destination {address}", FAULT)
         self.plugin.admin_state.forget(group, dest.uri)
+        self.plugin.counters.forget([dest.key])
+        self.plugin.drains.stop([dest.key])
         return REMOVED
 
     def stats(self, setid: int | None = None, uri: str | None = None) -> dict[str, Any]:
         """``dispatcher.stats [setid [uri]]`` (control thread; built on the loop a slice at a time)."""
         group = int_param("setid", setid, 0, INT_MAX) if setid is not None else None
         address = str_param("uri", uri).strip() if uri is not None else None
+        if address is not None and group is None:
+            raise RpcError("Invalid Parameters: a uri needs its setid", INVALID_PARAMS)
         plugin = self.plugin
 
         def start() -> Future[dict[str, Any]]:
@@ -396,6 +402,8 @@ class DispatcherRpc:
         """``dispatcher.stats_reset [setid [uri]]`` (loop thread)."""
         counters = self.plugin.counters
         if setid is None:
+            if uri is not None:
+                raise RpcError("Invalid Parameters: a uri needs its setid", INVALID_PARAMS)
             return {"reset": counters.reset()}
         group = int_param("setid", setid, 0, INT_MAX)
         dset = self.plugin.state.snapshot.sets.get(group)

@@ -21,7 +21,7 @@ from plugins.dispatcher.probing import Prober
 from plugins.dispatcher.runtime import DispatcherState
 from plugins.dispatcher.source import load_configured
 
-from .test_rpc import GW1, GW2, Harness
+from .test_rpc import GW1, GW2, Fault, Harness
 
 #: a serial set: GW2 (priority 5) first, GW1 second
 SERIAL = f"""1 {GW1} 0 0
@@ -120,6 +120,10 @@ def test_reset_by_entry_by_set_and_all(h: Harness) -> None:
     assert h.fault("dispatcher.stats_reset", 9).code == 500
     assert h.fault("dispatcher.stats_reset", 1, "sip:nowhere").code == 500
     assert h.fault("dispatcher.stats", 9).code == 500
+    for method in ("dispatcher.stats", "dispatcher.stats_reset"):  # a uri alone would mean every destination
+        with pytest.raises(Fault) as err:
+            h.rpc(method, named={"uri": GW1})
+        assert err.value.code == -32602
     assert [s["setid"] for s in h.rpc("dispatcher.stats", 1)["sets"]] == [1]
     only = h.rpc("dispatcher.stats", 1, GW1.upper().replace("SIP:", "sip:"))["sets"][0]["destinations"]
     assert [d["uri"] for d in only] == [GW1]
@@ -150,6 +154,15 @@ def test_draining_a_destination_waits_for_its_calls(h: Harness, tmp_path: Path) 
         assert [t.uri for t in route(h, new_call(3)).targets] == [GW2, GW1]
         assert h.fault("dispatcher.drain", 1, "sip:nowhere").code == 500
         assert h.fault("dispatcher.drain", 1, GW2, -5).code == -32602
+        # a drain ended by set_state (not undrain), or by removing the entry, stops the watch
+        call4 = new_call(4)
+        target = route(h, call4).targets[0]
+        hook.b2bua_leg_started(call=call4, target=target)
+        assert h.rpc("dispatcher.drain", 1, target.uri)["drained"] is False
+        h.rpc("dispatcher.set_state", "a", 1, target.uri)
+        assert h.flags(1, target.uri)["RUNTIME"] == {"DLGLOAD": 1}
+        hook.b2bua_call_ended(call=call4, cause=EndCause.CALLER_HANGUP, answered=None)
+        assert sum(f"{target.uri} drained: its last call" in line for line in lines) == 1  # the first drain's
     finally:
         logger.remove(sink)
 
