@@ -723,9 +723,13 @@ class _HttpHandler(http.server.BaseHTTPRequestHandler):
         self._send(response.status, response.body, headers=headers, content_type=response.content_type)
 
     def _method_not_allowed(self) -> None:
-        allow = "GET, HEAD, POST" if self.server.routes.find(urllib.parse.urlsplit(self.path).path) else "POST"
+        path = urllib.parse.urlsplit(self.path).path
+        methods = ["GET", "HEAD"] if self.server.routes.find(path) else []
+        if path in self.PATHS or not methods:
+            methods.append("POST")
+        allow = ", ".join(methods)
         self._refuse(HTTPStatus.METHOD_NOT_ALLOWED, INVALID_REQUEST,
-                     f"Method not allowed: {self.command}; use POST", kind="method", headers={"Allow": allow})
+                     f"Method not allowed: {self.command}; use {allow}", kind="method", headers={"Allow": allow})
 
 
 # -- The server ----------------------------------------------------------------------------------

@@ -108,9 +108,11 @@ def test_prefix_routes_and_unknown_paths(make_server: ServerFactory) -> None:
             answer += chunk
     assert answer.startswith(b"HTTP/1.1 404 ")
     assert json.loads(answer.partition(b"\r\n\r\n")[2]) == {"error": "Not found: /nothing?[31m"}
-    # GET of the JSON-RPC path: still 405, POST is the way there
+    # GET of the JSON-RPC path: still 405, POST is the way there; a route takes no POST or PUT
     status, headers, _ = get(server, "/rpc")
     assert (status, headers["Allow"]) == (405, "POST")
+    status, headers, _ = get(server, "/open", method="PUT")
+    assert (status, headers["Allow"]) == (405, "GET, HEAD")
 
 
 @pytest.mark.parametrize(("path", "authorization", "status"), [
