@@ -249,7 +249,7 @@ def register_drain_methods(registry: RpcRegistry, app: DrainApp, run_on_loop: Ru
 # -- statistics ---------------------------------------------------------------------------------
 
 
-def register_stats_methods(registry: RpcRegistry, stats: StatsRegistry, run_on_loop: RunOnLoop) -> None:
+def register_stats_methods(registry: RpcRegistry, stats: StatsRegistry) -> None:
     """Add ``core.stats`` and Kamailio's ``stats.get_statistics``, ``stats.reset_statistics``
     and ``stats.clear_statistics`` over the groups of ``stats`` (all on the loop thread)."""
 

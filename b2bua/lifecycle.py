@@ -91,7 +91,7 @@ class Lifecycle:
         app = self.app
         app.hooks.register_stats(app.stats_registry)
         register_core_methods(app.registry, app)
-        register_stats_methods(app.registry, app.stats_registry, app.run_on_loop)
+        register_stats_methods(app.registry, app.stats_registry)
         register_drain_methods(app.registry, app, app.run_on_loop)
         app.hooks.register_rpc(app.registry)
         ctl = app.config.control

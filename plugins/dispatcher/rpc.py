@@ -423,18 +423,18 @@ class DispatcherRpc:
         seconds = seconds_param("wait", wait)
         plugin = self.plugin
 
-        def begin() -> list[DestKey]:
+        def begin() -> list[Destination]:
             targets = self._targets(group, address)
             plugin.state.set_state(group, "all" if len(targets) > 1 else targets[0].uri, "d", reason="drain")
             plugin.admin_state.note(targets, "d")
-            keys = [d.key for d in targets]
-            plugin.drains.start(plugin.state, keys)
-            return keys
+            plugin.drains.start(plugin.state, [d.key for d in targets])
+            return targets
 
-        keys = self._on_loop(begin)
+        targets = self._on_loop(begin)
+        keys = [d.key for d in targets]
         started = time.monotonic()
         calls = wait_until(lambda: int(self._on_loop(lambda: plugin.drains.calls(plugin.state, keys))), seconds)
-        return {"destinations": [key[1] for key in keys], "calls": calls, "drained": calls == 0,
+        return {"destinations": [d.uri for d in targets], "calls": calls, "drained": calls == 0,
                 "waited": round(time.monotonic() - started, 1)}
 
     def undrain(self, setid: int, uri: str) -> str:

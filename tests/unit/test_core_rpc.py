@@ -301,7 +301,7 @@ def test_kamailio_statistics_methods() -> None:
     stats.add(core)  # type: ignore[arg-type]
     stats.add(disp)  # type: ignore[arg-type]
     registry = RpcRegistry()
-    register_stats_methods(registry, stats, lambda fn, timeout: fn())
+    register_stats_methods(registry, stats)
     assert call(registry, "stats.get_statistics", "all") == [
         "core:calls_received = 4", "core:admitted_share = 0.5", "dispatcher:attempts = 7"]
     assert call(registry, "stats.get_statistics", "dispatcher:") == ["dispatcher:attempts = 7"]
