@@ -16,9 +16,14 @@ or transaction before pjsua sees it (see ``b2bua/rxfilter.py``), and again in
 5. inside a dialog (To tag) → let in (pjsip answers what matches no dialog);
 6. a scanner's User-Agent/From → dropped, an untrusted source blocked;
 7. an untrusted source → ``untrusted_code`` (403); an ACK is dropped;
-8. not an INVITE → let in; an INVITE: shutting down → 503; loop overloaded → 503; a share of
-   new calls under a receive backlog (credit counter, no randomness) → 503; over ``max_calls``
-   or out of call slots → ``capacity_code``; else let in.
+8. an OPTIONS while shutting down, drained by the operator or shedding load (loop overloaded,
+   or a share of new calls refused) → 503 + Retry-After: a Kamailio/OpenSIPS edge probing this
+   node with OPTIONS (its ``dispatcher``) takes it out of rotation. At ``max_calls`` an OPTIONS
+   is still answered 200: the node is healthy, and the edge fails a call over on its 503;
+9. not an INVITE → let in; an INVITE: shutting down → 503 Shutting Down; drained → 503
+   Draining; loop overloaded → 503; a share of new calls under a receive backlog (credit
+   counter, no randomness) → 503; over ``max_calls`` or out of call slots →
+   ``capacity_code``; else let in.
 
 No I/O, clock or randomness here; the caller passes the share credit in and keeps
 :attr:`Decision.credit` for the next call.
@@ -70,10 +75,13 @@ class Policy:
 class Load:
     """What the app reports about itself when a new call is decided.
 
-    ``share`` is the share of new calls admitted under a receive backlog (1.0: all);
-    ``free_slots`` counts pjsua call slots free for this call (its own A leg not taken yet).
+    ``stopping``: shutdown has begun; ``draining``: the operator drained the node
+    (``core.drain``); ``share`` is the share of new calls admitted under a receive backlog
+    (1.0: all); ``free_slots`` counts pjsua call slots free for this call (its own A leg not
+    taken yet).
     """
 
+    stopping: bool = False
     draining: bool = False
     overloaded: bool = False
     share: float = 1.0
@@ -151,13 +159,15 @@ def decide(f: Facts, p: Policy) -> Decision:
             return Decision(Verdict.DROP, Why.UNTRUSTED, credit=credit)
         return Decision(Verdict.REFUSE, Why.UNTRUSTED, p.untrusted_code, REASONS.get(p.untrusted_code, "Forbidden"),
                         credit=credit)
-    if f.method != "INVITE":
-        return Decision(Verdict.ACCEPT, credit=credit)
     load = f.load
-    if load.draining:
-        return Decision(Verdict.REFUSE, Why.DRAINING, 503, "Shutting Down", p.retry_after, credit=credit)
-    if load.overloaded:
-        return Decision(Verdict.REFUSE, Why.OVERLOAD, 503, "Overloaded", p.retry_after, credit=credit)
+    if f.method != "INVITE":
+        if f.method == "OPTIONS" and (load.stopping or load.draining or load.overloaded or load.share < 1.0):
+            why, reason = _unavailable(load)
+            return Decision(Verdict.REFUSE, why, 503, reason, p.retry_after, credit=credit)
+        return Decision(Verdict.ACCEPT, credit=credit)
+    if load.stopping or load.draining or load.overloaded:
+        why, reason = _unavailable(load)
+        return Decision(Verdict.REFUSE, why, 503, reason, p.retry_after, credit=credit)
     if load.share < 1.0:
         credit += load.share
         if credit < 1.0 - 1e-9:  # tenths do not add up to exactly 1.0 in floating point
@@ -167,6 +177,15 @@ def decide(f: Facts, p: Policy) -> Decision:
         return Decision(Verdict.REFUSE, Why.CAPACITY, p.capacity_code, "Too Many Calls", p.retry_after,
                         credit=credit)
     return Decision(Verdict.ACCEPT, credit=credit)
+
+
+def _unavailable(load: Load) -> tuple[Why, str]:
+    """Why the node takes no new work now, and the reason phrase that says so."""
+    if load.stopping:
+        return Why.DRAINING, "Shutting Down"
+    if load.draining:
+        return Why.DRAINING, "Draining"
+    return Why.OVERLOAD, "Overloaded"
 
 
 #: what a new call costs the loop, in requests refused or dropped by the early filter (about 1.25 ms

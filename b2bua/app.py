@@ -9,7 +9,10 @@ module:
 * the call core: :class:`b2bua.session.Session` per call, legs from :class:`b2bua.legpool.LegPool`;
 * start, serve loop and shutdown sequence: :class:`b2bua.lifecycle.Lifecycle`;
 * Host services for plugins (timers, thread hand-off, out-of-dialog requests);
-* ``core.calls``: :func:`b2bua.core_rpc.calls_report`.
+* ``core.calls``: :func:`b2bua.core_rpc.calls_report`;
+* statistics (:mod:`b2bua.stats`: the process's counters, the ``core`` group), the node's
+  state (:mod:`b2bua.health`) and the operator's drain (``core.drain``: new calls and
+  OPTIONS get 503, calls in progress finish).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from loguru import logger
 
 from b2bua import __version__
-from b2bua.admission import Decision, Load, Verdict, Why, shedding_helps
+from b2bua.admission import Decision, Load, Verdict, shedding_helps
 from b2bua.api import DEFAULT_OUTBOUND, CallInfo, EndCause, Outbound, ProbeResult, Reject
 from b2bua.backlog import AdmissionShare, ReceiveBacklog
 from b2bua.config import Config, SipConfig
@@ -31,13 +34,16 @@ from b2bua.endpoint import Endpoint
 from b2bua.events import CallLeg, Disconnected, LegEvent
 from b2bua.guard import Gate, register_security_methods
 from b2bua.headers import Passthrough
+from b2bua.health import Health, NodeState, node_state
 from b2bua.legpool import LegPool
 from b2bua.legs import leg_factory
 from b2bua.lifecycle import Lifecycle, StartupError
 from b2bua.loop import BlockingPool, Scheduler, Task, Timer
 from b2bua.plugins import Hooks, make_manager
 from b2bua.rpc import RpcRegistry
+from b2bua.sdnotify import SdNotifier
 from b2bua.session import Session
+from b2bua.stats import CoreStats, ProcessSnapshot, ProcessStats, StatsRegistry
 from b2bua.wire import Malformed, WireRequest, call_info, check_response, raw_call_id
 
 if TYPE_CHECKING:
@@ -83,8 +89,16 @@ class App:
         self.passthrough = Passthrough.compile(config.headers.to_gateway, config.headers.to_caller)
         self.sessions: dict[int, Session] = {}  #: calls in progress by CallInfo.id
         self.started_at = time.time()
+        #: the process's call counters; a host plugin for b2bua_call_answered
+        self.stats = ProcessStats()
+        self.pm.register(self.stats, name="b2bua.stats")
+        self.stats_registry = StatsRegistry()
+        self.stats_registry.add(CoreStats(self.process_snapshot, self.reset_stats))
+        #: systemd's notification socket (a no-op outside systemd)
+        self.notifier = SdNotifier.from_env()
         self._next_session = 0
-        self._draining = False
+        self._stopping = False
+        self._draining = False  #: the operator's drain (core.drain)
         self._overloaded_until = 0.0
         self._overload_logged = 0.0
         self._shed = 0  #: new calls answered 503 Overloaded since the last overload warning
@@ -148,10 +162,16 @@ class App:
         return self._config.sip
 
     def session_ended(self, session: Session) -> None:
-        self.sessions.pop(session.call.id, None)
+        if self.sessions.pop(session.call.id, None) is None:
+            return
+        self.stats.call_ended(session.cause, session.answered_target is not None)
+        if not self.sessions and self._draining and not self._stopping:
+            logger.info("drain: the last call ended; the node takes no new calls until core.undrain")
+            self.notifier.status("drained: no calls; new calls get 503 until core.undrain")
 
     def admit(self, call: CallInfo, a_leg: CallLeg) -> None:
         """Admission's one way into the call core: ``call`` gets a session, routed on the next pass."""
+        self.stats.received += 1
         session = Session(self, call, a_leg)
         self.sessions[call.id] = session
         session.log.debug("INVITE {} from {} ({})", call.request_uri, call.from_uri, call.source)
@@ -180,9 +200,71 @@ class App:
         Returns the exit code."""
         return Lifecycle(self).run()
 
-    def begin_draining(self) -> None:
-        """Shutdown has begun: new calls are refused (503 Shutting Down)."""
-        self._draining = True
+    def begin_stopping(self) -> None:
+        """Shutdown has begun: new calls and OPTIONS are refused (503 Shutting Down)."""
+        self._stopping = True
+
+    # -- the operator's drain, the node's state, statistics ---------------------------------------
+
+    def drain(self) -> int:
+        """``core.drain``: new calls and OPTIONS get 503 Draining from now on, calls in progress go
+        on. Returns how many there are (loop thread)."""
+        calls = len(self.sessions)
+        if not self._draining:
+            self._draining = True
+            logger.info("drain: new calls and OPTIONS get 503 from now on; {} call(s) in progress go on", calls)
+        self.notifier.status(f"draining: {calls} call(s) left; new calls get 503" if calls else
+                             "drained: no calls; new calls get 503 until core.undrain")
+        return calls
+
+    def undrain(self) -> bool:
+        """``core.undrain``: take new calls again; False when there was no drain (loop thread)."""
+        if not self._draining:
+            return False
+        self._draining = False
+        logger.info("undrain: new calls are taken again ({} call(s) in progress)", len(self.sessions))
+        self.notifier.status(self.ready_status())
+        return True
+
+    @property
+    def draining(self) -> bool:
+        """The operator's drain is on (not the shutdown's)."""
+        return self._draining
+
+    @property
+    def overloaded(self) -> bool:
+        """New calls are shed for overload now (a late loop, or a share under a receive backlog)."""
+        late = bool(self._overloaded_until) and time.monotonic() < self._overloaded_until
+        return late or self._admission.share < 1.0
+
+    def state(self) -> NodeState:
+        return node_state(stopping=self._stopping, draining=self._draining, overloaded=self.overloaded)
+
+    def health(self) -> Health:
+        """``/health``'s report (loop thread)."""
+        return Health(self.state(), len(self.sessions), self._config.sip.max_calls)
+
+    def ready_status(self) -> str:
+        """systemd's STATUS= line while the node takes calls."""
+        return f"listening on {', '.join(self.endpoint.listeners)}"
+
+    def process_snapshot(self) -> ProcessSnapshot:
+        """The ``core`` statistics group's numbers, read at once (loop thread)."""
+        stats, gate = self.stats, self.gate
+        return ProcessSnapshot(
+            version=self.version, state=self.state().value, since=stats.since, received=stats.received,
+            answered=stats.answered, failed=stats.failed, cancelled=stats.cancelled, ended=dict(stats.ended),
+            refused_calls={why.value: n for why, n in gate.refused_calls.items()},
+            refused_requests={why.value: n for why, n in gate.refused_requests.items()},
+            reload_signals=stats.reload_signals, active_calls=len(self.sessions), legs_in_use=self.legs.in_use,
+            call_slots=self.legs.slots, max_calls=self._config.sip.max_calls, draining=self._draining,
+            stopping=self._stopping, overloaded=self.overloaded, admitted_share=self._admission.share,
+        )
+
+    def reset_stats(self) -> None:
+        """Zero the process's counters (``stats.reset_statistics core``)."""
+        self.stats.reset()
+        self.gate.reset_counts()
 
     # -- incoming requests ------------------------------------------------------------------------
 
@@ -191,6 +273,7 @@ class App:
         sip_cfg = self._config.sip
         in_use = self.legs.in_use - (1 if taken else 0)
         return Load(
+            stopping=self._stopping,
             draining=self._draining,
             overloaded=bool(self._overloaded_until) and time.monotonic() < self._overloaded_until,
             share=self._admission.share,
@@ -202,9 +285,7 @@ class App:
     def _screen(self, raw: bytes, source: str) -> Decision:
         """The early filter's question for each request outside a transaction (inside pjsip)."""
         decision, request = self.gate.screen(raw, source, self._load(taken=False), time.monotonic())
-        if decision.why is Why.OVERLOAD:
-            self._shed += 1
-        elif decision.verdict is Verdict.ACCEPT and request is not None and request.method == "INVITE" \
+        if decision.verdict is Verdict.ACCEPT and request is not None and request.method == "INVITE" \
                 and not request.in_dialog:
             self._admitted = (raw, request)
         return decision
@@ -231,8 +312,6 @@ class App:
         else:  # no early filter: screened now, and a refusal costs the call pjsua set up
             decision, request = self.gate.screen(raw, source, self._load(taken=True), time.monotonic(),
                                                  new_call=True)
-            if decision.why is Why.OVERLOAD:
-                self._shed += 1
         if decision.verdict is not Verdict.ACCEPT or request is None:
             # pjsua answered 100 Trying already: a request to drop gets untrusted_code instead
             refuse = Reject(decision.code or self.gate.policy.untrusted_code, decision.reason or "Forbidden",
@@ -277,6 +356,7 @@ class App:
         lag = now - expected
         why = ""
         calls, refused = self.gate.take_work()
+        self._shed += self.gate.take_shed()
         recent_calls, recent_refused = self._recent_work
         self._recent_work = (recent_calls * RECENT_WORK_DECAY + calls, recent_refused * RECENT_WORK_DECAY + refused)
         calls_matter = shedding_helps(*self._recent_work)

@@ -83,8 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     completion.set_defaults(func=lambda args: cmd_completion(parser, args))
 
     from b2bua.control_cli import add_rpc_command
+    from b2bua.drain_cli import add_drain_commands
 
     add_rpc_command(sub)
+    add_drain_commands(sub)
     _add_plugin_commands(sub)
     finish_subcommands(parser, default_config_path())
     return parser

@@ -408,6 +408,11 @@ class SipConfig:
     rtp_flood_pps: int = opt(
         400, "RTP packets a second to one leg that are logged as a flood (a 20 ms stream is 50)", bounds=(60, None)
     )
+    public_address: str = opt(
+        "", "behind 1:1 NAT (a cloud VM with a public IP): the public IP address written into Via, Contact and "
+        "the SDP (c=, o=) instead of the first listen address (for the listeners on that address); empty: the "
+        "listen address (docs/deploy.md)"
+    )
     shutdown_grace: float = opt(
         10.0, "seconds to let calls finish on SIGTERM before hanging them up", bounds=(0, 3600)
     )
@@ -452,6 +457,11 @@ class SipConfig:
         if not self.listen:
             raise ValueError("listen: at least one listener is needed")
         check_nameservers(self.nameservers)
+        if self.public_address:
+            try:
+                ipaddress.ip_address(self.public_address)
+            except ValueError:
+                raise ValueError(f"public_address: {self.public_address!r} is not an IP address") from None
         if self.rtp_port % 2:
             raise ValueError(f"rtp_port: must be even (RTP on even ports, RTCP on the next), got {self.rtp_port}")
         # each leg holds an RTP and an RTCP port, each call at least two legs
@@ -553,6 +563,10 @@ class ControlConfig:
     socket: str = opt("b2bua.sock", "unix socket of the control API (mode 0600); empty: off")
     http: str = opt("", "also serve the control API over HTTP at ADDRESS:PORT (loopback unless token)")
     token: str = opt("", "bearer token required by the HTTP control API (printable ASCII, no spaces)")
+    read_token: str = opt(
+        "", "bearer token for the read-only HTTP routes only (/metrics): give Prometheus this one, not token; "
+        "with either set, /metrics needs one of them (/health, /ready, /live never need a token)"
+    )
     max_request_bytes: int = opt(65536, "largest control request accepted", bounds=(256, 16 * 1024 * 1024))
 
     def validate(self) -> None:
@@ -565,9 +579,13 @@ class ControlConfig:
                 raise ValueError(f"http: {self.http!r}: the port must be 1-65535")
             if not is_loopback_host(host) and not self.token:
                 raise ValueError(f"http: {self.http!r} is not a loopback address: set token too")
-        if self.token and not _TOKEN.fullmatch(self.token):
-            # it travels in an HTTP header: anything else cannot be sent as it is
-            raise ValueError("token: use printable ASCII without spaces (e.g. the output of `openssl rand -hex 32`)")
+        for key in ("token", "read_token"):
+            if getattr(self, key) and not _TOKEN.fullmatch(getattr(self, key)):
+                # it travels in an HTTP header: anything else cannot be sent as it is
+                raise ValueError(f"{key}: use printable ASCII without spaces (e.g. the output of "
+                                 "`openssl rand -hex 32`)")
+        if self.read_token and self.read_token == self.token:
+            raise ValueError("read_token: must differ from token (it is handed to monitoring systems)")
 
 
 @dataclass(frozen=True)

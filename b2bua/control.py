@@ -7,7 +7,12 @@
 * optionally over HTTP: ``POST /``, ``/rpc`` or ``/RPC`` with an ``application/json`` body,
   ``Authorization: Bearer <token>`` when a token is configured. Browsers' cross-origin and
   DNS-rebound requests are refused, and slow or idle connections give way to new ones
-  (:mod:`b2bua.control_guard` has the rules, ``docs/security.md`` the reasons).
+  (:mod:`b2bua.control_guard` has the rules, ``docs/security.md`` the reasons);
+* on the same HTTP listener, ``GET``/``HEAD`` of the paths in a route table
+  (:mod:`b2bua.control_routes`: each route a path, an access level and a handler; the B2BUA's
+  own are ``/health``, ``/ready``, ``/live`` and ``/metrics``). A GET passes the same guard as
+  a POST (connection caps, deadlines, Host and Origin checks), then the route's access level:
+  a missing or wrong token gets 401 and is logged, rate-limited.
 
 The API threads never touch pjsua2: a method registered with ``on_loop=True`` (the default)
 is handed to the loop thread through ``run_on_loop(callable, timeout)``, which must return
@@ -20,7 +25,6 @@ does not answer in time. ``on_loop=False`` methods run on the API thread.
 from __future__ import annotations
 
 import contextlib
-import hmac
 import http.server
 import io
 import itertools
@@ -34,7 +38,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
@@ -47,11 +51,13 @@ from b2bua.control_guard import (
     ConnectionTable,
     HttpLimits,
     RefusalLog,
+    access_refusal,
     content_type_refusal,
     host_refusal,
     origin_refusal,
     source_of,
 )
+from b2bua.control_routes import Access, HttpRequest, HttpResponse, Route, RouteTable, json_response
 from b2bua.rpc import (
     INTERNAL_ERROR,
     INVALID_REQUEST,
@@ -288,6 +294,12 @@ def _linger(sock: socket.socket) -> None:
             drained += len(chunk)
 
 
+def _printable_path(path: str) -> str:
+    """A request path for a log line: printable ASCII, at most 100 characters."""
+    text = "".join(ch if " " < ch < "\x7f" else "?" for ch in path[:100])
+    return text + ("..." if len(path) > 100 else "")
+
+
 def parse_http_address(text: str) -> tuple[str, int]:
     """``ADDRESS:PORT`` (IPv6 in brackets) to ``(address, port)``.
 
@@ -471,10 +483,12 @@ class _HttpServer(_Guarded, http.server.ThreadingHTTPServer):
     request_queue_size = 64
 
     def __init__(self, address: tuple[str, int], processor: JsonRpcProcessor, config: ControlConfig,
-                 limits: HttpLimits) -> None:
+                 limits: HttpLimits, routes: RouteTable) -> None:
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.processor = processor
+        self.routes = routes
         self.token = config.token
+        self.read_token = config.read_token
         self.max_request_bytes = config.max_request_bytes
         self.limits = limits
         self.connections = ConnectionTable(limits.max_connections, limits.max_per_source)
@@ -490,7 +504,8 @@ class _HttpServer(_Guarded, http.server.ThreadingHTTPServer):
 
 
 class _HttpHandler(http.server.BaseHTTPRequestHandler):
-    """``POST /``, ``/rpc`` or ``/RPC`` (Kamailio's ``jsonrpcs`` path) with a JSON-RPC body.
+    """``POST /``, ``/rpc`` or ``/RPC`` (Kamailio's ``jsonrpcs`` path) with a JSON-RPC body;
+    ``GET``/``HEAD`` of a path in the route table.
 
     Each request's head must arrive within ``head_timeout`` of the connection (or the previous
     answer), its body within ``body_timeout``; a browser's cross-origin or DNS-rebound request,
@@ -561,13 +576,13 @@ class _HttpHandler(http.server.BaseHTTPRequestHandler):
         self._refuse(status, INVALID_REQUEST, f"{status.phrase}: {message or status.description}",
                      kind="bad request")
 
-    def _send(self, status: HTTPStatus, body: bytes | None, *, close: bool = False,
-              headers: Mapping[str, str] | None = None) -> None:
+    def _send(self, status: HTTPStatus | int, body: bytes | None, *, close: bool = False,
+              headers: Mapping[str, str] | None = None, content_type: str = "application/json") -> None:
         self.send_response(status)
         for name, value in (headers or {}).items():
             self.send_header(name, value)
         if body is not None:
-            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body or b"")))
         if close:
             self.send_header("Connection", "close")
@@ -579,25 +594,29 @@ class _HttpHandler(http.server.BaseHTTPRequestHandler):
             _linger(self.connection)
 
     def _refuse(self, status: HTTPStatus, code: int, message: str, *, kind: str,
-                headers: Mapping[str, str] | None = None, body: bytes | None = None) -> None:
-        """Answer ``status`` with a JSON-RPC error, log the refusal, close the connection (the
-        body was not read, so it cannot carry another request)."""
+                headers: Mapping[str, str] | None = None, body: bytes | None = None, log: str = "") -> None:
+        """Answer ``status`` with a JSON-RPC error, log the refusal (``log``, else ``message``,
+        with the method and path), close the connection (the body was not read, so it cannot
+        carry another request)."""
         self.close_connection = True
         if self.connection not in self.server.connections:
             return  # displaced (and logged as such): what it read last is a fragment
-        self.server.refusals.refused(self.source, kind, f"HTTP {status.value} {message}")
+        what = f"{self.command} {_printable_path(self.path)}" if getattr(self, "command", "") else "request"
+        self.server.refusals.refused(self.source, kind, f"HTTP {status.value} {log or message} ({what})")
         with contextlib.suppress(OSError):  # the client may be gone or not reading
             self._send(status, body or _dumps(error_response(None, code, message)), close=True, headers=headers)
 
-    def _authorized(self) -> bool:
-        token = self.server.token
-        if not token:
-            return True
-        scheme, _, credentials = self.headers.get("Authorization", "").strip().partition(" ")
-        given = credentials.strip().encode("utf-8", "surrogateescape")
-        # compare even when the scheme is wrong: the time taken says nothing about the token
-        same = hmac.compare_digest(given, token.encode("utf-8"))
-        return same and scheme.lower() == "bearer"
+    def _access_refused(self, access: Access, *, json_rpc: bool) -> bool:
+        """Refuse (401, logged) a request without the token ``access`` needs; True when refused."""
+        reason = access_refusal(access, self.headers.get("Authorization"), self.server.token,
+                                self.server.read_token)
+        if reason is None:
+            return False
+        message = "Unauthorized: send 'Authorization: Bearer <token>'"
+        body = None if json_rpc else _dumps({"error": message})
+        self._refuse(HTTPStatus.UNAUTHORIZED, UNAUTHORIZED, message, kind="token", log=f"Unauthorized: {reason}",
+                     headers={"WWW-Authenticate": 'Bearer realm="b2bua"'}, body=body)
+        return True
 
     def _browser_refusal(self) -> bool:
         """Refuse a DNS-rebound or cross-origin browser request; True when refused."""
@@ -621,9 +640,7 @@ class _HttpHandler(http.server.BaseHTTPRequestHandler):
             self._refuse(HTTPStatus.NOT_FOUND, INVALID_REQUEST, f"Not found: {path}; POST to / or /rpc",
                          kind="path")
             return
-        if not self._authorized():
-            self._refuse(HTTPStatus.UNAUTHORIZED, UNAUTHORIZED, "Unauthorized: send 'Authorization: Bearer <token>'",
-                         kind="token", headers={"WWW-Authenticate": 'Bearer realm="b2bua"'})
+        if self._access_refused(Access.ADMIN, json_rpc=True):
             return
         reason = content_type_refusal(self.headers.get("Content-Type"))
         if reason is not None:
@@ -666,9 +683,53 @@ class _HttpHandler(http.server.BaseHTTPRequestHandler):
             return None
         return length
 
+    def do_GET(self) -> None:
+        """A route of the table (:mod:`b2bua.control_routes`), after the guard and its access check."""
+        if self._browser_refusal():
+            return
+        parts = urllib.parse.urlsplit(self.path)
+        route = self.server.routes.find(parts.path)
+        if route is None:
+            if parts.path in self.PATHS:
+                self._method_not_allowed()
+            else:
+                self._refuse(HTTPStatus.NOT_FOUND, INVALID_REQUEST, f"Not found: {parts.path}", kind="path",
+                             body=_dumps({"error": f"Not found: {_printable_path(parts.path)}"}))
+            return
+        if self.headers.get("Content-Length", "0").strip() not in ("", "0") or "Transfer-Encoding" in self.headers:
+            self._refuse(HTTPStatus.BAD_REQUEST, INVALID_REQUEST, f"Bad Request: a {self.command} has no body",
+                         kind="bad request")
+            return
+        if self._access_refused(route.access, json_rpc=False):
+            return
+        if not self.server.connections.set_busy(self.connection, True):
+            self.close_connection = True  # displaced meanwhile
+            return
+        self._phase = "answer"
+        query = {name: tuple(values) for name, values in urllib.parse.parse_qs(parts.query).items()}
+        request = HttpRequest(self.command, parts.path, query,
+                              {name.lower(): value for name, value in reversed(self.headers.items())}, self.source)
+        try:
+            response = route.handler(request)
+        except Exception as exc:
+            logger.opt(exception=True).error("control http: GET {} failed", route.path)
+            response = json_response(500, {"error": f"Internal error ({type(exc).__name__}); see the b2bua log"})
+        self._answer(response)
+
+    do_HEAD = do_GET
+
+    def _answer(self, response: HttpResponse) -> None:
+        headers = dict(response.headers)
+        self._send(response.status, response.body, headers=headers, content_type=response.content_type)
+
     def _method_not_allowed(self) -> None:
+        path = urllib.parse.urlsplit(self.path).path
+        methods = ["GET", "HEAD"] if self.server.routes.find(path) else []
+        if path in self.PATHS or not methods:
+            methods.append("POST")
+        allow = ", ".join(methods)
         self._refuse(HTTPStatus.METHOD_NOT_ALLOWED, INVALID_REQUEST,
-                     f"Method not allowed: {self.command}; use POST", kind="method", headers={"Allow": "POST"})
+                     f"Method not allowed: {self.command}; use {allow}", kind="method", headers={"Allow": allow})
 
 
 # -- The server ----------------------------------------------------------------------------------
@@ -685,6 +746,7 @@ class ControlServer:
     :param loop_timeout: seconds to wait for the loop thread per ``on_loop`` call.
     :param limits: connection caps, deadlines and refusal logging of the HTTP listener (its
         log settings serve the unix socket too).
+    :param routes: the GET routes of the HTTP listener (:mod:`b2bua.control_routes`).
 
     Stop it before the loop thread stops, so that no call waits for a loop that is gone.
     """
@@ -698,9 +760,11 @@ class ControlServer:
         *,
         loop_timeout: float = LOOP_TIMEOUT,
         limits: HttpLimits | None = None,
+        routes: Iterable[Route] = (),
     ) -> None:
         self._config = config
         self._limits = limits or HttpLimits()
+        self._routes = RouteTable(routes)
         self._processor = JsonRpcProcessor(registry, run_on_loop, loop_timeout)
         self._socket_path: Path | None = None
         if config.socket:
@@ -808,7 +872,7 @@ class ControlServer:
             # token would hand call control to anyone who can reach it
             raise ControlError(f"[control] http: {address_text!r} is not a loopback address: set token too")
         try:
-            server = _HttpServer((host, port), self._processor, self._config, self._limits)
+            server = _HttpServer((host, port), self._processor, self._config, self._limits, self._routes)
         except OSError as exc:
             reason = exc.strerror or exc
             raise ControlError(f"[control] http: cannot listen on {address_text}: {reason}") from exc

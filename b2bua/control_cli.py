@@ -55,6 +55,15 @@ def add_rpc_command(
         "params", nargs="*", metavar="param",
         help="positional params: JSON when they parse as JSON, else strings; 's:' forces a string",
     )
+    add_connection_options(parser)
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.set_defaults(func=run_rpc)
+    return parser
+
+
+def add_connection_options(parser: argparse.ArgumentParser) -> None:
+    """``-c``, ``--socket``, ``--url``, ``--token``, ``--timeout``: where the running b2bua is
+    (read by :func:`make_client`); ``b2bua rpc``, ``drain`` and ``undrain`` share them."""
     parser.add_argument(
         "-c", "--config", default=None, metavar="FILE",
         help=f"config file with the [control] settings (default: ${CONFIG_ENV}, else ./{DEFAULT_CONFIG} when "
@@ -67,9 +76,6 @@ def add_rpc_command(
     )
     parser.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
                         help="seconds to wait for the answer (default: 10)")
-    parser.add_argument("--json", action="store_true", help="print the result as JSON")
-    parser.set_defaults(func=run_rpc)
-    return parser
 
 
 def parse_param(text: str) -> Any:

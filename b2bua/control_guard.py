@@ -11,11 +11,14 @@ them. The threats (``docs/security.md``, "Control plane"):
 * connections that send a byte now and then to hold every slot (slowloris): the deadlines of
   :class:`HttpLimits` bound each request's time, and :class:`ConnectionTable` gives a newcomer
   the place of the oldest connection that is only waiting for input;
-* a flood of refused requests turning into a flood of log lines: :class:`RefusalLog`.
+* a flood of refused requests turning into a flood of log lines: :class:`RefusalLog`;
+* a request without the token a route needs: :func:`access_refusal` (the access levels of
+  :class:`b2bua.control_routes.Access`: public health checks, read-only data, administration).
 """
 
 from __future__ import annotations
 
+import hmac
 import ipaddress
 import re
 import threading
@@ -27,6 +30,7 @@ from dataclasses import dataclass
 
 from loguru import logger
 
+from b2bua.control_routes import Access
 from b2bua.sipuri import is_ip_literal
 
 #: media types a JSON-RPC request may carry; none of them is one a browser may send
@@ -141,6 +145,32 @@ def content_type_refusal(content_type: str | None) -> str | None:
     if media_type in JSON_TYPES:
         return None
     return f"Content-Type {content_type!r} is not application/json"
+
+
+def access_refusal(access: Access, authorization: str | None, token: str, read_token: str = "") -> str | None:
+    """Why a request with ``authorization`` (its ``Authorization`` header) may not use a route
+    of level ``access``, if it may not.
+
+    PUBLIC: anyone. ADMIN: ``Bearer <token>`` when a token is set. READ: ``Bearer <token>`` or
+    ``Bearer <read_token>`` when either is set. With no token configured (the listener is then
+    on loopback only) every level is open. Every configured token is compared in constant
+    time, whatever the scheme, so the time taken says nothing about either.
+    """
+    if access is Access.PUBLIC:
+        return None
+    accepted = [t for t in ((token,) if access is Access.ADMIN else (token, read_token)) if t]
+    if not accepted:
+        return None
+    scheme, _, credentials = (authorization or "").strip().partition(" ")
+    given = credentials.strip().encode("utf-8", "surrogateescape")
+    matched = False
+    for candidate in accepted:
+        matched |= hmac.compare_digest(given, candidate.encode("utf-8"))
+    if matched and scheme.lower() == "bearer":
+        return None
+    if not authorization:
+        return "no token: send 'Authorization: Bearer <token>'"
+    return "wrong token"
 
 
 # -- connections ----------------------------------------------------------------------------------

@@ -338,6 +338,8 @@ class Endpoint:
         # media leaves from the listener's address too (the SDP names it)
         media_listener = profile.listener or first
         acfg.mediaConfig.transportConfig.boundAddress = media_listener.address
+        if sip.public_address and media_listener.address == first.address:  # 1:1 NAT: the SDP's c= and o=
+            acfg.mediaConfig.transportConfig.publicAddress = sip.public_address
         if profile.listener is not None:
             acfg.sipConfig.transportId = self._transports[profile.listener]
         if profile.proxy:
@@ -435,6 +437,9 @@ class Endpoint:
         tcfg.port = listen.port
         tcfg.boundAddress = listen.address
         ipv6 = ":" in listen.address
+        sip = self.config.sip
+        if sip.public_address and listen.address == sip.listeners[0].address:  # 1:1 NAT: Via and Contact
+            tcfg.publicAddress = sip.public_address
         kind = {
             ("udp", False): pj.PJSIP_TRANSPORT_UDP,
             ("tcp", False): pj.PJSIP_TRANSPORT_TCP,

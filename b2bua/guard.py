@@ -3,7 +3,8 @@
 :class:`Gate` gathers the facts about one request (parsed by :mod:`b2bua.wire`, its source
 checked against the trust list and :class:`~b2bua.ratelimit.SourceLimiter`, the load the app
 reports) and asks :func:`b2bua.admission.decide`. :class:`RefusalLog` logs each refusal at
-DEBUG and sums them up in one WARNING per interval, so a flood cannot multiply log lines.
+DEBUG and sums them up in one WARNING per interval, so a flood cannot multiply log lines; the
+gate also counts every refusal by reason for the statistics (``core.stats``, ``/metrics``).
 Runs on the loop thread (inside pjsip's receive callback); no I/O.
 """
 
@@ -46,6 +47,9 @@ from b2bua.wire import (
 TOP_SOURCES = 3
 #: distinct sources counted per interval (a spoofed flood has millions)
 MAX_COUNTED_SOURCES = 1024
+#: refusals the interval summary leaves out: the overload warning sums up calls shed, and a
+#: drain or a shutdown refuses new work on purpose (the operator was told when it began)
+_NOT_SUMMED = (Why.OVERLOAD, Why.DRAINING)
 
 
 class RefusalLog:
@@ -69,7 +73,7 @@ class RefusalLog:
     def note(self, decision: Decision, ip: str, method: str, detail: str, call_id: str | bytes) -> None:
         """One refused or dropped request: a count for the summary, and a DEBUG line when the log
         writes DEBUG (``call_id`` may be the raw message, to read it from only then)."""
-        if decision.why is not Why.OVERLOAD:  # the overload warning sums these up
+        if decision.why not in _NOT_SUMMED:
             self.total += 1
             self.counts[(decision.why, decision.code)] += 1
             if ip in self.sources or len(self.sources) < MAX_COUNTED_SOURCES:
@@ -140,12 +144,28 @@ class Gate:
         #: since the last take_work(): new calls wanted (admitted or shed), requests refused otherwise
         self.new_calls = 0
         self.refused = 0
+        #: new INVITEs refused 503 Overloaded since the last take_shed() (the overload warning)
+        self.shed = 0
+        #: statistics, never reset but by reset_counts(): new INVITEs and other requests
+        #: refused or dropped, by reason
+        self.refused_calls: Counter[Why] = Counter()
+        self.refused_requests: Counter[Why] = Counter()
 
     def take_work(self) -> tuple[int, int]:
         """``(new_calls, refused)`` since the last call (see :func:`b2bua.admission.shedding_helps`)."""
         work = (self.new_calls, self.refused)
         self.new_calls = self.refused = 0
         return work
+
+    def take_shed(self) -> int:
+        """New calls answered 503 Overloaded since the last call."""
+        shed, self.shed = self.shed, 0
+        return shed
+
+    def reset_counts(self) -> None:
+        """Zero the refusal statistics (``stats.reset_statistics``)."""
+        self.refused_calls.clear()
+        self.refused_requests.clear()
 
     def screen(self, raw: bytes, source: str, load: Load, now: float, *,
                new_call: bool = False) -> tuple[Decision, WireRequest | None]:
@@ -168,6 +188,7 @@ class Gate:
         if not in_dialog and self.limiter.blocked(ip, now):  # decided before anything is parsed
             self.refused += 1
             decision = decide(Facts(method=method, blocked=True, credit=self.credit), self.policy)
+            (self.refused_calls if method == "INVITE" else self.refused_requests)[decision.why] += 1
             self.log.note(decision, ip, method, "", raw)
             return decision, None
         trusted = ip in self.trusted
@@ -198,12 +219,15 @@ class Gate:
                       trusted=trusted, over_rate=over_rate, scanner=scanner, credit=self.credit, load=load)
         decision = decide(facts, self.policy)
         self.credit = decision.credit
-        if decision.why is Why.OVERLOAD or (decision.verdict is Verdict.ACCEPT and method == "INVITE"
-                                             and not in_dialog):
+        new_call = method == "INVITE" and not in_dialog
+        if new_call and (decision.verdict is Verdict.ACCEPT or decision.why is Why.OVERLOAD):
             self.new_calls += 1
         elif decision.verdict is not Verdict.ACCEPT:
             self.refused += 1
         if decision.verdict is not Verdict.ACCEPT:
+            (self.refused_calls if new_call else self.refused_requests)[decision.why] += 1
+            if new_call and decision.why is Why.OVERLOAD:
+                self.shed += 1
             detail = ""
             if malformed is not None and decision.why is Why.MALFORMED:
                 self.log.note_malformed(malformed.reason)

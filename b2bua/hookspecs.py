@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from b2bua.api import CallInfo, EndCause, Failure, Host, OutgoingRequest, Reject, RoutePlan, Target
     from b2bua.config import Config
     from b2bua.rpc import RpcRegistry
+    from b2bua.stats import StatsRegistry
 
 hookspec = pluggy.HookspecMarker("b2bua")
 
@@ -87,6 +88,18 @@ def b2bua_reload(app: Host) -> None:
     Runs on the loop thread: read with ``app.run_blocking`` (the result comes back on the
     loop) and build anything large in an ``app.run_task``. A failed reload must keep the
     previous data.
+    """
+
+
+@hookspec
+def b2bua_register_stats(registry: StatsRegistry) -> None:
+    """Add a statistics group: ``registry.add(source)``, a :class:`b2bua.stats.StatsSource`.
+
+    Its counters are read on the loop thread for ``stats.get_statistics``,
+    ``stats.reset_statistics`` and the Prometheus ``/metrics`` route (``docs/metrics.md``):
+    keep them as plain numbers updated on the loop, and name the families in Prometheus'
+    conventions (``b2bua_<group>_..._total``). Fires once at start-up, before the control API
+    listens.
     """
 
 

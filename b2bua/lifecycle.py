@@ -3,12 +3,16 @@
 ``Lifecycle(app).run()`` (uvicorn's ``serve -> startup -> main_loop -> shutdown`` shape):
 
 1. **start**: lift the open-files limit, ``b2bua_configure`` (historic), the pjsua2 endpoint,
-   ``b2bua_startup``, the control API, signal handlers, the overload watch, the leg audit;
+   ``b2bua_startup``, the statistics groups, the control API (JSON-RPC, ``/health``,
+   ``/metrics``), signal handlers, the overload watch, the leg audit; then systemd hears
+   ``READY=1`` (:mod:`b2bua.sdnotify`) and, with ``WatchdogSec=``, a ``WATCHDOG=1`` from a
+   loop timer at half its interval;
 2. **serve**: ``poll pjsip -> run due timers and queued work -> release retired legs ->
    SIGHUP reload`` until SIGTERM/SIGINT;
-3. **stop**: refuse new calls, stop the control API, drain calls for ``shutdown_grace``,
-   hang up the rest, let BYE/CANCEL finish, ``b2bua_shutdown``, then release every pjsua2 Call
-   object before ``libDestroy`` (one alive after it aborts the process).
+3. **stop**: ``STOPPING=1``, refuse new calls and OPTIONS (503 Shutting Down), drain calls for
+   ``shutdown_grace`` (the control API still answers: ``/health`` says ``stopping``), stop
+   the control API, hang up the rest, let BYE/CANCEL finish, ``b2bua_shutdown``, then release
+   every pjsua2 Call object before ``libDestroy`` (one alive after it aborts the process).
 
 It owns no call state: sessions, legs and admission belong to :class:`b2bua.app.App` and its
 leg pool; this module decides only the order of things.
@@ -74,6 +78,8 @@ class Lifecycle:
             app.scheduler.call_later(AUDIT_INTERVAL, self.audit)
             logger.info("b2bua ready: listening on {} (plugins: {})",
                         ", ".join(app.endpoint.listeners), ", ".join(app.plugin_names()) or "none")
+            app.notifier.ready(app.ready_status())
+            self._start_watchdog()
             self._serve()
         finally:
             self._shutdown()
@@ -81,17 +87,38 @@ class Lifecycle:
 
     def _start_control(self) -> None:
         from b2bua.control import ControlServer
-        from b2bua.core_rpc import register_core_methods
+        from b2bua.core_rpc import register_core_methods, register_drain_methods, register_stats_methods
+        from b2bua.health import health_routes
+        from b2bua.metrics import exposition_steps, loop_scrape, metrics_routes, process_registry
 
         app = self.app
+        app.hooks.register_stats(app.stats_registry)
         register_core_methods(app.registry, app)
         app.registry.add("core.memory", self._memory,
                          "resident memory, glibc heap (in use, free), SIP transactions held, call legs, heap trims")
+        register_stats_methods(app.registry, app.stats_registry)
+        register_drain_methods(app.registry, app, app.run_on_loop)
         app.hooks.register_rpc(app.registry)
         ctl = app.config.control
         if ctl.socket or ctl.http:
-            self._control = ControlServer(app.registry, app.run_on_loop, ctl, app.config.base_dir)
+            scrape = loop_scrape(app.run_on_loop,
+                                 lambda: app.run_task(exposition_steps(app.stats_registry.collect_steps())))
+            routes = [*health_routes(app.health, app.run_on_loop), *metrics_routes(scrape, process_registry())]
+            self._control = ControlServer(app.registry, app.run_on_loop, ctl, app.config.base_dir, routes=routes)
             self._control.start()
+
+    def _start_watchdog(self) -> None:
+        """``WATCHDOG=1`` from a loop timer: pings stop when the loop thread stops turning."""
+        interval = self.app.notifier.watchdog_interval
+        if interval <= 0:
+            return
+        logger.debug("systemd watchdog: a ping every {:g} s", interval)
+
+        def ping() -> None:
+            self.app.notifier.watchdog()
+            self.app.scheduler.call_later(interval, ping)
+
+        ping()
 
     def _install_signals(self) -> None:
         def stop(signum: int, _frame: Any) -> None:
@@ -154,6 +181,7 @@ class Lifecycle:
 
     def _on_sighup(self) -> None:
         logger.info("SIGHUP: reloading")
+        self.app.stats.reload_signals += 1
         try:
             self.app.pm.hook.b2bua_reload(app=self.app)
         except Exception:
@@ -172,16 +200,17 @@ class Lifecycle:
     def _shutdown(self) -> None:
         app = self.app
         legs = app.legs
-        app.begin_draining()
+        app.begin_stopping()
+        grace = app.config.sip.shutdown_grace
+        app.notifier.stopping(f"stopping: {len(app.sessions)} call(s) get up to {grace:g} s to finish")
+        if app.sessions:
+            logger.info("draining {} calls (up to {:g} s)", len(app.sessions), grace)
+            self._pump(grace, lambda: not app.sessions)
         if self._control is not None:
             try:
                 self._control.stop()
             except Exception:
                 logger.opt(exception=True).warning("control API did not stop cleanly")
-        grace = app.config.sip.shutdown_grace
-        if app.sessions:
-            logger.info("draining {} calls (up to {:g} s)", len(app.sessions), grace)
-            self._pump(grace, lambda: not app.sessions)
         if app.sessions:
             logger.info("hanging up {} calls", len(app.sessions))
             for session in list(app.sessions.values()):
@@ -210,6 +239,7 @@ class Lifecycle:
         if left:
             logger.warning("{} call leg(s) still referenced at shutdown: released before pjsua stops", left)
         app.endpoint.destroy()
+        app.notifier.close()
         logger.info("stopped")
 
 

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from b2bua.api import CallInfo, EndCause, Failure, Host, OutgoingRequest, Reject, RoutePlan, Target
     from b2bua.config import Config
     from b2bua.rpc import RpcRegistry
+    from b2bua.stats import StatsRegistry
 
 ENTRY_POINT_GROUP = PROJECT
 
@@ -116,6 +117,9 @@ class Hooks:
     def register_rpc(self, registry: RpcRegistry) -> None:
         self._hook.b2bua_register_rpc(registry=registry)
 
+    def register_stats(self, registry: StatsRegistry) -> None:
+        self._hook.b2bua_register_stats(registry=registry)
+
     # decisions
     def incoming_call(self, call: CallInfo) -> Reject | None:
         return self._hook.b2bua_incoming_call(call=call)  # type: ignore[no-any-return]
@@ -149,4 +153,5 @@ class Hooks:
             logger.bind(call_id=about.call_id).opt(exception=True).error("a plugin failed in {}", name)
 
     def plugin_names(self) -> list[str]:
-        return [name for name, _ in self.pm.list_name_plugin() if name != "b2bua.defaults"]
+        # the host's own impls (b2bua.defaults, b2bua.stats) are not plugins an operator enabled
+        return [name for name, _ in self.pm.list_name_plugin() if not name.startswith("b2bua.")]

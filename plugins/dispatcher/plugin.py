@@ -7,8 +7,11 @@ Hook implementations only; each delegates to a module with one job:
 that never stall calls), :mod:`~plugins.dispatcher.heap` (the GC around large loads),
 :mod:`~plugins.dispatcher.checks` (what a load reports), :mod:`~plugins.dispatcher.dnsrefresh`
 (re-resolving host names), :mod:`~plugins.dispatcher.adminstate` (operator disables kept in
-the state file), :mod:`~plugins.dispatcher.probing` (keepalives), :mod:`~plugins.dispatcher.rpc`
-and :mod:`~plugins.dispatcher.cli` (control methods, commands). Enable it with
+the state file), :mod:`~plugins.dispatcher.probing` (keepalives),
+:mod:`~plugins.dispatcher.counters` and :mod:`~plugins.dispatcher.metrics` (per-destination
+counters, the ``dispatcher`` statistics group), :mod:`~plugins.dispatcher.drain` (draining a
+destination), :mod:`~plugins.dispatcher.rpc` and :mod:`~plugins.dispatcher.cli` (control
+methods, commands). Enable it with
 ``[plugins] enabled = ["dispatcher"]`` and configure ``[plugins.dispatcher]`` (see
 :mod:`plugins.dispatcher.config`).
 
@@ -28,7 +31,7 @@ import pluggy
 from loguru import logger
 
 from b2bua import hookimpl
-from b2bua.api import Reject, RoutePlan, Target
+from b2bua.api import FailureKind, Reject, RoutePlan, StashKey, Target
 from b2bua.config import SipConfig
 from b2bua.nameservers import Nameserver, effective_nameservers
 from plugins.dispatcher import hookspecs
@@ -43,11 +46,14 @@ from plugins.dispatcher.config import (
     parse_dispatcher_config,
     resolve_sqlite_url,
 )
+from plugins.dispatcher.counters import DispatcherCounters
 from plugins.dispatcher.dnslookup import HostLookup, make_lookup
 from plugins.dispatcher.dnsrefresh import DnsRefresher
+from plugins.dispatcher.drain import DrainWatch
 from plugins.dispatcher.heap import HeapPolicy
 from plugins.dispatcher.latency import seeded
-from plugins.dispatcher.model import Destination, Snapshot
+from plugins.dispatcher.metrics import DispatcherStats
+from plugins.dispatcher.model import Destination, Snapshot, is_usable
 from plugins.dispatcher.outbound import check_outbound
 from plugins.dispatcher.plans import DATA_KEY, ROUTE, CallRoute, dest_key_of, make_target, plan_call
 from plugins.dispatcher.probing import Prober
@@ -56,7 +62,7 @@ from plugins.dispatcher.replycodes import parse_reply_codes
 from plugins.dispatcher.resolve import LoadError
 from plugins.dispatcher.routes import unloaded_sets
 from plugins.dispatcher.rpc import DispatcherRpc
-from plugins.dispatcher.runtime import DispatcherState
+from plugins.dispatcher.runtime import DestKey, DispatcherState
 from plugins.dispatcher.source import Loader, LoaderSource, Source, load_configured
 from plugins.dispatcher.statefile import StateWriter
 
@@ -66,6 +72,7 @@ if TYPE_CHECKING:
     from b2bua.api import CallInfo, EndCause, Failure, Host
     from b2bua.config import Config
     from b2bua.rpc import RpcRegistry
+    from b2bua.stats import StatsRegistry
 
 # names that lived here before the split, kept for plugins and tests that import them from here
 __all__ = [
@@ -80,6 +87,10 @@ __all__ = [
     "load_configured",
     "make_target",
 ]
+
+
+#: the destination of a call's last failed attempt, until the next attempt (a failover) starts
+FAILED_AT: StashKey[DestKey] = StashKey("dispatcher.failed_at")
 
 
 def seed_latency(dest: Destination) -> Any:
@@ -113,6 +124,9 @@ class DispatcherPlugin:
         self._state_path: Path | None = None
         self.prober: Prober | None = None
         self.state = self._make_state()
+        #: per-destination counters and drains, kept by key across reloads (``self.state`` changes)
+        self.counters = DispatcherCounters(lambda key: self.state.runtime(key) is not None)
+        self.drains = DrainWatch()
         self.admin_state = AdminState()
         self.reloader = self._make_reloader(None)
         self._dns: DnsRefresher | None = None
@@ -192,6 +206,10 @@ class DispatcherPlugin:
         DispatcherRpc(self).register(registry)
 
     @hookimpl
+    def b2bua_register_stats(self, registry: StatsRegistry) -> None:
+        registry.add(self.statistics())
+
+    @hookimpl
     def b2bua_cli_commands(self, subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         add_dispatcher_commands(subparsers)
 
@@ -199,23 +217,45 @@ class DispatcherPlugin:
 
     @hookimpl(trylast=True)  # a user's router is asked first (docs/hooks.md "Call order")
     def b2bua_route_call(self, call: CallInfo) -> RoutePlan | Reject:
-        return plan_call(self.config, self.state, call, self._rng)
+        plan = plan_call(self.config, self.state, call, self._rng)
+        if isinstance(plan, RoutePlan):
+            self.counters.selected(call.stash[ROUTE].keys[0])
+        return plan
 
     @hookimpl
     def b2bua_leg_started(self, call: CallInfo, target: Target) -> None:
         key = dest_key_of(target)
         if key is not None:
             self.state.load_add(call.id, key)
+            self.counters.attempt(key)
+        failed_at = call.stash.get(FAILED_AT)
+        if failed_at is not None:  # the call fails over from there to this target
+            del call.stash[FAILED_AT]
+            self.counters.failover(failed_at)
 
     @hookimpl
     def b2bua_leg_failed(self, call: CallInfo, failure: Failure) -> None:
         key = dest_key_of(failure.target)
+        if key is None:
+            return
+        self.state.load_release(call.id, key)
+        self.counters.failed(key, failure.kind.value, failure.code)
+        if failure.kind is not FailureKind.CANCELLED:
+            call.stash[FAILED_AT] = key
+        if self.drains.pending:
+            self.drains.check(self.state)
+
+    @hookimpl
+    def b2bua_call_answered(self, call: CallInfo, target: Target) -> None:
+        key = dest_key_of(target)
         if key is not None:
-            self.state.load_release(call.id, key)
+            self.counters.answered(key)
 
     @hookimpl
     def b2bua_call_ended(self, call: CallInfo, cause: EndCause, answered: Target | None) -> None:
         self.state.release_call(call.id)
+        if self.drains.pending:
+            self.drains.check(self.state)
 
     @hookimpl
     def dispatcher_mark(self, target: Target, state: str, reason: str) -> None:
@@ -246,6 +286,10 @@ class DispatcherPlugin:
     def flush_admin_state(self, timeout: float = 5.0) -> bool:
         """Wait for pending state-file writes; False on timeout."""
         return self.admin_state.flush(timeout)
+
+    def statistics(self) -> DispatcherStats:
+        """The ``dispatcher`` statistics group over the current state."""
+        return DispatcherStats(self.state, self.counters, self.drains)
 
     # -- internals -------------------------------------------------------------------------
 
@@ -278,12 +322,16 @@ class DispatcherPlugin:
             disabled=lambda: self.admin_state.disabled,
             after_install=self._after_install,
             heap=self._heap,
+            on_finished=lambda reason, error: self.counters.reload_done(reason, error is None),
         )
 
     def _after_install(self) -> None:
-        """After a reload's swap: the operator's disables back, and a word about the sets the
-        rules name that are gone (a reload is not refused for them: the data is the truth)."""
+        """After a reload's swap: the operator's disables back, counters and drains of the new
+        list, and a word about the sets the rules name that are gone (a reload is not refused for
+        them: the data is the truth)."""
         self.admin_state.apply(self.state)
+        self.counters.prune()  # destinations gone from the list take their counters along
+        self.drains.check(self.state)
         backups, own = unloaded_sets(self.config.routes, self.state.snapshot.sets, self._routes_where)
         for message in own + backups:
             logger.warning("dispatcher: after the reload, {}", message)
@@ -305,8 +353,11 @@ class DispatcherPlugin:
             latency_stats=cfg.ping_latency_stats,
             alpha_per_mille=cfg.latency_estimator_alpha,
             active=cfg.ping_active,
+            counters=self.counters,
         )
 
     def _on_change(self, dest: Destination, old: int | None, new: int, reason: str) -> None:
+        if old is not None and is_usable(old) != is_usable(new):
+            self.counters.state_changed(dest.key)
         if self.app is not None:
             self.app.hook.dispatcher_dst_state_changed(dest=dest, old=old, new=new, reason=reason)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from b2bua.api import Outbound, ProbeResult, TimerHandle
 from plugins.dispatcher import health
@@ -23,6 +23,9 @@ from plugins.dispatcher.model import DestFlags, Destination
 from plugins.dispatcher.outbound import probe_outbound
 from plugins.dispatcher.replycodes import ReplyCodes
 from plugins.dispatcher.runtime import DestKey, DispatcherState
+
+if TYPE_CHECKING:
+    from plugins.dispatcher.counters import DispatcherCounters
 
 #: the smallest gap between two batches of keepalives of one round (seconds)
 BATCH_GAP = 0.010
@@ -58,8 +61,10 @@ class Prober:
         latency_stats: bool = False,
         alpha_per_mille: int = 100,
         active: bool = True,
+        counters: DispatcherCounters | None = None,
     ) -> None:
         self.state = state
+        self.counters = counters  #: keepalives sent and failed, round-trip times
         self._send = send
         self._call_later = call_later
         self.interval = interval
@@ -131,6 +136,8 @@ class Prober:
             return False
         self.outstanding.add(key)
         self.sent += 1
+        if self.counters is not None:
+            self.counters.keepalive_sent(key)
         self._send(
             self.method,
             dest.uri,
@@ -148,6 +155,8 @@ class Prober:
         if rt is None:
             return  # removed by a reload meanwhile
         ok = self.reply_codes.accepts(result.code)
+        if self.counters is not None:
+            self.counters.keepalive_done(key, ok, None if result.local else result.latency)
         flags, count = health.apply_probe(
             rt.flags,
             rt.probe_count,

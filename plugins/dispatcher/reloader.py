@@ -68,6 +68,8 @@ class Reloader:
     :param disabled: the operator-disabled entries now (they start in D in a new generation).
     :param after_install: runs on the loop right after each swap (the operator's disables).
     :param heap: what large loads do to the garbage collector.
+    :param on_finished: ``on_finished(reason, error)`` after every reload, on the loop (the
+        statistics count them); ``error`` is None when it went through.
     """
 
     def __init__(
@@ -80,8 +82,10 @@ class Reloader:
         disabled: Callable[[], Collection[DestKey]] = frozenset,
         after_install: Callable[[], None] = lambda: None,
         heap: HeapPolicy | None = None,
+        on_finished: Callable[[str, BaseException | None], None] = lambda reason, error: None,
     ) -> None:
         self.app = app
+        self._on_finished = on_finished
         self.state = state
         self.source = source
         self._keep_state = keep_state
@@ -210,6 +214,7 @@ class Reloader:
             cause = str(exc) or type(exc).__name__
             logger.error("dispatcher: {} failed, keeping the current destinations: {}", reason, cause)
             error = ReloadFailed(cause)
+        self._on_finished(reason, error)
         if on_done is not None:
             on_done(error)
 

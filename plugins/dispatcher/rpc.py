@@ -9,7 +9,13 @@ these differences, all on purpose:
 * an unknown set or URI is an error for ``set_state`` (Kamailio ignores ``all`` on a
   missing set);
 * ``dispatcher.list`` always shows ``RUNTIME{DLGLOAD}``: the B2BUA counts every leg's load;
+  ``RUNTIME{DRAINING}`` while a drain waits for an entry's calls; and a compact ``STATS``
+  block per entry (selected, attempts, answered, failed, failovers);
 * a ``set_state d`` is kept in the admin state file (see :mod:`plugins.dispatcher.statefile`).
+
+Methods of its own: ``dispatcher.stats`` (every counter of :mod:`plugins.dispatcher.counters`),
+``dispatcher.stats_reset``, ``dispatcher.drain`` and ``dispatcher.undrain``
+(:mod:`plugins.dispatcher.drain`).
 
 Methods that block or whose work grows with the list (reload, add: file, database, DNS;
 list: rendering every entry) run on a control thread (``on_loop=False``) and take from or
@@ -21,24 +27,29 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from b2bua.core_rpc import seconds_param, wait_until
 from b2bua.loop import Task
 from b2bua.rpc import INVALID_PARAMS, SERVER_ERROR, RawJson, RpcError, RpcRegistry
 from plugins.dispatcher.adminstate import AdminState
 from plugins.dispatcher.attrs import parse_attrs
 from plugins.dispatcher.config import DispatcherConfig
+from plugins.dispatcher.counters import DestCounters, DispatcherCounters
 from plugins.dispatcher.dnslookup import HostLookup, Resolution
+from plugins.dispatcher.drain import DrainWatch
 from plugins.dispatcher.hashing import ds_get_hash
 from plugins.dispatcher.latency import rpc_block
 from plugins.dispatcher.listfile import check_flags
+from plugins.dispatcher.metrics import DispatcherStats, list_stats
 from plugins.dispatcher.model import Destination, state_letters
 from plugins.dispatcher.probing import Prober
 from plugins.dispatcher.reloader import ReloadBusy, Reloader, ReloadFailed
 from plugins.dispatcher.resolve import LoadError, Resolver, normalize_uri, parse_uri, resolve_destinations
-from plugins.dispatcher.runtime import DestRuntime, DispatcherState, ListingSource, parse_state_letters
+from plugins.dispatcher.runtime import DestKey, DestRuntime, DispatcherState, ListingSource, parse_state_letters
 
 if TYPE_CHECKING:
     from b2bua.api import Host
@@ -54,6 +65,11 @@ class Dispatcher(Protocol):
     admin_state: AdminState
     prober: Prober | None
     host_lookup: HostLookup  #: looks destination host names up as calls will (SRV first)
+    counters: DispatcherCounters
+    drains: DrainWatch
+
+    def statistics(self) -> DispatcherStats: ...
+
 
 T = TypeVar("T")
 
@@ -116,7 +132,9 @@ def state_param(text: str) -> str:
     return letters
 
 
-def listing_steps(source: ListingSource, mode: str = "", latency_stats: bool = False) -> Task[bytearray]:
+def listing_steps(source: ListingSource, mode: str = "", latency_stats: bool = False,
+                  counters: Mapping[DestKey, DestCounters] | None = None,
+                  draining: Collection[DestKey] = ()) -> Task[bytearray]:
     """``dispatcher.list``'s answer as JSON, built as a loop task (a step per entry):
     ``{NRSETS, RECORDS: [{SET: {ID, TARGETS: [{DEST: {...}}]}}]}``.
 
@@ -124,6 +142,8 @@ def listing_steps(source: ListingSource, mode: str = "", latency_stats: bool = F
     :param mode: ``""`` (normal), ``"short"`` (no ATTRS) or ``"full"`` (adds HOST, IPADDR,
         PORT, PROTO, a host name's DNSTIME_SEC and DNS answer, and ATTRS even when empty).
     :param latency_stats: ``ping_latency_stats``: add each entry's LATENCY block.
+    :param counters: the entries' counters (the compact ``STATS`` block; None: no block).
+    :param draining: entries whose drain waits for their calls (``RUNTIME.DRAINING``).
     """
     sets, runtime = source.snapshot.sets, source.runtime
     out = bytearray(b'{"NRSETS":%d,"RECORDS":[' % len(sets))
@@ -132,7 +152,12 @@ def listing_steps(source: ListingSource, mode: str = "", latency_stats: bool = F
         for i, dest in enumerate(sets[setid].destinations):
             if i:
                 out += b","
-            out += _json({"DEST": list_entry(dest, runtime.get(dest.key), mode, latency_stats)})
+            entry = list_entry(dest, runtime.get(dest.key), mode, latency_stats)
+            if dest.key in draining:
+                entry["RUNTIME"]["DRAINING"] = 1
+            if counters is not None:
+                entry["STATS"] = list_stats(counters.get(dest.key))
+            out += _json({"DEST": entry})
             yield None
         out += b"]}}"
     out += b"]}"
@@ -241,6 +266,21 @@ class DispatcherRpc:
         registry.add("dispatcher.remove", self.remove,
                      "Remove the destination <uri> from set <setid> in memory (a reload brings it back if "
                      "the list file or table still has it).")
+        registry.add("dispatcher.stats", self.stats,
+                     "Per destination (of set <setid>, entry <uri>): times selected, attempts, answered, failed by "
+                     "status class and code, local timeouts, send errors, cancelled forks, failovers away, "
+                     "keepalives sent/failed and their round-trip time, state changes, ASR; and reloads.",
+                     on_loop=False)
+        registry.add("dispatcher.stats_reset", self.stats_reset,
+                     "Zero the counters of every destination (and the reload counts), of set <setid>, or of its "
+                     "entry <uri>.")
+        registry.add("dispatcher.drain", self.drain,
+                     "Drain the entry <uri> (or 'all') of set <setid>: state d (no new calls; kept in the admin "
+                     "state file), its calls go on and the log says when the last one ended. With <wait> seconds "
+                     "(at most 3600), answer once they did or the time is up.", on_loop=False)
+        registry.add("dispatcher.undrain", self.undrain,
+                     "End the drain of the entry <uri> (or 'all') of set <setid>: active again (ap while "
+                     "keepalives run, so a probe confirms it).")
         registry.add("dispatcher.hash", self.hash_values,
                      "Kamailio's dispatcher hash of <val1> (and <val2>) and its slot modulo <nslots>; "
                      "for a URI pass the user and host[:port].", on_loop=False)
@@ -260,7 +300,8 @@ class DispatcherRpc:
             if not source.snapshot.sets:
                 raise RpcError("No Destination Sets", FAULT)
             assert plugin.app is not None
-            return plugin.app.run_task(listing_steps(source, text, plugin.config.ping_latency_stats))
+            return plugin.app.run_task(listing_steps(source, text, plugin.config.ping_latency_stats,
+                                                     plugin.counters.by_key, plugin.drains.pending))
 
         listing = self._on_loop(start)
         try:
@@ -281,19 +322,12 @@ class DispatcherRpc:
     def set_state(self, state: str, setid: int, uri: str) -> str:
         """``dispatcher.set_state <state> <setid> <uri|all>`` (loop thread)."""
         letters, group, address = self._state_args(state, setid, "uri", uri)
-        dset = self.plugin.state.snapshot.sets.get(group)
-        if dset is None:
-            raise RpcError(f"State Update Failed: no set {group}", FAULT)
-        if address.lower() == "all":
-            targets = list(dset.destinations)
-        else:
-            found = self._find(group, address)
-            if found is None:
-                raise RpcError(f"State Update Failed: set {group} has no destination {address}", FAULT)
-            targets = [found]
+        targets = self._targets(group, address)
         self.plugin.state.set_state(group, "all" if len(targets) > 1 else targets[0].uri, letters,
                                     reason=f"set_state {letters}")
         self.plugin.admin_state.note(targets, letters)
+        if not letters.startswith(("d", "2")):  # back in service: no drain waits for it any more
+            self.plugin.drains.stop(d.key for d in targets)
         return STATE_UPDATED
 
     def set_duid_state(self, state: str, setid: int, duid: str) -> str:
@@ -355,7 +389,87 @@ class DispatcherRpc:
         if dest is None or not self.plugin.state.remove(group, dest.uri):
             raise RpcError(f"Removing dispatcher dst failed: set {group} has no destination {address}", FAULT)
         self.plugin.admin_state.forget(group, dest.uri)
+        self.plugin.counters.forget([dest.key])
+        self.plugin.drains.stop([dest.key])
         return REMOVED
+
+    def stats(self, setid: int | None = None, uri: str | None = None) -> dict[str, Any]:
+        """``dispatcher.stats [setid [uri]]`` (control thread; built on the loop a slice at a time)."""
+        group = int_param("setid", setid, 0, INT_MAX) if setid is not None else None
+        address = str_param("uri", uri).strip() if uri is not None else None
+        if address is not None and group is None:
+            raise RpcError("Invalid Parameters: a uri needs its setid", INVALID_PARAMS)
+        plugin = self.plugin
+
+        def start() -> Future[dict[str, Any]]:
+            if group is not None and not plugin.state.has_set(group):
+                raise RpcError(f"Invalid Parameters: no set {group}", FAULT)
+            entry = None
+            if address is not None:
+                assert group is not None
+                found = self._find(group, address)
+                if found is None:
+                    raise RpcError(f"Invalid Parameters: set {group} has no destination {address}", FAULT)
+                entry = found.uri
+            assert plugin.app is not None
+            return plugin.app.run_task(plugin.statistics().report_steps(group, entry))
+
+        report = self._on_loop(start)
+        try:
+            return report.result(LIST_WAIT)
+        except TimeoutError:
+            raise RpcError(f"Timeout: the statistics were not done within {LIST_WAIT:g}s", SERVER_ERROR) from None
+
+    def stats_reset(self, setid: int | None = None, uri: str | None = None) -> dict[str, int]:
+        """``dispatcher.stats_reset [setid [uri]]`` (loop thread)."""
+        counters = self.plugin.counters
+        if setid is None:
+            if uri is not None:
+                raise RpcError("Invalid Parameters: a uri needs its setid", INVALID_PARAMS)
+            return {"reset": counters.reset()}
+        group = int_param("setid", setid, 0, INT_MAX)
+        dset = self.plugin.state.snapshot.sets.get(group)
+        if dset is None:
+            raise RpcError(f"Invalid Parameters: no set {group}", FAULT)
+        if uri is None:
+            return {"reset": counters.reset(d.key for d in dset.destinations)}
+        address = str_param("uri", uri).strip()
+        found = self._find(group, address)
+        if found is None:
+            raise RpcError(f"Invalid Parameters: set {group} has no destination {address}", FAULT)
+        return {"reset": counters.reset([found.key])}
+
+    def drain(self, setid: int, uri: str, wait: Any = 0) -> dict[str, Any]:
+        """``dispatcher.drain <setid> <uri|all> [wait]`` (control thread)."""
+        _, group, address = self._state_args("d", setid, "uri", uri)
+        seconds = seconds_param("wait", wait)
+        plugin = self.plugin
+
+        def begin() -> list[Destination]:
+            targets = self._targets(group, address)
+            plugin.state.set_state(group, "all" if len(targets) > 1 else targets[0].uri, "d", reason="drain")
+            plugin.admin_state.note(targets, "d")
+            plugin.drains.start(plugin.state, [d.key for d in targets])
+            return targets
+
+        targets = self._on_loop(begin)
+        keys = [d.key for d in targets]
+        started = time.monotonic()
+        calls = wait_until(lambda: int(self._on_loop(lambda: plugin.drains.calls(plugin.state, keys))), seconds)
+        return {"destinations": [d.uri for d in targets], "calls": calls, "drained": calls == 0,
+                "waited": round(time.monotonic() - started, 1)}
+
+    def undrain(self, setid: int, uri: str) -> str:
+        """``dispatcher.undrain <setid> <uri|all>`` (loop thread)."""
+        _, group, address = self._state_args("a", setid, "uri", uri)
+        plugin = self.plugin
+        targets = self._targets(group, address)
+        probing = plugin.prober is not None and plugin.prober.interval > 0 and plugin.prober.active
+        letters = "ap" if probing else "a"
+        plugin.state.set_state(group, "all" if len(targets) > 1 else targets[0].uri, letters, reason="undrain")
+        plugin.admin_state.note(targets, letters)
+        plugin.drains.stop(d.key for d in targets)
+        return STATE_UPDATED
 
     def hash_values(self, nslots: int, val1: str, val2: str | None = None) -> dict[str, int]:
         """``dispatcher.hash <nslots> <val1> [val2]`` (control thread: pure computation)."""
@@ -379,6 +493,18 @@ class DispatcherRpc:
         except TimeoutError:
             raise RpcError(f"Timeout: the loop thread did not answer within {LOOP_TIMEOUT:g}s; nothing was done",
                            SERVER_ERROR) from None
+
+    def _targets(self, group: int, address: str) -> list[Destination]:
+        """The entries ``address`` (or ``all``) names in set ``group``; RpcError when none."""
+        dset = self.plugin.state.snapshot.sets.get(group)
+        if dset is None:
+            raise RpcError(f"State Update Failed: no set {group}", FAULT)
+        if address.lower() == "all":
+            return list(dset.destinations)
+        found = self._find(group, address)
+        if found is None:
+            raise RpcError(f"State Update Failed: set {group} has no destination {address}", FAULT)
+        return [found]
 
     def _find(self, setid: int, address: str) -> Destination | None:
         """The loaded entry for ``address`` as written (case-insensitive); a URI without a

@@ -220,3 +220,99 @@ def test_the_logs_module_is_a_log_control() -> None:
 
     control: LogControl = logs  # a type error here would mean the Protocol and the module disagree
     assert control.pjsip_log_level() is None  # no SIP stack in a unit test
+
+
+# -- drain and statistics -------------------------------------------------------------------------
+
+
+@dataclass
+class DrainingApp:
+    """Calls in progress end one per look while draining (each look is one loop hand-over)."""
+
+    sessions: list[int] = field(default_factory=lambda: [1, 2, 3])
+    draining: bool = False
+    looks: int = 0
+
+    def drain(self) -> int:
+        self.draining = True
+        return len(self.sessions)
+
+    def undrain(self) -> bool:
+        was, self.draining = self.draining, False
+        return was
+
+    def state(self) -> str:
+        return "draining" if self.draining else "up"
+
+
+def test_drain_waits_for_the_last_call_and_undrain_takes_calls_again() -> None:
+    from b2bua.core_rpc import register_drain_methods
+
+    app = DrainingApp()
+
+    def loop(fn: Any, timeout: float) -> Any:
+        result = fn()
+        if app.draining and app.sessions and fn is not app.drain:
+            app.sessions.pop()  # a call ends between two looks
+        return result
+
+    registry = RpcRegistry()
+    register_drain_methods(registry, app, loop)
+    assert registry.get("core.drain").on_loop is False  # it may wait: never on the loop
+    first = call(registry, "core.drain")
+    assert (first["state"], first["drained"]) == ("draining", False)
+    assert first["calls"] >= 2
+    done = call(registry, "core.drain", 5)
+    assert (done["calls"], done["drained"]) == (0, True)
+    assert call(registry, "core.undrain") == {"state": "up", "calls": 0, "was_draining": True}
+    assert call(registry, "core.undrain")["was_draining"] is False
+    for bad in (-1, "soon", 3601, True, float("nan")):
+        with pytest.raises(RpcError) as exc:
+            call(registry, "core.drain", bad)
+        assert exc.value.code == INVALID_PARAMS
+
+
+def test_drain_wait_ends_at_its_deadline_with_calls_left() -> None:
+    from b2bua.core_rpc import wait_until
+
+    now = [0.0]
+    left = wait_until(lambda: 2, 1.0, poll=0.25, clock=lambda: now[0],
+                      sleep=lambda s: now.__setitem__(0, now[0] + s))
+    assert left == 2 and now[0] == pytest.approx(1.0)
+
+
+def test_kamailio_statistics_methods() -> None:
+    from b2bua.core_rpc import register_stats_methods
+    from b2bua.stats import StatsRegistry
+
+    class Group:
+        def __init__(self, group: str, values: dict[str, float]) -> None:
+            self.group, self.values, self.resets = group, values, 0
+
+        def totals(self) -> dict[str, float]:
+            return dict(self.values)
+
+        def reset(self) -> None:
+            self.resets += 1
+            self.values = dict.fromkeys(self.values, 0)
+
+    stats = StatsRegistry()
+    core, disp = Group("core", {"calls_received": 4, "admitted_share": 0.5}), Group("dispatcher", {"attempts": 7})
+    stats.add(core)  # type: ignore[arg-type]
+    stats.add(disp)  # type: ignore[arg-type]
+    registry = RpcRegistry()
+    register_stats_methods(registry, stats)
+    assert call(registry, "stats.get_statistics", "all") == [
+        "core:calls_received = 4", "core:admitted_share = 0.5", "dispatcher:attempts = 7"]
+    assert call(registry, "stats.get_statistics", "dispatcher:") == ["dispatcher:attempts = 7"]
+    assert call(registry, "stats.get_statistics", "attempts", "core:calls_received") == [
+        "dispatcher:attempts = 7", "core:calls_received = 4"]
+    for bad in ("nothing", "nogroup:", "core:nothing"):
+        with pytest.raises(RpcError, match="no statistic"):
+            call(registry, "stats.get_statistics", bad)
+    assert call(registry, "stats.clear_statistics", "dispatcher:") == ["dispatcher:attempts = 7"]
+    assert (disp.resets, core.resets) == (1, 0)
+    assert call(registry, "stats.reset_statistics") == "Ok. Statistics reset: core, dispatcher"
+    assert (disp.resets, core.resets) == (2, 1)
+    with pytest.raises(RpcError, match="reset by group"):
+        call(registry, "stats.reset_statistics", "core:calls_received")

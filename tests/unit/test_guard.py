@@ -125,8 +125,8 @@ def test_load_decides_new_calls_only() -> None:
     assert g.screen(invite, f"{TRUSTED}:5062", full, 0.0)[0].why is Why.CAPACITY
     options = sipfuzz.request("OPTIONS", peer(TRUSTED))
     assert g.screen(options, f"{TRUSTED}:5062", full, 0.0)[0].verdict is Verdict.ACCEPT
-    draining = Load(draining=True, max_calls=10, free_slots=10)
-    assert g.screen(invite, f"{TRUSTED}:5062", draining, 0.0)[0].reason == "Shutting Down"
+    stopping = Load(stopping=True, max_calls=10, free_slots=10)
+    assert g.screen(invite, f"{TRUSTED}:5062", stopping, 0.0)[0].reason == "Shutting Down"
 
 
 def test_the_share_credit_is_carried_between_calls() -> None:
