@@ -61,6 +61,11 @@ class Lifecycle:
         app.endpoint.start()
         app.legs.slots = app.endpoint.slots
         try:
+            if app.cluster is not None:  # joined before the plugins start: they read the shared state
+                try:
+                    app.cluster.start()
+                except Exception as exc:
+                    raise StartupError(str(exc)) from exc
             try:
                 app.hooks.startup(app)
             except Exception as exc:
@@ -77,11 +82,14 @@ class Lifecycle:
         return 0
 
     def _start_control(self) -> None:
+        from b2bua.cluster import register_cluster_methods
         from b2bua.control import ControlServer
         from b2bua.core_rpc import register_core_methods
 
         app = self.app
         register_core_methods(app.registry, app)
+        if app.cluster is not None:
+            register_cluster_methods(app.registry, app.cluster)
         app.hooks.register_rpc(app.registry)
         ctl = app.config.control
         if ctl.socket or ctl.http:
@@ -172,6 +180,8 @@ class Lifecycle:
             app.hooks.shutdown(app)
         except Exception:
             logger.opt(exception=True).error("a plugin failed in b2bua_shutdown")
+        if app.cluster is not None:
+            app.cluster.stop()
         app.stop_blocking_work()
         try:
             app.endpoint.hangup_all()

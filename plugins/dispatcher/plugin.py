@@ -19,6 +19,7 @@ and given back when that leg fails or the call ends.
 from __future__ import annotations
 
 import random
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,6 +45,7 @@ from plugins.dispatcher.reloader import ReloadBusy, Reloader, ReloadFailed
 from plugins.dispatcher.replycodes import parse_reply_codes
 from plugins.dispatcher.rpc import DispatcherRpc
 from plugins.dispatcher.runtime import DispatcherState
+from plugins.dispatcher.shared import LocalState, SharedState
 from plugins.dispatcher.source import Loader, LoaderSource, Source, load_configured
 from plugins.dispatcher.statefile import StateWriter
 
@@ -97,6 +99,8 @@ class DispatcherPlugin:
         self.prober: Prober | None = None
         self.state = self._make_state()
         self.admin_state = AdminState()
+        #: what is shared with the other nodes of a cluster (nothing without [cluster])
+        self.shared: SharedState = LocalState()
         self.reloader = self._make_reloader(None)
         self._dns: DnsRefresher | None = None
 
@@ -125,13 +129,17 @@ class DispatcherPlugin:
     def b2bua_startup(self, app: Host) -> None:
         # before the first call: loading here, on the loop, stalls nobody
         path = self._state_path
-        self.admin_state = AdminState(StateWriter(path, app.run_blocking) if path is not None else None)
+        self.shared = self._make_shared(app)
+        self.admin_state = AdminState(StateWriter(path, app.run_blocking) if path is not None else None,
+                                      on_operator=self.shared.operator_changed)
         self.admin_state.read()
+        self.shared.attach(self.state, self.admin_state)
         self._heap.hold()  # a large list would otherwise trigger full collections over itself
         try:
             snapshot = self._loader(self.config, self._list_file)
             self.state.swap(snapshot, keep_state=False, reason="startup", disabled=self.admin_state.disabled)
             self.admin_state.apply(self.state)
+            self.shared.startup()
             self._heap.settle(self.state.size())
         finally:
             self._heap.release()
@@ -147,6 +155,7 @@ class DispatcherPlugin:
             self._dns.stop()
         if self.prober is not None:
             self.prober.stop()
+        self.shared.stop()
         self.admin_state.close()
 
     @hookimpl
@@ -236,7 +245,7 @@ class DispatcherPlugin:
             source=source,
             keep_state=self.config.keep_state_on_reload,
             disabled=lambda: self.admin_state.disabled,
-            after_install=lambda: self.admin_state.apply(self.state),
+            after_install=self._after_install,
             heap=self._heap,
         )
 
@@ -257,7 +266,23 @@ class DispatcherPlugin:
             latency_stats=cfg.ping_latency_stats,
             alpha_per_mille=cfg.latency_estimator_alpha,
             active=cfg.ping_active,
+            owns=None if self.shared.kind == "local" else self.shared.probes,
         )
+
+    def _make_shared(self, app: Host) -> SharedState:
+        cluster = getattr(app, "cluster", None)
+        if cluster is None:
+            return LocalState()
+        from plugins.dispatcher.redisstate import RedisState
+
+        interval = self.config.ping_interval
+        return RedisState(cluster, ping_interval=interval,
+                          prober_active=lambda: self.prober is not None and self.prober.active and interval > 0,
+                          call_soon=app.call_soon_threadsafe, call_later=app.call_later, monotonic=time.monotonic)
+
+    def _after_install(self) -> None:
+        self.admin_state.apply(self.state)
+        self.shared.after_load()
 
     def _on_change(self, dest: Destination, old: int | None, new: int, reason: str) -> None:
         if self.app is not None:

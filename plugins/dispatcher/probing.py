@@ -55,8 +55,11 @@ class Prober:
         latency_stats: bool = False,
         alpha_per_mille: int = 100,
         active: bool = True,
+        owns: Callable[[DestKey], bool] | None = None,
     ) -> None:
         self.state = state
+        #: whether this node probes an entry (a cluster gives each entry one prober); None: all
+        self.owns = owns
         self._send = send
         self._call_later = call_later
         self.interval = interval
@@ -117,7 +120,8 @@ class Prober:
 
     def _wants_probe(self, dest: Destination) -> bool:
         flags = self.state.flags(dest.key)
-        return flags is not None and dest.key not in self.outstanding and health.should_probe(flags, self.mode)
+        return (flags is not None and dest.key not in self.outstanding and health.should_probe(flags, self.mode)
+                and (self.owns is None or self.owns(dest.key)))
 
     # -- one probe ------------------------------------------------------------------------------
 

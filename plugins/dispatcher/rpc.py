@@ -37,7 +37,8 @@ from plugins.dispatcher.model import Destination, state_letters
 from plugins.dispatcher.probing import Prober
 from plugins.dispatcher.reloader import ReloadBusy, Reloader, ReloadFailed
 from plugins.dispatcher.resolve import LoadError, Resolver, normalize_uri, parse_uri, resolve_destinations
-from plugins.dispatcher.runtime import DestRuntime, DispatcherState, ListingSource, parse_state_letters
+from plugins.dispatcher.runtime import DestKey, DestRuntime, DispatcherState, ListingSource, parse_state_letters
+from plugins.dispatcher.shared import SharedState
 
 if TYPE_CHECKING:
     from b2bua.api import Host
@@ -52,6 +53,7 @@ class Dispatcher(Protocol):
     reloader: Reloader
     admin_state: AdminState
     prober: Prober | None
+    shared: SharedState
 
 T = TypeVar("T")
 
@@ -114,7 +116,8 @@ def state_param(text: str) -> str:
     return letters
 
 
-def listing_steps(source: ListingSource, mode: str = "", latency_stats: bool = False) -> Task[bytearray]:
+def listing_steps(source: ListingSource, mode: str = "", latency_stats: bool = False,
+                  cluster: Callable[[DestKey], dict[str, Any] | None] | None = None) -> Task[bytearray]:
     """``dispatcher.list``'s answer as JSON, built as a loop task (a step per entry):
     ``{NRSETS, RECORDS: [{SET: {ID, TARGETS: [{DEST: {...}}]}}]}``.
 
@@ -122,6 +125,7 @@ def listing_steps(source: ListingSource, mode: str = "", latency_stats: bool = F
     :param mode: ``""`` (normal), ``"short"`` (no ATTRS) or ``"full"`` (adds HOST, IPADDR,
         PORT, PROTO, and ATTRS even when empty).
     :param latency_stats: ``ping_latency_stats``: add each entry's LATENCY block.
+    :param cluster: in a cluster, each entry's CLUSTER block (its prober, every node's load).
     """
     sets, runtime = source.snapshot.sets, source.runtime
     out = bytearray(b'{"NRSETS":%d,"RECORDS":[' % len(sets))
@@ -130,7 +134,10 @@ def listing_steps(source: ListingSource, mode: str = "", latency_stats: bool = F
         for i, dest in enumerate(sets[setid].destinations):
             if i:
                 out += b","
-            out += _json({"DEST": list_entry(dest, runtime.get(dest.key), mode, latency_stats)})
+            entry = list_entry(dest, runtime.get(dest.key), mode, latency_stats)
+            if cluster is not None:
+                entry["CLUSTER"] = cluster(dest.key)
+            out += _json({"DEST": entry})
             yield None
         out += b"]}}"
     out += b"]}"
@@ -240,7 +247,9 @@ class DispatcherRpc:
             if not source.snapshot.sets:
                 raise RpcError("No Destination Sets", FAULT)
             assert plugin.app is not None
-            return plugin.app.run_task(listing_steps(source, text, plugin.config.ping_latency_stats))
+            shared = plugin.shared if plugin.shared.kind != "local" else None
+            return plugin.app.run_task(listing_steps(source, text, plugin.config.ping_latency_stats,
+                                                     shared.describe if shared is not None else None))
 
         listing = self._on_loop(start)
         try:

@@ -1,0 +1,695 @@
+"""The dispatcher's state shared through Redis (:class:`RedisState`, a :class:`SharedState`).
+
+Every node routes on its own :class:`DispatcherState`; this module keeps it in step with the
+others (docs/scale-out.md, "What is shared"). Redis keys, under the cluster's name ``P``:
+
+``P:seq``                 counter ordering every state change of the cluster
+``P:health:<set> <uri>``  an entry's latest flags and latency, as published (JSON with its seq);
+                          expires ``3 x ping_interval + node_ttl`` after the last keepalive
+                          (never for D, or without keepalives)
+``P:admin``               hash ``<set> <uri>`` -> JSON: the operator disables (the state file's
+                          cluster twin)
+``P:load:<node>``         hash ``<set> <uri>`` -> that node's active B legs; expires ``node_ttl``
+                          after its last heartbeat, so a dead node's calls stop counting
+``P:probers``             sorted set of the nodes that send keepalives, scored with Redis' clock
+``P:lease:<shard>``       the node probing the entries of one of :data:`SHARDS` shards (PX lease)
+``P:events``              the channel: ``state`` and ``load`` messages
+
+**Health** (keepalive results, failover marks, operator changes): a change on this node is
+applied here at once, then written and published by a Lua script that numbers it (``INCR``);
+every node (this one too) applies messages in that order and ignores one older than what it
+has applied for the entry, so concurrent changes end the same everywhere. **Call loads**: this
+node's counts are sent as absolute values, at most every ``load_sync`` seconds, and each node
+adds the others' counts to its own for algorithm 10. **Keepalives**: shards are assigned by
+rendezvous hashing over the live probers; a node takes (``SET NX PX``) and renews only the
+leases of its shards and lets the others go, so each entry has one prober, and a dead prober's
+shards are taken over when its lease and its ``probers`` entry expire. Times are Redis' own
+(``TIME``, ``PX``): a node's clock never decides anything.
+
+Redis unreachable (see :mod:`b2bua.redislink`): changes stay pending, every node probes every
+entry and counts only its own calls once the others' counts are older than ``node_ttl``; when
+Redis answers, pending changes are sent first, then everything is read back (catch-up).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zlib
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+from loguru import logger
+
+from b2bua.cluster import Cluster, Member
+from plugins.dispatcher.latency import LatencyStats
+from plugins.dispatcher.model import DestFlags, Destination
+from plugins.dispatcher.runtime import (
+    CONFIG_BITS,
+    FLAGS_CHANGED,
+    LATENCY_CHANGED,
+    LOAD_CHANGED,
+    DestKey,
+    DispatcherState,
+)
+from plugins.dispatcher.shared import AdminSink
+
+#: keepalive shards: leases are per shard, entries hashed into them
+SHARDS = 64
+#: keys read per MGET when catching up
+READ_CHUNK = 500
+_D = int(DestFlags.DISABLED)
+_LATENCY_FIELDS = tuple(f.name for f in fields(LatencyStats))
+
+# KEYS: seq, then one health key per item; ARGV: channel, then per item its JSON (without the
+# seq, ending in '}') and its TTL in ms (0: kept). Numbers, stores and publishes each item.
+STATE_LUA = """
+local out = {}
+for i = 2, #KEYS do
+  local seq = redis.call('INCR', KEYS[1])
+  local body = ARGV[2 * i - 2]
+  local ttl = tonumber(ARGV[2 * i - 1])
+  local msg = string.sub(body, 1, -2) .. ',"s":' .. seq .. '}'
+  if ttl > 0 then redis.call('SET', KEYS[i], msg, 'PX', ttl) else redis.call('SET', KEYS[i], msg) end
+  redis.call('PUBLISH', ARGV[1], msg)
+  out[#out + 1] = seq
+end
+return out
+"""
+
+# KEYS: this node's load hash; ARGV: channel, ttl ms, full ('1': replace the hash), the message,
+# then field, count pairs (0 deletes the field).
+LOAD_LUA = """
+if ARGV[3] == '1' then redis.call('DEL', KEYS[1]) end
+for i = 5, #ARGV, 2 do
+  if tonumber(ARGV[i + 1]) > 0 then redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  else redis.call('HDEL', KEYS[1], ARGV[i]) end
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('PUBLISH', ARGV[1], ARGV[4])
+return 1
+"""
+
+# KEYS: this node's load hash, the probers set, then the lease key of every shard; ARGV: node,
+# ttl ms, active ('1': this node probes), wanted shards ('0'/'1' per shard). Returns
+# {holder per shard ('' none), live probers}.
+LEASE_LUA = """
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local active = ARGV[3] == '1'
+if active then redis.call('ZADD', KEYS[2], now, ARGV[1]) else redis.call('ZREM', KEYS[2], ARGV[1]) end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[2]))
+local holders = {}
+for i = 3, #KEYS do
+  local want = active and string.sub(ARGV[4], i - 2, i - 2) == '1'
+  local cur = redis.call('GET', KEYS[i])
+  if want then
+    if cur == ARGV[1] then redis.call('PEXPIRE', KEYS[i], ARGV[2])
+    elseif not cur then redis.call('SET', KEYS[i], ARGV[1], 'PX', ARGV[2]); cur = ARGV[1] end
+  elseif cur == ARGV[1] then
+    redis.call('DEL', KEYS[i]); cur = false
+  end
+  holders[#holders + 1] = cur or ''
+end
+return {holders, redis.call('ZRANGE', KEYS[2], 0, -1)}
+"""
+
+# KEYS: the lease keys, the probers set, the load hash; ARGV: node. Leaving: all of it at once.
+LEAVE_LUA = """
+for i = 1, #KEYS - 2 do
+  if redis.call('GET', KEYS[i]) == ARGV[1] then redis.call('DEL', KEYS[i]) end
+end
+redis.call('ZREM', KEYS[#KEYS - 1], ARGV[1])
+redis.call('DEL', KEYS[#KEYS])
+return 1
+"""
+
+
+# -- pure helpers --------------------------------------------------------------------------------
+
+
+def field_of(key: DestKey) -> str:
+    """An entry's name in Redis hashes and keys: ``<set> <uri>`` (a URI has no blanks)."""
+    return f"{key[0]} {key[1]}"
+
+
+def key_of_field(text: str | bytes) -> DestKey | None:
+    """:func:`field_of` read back; None for anything else."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    setid, sep, uri = text.partition(" ")
+    if not sep or not setid.isdigit() or not uri or " " in uri:
+        return None
+    return int(setid), uri.lower()
+
+
+def shard_of(key: DestKey, shards: int = SHARDS) -> int:
+    """The keepalive shard of an entry (stable across nodes and versions of Python)."""
+    return zlib.crc32(field_of(key).encode("utf-8")) % shards
+
+
+def preferred(shard: int, nodes: Iterable[str]) -> str | None:
+    """The node that should probe ``shard``: rendezvous (highest random weight) hashing, so a
+    node joining or leaving moves only its share of the shards."""
+    best, best_score = None, -1
+    for node in nodes:
+        score = int.from_bytes(hashlib.blake2b(f"{shard}/{node}".encode(), digest_size=8).digest(), "big")
+        if score > best_score:
+            best, best_score = node, score
+    return best
+
+
+def wanted_shards(node: str, probers: Iterable[str], shards: int = SHARDS) -> str:
+    """``'0'``/``'1'`` per shard: the shards ``node`` should hold among ``probers`` (itself included)."""
+    nodes = sorted({*probers, node})
+    return "".join("1" if preferred(s, nodes) == node else "0" for s in range(shards))
+
+
+def encode_latency(stats: Any) -> list[float] | None:
+    if not isinstance(stats, LatencyStats):
+        return None
+    return [getattr(stats, name) for name in _LATENCY_FIELDS]
+
+
+def decode_latency(value: Any) -> LatencyStats | None:
+    """A message's latency list back as :class:`LatencyStats`; None when absent or malformed."""
+    if not isinstance(value, list) or len(value) != len(_LATENCY_FIELDS):
+        return None
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        return None
+    stats = dict(zip(_LATENCY_FIELDS, value, strict=True))
+    stats["timeout"] = int(stats["timeout"])
+    stats["count"] = int(stats["count"])
+    return LatencyStats(**stats)
+
+
+@dataclass(frozen=True)
+class StateUpdate:
+    """One published health or operator change, checked."""
+
+    key: DestKey
+    flags: int
+    seq: int
+    node: str
+    write: int  #: the publishing node's own number of the write
+    operator: bool  #: an operator's change (``set_state``): kept as an admin disable when D
+    latency: LatencyStats | None
+
+
+def parse_state(message: dict[str, Any]) -> StateUpdate:
+    """A ``state`` message (or a health key's value) as a :class:`StateUpdate`.
+
+    :raises ValueError: a field is missing or of the wrong type.
+    """
+    k, flags, seq, node = message.get("k"), message.get("f"), message.get("s"), message.get("n")
+    if not (isinstance(k, list) and len(k) == 2 and isinstance(k[0], int) and isinstance(k[1], str) and k[1]):
+        raise ValueError(f"bad entry {k!r}")
+    for name, value in (("f", flags), ("s", seq)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ValueError(f"bad {name} {value!r}")
+    if not isinstance(node, str):
+        raise ValueError(f"bad node {node!r}")
+    write = message.get("i", 0)
+    return StateUpdate((k[0], k[1].lower()), int(flags), int(seq), node,  # type: ignore[arg-type]
+                       write if isinstance(write, int) else 0, bool(message.get("o")),
+                       decode_latency(message.get("l")))
+
+
+def parse_counts(value: Any) -> dict[DestKey, int]:
+    """A ``load`` message's or load hash's ``{"<set> <uri>": count}`` (bad items are skipped)."""
+    out: dict[DestKey, int] = {}
+    if not isinstance(value, dict):
+        raise ValueError(f"bad counts {value!r}")
+    for name, count in value.items():
+        key = key_of_field(name)
+        if isinstance(count, (bytes, str)):
+            text = count.decode() if isinstance(count, bytes) else count
+            count = int(text) if text.isdigit() else None
+        if key is not None and isinstance(count, int) and not isinstance(count, bool) and count >= 0:
+            out[key] = count
+    return out
+
+
+def health_ttl(ping_interval: float, node_ttl: float) -> float:
+    """Seconds a published health entry stays without a new keepalive (0: kept)."""
+    return 3 * ping_interval + node_ttl if ping_interval > 0 else 0.0
+
+
+# -- the shared state ----------------------------------------------------------------------------
+
+
+class RedisState:
+    """:class:`~plugins.dispatcher.shared.SharedState` through Redis (loop thread).
+
+    :param cluster: the host's cluster (node name, Redis link, membership).
+    :param ping_interval: the dispatcher's keepalive interval (health entries expire after
+        :func:`health_ttl`).
+    :param prober_active: whether this node's keepalives run (``dispatcher.ping_active``).
+    :param call_soon: runs a callable on the loop on its next pass.
+    :param call_later: the loop's timer.
+    :param monotonic: the clock ``load_sync`` is measured with.
+    """
+
+    kind = "redis"
+
+    def __init__(self, cluster: Cluster, *, ping_interval: float, prober_active: Callable[[], bool],
+                 call_soon: Callable[[Callable[[], None]], None],
+                 call_later: Callable[[float, Callable[[], None]], Any],
+                 monotonic: Callable[[], float]) -> None:
+        self.cluster = cluster
+        self.node = cluster.node
+        self._ping_interval = ping_interval
+        self._prober_active = prober_active
+        self._call_soon = call_soon
+        self._call_later = call_later
+        self._now = monotonic
+        self._state: DispatcherState | None = None
+        self._admin: AdminSink | None = None
+        self._applying = False
+        #: entries changed here and not published yet -> changed by an operator?
+        self._dirty: dict[DestKey, bool] = {}
+        #: operator disables not written to P:admin yet: field -> JSON, or None to delete
+        self._dirty_admin: dict[str, str | None] = {}
+        self._dirty_loads: set[DestKey] = set()
+        self._applied: dict[DestKey, int] = {}  #: the seq of the last change applied per entry
+        self._own_write: dict[DestKey, int] = {}  #: this node's last write number per entry
+        self._writes = 0
+        self._remote: dict[str, dict[DestKey, int]] = {}  #: other nodes' loads
+        self._holders: list[str] = [""] * SHARDS
+        self._owned: frozenset[int] = frozenset()
+        self._probers: tuple[str, ...] = ()
+        self._state_flush = False  #: a flush is queued or in flight
+        self._load_timer: Any = None
+        self._load_inflight = False
+        self._last_load_flush = -1e9
+        self._lease_inflight = False
+        self._down_timer: Any = None
+        self.applied_messages = 0
+        self.published = 0
+
+    # -- SharedState ---------------------------------------------------------------------------
+
+    def attach(self, state: DispatcherState, admin: AdminSink) -> None:
+        self._state, self._admin = state, admin
+        state.observer = self._changed
+        cluster = self.cluster
+        cluster.on_message("state", self._on_state_message)
+        cluster.on_message("load", self._on_load_message)
+        cluster.on_members(self._on_members)
+        cluster.on_up(self._catch_up)
+        cluster.on_down(self._on_down)
+
+    def startup(self) -> None:
+        if not self.cluster.up:
+            return  # Redis does not answer: the catch-up runs when it does
+        members = [m.name for m in self.cluster.members]
+        try:
+            found = self.cluster.link.call(lambda c: self._read_all(c, self._entry_keys(), members))
+        except Exception as exc:
+            logger.warning("cluster: could not read the shared dispatcher state at start-up ({}): starting on "
+                           "this node's own; it is read again when Redis answers", exc)
+            return
+        self._apply_read(found, startup=True)
+
+    def stop(self) -> None:
+        if not self.cluster.up:
+            return
+        keys = [self.cluster.key("lease", s) for s in range(SHARDS)]
+        keys += [self.cluster.key("probers"), self.cluster.key("load", self.node)]
+        try:
+            self.cluster.link.call(lambda c: self.cluster.run_script(c, LEAVE_LUA, keys, [self.node]))
+        except Exception as exc:
+            logger.info("cluster: could not release keepalive leases and loads ({}); they expire in {:g} s",
+                        exc, self.cluster.config.node_ttl)
+
+    def after_load(self) -> None:
+        self._recount_remote(None)
+        if self.cluster.up:
+            self._read_back()
+
+    def operator_changed(self, dests: Sequence[Destination], disabled: bool) -> None:
+        for dest in dests:
+            key = dest.key
+            self._dirty[key] = True
+            self._dirty_admin[field_of(key)] = (
+                json.dumps({"u": dest.uri, "n": self.node}, separators=(",", ":")) if disabled else None)
+        self._schedule_state_flush()
+
+    def probes(self, key: DestKey) -> bool:
+        if not self.cluster.up:
+            return True  # on our own: probe everything, as a single node does
+        return shard_of(key) in self._owned
+
+    def describe(self, key: DestKey) -> dict[str, Any] | None:
+        state = self._state
+        rt = state.runtime(key) if state is not None else None
+        loads = {self.node: rt.load if rt is not None else 0}
+        for node, counts in sorted(self._remote.items()):
+            if counts.get(key):
+                loads[node] = counts[key]
+        holder = self._holders[shard_of(key)] if self.cluster.up else self.node
+        return {"PROBER": holder or None, "LOAD": sum(loads.values()), "NODES": loads}
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "SHARED": "redis" if self.cluster.up else "local (Redis unreachable)",
+            "PROBERS": list(self._probers),
+            "SHARDS_PROBED_HERE": len(self._owned) if self.cluster.up else SHARDS,
+            "SHARDS": SHARDS,
+            "PENDING": len(self._dirty) + len(self._dirty_loads) + len(self._dirty_admin),
+            "REMOTE_LOADS": {node: sum(c.values()) for node, c in sorted(self._remote.items())},
+            "APPLIED": self.applied_messages,
+            "PUBLISHED": self.published,
+        }
+
+    # -- changes made here ---------------------------------------------------------------------
+
+    def _changed(self, key: DestKey, what: int) -> None:
+        if what & LOAD_CHANGED:
+            self._dirty_loads.add(key)
+            self._schedule_load_flush()
+        if what & (FLAGS_CHANGED | LATENCY_CHANGED) and not self._applying:
+            self._dirty.setdefault(key, False)
+            self._schedule_state_flush()
+
+    def _schedule_state_flush(self) -> None:
+        if not self._state_flush:
+            self._state_flush = True
+            self._call_soon(self._flush_state)
+
+    def _flush_state(self) -> None:
+        state = self._state
+        if state is None or not self.cluster.up or not (self._dirty or self._dirty_admin):
+            self._state_flush = False
+            return  # kept pending: the catch-up sends them
+        dirty, admin = self._dirty, self._dirty_admin
+        self._dirty, self._dirty_admin = {}, {}
+        ttl = health_ttl(self._ping_interval, self.cluster.config.node_ttl)
+        keys, args = [self.cluster.key("seq")], [self.cluster.channel]
+        for key, operator in dirty.items():
+            rt = state.runtime(key)
+            if rt is None:
+                continue
+            self._writes += 1
+            self._own_write[key] = self._writes
+            body = {"t": "state", "k": [key[0], key[1]], "f": rt.flags, "o": int(operator), "i": self._writes,
+                    "l": encode_latency(rt.latency)}
+            keys.append(self.cluster.key("health", field_of(key)))
+            args += [self.cluster.encode(body), "0" if rt.flags & _D or not ttl else str(int(ttl * 1000))]
+        admin_key = self.cluster.key("admin")
+
+        def write(client: Any) -> Any:
+            pipe = client.pipeline(transaction=False)
+            for name, value in admin.items():
+                if value is None:
+                    pipe.hdel(admin_key, name)
+                else:
+                    pipe.hset(admin_key, name, value)
+            if len(keys) > 1:
+                self.cluster.run_script(pipe, STATE_LUA, keys, args)
+            return pipe.execute()
+
+        def done(_: Any, error: BaseException | None) -> None:
+            self._state_flush = False
+            if error is not None:
+                for key, operator in dirty.items():
+                    self._dirty[key] = self._dirty.get(key, False) or operator
+                for name, value in admin.items():
+                    self._dirty_admin.setdefault(name, value)
+                if not isinstance(error, ConnectionError):
+                    logger.error("cluster: publishing dispatcher state failed: {}", error)
+                return
+            self.published += len(keys) - 1
+            if self._dirty or self._dirty_admin:
+                self._schedule_state_flush()
+
+        self.cluster.link.submit(write, done)
+
+    def _schedule_load_flush(self) -> None:
+        if self._load_timer is not None or self._load_inflight:
+            return
+        delay = self._last_load_flush + self.cluster.config.load_sync - self._now()
+        if delay <= 0:
+            self._load_timer = True
+            self._call_soon(self._flush_loads)
+        else:
+            self._load_timer = self._call_later(delay, self._flush_loads)
+
+    def _flush_loads(self, full: bool = False) -> None:
+        self._load_timer = None
+        state = self._state
+        if state is None or not self.cluster.up:
+            return  # kept pending; the catch-up sends every count
+        if full:
+            keys = [d.key for d in state.destinations() if (state.runtime(d.key) or _NO_RT).load]
+            self._dirty_loads.clear()
+        else:
+            keys, self._dirty_loads = list(self._dirty_loads), set()
+        if not keys and not full:
+            return
+        counts = {field_of(k): (rt.load if (rt := state.runtime(k)) is not None else 0) for k in keys}
+        message = self.cluster.encode({"t": "load", "c": counts, "full": int(full)})
+        args: list[Any] = [self.cluster.channel, int(self.cluster.config.node_ttl * 1000), "1" if full else "0",
+                           message]
+        for name, count in counts.items():
+            args += [name, count]
+        load_key = self.cluster.key("load", self.node)
+        self._load_inflight = True
+        self._last_load_flush = self._now()
+
+        def write(client: Any) -> Any:
+            return self.cluster.run_script(client, LOAD_LUA, [load_key], args)
+
+        def done(_: Any, error: BaseException | None) -> None:
+            self._load_inflight = False
+            if error is not None:
+                self._dirty_loads.update(keys)
+                if not isinstance(error, ConnectionError):
+                    logger.error("cluster: publishing call loads failed: {}", error)
+                return
+            if self._dirty_loads:
+                self._schedule_load_flush()
+
+        self.cluster.link.submit(write, done)
+
+    # -- changes made elsewhere ----------------------------------------------------------------
+
+    def _on_state_message(self, message: dict[str, Any]) -> None:
+        self._apply_update(parse_state(message))
+
+    def _apply_update(self, update: StateUpdate) -> bool:
+        """Apply one published change in Redis' order; False when it was older than what we have."""
+        key = update.key
+        if update.seq <= self._applied.get(key, 0):
+            return False
+        self._applied[key] = update.seq
+        if update.node == self.node and self._own_write.get(key, update.write) != update.write:
+            return False  # an earlier write of ours: a later one is on its way
+        state, admin = self._state, self._admin
+        rt = state.runtime(key) if state is not None else None
+        if state is None or rt is None:
+            return False  # not loaded here
+        self.applied_messages += 1
+        flags = (update.flags & ~CONFIG_BITS) | (rt.flags & CONFIG_BITS)
+        self._applying = True
+        try:
+            if flags != rt.flags:
+                state.set_flags(key, flags, f"cluster: {update.node}")
+            if update.latency is not None and update.latency != rt.latency:
+                state.set_latency(key, update.latency)
+        finally:
+            self._applying = False
+        dest = state.destination(key)
+        if admin is not None and dest is not None and update.operator:
+            admin.note_remote(key, dest.uri, bool(flags & _D))
+        return True
+
+    def _on_load_message(self, message: dict[str, Any]) -> None:
+        node = message["n"]
+        if node == self.node:
+            return
+        counts = parse_counts(message.get("c"))
+        if message.get("full"):
+            touched = set(self._remote.get(node, {})) | set(counts)
+            self._remote[node] = {k: v for k, v in counts.items() if v}
+        else:
+            mine = self._remote.setdefault(node, {})
+            for key, count in counts.items():
+                if count:
+                    mine[key] = count
+                else:
+                    mine.pop(key, None)
+            touched = set(counts)
+        self._recount_remote(touched)
+
+    def _recount_remote(self, keys: Iterable[DestKey] | None) -> None:
+        """Set ``remote_load`` of ``keys`` (None: every entry) from the other nodes' counts."""
+        state = self._state
+        if state is None:
+            return
+        if keys is None:
+            keys = [d.key for d in state.destinations()]
+        remote = self._remote.values()
+        for key in keys:
+            rt = state.runtime(key)
+            if rt is not None:
+                rt.remote_load = sum(counts.get(key, 0) for counts in remote)
+
+    # -- membership, leases, catching up -----------------------------------------------------------
+
+    def _on_members(self, members: tuple[Member, ...]) -> None:
+        live = {m.name for m in members}
+        gone = [node for node in self._remote if node not in live]
+        if gone:
+            touched = {k for node in gone for k in self._remote.pop(node)}
+            logger.info("cluster: node(s) {} left: their call loads no longer count", ", ".join(sorted(gone)))
+            self._recount_remote(touched)
+        self._renew_leases(members)
+
+    def _renew_leases(self, members: tuple[Member, ...]) -> None:
+        if self._lease_inflight:
+            return
+        self._lease_inflight = True
+        active = self._prober_active()
+        probers = self._probers or tuple(m.name for m in members)
+        wants = wanted_shards(self.node, probers) if active else "0" * SHARDS
+        keys = [self.cluster.key("load", self.node), self.cluster.key("probers")]
+        keys += [self.cluster.key("lease", s) for s in range(SHARDS)]
+        args = [self.node, int(self.cluster.config.node_ttl * 1000), "1" if active else "0", wants]
+
+        def renew(client: Any) -> Any:
+            return self.cluster.run_script(client, LEASE_LUA, keys, args)
+
+        self.cluster.link.submit(renew, self._after_leases)
+
+    def _after_leases(self, reply: Any, error: BaseException | None) -> None:
+        self._lease_inflight = False
+        if error is not None:
+            if not isinstance(error, ConnectionError):
+                logger.error("cluster: renewing keepalive leases failed: {}", error)
+            return
+        holders = [h.decode("utf-8", "replace") if isinstance(h, bytes) else str(h) for h in reply[0]]
+        probers = tuple(sorted(p.decode("utf-8", "replace") if isinstance(p, bytes) else str(p) for p in reply[1]))
+        owned = frozenset(s for s, h in enumerate(holders) if h == self.node)
+        if owned != self._owned:
+            logger.info("cluster: node {} sends the keepalives of {} of {} shards (probers: {})", self.node,
+                        len(owned), SHARDS, ", ".join(probers) or "none")
+        self._holders, self._owned, self._probers = holders, owned, probers
+
+    def _catch_up(self) -> None:
+        """Redis answers (again): send what changed meanwhile, then read everything back."""
+        if self._down_timer is not None:
+            self._down_timer.cancel()
+            self._down_timer = None
+        self._lease_inflight = False
+        self._state_flush = False
+        if self._dirty or self._dirty_admin:
+            self._flush_state()
+        self._load_inflight = False
+        self._flush_loads(full=True)
+        self._read_back()
+
+    def _read_back(self) -> None:
+        members = [m.name for m in self.cluster.members]
+        keys = self._entry_keys()
+        self.cluster.link.submit(lambda c: self._read_all(c, keys, members), self._after_read)
+
+    def _after_read(self, found: Any, error: BaseException | None) -> None:
+        if error is not None:
+            if not isinstance(error, ConnectionError):
+                logger.error("cluster: reading the shared dispatcher state failed: {}", error)
+            return
+        self._apply_read(found, startup=False)
+
+    def _on_down(self) -> None:
+        self._owned = frozenset()
+        if self._down_timer is None:
+            self._down_timer = self._call_later(self.cluster.config.node_ttl, self._forget_remote)
+
+    def _forget_remote(self) -> None:
+        self._down_timer = None
+        if self.cluster.up or not self._remote:
+            return
+        logger.info("cluster: other nodes' call loads dropped after {:g} s without Redis: counting this "
+                    "node's calls only", self.cluster.config.node_ttl)
+        self._remote.clear()
+        self._recount_remote(None)
+
+    # -- reading everything (command thread, then the loop) ----------------------------------------
+
+    def _entry_keys(self) -> list[DestKey]:
+        state = self._state
+        return [d.key for d in state.destinations()] if state is not None else []
+
+    def _read_all(self, client: Any, keys: list[DestKey], members: list[str]) -> dict[str, Any]:
+        """What the cluster knows, read and decoded on the command thread."""
+        admin_raw = client.hgetall(self.cluster.key("admin"))
+        admin: dict[DestKey, str] = {}
+        for name, value in admin_raw.items():
+            key = key_of_field(name)
+            try:
+                uri = json.loads(value).get("u")
+            except (ValueError, AttributeError):
+                uri = None
+            if key is not None and isinstance(uri, str):
+                admin[key] = uri
+        health: list[StateUpdate] = []
+        for start in range(0, len(keys), READ_CHUNK):
+            chunk = keys[start:start + READ_CHUNK]
+            values = client.mget([self.cluster.key("health", field_of(k)) for k in chunk])
+            for value in values:
+                if value is None:
+                    continue
+                try:
+                    health.append(parse_state(json.loads(value)))
+                except (ValueError, TypeError, AttributeError):
+                    continue
+        loads = {}
+        for node in members:
+            if node != self.node:
+                loads[node] = parse_counts(client.hgetall(self.cluster.key("load", node)))
+        return {"admin": admin, "health": health, "loads": loads}
+
+    def _apply_read(self, found: dict[str, Any], *, startup: bool) -> None:
+        state, admin = self._state, self._admin
+        if state is None or admin is None:
+            return
+        cluster_admin: dict[DestKey, str] = found["admin"]
+        pending = {key for key in (key_of_field(f) for f in self._dirty_admin) if key is not None}
+        local_admin = dict(admin.disabled)
+        merged = {k: v for k, v in cluster_admin.items()}
+        merged.update({k: v for k, v in local_admin.items() if k in pending})
+        for key in pending:
+            if key not in local_admin:
+                merged.pop(key, None)
+        self._applying = True
+        try:
+            for key in merged:
+                rt = state.runtime(key)
+                if rt is not None and not rt.flags & _D:
+                    state.set_flags(key, (rt.flags & CONFIG_BITS) | _D, "cluster: disabled by an operator")
+            for key in set(local_admin) - set(merged):
+                rt, dest = state.runtime(key), state.destination(key)
+                if rt is not None and dest is not None and rt.flags & _D:
+                    # re-enabled elsewhere while we did not hear it: back to its configured state
+                    state.set_flags(key, (rt.flags & CONFIG_BITS) | (dest.flags & ~CONFIG_BITS & ~_D),
+                                    "cluster: enabled by an operator")
+        finally:
+            self._applying = False
+        admin.replace(merged)
+        applied = sum(self._apply_update(update) for update in found["health"]
+                      if update.key not in self._dirty)
+        self._remote = {node: {k: v for k, v in counts.items() if v} for node, counts in found["loads"].items()}
+        self._recount_remote(None)
+        logger.info("cluster: {} the shared dispatcher state: {} operator disable(s), {} entry state(s) applied, "
+                    "call loads of {} other node(s)", "took" if startup else "caught up with", len(merged), applied,
+                    len(self._remote))
+
+
+class _NoRuntime:
+    load = 0
+
+
+_NO_RT = _NoRuntime()
