@@ -4,6 +4,7 @@ Every node routes on its own :class:`DispatcherState`; this module keeps it in s
 others (docs/scale-out.md, "What is shared"). Redis keys, under the cluster's name ``P``:
 
 ``P:seq``                 counter ordering every state change of the cluster
+``P:epoch``               set by the first node that finds Redis empty (see "catching up")
 ``P:health:<set> <uri>``  an entry's latest flags and latency, as published (JSON with its seq);
                           expires ``3 x ping_interval + node_ttl`` after the last keepalive
                           (never for D, or without keepalives)
@@ -28,13 +29,17 @@ shards are taken over when its lease and its ``probers`` entry expire. Times are
 
 Redis unreachable (see :mod:`b2bua.redislink`): changes stay pending, every node probes every
 entry and counts only its own calls once the others' counts are older than ``node_ttl``; when
-Redis answers, pending changes are sent first, then everything is read back (catch-up).
+Redis answers, pending changes are sent first, then everything is read back (catch-up). A Redis
+that lost everything (restarted without persistence) has no ``P:epoch``: the first node to find
+that writes its operator disables with a new epoch in one script, then publishes every entry's
+state, and the others take it from there, so a Redis restart never re-enables a disabled gateway.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import secrets
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields
@@ -62,18 +67,32 @@ READ_CHUNK = 500
 _D = int(DestFlags.DISABLED)
 _LATENCY_FIELDS = tuple(f.name for f in fields(LatencyStats))
 
-# KEYS: seq, then one health key per item; ARGV: channel, then per item its JSON (without the
-# seq, ending in '}') and its TTL in ms (0: kept). Numbers, stores and publishes each item.
+# KEYS: seq, epoch, then one health key per item; ARGV: channel, then per item its JSON (without
+# the seq, ending in '}'), its TTL in ms (0: kept) and the seq the writer last saw ('' : write
+# anyway; else the item is skipped when the entry changed since). Numbers, stores and publishes
+# each item; the epoch goes with the seq (a Redis that lost everything counts from 1 again).
 STATE_LUA = """
 local out = {}
-for i = 2, #KEYS do
-  local seq = redis.call('INCR', KEYS[1])
-  local body = ARGV[2 * i - 2]
-  local ttl = tonumber(ARGV[2 * i - 1])
-  local msg = string.sub(body, 1, -2) .. ',"s":' .. seq .. '}'
-  if ttl > 0 then redis.call('SET', KEYS[i], msg, 'PX', ttl) else redis.call('SET', KEYS[i], msg) end
-  redis.call('PUBLISH', ARGV[1], msg)
-  out[#out + 1] = seq
+local epoch = redis.call('GET', KEYS[2]) or ''
+for i = 3, #KEYS do
+  local body, ttl, expect = ARGV[3 * i - 7], tonumber(ARGV[3 * i - 6]), ARGV[3 * i - 5]
+  local write = true
+  if expect ~= '' then
+    local cur = redis.call('GET', KEYS[i])
+    if cur then
+      local ok, old = pcall(cjson.decode, cur)
+      write = not ok or type(old) ~= 'table' or tostring(old['s']) == expect
+    end
+  end
+  if write then
+    local seq = redis.call('INCR', KEYS[1])
+    local msg = string.sub(body, 1, -2) .. ',"s":' .. seq .. ',"e":' .. cjson.encode(epoch) .. '}'
+    if ttl > 0 then redis.call('SET', KEYS[i], msg, 'PX', ttl) else redis.call('SET', KEYS[i], msg) end
+    redis.call('PUBLISH', ARGV[1], msg)
+    out[#out + 1] = seq
+  else
+    out[#out + 1] = 0
+  end
 end
 return out
 """
@@ -114,6 +133,17 @@ for i = 3, #KEYS do
   holders[#holders + 1] = cur or ''
 end
 return {holders, redis.call('ZRANGE', KEYS[2], 0, -1)}
+"""
+
+# KEYS: the epoch key, the admin hash; ARGV: a new epoch, then field, JSON pairs of this node's
+# operator disables. A Redis without an epoch holds no cluster state (new, or restarted without
+# persistence): the epoch is set and this node's disables written, in one step (1); else 0.
+EPOCH_LUA = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX') then
+  for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
+  return 1
+end
+return 0
 """
 
 # KEYS: the lease keys, the probers set, the load hash; ARGV: node. Leaving: all of it at once.
@@ -196,6 +226,7 @@ class StateUpdate:
     write: int  #: the publishing node's own number of the write
     operator: bool  #: an operator's change (``set_state``): kept as an admin disable when D
     latency: LatencyStats | None
+    epoch: str = ""  #: which Redis numbered it (see ``P:epoch``)
 
 
 def parse_state(message: dict[str, Any]) -> StateUpdate:
@@ -211,10 +242,10 @@ def parse_state(message: dict[str, Any]) -> StateUpdate:
             raise ValueError(f"bad {name} {value!r}")
     if not isinstance(node, str):
         raise ValueError(f"bad node {node!r}")
-    write = message.get("i", 0)
+    write, epoch = message.get("i", 0), message.get("e", "")
     return StateUpdate((k[0], k[1].lower()), int(flags), int(seq), node,  # type: ignore[arg-type]
                        write if isinstance(write, int) else 0, bool(message.get("o")),
-                       decode_latency(message.get("l")))
+                       decode_latency(message.get("l")), epoch if isinstance(epoch, str) else "")
 
 
 def parse_counts(value: Any) -> dict[DestKey, int]:
@@ -270,13 +301,18 @@ class RedisState:
         self._applying = False
         #: entries changed here and not published yet -> changed by an operator?
         self._dirty: dict[DestKey, bool] = {}
+        #: entries whose state this node publishes as their new prober, unless changed meanwhile
+        self._refresh: set[DestKey] = set()
         #: operator disables not written to P:admin yet: field -> JSON, or None to delete
         self._dirty_admin: dict[str, str | None] = {}
         self._dirty_loads: set[DestKey] = set()
         self._applied: dict[DestKey, int] = {}  #: the seq of the last change applied per entry
+        self._epoch = ""  #: the epoch those seqs belong to
         self._own_write: dict[DestKey, int] = {}  #: this node's last write number per entry
         self._writes = 0
         self._remote: dict[str, dict[DestKey, int]] = {}  #: other nodes' loads
+        self._remote_at: dict[str, float] = {}  #: when each node's loads were last heard of (our clock)
+        self._live: frozenset[str] = frozenset()  #: the members at the last heartbeat
         self._holders: list[str] = [""] * SHARDS
         self._owned: frozenset[int] = frozenset()
         self._probers: tuple[str, ...] = ()
@@ -288,6 +324,11 @@ class RedisState:
         self._down_timer: Any = None
         self.applied_messages = 0
         self.published = 0
+        #: messages received so far, and the count when each entry / node last had one: a read
+        #: started before a message must not undo it
+        self._messages = 0
+        self._entry_heard: dict[DestKey, int] = {}
+        self._node_heard: dict[str, int] = {}
 
     # -- SharedState ---------------------------------------------------------------------------
 
@@ -302,11 +343,13 @@ class RedisState:
         cluster.on_down(self._on_down)
 
     def startup(self) -> None:
-        if not self.cluster.up:
-            return  # Redis does not answer: the catch-up runs when it does
+        if not self.cluster.joined:
+            return  # Redis did not answer: the catch-up runs when it does
         members = [m.name for m in self.cluster.members]
         try:
-            found = self.cluster.link.call(lambda c: self._read_all(c, self._entry_keys(), members))
+            keys, mine = self._entry_keys(), self._admin_values()
+            found = self.cluster.link.call(lambda c: self._read_all(c, keys, members, mine))
+            found["since"], found["protect"] = self._messages, set()
         except Exception as exc:
             logger.warning("cluster: could not read the shared dispatcher state at start-up ({}): starting on "
                            "this node's own; it is read again when Redis answers", exc)
@@ -381,14 +424,16 @@ class RedisState:
 
     def _flush_state(self) -> None:
         state = self._state
-        if state is None or not self.cluster.up or not (self._dirty or self._dirty_admin):
+        if state is None or not self.cluster.up or not (self._dirty or self._dirty_admin or self._refresh):
             self._state_flush = False
             return  # kept pending: the catch-up sends them
-        dirty, admin = self._dirty, self._dirty_admin
-        self._dirty, self._dirty_admin = {}, {}
+        dirty, admin, refresh = self._dirty, self._dirty_admin, self._refresh - set(self._dirty)
+        self._dirty, self._dirty_admin, self._refresh = {}, {}, set()
         ttl = health_ttl(self._ping_interval, self.cluster.config.node_ttl)
-        keys, args = [self.cluster.key("seq")], [self.cluster.channel]
-        for key, operator in dirty.items():
+        keys, args = [self.cluster.key("seq"), self.cluster.key("epoch")], [self.cluster.channel]
+        items = [(key, operator, "") for key, operator in dirty.items()]
+        items += [(key, False, str(self._applied.get(key, 0))) for key in refresh]
+        for key, operator, expect in items:
             rt = state.runtime(key)
             if rt is None:
                 continue
@@ -397,7 +442,7 @@ class RedisState:
             body = {"t": "state", "k": [key[0], key[1]], "f": rt.flags, "o": int(operator), "i": self._writes,
                     "l": encode_latency(rt.latency)}
             keys.append(self.cluster.key("health", field_of(key)))
-            args += [self.cluster.encode(body), "0" if rt.flags & _D or not ttl else str(int(ttl * 1000))]
+            args += [self.cluster.encode(body), "0" if rt.flags & _D or not ttl else str(int(ttl * 1000)), expect]
         admin_key = self.cluster.key("admin")
 
         def write(client: Any) -> Any:
@@ -407,8 +452,11 @@ class RedisState:
                     pipe.hdel(admin_key, name)
                 else:
                     pipe.hset(admin_key, name, value)
-            if len(keys) > 1:
-                self.cluster.run_script(pipe, STATE_LUA, keys, args)
+            for start in range(2, len(keys), READ_CHUNK):  # a script at a time holds Redis: keep each short
+                chunk = keys[start:start + READ_CHUNK]
+                first = 3 * (start - 2) + 1
+                self.cluster.run_script(pipe, STATE_LUA, [*keys[:2], *chunk],
+                                        [args[0], *args[first:first + 3 * len(chunk)]])
             return pipe.execute()
 
         def done(_: Any, error: BaseException | None) -> None:
@@ -421,8 +469,8 @@ class RedisState:
                 if not isinstance(error, ConnectionError):
                     logger.error("cluster: publishing dispatcher state failed: {}", error)
                 return
-            self.published += len(keys) - 1
-            if self._dirty or self._dirty_admin:
+            self.published += len(keys) - 2
+            if self._dirty or self._dirty_admin or self._refresh:
                 self._schedule_state_flush()
 
         self.cluster.link.submit(write, done)
@@ -477,22 +525,42 @@ class RedisState:
     # -- changes made elsewhere ----------------------------------------------------------------
 
     def _on_state_message(self, message: dict[str, Any]) -> None:
-        self._apply_update(parse_state(message))
+        update = parse_state(message)
+        self._messages += 1
+        self._entry_heard[update.key] = self._messages
+        self._apply_update(update)
+
+    def _note_epoch(self, epoch: str) -> None:
+        """Seqs of another epoch are not comparable with ours: a Redis that lost everything counts anew."""
+        if epoch and epoch != self._epoch:
+            if self._epoch:
+                logger.info("cluster: Redis' state epoch changed: its change numbers start again")
+            self._epoch = epoch
+            self._applied.clear()
 
     def _apply_update(self, update: StateUpdate) -> bool:
         """Apply one published change in Redis' order; False when it was older than what we have."""
+        self._note_epoch(update.epoch)
         key = update.key
         if update.seq <= self._applied.get(key, 0):
             return False
         self._applied[key] = update.seq
         if update.node == self.node and self._own_write.get(key, update.write) != update.write:
             return False  # an earlier write of ours: a later one is on its way
+        if key in self._dirty:
+            return False  # changed here since: our write comes after this one in Redis' order and wins
         state, admin = self._state, self._admin
         rt = state.runtime(key) if state is not None else None
         if state is None or rt is None:
             return False  # not loaded here
         self.applied_messages += 1
         flags = (update.flags & ~CONFIG_BITS) | (rt.flags & CONFIG_BITS)
+        dest = state.destination(key)
+        if not update.operator and (key in (admin.disabled if admin is not None else ())
+                                    or (dest is not None and dest.flags & _D)):
+            # only an operator (or the configuration) takes an entry out of D: a keepalive result
+            # published before its node heard of the disable does not
+            flags = (flags & CONFIG_BITS) | _D
         self._applying = True
         try:
             if flags != rt.flags:
@@ -501,7 +569,6 @@ class RedisState:
                 state.set_latency(key, update.latency)
         finally:
             self._applying = False
-        dest = state.destination(key)
         if admin is not None and dest is not None and update.operator:
             admin.note_remote(key, dest.uri, bool(flags & _D))
         return True
@@ -511,6 +578,9 @@ class RedisState:
         if node == self.node:
             return
         counts = parse_counts(message.get("c"))
+        self._messages += 1
+        self._node_heard[node] = self._messages
+        self._remote_at[node] = self._now()
         if message.get("full"):
             touched = set(self._remote.get(node, {})) | set(counts)
             self._remote[node] = {k: v for k, v in counts.items() if v}
@@ -540,8 +610,13 @@ class RedisState:
     # -- membership, leases, catching up -----------------------------------------------------------
 
     def _on_members(self, members: tuple[Member, ...]) -> None:
-        live = {m.name for m in members}
-        gone = [node for node in self._remote if node not in live]
+        live = frozenset(m.name for m in members)
+        # gone: left since the last heartbeat, or never a member and silent for node_ttl (a node
+        # heard of before its first heartbeat shows in the members is not gone)
+        stale = self._now() - self.cluster.config.node_ttl
+        gone = [node for node in self._remote
+                if node not in live and (node in self._live or self._remote_at.get(node, 0) < stale)]
+        self._live = live
         if gone:
             touched = {k for node in gone for k in self._remote.pop(node)}
             logger.info("cluster: node(s) {} left: their call loads no longer count", ", ".join(sorted(gone)))
@@ -573,6 +648,11 @@ class RedisState:
         holders = [h.decode("utf-8", "replace") if isinstance(h, bytes) else str(h) for h in reply[0]]
         probers = tuple(sorted(p.decode("utf-8", "replace") if isinstance(p, bytes) else str(p) for p in reply[1]))
         owned = frozenset(s for s, h in enumerate(holders) if h == self.node)
+        gained = owned - self._owned
+        if gained and self._state is not None:
+            # the new prober's view of these entries is the cluster's until its next keepalive says more
+            self._refresh.update(d.key for d in self._state.destinations() if shard_of(d.key) in gained)
+            self._schedule_state_flush()
         if owned != self._owned:
             logger.info("cluster: node {} sends the keepalives of {} of {} shards (probers: {})", self.node,
                         len(owned), SHARDS, ", ".join(probers) or "none")
@@ -585,16 +665,22 @@ class RedisState:
             self._down_timer = None
         self._lease_inflight = False
         self._state_flush = False
+        self._load_inflight = False
+        # the read first (it writes our operator disables to a Redis that lost everything), then
+        # what changed here meanwhile: the read does not undo those
+        self._read_back(protect={*self._dirty, *(k for k in map(key_of_field, self._dirty_admin) if k)})
         if self._dirty or self._dirty_admin:
             self._flush_state()
-        self._load_inflight = False
         self._flush_loads(full=True)
-        self._read_back()
 
-    def _read_back(self) -> None:
+    def _read_back(self, protect: Iterable[DestKey] = ()) -> None:
         members = [m.name for m in self.cluster.members]
-        keys = self._entry_keys()
-        self.cluster.link.submit(lambda c: self._read_all(c, keys, members), self._after_read)
+        keys, mine, since, protected = self._entry_keys(), self._admin_values(), self._messages, set(protect)
+
+        def read(client: Any) -> dict[str, Any]:
+            return {**self._read_all(client, keys, members, mine), "since": since, "protect": protected}
+
+        self.cluster.link.submit(read, self._after_read)
 
     def _after_read(self, found: Any, error: BaseException | None) -> None:
         if error is not None:
@@ -619,12 +705,24 @@ class RedisState:
 
     # -- reading everything (command thread, then the loop) ----------------------------------------
 
+    def _admin_values(self) -> dict[str, str]:
+        admin = self._admin
+        if admin is None:
+            return {}
+        return {field_of(key): json.dumps({"u": uri, "n": self.node}, separators=(",", ":"))
+                for key, uri in admin.disabled.items()}
+
     def _entry_keys(self) -> list[DestKey]:
         state = self._state
         return [d.key for d in state.destinations()] if state is not None else []
 
-    def _read_all(self, client: Any, keys: list[DestKey], members: list[str]) -> dict[str, Any]:
-        """What the cluster knows, read and decoded on the command thread."""
+    def _read_all(self, client: Any, keys: list[DestKey], members: list[str],
+                  mine: dict[str, str]) -> dict[str, Any]:
+        """What the cluster knows, read and decoded on the command thread (``mine``: this node's
+        operator disables, written when Redis turns out to hold no cluster state)."""
+        pairs = [item for pair in mine.items() for item in pair]
+        fresh = self.cluster.run_script(client, EPOCH_LUA, [self.cluster.key("epoch"), self.cluster.key("admin")],
+                                        [f"{self.node}-{secrets.token_hex(6)}", *pairs])
         admin_raw = client.hgetall(self.cluster.key("admin"))
         admin: dict[DestKey, str] = {}
         for name, value in admin_raw.items():
@@ -650,14 +748,30 @@ class RedisState:
         for node in members:
             if node != self.node:
                 loads[node] = parse_counts(client.hgetall(self.cluster.key("load", node)))
-        return {"admin": admin, "health": health, "loads": loads}
+        epoch = client.get(self.cluster.key("epoch"))
+        return {"admin": admin, "health": health, "loads": loads, "fresh": bool(fresh),
+                "epoch": epoch.decode("utf-8", "replace") if epoch else ""}
 
     def _apply_read(self, found: dict[str, Any], *, startup: bool) -> None:
         state, admin = self._state, self._admin
         if state is None or admin is None:
             return
+        since = found["since"]
+        self._note_epoch(found["epoch"])
+        # what was heard after the read began is newer than what it read
+        loads = {node: {k: v for k, v in counts.items() if v} for node, counts in found["loads"].items()
+                 if self._node_heard.get(node, 0) <= since}
+        self._remote = {**loads, **{n: c for n, c in self._remote.items() if self._node_heard.get(n, 0) > since}}
+        self._recount_remote(None)
+        if found["fresh"]:
+            # the probers publish their entries as they take the (lost) leases again
+            logger.warning("cluster: Redis holds no dispatcher state (new, or restarted without persistence): this "
+                           "node's {} operator disable(s) were written to it", len(admin.disabled))
+            return
         cluster_admin: dict[DestKey, str] = found["admin"]
         pending = {key for key in (key_of_field(f) for f in self._dirty_admin) if key is not None}
+        pending |= {key for key, heard in self._entry_heard.items() if heard > since}
+        pending |= found["protect"]
         local_admin = dict(admin.disabled)
         merged = {k: v for k, v in cluster_admin.items()}
         merged.update({k: v for k, v in local_admin.items() if k in pending})
@@ -680,9 +794,7 @@ class RedisState:
             self._applying = False
         admin.replace(merged)
         applied = sum(self._apply_update(update) for update in found["health"]
-                      if update.key not in self._dirty)
-        self._remote = {node: {k: v for k, v in counts.items() if v} for node, counts in found["loads"].items()}
-        self._recount_remote(None)
+                      if update.key not in self._dirty and update.key not in pending)
         logger.info("cluster: {} the shared dispatcher state: {} operator disable(s), {} entry state(s) applied, "
                     "call loads of {} other node(s)", "took" if startup else "caught up with", len(merged), applied,
                     len(self._remote))
