@@ -142,7 +142,7 @@ def decode_members(reply: list[Any]) -> tuple[float, list[Member]]:
     for i in range(2, len(reply) - 1, 2):
         name = reply[i].decode("utf-8", "replace") if isinstance(reply[i], bytes) else str(reply[i])
         members.append(Member(name, max(0.0, (now - float(reply[i + 1])) / 1000.0)))
-    return now, members
+    return now, sorted(members, key=lambda m: m.name)
 
 
 def read_members(client: Any, prefix: str, ttl: float) -> list[dict[str, Any]]:
