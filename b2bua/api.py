@@ -91,6 +91,36 @@ class CallInfo:
 
 
 @dataclass(frozen=True)
+class Outbound:
+    """How a B leg (and the destination's keepalives) leave the B2BUA: every field optional.
+
+    The host resolves it when it dials (:mod:`b2bua.outbound`); a value it cannot honour fails
+    that attempt with a clear reason (the dispatcher checks its destinations when it loads them).
+
+    :param socket: the listener to send from, as ``[sip] listen`` writes it (``udp:10.0.0.5:5060``;
+        Kamailio's ``socket`` attribute).
+    :param sockname: the listener by its name in ``[sip] socket_names``; wins over ``socket``
+        (Kamailio's ``sockname``).
+    :param proxy: an outbound proxy URI the request is sent through (a ``Route`` header; ``;lr``
+        is added when missing); empty: ``[sip] outbound_proxy``, if any.
+    :param auth: the ``name`` of a ``[[sip.credentials]]`` entry answering 401/407 challenges;
+        empty: the credentials without a name, chosen by the challenge's realm.
+    """
+
+    socket: str = ""
+    sockname: str = ""
+    proxy: str = ""
+    auth: str = ""
+
+    def __bool__(self) -> bool:
+        return bool(self.socket or self.sockname or self.proxy or self.auth)
+
+
+#: no outbound preference: the host's defaults
+DEFAULT_OUTBOUND = Outbound()
+
+
+@dataclass(frozen=True)
 class Target:
     """One destination to dial.
 
@@ -102,6 +132,7 @@ class Target:
     :param attempt_timeout: seconds to wait for any provisional response (None: host default).
     :param answer_timeout: seconds to wait for the answer once ringing (None: host default).
     :param data: opaque per-target data of the plugin that made it (e.g. a destination key).
+    :param outbound: the listener, outbound proxy and credentials to use (:class:`Outbound`).
     """
 
     uri: str
@@ -110,6 +141,7 @@ class Target:
     attempt_timeout: float | None = None
     answer_timeout: float | None = None
     data: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    outbound: Outbound = DEFAULT_OUTBOUND
 
 
 class DialMode(str, enum.Enum):
@@ -175,12 +207,30 @@ class Failure:
 
 @dataclass
 class OutgoingRequest:
-    """The INVITE about to be sent for one attempt; ``b2bua_prepare_target`` may change it."""
+    """The INVITE about to be sent for one attempt; ``b2bua_prepare_target`` may change it.
+
+    The host fills it in from the caller's INVITE: From keeps the caller's URI and display
+    name, To the caller's To with the host part of the Request-URI, and ``headers`` holds the
+    caller's headers ``[headers] to_gateway`` lets through, then the target's own (which
+    replace copied ones of the same name). Display names are plain text (the host quotes and
+    escapes them); an empty one is left out. Values must be one line of printable text: a
+    control character fails the attempt (``500``, kind ``error``) instead of reaching the wire.
+
+    :param request_uri: the B leg's Request-URI.
+    :param from_uri: the From URI (the caller's, e.g. for caller-ID normalisation).
+    :param to_uri: the To URI.
+    :param headers: extra headers, in order; the host writes Via, From, To, Call-ID, CSeq,
+        Contact, Max-Forwards and the body's headers itself.
+    :param from_name: the From display name (``""``: none).
+    :param to_name: the To display name (``""``: none).
+    """
 
     request_uri: str
     from_uri: str
     to_uri: str
     headers: list[tuple[str, str]] = field(default_factory=list)
+    from_name: str = ""
+    to_name: str = ""
 
 
 @dataclass(frozen=True)
@@ -285,11 +335,13 @@ class Host(Protocol):
         callback: Callable[[ProbeResult], None],
         timeout: float = 2.0,
         headers: Sequence[tuple[str, str]] = (),
+        outbound: Outbound = DEFAULT_OUTBOUND,
     ) -> None:
         """Send an out-of-dialog request (e.g. OPTIONS) and call ``callback`` exactly once
         (loop thread only).
 
         The callback gets the final response, or a local 408 after ``timeout`` seconds, or a
-        local 500 when the request could not be sent.
+        local 500 when the request could not be sent (an ``outbound`` the host cannot honour
+        too). ``outbound`` chooses the listener, proxy and credentials as for a B leg.
         """
         ...

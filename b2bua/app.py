@@ -25,7 +25,7 @@ from loguru import logger
 
 from b2bua import __version__
 from b2bua.admission import Decision, Load, Verdict, Why, shedding_helps
-from b2bua.api import CallInfo, EndCause, ProbeResult, Reject
+from b2bua.api import DEFAULT_OUTBOUND, CallInfo, EndCause, Outbound, ProbeResult, Reject
 from b2bua.backlog import AdmissionShare, ReceiveBacklog
 from b2bua.cluster import Cluster, control_address, make_cluster
 from b2bua.config import Config, SipConfig
@@ -33,6 +33,7 @@ from b2bua.core_rpc import calls_report
 from b2bua.endpoint import Endpoint
 from b2bua.events import CallLeg, Disconnected, LegEvent
 from b2bua.guard import Gate, register_security_methods
+from b2bua.headers import Passthrough
 from b2bua.legpool import LegPool
 from b2bua.legs import leg_factory
 from b2bua.lifecycle import Lifecycle, StartupError
@@ -80,7 +81,9 @@ class App:
         #: worker threads for plugins' blocking work (Host.run_blocking)
         self.blocking = BlockingPool(self.scheduler, BLOCKING_WORKERS)
         #: every call leg's pjsua2 Call object, from call slot to release
-        self.legs = LegPool(leg_factory(lambda: self.endpoint.account))
+        self.legs = LegPool(leg_factory(self.endpoint.account_for))
+        #: [headers]: what crosses between the legs (the session's host)
+        self.passthrough = Passthrough.compile(config.headers.to_gateway, config.headers.to_caller)
         self.sessions: dict[int, Session] = {}  #: calls in progress by CallInfo.id
         self.started_at = time.time()
         self._next_session = 0
@@ -124,10 +127,11 @@ class App:
         return self.scheduler.run_task(steps, on_done)
 
     def send_request(self, method: str, uri: str, *, from_uri: str, callback: Callable[[ProbeResult], None],
-                     timeout: float = 2.0, headers: Sequence[tuple[str, str]] = ()) -> None:
+                     timeout: float = 2.0, headers: Sequence[tuple[str, str]] = (),
+                     outbound: Outbound = DEFAULT_OUTBOUND) -> None:
         self.scheduler.check_loop_thread("send_request")  # pjsua2 is the loop thread's alone
         self.endpoint.send_request(method, uri, from_uri=from_uri, callback=callback, timeout=timeout,
-                                   headers=headers)
+                                   headers=headers, outbound=outbound)
 
     def stop_blocking_work(self) -> None:
         """Shutdown, after the plugins stopped: refuse new blocking work, wait a little for what runs."""

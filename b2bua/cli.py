@@ -26,6 +26,7 @@ from b2bua.config import (
     load_config,
     parse_config_all,
     read_toml,
+    secrets_warning,
 )
 
 #: shells ``b2bua completion`` writes a script for (what shtab supports)
@@ -158,6 +159,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         _print_errors(exc)
         return 2
     setup_logging(config.log, args.verbose, base_dir=str(config.base_dir))
+    if warning := secrets_warning(config, args.config):
+        logger.warning("{}", warning)
     try:
         from b2bua.app import App
     except ImportError as exc:  # pjsua2 missing
@@ -187,6 +190,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         _print_errors(exc)
         return 2
     config, host_errors = parse_config_all(data, str(path), path.resolve().parent)
+    if warning := secrets_warning(config, path):
+        logger.warning("{}", warning)
     errors = list(host_errors)
     try:
         pm = make_manager(config.plugins.enabled)

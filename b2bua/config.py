@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, TypeVar, Union
 
 from b2bua.codecs import check_entry
+from b2bua.headers import check_pattern
 from b2bua.sipuri import parse_uri
 
 if sys.version_info >= (3, 11):
@@ -190,7 +191,10 @@ def parse_section(cls: type[C], data: Mapping[str, Any], where: str) -> C:
             if bounds is not None:
                 _check_bounds(value, bounds, f"{where} {name}")
         except ConfigError as exc:
-            errors.extend(exc.errors)
+            if fields[name].metadata.get("secret"):  # the messages would quote the value
+                errors.append(f"{where} {name}: expected one line of text (the value is not shown)")
+            else:
+                errors.extend(exc.errors)
             continue
         kwargs[name] = value
     if errors:
@@ -248,6 +252,16 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
+def check_uri_setting(key: str, value: str, what: str) -> None:
+    """``value`` must be a strict SIP URI without ``?headers``; ValueError starting with ``key``."""
+    try:
+        uri = parse_uri(value)
+    except ValueError as exc:
+        raise ValueError(f"{key}: {exc}") from None
+    if uri.headers:
+        raise ValueError(f"{key}: {value!r}: {what} has no '?headers'")
+
+
 def split_host_port(text: str) -> tuple[str, int]:
     """``ADDRESS:PORT`` (IPv6 in brackets) as ``(address, port)``; the port must be 0-65535.
 
@@ -291,6 +305,42 @@ class Listen:
     def __str__(self) -> str:
         host = f"[{self.address}]" if ":" in self.address else self.address
         return f"{self.transport}:{host}:{self.port}"
+
+
+#: a credential's name (what a destination's ``auth=`` attribute names)
+_CREDENTIAL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+#: a socket name (Kamailio's ``listen=... name "wan"``), what ``sockname=`` names
+_SOCKET_NAME = _CREDENTIAL_NAME
+
+
+@dataclass(frozen=True)
+class Credential:
+    """Digest credentials B legs answer 401/407 challenges with.
+
+    Without a ``name`` it is used **per realm**: by every destination that names no
+    credential, when a challenge names its ``realm``. With a ``name`` it is used **per
+    destination**: only by destinations naming it (dispatcher attribute ``auth=NAME``,
+    ``Target.outbound.auth``); its realm may then be ``"*"`` (any realm). A challenge is
+    answered once per realm and request: a second one for the same realm (a wrong password)
+    ends the attempt.
+    """
+
+    realm: str = opt("", "the challenge's realm this answers (case-insensitive); '*': any (named credentials only)")
+    username: str = opt("", "user name")
+    password: str = field(default="", repr=False, metadata={"help": "password (never logged or shown)",
+                                                             "secret": True})
+    name: str = opt("", "what destinations name it by (auth=NAME); empty: used per realm by the others")
+
+    def validate(self) -> None:
+        for key in ("realm", "username", "password"):
+            if not getattr(self, key):
+                raise ValueError(f"{key}: must not be empty")
+        if '"' in self.realm or '"' in self.username:
+            raise ValueError("realm and username cannot contain a double quote")
+        if self.name and not _CREDENTIAL_NAME.fullmatch(self.name):
+            raise ValueError(f"name: {self.name!r}: use letters, digits, '_', '.', '-' (at most 64)")
+        if self.realm == "*" and not self.name:
+            raise ValueError("realm '*' answers any challenge: give it a name and let destinations name it (auth=)")
 
 
 @dataclass(frozen=True)
@@ -337,8 +387,19 @@ class SipConfig:
     require_call_slots: bool = opt(
         True, "refuse to start when pjsua2 has fewer call slots than max_calls x 2 (development: false)"
     )
+    outbound_proxy: str = opt(
+        "", "send every B leg and keepalive through this proxy (a Route header; ';lr' added) unless its "
+        "destination names another (obproxy); empty: none"
+    )
+    socket_names: Mapping[str, str] = opt(
+        {}, "names for listeners, for the sockname= attribute: { wan = \"udp:203.0.113.5:5060\" }"
+    )
+    credentials: tuple[Credential, ...] = opt(
+        [], "digest credentials for 401/407 challenges on B legs ([[sip.credentials]] tables, below)"
+    )
 
     def validate(self) -> None:
+        self._validate_outbound()
         seen: dict[Listen, int] = {}
         for i, item in enumerate(self.listen):
             try:
@@ -380,6 +441,46 @@ class SipConfig:
     @property
     def listeners(self) -> tuple[Listen, ...]:
         return tuple(Listen.parse(x) for x in self.listen)
+
+    def _validate_outbound(self) -> None:
+        if self.outbound_proxy:
+            check_uri_setting("outbound_proxy", self.outbound_proxy, "a proxy URI")
+        listeners = set()
+        for item in self.listen:
+            try:
+                listeners.add(Listen.parse(item))
+            except ValueError:
+                pass  # reported by validate()
+        for name, value in self.socket_names.items():
+            if not _SOCKET_NAME.fullmatch(name):
+                raise ValueError(f"socket_names: {name!r}: use letters, digits, '_', '.', '-'")
+            try:
+                listen = Listen.parse(value)
+            except ValueError as exc:
+                raise ValueError(f"socket_names.{name}: {exc}") from None
+            if listen not in listeners:
+                raise ValueError(f"socket_names.{name}: {value!r} is not one of listen ({', '.join(self.listen)})")
+        names: dict[str, int] = {}
+        realms: dict[str, int] = {}
+        for i, cred in enumerate(self.credentials):
+            if cred.name:
+                if cred.name in names:
+                    first = names[cred.name]
+                    raise ValueError(f"credentials[{i}]: name {cred.name!r} is taken by credentials[{first}]")
+                names[cred.name] = i
+            else:
+                realm = cred.realm.lower()
+                if realm in realms:
+                    raise ValueError(
+                        f"credentials[{i}]: realm {cred.realm!r} has credentials without a name in credentials"
+                        f"[{realms[realm]}] too: which one a challenge gets would be a guess; name them and let"
+                        " destinations choose (auth=NAME)"
+                    )
+                realms[realm] = i
+
+    def credential(self, name: str) -> Credential | None:
+        """The credential called ``name``, or None."""
+        return next((c for c in self.credentials if c.name == name), None)
 
 
 LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
@@ -426,13 +527,38 @@ class RoutingConfig:
     no_route_reason: str = opt("No Route", "reason phrase of that answer")
 
     def validate(self) -> None:
-        if self.default_target:
-            try:
-                uri = parse_uri(self.default_target)
-            except ValueError as exc:
-                raise ValueError(f"default_target: {exc}") from None
-            if uri.headers:  # they would be added to every INVITE sent there
-                raise ValueError(f"default_target: {self.default_target!r}: a target URI has no '?headers'")
+        if self.default_target:  # URI headers would be added to every INVITE sent there
+            check_uri_setting("default_target", self.default_target, "a target URI")
+
+
+#: what crosses by default: caller identity and diversion (RFC 3325, 3323, 5806, 7044) and X- headers
+TO_GATEWAY = ["P-Asserted-Identity", "P-Preferred-Identity", "Privacy", "Diversion", "History-Info", "X-*"]
+#: back from the answering gateway: the connected party's identity and its privacy (RFC 3325, 4916)
+TO_CALLER = ["P-Asserted-Identity", "Privacy"]
+
+
+@dataclass(frozen=True)
+class HeadersConfig:
+    """Which headers cross the B2BUA (``docs/interop.md``). A pattern is a header name with
+    ``*`` as a wildcard, case-insensitive. Via, Route, Record-Route, Contact, Call-ID, the
+    headers pjsua writes itself and authentication headers never cross, whatever the patterns;
+    values that are not one line of printable UTF-8 (or longer than 2048 characters) are dropped."""
+
+    to_gateway: tuple[str, ...] = opt(
+        TO_GATEWAY, "headers copied from the caller's INVITE to every B leg's INVITE ([]: none)"
+    )
+    to_caller: tuple[str, ...] = opt(
+        TO_CALLER, "headers copied from the answering B leg's 200 to the caller's 200 (not on 180/183: "
+        "docs/interop.md) ([]: none)"
+    )
+
+    def validate(self) -> None:
+        for key in ("to_gateway", "to_caller"):
+            for i, pattern in enumerate(getattr(self, key)):
+                try:
+                    check_pattern(pattern)
+                except ValueError as exc:
+                    raise ValueError(f"{key}[{i}]: {exc}") from None
 
 
 #: User-Agent / From substrings of common SIP scanners (sipvicious, sipcli, ...), lower-case
@@ -572,6 +698,7 @@ class Config:
     control: ControlConfig = field(default_factory=ControlConfig)
     routing: RoutingConfig = field(default_factory=RoutingConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
+    headers: HeadersConfig = field(default_factory=HeadersConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     plugins: PluginsConfig = field(default_factory=PluginsConfig)
     #: raw ``[plugins.<name>]`` tables, parsed by each plugin in ``b2bua_configure``
@@ -599,6 +726,7 @@ SECTIONS: dict[str, type] = {
     "control": ControlConfig,
     "routing": RoutingConfig,
     "security": SecurityConfig,
+    "headers": HeadersConfig,
     "cluster": ClusterConfig,
 }
 
@@ -670,3 +798,19 @@ def load_config(path: str | Path) -> Config:
     """Read and parse a TOML config file; every problem is in the :class:`ConfigError`."""
     p = Path(path)
     return parse_config(read_toml(p), str(p), p.resolve().parent)
+
+
+def secrets_warning(config: Config, path: str | Path) -> str:
+    """A warning when ``path`` holds passwords and others may read it (``""`` otherwise);
+    ``b2bua run`` and ``check-config`` print it."""
+    path = Path(path)
+    if not config.sip.credentials:
+        return ""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return ""
+    if not mode & 0o077:
+        return ""
+    return (f"{path} holds passwords ([[sip.credentials]]) and is readable or writable by others (mode "
+            f"{mode & 0o777:04o}): chmod 600 {path}")

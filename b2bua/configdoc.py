@@ -11,7 +11,10 @@ import inspect
 import json
 from typing import Any
 
-from b2bua.config import SECTIONS, PluginsConfig, describe_bounds
+from b2bua.config import SECTIONS, Credential, PluginsConfig, describe_bounds
+
+#: tables inside a host section, documented right after it: section -> ((TOML table, class), ...)
+HOST_SUBTABLES: dict[str, tuple[tuple[str, type], ...]] = {"sip": (("[sip.credentials]", Credential),)}
 
 #: plugin sections documented with the host's: (TOML table, "module:Class")
 PLUGIN_SECTIONS = (
@@ -43,6 +46,8 @@ def _toml(value: Any) -> str:
         return "[" + ", ".join(_toml(v) for v in value) + "]"
     if isinstance(value, str):
         return json.dumps(value)
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + "}"
     return str(value)
 
 
@@ -76,6 +81,8 @@ def render() -> str:
     parts = [INTRO]
     for name, cls in SECTIONS.items():
         parts.append(section_table(name, cls))
+        for title, sub in HOST_SUBTABLES.get(name, ()):
+            parts.append(section_table(title, sub))
     parts.append(section_table("plugins", PluginsConfig))
     for title, path in PLUGIN_SECTIONS:
         module, _, attr = path.partition(":")

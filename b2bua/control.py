@@ -498,6 +498,7 @@ class _HttpHandler(http.server.BaseHTTPRequestHandler):
     """
 
     server: _HttpServer
+    rfile: _RequestReader
     protocol_version = "HTTP/1.1"
     server_version = "b2bua-control"
     sys_version = ""

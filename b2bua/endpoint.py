@@ -1,7 +1,19 @@
-"""The pjsua2 endpoint: library set-up, transports, the local account, out-of-dialog requests.
+"""The pjsua2 endpoint: library set-up, transports, the accounts, out-of-dialog requests.
 
 One thread owns all of this (see ``docs/internals.md``): ``threadCnt = 0``,
 ``mainThreadOnly = True``, and the loop calls :meth:`Endpoint.poll`.
+
+**Accounts.** A pjsua account is how pjsua sends: its transport (listener), route set
+(outbound proxy) and digest credentials. The B2BUA makes one per way of sending in use
+(:class:`b2bua.outbound.OutboundProfile`), the first one at start-up (the default: no
+listener chosen, ``[sip] outbound_proxy``, the credentials without a name), the others the
+first time a B leg or keepalive needs them; every one receives incoming calls the same way.
+One account per credential set rather than one for all: a B leg's dialog takes its
+credentials from its account, so two trunks of one carrier (same realm, different
+usernames) need two accounts, and a socket or proxy is an account setting in pjsua anyway.
+pjsua allows ``PJSUA_MAX_ACC`` accounts (16 in our build): 15 ways of sending besides the
+default. Other accounts get an identity no incoming INVITE matches (``b2bua.invalid``), so
+pjsua keeps giving incoming calls to the default one.
 """
 
 from __future__ import annotations
@@ -18,9 +30,12 @@ import pjsua2 as pj
 from loguru import logger
 
 from b2bua import sip as sip_text
-from b2bua.api import ProbeResult
+from b2bua.api import DEFAULT_OUTBOUND, Outbound, ProbeResult
 from b2bua.codecs import describe_offer, display_id, priorities
 from b2bua.config import Config, ConfigError, Listen
+from b2bua.digest import ProblemLog
+from b2bua.events import LegError
+from b2bua.outbound import OutboundProfile, credentials_for, default_profile, profile_for
 from b2bua.rxfilter import RequestScreen, ResponseScreen, RxFilter
 from b2bua.sip import printable
 
@@ -28,6 +43,8 @@ if TYPE_CHECKING:
     from b2bua.loop import Scheduler, Timer
 
 PROBE_HEADER = "X-B2BUA-Probe"
+#: pjsua accounts our build allows (PJSUA_MAX_ACC in scripts/build-pjsua2.sh)
+MAX_ACCOUNTS = 16
 _PROBE_RE = re.compile(r"^X-B2BUA-Probe:\s*(\d+)", re.MULTILINE | re.IGNORECASE)
 
 #: pjsua's media "quality" (see Endpoint.start)
@@ -106,12 +123,30 @@ def call_slots() -> int:
 
 
 class LocalAccount(pj.Account):  # type: ignore[misc]
-    """The B2BUA's one account: receives every INVITE, sends keepalives."""
+    """One of the B2BUA's accounts (see the module docstring): each receives INVITEs, sends B
+    legs and keepalives of its profile, and hands challenges to the challenged leg.
 
-    def __init__(self, on_incoming: Callable[[Any], None], on_request_done: Callable[[Any], None]) -> None:
+    ``realms`` (lower-case, ``*``: any), ``auth_name`` and ``problems`` are read by
+    :meth:`b2bua.legs.Leg.on_challenge`.
+    """
+
+    def __init__(self, on_incoming: Callable[[Any], None], on_request_done: Callable[[Any], None],
+                 on_challenge: Callable[[Any], None] | None = None, *, realms: Sequence[str] = (),
+                 auth_name: str = "", problems: ProblemLog | None = None) -> None:
         super().__init__()
         self._on_incoming = on_incoming
         self._on_request_done = on_request_done
+        self._on_challenge = on_challenge
+        self.realms = tuple(r.lower() for r in realms)
+        self.auth_name = auth_name
+        self.problems = problems
+
+    def onAuthChallenge(self, prm: pj.OnAuthChallengeParam) -> None:
+        try:
+            if self._on_challenge is not None:
+                self._on_challenge(prm)
+        except Exception:
+            logger.opt(exception=True).error("challenge handler failed")
 
     def onIncomingCall(self, prm: pj.OnIncomingCallParam) -> None:
         try:
@@ -151,6 +186,10 @@ class Endpoint:
         self._pending: dict[int, _Pending] = {}
         self.slots = 0
         self.listeners: list[str] = []
+        self._transports: dict[Listen, int] = {}  #: pjsua transport id per listener
+        self._accounts: dict[OutboundProfile, LocalAccount] = {}  #: every account by its profile
+        self._default = default_profile(config.sip)
+        self._auth_problems = ProblemLog()
         self._screens = (screen_request, screen_response, on_dropped)
         self._rx_filter: RxFilter | None = None
 
@@ -211,19 +250,69 @@ class Endpoint:
         self.ep.libStart()
         self.ep.audDevManager().setNullDev()
 
+        self.account = self._create_account(self._default)
+
+    def _account_config(self, profile: OutboundProfile) -> pj.AccountConfig:
+        sip = self.config.sip
         acfg = pj.AccountConfig()
         first = sip.listeners[0]
         host = f"[{first.address}]" if ":" in first.address else first.address
-        acfg.idUri = f"sip:b2bua@{host}:{first.port}"
+        # only the default account may match incoming INVITEs (pjsua scores the identity's domain)
+        acfg.idUri = f"sip:b2bua@{host}:{first.port}" if profile == self._default else "sip:b2bua@b2bua.invalid"
         acfg.callConfig.timerUse = pj.PJSUA_SIP_TIMER_OPTIONAL if sip.session_timers else pj.PJSUA_SIP_TIMER_INACTIVE
         acfg.callConfig.prackUse = pj.PJSUA_100REL_NOT_USED
         acfg.mediaConfig.lockCodecEnabled = False  # no re-INVITE to lock a codec: carriers dislike it
         acfg.mediaConfig.transportConfig.port = sip.rtp_port
         # room to spare: pjsua takes ports in turn and gives a call up after 100 busy pairs
         acfg.mediaConfig.transportConfig.portRange = min(65534 - sip.rtp_port, max(1000, self.slots * 8))
-        acfg.mediaConfig.transportConfig.boundAddress = first.address
-        self.account = LocalAccount(self._on_incoming, self._on_request_done)
-        self.account.create(acfg, True)
+        # media leaves from the listener's address too (the SDP names it)
+        media_listener = profile.listener or first
+        acfg.mediaConfig.transportConfig.boundAddress = media_listener.address
+        if profile.listener is not None:
+            acfg.sipConfig.transportId = self._transports[profile.listener]
+        if profile.proxy:
+            acfg.sipConfig.proxies.append(profile.proxy)
+        for cred in credentials_for(profile, sip):
+            acfg.sipConfig.authCreds.append(pj.AuthCredInfo("digest", cred.realm, cred.username, 0, cred.password))
+        return acfg
+
+    def _create_account(self, profile: OutboundProfile) -> LocalAccount:
+        creds = credentials_for(profile, self.config.sip)
+        account = LocalAccount(self._on_incoming, self._on_request_done, self._on_challenge,
+                               realms=[c.realm for c in creds], auth_name=profile.auth, problems=self._auth_problems)
+        first = not self._accounts
+        try:
+            account.create(self._account_config(profile), first)
+        except pj.Error as exc:
+            raise LegError(exc.reason, f"cannot make a pjsua account to send {profile.describe()}: {exc.info()} "
+                                       f"(pjsua allows {MAX_ACCOUNTS} accounts: at most {MAX_ACCOUNTS - 1} ways "
+                                       "of sending besides the default)") from None
+        self._accounts[profile] = account
+        if not first:
+            logger.info("new way of sending: {} (account {} of at most {})", profile.describe(), len(self._accounts),
+                        MAX_ACCOUNTS)
+        return account
+
+    def account_for(self, profile: OutboundProfile | None) -> LocalAccount:
+        """The account sending as ``profile`` says (None: the default), made on first use.
+
+        :raises LegError: pjsua cannot make one more account.
+        """
+        if profile is None:
+            assert self.account is not None, "the endpoint has not started"
+            return self.account
+        account = self._accounts.get(profile)
+        return account if account is not None else self._create_account(profile)
+
+    def _on_challenge(self, prm: pj.OnAuthChallengeParam) -> None:
+        """A 401/407 to a request of one of our calls: its leg decides (``Leg.on_challenge``).
+        Out-of-dialog requests (keepalives) are not answered: their 401/407 is their result."""
+        if prm.callId < 0:
+            return
+        leg = pj.Call.lookup(prm.callId)
+        on_challenge = getattr(leg, "on_challenge", None)
+        if on_challenge is not None:
+            on_challenge(prm)
 
     def _install_filter(self) -> None:
         screen_request, screen_response, on_dropped = self._screens
@@ -259,7 +348,7 @@ class Endpoint:
             ("tcp", True): pj.PJSIP_TRANSPORT_TCP6,
         }[(listen.transport, ipv6)]
         try:
-            self.ep.transportCreate(kind, tcfg)
+            self._transports[listen] = self.ep.transportCreate(kind, tcfg)
         except pj.Error as exc:
             raise OSError(f"cannot listen on {listen}: {exc.info()}") from None
         self.listeners.append(str(listen))
@@ -315,12 +404,13 @@ class Endpoint:
         self._pending.clear()
         if self._log_writer is not None:
             self._log_writer.closing = True
-        if self.account is not None:
+        for account in self._accounts.values():
             try:
-                self.account.shutdown()
+                account.shutdown()
             except pj.Error:
                 pass
-            self.account = None
+        self._accounts.clear()
+        self.account = None
         self.ep.libDestroy()
 
     # -- out-of-dialog requests (keepalives) ---------------------------------------------------
@@ -334,11 +424,17 @@ class Endpoint:
         callback: Callable[[ProbeResult], None],
         timeout: float = 2.0,
         headers: Sequence[tuple[str, str]] = (),
+        outbound: Outbound = DEFAULT_OUTBOUND,
     ) -> None:
         """Send an out-of-dialog request; ``callback`` runs exactly once (see ``Host``)."""
         probe_id = next(self._probe_ids)
         pending = _Pending(callback, time.monotonic())
         self._pending[probe_id] = pending
+        try:
+            account = self.account_for(profile_for(outbound, self.config.sip, uri) if outbound else None)
+        except (ValueError, LegError) as exc:
+            self._finish(probe_id, ProbeResult(500, f"Not sent: {exc}", None, local=True))
+            return
         prm = pj.SendRequestParam()
         prm.method = method
         prm.txOption.targetUri = uri
@@ -351,8 +447,7 @@ class Endpoint:
             hv.append(h)
         prm.txOption.headers = hv
         try:
-            assert self.account is not None
-            self.account.sendRequest(prm)
+            account.sendRequest(prm)
         except pj.Error as exc:
             self._finish(probe_id, ProbeResult(500, f"Sending failed: {exc.reason}", None, local=True))
             return

@@ -53,10 +53,12 @@ class EarlyMedia:
 
 @dataclass(frozen=True, slots=True)
 class Answered:
-    """A 2xx to our INVITE (B legs): the callee answered; pjsua sends the ACK."""
+    """A 2xx to our INVITE (B legs): the callee answered; pjsua sends the ACK. ``headers``: the
+    2xx's headers (lower-case names), for :mod:`b2bua.headers` to pass on to the caller."""
 
     code: int = 200
     reason: str = "OK"
+    headers: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,11 +74,14 @@ class Failed:
     :param reason: its reason phrase.
     :param headers: the response's headers, lower-case names, when one was received and the
         session may need them (Retry-After, Reason); empty otherwise.
+    :param detail: why, in words for the log, when the adapter knows more than the status
+        (a digest challenge not answered: :mod:`b2bua.digest`); never sent to the caller.
     """
 
     code: int
     reason: str
     headers: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    detail: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -158,7 +158,12 @@ def b2bua_prepare_target(call: CallInfo, target: Target, request: OutgoingReques
 
     :param call: the call.
     :param target: the target being dialled.
-    :param request: Request-URI, From, To and extra headers of the B leg (mutable).
+    :param request: Request-URI, From and To (URIs and display names) and extra headers of the
+        B leg (mutable; :class:`~b2bua.api.OutgoingRequest` says what the host fills in). A value
+        that is not one line of text fails the attempt instead of reaching the wire.
+
+    Fires for every attempt, failovers included: the place for caller-ID normalisation per
+    route or destination (``docs/examples/callerid.py``).
     """
 
 
@@ -177,10 +182,11 @@ def b2bua_leg_failed(call: CallInfo, failure: Failure) -> None:
     or cancelled because another fork answered or the caller gave up (``failure.kind``).
 
     Fires once per attempt, before ``b2bua_next_target`` for the same failure. It fires
-    *without* a ``b2bua_leg_started`` for an attempt that never got a pjsua call slot
-    (``kind`` ``error``, ``503 Out of call slots``): nothing was sent, so a plugin that counts
-    load in ``b2bua_leg_started`` must not release any for it (compare ``failure.attempt``
-    with the attempts it saw start).
+    *without* a ``b2bua_leg_started`` for an attempt that was never sent (``kind`` ``error``):
+    no pjsua call slot (``503 Out of call slots``), a request ``b2bua_prepare_target`` left
+    unsendable or an ``Outbound`` the host cannot honour (``500``); a plugin that counts load
+    in ``b2bua_leg_started`` must not release any for it (compare ``failure.attempt`` with the
+    attempts it saw start).
     """
 
 

@@ -19,11 +19,14 @@ pool is tested with fake legs.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from b2bua.events import CallLeg, LegOwner
 
-#: ``factory(owner, index, pjsua_call_id)``; ``pjsua_call_id`` is -1 for a new outgoing leg
-LegFactory = Callable[[LegOwner | None, int, int], CallLeg]
+#: ``factory(owner, index, pjsua_call_id, profile)``; ``pjsua_call_id`` is -1 for a new outgoing
+#: leg, ``profile`` how it leaves (a :class:`b2bua.outbound.OutboundProfile`; None: the default).
+#: It may raise :class:`b2bua.events.LegError` (no pjsua account for that profile).
+LegFactory = Callable[[LegOwner | None, int, int, Any], CallLeg]
 
 
 class LegPool:
@@ -47,14 +50,16 @@ class LegPool:
     def incoming(self, pjsua_call_id: int) -> CallLeg:
         """The A leg of an INVITE pjsua already took a slot for (owner set by the caller)."""
         self.in_use += 1
-        return self._factory(None, 0, pjsua_call_id)
+        return self._factory(None, 0, pjsua_call_id, None)
 
-    def new_leg(self, owner: LegOwner, index: int) -> CallLeg | None:
-        """A new B leg reporting to ``owner``, or None when no call slot is free."""
+    def new_leg(self, owner: LegOwner, index: int, profile: Any = None) -> CallLeg | None:
+        """A new B leg reporting to ``owner`` and leaving as ``profile`` says, or None when no
+        call slot is free. :raises LegError: from the factory (nothing is counted then)."""
         if self.full():
             return None
+        leg = self._factory(owner, index, -1, profile)
         self.in_use += 1
-        return self._factory(owner, index, -1)
+        return leg
 
     def retire(self, leg: CallLeg) -> None:
         """``leg``'s call is over: release it on the next loop pass (idempotent).

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import pjsua2 as pj
 from loguru import logger
 
-from b2bua import sip
+from b2bua import digest, sip
 from b2bua.events import (
     CONFIRMED,
     MEDIA_READY,
@@ -38,6 +38,7 @@ from b2bua.events import (
 
 if TYPE_CHECKING:
     from b2bua.api import OutgoingRequest
+    from b2bua.endpoint import LocalAccount
     from b2bua.legpool import LegFactory
 
 # pjsip_inv_state values
@@ -69,12 +70,13 @@ def release_remaining() -> int:
     return len(legs)
 
 
-def leg_factory(account: Callable[[], pj.Account]) -> LegFactory:
-    """The leg pool's factory: legs of the account ``account()`` returns (it exists once the
-    endpoint has started); ``pjsua_call_id`` is -1 for an outgoing leg."""
+def leg_factory(account_for: Callable[[Any], LocalAccount]) -> LegFactory:
+    """The leg pool's factory: a leg of the account ``account_for(profile)`` returns (the
+    endpoint's, once it has started; it may raise LegError); ``pjsua_call_id`` is -1 for an
+    outgoing leg. The caller's leg uses the default account (``profile`` None)."""
 
-    def make(owner: LegOwner | None, index: int, pjsua_call_id: int) -> CallLeg:
-        return Leg(account(), owner, index, pjsua_call_id)
+    def make(owner: LegOwner | None, index: int, pjsua_call_id: int, profile: Any) -> CallLeg:
+        return Leg(account_for(profile), owner, index, pjsua_call_id)
 
     return make
 
@@ -82,12 +84,15 @@ def leg_factory(account: Callable[[], pj.Account]) -> LegFactory:
 class Leg(CallLeg, pj.Call):  # type: ignore[misc]
     """One call leg on a ``pj.Call``. ``index`` 0 is the caller's (A) leg; B legs count from 1."""
 
-    def __init__(self, account: pj.Account, owner: LegOwner | None, index: int,
+    def __init__(self, account: LocalAccount, owner: LegOwner | None, index: int,
                  pjsua_call_id: int = pj.PJSUA_INVALID_ID) -> None:
         pj.Call.__init__(self, account, pjsua_call_id)
         CallLeg.__init__(self, owner, index)
         _alive.add(self)
         self._got_2xx = False  #: our INVITE was answered (B): its end is a Disconnected, not a Failed
+        self._account = account  #: its realms, credential name and problem log, for challenges
+        self._answered: set[str] = set()  #: realms whose challenge was answered for the current request
+        self._auth_problem: digest.AuthProblem | None = None  #: why a challenge ended our INVITE
 
     # -- pjsua2 callbacks -> events ----------------------------------------------------------
 
@@ -112,20 +117,45 @@ class Leg(CallLeg, pj.Call):  # type: ignore[misc]
             return EarlyMedia(code, reason) if code == 183 else Provisional(code, reason)
         if state == CONNECTING:
             self._got_2xx = True
-            return Answered(code, reason)
+            self._answered.clear()
+            return Answered(code, reason, _response_headers(prm))
         if state == CONFIRMED_STATE:
             self._got_2xx = True
             return CONFIRMED
         if state == DISCONNECTED:
             if self._got_2xx:
                 return Disconnected(code, reason)
+            problem = self._auth_problem
+            if problem is not None:  # we gave up on a challenge: say which and why
+                return Failed(problem.code, sip.status_reason(problem.code), {}, problem.detail)
             # headers only for a failure the session will relay, not for one we caused
             headers = _response_headers(prm) if self.ended_by is None else {}
             return Failed(code, reason, headers)
         return None
 
+    def on_challenge(self, prm: pj.OnAuthChallengeParam) -> None:
+        """A 401/407 to a request of this leg (from the account's ``onAuthChallenge``): let pjsip
+        answer it from the account's credentials once per realm, else give the request up
+        (:func:`b2bua.digest.decide`)."""
+        raw = prm.rdata.wholeMsg
+        start, headers = sip.parse_message(raw)
+        parts = start.split(" ", 2)
+        code = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 401
+        account = self._account
+        problem = digest.decide(code, digest.challenge_realms(code, headers), self._answered, account.realms,
+                                account.auth_name)
+        if problem is None:
+            return  # not handled here: pjsip answers from the account's credentials
+        if not self._got_2xx:
+            self._auth_problem = problem
+        if account.problems is not None:
+            account.problems.report(problem, self.target.uri if self.target is not None else "a caller")
+        prm.challenge.abandon()
+
     def onCallTsxState(self, prm: pj.OnCallTsxStateParam) -> None:
         # Only B legs waiting for their first response care: a 100 Trying stops the attempt timer.
+        if self._answered and self._got_2xx:
+            self._in_dialog_done(prm)
         owner = self.owner
         if self.state is not _CALLING or owner is None or self.index == 0:
             return
@@ -134,6 +164,15 @@ class Leg(CallLeg, pj.Call):  # type: ignore[misc]
             code = tsx.statusCode
             if 100 <= code < 200 and tsx.method == "INVITE":
                 owner.on_event(self, Provisional(code, tsx.statusText))
+        except Exception:
+            logger.opt(exception=True).error("transaction handler failed")
+
+    def _in_dialog_done(self, prm: pj.OnCallTsxStateParam) -> None:
+        """A request inside the dialog got its final answer after a challenge was answered:
+        the next request may be challenged (and answered) again."""
+        try:
+            if 200 <= prm.e.body.tsxState.tsx.statusCode < 300:
+                self._answered.clear()
         except Exception:
             logger.opt(exception=True).error("transaction handler failed")
 
@@ -163,11 +202,11 @@ class Leg(CallLeg, pj.Call):  # type: ignore[misc]
     def send_invite(self, request: OutgoingRequest, call_id: str) -> None:
         prm = op(headers=tuple(request.headers))
         prm.txOption.targetUri = request.request_uri
-        prm.txOption.localUri = request.from_uri
+        prm.txOption.localUri = sip.name_addr(request.from_name, request.from_uri)
         prm.opt.audioCount = 1
         prm.opt.customCallId = call_id
         try:
-            self.makeCall(request.to_uri, prm)
+            self.makeCall(sip.name_addr(request.to_name, request.to_uri), prm)
         except pj.Error as exc:
             raise LegError(exc.reason, exc.info()) from None
 
@@ -240,7 +279,7 @@ class Leg(CallLeg, pj.Call):  # type: ignore[misc]
 
 
 def _response_headers(prm: Any) -> dict[str, tuple[str, ...]]:
-    """Headers of the response that ended a B leg, when pjsua received one (else none)."""
+    """Headers of the response that changed a B leg's state, when pjsua received one (else none)."""
     try:
         tsx_state = prm.e.body.tsxState
         if tsx_state.type != pj.PJSIP_EVENT_RX_MSG:

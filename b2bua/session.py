@@ -54,10 +54,13 @@ from b2bua.events import (
     MediaReady,
     Provisional,
 )
+from b2bua.headers import is_name, merge, one_line_problem, usable_value
+from b2bua.outbound import profile_for
 from b2bua.sippolicy import best_failure, relay
 
 if TYPE_CHECKING:
     from b2bua.config import SipConfig
+    from b2bua.headers import Passthrough
     from b2bua.plugins import Hooks
 
 
@@ -77,8 +80,10 @@ class CallState(str, enum.Enum):
 class LegSource(Protocol):
     """The part of the leg pool a session uses (:class:`b2bua.legpool.LegPool`)."""
 
-    def new_leg(self, owner: LegOwner, index: int) -> CallLeg | None:
-        """A new B leg reporting to ``owner``; None when no call slot is free."""
+    def new_leg(self, owner: LegOwner, index: int, profile: Any = None) -> CallLeg | None:
+        """A new B leg reporting to ``owner``, sent as ``profile`` says (an
+        :class:`b2bua.outbound.OutboundProfile`, None: the default); None when no call slot is
+        free. :raises LegError: no pjsua account can send as ``profile`` asks."""
         ...
 
     def retire(self, leg: CallLeg) -> None:
@@ -106,6 +111,11 @@ class SessionHost(Protocol):
     @property
     def legs(self) -> LegSource:
         """Where B legs come from and go to."""
+        ...
+
+    @property
+    def passthrough(self) -> Passthrough:
+        """``[headers]``: which headers cross between the legs."""
         ...
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
@@ -143,6 +153,7 @@ class Session:
         self.final = ""  #: the final failure sent to the caller, "486 Busy Here"
         self.forking = False
         self.log = logger.bind(call_id=call.call_id)
+        self._copied: list[tuple[str, str]] | None = None  #: the caller's headers for B legs
 
     # -- state changes --------------------------------------------------------------------------
 
@@ -214,10 +225,20 @@ class Session:
         self.attempts += 1
         index = self.attempts
         call = self.call
-        request_uri = target.request_uri or sip.b_leg_request_uri(call.request_uri, target.uri)
-        request = OutgoingRequest(request_uri, call.from_uri, request_uri, list(target.headers))
+        request = self.outgoing_request(target)
         host.hooks.prepare_target(call, target, request)
-        leg = host.legs.new_leg(self, index)
+        problem = request_problem(request)
+        if problem:
+            self.log.error("attempt {} to {}: not sent: {}", index, target.uri, problem)
+            self._leg_failed_now(target, index, 500, "Server Internal Error", FailureKind.ERROR)
+            return
+        try:
+            profile = profile_for(target.outbound, host.sip, request.request_uri) if target.outbound else None
+            leg = host.legs.new_leg(self, index, profile)
+        except (ValueError, LegError) as exc:
+            self.log.error("attempt {} to {}: not sent: {}", index, target.uri, exc)
+            self._leg_failed_now(target, index, 500, "Server Internal Error", FailureKind.ERROR)
+            return
         if leg is None:
             self._leg_failed_now(target, index, 503, "Out of call slots", FailureKind.ERROR)
             return
@@ -240,6 +261,44 @@ class Session:
             self._move(leg, LegState.ENDED)
             host.legs.retire(leg)
             self._leg_failed_now(target, index, 500, f"Cannot send INVITE: {exc.reason}", FailureKind.ERROR)
+
+    def outgoing_request(self, target: Target) -> OutgoingRequest:
+        """The B leg's INVITE for ``target`` before ``b2bua_prepare_target``: the Request-URI
+        (``target.request_uri``, or the caller's user at the destination's host), From as the
+        caller wrote it (URI and display name), To as the caller wrote it with the host part of
+        the Request-URI, the caller's headers ``[headers] to_gateway`` lets through, then the
+        target's own."""
+        call = self.call
+        request_uri = target.request_uri or sip.b_leg_request_uri(call.request_uri, target.uri)
+        to_uri = sip.with_host_of(call.to_uri, request_uri) if call.to_uri else request_uri
+        return OutgoingRequest(
+            request_uri, call.from_uri, to_uri, merge(self._caller_headers(), target.headers),
+            from_name=_wire_text(sip.display_name(call.from_header)),
+            to_name=_wire_text(sip.display_name(call.to_header)),
+        )
+
+    def _caller_headers(self) -> list[tuple[str, str]]:
+        """The caller's headers that cross to B legs (worked out once per call)."""
+        if self._copied is None:
+            self._copied, dropped = self.host.passthrough.to_gateway.select(self.call.headers)
+            if dropped:
+                self.log.debug("{} header value(s) of the caller's INVITE not passed on (not one line of "
+                               "printable UTF-8, or too long)", dropped)
+        return self._copied
+
+    def _to_caller(self, headers: Mapping[str, tuple[str, ...]]) -> tuple[tuple[str, str], ...]:
+        """The headers of the answering B leg's 2xx that cross to the caller's 200.
+
+        Only the 200 carries them, not a relayed 180/183: pjsua builds every later response to
+        the caller's INVITE from the provisional one it sent (``pjsip_inv_answer``), so a header
+        put on a 180 would stay on the 200 (two identities) or on a final failure after ringing.
+        """
+        if not headers:
+            return ()
+        selected, dropped = self.host.passthrough.to_caller.select(headers)
+        if dropped:
+            self.log.debug("{} header value(s) of a gateway's response not passed on", dropped)
+        return tuple(selected)
 
     def _leg_failed_now(self, target: Target, index: int, code: int, reason: str, kind: FailureKind) -> None:
         failure = Failure(target, code, reason, kind, index)
@@ -279,7 +338,7 @@ class Session:
                 and self.state is CallState.DIALING:
             self._move(a, LegState.EARLY)  # relayed once per call
             try:
-                a.respond(event.code)
+                a.respond(event.code)  # without headers: see _to_caller
             except LegError as exc:
                 self.log.warning("cannot relay {}: {}", event.code, exc.reason)
                 if not a.attached():
@@ -301,7 +360,7 @@ class Session:
                 self._abandon(other, FailureKind.CANCELLED)
         self._move(a, LegState.ANSWERED)
         try:
-            a.respond(200)
+            a.respond(200, "", self._to_caller(event.headers) if isinstance(event, Answered) else ())
         except LegError as exc:
             self.log.error("cannot answer the caller: {}", exc.reason)
             self.lost_caller("the caller's leg is gone")
@@ -322,11 +381,14 @@ class Session:
         self._move(leg, LegState.CONFIRMED)
 
     def _b_failed(self, leg: CallLeg, event: Failed | Disconnected) -> None:
-        headers = event.headers if isinstance(event, Failed) else {}
-        self._fail_leg(leg, event.code, event.reason, headers)
+        if isinstance(event, Failed):
+            self._fail_leg(leg, event.code, event.reason, event.headers, detail=event.detail)
+        else:
+            self._fail_leg(leg, event.code, event.reason)
 
     def _fail_leg(self, leg: CallLeg, code: int, reason: str,
-                  headers: Mapping[str, tuple[str, ...]] | None = None, zombie: bool = False) -> None:
+                  headers: Mapping[str, tuple[str, ...]] | None = None, zombie: bool = False,
+                  detail: str = "") -> None:
         """A B leg is over without an answer: report it and decide what comes next."""
         self._cancel_timer(leg)
         kind = leg.ended_by or FailureKind.RESPONSE
@@ -340,7 +402,8 @@ class Session:
             time.monotonic() - leg.started,
         )
         if kind is not FailureKind.CANCELLED:
-            self.log.info("attempt {} to {} failed: {} {}", leg.index, leg.target.uri, failure.code, failure.reason)
+            self.log.info("attempt {} to {} failed: {} {}{}", leg.index, leg.target.uri, failure.code,
+                          failure.reason, f" ({detail})" if detail else "")
         self.b.pop(leg.index, None)
         if zombie:
             self._move(leg, LegState.ABANDONED)
@@ -524,6 +587,37 @@ class Session:
         )
         self.host.hooks.call_ended(self.call, cause, answered)
         self.host.session_ended(self)
+
+
+def _wire_text(text: str) -> str:
+    """``text`` from the caller's INVITE if it may go into a B leg's INVITE, else ``""``."""
+    return text if usable_value(text) else ""
+
+
+def request_problem(request: OutgoingRequest) -> str:
+    """Why ``request`` (as ``b2bua_prepare_target`` left it) cannot be sent, or ``""``: every
+    field must be one line of printable text, and a header name a token."""
+    fields = (("Request-URI", request.request_uri), ("From", request.from_uri), ("To", request.to_uri),
+              ("From display name", request.from_name), ("To display name", request.to_name))
+    for what, value in fields:
+        if not isinstance(value, str):
+            return f"{what} is {type(value).__name__}, not text"
+        problem = one_line_problem(value)
+        if problem:
+            return f"{what}: {problem}"
+    for what, value in (("Request-URI", request.request_uri), ("From", request.from_uri), ("To", request.to_uri)):
+        if not value:
+            return f"{what} is empty"
+    for i, header in enumerate(request.headers):
+        if not (isinstance(header, tuple) and len(header) == 2 and all(isinstance(x, str) for x in header)):
+            return f"headers[{i}] is not a (name, value) pair of text"
+        name, value = header
+        if not is_name(name):
+            return f"header name {sip.printable(name, 60)!r} is not a token"
+        problem = one_line_problem(value)
+        if problem:
+            return f"header {name}: {problem}"
+    return ""
 
 
 # -- dispatch tables: (leg state, event type) -> handler -------------------------------------------

@@ -6,7 +6,9 @@ relaying) lives in :mod:`b2bua.sippolicy`.
 
 from __future__ import annotations
 
-from b2bua.sipuri import parse_uri_lenient
+import re
+
+from b2bua.sipuri import parse_name_addr, parse_uri_lenient
 
 #: compact header forms (RFC 3261 §7.3.3) we may meet
 COMPACT = {"i": "call-id", "f": "from", "t": "to", "m": "contact", "v": "via", "l": "content-length",
@@ -63,6 +65,42 @@ def b_leg_request_uri(a_request_uri: str, destination: str) -> str:
     return f"{dest.scheme}:{user}@{destination[len(dest.scheme) + 1:]}"
 
 
+def display_name(header: str) -> str:
+    """The display name of a From/To value as plain text (quotes and escapes removed), or ``""``.
+
+    ``"Alice \\"A\\" Smith" <sip:...>`` -> ``Alice "A" Smith``; ``Bob <sip:...>`` -> ``Bob``.
+    """
+    display = parse_name_addr(header).display if "<" in header else ""
+    return _ESCAPE.sub(r"\1", display) if "\\" in display else display
+
+
+_ESCAPE = re.compile(r"\\(.)")
+
+
+def name_addr(display: str, uri: str) -> str:
+    """A From/To value: ``"display" <uri>`` (quoted and escaped), or ``<uri>`` without a name."""
+    if not display:
+        return f"<{uri}>"
+    quoted = display.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{quoted}" <{uri}>'
+
+
+def with_host_of(uri: str, other: str) -> str:
+    """``uri`` with its host, port and ``transport`` parameter taken from ``other`` (its user and
+    other parameters kept): the B leg's To, whose host part follows the Request-URI as the
+    Request-URI's follows the destination (pjsua also picks the Contact's transport from it).
+    ``uri`` is returned as it is when either has no host (a ``tel:`` URI)."""
+    mine, theirs = parse_uri_lenient(uri), parse_uri_lenient(other)
+    if not (mine.host and theirs.host) or mine.scheme not in ("sip", "sips"):
+        return uri
+    params = tuple(p for p in mine.params if p[0] != "transport")
+    transport = theirs.param("transport")
+    if transport:
+        params += (("transport", transport),)
+    return str(mine._replace(host=theirs.host, port=theirs.port, port_text=theirs.port_text, params=params,
+                             headers=""))
+
+
 def retry_after(seconds: int) -> tuple[tuple[str, str], ...]:
     """A ``Retry-After`` header for a Reject's ``headers`` (none when ``seconds`` is 0)."""
     return (("Retry-After", str(seconds)),) if seconds else ()
@@ -75,9 +113,9 @@ def status_reason(code: int) -> str:
 
 REASONS = {
     100: "Trying", 180: "Ringing", 183: "Session Progress", 200: "OK", 400: "Bad Request",
-    403: "Forbidden", 404: "Not Found", 408: "Request Timeout", 480: "Temporarily Unavailable",
-    481: "Call/Transaction Does Not Exist", 486: "Busy Here", 487: "Request Terminated",
-    488: "Not Acceptable Here", 500: "Server Internal Error", 502: "Bad Gateway",
-    503: "Service Unavailable", 504: "Server Time-out", 600: "Busy Everywhere", 603: "Decline",
-    604: "Does Not Exist Anywhere", 606: "Not Acceptable",
+    401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 407: "Proxy Authentication Required",
+    408: "Request Timeout", 480: "Temporarily Unavailable", 481: "Call/Transaction Does Not Exist",
+    486: "Busy Here", 487: "Request Terminated", 488: "Not Acceptable Here", 500: "Server Internal Error",
+    502: "Bad Gateway", 503: "Service Unavailable", 504: "Server Time-out", 600: "Busy Everywhere",
+    603: "Decline", 604: "Does Not Exist Anywhere", 606: "Not Acceptable",
 }

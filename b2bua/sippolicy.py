@@ -42,6 +42,10 @@ RELAYED_HEADERS = (("retry-after", "Retry-After"), ("reason", "Reason"))
 
 #: what a relayed 503 becomes (see the module docstring)
 REMAPPED_503 = 500
+#: what a gateway's 401/407 becomes: the challenge was the B2BUA's to answer, and it could not
+#: (no credentials for the realm, or they were refused); the caller cannot answer it for us.
+#: Asterisk answers the same (AST_CAUSE_CALL_REJECTED -> 403).
+REMAPPED_AUTH = 403
 
 
 def response_priority(code: int) -> int:
@@ -79,6 +83,8 @@ def relay(failure: Failure) -> Reject:
     - a code outside 300-699 is ``500``;
     - a 503 is ``500 Server Internal Error``, with the failure's Reason header but without its
       Retry-After (see the module docstring);
+    - a 401 or 407 (a challenge the B2BUA could not answer) is ``403 Forbidden``, without the
+      gateway's challenge;
     - otherwise the failure's code and reason phrase (folded onto one line; the usual phrase
       when it has none) with its Retry-After and Reason headers.
     """
@@ -87,6 +93,8 @@ def relay(failure: Failure) -> Reject:
     code = failure.code if 300 <= failure.code <= 699 else 500
     if code == 503:
         return Reject(REMAPPED_503, status_reason(REMAPPED_503), relayed_headers(failure, ("reason",)))
+    if code in (401, 407):
+        return Reject(REMAPPED_AUTH, status_reason(REMAPPED_AUTH), relayed_headers(failure, ("reason",)))
     reason = one_line(failure.reason) or status_reason(code)
     return Reject(code, reason, relayed_headers(failure))
 

@@ -205,8 +205,8 @@ def decode_head(head: bytes) -> list[str]:
     text = _utf8(head, "not-utf8")
     m = _CONTROL.search(text)
     if m:
-        line = text.count("\n", 0, m.start()) + 1
-        raise Malformed("control-char", f"control character 0x{ord(m.group()):02x} on line {line}")
+        where = text.count("\n", 0, m.start()) + 1
+        raise Malformed("control-char", f"control character 0x{ord(m.group()):02x} on line {where}")
     lines = text.split("\r\n") if "\r\n" in text else text.split("\n")
     for number, line in enumerate(lines, 1):
         if "\r" in line or "\n" in line:

@@ -8,4 +8,5 @@ scripts/setup.sh --test
 eval "$(scripts/test-databases.sh)"
 export B2BUA_TEST_MYSQL_URL B2BUA_TEST_PG_URL
 .venv/bin/ruff check .
+.venv/bin/mypy
 .venv/bin/python -m pytest "$@"

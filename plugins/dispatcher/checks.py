@@ -26,10 +26,11 @@ from pathlib import Path
 
 from loguru import logger
 
-from b2bua.config import ConfigError
+from b2bua.config import ConfigError, SipConfig
 from plugins.dispatcher.algorithms import TABLE_SIZE, weight_table
 from plugins.dispatcher.config import DispatcherConfig, Route
 from plugins.dispatcher.model import Destination, Snapshot
+from plugins.dispatcher.outbound import check_outbound
 from plugins.dispatcher.resolve import LoadError
 from plugins.dispatcher.safetext import escape
 
@@ -142,12 +143,14 @@ def check_loaded(snapshot: Snapshot, config: DispatcherConfig, list_file: Path |
     return snapshot
 
 
-def check_sources(config: DispatcherConfig, list_file: Path | None) -> list[str]:
+def check_sources(config: DispatcherConfig, list_file: Path | None, sip: SipConfig | None = None) -> list[str]:
     """For ``b2bua check-config``: read the destinations as a load would, but without DNS and
     without writing (a missing SQLite file is not created), and :func:`review` them.
 
+    :param sip: the host's ``[sip]``, to check the socket, proxy and credential attributes
+        (:func:`~plugins.dispatcher.outbound.check_outbound`).
     :raises LoadError: the list file cannot be loaded (every bad line named) or is empty, or
-        rows of the table are malformed.
+        rows of the table are malformed, or attributes name what the host does not have.
     :returns: the warnings, including a database that cannot be reached (it may be up later).
     """
     from plugins.dispatcher.sqlstore import BadRowsError, SqlStore, StoreError, TableNames
@@ -164,13 +167,15 @@ def check_sources(config: DispatcherConfig, list_file: Path | None) -> list[str]
             raise
         except StoreError as exc:
             return [f"destinations not checked: {escape(str(exc), backslash=False)}"]
+    if sip is not None:
+        check_outbound(snapshot, sip, rows=list_file is None)
     return review(snapshot, config, list_file)
 
 
-def check_config_destinations(config: DispatcherConfig, list_file: Path | None) -> None:
+def check_config_destinations(config: DispatcherConfig, list_file: Path | None, sip: SipConfig | None = None) -> None:
     """:func:`check_sources` for ``b2bua check-config``: warnings logged, errors as ConfigError."""
     try:
-        warnings = check_sources(config, list_file)
+        warnings = check_sources(config, list_file, sip)
     except LoadError as exc:
         raise ConfigError(str(exc)) from None
     for message in warnings:

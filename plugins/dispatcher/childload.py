@@ -32,9 +32,11 @@ from typing import IO, Any
 
 from loguru import logger
 
+from b2bua.config import SipConfig
 from b2bua.loop import Task, wait_for
 from plugins.dispatcher.config import DispatcherConfig
 from plugins.dispatcher.model import Attrs, Destination, DestinationSet, Snapshot
+from plugins.dispatcher.outbound import without_passwords
 from plugins.dispatcher.resolve import LoadError
 from plugins.dispatcher.source import RunBlocking, load_configured
 
@@ -52,10 +54,12 @@ _ATTRS_AT = _DEST_FIELDS.index("attrs")
 
 @dataclass(frozen=True)
 class LoadRequest:
-    """What the child loads: the arguments of :func:`~plugins.dispatcher.source.load_configured`."""
+    """What the child loads: the arguments of :func:`~plugins.dispatcher.source.load_configured`
+    (``sip``: the host's ``[sip]`` to check the outbound attributes against, passwords blanked)."""
 
     config: DispatcherConfig
     list_file: Path | None = None
+    sip: SipConfig | None = None
 
 
 def encode(dest: Destination) -> tuple[Any, ...]:
@@ -175,8 +179,8 @@ class ConfiguredSource:
     """The configured list file or database, loaded in a child process: what
     :func:`~plugins.dispatcher.source.load_configured` returns, without the loop doing the work."""
 
-    def __init__(self, config: DispatcherConfig, list_file: Path | None) -> None:
-        self.request = LoadRequest(config, list_file)
+    def __init__(self, config: DispatcherConfig, list_file: Path | None, sip: SipConfig | None = None) -> None:
+        self.request = LoadRequest(config, list_file, without_passwords(sip) if sip is not None else None)
         self._child: ChildLoad | None = None
 
     def load_steps(self, run_blocking: RunBlocking) -> Task[Snapshot]:
@@ -219,7 +223,7 @@ def main() -> int:
     snapshot = Snapshot()
     try:
         request: LoadRequest = pickle.loads(sys.stdin.buffer.read())  # our parent's request
-        snapshot = load_configured(request.config, request.list_file)
+        snapshot = load_configured(request.config, request.list_file, sip=request.sip)
     except LoadError as exc:
         failure = str(exc)
     except Exception as exc:

@@ -18,6 +18,7 @@ from b2bua.api import CallInfo, DialMode, Reject, RoutePlan, StashKey, Target
 from b2bua.sip import retry_after
 from plugins.dispatcher.config import DispatcherConfig
 from plugins.dispatcher.model import Destination
+from plugins.dispatcher.outbound import outbound_of
 from plugins.dispatcher.routes import match_route
 from plugins.dispatcher.runtime import DestKey, DispatcherState
 from plugins.dispatcher.selection import PARALLEL
@@ -88,6 +89,7 @@ def make_target(dest: Destination) -> Target:
                 "row_id": dest.row_id,
             }
         },
+        outbound=outbound_of(dest.attrs),  # its socket, proxy and credentials
     )
 
 

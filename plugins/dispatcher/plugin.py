@@ -29,6 +29,7 @@ from loguru import logger
 
 from b2bua import hookimpl
 from b2bua.api import Reject, RoutePlan, Target
+from b2bua.config import SipConfig
 from plugins.dispatcher import hookspecs
 from plugins.dispatcher.adminstate import AdminState
 from plugins.dispatcher.checks import check_config_destinations
@@ -38,7 +39,8 @@ from plugins.dispatcher.config import DispatcherConfig, parse_dispatcher_config,
 from plugins.dispatcher.dnsrefresh import DnsRefresher
 from plugins.dispatcher.heap import HeapPolicy
 from plugins.dispatcher.latency import seeded
-from plugins.dispatcher.model import Destination
+from plugins.dispatcher.model import Destination, Snapshot
+from plugins.dispatcher.outbound import check_outbound
 from plugins.dispatcher.plans import DATA_KEY, ROUTE, CallRoute, dest_key_of, make_target, plan_call
 from plugins.dispatcher.probing import Prober
 from plugins.dispatcher.reloader import ReloadBusy, Reloader, ReloadFailed
@@ -89,6 +91,7 @@ class DispatcherPlugin:
     def __init__(self, loader: Loader | None = None, rng: random.Random | None = None,
                  heap: HeapPolicy | None = None) -> None:
         self.config = DispatcherConfig()
+        self.sip = SipConfig()  #: the host's [sip]: listeners, socket names, credentials (for the checks)
         self.app: Host | None = None
         self._custom_loader = loader
         self._loader: Loader = loader or load_configured
@@ -114,6 +117,7 @@ class DispatcherPlugin:
     def b2bua_configure(self, config: Config, app: Host) -> None:
         self.config = parse_dispatcher_config(config.plugin_section("dispatcher"), config.path)
         self.config = replace(self.config, db_url=resolve_sqlite_url(self.config.db_url, config.base_dir))
+        self.sip = config.sip
         self.app = app
         self._list_file = config.resolve_path(self.config.list_file) if self.config.list_file else None
         self.state = self._make_state()
@@ -123,7 +127,7 @@ class DispatcherPlugin:
         if not self.config.routes:
             logger.info("dispatcher: no [[plugins.dispatcher.routes]]: every call goes to set 1, round robin")
         if app.hook is None:  # b2bua check-config: no running host, so check the destinations here
-            check_config_destinations(self.config, self._list_file)
+            check_config_destinations(self.config, self._list_file, self.sip)
 
     @hookimpl
     def b2bua_startup(self, app: Host) -> None:
@@ -136,7 +140,7 @@ class DispatcherPlugin:
         self.shared.attach(self.state, self.admin_state)
         self._heap.hold()  # a large list would otherwise trigger full collections over itself
         try:
-            snapshot = self._loader(self.config, self._list_file)
+            snapshot = self._checked(self._loader(self.config, self._list_file))
             self.state.swap(snapshot, keep_state=False, reason="startup", disabled=self.admin_state.disabled)
             self.admin_state.apply(self.state)
             self.shared.startup()
@@ -228,6 +232,12 @@ class DispatcherPlugin:
 
     # -- internals -------------------------------------------------------------------------
 
+    def _checked(self, snapshot: Snapshot) -> Snapshot:
+        """``snapshot`` if the host can honour every destination's socket, proxy and credential
+        attributes; else :class:`~plugins.dispatcher.outbound.OutboundError` naming them."""
+        check_outbound(snapshot, self.sip, rows=self._list_file is None)
+        return snapshot
+
     def _make_state(self) -> DispatcherState:
         return DispatcherState(
             policy=self.config.selection_policy(),
@@ -237,8 +247,11 @@ class DispatcherPlugin:
         )
 
     def _make_reloader(self, app: Host | None) -> Reloader:
-        source: Source = (ConfiguredSource(self.config, self._list_file) if self._custom_loader is None
-                          else LoaderSource(self._custom_loader, self.config, self._list_file))
+        custom = self._custom_loader
+        source: Source = (
+            ConfiguredSource(self.config, self._list_file, self.sip) if custom is None  # checked in the child
+            else LoaderSource(lambda config, path: self._checked(custom(config, path)), self.config, self._list_file)
+        )
         return Reloader(
             app,
             self.state,

@@ -12,13 +12,15 @@ tested with a stand-in and never imports pjsua2.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from b2bua.api import ProbeResult, TimerHandle
+from b2bua.api import Outbound, ProbeResult, TimerHandle
 from plugins.dispatcher import health
 from plugins.dispatcher.latency import LatencyStats, add_timeout, update
 from plugins.dispatcher.model import DestFlags, Destination
+from plugins.dispatcher.outbound import probe_outbound
 from plugins.dispatcher.replycodes import ReplyCodes
 from plugins.dispatcher.runtime import DestKey, DispatcherState
 
@@ -28,7 +30,8 @@ BATCH_GAP = 0.010
 
 class SendRequest(Protocol):
     def __call__(
-        self, method: str, uri: str, *, from_uri: str, callback: Callable[[ProbeResult], None], timeout: float
+        self, method: str, uri: str, *, from_uri: str, callback: Callable[[ProbeResult], None], timeout: float,
+        outbound: Outbound,
     ) -> None: ...
 
 
@@ -112,7 +115,7 @@ class Prober:
             if b == 0:
                 self._probe_batch(keys)
             else:
-                self._timers.append(self._call_later(b * step, lambda keys=keys: self._probe_batch(keys)))
+                self._timers.append(self._call_later(b * step, functools.partial(self._probe_batch, keys)))
 
     def _probe_batch(self, keys: list[DestKey]) -> None:
         for key in keys:
@@ -138,6 +141,7 @@ class Prober:
             from_uri=dest.attrs.ping_from or self.from_uri,
             callback=lambda result: self.on_result(key, result),
             timeout=self.timeout,
+            outbound=probe_outbound(dest.attrs),  # the destination's socket, proxy and credentials
         )
         return True
 

@@ -14,10 +14,12 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Protocol
 
+from b2bua.config import SipConfig
 from b2bua.loop import Task, wait_for
 from plugins.dispatcher.checks import check_loaded
 from plugins.dispatcher.config import DispatcherConfig
 from plugins.dispatcher.model import Snapshot
+from plugins.dispatcher.outbound import check_outbound
 from plugins.dispatcher.storage import load_snapshot
 
 #: a function that loads the destinations (blocking); the default reads the configured source
@@ -41,10 +43,13 @@ class Source(Protocol):
         ...
 
 
-def load_configured(config: DispatcherConfig, list_file: Path | None, resolve: bool = True) -> Snapshot:
+def load_configured(config: DispatcherConfig, list_file: Path | None, resolve: bool = True,
+                    sip: SipConfig | None = None) -> Snapshot:
     """Read the configured source: ``list_file`` when set, else ``db_url`` (blocking).
 
     :param resolve: resolve host names (off for a simulation, which needs no addresses).
+    :param sip: the host's ``[sip]``: destinations whose socket, proxy or credential attributes
+        it cannot honour fail the load (:func:`~plugins.dispatcher.outbound.check_outbound`).
     """
     table = None
     if list_file is None:
@@ -59,6 +64,8 @@ def load_configured(config: DispatcherConfig, list_file: Path | None, resolve: b
         resolve=resolve,
         skip_unresolvable=config.dns_skip_unresolvable,
     )
+    if sip is not None:
+        check_outbound(snapshot, sip, rows=list_file is None)
     return check_loaded(snapshot, config, list_file)  # empty list file, duplicates, weights
 
 

@@ -63,7 +63,7 @@ def write_list_file(directory: Path, entries: Iterable[ListEntry], name: str = L
 
 
 def toml_value(value: Any, where: str = "value") -> str:
-    """``value`` (bool, int, finite float, str, list of those) as TOML; anything else is a TypeError."""
+    """``value`` (bool, int, finite float, str, list or table of those) as TOML; anything else is a TypeError."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):
@@ -76,6 +76,8 @@ def toml_value(value: Any, where: str = "value") -> str:
         return json.dumps(value)  # a JSON string is a valid TOML basic string
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(toml_value(v, f"{where}[{i}]") for i, v in enumerate(value)) + "]"
+    if isinstance(value, Mapping):  # an inline table; keys must be bare keys
+        return "{" + ", ".join(f"{k} = {toml_value(v, f'{where}.{k}')}" for k, v in value.items()) + "}"
     raise TypeError(f"{where}: cannot write {type(value).__name__} {value!r} as TOML")
 
 
@@ -99,6 +101,8 @@ def b2bua_config(
     sip: Mapping[str, Any] | None = None,
     log_level: str = "INFO",
     plugins: Sequence[str] | None = None,
+    extra_sections: Mapping[str, Mapping[str, Any]] | None = None,
+    credentials: Sequence[Mapping[str, Any]] = (),
 ) -> str:
     """A ``config.toml`` for a B2BUA on ``udp:ip:port`` with the dispatcher and failover plugins.
 
@@ -111,6 +115,8 @@ def b2bua_config(
         ``shutdown_grace``, no overload shedding).
     :param plugins: ``[plugins] enabled`` as given (default: the dispatcher, and failover when
         ``failover`` is set).
+    :param extra_sections: more host sections, e.g. ``{"headers": {"to_caller": ["X-*"]}}``.
+    :param credentials: ``[[sip.credentials]]`` tables.
     """
     rules = list(routes) if routes is not None else [{"set": setid, "algorithm": algorithm, "limit": limit}]
     # No overload shedding by default: these tests count where every call went, and a hiccup of a
@@ -132,6 +138,8 @@ def b2bua_config(
     ]
     if failover is not None:
         parts.append(toml_table("plugins.failover", failover))
+    parts += [toml_table(name, values) for name, values in (extra_sections or {}).items()]
+    parts += [toml_table("[[sip.credentials]]", cred) for cred in credentials]
     return "\n".join(parts)
 
 

@@ -7,7 +7,7 @@ where CI can collect them. A failing test's report names its workdir.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -92,6 +92,31 @@ def gateway_factory(workdir: Path, addresses: AddressAllocator) -> Iterator[Gate
     yield start
     for gw in started:
         gw.stop(grace=0.2)  # the test is over: no need to let open calls finish
+
+
+class ScenarioGatewayFactory(Protocol):
+    """``scenario_gateway("uas_auth.xml", {"REALM": "x"}, label="auth")``: a gateway running a
+    scenario of ``scenarios/`` (its ``{{NAME}}`` placeholders filled from the values)."""
+
+    def __call__(self, template: str, values: Mapping[str, str], *, label: str, ip: str | None = None,
+                 port: int | None = None, transport: Transport = "udp") -> Gateway: ...
+
+
+@pytest.fixture
+def scenario_gateway(workdir: Path, addresses: AddressAllocator) -> Iterator[ScenarioGatewayFactory]:
+    """Starts gateways running scenarios of the test's own; every one is stopped when the test ends."""
+    started: list[Gateway] = []
+
+    def start(template: str, values: Mapping[str, str], *, label: str, ip: str | None = None,
+              port: int | None = None, transport: Transport = "udp") -> Gateway:
+        gw = Gateway.start_scenario(template, values, ip or addresses.next(), workdir, behaviour=label, port=port,
+                                    transport=transport)
+        started.append(gw)
+        return gw
+
+    yield start
+    for gw in started:
+        gw.stop(grace=0.2)
 
 
 @pytest.fixture

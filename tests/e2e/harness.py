@@ -846,7 +846,7 @@ class CallerProcess(SippProcess):
 
 def start_calls(target_ip: str, target_port: int, *, ip: str, workdir: Path, n: int = 1, rate: float = 10.0,
                 behaviour: str = "call", call_duration_ms: int = 200, cancel_after_ms: int = 0,
-                service: str = "service", from_user: str = "caller",
+                service: str = "service", from_user: str = "caller", from_name: str = "", to_name: str = "",
                 extra_headers: Mapping[str, str] | Sequence[str] = (), recv_timeout_ms: int = 10_000,
                 max_concurrent: int | None = None, transport: Transport = "udp", port: int | None = None,
                 name: str | None = None, timeout: float | None = None) -> CallerProcess:
@@ -863,7 +863,8 @@ def start_calls(target_ip: str, target_port: int, *, ip: str, workdir: Path, n: 
     - ``"hangup-by-callee"``: like ``call`` but waits for the far end's BYE and answers 200.
     - ``"options"``: one OPTIONS per call, expects 200.
 
-    The Request-URI user is ``service``; ``extra_headers`` go into each INVITE/OPTIONS. Every wait for
+    The Request-URI user is ``service``; ``from_name`` / ``to_name`` are display names for From and
+    To (quoted, none when empty); ``extra_headers`` go into each INVITE/OPTIONS. Every wait for
     a message is bounded by ``recv_timeout_ms`` (the call then fails); the whole run by ``timeout``
     seconds (default: from n, rate and the durations), enforced by `CallerProcess.wait`.
     """
@@ -874,7 +875,8 @@ def start_calls(target_ip: str, target_port: int, *, ip: str, workdir: Path, n: 
         raise ValueError("start_calls: call_duration_ms and cancel_after_ms must be >= 0")
     # The talk time is a receive timeout (to answer re-INVITEs meanwhile); 0 would mean "none" to sipp.
     values |= {"DURATION_MS": str(max(1, call_duration_ms)), "CANCEL_AFTER_MS": str(cancel_after_ms),
-               "FROM_USER": from_user, "EXTRA_HEADERS": format_extra_headers(extra_headers)}
+               "FROM_USER": from_user, "EXTRA_HEADERS": format_extra_headers(extra_headers),
+               "FROM_NAME": _display(from_name, "from_name"), "TO_NAME": _display(to_name, "to_name")}
     kind: PortKind = "tcp" if transport == "tcp" else "udp"
     use_port = port if port is not None else free_port(ip, kind)
     run_name = _unique_name(workdir, name or f"caller-{ip}-{behaviour.replace(':', '_')}")
@@ -889,6 +891,15 @@ def start_calls(target_ip: str, target_port: int, *, ip: str, workdir: Path, n: 
         timeout = n / rate + (call_duration_ms + cancel_after_ms + 3 * recv_timeout_ms) / 1000 + 10
     return CallerProcess(proc, method="OPTIONS" if behaviour == "options" else "INVITE", default_timeout=timeout,
                          name=run_name, ip=ip, port=use_port, transport=transport, files=files, workdir=workdir)
+
+
+def _display(name: str, what: str) -> str:
+    """A display name as a scenario writes it before ``<uri>``: quoted, with a blank after it."""
+    if not name:
+        return ""
+    if any(ch in name for ch in '"\\\r\n'):
+        raise ValueError(f"{what}: {name!r}: no quotes, backslashes or line breaks")
+    return f'"{name}" '
 
 
 def run_calls(target_ip: str, target_port: int, *, ip: str, workdir: Path, timeout: float | None = None,

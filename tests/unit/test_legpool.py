@@ -30,7 +30,7 @@ class Owner:
 def pool(slots: int) -> tuple[LegPool, list[FakeLeg]]:
     made: list[FakeLeg] = []
 
-    def factory(owner: LegOwner | None, index: int, pjsua_call_id: int) -> FakeLeg:
+    def factory(owner: LegOwner | None, index: int, pjsua_call_id: int, profile: object = None) -> FakeLeg:
         made.append(FakeLeg(owner, index))
         return made[-1]
 

@@ -9,12 +9,24 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from loguru import logger
 
 from b2bua import hookimpl
-from b2bua.api import CallInfo, DialMode, EndCause, Failure, FailureKind, OutgoingRequest, Reject, RoutePlan, Target
+from b2bua.api import (
+    CallInfo,
+    DialMode,
+    EndCause,
+    Failure,
+    FailureKind,
+    Outbound,
+    OutgoingRequest,
+    Reject,
+    RoutePlan,
+    Target,
+)
 from b2bua.config import SipConfig, parse_config
 from b2bua.events import (
     CONFIRMED,
@@ -31,8 +43,10 @@ from b2bua.events import (
     LegState,
     Provisional,
 )
+from b2bua.headers import Passthrough
 from b2bua.legpool import LegPool
 from b2bua.loop import Scheduler
+from b2bua.outbound import OutboundProfile
 from b2bua.plugins import Hooks, make_manager
 from b2bua.session import CallState, Session
 
@@ -54,6 +68,7 @@ class FakeLeg(CallLeg):
         self.is_attached = True
         self.released = False
         self.on_end: list[LegEvent] = []
+        self.response_headers: list[tuple[tuple[str, str], ...]] = []  #: each respond()'s headers
 
     def report(self, event: LegEvent) -> None:
         """What the adapter does: hand the event to the owner, if the leg still has one."""
@@ -68,6 +83,7 @@ class FakeLeg(CallLeg):
 
     def respond(self, code: int, reason: str = "", headers: tuple[tuple[str, str], ...] = ()) -> None:
         self.actions.append(("respond", code))
+        self.response_headers.append(headers)
 
     def end(self, code: int = 0, reason: str = "", headers: tuple[tuple[str, str], ...] = ()) -> bool:
         self.actions.append(("end", code, reason, headers))
@@ -138,14 +154,17 @@ class FakeHost:
         config = parse_config({"sip": {"attempt_timeout": 1.0, "answer_timeout": 5.0, **sip}})
         self.hooks.configure(config, app=None)  # type: ignore[arg-type]
         self.sip: SipConfig = config.sip
+        self.passthrough = Passthrough.compile(config.headers.to_gateway, config.headers.to_caller)
         self.now = 0.0
         self.scheduler = Scheduler(clock=lambda: self.now)
         self.made: list[FakeLeg] = []
+        self.profiles: list[object] = []  #: the outbound profile of each leg made
         self.legs = LegPool(self._make, slots)
         self.ended: list[Session] = []
 
-    def _make(self, owner: LegOwner | None, index: int, pjsua_call_id: int) -> CallLeg:
+    def _make(self, owner: LegOwner | None, index: int, pjsua_call_id: int, profile: object = None) -> CallLeg:
         leg = FakeLeg(owner, index)
+        self.profiles.append(profile)
         self.made.append(leg)
         return leg
 
@@ -161,10 +180,11 @@ class FakeHost:
 
     # -- building a call ---------------------------------------------------------------------
 
-    def session(self, ruri: str = "sip:4930123@b2bua") -> tuple[Session, FakeLeg]:
+    def session(self, ruri: str = "sip:4930123@b2bua", **info: Any) -> tuple[Session, FakeLeg]:
+        """A call to ``ruri``; ``info``: more CallInfo fields (from_header, headers, ...)."""
         a = self.legs.incoming(7)
         assert isinstance(a, FakeLeg)
-        call = CallInfo(1, "call-1@caller", ruri, "sip:alice@caller", ruri)
+        call = CallInfo(1, "call-1@caller", ruri, "sip:alice@caller", ruri, **info)
         return Session(self, call, a), a
 
     def b(self, index: int) -> FakeLeg:
@@ -347,8 +367,8 @@ def test_an_invite_that_cannot_be_sent_fails_that_attempt_only() -> None:
 def _refusing_first(host: FakeHost) -> Any:
     make = host._make
 
-    def factory(owner: LegOwner | None, index: int, pjsua_call_id: int) -> CallLeg:
-        leg = make(owner, index, pjsua_call_id)
+    def factory(owner: LegOwner | None, index: int, pjsua_call_id: int, profile: object = None) -> CallLeg:
+        leg = make(owner, index, pjsua_call_id, profile)
         if index == 1:
             assert isinstance(leg, FakeLeg)
             leg.refuse_invite = "Invalid URI"
@@ -550,3 +570,105 @@ def test_core_calls_reports_the_call_and_its_legs() -> None:
     [report] = calls_report([s], 13.0)
     assert report["state"] == "answered" and report["answered_by"] == GW2.uri
     assert [(leg["index"], leg["answered"]) for leg in report["legs"]] == [(1, False), (2, True)]
+
+
+# -- identity, headers and outbound (issue 12) ----------------------------------------------------
+
+CALLER_HEADERS = {
+    "via": ("SIP/2.0/UDP 10.1.1.1;branch=z9hG4bKcaller",),
+    "record-route": ("<sip:10.1.1.1;lr>",),
+    "p-asserted-identity": ('"Alice" <sip:+4930111@pbx>',),
+    "x-account": ("42",),
+    "x-evil": ("a\r\nVia: SIP/2.0/UDP 6.6.6.6",),
+    "subject": ("not listed",),
+}
+
+
+def identity_session(host: FakeHost) -> tuple[Session, FakeLeg]:
+    return host.session(from_header='"Alice Example" <sip:alice@caller>;tag=a1',
+                        to_header='"Bob" <sip:4930123@b2bua;user=phone>', headers=CALLER_HEADERS)
+
+
+def test_b_leg_keeps_the_callers_identity_and_listed_headers() -> None:
+    host = FakeHost(serial(Target("sip:10.0.0.1:5080;transport=tcp", headers=(("X-Account", "7"),))))
+    s, _ = identity_session(host)
+    s.call.to_uri = "sip:4930123@b2bua;user=phone"
+    s.start()
+    request = host.b(1).request
+    assert request is not None
+    assert (request.from_uri, request.from_name) == ("sip:alice@caller", "Alice Example")
+    assert (request.to_uri, request.to_name) == ("sip:4930123@10.0.0.1:5080;user=phone;transport=tcp", "Bob")
+    assert request.request_uri == "sip:4930123@10.0.0.1:5080;transport=tcp"
+    # the caller's listed headers (the unusable one dropped), then the target's, which wins
+    assert request.headers == [("P-Asserted-Identity", '"Alice" <sip:+4930111@pbx>'), ("X-Account", "7")]
+
+
+class Normaliser:
+    """A prepare_target plugin: caller-ID as +49..., no display name; or a broken one."""
+
+    def __init__(self, broken: str = "") -> None:
+        self.broken = broken
+
+    @hookimpl
+    def b2bua_prepare_target(self, call: CallInfo, target: Target, request: OutgoingRequest) -> None:
+        if self.broken == "headers" and target is GW1:
+            request.headers.append(("X Bad", "1"))  # not a header name
+            return
+        if self.broken and target is GW1:
+            setattr(request, self.broken, "x\r\nInjected: 1")
+            return
+        request.from_uri = "sip:+4930111@carrier.example"
+        request.from_name = ""
+
+
+def test_prepare_target_rewrites_the_identity() -> None:
+    host = FakeHost(serial(GW1), Normaliser())
+    s, _ = identity_session(host)
+    s.start()
+    request = host.b(1).request
+    assert request is not None and (request.from_uri, request.from_name) == ("sip:+4930111@carrier.example", "")
+
+
+@pytest.mark.parametrize("field", ["from_name", "to_uri", "request_uri", "headers"])
+def test_a_request_a_plugin_broke_is_not_sent_and_fails_that_attempt(field: str) -> None:
+    host = FakeHost(serial(GW1, GW2), Normaliser(broken=field))
+    s, _ = identity_session(host)
+    s.start()
+    assert host.recorder.failures()[0] == ("failed", GW1.uri, 500, FailureKind.ERROR)
+    assert [leg.index for leg in host.made[1:]] == [2], "no leg for the broken attempt; the next one dialled"
+
+
+def test_outbound_asked_for_is_resolved_and_handed_to_the_leg() -> None:
+    bad = Target("sip:10.0.0.1", outbound=Outbound(socket="udp:10.9.9.9:5060"))
+    good = Target("sip:10.0.0.2", outbound=Outbound(proxy="sip:sbc.example"))
+    host = FakeHost(serial(bad, good, GW3), listen=["udp:127.0.0.1:5060"])
+    s, _ = host.session()
+    s.start()
+    assert host.recorder.failures()[0] == ("failed", bad.uri, 500, FailureKind.ERROR)
+    assert host.profiles[1:] == [OutboundProfile(None, "sip:sbc.example;lr", "")]
+
+
+def test_the_answering_legs_identity_reaches_the_callers_200_only() -> None:
+    host = FakeHost(serial(GW1))
+    s, a = host.session()
+    s.start()
+    b = host.b(1)
+    b.report(RINGING)
+    b.report(Answered(200, "OK", {"p-asserted-identity": ("<sip:+4930222@carrier>",), "contact": ("<sip:gw>",),
+                                  "x-internal": ("1",), "record-route": ("<sip:gw;lr>",)}))
+    assert a.actions == [("respond", 180), ("respond", 200)]
+    assert a.response_headers == [(), (("P-Asserted-Identity", "<sip:+4930222@carrier>"),)]
+
+
+def test_an_unanswered_challenge_is_logged_with_why() -> None:
+    host = FakeHost(serial(GW1))
+    s, a = host.session()
+    lines: list[str] = []
+    sink = logger.add(lambda m: lines.append(m.record["message"]), level="INFO")
+    try:
+        s.start()
+        host.b(1).report(Failed(407, "Proxy Authentication Required", {}, "credentials 'x' were refused"))
+    finally:
+        logger.remove(sink)
+    assert "attempt 1 to sip:10.0.0.1 failed: 407 Proxy Authentication Required (credentials 'x' were refused)" in lines
+    assert ends(a)[-1][1:3] == (403, "Forbidden")

@@ -41,3 +41,35 @@ def test_parse_message() -> None:
 )
 def test_b_leg_request_uri(a_ruri: str, dest: str, expected: str) -> None:
     assert sip.b_leg_request_uri(a_ruri, dest) == expected
+
+
+@pytest.mark.parametrize(("header", "name"), [
+    ('"Alice Example" <sip:+4930111@pbx>;tag=1', "Alice Example"),
+    ('"Alice \\"A\\" \\\\ Smith" <sip:a@b>', 'Alice "A" \\ Smith'),
+    ("Bob <sip:bob@pbx>", "Bob"),
+    ('"J\u00fcrgen" <sip:j@pbx>', "J\u00fcrgen"),
+    ("sip:carol@pbx;tag=2", ""),
+    ("<sip:dave@pbx>", ""),
+    ('"" <sip:eve@pbx>', ""),
+])
+def test_display_name(header: str, name: str) -> None:
+    assert sip.display_name(header) == name
+
+
+@pytest.mark.parametrize("name", ["Alice Example", 'Alice "A" \\ Smith', "J\u00fcrgen", ""])
+def test_name_addr_round_trips_the_display_name(name: str) -> None:
+    value = sip.name_addr(name, "sip:a@b")
+    assert value.endswith("<sip:a@b>") and sip.display_name(value) == name
+
+
+@pytest.mark.parametrize(("to", "ruri", "expected"), [
+    ("sip:+4930222@b2bua.example;user=phone", "sip:+4930222@10.0.0.1:5080;transport=tcp",
+     "sip:+4930222@10.0.0.1:5080;user=phone;transport=tcp"),
+    ("sip:bob@b2bua:5060;transport=udp", "sip:bob@gw.example", "sip:bob@gw.example"),
+    ("sip:bob@b2bua", "sip:bob@[2001:db8::1]:5070", "sip:bob@[2001:db8::1]:5070"),
+    ("sip:bob@b2bua?X=1", "sip:bob@gw", "sip:bob@gw"),
+    ("tel:+4930222", "sip:+4930222@gw", "tel:+4930222"),
+    ("sip:bob@b2bua", "tel:+4930", "sip:bob@b2bua"),
+])
+def test_with_host_of(to: str, ruri: str, expected: str) -> None:
+    assert sip.with_host_of(to, ruri) == expected

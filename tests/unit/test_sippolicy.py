@@ -61,6 +61,14 @@ def test_relayed_503_becomes_500_without_its_retry_after() -> None:
     assert relay(failure) == Reject(500, "Server Internal Error", (("Reason", "Q.850;cause=34"),))
 
 
+@pytest.mark.parametrize("code", [401, 407])
+def test_a_challenge_the_b2bua_could_not_answer_is_relayed_as_403(code: int) -> None:
+    """The caller cannot answer a gateway's challenge for the B2BUA: it gets 403, no challenge."""
+    headers = {"www-authenticate": ('Digest realm="carrier", nonce="1"',), "reason": ("SIP;cause=401",)}
+    assert relay(fail(T1, code, reason="Unauthorized", headers=headers)) == Reject(
+        403, "Forbidden", (("Reason", "SIP;cause=401"),))
+
+
 @pytest.mark.parametrize("kind", [FailureKind.NO_RESPONSE, FailureKind.NO_ANSWER])
 def test_our_own_timeouts_are_408(kind: FailureKind) -> None:
     assert relay(fail(T1, 408, kind, reason="whatever")) == Reject(408, "Request Timeout")

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import pytest
 
-from b2bua.api import ProbeResult
+from b2bua.api import DEFAULT_OUTBOUND, Outbound, ProbeResult
 from b2bua.loop import Scheduler
 from plugins.dispatcher.model import DestFlags, Destination, build_snapshot, state_letters
 from plugins.dispatcher.probing import Prober
@@ -32,10 +32,12 @@ class Network:
         self.sched = sched
         self.answer: dict[str, int | None] = {}
         self.sent: list[tuple[float, str]] = []
+        self.outbound: dict[str, Outbound] = {}
 
     def __call__(self, method: str, uri: str, *, from_uri: str, callback: Callable[[ProbeResult], None],
-                 timeout: float) -> None:
+                 timeout: float, outbound: Outbound = DEFAULT_OUTBOUND) -> None:
         self.sent.append((self.sched.now(), uri))
+        self.outbound[uri] = outbound
         code = self.answer.get(uri, 200)
         if code is None:  # silent: our own deadline answers
             self.sched.call_later(timeout, lambda: callback(ProbeResult(408, "Request Timeout", None, local=True)))

@@ -229,7 +229,8 @@ FINAL_TABLE = [
     ("last", [500, 502, 503], 500),  # a gateway's 503 is relayed as 500
     ("best", [503, 502, 500], 500),
     ("best", [503, 600, 404], 600),  # 6xx beats everything
-    ("best", [503, 404, 401], 401),  # 401/407/415/420/484 beat the other 4xx
+    ("best", [503, 404, 415], 415),  # 401/407/415/420/484 beat the other 4xx
+    ("best", [503, 404, 401], 403),  # ... and a challenge the B2BUA could not answer is relayed as 403
     ("best", [503, 486, 408], 408),  # lower 4xx first
     ("best", [503, 404, 302], 302),  # 3xx before 4xx
     ("best", [503, 503], 500),

@@ -1,0 +1,79 @@
+"""How calls and keepalives to a destination leave the B2BUA: its ``socket``, ``sockname``,
+``ping_socket``, ``obproxy`` and ``auth`` attributes as a :class:`b2bua.api.Outbound`.
+
+Kamailio's meanings, with the differences a B2BUA brings (``docs/kamailio.md``):
+
+* ``socket=udp:10.0.0.5:5060`` / ``sockname=wan``: the listener B legs and keepalives leave
+  from (``sockname`` names one in ``[sip] socket_names`` and wins over ``socket``);
+* ``ping_socket=...``: the listener keepalives leave from (Kamailio 6.1), over the others;
+* ``obproxy=sip:sbc.example;lr``: the outbound proxy; in Kamailio only keepalives use it (the
+  script routes calls), here B legs too, overriding ``[sip] outbound_proxy``;
+* ``auth=NAME``: the ``[[sip.credentials]]`` entry answering 401/407 (no Kamailio equivalent;
+  its ``uac`` module has ``uac_auth()`` in the script).
+
+:func:`check_outbound` runs on every load (start-up, reload, ``b2bua check-config``; a
+reload's runs in the child process that reads the source, off the loop): an attribute the host
+cannot honour is a load error naming the list-file line or table row, so it is never silently
+ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from b2bua.api import Outbound
+from b2bua.config import SipConfig
+from b2bua.outbound import profile_for
+from plugins.dispatcher.model import Attrs, Snapshot
+from plugins.dispatcher.resolve import LoadError
+
+
+class OutboundError(LoadError):
+    """Destinations whose attributes the host cannot honour; the message names each one."""
+
+
+def outbound_of(attrs: Attrs) -> Outbound:
+    """What B legs to a destination with ``attrs`` ask for."""
+    return Outbound(socket=attrs.socket, sockname=attrs.sockname, proxy=attrs.obproxy,
+                    auth=attrs.extra.get("auth", ""))
+
+
+def probe_outbound(attrs: Attrs) -> Outbound:
+    """What keepalives to a destination with ``attrs`` ask for: ``ping_socket`` over the others."""
+    outbound = outbound_of(attrs)
+    ping_socket = attrs.extra.get("ping_socket", "")
+    return dataclasses.replace(outbound, socket=ping_socket, sockname="") if ping_socket else outbound
+
+
+def without_passwords(sip: SipConfig) -> SipConfig:
+    """``sip`` with every password blanked: all a check needs, to hand to a child process."""
+    creds = tuple(dataclasses.replace(c, password="-") for c in sip.credentials)
+    return dataclasses.replace(sip, credentials=creds)
+
+
+def check_outbound(snapshot: Snapshot, sip: SipConfig, *, rows: bool = False) -> None:
+    """Raise :class:`OutboundError` listing every destination of ``snapshot`` whose attributes
+    cannot be honoured (at most 20 named).
+
+    :param rows: places are table row ids (a database), not list-file line numbers.
+    """
+    problems = []
+    for dest in snapshot.destinations():
+        if "auth" in dest.attrs.extra and not dest.attrs.extra["auth"]:
+            why = "auth= needs a credential's name"
+        else:
+            why = ""
+            for outbound in {outbound_of(dest.attrs), probe_outbound(dest.attrs)}:
+                if not outbound:
+                    continue
+                try:
+                    profile_for(outbound, sip, dest.uri)
+                except ValueError as exc:
+                    why = str(exc)
+                    break
+        if why:
+            place = f"row id {dest.row_id}" if rows else f"line {dest.row_id}"
+            problems.append(f"{snapshot.source} {place}: set {dest.setid} {dest.uri}: {why}")
+    if problems:
+        more = f" (and {len(problems) - 20} more)" if len(problems) > 20 else ""
+        raise OutboundError("; ".join(problems[:20]) + more)

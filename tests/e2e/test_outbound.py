@@ -1,0 +1,136 @@
+"""Sockets and proxies (issue 12, item 5): the listener a B leg and its keepalives leave from on a
+multi-homed B2BUA (two loopback listeners), B legs and keepalives through an outbound proxy
+(per destination and global), and attributes the host cannot honour refused at load."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from .configs import ListEntry, b2bua_config, start_b2bua, write_list_file
+from .conftest import B2buaFactory, GatewayFactory
+from .harness import AddressAllocator, B2buaProcess, Caller, Gateway, TracedMessage, free_port, wait_until
+
+
+def sent_by(message: TracedMessage) -> str:
+    """The top Via's ``host:port``: where the B2BUA's transport says the request left from."""
+    via = message.header("Via") or ""
+    return via.split()[1].split(";")[0] if len(via.split()) > 1 else ""
+
+
+def media_address(message: TracedMessage) -> str:
+    return next((line.split()[-1] for line in message.text.splitlines() if line.startswith("c=IN IP4")), "")
+
+
+def test_b_legs_and_keepalives_leave_from_the_destinations_listener(
+        b2bua_factory: B2buaFactory, gateway_factory: GatewayFactory, addresses: AddressAllocator, caller: Caller,
+        workdir: Path) -> None:
+    lan_ip, wan_ip = addresses.next(), addresses.next()
+    lan, wan = f"udp:{lan_ip}:{free_port(lan_ip)}", f"udp:{wan_ip}:{free_port(wan_ip)}"
+    by_socket, by_name, pings_apart = gateway_factory("answer"), gateway_factory("answer"), gateway_factory("answer")
+    entries = [
+        ListEntry(1, by_socket.uri, attrs=f"socket={wan}"),
+        ListEntry(2, by_name.uri, attrs=f"socket={wan};sockname=lan"),  # sockname wins, as in Kamailio
+        ListEntry(3, pings_apart.uri, attrs=f"sockname=lan;ping_socket={wan}"),
+    ]
+    routes = [{"set": s, "algorithm": 0, "ruri_user_prefix": str(s)} for s in (1, 2, 3)]
+    write_list_file(workdir, entries)
+    config = b2bua_config(lan_ip, 0, routes=routes, sip={"listen": [lan, wan], "socket_names": {"lan": lan}},
+                          dispatcher={"ping_interval": 1, "probing_mode": 1})
+    b2bua_factory(config)
+    for service in ("100", "200", "300"):
+        result = caller.run_calls(lan_ip, int(lan.rsplit(":", 1)[1]), n=1, service=service)
+        assert result.final_codes == [200], (service, result.describe())
+    wait_until(lambda: all(gw.count("OPTIONS") for gw in (by_socket, by_name, pings_apart)), 10,
+               what="a keepalive at every gateway")
+
+    def leaves_from(gw: Gateway, method: str) -> set[str]:
+        return {sent_by(m) for m in gw.requests(method)}
+
+    assert leaves_from(by_socket, "INVITE") == {wan[4:]} and leaves_from(by_socket, "OPTIONS") == {wan[4:]}
+    assert leaves_from(by_name, "INVITE") == {lan[4:]} and leaves_from(by_name, "OPTIONS") == {lan[4:]}
+    assert leaves_from(pings_apart, "INVITE") == {lan[4:]} and leaves_from(pings_apart, "OPTIONS") == {wan[4:]}
+    invite = by_socket.requests("INVITE")[0]
+    assert wan_ip in (invite.header("Contact") or "") and media_address(invite) == wan_ip, "Contact and SDP follow"
+    assert media_address(by_name.requests("INVITE")[0]) == lan_ip
+
+
+@pytest.mark.parametrize("where", ["obproxy", "outbound_proxy"])
+def test_b_legs_and_keepalives_go_through_the_outbound_proxy(
+        where: str, b2bua_factory: B2buaFactory, gateway_factory: GatewayFactory, addresses: AddressAllocator,
+        caller: Caller, workdir: Path) -> None:
+    """The proxy (a sipp answering in the far end's place) gets the INVITE with the gateway's
+    Request-URI and a Route header naming itself; the gateway behind it nothing."""
+    proxy, behind = gateway_factory("answer"), gateway_factory("answer")
+    proxy_uri = f"sip:{proxy.ip}:{proxy.port}"
+    attrs = f"obproxy={proxy_uri}" if where == "obproxy" else ""
+    sip = {"outbound_proxy": proxy_uri} if where == "outbound_proxy" else {}
+    b2b = start_b2bua(b2bua_factory, workdir, addresses.next(), [ListEntry(1, behind.uri, attrs=attrs)], sip=sip,
+                      dispatcher={"ping_interval": 1, "probing_mode": 1})
+    result = caller.run_calls(b2b.ip, b2b.port, n=2, rate=5, service="4930123")
+    assert result.final_codes == [200, 200], result.describe()
+    wait_until(lambda: proxy.count("OPTIONS") > 0, 10, what="a keepalive through the proxy")
+    assert behind.count("INVITE") == 0 and behind.count("OPTIONS") == 0
+    for invite in proxy.requests("INVITE"):
+        assert invite.first_line == f"INVITE sip:4930123@{behind.ip}:{behind.port} SIP/2.0"
+        assert invite.header("Route") == f"<{proxy_uri};lr>"
+    options = proxy.requests("OPTIONS")[0]
+    assert options.first_line == f"OPTIONS {behind.uri} SIP/2.0" and options.header("Route") == f"<{proxy_uri};lr>"
+
+
+@pytest.mark.parametrize(("attrs", "message"), [
+    pytest.param("socket=udp:127.0.0.250:5060", "socket=udp:127.0.0.250:5060: not one of the listeners in [sip] "
+                 "listen", id="socket-not-a-listener"),
+    pytest.param("sockname=wan", "sockname=wan: no such name in [sip] socket_names (known: none)", id="sockname"),
+    pytest.param("socket=tcp:{ip}:{port}", "socket=tcp:{ip}:{port}: a TCP listener, but sip:127.0.0.9:5999 is "
+                 "reached over UDP", id="transport"),
+    pytest.param("obproxy=sip:proxy.example?Subject=x", "dispatcher.list:3: attrs: obproxy=sip:proxy.example?"
+                 "Subject=x: URI headers (?Subject=x) are not allowed", id="obproxy-headers"),
+    pytest.param("auth=", "auth= needs a credential's name", id="empty-auth"),
+])
+@pytest.mark.parametrize("command", ["run", "check-config"])
+def test_attributes_the_host_cannot_honour_stop_start_up_naming_the_line(
+        command: str, attrs: str, message: str, addresses: AddressAllocator, workdir: Path) -> None:
+    ip = addresses.next()
+    port = free_port(ip, "both")
+    write_list_file(workdir, [ListEntry(1, "sip:127.0.0.8:5998"),
+                              ListEntry(1, "sip:127.0.0.9:5999", attrs=attrs.format(ip=ip, port=port))])
+    b2b = B2buaProcess(workdir)
+    b2b.config_path.write_text(b2bua_config(ip, port, sip={"listen": [f"udp:{ip}:{port}", f"tcp:{ip}:{port}"]}))
+    done = b2b.cli(command, "-c", "config.toml", timeout=60)
+    assert done.returncode == 2, done.stderr
+    message = message.format(ip=ip, port=port)
+    expected = message if message.startswith("dispatcher.list") else \
+        f"dispatcher.list line 3: set 1 sip:127.0.0.9:5999: {message}"
+    assert expected in done.stderr, done.stderr
+
+
+def test_reload_with_a_bad_attribute_keeps_the_destinations(
+        b2bua_factory: B2buaFactory, gateway_factory: GatewayFactory, addresses: AddressAllocator, caller: Caller,
+        workdir: Path) -> None:
+    gw = gateway_factory("answer")
+    b2b = start_b2bua(b2bua_factory, workdir, addresses.next(), [ListEntry(1, gw.uri)])
+    write_list_file(workdir, [ListEntry(1, gw.uri, attrs="sockname=nowhere")])
+    with pytest.raises(Exception, match="sockname=nowhere: no such name"):
+        b2b.process.rpc("dispatcher.reload")
+    result = caller.run_calls(b2b.ip, b2b.port, n=1)
+    assert result.final_codes == [200], result.describe()
+
+
+def test_a_tcp_destination_leaves_from_the_named_tcp_listener(
+        b2bua_factory: B2buaFactory, gateway_factory: GatewayFactory, addresses: AddressAllocator, caller: Caller,
+        workdir: Path) -> None:
+    lan_ip, wan_ip = addresses.next(), addresses.next()
+    lan_port, wan_port = free_port(lan_ip, "both"), free_port(wan_ip, "both")
+    listen = [f"udp:{lan_ip}:{lan_port}", f"tcp:{lan_ip}:{lan_port}", f"tcp:{wan_ip}:{wan_port}"]
+    gw = gateway_factory("answer", transport="tcp")
+    write_list_file(workdir, [ListEntry(1, gw.uri, attrs="sockname=wan")])
+    b2bua_factory(b2bua_config(lan_ip, lan_port, sip={"listen": listen,
+                                                      "socket_names": {"wan": f"tcp:{wan_ip}:{wan_port}"}}))
+    result = caller.run_calls(lan_ip, lan_port, n=1)
+    assert result.final_codes == [200], result.describe()
+    invite = gw.requests("INVITE")[0]
+    assert sent_by(invite) == f"{wan_ip}:{wan_port}" and (invite.header("Via") or "").startswith("SIP/2.0/TCP")
+    # pjsip's Contact names the connection's own (ephemeral) port on that address
+    assert f"@{wan_ip}:" in (invite.header("Contact") or "") and media_address(invite) == wan_ip

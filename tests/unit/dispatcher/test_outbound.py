@@ -1,0 +1,89 @@
+"""Destination attributes for sockets, proxies and credentials (plugins.dispatcher.outbound)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from b2bua.api import Outbound
+from b2bua.config import parse_config
+from b2bua.loop import run_task_now
+from plugins.dispatcher.attrs import parse_attrs
+from plugins.dispatcher.childload import ChildLoad, ConfiguredSource, snapshot_steps
+from plugins.dispatcher.config import DispatcherConfig
+from plugins.dispatcher.model import Destination, Snapshot, build_snapshot
+from plugins.dispatcher.outbound import OutboundError, check_outbound, outbound_of, probe_outbound
+from plugins.dispatcher.plans import make_target
+from plugins.dispatcher.resolve import LoadError
+from plugins.dispatcher.source import load_configured
+
+SIP = parse_config({"sip": {
+    "listen": ["udp:10.0.0.1:5060", "udp:203.0.113.5:5060"],
+    "socket_names": {"wan": "udp:203.0.113.5:5060"},
+    "credentials": [{"realm": "*", "username": "u", "password": "p", "name": "carrier"}],
+}}).sip
+
+
+def test_outbound_of_attributes() -> None:
+    attrs = parse_attrs('socket=udp:10.0.0.1:5060;sockname=wan;obproxy="sip:sbc;lr";auth=carrier;duid=gw1')
+    assert outbound_of(attrs) == Outbound("udp:10.0.0.1:5060", "wan", "sip:sbc;lr", "carrier")
+    assert outbound_of(parse_attrs("duid=gw1")) == Outbound()
+
+
+def test_keepalives_leave_from_ping_socket_when_given() -> None:
+    attrs = parse_attrs("sockname=wan;ping_socket=udp:10.0.0.1:5060;auth=carrier")
+    assert probe_outbound(attrs) == Outbound(socket="udp:10.0.0.1:5060", auth="carrier")
+    assert probe_outbound(parse_attrs("sockname=wan")) == Outbound(sockname="wan")
+
+
+def test_make_target_carries_the_outbound() -> None:
+    target = make_target(Destination(1, "sip:10.0.0.9", attrs=parse_attrs("sockname=wan;auth=carrier")))
+    assert target.outbound == Outbound(sockname="wan", auth="carrier")
+
+
+def snapshot(*attrs: str) -> Snapshot:
+    return build_snapshot([Destination(1, f"sip:10.0.0.{i + 10}", attrs=parse_attrs(a), row_id=i + 1)
+                           for i, a in enumerate(attrs)], "dispatcher.list")
+
+
+def test_check_outbound_accepts_what_the_host_can_honour() -> None:
+    check_outbound(snapshot("", "socket=udp:10.0.0.1:5060", "sockname=wan;auth=carrier",
+                            "obproxy=sip:sbc.example", "ping_socket=udp:203.0.113.5:5060"), SIP)
+
+
+def test_check_outbound_names_every_bad_destination() -> None:
+    snap = snapshot("sockname=lan", "duid=ok", "auth=nope", "ping_socket=udp:1.1.1.1:5060", "auth=")
+    with pytest.raises(OutboundError) as info:
+        check_outbound(snap, SIP)
+    message = str(info.value)
+    assert "dispatcher.list line 1: set 1 sip:10.0.0.10: sockname=lan: no such name" in message
+    assert "line 3: set 1 sip:10.0.0.12: auth=nope: no [[sip.credentials]] named 'nope'" in message
+    assert "line 4: set 1 sip:10.0.0.13: socket=udp:1.1.1.1:5060: not one of the listeners" in message
+    assert "line 5: set 1 sip:10.0.0.14: auth= needs a credential's name" in message
+    assert "line 2" not in message
+    with pytest.raises(OutboundError, match="row id 1"):
+        check_outbound(snap, SIP, rows=True)
+
+
+def test_check_outbound_bounds_its_message() -> None:
+    snap = snapshot(*["sockname=lan"] * 30)
+    with pytest.raises(OutboundError, match=r"\(and 10 more\)$"):
+        check_outbound(snap, SIP)
+
+
+def test_a_reloads_child_process_checks_the_attributes_without_the_passwords(tmp_path: Path) -> None:
+    """The reload's child process runs the same check (off the loop); the [sip] it gets over
+    its pipe holds no password."""
+    path = tmp_path / "dispatcher.list"
+    path.write_text("1 sip:10.0.0.10 0 0 sockname=wan;auth=carrier\n1 sip:10.0.0.11 0 0 sockname=lan\n")
+    cfg = DispatcherConfig(list_file=str(path))
+    source = ConfiguredSource(cfg, path, SIP)
+    assert source.request.sip is not None and "p" not in {c.password for c in source.request.sip.credentials}
+    with pytest.raises(LoadError) as child:
+        run_task_now(snapshot_steps(ChildLoad(source.request).run()))
+    with pytest.raises(OutboundError) as in_process:
+        load_configured(cfg, path, sip=SIP)
+    assert str(child.value) == str(in_process.value)
+    assert f"{path} line 2: set 1 sip:10.0.0.11: sockname=lan: no such name" in str(child.value)
+    assert len(load_configured(cfg, path).destinations()) == 2, "without [sip], no check (a simulation)"

@@ -1,0 +1,100 @@
+"""Header pass-through (b2bua.headers): patterns, what never crosses, values from the wire."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from b2bua.headers import (
+    MAX_VALUE,
+    NEVER_COPIED,
+    HeaderFilter,
+    canonical_name,
+    check_pattern,
+    merge,
+    one_line_problem,
+    usable_value,
+)
+
+DEFAULT = ["P-Asserted-Identity", "P-Preferred-Identity", "Privacy", "Diversion", "History-Info", "X-*"]
+
+
+@pytest.mark.parametrize("pattern", ["P-Asserted-Identity", "X-*", "*", "x-acme-*-id", "Diversion"])
+def test_good_patterns(pattern: str) -> None:
+    assert check_pattern(pattern) == pattern
+
+
+@pytest.mark.parametrize(("pattern", "why"), [
+    ("", "not a header name pattern"),
+    ("X-[ab]", "not a header name pattern"),
+    ("X Foo", "not a header name pattern"),
+    ("X-Foo:", "not a header name pattern"),
+    ("Via", "never copied"),
+    ("record-route", "never copied"),
+    ("Call-ID", "never copied"),
+    ("Proxy-Authorization", "never copied"),
+])
+def test_bad_patterns(pattern: str, why: str) -> None:
+    with pytest.raises(ValueError, match=why):
+        check_pattern(pattern)
+
+
+def test_select_copies_listed_headers_in_order_with_their_spelling() -> None:
+    headers = {
+        "via": ("SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK1",),
+        "p-asserted-identity": ('"Alice" <sip:+4930111@pbx>', "<tel:+4930111>"),
+        "subject": ("hello",),
+        "x-account-code": ("42",),
+        "diversion": ("<sip:1@pbx>;reason=busy",),
+    }
+    selected, dropped = HeaderFilter.compile(DEFAULT).select(headers)
+    assert selected == [
+        ("P-Asserted-Identity", '"Alice" <sip:+4930111@pbx>'),
+        ("P-Asserted-Identity", "<tel:+4930111>"),
+        ("X-Account-Code", "42"),
+        ("Diversion", "<sip:1@pbx>;reason=busy"),
+    ] and dropped == 0
+
+
+def test_a_wildcard_never_lets_topology_or_pjsuas_own_headers_through() -> None:
+    everything = HeaderFilter.compile(["*"])
+    headers = {name: ("x",) for name in NEVER_COPIED} | {"organization": ("acme",)}
+    assert everything.select(headers) == ([("Organization", "acme")], 0)
+
+
+def test_no_patterns_copy_nothing() -> None:
+    assert HeaderFilter.compile([]).select({"x-a": ("1",)}) == ([], 0)
+
+
+@pytest.mark.parametrize("value", ["a\r\nVia: evil", "tab\there", "nul\x00", "del\x7f", "c1\x85",
+                                   "surrogate\udcff", "x" * (MAX_VALUE + 1)])
+def test_unusable_values_are_dropped_and_counted(value: str) -> None:
+    assert not usable_value(value) and one_line_problem(value)
+    assert HeaderFilter.compile(["X-*"]).select({"x-a": (value, "ok")}) == ([("X-A", "ok")], 1)
+
+
+def test_usable_values() -> None:
+    assert usable_value('"Jürgen Müller" <sip:+49@pbx>') and usable_value("x" * MAX_VALUE) and usable_value("")
+
+
+def test_a_name_that_is_no_token_never_crosses() -> None:
+    assert HeaderFilter.compile(["*"]).select({"x a": ("1",), "x(b)": ("2",)}) == ([], 0)
+
+
+def test_canonical_name() -> None:
+    assert canonical_name("x-account-code") == "X-Account-Code" and canonical_name("privacy") == "Privacy"
+
+
+def test_merge_lets_the_targets_headers_replace_copied_ones() -> None:
+    copied = [("P-Asserted-Identity", "<sip:a@x>"), ("X-A", "1"), ("P-Asserted-Identity", "<tel:+1>")]
+    own = [("p-asserted-identity", "<sip:+4930@carrier>"), ("X-Trunk", "7")]
+    assert merge(copied, own) == [("X-A", "1"), ("p-asserted-identity", "<sip:+4930@carrier>"), ("X-Trunk", "7")]
+    assert merge(copied, []) == copied
+
+
+@given(st.dictionaries(st.text(min_size=1, max_size=20), st.lists(st.text(max_size=50), max_size=3)))
+def test_select_never_returns_a_forbidden_name_or_an_unusable_value(headers: dict[str, list[str]]) -> None:
+    selected, _ = HeaderFilter.compile(["*"]).select({k.lower(): tuple(v) for k, v in headers.items()})
+    for name, value in selected:
+        assert name.lower() not in NEVER_COPIED and usable_value(value)
