@@ -428,7 +428,8 @@ class Cluster:
 
     def nodes(self) -> list[dict[str, Any]]:
         """``cluster.nodes``: the live nodes with their info, read from Redis now (control thread)."""
-        return self.link.call(lambda c: read_members(c, self.prefix, self.config.node_ttl))
+        nodes: list[dict[str, Any]] = self.link.call(lambda c: read_members(c, self.prefix, self.config.node_ttl))
+        return nodes
 
 
 def control_address(config: Config) -> str:

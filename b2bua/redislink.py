@@ -167,7 +167,7 @@ class RedisLink:
 
     # -- the command thread ----------------------------------------------------------------------
 
-    def _default_factory(self, url: str, timeout: float) -> Any:
+    def _default_factory(self, url: str, timeout: float | None) -> Any:
         redis = redis_module()
         return redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout,
                                     socket_keepalive=True, health_check_interval=0)
@@ -194,7 +194,7 @@ class RedisLink:
                     self._set_state(commands=False, why=exc)
                     error = LinkDown(str(exc))
             if on_done is not None:
-                self._post(lambda on_done=on_done, result=result, error=error: on_done(result, error))
+                self._post(_deferred(on_done, result, error))
         try:
             client.close()
         except Exception:  # the connection is going away anyway
@@ -221,7 +221,7 @@ class RedisLink:
                 return
             _, on_done = item
             if on_done is not None:
-                self._post(lambda on_done=on_done: on_done(None, LinkDown("Redis is unreachable")))
+                self._post(_deferred(on_done, None, LinkDown("Redis is unreachable")))
 
     # -- the subscriber thread -------------------------------------------------------------------
 
@@ -310,6 +310,11 @@ class RedisLink:
         self._down_since = None
         if self._on_up is not None:
             self._on_up()
+
+
+def _deferred(on_done: Done, result: Any, error: BaseException | None) -> Callable[[], None]:
+    """``on_done(result, error)`` as a callable for the loop."""
+    return lambda: on_done(result, error)
 
 
 def _short(exc: BaseException | None) -> str:

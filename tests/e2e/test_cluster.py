@@ -7,6 +7,7 @@ and ``[cluster]`` pointing at that Redis (short heartbeats, so take-overs fit in
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from collections.abc import Callable
@@ -211,3 +212,30 @@ def test_redis_unreachable_at_start_up_is_a_warning(b2bua_factory: B2buaFactory,
     assert result.final_codes == [200, 200], result.describe()
     redis.start()
     wait_until(lambda: a.process.rpc("cluster.status")["JOINED"], timeout=10, what="joins when Redis answers")
+
+
+def test_control_every_node_with_all(gateway_factory: GatewayFactory, b2bua_factory: B2buaFactory,
+                                     workdir: Path, addresses: AddressAllocator,
+                                     redis_factory: Callable[[], RedisServer]) -> None:
+    redis = redis_factory()
+    gw1, gw2 = gateway_factory("answer"), gateway_factory("answer")
+    entries = [ListEntry(1, gw1.uri), ListEntry(1, gw2.uri)]
+    a = start_node(b2bua_factory, workdir, addresses, redis, "a", entries)
+    start_node(b2bua_factory, workdir, addresses, redis, "b", entries)
+    wait_until(lambda: len(a.process.rpc("cluster.nodes")) == 2, timeout=5, what="both nodes in Redis")
+    done = a.process.cli("rpc", "--all", "--json", "core.version")
+    assert done.returncode == 0, done.stderr
+    assert set(json.loads(done.stdout)) == {"a", "b"}
+    done = a.process.cli("dispatcher", "set-state", "dx", "1", gw2.uri)  # one node is enough
+    assert done.returncode == 0, done.stderr
+    wait_until(lambda: "DX/0  DX/0" in a.process.cli("dispatcher", "list", "--all").stdout, timeout=5,
+               what="both nodes show gw2 disabled")
+    table = a.process.cli("dispatcher", "list", "--all").stdout.splitlines()
+    assert table[0].split() == ["SET", "URI", "PROBER", "a", "b", "LOAD"], table
+    assert [line.split()[1] for line in table[1:]] == sorted([gw1.uri, gw2.uri])
+    done = a.process.cli("dispatcher", "reload", "--all")
+    assert done.returncode == 0, done.stderr
+    assert sorted(done.stdout.splitlines()) == ["a: Ok. Dispatcher successfully reloaded.",
+                                                "b: Ok. Dispatcher successfully reloaded."]
+    # after the reload, the disable is still there on both (the admin state survives reloads)
+    assert "DX/0  DX/0" in a.process.cli("dispatcher", "list", "--all").stdout
