@@ -29,7 +29,7 @@ from typing import Any
 from loguru import logger
 
 from b2bua.config import ClusterConfig, Config
-from b2bua.redislink import Post, RedisLink, safe_url
+from b2bua.redislink import Post, RedisLink, redis_module, safe_url
 
 #: seconds between start-up attempts to take a node name another process still holds
 JOIN_POLL = 0.25
@@ -247,7 +247,9 @@ class Cluster:
         the heartbeat. Redis unreachable: a WARNING, and the node joins once Redis answers.
 
         :raises NameTaken: another live node holds this name.
+        :raises RedisMissing: the ``redis`` package is not installed.
         """
+        redis_module()
         self._running = True
         try:
             self._join_now()

@@ -101,13 +101,17 @@ def test_call_load_counts_every_node(gateway_factory: GatewayFactory, b2bua_fact
         ["SIP/2.0 503 No Destination Available"] * 10
 
 
-def options_sources(gw: Gateway) -> list[str]:
-    """The sender address (top Via) of every OPTIONS the gateway received, in order."""
+def sender_ips(gw: Gateway, method: str) -> list[str]:
+    """The sender address (top Via) of every ``method`` request the gateway received, in order."""
     out = []
-    for message in gw.requests("OPTIONS"):
+    for message in gw.requests(method):
         via = message.header("Via") or ""
         out.append(via.split()[1].split(";")[0].rsplit(":", 1)[0] if " " in via else "?")
     return out
+
+
+def options_sources(gw: Gateway) -> list[str]:
+    return sender_ips(gw, "OPTIONS")
 
 
 def test_one_keepalive_stream_and_take_over(gateway_factory: GatewayFactory, b2bua_factory: B2buaFactory,

@@ -26,7 +26,7 @@ from .harness import (
     socket_bound,
     wait_until,
 )
-from .test_cluster import Node, start_node
+from .test_cluster import Node, sender_ips, start_node
 
 EDGE_CONFIG = REPO_ROOT / "docs" / "examples" / "edge" / "kamailio-edge.cfg"
 
@@ -78,12 +78,8 @@ def edge_factory(workdir: Path) -> Iterator[Callable[[str, list[Node]], Edge]]:
 
 
 def senders(gw: Gateway) -> list[str]:
-    """The address (top Via) each INVITE the gateway received came from."""
-    out = []
-    for message in gw.requests("INVITE"):
-        via = message.header("Via") or ""
-        out.append(via.split()[1].split(";")[0].rsplit(":", 1)[0] if " " in via else "?")
-    return out
+    """The address each INVITE the gateway received came from."""
+    return sender_ips(gw, "INVITE")
 
 
 def test_kamailio_edge_spreads_calls_and_routes_around_a_dead_node(
