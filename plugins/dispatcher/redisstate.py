@@ -1,7 +1,9 @@
 """The dispatcher's state shared through Redis (:class:`RedisState`, a :class:`SharedState`).
 
 Every node routes on its own :class:`DispatcherState`; this module keeps it in step with the
-others (docs/scale-out.md, "What is shared"). Redis keys, under the cluster's name ``P``:
+others (docs/scale-out.md, "What is shared"). Its Lua scripts are in
+:mod:`plugins.dispatcher.redisscripts`, names and message checks in
+:mod:`plugins.dispatcher.sharedwire`. Redis keys, under the cluster's name ``P``:
 
 ``P:seq``                 counter ordering every state change of the cluster
 ``P:epoch``               set by the first node that finds Redis empty (see "catching up")
@@ -37,19 +39,16 @@ state, and the others take it from there, so a Redis restart never re-enables a 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import secrets
-import zlib
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, fields
 from typing import Any
 
 from loguru import logger
 
 from b2bua.cluster import Cluster, Member
-from plugins.dispatcher.latency import LatencyStats
 from plugins.dispatcher.model import DestFlags, Destination
+from plugins.dispatcher.redisscripts import EPOCH_LUA, LEASE_LUA, LEAVE_LUA, LOAD_LUA, STATE_LUA
 from plugins.dispatcher.runtime import (
     CONFIG_BITS,
     FLAGS_CHANGED,
@@ -59,214 +58,22 @@ from plugins.dispatcher.runtime import (
     DispatcherState,
 )
 from plugins.dispatcher.shared import AdminSink
+from plugins.dispatcher.sharedwire import (
+    SHARDS,
+    StateUpdate,
+    encode_latency,
+    field_of,
+    health_ttl,
+    key_of_field,
+    parse_counts,
+    parse_state,
+    shard_of,
+    wanted_shards,
+)
 
-#: keepalive shards: leases are per shard, entries hashed into them
-SHARDS = 64
 #: keys read per MGET when catching up
 READ_CHUNK = 500
 _D = int(DestFlags.DISABLED)
-_LATENCY_FIELDS = tuple(f.name for f in fields(LatencyStats))
-
-# KEYS: seq, epoch, then one health key per item; ARGV: channel, then per item its JSON (without
-# the seq, ending in '}'), its TTL in ms (0: kept) and the seq the writer last saw ('' : write
-# anyway; else the item is skipped when the entry changed since). Numbers, stores and publishes
-# each item; the epoch goes with the seq (a Redis that lost everything counts from 1 again).
-STATE_LUA = """
-local out = {}
-local epoch = redis.call('GET', KEYS[2]) or ''
-for i = 3, #KEYS do
-  local body, ttl, expect = ARGV[3 * i - 7], tonumber(ARGV[3 * i - 6]), ARGV[3 * i - 5]
-  local write = true
-  if expect ~= '' then
-    local cur = redis.call('GET', KEYS[i])
-    if cur then
-      local ok, old = pcall(cjson.decode, cur)
-      write = not ok or type(old) ~= 'table' or tostring(old['s']) == expect
-    end
-  end
-  if write then
-    local seq = redis.call('INCR', KEYS[1])
-    local msg = string.sub(body, 1, -2) .. ',"s":' .. seq .. ',"e":' .. cjson.encode(epoch) .. '}'
-    if ttl > 0 then redis.call('SET', KEYS[i], msg, 'PX', ttl) else redis.call('SET', KEYS[i], msg) end
-    redis.call('PUBLISH', ARGV[1], msg)
-    out[#out + 1] = seq
-  else
-    out[#out + 1] = 0
-  end
-end
-return out
-"""
-
-# KEYS: this node's load hash; ARGV: channel, ttl ms, full ('1': replace the hash), the message,
-# then field, count pairs (0 deletes the field).
-LOAD_LUA = """
-if ARGV[3] == '1' then redis.call('DEL', KEYS[1]) end
-for i = 5, #ARGV, 2 do
-  if tonumber(ARGV[i + 1]) > 0 then redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
-  else redis.call('HDEL', KEYS[1], ARGV[i]) end
-end
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-redis.call('PUBLISH', ARGV[1], ARGV[4])
-return 1
-"""
-
-# KEYS: this node's load hash, the probers set, then the lease key of every shard; ARGV: node,
-# ttl ms, active ('1': this node probes), wanted shards ('0'/'1' per shard). Returns
-# {holder per shard ('' none), live probers}.
-LEASE_LUA = """
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local active = ARGV[3] == '1'
-if active then redis.call('ZADD', KEYS[2], now, ARGV[1]) else redis.call('ZREM', KEYS[2], ARGV[1]) end
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[2]))
-local holders = {}
-for i = 3, #KEYS do
-  local want = active and string.sub(ARGV[4], i - 2, i - 2) == '1'
-  local cur = redis.call('GET', KEYS[i])
-  if want then
-    if cur == ARGV[1] then redis.call('PEXPIRE', KEYS[i], ARGV[2])
-    elseif not cur then redis.call('SET', KEYS[i], ARGV[1], 'PX', ARGV[2]); cur = ARGV[1] end
-  elseif cur == ARGV[1] then
-    redis.call('DEL', KEYS[i]); cur = false
-  end
-  holders[#holders + 1] = cur or ''
-end
-return {holders, redis.call('ZRANGE', KEYS[2], 0, -1)}
-"""
-
-# KEYS: the epoch key, the admin hash; ARGV: a new epoch, then field, JSON pairs of this node's
-# operator disables. A Redis without an epoch holds no cluster state (new, or restarted without
-# persistence): the epoch is set and this node's disables written, in one step (1); else 0.
-EPOCH_LUA = """
-if redis.call('SET', KEYS[1], ARGV[1], 'NX') then
-  for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
-  return 1
-end
-return 0
-"""
-
-# KEYS: the lease keys, the probers set, the load hash; ARGV: node. Leaving: all of it at once.
-LEAVE_LUA = """
-for i = 1, #KEYS - 2 do
-  if redis.call('GET', KEYS[i]) == ARGV[1] then redis.call('DEL', KEYS[i]) end
-end
-redis.call('ZREM', KEYS[#KEYS - 1], ARGV[1])
-redis.call('DEL', KEYS[#KEYS])
-return 1
-"""
-
-
-# -- pure helpers --------------------------------------------------------------------------------
-
-
-def field_of(key: DestKey) -> str:
-    """An entry's name in Redis hashes and keys: ``<set> <uri>`` (a URI has no blanks)."""
-    return f"{key[0]} {key[1]}"
-
-
-def key_of_field(text: str | bytes) -> DestKey | None:
-    """:func:`field_of` read back; None for anything else."""
-    if isinstance(text, bytes):
-        text = text.decode("utf-8", "replace")
-    setid, sep, uri = text.partition(" ")
-    if not sep or not setid.isdigit() or not uri or " " in uri:
-        return None
-    return int(setid), uri.lower()
-
-
-def shard_of(key: DestKey, shards: int = SHARDS) -> int:
-    """The keepalive shard of an entry (stable across nodes and versions of Python)."""
-    return zlib.crc32(field_of(key).encode("utf-8")) % shards
-
-
-def preferred(shard: int, nodes: Iterable[str]) -> str | None:
-    """The node that should probe ``shard``: rendezvous (highest random weight) hashing, so a
-    node joining or leaving moves only its share of the shards."""
-    best, best_score = None, -1
-    for node in nodes:
-        score = int.from_bytes(hashlib.blake2b(f"{shard}/{node}".encode(), digest_size=8).digest(), "big")
-        if score > best_score:
-            best, best_score = node, score
-    return best
-
-
-def wanted_shards(node: str, probers: Iterable[str], shards: int = SHARDS) -> str:
-    """``'0'``/``'1'`` per shard: the shards ``node`` should hold among ``probers`` (itself included)."""
-    nodes = sorted({*probers, node})
-    return "".join("1" if preferred(s, nodes) == node else "0" for s in range(shards))
-
-
-def encode_latency(stats: Any) -> list[float] | None:
-    if not isinstance(stats, LatencyStats):
-        return None
-    return [getattr(stats, name) for name in _LATENCY_FIELDS]
-
-
-def decode_latency(value: Any) -> LatencyStats | None:
-    """A message's latency list back as :class:`LatencyStats`; None when absent or malformed."""
-    if not isinstance(value, list) or len(value) != len(_LATENCY_FIELDS):
-        return None
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
-        return None
-    stats = dict(zip(_LATENCY_FIELDS, value, strict=True))
-    stats["timeout"] = int(stats["timeout"])
-    stats["count"] = int(stats["count"])
-    return LatencyStats(**stats)
-
-
-@dataclass(frozen=True)
-class StateUpdate:
-    """One published health or operator change, checked."""
-
-    key: DestKey
-    flags: int
-    seq: int
-    node: str
-    write: int  #: the publishing node's own number of the write
-    operator: bool  #: an operator's change (``set_state``): kept as an admin disable when D
-    latency: LatencyStats | None
-    epoch: str = ""  #: which Redis numbered it (see ``P:epoch``)
-
-
-def parse_state(message: dict[str, Any]) -> StateUpdate:
-    """A ``state`` message (or a health key's value) as a :class:`StateUpdate`.
-
-    :raises ValueError: a field is missing or of the wrong type.
-    """
-    k, flags, seq, node = message.get("k"), message.get("f"), message.get("s"), message.get("n")
-    if not (isinstance(k, list) and len(k) == 2 and isinstance(k[0], int) and isinstance(k[1], str) and k[1]):
-        raise ValueError(f"bad entry {k!r}")
-    for name, value in (("f", flags), ("s", seq)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise ValueError(f"bad {name} {value!r}")
-    if not isinstance(node, str):
-        raise ValueError(f"bad node {node!r}")
-    write, epoch = message.get("i", 0), message.get("e", "")
-    return StateUpdate((k[0], k[1].lower()), int(flags), int(seq), node,  # type: ignore[arg-type]
-                       write if isinstance(write, int) else 0, bool(message.get("o")),
-                       decode_latency(message.get("l")), epoch if isinstance(epoch, str) else "")
-
-
-def parse_counts(value: Any) -> dict[DestKey, int]:
-    """A ``load`` message's or load hash's ``{"<set> <uri>": count}`` (bad items are skipped)."""
-    out: dict[DestKey, int] = {}
-    if not isinstance(value, dict):
-        raise ValueError(f"bad counts {value!r}")
-    for name, count in value.items():
-        key = key_of_field(name)
-        if isinstance(count, (bytes, str)):
-            text = count.decode() if isinstance(count, bytes) else count
-            count = int(text) if text.isdigit() else None
-        if key is not None and isinstance(count, int) and not isinstance(count, bool) and count >= 0:
-            out[key] = count
-    return out
-
-
-def health_ttl(ping_interval: float, node_ttl: float) -> float:
-    """Seconds a published health entry stays without a new keepalive (0: kept)."""
-    return 3 * ping_interval + node_ttl if ping_interval > 0 else 0.0
-
 
 # -- the shared state ----------------------------------------------------------------------------
 

@@ -90,7 +90,7 @@ def settle(nodes: Iterable[Node], seconds: float) -> None:
 def leases_settled(nodes: Sequence[Node]) -> bool:
     """Every shard has one prober among ``nodes`` and each knows every prober (changes made
     before this race with the new probers publishing their view of their entries)."""
-    from plugins.dispatcher.redisstate import wanted_shards
+    from plugins.dispatcher.sharedwire import wanted_shards
 
     names = tuple(sorted(n.cluster.node for n in nodes if n.prober_active))
     return all(n.shared._probers == names and not n.shared._dirty and not n.shared._refresh

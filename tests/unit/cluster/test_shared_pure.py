@@ -7,7 +7,8 @@ from collections import Counter
 import pytest
 
 from plugins.dispatcher.latency import LatencyStats
-from plugins.dispatcher.redisstate import (
+from plugins.dispatcher.shared import LocalState
+from plugins.dispatcher.sharedwire import (
     SHARDS,
     decode_latency,
     encode_latency,
@@ -20,7 +21,6 @@ from plugins.dispatcher.redisstate import (
     shard_of,
     wanted_shards,
 )
-from plugins.dispatcher.shared import LocalState
 
 
 def test_field_round_trip_and_bad_fields() -> None:

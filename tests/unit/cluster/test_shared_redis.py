@@ -17,8 +17,8 @@ from redisserver import RedisServer
 from b2bua.cluster import Cluster, NameTaken
 from b2bua.config import ClusterConfig
 from plugins.dispatcher.model import DestFlags, is_usable
-from plugins.dispatcher.redisstate import SHARDS, shard_of
 from plugins.dispatcher.runtime import FLAGS_CHANGED
+from plugins.dispatcher.sharedwire import SHARDS, shard_of
 
 from .nodes import FAST, Node, destinations, leases_settled, pump, settle
 
