@@ -92,3 +92,15 @@ redis.call('ZREM', KEYS[#KEYS - 1], ARGV[1])
 redis.call('DEL', KEYS[#KEYS])
 return 1
 """
+
+# KEYS: health keys of the entries a prober owns; ARGV: their TTL in ms. Extends the keys that
+# expire (not the kept ones: D) and returns the positions of the missing ones.
+REFRESH_LUA = """
+local missing = {}
+for i = 1, #KEYS do
+  local ttl = redis.call('PTTL', KEYS[i])
+  if ttl == -2 then missing[#missing + 1] = i
+  elseif ttl > 0 then redis.call('PEXPIRE', KEYS[i], ARGV[1]) end
+end
+return missing
+"""

@@ -48,7 +48,7 @@ from loguru import logger
 
 from b2bua.cluster import Cluster, Member
 from plugins.dispatcher.model import DestFlags, Destination
-from plugins.dispatcher.redisscripts import EPOCH_LUA, LEASE_LUA, LEAVE_LUA, LOAD_LUA, STATE_LUA
+from plugins.dispatcher.redisscripts import EPOCH_LUA, LEASE_LUA, LEAVE_LUA, LOAD_LUA, REFRESH_LUA, STATE_LUA
 from plugins.dispatcher.runtime import (
     CONFIG_BITS,
     FLAGS_CHANGED,
@@ -148,6 +148,8 @@ class RedisState:
         cluster.on_members(self._on_members)
         cluster.on_up(self._catch_up)
         cluster.on_down(self._on_down)
+        if self._ping_interval > 0:
+            self._call_later(self._ping_interval, self._refresh_health)
 
     def startup(self) -> None:
         if not self.cluster.joined:
@@ -176,6 +178,9 @@ class RedisState:
 
     def after_load(self) -> None:
         self._recount_remote(None)
+        # a reload may have reset the entries to their configured state: what was applied
+        # before counts for nothing now, the read applies the cluster's latest again
+        self._applied.clear()
         if self.cluster.up:
             self._read_back()
 
@@ -464,6 +469,32 @@ class RedisState:
             logger.info("cluster: node {} sends the keepalives of {} of {} shards (probers: {})", self.node,
                         len(owned), SHARDS, ", ".join(probers) or "none")
         self._holders, self._owned, self._probers = holders, owned, probers
+
+    def _refresh_health(self) -> None:
+        """Every ``ping_interval``: a prober keeps its entries' health keys alive (a state that does
+        not change is not published again) and writes back those that are gone."""
+        self._call_later(self._ping_interval, self._refresh_health)
+        state = self._state
+        if state is None or not self.cluster.up or not self._owned:
+            return
+        keys = [d.key for d in state.destinations() if shard_of(d.key) in self._owned]
+        names = [self.cluster.key("health", field_of(k)) for k in keys]
+        ttl_ms = int(health_ttl(self._ping_interval, self.cluster.config.node_ttl) * 1000)
+
+        def refresh(client: Any) -> list[int]:
+            missing: list[int] = []
+            for start in range(0, len(names), READ_CHUNK):
+                found = self.cluster.run_script(client, REFRESH_LUA, names[start:start + READ_CHUNK], [ttl_ms])
+                missing += [start + int(i) - 1 for i in found]
+            return missing
+
+        def done(missing: list[int] | None, error: BaseException | None) -> None:
+            if error is not None or not missing:
+                return
+            self._refresh.update(keys[i] for i in missing)
+            self._schedule_state_flush()
+
+        self.cluster.link.submit(refresh, done)
 
     def _catch_up(self) -> None:
         """Redis answers (again): send what changed meanwhile, then read everything back."""

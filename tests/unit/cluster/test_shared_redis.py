@@ -237,3 +237,12 @@ def test_a_node_with_its_clock_off_counts_the_same(redis: RedisServer, nodes: li
     settle(nodes, FAST["node_ttl"] * 2)  # heartbeats keep it alive: Redis' clock decides
     assert a.runtime(GW[0]).remote_load == 1 and {m.name for m in a.cluster.members} == {"a", "b"}
     assert shard_of((1, GW[0])) in a.shared._owned | b.shared._owned
+
+
+def test_a_state_that_does_not_change_outlives_its_ttl(redis: RedisServer, nodes: list[Node]) -> None:
+    a, b = start(nodes, redis, "a"), start(nodes, redis, "b")
+    a.state.set_flags((1, GW[0]), I_, "probe timeout")
+    pump(nodes, lambda: b.flags(GW[0]) == I_)
+    settle(nodes, 3 * 1.0 + FAST["node_ttl"] + 1)  # past the key's TTL: the prober kept it alive
+    c = start(nodes, redis, "c")
+    assert c.flags(GW[0]) == I_
