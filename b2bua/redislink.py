@@ -110,6 +110,9 @@ class RedisLink:
         self._lock = threading.Lock()
         self._commands_ok = False
         self._subscribed = False
+        #: the command connection failed: the subscription is suspect too (a cut without a reset
+        #: leaves it silent, not broken), so the subscriber connects again
+        self._resubscribe = False
         self._up: bool | None = None  #: as last reported to the loop (None: not known yet)
         self._down_since: float | None = None  #: monotonic start of the outage (None: never connected yet)
         self._warned = False
@@ -234,6 +237,9 @@ class RedisLink:
                 pubsub.subscribe(self.channel)
                 self._set_state(subscribed=True)
                 while not self._stop.is_set():
+                    if self._resubscribe:
+                        self._resubscribe = False
+                        raise ConnectionError("the command connection failed: subscribing again")
                     message = pubsub.get_message(timeout=SUBSCRIBER_POLL)
                     if message is not None and message.get("type") == "message":
                         self._deliver(message["data"])
@@ -278,12 +284,15 @@ class RedisLink:
                    why: BaseException | None = None) -> None:
         with self._lock:
             if commands is not None:
+                if self._commands_ok and not commands:
+                    self._resubscribe = True
                 self._commands_ok = commands
             if subscribed is not None:
                 self._subscribed = subscribed
             up = self._commands_ok and self._subscribed
-        if why is not None or up:
-            self._post(lambda: self._report(up, why))
+            if why is not None or up:
+                # posted under the lock: the loop sees the changes in the order they happened
+                self._post(lambda: self._report(up, why))
 
     def _report(self, up: bool, why: BaseException | None) -> None:
         """On the loop: log and tell the owner about a change (once per outage)."""
