@@ -228,6 +228,9 @@ class DispatcherRpc:
         registry.add("dispatcher.remove", self.remove,
                      "Remove the destination <uri> from set <setid> in memory (a reload brings it back if "
                      "the list file or table still has it).")
+        registry.add("dispatcher.cluster", self.cluster_status,
+                     "What this node shares with the cluster ([cluster]): redis or local, the nodes sending "
+                     "keepalives, the shards this node probes, changes not sent yet, the other nodes' calls.")
         registry.add("dispatcher.hash", self.hash_values,
                      "Kamailio's dispatcher hash of <val1> (and <val2>) and its slot modulo <nslots>; "
                      "for a URI pass the user and host[:port].", on_loop=False)
@@ -343,6 +346,10 @@ class DispatcherRpc:
             raise RpcError(f"Removing dispatcher dst failed: set {group} has no destination {address}", FAULT)
         self.plugin.admin_state.forget(group, dest.uri)
         return REMOVED
+
+    def cluster_status(self) -> dict[str, Any]:
+        """``dispatcher.cluster`` (loop thread)."""
+        return self.plugin.shared.status()
 
     def hash_values(self, nslots: int, val1: str, val2: str | None = None) -> dict[str, int]:
         """``dispatcher.hash <nslots> <val1> [val2]`` (control thread: pure computation)."""

@@ -72,6 +72,8 @@ def test_set_state_on_one_node_stops_calls_from_the_others(gateway_factory: Gate
     wait_until(lambda: a.flags()[gw1.uri] == "AX", timeout=5, what="node a sees gw1 enabled")
     status = a.process.rpc("cluster.status")
     assert status["NODE"] == "a" and status["CONNECTED"] and [m["NODE"] for m in status["MEMBERS"]] == ["a", "b"]
+    shared = a.process.rpc("dispatcher.cluster")
+    assert shared["SHARED"] == "redis" and shared["PUBLISHED"] >= 1 and shared["PENDING"] == 0, shared
 
 
 def test_call_load_counts_every_node(gateway_factory: GatewayFactory, b2bua_factory: B2buaFactory,
