@@ -246,3 +246,20 @@ def test_a_state_that_does_not_change_outlives_its_ttl(redis: RedisServer, nodes
     settle(nodes, 3 * 1.0 + FAST["node_ttl"] + 1)  # past the key's TTL: the prober kept it alive
     c = start(nodes, redis, "c")
     assert c.flags(GW[0]) == I_
+
+
+def test_garbage_on_the_channel_is_counted_not_applied(redis: RedisServer, nodes: list[Node],
+                                                       warnings: list[str]) -> None:
+    import redis as redis_client
+
+    a = start(nodes, redis, "a")
+    client = redis_client.Redis.from_url(redis.url)
+    for payload in (b"\xff\xfe not json", b"[1, 2]", b'{"t": "state", "n": "x", "k": "bad", "f": 1, "s": 99}',
+                    b'{"t": "load", "n": "x", "c": [1]}', b'{"t": "state", "n": "x", "k": [1, "' + GW[0].encode()
+                    + b'"], "f": 4, "s": -5}'):
+        client.publish(a.cluster.channel, payload)
+    client.publish(a.cluster.channel, b'{"t": "load", "n": "x", "c": {"1 ' + GW[0].encode() + b'": 2}}')
+    pump(nodes, lambda: a.runtime(GW[0]).remote_load == 2, what="the good message after the bad ones")
+    assert a.flags(GW[0]) == 0
+    bad = [w for w in warnings if "could not be used" in w]
+    assert len(bad) == 1, warnings  # summed up, not one line per message
