@@ -283,6 +283,12 @@ class Host(Protocol):
         """``pluginmanager.hook``: for plugins that call their own hooks (keyword arguments only)."""
         ...
 
+    @property
+    def cluster(self) -> Any:
+        """The cluster this node belongs to (:class:`b2bua.cluster.Cluster`: node name, Redis link,
+        membership), or None without ``[cluster] redis_url``."""
+        ...
+
     def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
         """Run ``callback`` on the loop thread after ``delay`` seconds (loop thread only)."""
         ...

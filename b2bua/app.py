@@ -17,6 +17,8 @@ module:
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
@@ -28,6 +30,7 @@ from b2bua import __version__
 from b2bua.admission import Decision, Load, Verdict, shedding_helps
 from b2bua.api import DEFAULT_OUTBOUND, CallInfo, EndCause, Outbound, ProbeResult, Reject
 from b2bua.backlog import AdmissionShare, ReceiveBacklog
+from b2bua.cluster import Cluster, control_address, make_cluster
 from b2bua.config import Config, SipConfig
 from b2bua.core_rpc import calls_report
 from b2bua.endpoint import Endpoint
@@ -108,6 +111,9 @@ class App:
         self._admitted: tuple[bytes, WireRequest] | None = None
         self._backlog = ReceiveBacklog([])
         self._admission = AdmissionShare()
+        #: the cluster this node belongs to ([cluster] redis_url), or None
+        self.cluster: Cluster | None = make_cluster(config, post=self.scheduler.call_soon_threadsafe,
+                                                    call_later=self.scheduler.call_later, info=self.cluster_info)
 
     # -- Host protocol --------------------------------------------------------------------------
 
@@ -154,6 +160,18 @@ class App:
 
     def active_calls(self) -> list[dict[str, Any]]:
         return calls_report(self.sessions.values(), time.monotonic())
+
+    def cluster_info(self) -> dict[str, Any]:
+        """What this node tells the others at every heartbeat (``cluster.nodes``, ``--all``)."""
+        return {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "version": self.version,
+            "sip": list(self.endpoint.listeners),
+            "control": control_address(self._config),
+            "state": "draining" if self._draining else "running",
+            "calls": len(self.sessions),
+        }
 
     # -- the call core (Session's host) -----------------------------------------------------------
 

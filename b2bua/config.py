@@ -687,6 +687,62 @@ class SecurityConfig:
                 raise ValueError(f"scanners[{i}]: empty")
 
 
+#: a node's name: letters, digits and ``.-_``, as it appears in Redis keys, logs and listings
+_NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """Several B2BUA processes (on one machine or many) serving as one: operator states, call
+    loads, keepalive results and node membership shared through Redis (docs/scale-out.md).
+    Without ``redis_url`` every process keeps its own state, as a single B2BUA does."""
+
+    redis_url: str = opt(
+        "", "Redis holding the shared state, e.g. redis://127.0.0.1:6379/0 (rediss:// for TLS, unix:///path); "
+        "empty: no cluster. Unreachable at start-up or later: a WARNING, and the node runs on its own state "
+        "until Redis answers again"
+    )
+    node: str = opt(
+        "", "this node's name, unique in the cluster (letters, digits, '.', '-', '_'); empty: the host name and "
+        "the first SIP port (host-5060). A second live node with the same name is refused"
+    )
+    name: str = opt("b2bua", "the cluster's name: the prefix of its Redis keys (several clusters may share one Redis)")
+    heartbeat: float = opt(1.0, "seconds between a node's heartbeats (membership, keepalive leases)",
+                           bounds=(0.1, 60))
+    node_ttl: float = opt(
+        5.0, "seconds without a heartbeat after which a node counts as gone: its call loads stop counting and "
+        "its keepalives are taken over (Redis' clock)", bounds=(0.5, 600)
+    )
+    load_sync: float = opt(
+        0.02, "most seconds a change of this node's call loads waits before it is sent to the others (changes "
+        "within it go as one message)", bounds=(0, 5)
+    )
+    redis_timeout: float = opt(1.0, "seconds a Redis command may take before Redis counts as unreachable",
+                               bounds=(0.05, 30))
+    control_url: str = opt(
+        "", "how other hosts reach this node's control API for `--all` (http://ADDRESS:PORT/); empty: "
+        "[control] http, else the unix socket (same host only)"
+    )
+
+    def validate(self) -> None:
+        if self.redis_url and not self.redis_url.startswith(REDIS_SCHEMES):
+            raise ValueError(f"redis_url: {self.redis_url!r}: expected redis://HOST[:PORT][/DB], "
+                             "rediss://... or unix:///PATH")
+        if self.node and not _NODE_NAME.fullmatch(self.node):
+            raise ValueError(f"node: {self.node!r}: use 1-64 letters, digits, '.', '-' or '_' (not first)")
+        if not _NODE_NAME.fullmatch(self.name):
+            raise ValueError(f"name: {self.name!r}: use 1-64 letters, digits, '.', '-' or '_' (not first)")
+        if self.node_ttl < 2 * self.heartbeat:
+            raise ValueError(f"node_ttl: {self.node_ttl:g} s must be at least twice heartbeat ({self.heartbeat:g} s)")
+        if self.control_url and not self.control_url.startswith(("http://", "https://")):
+            raise ValueError(f"control_url: {self.control_url!r}: expected http://ADDRESS:PORT/")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.redis_url)
+
+
 @dataclass(frozen=True)
 class PluginsConfig:
     enabled: tuple[str, ...] = opt(
@@ -711,6 +767,7 @@ class Config:
     routing: RoutingConfig = field(default_factory=RoutingConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
     headers: HeadersConfig = field(default_factory=HeadersConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     plugins: PluginsConfig = field(default_factory=PluginsConfig)
     #: raw ``[plugins.<name>]`` tables, parsed by each plugin in ``b2bua_configure``
     plugin_sections: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
@@ -738,6 +795,7 @@ SECTIONS: dict[str, type] = {
     "routing": RoutingConfig,
     "security": SecurityConfig,
     "headers": HeadersConfig,
+    "cluster": ClusterConfig,
 }
 
 

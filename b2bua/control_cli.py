@@ -5,6 +5,10 @@ an ``s:`` prefix forces a string (``s:5`` is the string ``"5"``, ``s:-x`` passes
 starting with a dash). Results print as an indented tree (strings unquoted), or as JSON with
 ``--json``. Exit codes: 0 success, 1 the method answered with an error, 2 usage, config or
 connection problems.
+
+``--all`` calls every live node of the cluster (``[cluster]``; the nodes and their control
+addresses come from Redis, see :mod:`b2bua.fanout`) and prints each node's answer under its
+name (``--json``: one object keyed by node name). The exit code is the worst of them.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ examples:
   b2bua rpc dispatcher.set_state ip 1 sip:10.0.0.1:5060
   b2bua rpc --json dispatcher.list        JSON for scripts (jq)
   b2bua rpc --url http://127.0.0.1:8080/ --token SECRET core.version
+  b2bua rpc --all dispatcher.reload       every node of the cluster ([cluster] in the config)
 
 Options go before the method. Negative numbers pass as they are (-1); a string that starts
 with '-' needs 's:' (s:-x), and 's:' also keeps "5" or "true" a string (s:5).
@@ -57,6 +62,8 @@ def add_rpc_command(
     )
     add_connection_options(parser)
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--all", action="store_true",
+                        help="call every live node of the cluster (listed in the [cluster] Redis)")
     parser.set_defaults(func=run_rpc)
     return parser
 
@@ -185,6 +192,8 @@ def make_client(args: argparse.Namespace) -> ControlClient:
 
 def run_rpc(args: argparse.Namespace) -> int:
     """The ``b2bua rpc`` handler: call the method, print the result; the exit code."""
+    if getattr(args, "all", False):
+        return run_rpc_all(args)
     try:
         client = make_client(args)
     except (ConfigError, ValueError) as exc:
@@ -205,3 +214,42 @@ def run_rpc(args: argparse.Namespace) -> int:
     if text:
         sys.stdout.write(text + "\n")
     return EXIT_OK
+
+
+def run_rpc_all(args: argparse.Namespace) -> int:
+    """``b2bua rpc --all``: the method on every live node, each answer under the node's name."""
+    from b2bua.fanout import call_all, cluster_nodes
+    from b2bua.redislink import RedisMissing
+
+    if args.url or args.socket:
+        sys.stderr.write("error: --all finds the nodes in Redis: leave out --url and --socket\n")
+        return EXIT_USAGE
+    try:
+        config = _load_config(args.config)
+        nodes = cluster_nodes(config)
+    except (ConfigError, RedisMissing) as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return EXIT_USAGE
+    if not nodes:
+        sys.stderr.write("error: Redis lists no live node\n")
+        return EXIT_USAGE
+    token = args.token or os.environ.get(TOKEN_ENV, "") or config.control.token
+    params = [parse_param(p) for p in args.params]
+    answers = call_all(nodes, args.method, params or None, token=token, timeout=args.timeout)
+    code = EXIT_OK
+    for answer in answers:
+        if answer.error is not None:
+            code = max(code, EXIT_RPC_ERROR if answer.rpc_error else EXIT_USAGE)
+    if args.json:
+        out = {a.node: ({"error": a.error} if a.error is not None else a.result) for a in answers}
+        sys.stdout.write(json.dumps(out, indent=2, ensure_ascii=False) + "\n")
+        return code
+    for answer in answers:
+        sys.stdout.write(f"== {answer.node} ({answer.info.get('host', '?')}, {answer.info.get('control', '?')})\n")
+        if answer.error is not None:
+            sys.stdout.write(f"error: {answer.error}\n")
+            continue
+        text = format_tree(answer.result)
+        if text:
+            sys.stdout.write(text + "\n")
+    return code

@@ -68,6 +68,11 @@ class Lifecycle:
         app.endpoint.start()
         app.legs.slots = app.endpoint.slots
         try:
+            if app.cluster is not None:  # joined before the plugins start: they read the shared state
+                try:
+                    app.cluster.start()
+                except Exception as exc:
+                    raise StartupError(str(exc)) from exc
             try:
                 app.hooks.startup(app)
             except Exception as exc:
@@ -86,6 +91,7 @@ class Lifecycle:
         return 0
 
     def _start_control(self) -> None:
+        from b2bua.cluster import register_cluster_methods
         from b2bua.control import ControlServer
         from b2bua.core_rpc import register_core_methods, register_drain_methods, register_stats_methods
         from b2bua.health import health_routes
@@ -98,6 +104,8 @@ class Lifecycle:
                          "resident memory, glibc heap (in use, free), SIP transactions held, call legs, heap trims")
         register_stats_methods(app.registry, app.stats_registry)
         register_drain_methods(app.registry, app, app.run_on_loop)
+        if app.cluster is not None:
+            register_cluster_methods(app.registry, app.cluster)
         app.hooks.register_rpc(app.registry)
         ctl = app.config.control
         if ctl.socket or ctl.http:
@@ -221,6 +229,8 @@ class Lifecycle:
             app.hooks.shutdown(app)
         except Exception:
             logger.opt(exception=True).error("a plugin failed in b2bua_shutdown")
+        if app.cluster is not None:
+            app.cluster.stop()
         app.stop_blocking_work()
         try:
             app.endpoint.hangup_all()

@@ -322,6 +322,38 @@ def call_b2bua(config_path: str, method: str, params: list[Any] | None = None,
         raise AdminError(str(exc), EXIT_USAGE) from None
 
 
+def call_every_b2bua(config_path: str, method: str, params: list[Any] | None = None,
+                     timeout: float = CONTROL_TIMEOUT) -> list[Any]:
+    """``--all``: call ``method`` on every live node of the cluster (:mod:`plugins.dispatcher.clusterview`).
+
+    :raises AdminError: exit 2 without ``[cluster]``, when Redis does not answer or lists no node.
+    """
+    import os
+
+    from b2bua.control_cli import TOKEN_ENV
+    from b2bua.redislink import RedisMissing
+    from plugins.dispatcher.clusterview import call_every_node
+
+    try:
+        config = load_config(config_path)
+        token = os.environ.get(TOKEN_ENV, "") or config.control.token
+        return call_every_node(config, method, params, token, timeout)
+    except (ConfigError, RedisMissing) as exc:
+        raise AdminError(str(exc), EXIT_USAGE) from None
+
+
+def _print_every_node(answers: list[Any], out: TextIO, err: TextIO) -> int:
+    """Each node's answer (a line, or an error line); the exit code: 1 if any node failed."""
+    code = EXIT_OK
+    for answer in answers:
+        if answer.error is not None:
+            print(f"error: node {answer.node}: {escape(answer.error, backslash=False)}", file=err)
+            code = EXIT_FAILED
+        else:
+            print(f"{answer.node}: {answer.result}", file=out)
+    return code
+
+
 def _reload_after(args: argparse.Namespace, out: TextIO, what: str) -> None:
     if not args.reload:
         print(f"Not live yet: 'b2bua dispatcher reload' {what}.", file=out)
@@ -489,7 +521,19 @@ def cmd_show(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def cmd_list(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    """``dispatcher list [--json]``: the live state, from ``dispatcher.list``."""
+    """``dispatcher list [--json] [--all]``: the live state, from ``dispatcher.list``."""
+    if getattr(args, "all", False):
+        from plugins.dispatcher.clusterview import cluster_table, errors_of
+
+        answers = call_every_b2bua(args.config, "dispatcher.list")
+        if args.json:
+            print(json.dumps({a.node: a.result if a.error is None else {"error": a.error} for a in answers},
+                             indent=2), file=out)
+        else:
+            print(format_table(*cluster_table(answers)), file=out)
+        for line in errors_of(answers):
+            print(f"error: {escape(line, backslash=False)}", file=err)
+        return EXIT_FAILED if errors_of(answers) else EXIT_OK
     listing = call_b2bua(args.config, "dispatcher.list")
     if args.json:
         print(json.dumps(listing, indent=2), file=out)
@@ -499,7 +543,9 @@ def cmd_list(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def cmd_reload(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    """``dispatcher reload``: ``dispatcher.reload``."""
+    """``dispatcher reload [--all]``: ``dispatcher.reload`` (on every node of the cluster)."""
+    if getattr(args, "all", False):
+        return _print_every_node(call_every_b2bua(args.config, "dispatcher.reload", timeout=RELOAD_TIMEOUT), out, err)
     print(call_b2bua(args.config, "dispatcher.reload", timeout=RELOAD_TIMEOUT), file=out)
     return EXIT_OK
 
@@ -507,6 +553,9 @@ def cmd_reload(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 def cmd_set_state(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     """``dispatcher set-state <state> <setid> <uri|all>``: ``dispatcher.set_state``."""
     setid = parse_int("set id", args.setid, 0)
+    if getattr(args, "all", False):
+        return _print_every_node(call_every_b2bua(args.config, "dispatcher.set_state", [args.state, setid, args.uri]),
+                                 out, err)
     print(call_b2bua(args.config, "dispatcher.set_state", [args.state, setid, args.uri]), file=out)
     return EXIT_OK
 
@@ -621,9 +670,11 @@ def add_admin_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     p = sub.add_parser("list", help="the live destinations and their state (dispatcher.list)",
                        description="Ask the running b2bua for its destinations, their state, latency and calls.")
     p.add_argument("--json", action="store_true", help="print dispatcher.list's JSON answer")
+    p.add_argument("--all", action="store_true", help="every node of the cluster side by side (state/calls per node)")
     _verb(p, cmd_list)
 
     p = sub.add_parser("reload", help="ask the running b2bua to reload its destinations (dispatcher.reload)")
+    p.add_argument("--all", action="store_true", help="reload every node of the cluster")
     _verb(p, cmd_reload)
 
     p = sub.add_parser("set-state", help="set a destination's state in the running b2bua (dispatcher.set_state)",
@@ -633,4 +684,6 @@ def add_admin_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     p.add_argument("state", help="a, i, t or d, optionally followed by p (ap, ip, ...)")
     p.add_argument("setid", help="destination set id")
     p.add_argument("uri", help="destination URI, or 'all' for the whole set")
+    p.add_argument("--all", action="store_true",
+                   help="on every node of the cluster (one node is enough: the state is shared through Redis)")
     _verb(p, cmd_set_state)

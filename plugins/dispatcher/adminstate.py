@@ -4,11 +4,16 @@
 takes it out; the content goes to the state file (:mod:`plugins.dispatcher.statefile`, written
 off the loop). After every load the entries still loaded are put back in D and the others are
 forgotten.
+
+In a cluster (``[cluster]``) an operator's change is also handed to the shared state
+(``on_operator``), which tells the other nodes; what they changed comes back through
+:meth:`AdminState.note_remote` and is kept in this node's state file too, so a node that
+restarts while Redis is unreachable still knows the cluster's disables.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 from loguru import logger
 
@@ -24,10 +29,13 @@ class AdminState:
     """The operator-disabled entries, and the state file they are kept in.
 
     :param writer: writes the state file; None when ``state_file`` is off (memory only).
+    :param on_operator: told about every operator change (``dests``, disabled?): the cluster.
     """
 
-    def __init__(self, writer: statefile.StateWriter | None = None) -> None:
+    def __init__(self, writer: statefile.StateWriter | None = None,
+                 on_operator: Callable[[Sequence[Destination], bool], None] | None = None) -> None:
         self._writer = writer
+        self._on_operator = on_operator
         #: (set id, URI lower-cased) -> URI as loaded; replaced whole on every change, so another
         #: thread holding the old mapping reads a consistent one
         self.disabled: dict[DestKey, str] = {}
@@ -48,7 +56,19 @@ class AdminState:
     def note(self, dests: Iterable[Destination], letters: str) -> None:
         """An operator set ``dests`` to ``letters``: D puts them in, any other state takes them out."""
         disable = letters.strip().lower()[:1] in ("d", "2")
+        dests = list(dests)
         self._set(statefile.with_entries(self.disabled, [(d.setid, d.uri) for d in dests], disable))
+        if self._on_operator is not None:
+            self._on_operator(dests, disable)
+
+    def note_remote(self, key: DestKey, uri: str, disabled: bool) -> None:
+        """Another node's operator set ``key`` (D or not); kept here, not told back."""
+        if (key in self.disabled) != disabled:
+            self._set(statefile.with_entries(self.disabled, [(key[0], uri)], disabled))
+
+    def replace(self, disabled: dict[DestKey, str]) -> None:
+        """The cluster's disables replace this node's (start-up, after Redis was unreachable)."""
+        self._set(dict(disabled))
 
     def forget(self, setid: int, uri: str) -> None:
         """The entry was removed from memory (``dispatcher.remove``)."""

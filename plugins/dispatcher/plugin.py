@@ -22,6 +22,7 @@ and given back when that leg fails or the call ends.
 from __future__ import annotations
 
 import random
+import time
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -63,6 +64,7 @@ from plugins.dispatcher.resolve import LoadError
 from plugins.dispatcher.routes import unloaded_sets
 from plugins.dispatcher.rpc import DispatcherRpc
 from plugins.dispatcher.runtime import DestKey, DispatcherState
+from plugins.dispatcher.shared import LocalState, SharedState
 from plugins.dispatcher.source import Loader, LoaderSource, Source, load_configured
 from plugins.dispatcher.statefile import StateWriter
 
@@ -128,6 +130,8 @@ class DispatcherPlugin:
         self.counters = DispatcherCounters(lambda key: self.state.runtime(key) is not None)
         self.drains = DrainWatch()
         self.admin_state = AdminState()
+        #: what is shared with the other nodes of a cluster (nothing without [cluster])
+        self.shared: SharedState = LocalState()
         self.reloader = self._make_reloader(None)
         self._dns: DnsRefresher | None = None
 
@@ -163,8 +167,11 @@ class DispatcherPlugin:
     def b2bua_startup(self, app: Host) -> None:
         # before the first call: loading here, on the loop, stalls nobody
         path = self._state_path
-        self.admin_state = AdminState(StateWriter(path, app.run_blocking) if path is not None else None)
+        self.shared = self._make_shared(app)
+        self.admin_state = AdminState(StateWriter(path, app.run_blocking) if path is not None else None,
+                                      on_operator=self.shared.operator_changed)
         self.admin_state.read()
+        self.shared.attach(self.state, self.admin_state)
         self._heap.hold()  # a large list would otherwise trigger full collections over itself
         try:
             snapshot = self._checked(self._loader(self.config, self._list_file))
@@ -176,6 +183,7 @@ class DispatcherPlugin:
                                 " rule or add the destinations")
             self.state.swap(snapshot, keep_state=False, reason="startup", disabled=self.admin_state.disabled)
             self.admin_state.apply(self.state)
+            self.shared.startup()
             self._heap.settle(self.state.size())
         finally:
             self._heap.release()
@@ -191,6 +199,7 @@ class DispatcherPlugin:
             self._dns.stop()
         if self.prober is not None:
             self.prober.stop()
+        self.shared.stop()
         self.admin_state.close()
 
     @hookimpl
@@ -327,11 +336,12 @@ class DispatcherPlugin:
 
     def _after_install(self) -> None:
         """After a reload's swap: the operator's disables back, counters and drains of the new
-        list, and a word about the sets the rules name that are gone (a reload is not refused for
+        list, the cluster told, and a word about the sets the rules name that are gone (a reload is not refused for
         them: the data is the truth)."""
         self.admin_state.apply(self.state)
         self.counters.prune()  # destinations gone from the list take their counters along
         self.drains.check(self.state)
+        self.shared.after_load()
         backups, own = unloaded_sets(self.config.routes, self.state.snapshot.sets, self._routes_where)
         for message in own + backups:
             logger.warning("dispatcher: after the reload, {}", message)
@@ -354,7 +364,19 @@ class DispatcherPlugin:
             alpha_per_mille=cfg.latency_estimator_alpha,
             active=cfg.ping_active,
             counters=self.counters,
+            owns=None if self.shared.kind == "local" else self.shared.probes,
         )
+
+    def _make_shared(self, app: Host) -> SharedState:
+        cluster = getattr(app, "cluster", None)
+        if cluster is None:
+            return LocalState()
+        from plugins.dispatcher.redisstate import RedisState
+
+        interval = self.config.ping_interval
+        return RedisState(cluster, ping_interval=interval,
+                          prober_active=lambda: self.prober is not None and self.prober.active and interval > 0,
+                          call_soon=app.call_soon_threadsafe, call_later=app.call_later, monotonic=time.monotonic)
 
     def _on_change(self, dest: Destination, old: int | None, new: int, reason: str) -> None:
         if old is not None and is_usable(old) != is_usable(new):

@@ -62,9 +62,12 @@ class Prober:
         alpha_per_mille: int = 100,
         active: bool = True,
         counters: DispatcherCounters | None = None,
+        owns: Callable[[DestKey], bool] | None = None,
     ) -> None:
         self.state = state
         self.counters = counters  #: keepalives sent and failed, round-trip times
+        #: whether this node probes an entry (a cluster gives each entry one prober); None: all
+        self.owns = owns
         self._send = send
         self._call_later = call_later
         self.interval = interval
@@ -125,7 +128,8 @@ class Prober:
 
     def _wants_probe(self, dest: Destination) -> bool:
         flags = self.state.flags(dest.key)
-        return flags is not None and dest.key not in self.outstanding and health.should_probe(flags, self.mode)
+        return (flags is not None and dest.key not in self.outstanding and health.should_probe(flags, self.mode)
+                and (self.owns is None or self.owns(dest.key)))
 
     # -- one probe ------------------------------------------------------------------------------
 

@@ -50,6 +50,7 @@ from plugins.dispatcher.probing import Prober
 from plugins.dispatcher.reloader import ReloadBusy, Reloader, ReloadFailed
 from plugins.dispatcher.resolve import LoadError, Resolver, normalize_uri, parse_uri, resolve_destinations
 from plugins.dispatcher.runtime import DestKey, DestRuntime, DispatcherState, ListingSource, parse_state_letters
+from plugins.dispatcher.shared import SharedState
 
 if TYPE_CHECKING:
     from b2bua.api import Host
@@ -67,6 +68,7 @@ class Dispatcher(Protocol):
     host_lookup: HostLookup  #: looks destination host names up as calls will (SRV first)
     counters: DispatcherCounters
     drains: DrainWatch
+    shared: SharedState
 
     def statistics(self) -> DispatcherStats: ...
 
@@ -134,7 +136,8 @@ def state_param(text: str) -> str:
 
 def listing_steps(source: ListingSource, mode: str = "", latency_stats: bool = False,
                   counters: Mapping[DestKey, DestCounters] | None = None,
-                  draining: Collection[DestKey] = ()) -> Task[bytearray]:
+                  draining: Collection[DestKey] = (),
+                  cluster: Callable[[DestKey], dict[str, Any] | None] | None = None) -> Task[bytearray]:
     """``dispatcher.list``'s answer as JSON, built as a loop task (a step per entry):
     ``{NRSETS, RECORDS: [{SET: {ID, TARGETS: [{DEST: {...}}]}}]}``.
 
@@ -144,6 +147,7 @@ def listing_steps(source: ListingSource, mode: str = "", latency_stats: bool = F
     :param latency_stats: ``ping_latency_stats``: add each entry's LATENCY block.
     :param counters: the entries' counters (the compact ``STATS`` block; None: no block).
     :param draining: entries whose drain waits for their calls (``RUNTIME.DRAINING``).
+    :param cluster: in a cluster, each entry's CLUSTER block (its prober, every node's load).
     """
     sets, runtime = source.snapshot.sets, source.runtime
     out = bytearray(b'{"NRSETS":%d,"RECORDS":[' % len(sets))
@@ -157,6 +161,8 @@ def listing_steps(source: ListingSource, mode: str = "", latency_stats: bool = F
                 entry["RUNTIME"]["DRAINING"] = 1
             if counters is not None:
                 entry["STATS"] = list_stats(counters.get(dest.key))
+            if cluster is not None:
+                entry["CLUSTER"] = cluster(dest.key)
             out += _json({"DEST": entry})
             yield None
         out += b"]}}"
@@ -281,6 +287,9 @@ class DispatcherRpc:
         registry.add("dispatcher.undrain", self.undrain,
                      "End the drain of the entry <uri> (or 'all') of set <setid>: active again (ap while "
                      "keepalives run, so a probe confirms it).")
+        registry.add("dispatcher.cluster", self.cluster_status,
+                     "What this node shares with the cluster ([cluster]): redis or local, the nodes sending "
+                     "keepalives, the shards this node probes, changes not sent yet, the other nodes' calls.")
         registry.add("dispatcher.hash", self.hash_values,
                      "Kamailio's dispatcher hash of <val1> (and <val2>) and its slot modulo <nslots>; "
                      "for a URI pass the user and host[:port].", on_loop=False)
@@ -300,8 +309,10 @@ class DispatcherRpc:
             if not source.snapshot.sets:
                 raise RpcError("No Destination Sets", FAULT)
             assert plugin.app is not None
+            shared = plugin.shared if plugin.shared.kind != "local" else None
             return plugin.app.run_task(listing_steps(source, text, plugin.config.ping_latency_stats,
-                                                     plugin.counters.by_key, plugin.drains.pending))
+                                                     plugin.counters.by_key, plugin.drains.pending,
+                                                     shared.describe if shared is not None else None))
 
         listing = self._on_loop(start)
         try:
@@ -470,6 +481,10 @@ class DispatcherRpc:
         plugin.admin_state.note(targets, letters)
         plugin.drains.stop(d.key for d in targets)
         return STATE_UPDATED
+
+    def cluster_status(self) -> dict[str, Any]:
+        """``dispatcher.cluster`` (loop thread)."""
+        return self.plugin.shared.status()
 
     def hash_values(self, nslots: int, val1: str, val2: str | None = None) -> dict[str, int]:
         """``dispatcher.hash <nslots> <val1> [val2]`` (control thread: pure computation)."""

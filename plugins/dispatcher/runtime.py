@@ -45,6 +45,10 @@ DestKey = tuple[int, str]
 PREPARE_STEP = 200
 #: listener(dest, old_flags or None, new_flags, reason)
 Listener = Callable[[Destination, "int | None", int, str], None]
+#: what :attr:`DispatcherState.observer` is told changed about an entry (bits)
+FLAGS_CHANGED, LATENCY_CHANGED, LOAD_CHANGED = 1, 2, 4
+#: observer(key, what): every change of an entry's flags, latency or call load (a cluster shares them)
+Observer = Callable[[DestKey, int], None]
 
 #: configuration bits a state change keeps (Kamailio clears them too; we treat "no DNS" and
 #: "no ping" as configuration, so ``set_state a`` does not start pinging a no-ping entry)
@@ -109,6 +113,7 @@ class DestRuntime:
     probe_count: int = 0  #: Kamailio's ``probing_count`` (failures or recoveries so far)
     latency: Any = None  #: latency statistics (``.est``, ``.avg`` ms) from latency.py, or None
     load: int = 0  #: active B legs to it (call load, algorithm 10)
+    remote_load: int = 0  #: the other cluster nodes' B legs to it (0 without a cluster)
 
 
 @dataclass
@@ -181,6 +186,8 @@ class DispatcherState:
     ) -> None:
         self.policy = policy or Policy()
         self.listener = listener
+        #: told about every flags/latency/load change (None: nobody is); see :data:`Observer`
+        self.observer: Observer | None = None
         self._rng = rng or random.Random()
         self._latency_factory = latency_factory
         self._snapshot = Snapshot()
@@ -388,7 +395,7 @@ class DispatcherState:
         if view is None:
             view = srt.view = self._make_view(self._snapshot.sets[setid], srt)
         if alg == CALL_LOAD or alg is None:
-            return view.with_loads(tuple([rt.load for rt in srt.rts]))
+            return view.with_loads(tuple([rt.load + rt.remote_load for rt in srt.rts]))
         return view
 
     def cursors(self, setid: int) -> Cursors | None:
@@ -434,6 +441,8 @@ class DispatcherState:
         if old != rt.flags:
             srt.view = None
             srt.version += 1  # after the change: see Generation.basis
+            if self.observer is not None:
+                self.observer(key, FLAGS_CHANGED)
         if is_usable(old) != is_usable(rt.flags):
             dset = self._snapshot.sets[key[0]]
             srt.rweight_table = relative_weight_table(dset.destinations, self._flags_of(dset, self._rt), self._rng)
@@ -489,6 +498,8 @@ class DispatcherState:
         srt = self._sets[key[0]]
         srt.view = None
         srt.version += 1
+        if self.observer is not None:
+            self.observer(key, LATENCY_CHANGED)
         return True
 
     # -- call load -------------------------------------------------------------------------
@@ -502,6 +513,8 @@ class DispatcherState:
         rt = self._rt.get(dest_key)
         if rt is not None:
             rt.load += 1
+            if self.observer is not None:
+                self.observer(dest_key, LOAD_CHANGED)
         return True
 
     def load_release(self, call_key: Hashable, dest_key: DestKey) -> bool:
@@ -515,6 +528,8 @@ class DispatcherState:
         rt = self._rt.get(dest_key)
         if rt is not None and rt.load > 0:
             rt.load -= 1
+            if self.observer is not None:
+                self.observer(dest_key, LOAD_CHANGED)
         return True
 
     def release_call(self, call_key: Hashable) -> int:

@@ -266,7 +266,7 @@ def test_every_error_is_reported_not_only_the_first() -> None:
     with pytest.raises(ConfigError) as err:
         parse_config(doc, "config.toml")
     assert err.value.errors == (
-        "config.toml: unknown section [bogus] (known: sip, log, control, routing, security, headers, plugins)",
+        "config.toml: unknown section [bogus] (known: sip, log, control, routing, security, headers, cluster, plugins)",
         f"config.toml: [sip]: unknown key 'max_call' (known keys: {SIP_KEYS})",
         "config.toml: [sip] max_calls: expected an integer, got 'many'",
         "config.toml: [sip] codecs[1]: expected a string, got 5",
