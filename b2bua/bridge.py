@@ -66,6 +66,10 @@ OFFER_RETRY_DELAY, OFFER_RETRIES = 1.0, 5
 GLARE_DELAY_B, GLARE_DELAY_A = 2.5, 1.0
 #: distinct unexpected RTP sources logged per leg and call (the rest are counted)
 SOURCES_LOGGED = 3
+#: after a sample that found packets dropped but the peer as the last source, look again this
+#: many seconds later (off the 20 ms packet clock, so the looks do not all land in the same phase
+#: of the peer's and a stranger's packets): pjmedia keeps only the last source of a leg's RTP
+SOURCE_LOOKS = (0.007, 0.013, 0.029)
 
 
 class DtmfMode(str, enum.Enum):
@@ -165,6 +169,7 @@ class WatchReport:
     flood_started: float = 0.0  #: packets a second, when a flood began with this sample
     flood_ended: int = 0  #: packets received during the flood, when it ended with this sample
     new_source: str = ""  #: an unexpected RTP source seen for the first time
+    look_again: bool = False  #: packets were dropped but the last source was the peer: who sent them?
     silent_for: float = 0.0  #: seconds since the peer last sent RTP it should have sent
 
 
@@ -179,6 +184,7 @@ class RtpWatch:
     last_t: float | None = None
     last_count: int = 0
     last_rx: int = 0
+    last_discarded: int = 0
     heard_at: float = 0.0  #: when the peer was last heard (or last had no reason to send)
     flood_packets: int = 0  #: packets since the current flood began (0: no flood)
     sources: set[str] = field(default_factory=set)
@@ -205,15 +211,22 @@ class RtpWatch:
         if stats.rx_packets > self.last_rx or not stats.direction.receives:
             self.heard_at = now  # heard, or on hold: nothing is owed
         report.silent_for = now - self.heard_at
+        dropped = stats.rx_discarded > self.last_discarded
         self.last_t, self.last_count, self.last_rx = now, count, stats.rx_packets
+        self.last_discarded = stats.rx_discarded
+        report.new_source = self.note_source(stats)
+        report.look_again = dropped and not report.new_source and stats.source in ("", stats.remote)
+        return report
+
+    def note_source(self, stats: MediaStats) -> str:
+        """The leg's last RTP source if it is not the peer's and was not seen before, else ``""``."""
         source = stats.source
         if source and stats.remote and source != stats.remote and source not in self.sources:
             if len(self.sources) < SOURCES_LOGGED:
                 self.sources.add(source)
-                report.new_source = source
-            else:
-                self.sources_unlogged += 1
-        return report
+                return source
+            self.sources_unlogged += 1
+        return ""
 
 
 # -- the bridge -------------------------------------------------------------------------------------
@@ -251,6 +264,7 @@ class Bridge:
 
     __slots__ = (
         "_digits",
+        "_looks",
         "_offered",
         "_retries",
         "_retry",
@@ -286,6 +300,7 @@ class Bridge:
         self._retry: dict[int, TimerHandle] = {}
         self._watch: dict[int, RtpWatch] = {}
         self._watch_timer: TimerHandle | None = None
+        self._looks: dict[int, TimerHandle] = {}  #: a second look for a dropped packet's source, by leg
         self.closed = False
 
     # -- audio ------------------------------------------------------------------------------------
@@ -330,9 +345,10 @@ class Bridge:
         digit = self._digits.pop(index, None)
         if digit is not None and digit.timer is not None:
             digit.timer.cancel()
-        timer = self._retry.pop(index, None)
-        if timer is not None:
-            timer.cancel()
+        for timers in (self._retry, self._looks):
+            timer = timers.pop(index, None)
+            if timer is not None:
+                timer.cancel()
         self._watch.pop(index, None)
         if index == self.peer:
             self.peer, self.early, self.connected = 0, False, False
@@ -353,12 +369,14 @@ class Bridge:
     def close(self) -> None:
         """The call is ending: stop every timer; nothing more is relayed."""
         self.closed = True
-        timers = [d.timer for d in self._digits.values()] + list(self._retry.values()) + [self._watch_timer]
+        timers = [d.timer for d in self._digits.values()] + list(self._retry.values()) + list(self._looks.values())
+        timers.append(self._watch_timer)
         for timer in timers:
             if timer is not None:
                 timer.cancel()
         self._digits.clear()
         self._retry.clear()
+        self._looks.clear()
         self._watch_timer = None
 
     def _other(self, index: int) -> CallLeg | None:
@@ -521,7 +539,28 @@ class Bridge:
             self._report(index, watch, report, stats)
             if self.closed:
                 return  # the report ended the call
+            if report.look_again and index not in self._looks:
+                self._look_for_source(index, 0)
         self._watch_timer = self.host.call_later(self.policy.watch_interval, self._check_rtp)
+
+    def _look_for_source(self, index: int, attempt: int) -> None:
+        """Schedule look ``attempt`` (of :data:`SOURCE_LOOKS`) at who sends leg ``index`` the RTP it drops."""
+        if attempt >= len(SOURCE_LOOKS) or self.closed:
+            self._looks.pop(index, None)
+            return
+        self._looks[index] = self.host.call_later(SOURCE_LOOKS[attempt], lambda: self._look(index, attempt))
+
+    def _look(self, index: int, attempt: int) -> None:
+        self._looks.pop(index, None)
+        leg, watch = self.host.leg(index), self._watch.get(index)
+        stats = leg.media_stats() if leg is not None and not self.closed else None
+        if stats is None or watch is None:
+            return
+        source = watch.note_source(stats)
+        if source:
+            self._report(index, watch, WatchReport(new_source=source), stats)
+        elif stats.source in ("", stats.remote):
+            self._look_for_source(index, attempt + 1)
 
     def _report(self, index: int, watch: RtpWatch, report: WatchReport, stats: MediaStats) -> None:
         if report.flood_started:

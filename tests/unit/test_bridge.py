@@ -504,3 +504,48 @@ def test_no_watch_when_off() -> None:
     host, a, _b = answered(watch_interval=0.0)
     a.stats = None
     assert not host.scheduler._heap  # type: ignore[attr-defined]
+
+
+def test_dropped_packets_from_a_source_the_sample_missed_are_looked_at_again(log_lines: Any) -> None:
+    # pjmedia keeps only the last source of a leg's RTP: a sample that lands just after the
+    # peer's packet sees the peer although a stranger's packets are being dropped
+    host, a, b = answered(watch_interval=0.5)
+    b.stats = stats(100)
+    a.stats = stats(25)
+    host.advance(0.5, step=0.001)  # the first sample: the baseline
+    a.stats = stats(50, discarded=300)  # dropped packets, the peer last
+    host.advance(0.5, step=0.001)
+    assert [line for line in log_lines if "comes from" in line[1]] == []
+    a.stats = stats(50, discarded=310, source="10.6.6.6:999")  # the second look finds the stranger
+    host.advance(0.02, step=0.001)
+    assert [line for line in log_lines if "comes from" in line[1]] == [
+        ("INFO", "RTP to leg 0 comes from 10.6.6.6:999, not 10.0.0.1:4000 as its SDP says: the leg keeps the "
+                 "first source it heard, the rest is dropped")]
+    a.stats = stats(75, discarded=310)  # nothing more dropped: no looks
+    host.advance(1.0, step=0.001)
+    assert len([line for line in log_lines if "comes from" in line[1]]) == 1
+    assert host.bridge._looks == {}
+
+
+def test_the_looks_give_up_after_three_and_stop_with_the_call() -> None:
+    host, a, b = answered(watch_interval=0.5)
+    b.stats = stats(100)
+    a.stats = stats(25)
+    host.advance(0.5, step=0.001)
+    a.stats = stats(50, discarded=300)  # the stranger is never the last source seen
+    calls = 0
+    original = a.media_stats
+
+    def counted() -> MediaStats | None:
+        nonlocal calls
+        calls += 1
+        return original()
+
+    a.media_stats = counted  # type: ignore[method-assign]
+    host.advance(0.5 + 0.06, step=0.001)  # the sample at 1.0 s and its three looks
+    assert calls == 4 and host.bridge._looks == {}
+    a.stats = stats(50, discarded=600)
+    host.advance(0.44 + 0.003, step=0.001)  # the next sample schedules looks; the call ends
+    assert host.bridge._looks
+    host.bridge.close()
+    assert host.bridge._looks == {}
