@@ -139,18 +139,19 @@
     return answer.result;
   }
 
+  // a gateway's "enable" is dispatcher.undrain: active again, probing if keepalives run (ap or a)
   const ACTIONS = {
-    enable: { label: "Enable", method: "dispatcher.undrain", state: null,
+    enable: { label: "Enable", method: "dispatcher.undrain", state: null, style: "",
       ask: "Enable %s? New calls go to it again." },
-    disable: { label: "Disable", method: "dispatcher.set_state", state: "d",
+    disable: { label: "Disable", method: "dispatcher.set_state", state: "d", style: "danger",
       ask: "Disable %s? It gets no new calls until enabled; calls in progress go on." },
-    drain: { label: "Drain", method: "dispatcher.drain", state: null,
+    drain: { label: "Drain", method: "dispatcher.drain", state: null, style: "quiet",
       ask: "Drain %s? It gets no new calls; the log says when its last call ended." },
-    undrain: { label: "Undrain", method: "dispatcher.undrain", state: null,
+    undrain: { label: "Undrain", method: "dispatcher.undrain", state: null, style: "",
       ask: "End the drain of %s? New calls go to it again." },
-    "node-drain": { label: "Drain node", method: "core.drain", state: null,
+    "node-drain": { label: "Drain node", method: "core.drain", state: null, style: "quiet",
       ask: "Drain this node? New calls and OPTIONS get 503; calls in progress go on." },
-    "node-undrain": { label: "Undrain node", method: "core.undrain", state: null,
+    "node-undrain": { label: "Undrain node", method: "core.undrain", state: null, style: "",
       ask: "End the drain of this node? It takes new calls again." },
   };
 
@@ -176,7 +177,7 @@
   }
 
   function actionButton(name, data) {
-    const button = el("button", { type: "button", class: name.includes("drain") ? "quiet" : "",
+    const button = el("button", { type: "button", class: ACTIONS[name].style,
       data: { action: name, ...data } }, ACTIONS[name].label);
     button.addEventListener("click", act);
     return button;
@@ -210,7 +211,7 @@
     actions.replaceChildren();
     if (!answer || answer.error) {
       badge.hidden = true;
-      facts.replaceChildren(el("dt", {}, "Error"), el("dd", {}, answer ? answer.error.message : "no answer"));
+      facts.replaceChildren(el("div", {}, el("dt", {}, "Error"), el("dd", {}, answer ? answer.error.message : "no answer")));
       return;
     }
     const s = answer.result;
@@ -226,7 +227,7 @@
       ["Shed", number(s.calls.shed)],
       ["Call legs", `${number(s.legs.in_use)} / ${number(s.legs.slots)}`],
     ];
-    facts.replaceChildren(...rows.flatMap(([name, value]) => [el("dt", {}, name), el("dd", {}, value)]));
+    facts.replaceChildren(...rows.map(([name, value]) => el("div", {}, el("dt", {}, name), el("dd", {}, value))));
     if (admin) actions.append(actionButton(s.state === "draining" ? "node-undrain" : "node-drain", {}));
   }
 
@@ -294,7 +295,7 @@
       cell("Answered", number(s && s.answered)),
       cell("Failed", number(s && s.failed)),
       cell("Timeouts", number(timeouts)),
-      cell("ASR", s && typeof s.asr === "number" ? `${Math.round(s.asr * 100)} %` : "–"),
+      cell("ASR", s && typeof s.asr === "number" ? `${Math.round(s.asr * 100)}%` : "–"),
     ];
     if (admin) {
       const data = { set: setid, uri: dest.URI };
