@@ -244,7 +244,8 @@ def test_a_read_token_reads_and_cannot_act(
     assert "read-only" in page.text("updated")
     # operator text is text: shown as written, nothing of it ran or became an element
     assert rows[gw.uri]["attrs"] == HOSTILE_ATTRS
-    injected = browser.execute_script("return [window.pwned, document.querySelectorAll('#sets script, #sets img').length]")
+    injected = browser.execute_script(
+        "return [window.pwned, document.querySelectorAll('#sets script, #sets img').length]")
     assert injected == [None, 0]
     # the page's own origin passes the Origin check; the read token still may not act
     call = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "dispatcher.set_state", "params": ["d", 1, gw.uri]})
