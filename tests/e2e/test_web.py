@@ -9,6 +9,7 @@ every test land in its workdir; with ``B2BUA_SCREENSHOTS=<folder>`` they are cop
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import os
@@ -144,8 +145,14 @@ class StatusPage:
         return question
 
     def screenshot(self, name: str) -> Path:
+        """A PNG of the page as laid out, cut below its content (at most 1400 CSS pixels tall)."""
         path = self.workdir / f"{name}.png"
-        self.driver.save_screenshot(str(path))
+        width, height = self.driver.execute_script(
+            "return [window.innerWidth, Math.min(document.body.scrollHeight + 8, 1400)]")
+        shot = self.driver.execute_cdp_cmd("Page.captureScreenshot", {
+            "format": "png", "captureBeyondViewport": True,
+            "clip": {"x": 0, "y": 0, "width": width, "height": height, "scale": 1}})
+        path.write_bytes(base64.b64decode(shot["data"]))
         target = os.environ.get("B2BUA_SCREENSHOTS")
         if target:
             shutil.copy(path, Path(target) / path.name)
