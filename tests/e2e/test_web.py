@@ -122,15 +122,15 @@ class StatusPage:
             raise AssertionError(f"{what}: the page shows {json.dumps(seen, indent=1)}") from None
         return seen
 
-    def press(self, uri: str, action: str) -> str:
-        """Click ``action`` on ``uri``'s row, accept the confirmation; its question."""
-        return self._click(f"#sets tr[data-uri='{uri}'] button[data-action='{action}']")
+    def press(self, uri: str, action: str, *, confirm: bool = True) -> str:
+        """Click ``action`` on ``uri``'s row, accept (or dismiss) the confirmation; its question."""
+        return self._click(f"#sets tr[data-uri='{uri}'] button[data-action='{action}']", confirm)
 
     def press_node(self, action: str) -> str:
         """Click the node's ``action`` button, accept the confirmation; its question."""
         return self._click(f"#node-actions button[data-action='{action}']")
 
-    def _click(self, selector: str) -> str:
+    def _click(self, selector: str, confirm: bool = True) -> str:
         for _ in range(20):  # the page redraws every 2 s: a button found may be gone a moment later
             try:
                 self.driver.find_element(By.CSS_SELECTOR, selector).click()
@@ -141,7 +141,10 @@ class StatusPage:
             raise AssertionError(f"could not click {selector}")
         alert = self.driver.switch_to.alert
         question = str(alert.text)
-        alert.accept()
+        if confirm:
+            alert.accept()
+        else:
+            alert.dismiss()
         return question
 
     def screenshot(self, name: str) -> Path:
@@ -216,7 +219,10 @@ def test_the_page_follows_probing_and_disable_stops_calls(
     rows = page.wait_rows("the stopped gateway down", lambda r: r[dying.uri]["state"] == "IP")
     assert rows[dying.uri]["actions"] == ["enable", "disable"] and rows[kept.uri]["state"] == "AP"
 
-    # "Disable" on a gateway that answers: confirmed, then no new call goes there
+    # "Disable" on a gateway that answers: cancelled, nothing happens; confirmed, no new call goes there
+    page.press(disabled.uri, "disable", confirm=False)
+    time.sleep(2.5)  # a refresh later
+    assert page.rows()[disabled.uri]["state"] == "AP" and "set_state" not in node.process.log_text()
     question = page.press(disabled.uri, "disable")
     assert question.startswith(f"Disable {disabled.uri} (set 1)?")
     page.wait_rows("the disabled gateway DX", lambda r: r[disabled.uri]["state"] == "DX")
@@ -296,11 +302,13 @@ def test_the_page_fits_a_phone(
     page.press(gateways[1].uri, "drain")
     page.wait_rows("the drained gateway", lambda r: r[gateways[1].uri]["state"] == "DX"
                    and r[gateways[1].uri]["actions"] == ["enable"])
+    wait_until(lambda: page.text("message").endswith(": Ok. No calls in progress."), 10, what="the drain's answer")
     page.press_node("node-drain")
     wait_until(lambda: page.text("node-state") == "draining", 10, what="the node draining")
     assert node.health() == (503, {"status": "draining", "calls": 0, "max_calls": 200})
     page.press_node("node-undrain")
     wait_until(lambda: page.text("node-state") == "up", 10, what="the node up again")
+    assert page.text("message") == "Undrain node: Ok. The node is up."
     page.press(gateways[1].uri, "enable")
     page.wait_rows("the gateway enabled", lambda r: r[gateways[1].uri]["state"] == "AX")
 

@@ -155,21 +155,32 @@
       ask: "End the drain of this node? It takes new calls again." },
   };
 
+  // what an action's answer says: Kamailio's "Ok. ..." text, or a drain's calls still in progress
+  function describe(result) {
+    if (typeof result === "string") return result;
+    if (result && typeof result.calls === "number" && "drained" in result) {
+      return result.drained ? "Ok. No calls in progress." : `Ok. ${result.calls} call(s) still in progress.`;
+    }
+    if (result && typeof result.state === "string") return `Ok. The node is ${result.state}.`;
+    return "Ok.";
+  }
+
   async function act(event) {
     const button = event.currentTarget;
     const action = ACTIONS[button.dataset.action];
     const setid = button.dataset.set === undefined ? null : Number(button.dataset.set);
     const uri = button.dataset.uri;
-    const what = uri === undefined ? "this node" : `${uri} (set ${setid})`;
+    const target = uri === undefined ? "" : ` ${uri} (set ${setid})`;
+    const what = target ? target.trim() : "this node";
     if (!window.confirm(action.ask.replace("%s", what))) return;
     let params = [];
     if (uri !== undefined) params = action.state ? [action.state, setid, uri] : [setid, uri];
     button.disabled = true;
     try {
       const result = await rpc(action.method, params);
-      say(`${action.label} ${what}: ${typeof result === "string" ? result : "done"}`);
+      say(`${action.label}${target}: ${describe(result)}`);
     } catch (error) {
-      say(`${action.label} ${what} failed: ${error.message}`, true);
+      say(`${action.label}${target} failed: ${error.message}`, true);
     } finally {
       delete $("message").dataset.stale;
       refresh();
