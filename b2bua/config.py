@@ -564,8 +564,8 @@ class ControlConfig:
     http: str = opt("", "also serve the control API over HTTP at ADDRESS:PORT (loopback unless token)")
     token: str = opt("", "bearer token required by the HTTP control API (printable ASCII, no spaces)")
     read_token: str = opt(
-        "", "bearer token for the read-only HTTP routes only (/metrics): give Prometheus this one, not token; "
-        "with either set, /metrics needs one of them (/health, /ready, /live never need a token)"
+        "", "bearer token for the read-only HTTP routes only (/metrics, the status page's data): give Prometheus "
+        "this one, not token; with either set, those need one of them (/health, /ready, /live never need a token)"
     )
     max_request_bytes: int = opt(65536, "largest control request accepted", bounds=(256, 16 * 1024 * 1024))
 

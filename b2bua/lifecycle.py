@@ -92,10 +92,11 @@ class Lifecycle:
 
     def _start_control(self) -> None:
         from b2bua.cluster import register_cluster_methods
-        from b2bua.control import ControlServer
+        from b2bua.control import ControlServer, JsonRpcProcessor
         from b2bua.core_rpc import register_core_methods, register_drain_methods, register_stats_methods
         from b2bua.health import health_routes
         from b2bua.metrics import exposition_steps, loop_scrape, metrics_routes, process_registry
+        from b2bua.web import web_routes
 
         app = self.app
         app.hooks.register_stats(app.stats_registry)
@@ -111,7 +112,8 @@ class Lifecycle:
         if ctl.socket or ctl.http:
             scrape = loop_scrape(app.run_on_loop,
                                  lambda: app.run_task(exposition_steps(app.stats_registry.collect_steps())))
-            routes = [*health_routes(app.health, app.run_on_loop), *metrics_routes(scrape, process_registry())]
+            page = web_routes(JsonRpcProcessor(app.registry, app.run_on_loop).handle, ctl.token, ctl.read_token)
+            routes = [*health_routes(app.health, app.run_on_loop), *metrics_routes(scrape, process_registry()), *page]
             self._control = ControlServer(app.registry, app.run_on_loop, ctl, app.config.base_dir, routes=routes)
             self._control.start()
 

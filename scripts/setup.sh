@@ -15,8 +15,10 @@ say() { printf '[setup] %s\n' "$*" >&2; }
 packages=(build-essential dpkg-dev swig xz-utils ca-certificates libopus-dev libbcg729-dev libspeexdsp-dev)
 # sipvicious: svmap/svwar, the scanners tests/e2e/test_wire_input.py runs against the B2BUA;
 # redis-server: the cluster tests start their own (tests/redisserver.py); kamailio: the edge proxy in
-# front of the cluster (docs/examples/edge/kamailio-edge.cfg, tests/e2e/test_cluster_edge.py)
-[ $TEST = 1 ] && packages+=(sip-tester sipvicious mariadb-server mariadb-client postgresql redis-server kamailio)
+# front of the cluster (docs/examples/edge/kamailio-edge.cfg, tests/e2e/test_cluster_edge.py);
+# chromium, chromium-driver: the headless browser tests/e2e/test_web.py drives (Selenium)
+[ $TEST = 1 ] && packages+=(sip-tester sipvicious mariadb-server mariadb-client postgresql redis-server kamailio
+                            chromium chromium-driver)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
