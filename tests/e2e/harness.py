@@ -140,27 +140,38 @@ def _bindable(host: str, port: int, kind: socket.SocketKind) -> bool:
     return True
 
 
-class AddressAllocator:
-    """Hands out 127.0.0.x addresses, x from ``first`` to ``last``, one per SIP peer.
+def xdist_worker() -> int:
+    """This pytest-xdist worker's number (``gw3`` -> 3); 0 when the tests run in one process."""
+    name = os.environ.get("PYTEST_XDIST_WORKER", "")
+    return int(name[2:]) if name.startswith("gw") and name[2:].isdigit() else 0
 
-    Distinct for the first ``last - first + 1`` calls, then it starts over: ports are always probed
-    free, so reusing an address for a later peer is safe. Thread-safe.
+
+class AddressAllocator:
+    """Hands out 127.0.N.x addresses, x from ``first`` to ``last``, one per SIP peer.
+
+    N is the pytest-xdist worker's number (0 without xdist), so tests running side by side never
+    share an address: each B2BUA binds its RTP range on its own address. Distinct for the first
+    ``last - first + 1`` calls, then it starts over: ports are always probed free, so reusing an
+    address for a later peer is safe. Thread-safe.
     """
 
-    def __init__(self, first: int = 2, last: int = 250) -> None:
+    def __init__(self, first: int = 2, last: int = 250, network: int | None = None) -> None:
         if not 1 <= first <= last <= 254:
             raise ValueError(f"AddressAllocator: need 1 <= first <= last <= 254, got {first}..{last}")
+        self._network = xdist_worker() if network is None else network
+        if not 0 <= self._network <= 254:
+            raise ValueError(f"AddressAllocator: the third octet must be 0-254, got {self._network}")
         self._first = first
         self._last = last
         self._next = first
         self._lock = threading.Lock()
 
     def next(self) -> str:
-        """The next address, e.g. ``"127.0.0.7"``."""
+        """The next address, e.g. ``"127.0.0.7"`` (``"127.0.2.7"`` on xdist worker gw2)."""
         with self._lock:
             x = self._next
             self._next = self._first if x >= self._last else x + 1
-        return f"127.0.0.{x}"
+        return f"127.0.{self._network}.{x}"
 
 
 def socket_bound(ip: str, port: int, transport: Transport, proc_net: Mapping[str, str],

@@ -214,10 +214,20 @@ def test_socket_bound_reads_proc_net() -> None:
 
 
 def test_address_allocator_is_distinct_then_wraps() -> None:
-    alloc = AddressAllocator(first=10, last=12)
+    alloc = AddressAllocator(first=10, last=12, network=0)
     assert [alloc.next() for _ in range(4)] == ["127.0.0.10", "127.0.0.11", "127.0.0.12", "127.0.0.10"]
+    assert AddressAllocator(first=10, network=3).next() == "127.0.3.10"  # xdist worker gw3's
     with pytest.raises(ValueError, match="first <= last"):
         AddressAllocator(first=5, last=4)
+    with pytest.raises(ValueError, match="third octet"):
+        AddressAllocator(network=255)
+
+
+def test_each_xdist_worker_has_its_own_addresses(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw2")
+    assert AddressAllocator(first=7).next() == "127.0.2.7"
+    monkeypatch.delenv("PYTEST_XDIST_WORKER")
+    assert AddressAllocator(first=7).next() == "127.0.0.7"
 
 
 @pytest.mark.parametrize(("kind", "socktypes"), [
