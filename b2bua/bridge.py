@@ -264,6 +264,7 @@ class Bridge:
 
     __slots__ = (
         "_digits",
+        "_dtmf_failures",
         "_looks",
         "_offered",
         "_retries",
@@ -301,6 +302,7 @@ class Bridge:
         self._watch: dict[int, RtpWatch] = {}
         self._watch_timer: TimerHandle | None = None
         self._looks: dict[int, TimerHandle] = {}  #: a second look for a dropped packet's source, by leg
+        self._dtmf_failures = 0  #: digits that could not be sent on (logged once, summed up at close)
         self.closed = False
 
     # -- audio ------------------------------------------------------------------------------------
@@ -368,6 +370,8 @@ class Bridge:
 
     def close(self) -> None:
         """The call is ending: stop every timer; nothing more is relayed."""
+        if self._dtmf_failures > 1 and not self.closed:
+            self.log.warning("{} DTMF digits of this call could not be sent on", self._dtmf_failures)
         self.closed = True
         timers = [d.timer for d in self._digits.values()] + list(self._retry.values()) + list(self._looks.values())
         timers.append(self._watch_timer)
@@ -435,6 +439,12 @@ class Bridge:
             digit.timer.cancel()
         self._relay(index, digit.digit, digit.duration_ms, DtmfMethod.RFC4733)
 
+    def _dtmf_failed(self, message: str, *args: Any) -> None:
+        """A digit not sent on: a WARNING for the call's first, DEBUG for the rest (a caller can
+        send digits as fast as packets; :meth:`close` sums them up)."""
+        self._dtmf_failures += 1
+        (self.log.warning if self._dtmf_failures == 1 else self.log.debug)(message, *args)
+
     def _relay(self, index: int, digit: str, duration_ms: int, arrived: DtmfMethod) -> None:
         target = self._other(index)
         if target is None:
@@ -451,14 +461,14 @@ class Bridge:
         except LegError as exc:
             fallback = _FALLBACK.get(self.policy.dtmf_fallback)
             if method is not DtmfMethod.RFC4733 or fallback is None:
-                self.log.warning("DTMF from leg {} could not be sent to leg {} as {}: {}", index, target.index,
-                                 method, exc.reason)
+                self._dtmf_failed("DTMF from leg {} could not be sent to leg {} as {}: {}", index, target.index,
+                                  method, exc.reason)
                 return
             try:  # the stream cannot send events now (say, held inactive): the fallback can
                 target.send_dtmf(digit, length, fallback)
             except LegError as exc2:
-                self.log.warning("DTMF from leg {} could not be sent to leg {} as {} nor {}: {}", index,
-                                 target.index, method, fallback, exc2.reason)
+                self._dtmf_failed("DTMF from leg {} could not be sent to leg {} as {} nor {}: {}", index,
+                                  target.index, method, fallback, exc2.reason)
                 return
             method = fallback
         self.log.debug("DTMF {} ({} ms, {}) leg {} -> leg {} as {}", digit, length, arrived, index,

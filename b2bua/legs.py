@@ -74,6 +74,8 @@ _DIRECTION = {
 _PJ_DIRECTION = {d: pj_dir for pj_dir, d in _DIRECTION.items()}
 #: the rate of the in-band DTMF generator (pjsua2 does not tell the bridge's own rate)
 TONE_CLOCK_RATE = 8000
+#: in-band digits queued toward a leg at most (pjmedia's tone generator holds 32: PJMEDIA_TONEGEN_MAX_DIGITS)
+TONES_QUEUED_MAX = 30
 #: INFO bodies the adapter writes for a digit, by method
 _INFO_TYPES = {DtmfMethod.SIP_INFO: "application/dtmf-relay", DtmfMethod.SIP_INFO_DTMF: "application/dtmf"}
 
@@ -119,6 +121,7 @@ class Leg(CallLeg, pj.Call):  # type: ignore[misc]
         self._auth_problem: digest.AuthProblem | None = None  #: why a challenge ended our INVITE
         self._reinviting = False  #: we sent a re-INVITE (set_direction): its failure is reported
         self._tones: pj.ToneGenerator | None = None  #: in-band DTMF toward this leg, made when first needed
+        self._tones_queued = 0  #: digits queued on ``_tones`` since it was last idle
 
     # -- pjsua2 callbacks -> events ----------------------------------------------------------
 
@@ -367,6 +370,11 @@ class Leg(CallLeg, pj.Call):  # type: ignore[misc]
             # DTMF tones need no more than 8 kHz; the conference bridge resamples to its own rate
             tones.createToneGenerator(TONE_CLOCK_RATE, 1)
             self._tones = tones
+        if not self._tones.isBusy():
+            self._tones_queued = 0  # pjmedia empties its queue once every queued tone has played
+        if self._tones_queued >= TONES_QUEUED_MAX:
+            # pjmedia_tonegen_play_digits asserts (aborting the process) past 32 queued digits
+            raise LegError(f"{TONES_QUEUED_MAX} in-band digits are still playing")
         tone = pj.ToneDigit()
         tone.digit = digit
         tone.on_msec = duration_ms
@@ -376,6 +384,7 @@ class Leg(CallLeg, pj.Call):  # type: ignore[misc]
         digits.append(tone)
         lib.pjsua_conf_connect(self._tones.getPortId(), slot)  # again after a renegotiation: harmless
         self._tones.playDigits(digits, False)
+        self._tones_queued += 1
 
     def set_direction(self, direction: MediaDirection) -> None:
         index = self._media_index(stream=False)

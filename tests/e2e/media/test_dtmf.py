@@ -131,3 +131,26 @@ def test_dtmf_off_relays_nothing(media_peer_factory: MediaPeerFactory, b2bua_fac
     time.sleep(1.5)  # relayed digits arrive within half a second (the tests above)
     assert gw.digits(1) == [] and phone.digits(number) == []
     phone.hangup(number)
+
+
+def test_more_in_band_digits_than_pjmedia_queues_cost_no_more_than_those_digits(
+        media_peer_factory: MediaPeerFactory, b2bua_factory: B2buaFactory, workdir: Path,
+        addresses: AddressAllocator) -> None:
+    # pjmedia's tone generator holds 32 digits and asserts (aborting the process) on the 33rd:
+    # 40 long INFO digits at once toward a gateway without telephone-event must not get there
+    gw = media_peer_factory(name="gw", tone=None, telephone_event=False)
+    b2b = start_b2bua(b2bua_factory, workdir, addresses.next(), [ListEntry(1, gw.uri)], sip={})
+    phone = media_peer_factory(name="phone", tone=None)
+    (number,) = phone.call(b2bua_uri(b2b))
+    phone.wait_state(number, "CONFIRMED")
+    gw.wait_state(1, "CONFIRMED")
+    phone.dtmf(number, "1234567890" * 4, method="info", duration_ms=1000)
+    time.sleep(3.0)  # the first digits play
+    phone.hangup(number)
+    assert gw.wait_ended(1)["code"] == 200  # the B2BUA is alive and hangs the gateway up
+    heard = dtmf_digits(*read_wav(gw.recording(1)))
+    assert heard and heard[0][0] == "1", heard  # the queued digits play in order
+    log = b2b.process.log_text()
+    assert log.count("could not be sent to leg") == 1, log  # the first refused digit, once
+    assert "10 DTMF digits of this call could not be sent on" in log, log
+    assert b2b.process.rpc("core.uptime")["uptime"] >= 0
