@@ -637,8 +637,8 @@ class _HttpHandler(http.server.BaseHTTPRequestHandler):
             return
         path = urllib.parse.urlsplit(self.path).path
         if path not in self.PATHS:
-            self._refuse(HTTPStatus.NOT_FOUND, INVALID_REQUEST, f"Not found: {path}; POST to / or /rpc",
-                         kind="path")
+            shown = _printable_path(path)  # client text: bounded and escaped in the log and the answer
+            self._refuse(HTTPStatus.NOT_FOUND, INVALID_REQUEST, f"Not found: {shown}; POST to / or /rpc", kind="path")
             return
         if self._access_refused(Access.ADMIN, json_rpc=True):
             return
@@ -693,8 +693,9 @@ class _HttpHandler(http.server.BaseHTTPRequestHandler):
             if parts.path in self.PATHS:
                 self._method_not_allowed()
             else:
-                self._refuse(HTTPStatus.NOT_FOUND, INVALID_REQUEST, f"Not found: {parts.path}", kind="path",
-                             body=_dumps({"error": f"Not found: {_printable_path(parts.path)}"}))
+                shown = _printable_path(parts.path)  # client text: bounded and escaped in the log and the answer
+                self._refuse(HTTPStatus.NOT_FOUND, INVALID_REQUEST, f"Not found: {shown}", kind="path",
+                             body=_dumps({"error": f"Not found: {shown}"}))
             return
         if self.headers.get("Content-Length", "0").strip() not in ("", "0") or "Transfer-Encoding" in self.headers:
             self._refuse(HTTPStatus.BAD_REQUEST, INVALID_REQUEST, f"Bad Request: a {self.command} has no body",

@@ -253,10 +253,11 @@ def register_security_methods(registry: RpcRegistry, gate: Gate,
         return [{"address": ip, "expires_in": round(left, 1)} for ip, left in gate.limiter.blocked_sources(clock())]
 
     def unblock(address: str) -> str:
+        shown = printable(address, 60)  # operator text: echoed back escaped and bounded
         if not gate.limiter.unblock(address):
-            raise RpcError(f"{address} is not blocked")
-        logger.info("{} unblocked through the control API", printable(address, 60))
-        return f"{address} unblocked"
+            raise RpcError(f"{shown} is not blocked")
+        logger.info("{} unblocked through the control API", shown)
+        return f"{shown} unblocked"
 
     registry.add("security.blocked", blocked,
                  "The sources whose requests outside a dialog are dropped, and the seconds left on each block.")

@@ -228,7 +228,8 @@ def parse_headers(lines: list[str]) -> dict[str, list[str]]:
         if line[0] in " \t":
             if last is None:
                 raise Malformed("header-syntax", f"line {number} continues no header")
-            last[-1] = f"{last[-1]} {line.strip()}"
+            if line.strip():  # a blank continuation adds nothing (and no trailing space)
+                last[-1] = f"{last[-1]} {line.strip()}"
             if len(last[-1]) > MAX_LINE:
                 raise Malformed("header-too-long", f"line {number}: longer than {MAX_LINE} characters")
             continue
@@ -279,7 +280,7 @@ def parse_request(raw: bytes) -> WireRequest:
     top = vias[0]
     if not top.upper().startswith("SIP/2.0/"):
         raise Malformed("via", f"Via {printable(top, 60)!r} does not start with SIP/2.0/")
-    transport = top[8:].split(None, 1)[0].lower() if len(top) > 8 else ""
+    transport = (top[8:].split(None, 1) or [""])[0].lower()
     _content_length(headers.get("content-length"), len(body))
     if "max-forwards" in headers:
         value = headers["max-forwards"][0]

@@ -31,7 +31,7 @@ def key_of_field(text: str | bytes) -> DestKey | None:
     if isinstance(text, bytes):
         text = text.decode("utf-8", "replace")
     setid, sep, uri = text.partition(" ")
-    if not sep or not setid.isdigit() or not uri or " " in uri:
+    if not sep or not (setid.isascii() and setid.isdigit()) or not uri or " " in uri:
         return None
     return int(setid), uri.lower()
 
@@ -118,7 +118,7 @@ def parse_counts(value: Any) -> dict[DestKey, int]:
         key = key_of_field(name)
         if isinstance(count, (bytes, str)):
             text = count.decode() if isinstance(count, bytes) else count
-            count = int(text) if text.isdigit() else None
+            count = int(text) if text.isascii() and text.isdigit() else None
         if key is not None and isinstance(count, int) and not isinstance(count, bool) and count >= 0:
             out[key] = count
     return out

@@ -70,6 +70,15 @@ def test_compact_forms_folding_and_lf_line_ends_are_accepted() -> None:
     assert r.headers["x-folded"] == ("one two",)
 
 
+def test_a_blank_continuation_line_adds_nothing() -> None:
+    # "Via: SIP/2.0/" folded onto a line of blanks once left "SIP/2.0/ " and an IndexError
+    msg = (b"OPTIONS sip:b2bua@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/\r\n  \r\nFrom: <sip:a@127.0.0.2>;tag=1\r\n"
+           b"To: <sip:b2bua@127.0.0.1>\r\nCall-ID: x\r\nCSeq: 1 OPTIONS\r\nX-Folded: one\r\n \t\r\n"
+           b"Content-Length: 0\r\n\r\n")
+    r = parse_request(msg)
+    assert (r.headers["via"], r.transport, r.headers["x-folded"]) == (("SIP/2.0/",), "", ("one",))
+
+
 MALFORMED = [
     # (what, mutation of a valid INVITE, reason, code)
     ("Call-ID not UTF-8", lambda m: replace(m, b"Call-ID: fuzz-1@host", b"Call-ID: ab\xffcd"), "not-utf8", 400),

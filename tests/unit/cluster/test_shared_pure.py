@@ -26,7 +26,7 @@ from plugins.dispatcher.sharedwire import (
 def test_field_round_trip_and_bad_fields() -> None:
     assert key_of_field(field_of((3, "sip:gw@10.0.0.1:5060"))) == (3, "sip:gw@10.0.0.1:5060")
     assert key_of_field(b"7 SIP:GW.example") == (7, "sip:gw.example")
-    for bad in ("", "x sip:a", "1", "1 ", "-1 sip:a", "1 sip:a b"):
+    for bad in ("", "x sip:a", "1", "1 ", "-1 sip:a", "1 sip:a b", "\u00b2 sip:a"):  # "²" is a digit to isdigit()
         assert key_of_field(bad) is None, bad
 
 
@@ -68,7 +68,8 @@ def test_latency_and_counts_from_the_wire() -> None:
     assert decode_latency([1, 2]) is None
     assert decode_latency(["x"] * 8) is None
     assert decode_latency([True] * 8) is None
-    assert parse_counts({"1 sip:a": 3, "1 sip:b": "2", "bad": 1, "1 sip:c": -1, "1 sip:d": "x"}) == {
+    assert parse_counts({"1 sip:a": 3, "1 sip:b": "2", "bad": 1, "1 sip:c": -1, "1 sip:d": "x",
+                         "1 sip:e": "\u00b2"}) == {
         (1, "sip:a"): 3, (1, "sip:b"): 2}
     with pytest.raises(ValueError):
         parse_counts([1])
