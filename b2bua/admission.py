@@ -36,6 +36,8 @@ import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from b2bua.sip import retry_after, status_reason
+
 #: pjsua call slots a new call needs: its A leg and at least one B leg
 SLOTS_PER_CALL = 2
 
@@ -124,13 +126,7 @@ class Decision:
     @property
     def headers(self) -> tuple[tuple[str, str], ...]:
         """Extra headers of the answer (``Retry-After``)."""
-        return (("Retry-After", str(self.retry_after)),) if self.retry_after else ()
-
-
-#: reason phrases of the answers decided here
-REASONS = {400: "Bad Request", 403: "Forbidden", 404: "Not Found", 416: "Unsupported URI Scheme",
-           480: "Temporarily Unavailable", 486: "Busy Here", 503: "Service Unavailable",
-           603: "Decline"}
+        return retry_after(self.retry_after)
 
 
 def decide(f: Facts, p: Policy) -> Decision:
@@ -146,8 +142,8 @@ def decide(f: Facts, p: Policy) -> Decision:
     if f.malformed_code:
         if ack:
             return Decision(Verdict.DROP, Why.MALFORMED, credit=credit)
-        return Decision(Verdict.REFUSE, Why.MALFORMED, f.malformed_code, REASONS.get(f.malformed_code, "Bad Request"),
-                        credit=credit)
+        reason = status_reason(f.malformed_code) or "Bad Request"
+        return Decision(Verdict.REFUSE, Why.MALFORMED, f.malformed_code, reason, credit=credit)
     if f.method == "REFER":  # pjsua would accept it and dial the Refer-To target itself
         return Decision(Verdict.REFUSE, Why.TRANSFER, 603, "Decline", credit=credit)
     if f.in_dialog:
@@ -157,7 +153,7 @@ def decide(f: Facts, p: Policy) -> Decision:
     if not f.trusted:
         if ack:
             return Decision(Verdict.DROP, Why.UNTRUSTED, credit=credit)
-        return Decision(Verdict.REFUSE, Why.UNTRUSTED, p.untrusted_code, REASONS.get(p.untrusted_code, "Forbidden"),
+        return Decision(Verdict.REFUSE, Why.UNTRUSTED, p.untrusted_code, status_reason(p.untrusted_code) or "Forbidden",
                         credit=credit)
     load = f.load
     if f.method != "INVITE":

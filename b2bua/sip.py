@@ -114,7 +114,8 @@ def status_reason(code: int) -> str:
 REASONS = {
     100: "Trying", 180: "Ringing", 183: "Session Progress", 200: "OK", 400: "Bad Request",
     401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 407: "Proxy Authentication Required",
-    408: "Request Timeout", 480: "Temporarily Unavailable", 481: "Call/Transaction Does Not Exist",
+    408: "Request Timeout",
+    416: "Unsupported URI Scheme", 480: "Temporarily Unavailable", 481: "Call/Transaction Does Not Exist",
     486: "Busy Here", 487: "Request Terminated", 488: "Not Acceptable Here", 500: "Server Internal Error",
     502: "Bad Gateway", 503: "Service Unavailable", 504: "Server Time-out", 600: "Busy Everywhere",
     603: "Decline", 604: "Does Not Exist Anywhere", 606: "Not Acceptable",
