@@ -76,8 +76,14 @@ class Resolution:
         return None
 
     def same_answer(self, other: Resolution | None) -> bool:
-        """Whether ``other`` names the same servers and addresses (TTL and time aside)."""
-        return other is not None and (self.query, self.srv, self.targets) == (other.query, other.srv, other.targets)
+        """Whether ``other`` names the same servers and addresses (TTL, time and order aside: many
+        servers rotate the records of a name in every answer)."""
+        return other is not None and (self.query, self.srv, _unordered(self.targets)) == (
+            other.query, other.srv, _unordered(other.targets))
+
+
+def _unordered(targets: Sequence[DnsTarget]) -> frozenset[tuple[str, int, int, int, frozenset[str]]]:
+    return frozenset((t.host, t.port, t.priority, t.weight, frozenset(t.addresses)) for t in targets)
 
 
 #: ``lookup(host, port or None, transport) -> Resolution``; raises :class:`LookupFailed`
@@ -90,6 +96,11 @@ def srv_name(host: str, transport: str, secure: bool = False) -> str:
     if secure or transport == "tls":
         return f"_sips._tcp.{host}"
     return f"_sip._{'tcp' if transport == 'tcp' else 'udp'}.{host}"
+
+
+#: SRV targets, and addresses per name, kept from one answer (pjsip's own resolver keeps 16
+#: addresses per name: PJSIP_MAX_RESOLVED_ADDRESSES)
+MAX_SRV_TARGETS = 16
 
 
 def srv_order(targets: Sequence[DnsTarget]) -> tuple[DnsTarget, ...]:
@@ -156,7 +167,9 @@ class DnsLookup:
     def _from_srv(self, name: str, answer: Any, now: float) -> Resolution:
         ttl = float(answer.rrset.ttl)
         targets = []
-        for rr in answer.rrset:
+        # the best MAX_SRV_TARGETS only: each costs up to two lookups, and an answer is the network's
+        records = sorted(answer.rrset, key=lambda rr: (int(rr.priority), -int(rr.weight)))[:MAX_SRV_TARGETS]
+        for rr in records:
             target = rr.target.to_text(omit_final_dot=True)
             if target in ("", "."):  # RFC 2782: "service decidedly not available at this domain"
                 raise LookupFailed(f"{name}: the SRV record says the service is not available here (target '.')")
@@ -174,7 +187,8 @@ class DnsLookup:
         for rdtype in ("A", "AAAA"):
             answer = self._query(host, rdtype)
             if answer is not None:
-                return tuple(dict.fromkeys(rr.address for rr in answer.rrset)), float(answer.rrset.ttl)
+                found = tuple(dict.fromkeys(rr.address for rr in answer.rrset))
+                return found[:MAX_SRV_TARGETS], float(answer.rrset.ttl)
         return (), 0.0
 
     def _query(self, name: str, rdtype: str) -> Any:

@@ -232,3 +232,14 @@ def test_a_failed_lookup_is_tried_again_sooner() -> None:
     assert Refreshed(failed=2).next_in() == RETRY_FAILED  # no answer at all: not never again
     assert Refreshed(ttl=1).next_in() == MIN_TTL
     assert Refreshed().next_in() == math.inf
+
+
+def test_a_rotated_answer_is_the_same_answer() -> None:
+    # BIND and most servers rotate a name's records in every answer: that is no change to reload for
+    a, b = DnsTarget("a.test", 5060, 10, 50, ("10.0.0.1", "10.0.0.2")), DnsTarget("b.test", 5060, 10, 50, ("10.0.0.3",))
+    first = Resolution("_sip._udp.gw.test", True, (a, b), 60, 0.0)
+    rotated = Resolution("_sip._udp.gw.test", True, (b, DnsTarget("a.test", 5060, 10, 50, ("10.0.0.2", "10.0.0.1"))),
+                         30, 99.0)
+    assert first.same_answer(rotated)
+    moved = Resolution("_sip._udp.gw.test", True, (a, DnsTarget("b.test", 5060, 10, 50, ("10.0.0.4",))), 60, 0.0)
+    assert not first.same_answer(moved) and not first.same_answer(None)
