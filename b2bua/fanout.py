@@ -9,7 +9,9 @@ threads (a slow node does not hold the others up); each node's answer or error i
 
 from __future__ import annotations
 
+import ipaddress
 import socket
+import urllib.parse
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -59,14 +61,30 @@ def client_for(info: dict[str, Any], token: str, host: str | None = None) -> Con
     :raises ControlUnavailable: it published none this host can use.
     """
     address = str(info.get("control") or "")
+    here = info.get("host") == (host or socket.gethostname())
     if address.startswith(("http://", "https://")):
+        if not here and _host_local(address):  # from here it would reach this host's own node instead
+            raise ControlUnavailable(f"node {info.get('node')} listens on {address} on host {info.get('host')}: "
+                                     "give it [cluster] control_url with an address reachable from here")
         return ControlClient.http(address, token)
     if address.startswith("unix:"):
-        if info.get("host") != (host or socket.gethostname()):
+        if not here:
             raise ControlUnavailable(f"node {info.get('node')} has only a unix socket on host {info.get('host')}: "
                                      "give it [control] http (or [cluster] control_url) to reach it from here")
         return ControlClient.unix(address[len("unix:"):])
     raise ControlUnavailable(f"node {info.get('node')} published no control address")
+
+
+def _host_local(url: str) -> bool:
+    """Whether ``url`` names a loopback or wildcard address (meaningful on its own host only)."""
+    name = (urllib.parse.urlsplit(url).hostname or "").lower()
+    if name in ("", "localhost"):
+        return True
+    try:
+        ip = ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return ip.is_loopback or ip.is_unspecified
 
 
 def call_all(nodes: Sequence[dict[str, Any]], method: str, params: list[Any] | None, *, token: str,

@@ -59,6 +59,13 @@ def test_a_node_is_reached_over_http_or_its_socket_on_this_host() -> None:
         client_for({"node": "a", "control": "unix:/run/b.sock", "host": "h2"}, "", host="h")
     with pytest.raises(ControlUnavailable, match="no control address"):
         client_for({"node": "a"}, "")
+    # a loopback or wildcard listener is that node's own host's: from another host it would
+    # reach the local node under the other's name
+    for local in ("http://127.0.0.1:8080/", "http://0.0.0.0:8080/", "http://[::1]:8080/", "http://localhost:8080/"):
+        assert client_for({"node": "a", "control": local, "host": "h"}, "t", host="h") is not None
+        with pytest.raises(ControlUnavailable, match="control_url"):
+            client_for({"node": "a", "control": local, "host": "h2"}, "t", host="h")
+    assert client_for({"node": "a", "control": "http://b2bua-2.example:8080/", "host": "h2"}, "t", host="h")
 
 
 def test_call_all_keeps_each_answer_apart() -> None:
