@@ -19,6 +19,7 @@ attributes is never markup), no framing, no caching, no sniffing, no referrer.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable
 from importlib import resources
@@ -40,6 +41,9 @@ PAGE_HEADERS: tuple[tuple[str, str], ...] = (
     ("Referrer-Policy", "no-referrer"),
     ("Cache-Control", "no-store"),
 )
+
+#: seconds one ``/status/data`` batch answers every page that asks
+SHARED_FOR = 1.0
 
 #: path -> (file in static/, content type)
 STATIC_FILES = {
@@ -74,7 +78,8 @@ def _static(name: str, content_type: str) -> HttpResponse:
     return HttpResponse(200, body, content_type, PAGE_HEADERS)
 
 
-def web_routes(answer: Answer, token: str, read_token: str, clock: Callable[[], float] = time.time) -> list[Route]:
+def web_routes(answer: Answer, token: str, read_token: str, clock: Callable[[], float] = time.time,
+               monotonic: Callable[[], float] = time.monotonic) -> list[Route]:
     """The page's routes.
 
     :param answer: runs a JSON-RPC request document (the control API's processor).
@@ -83,6 +88,17 @@ def web_routes(answer: Answer, token: str, read_token: str, clock: Callable[[], 
     """
     batch = status_request()
     files = {path: _static(name, kind) for path, (name, kind) in STATIC_FILES.items()}
+    # one batch a second at most, whatever the number of open pages: dispatcher.list of a long
+    # list is loop work, and every page polls every 2 s
+    lock = threading.Lock()
+    cached: list[tuple[float, bytes]] = []
+
+    def results() -> bytes:
+        with lock:
+            now = monotonic()
+            if not cached or now - cached[0][0] >= SHARED_FOR:
+                cached[:] = [(now, answer(batch) or b"[]")]
+            return cached[0][1]
 
     def page(request: HttpRequest) -> HttpResponse:
         return files[request.path]
@@ -90,8 +106,7 @@ def web_routes(answer: Answer, token: str, read_token: str, clock: Callable[[], 
     def data(request: HttpRequest) -> HttpResponse:
         # the listener checked READ access already; ADMIN decides whether the page offers actions
         admin = access_refusal(Access.ADMIN, request.headers.get("authorization"), token, read_token) is None
-        results = answer(batch) or b"[]"
-        return HttpResponse(200, status_body(results, admin, clock()), "application/json", PAGE_HEADERS)
+        return HttpResponse(200, status_body(results(), admin, clock()), "application/json", PAGE_HEADERS)
 
     def home(request: HttpRequest) -> HttpResponse:
         return HttpResponse(303, b"", "text/plain", (("Location", "/status"), *PAGE_HEADERS))

@@ -17,6 +17,7 @@ from loguru import logger
 
 from b2bua.config import ControlConfig
 from b2bua.control import ControlServer, JsonRpcProcessor
+from b2bua.control_routes import HttpRequest
 from b2bua.rpc import RawJson, RpcRegistry
 from b2bua.web import PAGE_HEADERS, STATUS_METHODS, status_request, web_routes
 from b2bua.web.routes import STATIC_FILES, status_body
@@ -186,3 +187,20 @@ def test_the_script_builds_no_markup_from_text() -> None:
         assert sink not in js, sink
     # the token travels in a header, never in a URL
     assert "sessionStorage" in js and "?token" not in js and "Authorization: `Bearer ${token}`" in js
+
+
+def test_pages_open_at_once_share_one_batch_a_second() -> None:
+    batches: list[bytes] = []
+    now = [100.0]
+
+    def answer(request: bytes) -> bytes:
+        batches.append(request)
+        return b'[{"n":%d}]' % len(batches)
+
+    routes = web_routes(answer, "", "", clock=lambda: 0.0, monotonic=lambda: now[0])
+    [data] = [r for r in routes if r.path == "/status/data"]
+    request = HttpRequest("GET", "/status/data")
+    bodies = [data.handler(request).body for _ in range(3)]  # three open pages
+    assert len(batches) == 1 and len(set(bodies)) == 1
+    now[0] += 1.0
+    assert b'"n":2' in data.handler(request).body and len(batches) == 2
