@@ -264,6 +264,7 @@ class Bridge:
 
     __slots__ = (
         "_digits",
+        "_done_digit",
         "_dtmf_failures",
         "_looks",
         "_offered",
@@ -294,6 +295,7 @@ class Bridge:
         self.answered = False
         self.connected = False  #: the caller and the peer are connected in the conference bridge
         self._digits: dict[int, _Digit] = {}  #: RFC 4733 digits being received, by leg index
+        self._done_digit: dict[int, int] = {}  #: the timestamp of the last RFC 4733 digit sent on, by leg
         self._offered: dict[int, MediaDirection] = {}  #: each side's last own offer
         self._wanted: dict[int, MediaDirection] = {}  #: what each leg should be offered
         self._sent: dict[int, MediaDirection] = {}  #: what each leg was last offered by us
@@ -401,8 +403,11 @@ class Bridge:
         if event.method is not DtmfMethod.RFC4733:
             self._relay(index, event.digit, event.duration_ms, event.method)
             return
+        if self._done_digit.get(index) == event.timestamp_ms:
+            return  # a late report of a digit already sent on (its end after a stall, say)
         digit = self._digits.get(index)
         if event.end:
+            self._done_digit[index] = event.timestamp_ms
             if digit is not None and digit.timestamp == event.timestamp_ms:
                 self._digits.pop(index)
                 if digit.timer is not None:
@@ -437,6 +442,7 @@ class Bridge:
         digit = self._digits.pop(index)
         if digit.timer is not None:
             digit.timer.cancel()
+        self._done_digit[index] = digit.timestamp
         self._relay(index, digit.digit, digit.duration_ms, DtmfMethod.RFC4733)
 
     def _dtmf_failed(self, message: str, *args: Any) -> None:

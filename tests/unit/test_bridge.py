@@ -301,6 +301,13 @@ def test_a_digit_whose_end_was_lost_is_sent_when_its_updates_stop() -> None:
     assert b.did("dtmf") == []
     host.advance(2 * DTMF_STALL)
     assert b.did("dtmf") == [("7", 160, M.RFC4733)]
+    # its reports come back after all (late updates, the end): the digit went already
+    host.bridge.dtmf(0, rfc("7", 180, update=True))
+    host.bridge.dtmf(0, rfc("7", 200, update=True, end=True))
+    host.advance(3 * DTMF_STALL)
+    assert b.did("dtmf") == [("7", 160, M.RFC4733)]
+    host.bridge.dtmf(0, rfc("7", 100, ts=2000, end=True))  # the same key pressed again: a new digit
+    assert b.did("dtmf") == [("7", 160, M.RFC4733), ("7", 100, M.RFC4733)]
 
 
 def test_a_new_digit_before_the_last_ended_sends_the_last_first() -> None:
