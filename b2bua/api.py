@@ -133,6 +133,9 @@ class Target:
     :param answer_timeout: seconds to wait for the answer once ringing (None: host default).
     :param data: opaque per-target data of the plugin that made it (e.g. a destination key).
     :param outbound: the listener, outbound proxy and credentials to use (:class:`Outbound`).
+    :param next_hop: ``IP:port`` (IPv6 in brackets) the INVITE is sent to while the Request-URI
+        keeps its host, e.g. one SRV target of ``sip:carrier.example`` (Kamailio's ``$du``);
+        ``""``: where the Request-URI's host leads (DNS). An outbound proxy wins over it.
     """
 
     uri: str
@@ -142,6 +145,13 @@ class Target:
     answer_timeout: float | None = None
     data: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
     outbound: Outbound = DEFAULT_OUTBOUND
+    next_hop: str = ""
+
+    @property
+    def label(self) -> str:
+        """The target for a log line: its URI, with the next hop when it has one
+        (``sip:carrier.example via 192.0.2.7:5060``)."""
+        return f"{self.uri} via {self.next_hop}" if self.next_hop else self.uri
 
 
 class DialMode(str, enum.Enum):
@@ -223,6 +233,8 @@ class OutgoingRequest:
         Contact, Max-Forwards and the body's headers itself.
     :param from_name: the From display name (``""``: none).
     :param to_name: the To display name (``""``: none).
+    :param next_hop: ``IP:port`` the INVITE is sent to (``Target.next_hop``); ``""``: where the
+        Request-URI leads.
     """
 
     request_uri: str
@@ -231,6 +243,7 @@ class OutgoingRequest:
     headers: list[tuple[str, str]] = field(default_factory=list)
     from_name: str = ""
     to_name: str = ""
+    next_hop: str = ""
 
 
 @dataclass(frozen=True)

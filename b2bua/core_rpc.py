@@ -78,10 +78,11 @@ def calls_report(sessions: Iterable[Session], now: float) -> list[dict[str, Any]
     """``core.calls``' answer: one summary per call in progress (loop thread).
 
     Per call its ids, URIs, state and age (``now``: monotonic seconds), the caller's leg (state,
-    media), the B legs still up (index, target, leg state, answered, provisional, heard: the
-    caller is connected to it, media) and the target that answered. A leg's ``media`` is its
-    audio stream now (codec, direction, RTP counters: :meth:`b2bua.events.MediaStats.summary`),
-    read from pjsua for this answer only; None before the leg has media.
+    media), the B legs still up (index, target, next hop: the address the INVITE went to when
+    not the target's own, leg state, answered, provisional, heard: the caller is connected to
+    it, media) and the target that answered. A leg's ``media`` is its audio stream now (codec,
+    direction, RTP counters: :meth:`b2bua.events.MediaStats.summary`), read from pjsua for this
+    answer only; None before the leg has media.
     """
     calls = []
     for s in sessions:
@@ -97,7 +98,8 @@ def calls_report(sessions: Iterable[Session], now: float) -> list[dict[str, Any]
             "duration": round(now - call.started, 3),
             "caller": {"state": s.a.state.value, "media": media_report(s.a)} if s.a is not None else None,
             "legs": [
-                {"index": leg.index, "target": leg.target.uri if leg.target else "", "state": leg.state.value,
+                {"index": leg.index, "target": leg.target.uri if leg.target else "",
+                 "next_hop": leg.target.next_hop if leg.target else "", "state": leg.state.value,
                  "answered": leg.index == s.winner, "provisional": leg.state is not LegState.CALLING,
                  "heard": leg.index == peer, "media": media_report(leg)}
                 for leg in s.b.values()

@@ -277,6 +277,8 @@ class Leg(CallLeg, pj.Call):  # type: ignore[misc]
         tx, opt = prm.txOption, prm.opt  # each attribute read makes a new SWIG proxy
         tx.targetUri = request.request_uri
         tx.localUri = sip.name_addr(request.from_name, request.from_uri)
+        if request.next_hop:
+            tx.nextHop = request.next_hop  # our pjsua2 patch 0005: sent there, R-URI kept
         opt.audioCount = 1
         opt.customCallId = call_id
         try:

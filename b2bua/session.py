@@ -256,7 +256,8 @@ class Session:
         # a Call-ID of our own: the caller's never reaches a gateway (topology hiding), and
         # whatever bytes it holds never reach pjsua2
         call_id = secrets.token_hex(12)
-        self.log.debug("attempt {} to {}: Call-ID {}", index, request.request_uri, call_id)
+        self.log.debug("attempt {} to {}{}: Call-ID {}", index, request.request_uri,
+                       f" via {request.next_hop}" if request.next_hop else "", call_id)
         timeout = target.attempt_timeout or host.sip.attempt_timeout
         leg.timer = host.call_later(timeout, lambda: self._leg_timeout(index, FailureKind.NO_RESPONSE))
         host.hooks.leg_started(call, target)
@@ -283,6 +284,7 @@ class Session:
             request_uri, call.from_uri, to_uri, merge(self._caller_headers(), target.headers),
             from_name=_wire_text(sip.display_name(call.from_header)),
             to_name=_wire_text(sip.display_name(call.to_header)),
+            next_hop=target.next_hop,
         )
 
     def _caller_headers(self) -> list[tuple[str, str]]:
@@ -318,7 +320,7 @@ class Session:
         if leg is None or leg.state not in _TRYING:
             return
         leg.timer = None
-        self.log.info("attempt {} to {}: {}", index, leg.target.uri if leg.target else "?", kind.value)
+        self.log.info("attempt {} to {}: {}", index, leg.target.label if leg.target else "?", kind.value)
         self._abandon(leg, kind)
 
     def _abandon(self, leg: CallLeg, why: FailureKind) -> None:
@@ -398,7 +400,7 @@ class Session:
             self.lost_caller("the caller's leg is gone")
             return
         assert leg.target is not None
-        self.log.debug("answered by {} (attempt {})", leg.target.uri, leg.index)
+        self.log.debug("answered by {} (attempt {})", leg.target.label, leg.index)
         self.host.hooks.call_answered(self.call, leg.target)
         self.bridge.answer(leg.index)
 
@@ -434,7 +436,7 @@ class Session:
             time.monotonic() - leg.started,
         )
         if kind is not FailureKind.CANCELLED:
-            self.log.info("attempt {} to {} failed: {} {}{}", leg.index, leg.target.uri, failure.code,
+            self.log.info("attempt {} to {} failed: {} {}{}", leg.index, leg.target.label, failure.code,
                           failure.reason, f" ({detail})" if detail else "")
         self.b.pop(leg.index, None)
         self.bridge.leg_gone(leg)
@@ -659,6 +661,12 @@ def request_problem(request: OutgoingRequest) -> str:
     for what, value in (("Request-URI", request.request_uri), ("From", request.from_uri), ("To", request.to_uri)):
         if not value:
             return f"{what} is empty"
+    if not isinstance(request.next_hop, str):
+        return f"next_hop is {type(request.next_hop).__name__}, not text"
+    if request.next_hop:
+        problem = sip.next_hop_problem(request.next_hop)
+        if problem:
+            return problem
     for i, header in enumerate(request.headers):
         if not (isinstance(header, tuple) and len(header) == 2 and all(isinstance(x, str) for x in header)):
             return f"headers[{i}] is not a (name, value) pair of text"

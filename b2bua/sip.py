@@ -6,6 +6,7 @@ relaying) lives in :mod:`b2bua.sippolicy`.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 
 from b2bua.sipuri import parse_name_addr, parse_uri_lenient
@@ -104,6 +105,21 @@ def with_host_of(uri: str, other: str) -> str:
 def retry_after(seconds: int) -> tuple[tuple[str, str], ...]:
     """A ``Retry-After`` header for a Reject's ``headers`` (none when ``seconds`` is 0)."""
     return (("Retry-After", str(seconds)),) if seconds else ()
+
+
+def next_hop_problem(text: str) -> str:
+    """Why ``text`` is not a next hop (``IP:port``, IPv6 in brackets, port 1-65535), or ``""``."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536:
+        return f"next hop {printable(text, 60)!r} is not IP:port"
+    bracketed = host.startswith("[") and host.endswith("]")
+    try:
+        address = ipaddress.ip_address(host[1:-1] if bracketed else host)
+    except ValueError:
+        return f"next hop {printable(text, 60)!r}: {printable(host, 50)!r} is not an IP address"
+    if (address.version == 6) != bracketed:
+        return f"next hop {printable(text, 60)!r}: an IPv6 address goes in brackets, an IPv4 one not"
+    return ""
 
 
 def status_reason(code: int) -> str:

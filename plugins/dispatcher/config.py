@@ -210,6 +210,11 @@ class DispatcherConfig:
         " an error and the current destinations stay"
     )
     dns_skip_unresolvable: bool = opt(False, "skip entries whose host does not resolve instead of failing the load")
+    dns_failover: bool = opt(
+        True, "a destination whose name leads to several servers (SRV targets, A/AAAA addresses) is tried"
+        " server by server: a 503 or a timeout moves the call to the next server of the name (RFC 3263),"
+        " then to the next destination; off: pjsip picks one server per call"
+    )
     dns_interval: float = opt(
         0.0, "seconds between re-resolving host names besides when their records expire (TTL, 5 s at the"
         " least; a name that stops resolving keeps its answer); 0: by TTL only"

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from loguru import logger
 
 from b2bua.api import CallInfo, DialMode, Reject, RoutePlan, StashKey, Target
 from b2bua.sip import retry_after
 from plugins.dispatcher.config import DispatcherConfig, Route
+from plugins.dispatcher.dnsfailover import next_hops
 from plugins.dispatcher.model import Destination
 from plugins.dispatcher.outbound import outbound_of
 from plugins.dispatcher.routes import match_route
@@ -41,11 +42,15 @@ ROUTE: StashKey[CallRoute] = StashKey("dispatcher.route")
 
 
 def plan_call(
-    config: DispatcherConfig, state: DispatcherState, call: CallInfo, rng: random.Random
+    config: DispatcherConfig, state: DispatcherState, call: CallInfo, rng: random.Random,
+    proxied: bool = False,
 ) -> RoutePlan | Reject:
     """The plan for ``call``, or the configured rejection when no destination can take it.
 
-    Advances the set's cursors; records the route in ``call.stash[ROUTE]``.
+    Advances the set's cursors; records the route in ``call.stash[ROUTE]``. With
+    ``dns_failover``, a destination whose name leads to several servers becomes one target per
+    server (:mod:`plugins.dispatcher.dnsfailover`), unless B legs go through an outbound proxy
+    (``proxied``: ``[sip] outbound_proxy``; or the destination's ``obproxy``), which resolves.
     """
     log = logger.bind(call_id=call.call_id)
     matched = match_route(config.effective_routes, call)
@@ -67,8 +72,18 @@ def plan_call(
     call.stash[ROUTE] = CallRoute(rule, setid, alg, tuple(d.key for d in dests))
     log.debug("dispatcher: rule {} set {} alg {} -> {}", rule, setid, alg, ", ".join(d.uri for d in dests))
     mode = DialMode.PARALLEL if alg == PARALLEL else DialMode.SERIAL
+    targets: list[Target] = []
+    for dest in dests:
+        target = make_target(dest)
+        hops = dns_hops(dest, config, proxied, rng)
+        if not hops:
+            targets.append(target)
+        elif mode is DialMode.PARALLEL:  # one fork per destination: its first server
+            targets.append(replace(target, next_hop=hops[0]))
+        else:
+            targets.extend(replace(target, next_hop=hop) for hop in hops)
     return RoutePlan(
-        tuple(make_target(d) for d in dests),
+        tuple(targets),
         mode,
         data={DATA_KEY: {"setid": setid, "alg": alg, "rule": rule}},
     )
@@ -97,6 +112,17 @@ def select_sets(state: DispatcherState, route: Route, call: CallInfo,
             used = (setid, alg)
         out.extend(chosen)
     return out, used
+
+
+def dns_hops(dest: Destination, config: DispatcherConfig, proxied: bool,
+             rng: random.Random) -> tuple[str, ...]:
+    """The next hops to dial ``dest`` through, in order; empty: dial it by its URI (an address,
+    DNS failover off, a proxy in the way, or a name that leads to one server only)."""
+    found = dest.dns
+    if found is None or not config.dns_failover or proxied or dest.attrs.obproxy:
+        return ()
+    hops = next_hops(found, rng)
+    return hops if len(hops) > 1 else ()
 
 
 def no_destination(config: DispatcherConfig) -> Reject:

@@ -226,7 +226,7 @@ class DispatcherPlugin:
 
     @hookimpl(trylast=True)  # a user's router is asked first (docs/hooks.md "Call order")
     def b2bua_route_call(self, call: CallInfo) -> RoutePlan | Reject:
-        plan = plan_call(self.config, self.state, call, self._rng)
+        plan = plan_call(self.config, self.state, call, self._rng, proxied=bool(self.sip.outbound_proxy))
         if isinstance(plan, RoutePlan):
             self.counters.selected(call.stash[ROUTE].keys[0])
         return plan

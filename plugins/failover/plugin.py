@@ -115,9 +115,9 @@ class FailoverPlugin:
             default_attempt_timeout=self.default_attempt_timeout,
         )
         log = logger.bind(call_id=call.call_id)
-        what = f"attempt {failure.attempt} to {failure.target.uri} failed: {failure.code} {failure.reason}"
+        what = f"attempt {failure.attempt} to {failure.target.label} failed: {failure.code} {failure.reason}"
         if isinstance(step, Target):
-            log.debug("{}; next target {}", what, step.uri)
+            log.debug("{}; next target {}", what, step.label)
         else:
             log.debug("{}; answering {} {}", what, step.code, step.reason)
         return step

@@ -73,9 +73,9 @@ def final_answer(failures: Sequence[Failure], cfg: FailoverConfig) -> Reject:
     return Reject(cfg.final_code, cfg.final_reason, tuple(headers))
 
 
-def _identity(target: Target) -> tuple[str, str | None, tuple[tuple[str, str], ...]]:
+def _identity(target: Target) -> tuple[str, str | None, tuple[tuple[str, str], ...], str]:
     # timeouts are left out: the plugin may have shortened them on the way
-    return (target.uri, target.request_uri, target.headers)
+    return (target.uri, target.request_uri, target.headers, target.next_hop)
 
 
 def untried(plan: RoutePlan, tried: Sequence[Target]) -> tuple[Target, ...]:

@@ -665,9 +665,9 @@ def test_core_calls_reports_the_call_and_its_legs() -> None:
     assert (report["state"], report["duration"], report["answered_by"]) == ("dialing", 2.5, None)
     assert report["caller"] == {"state": "early", "media": None}
     assert report["legs"] == [
-        {"index": 1, "target": GW1.uri, "state": "proceeding", "answered": False, "provisional": True,
+        {"index": 1, "target": GW1.uri, "next_hop": "", "state": "proceeding", "answered": False, "provisional": True,
          "heard": False, "media": None},
-        {"index": 2, "target": GW2.uri, "state": "calling", "answered": False, "provisional": False,
+        {"index": 2, "target": GW2.uri, "next_hop": "", "state": "calling", "answered": False, "provisional": False,
          "heard": False, "media": None},
     ]
     host.b(2).report(OK)
@@ -742,13 +742,25 @@ def test_prepare_target_rewrites_the_identity() -> None:
     assert request is not None and (request.from_uri, request.from_name) == ("sip:+4930111@carrier.example", "")
 
 
-@pytest.mark.parametrize("field", ["from_name", "to_uri", "request_uri", "headers"])
+@pytest.mark.parametrize("field", ["from_name", "to_uri", "request_uri", "headers", "next_hop"])
 def test_a_request_a_plugin_broke_is_not_sent_and_fails_that_attempt(field: str) -> None:
     host = FakeHost(serial(GW1, GW2), Normaliser(broken=field))
     s, _ = identity_session(host)
     s.start()
     assert host.recorder.failures()[0] == ("failed", GW1.uri, 500, FailureKind.ERROR)
     assert [leg.index for leg in host.made[1:]] == [2], "no leg for the broken attempt; the next one dialled"
+
+
+def test_the_next_hop_reaches_the_leg_and_a_name_there_is_refused() -> None:
+    via = Target("sip:carrier.example", next_hop="[2001:db8::7]:5070")
+    named = Target("sip:carrier.example", next_hop="sbc.carrier.example:5060")  # must be an address
+    host = FakeHost(serial(named, via))
+    s, _ = identity_session(host)
+    s.start()
+    assert host.recorder.failures()[0] == ("failed", named.uri, 500, FailureKind.ERROR)
+    request = host.b(2).request
+    assert request is not None and request.next_hop == "[2001:db8::7]:5070"
+    assert request.request_uri.endswith("@carrier.example")
 
 
 def test_outbound_asked_for_is_resolved_and_handed_to_the_leg() -> None:
