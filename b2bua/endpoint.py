@@ -38,7 +38,7 @@ from b2bua.events import LegError
 from b2bua.nameservers import Nameserver, effective_nameservers
 from b2bua.outbound import OutboundProfile, credentials_for, default_profile, profile_for
 from b2bua.rxfilter import RequestScreen, ResponseScreen, RxFilter
-from b2bua.sip import printable
+from b2bua.sip import printable, printable_lines
 
 if TYPE_CHECKING:
     from b2bua.loop import Scheduler, Timer
@@ -121,8 +121,8 @@ class PjLogWriter(pj.LogWriter):  # type: ignore[misc]
                 reason = next(r for p, r in _PACKET_PROBLEMS.items() if msg.startswith(p))
                 if reason and self.on_packet_problem is not None:
                     self.on_packet_problem(reason)
-            elif not msg.isascii():  # a packet dump (pjsip_level 4+): bytes that are not UTF-8 escaped
-                msg = msg.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            else:  # a packet dump (pjsip_level 4+) holds whatever a peer sent
+                msg = printable_lines(msg)
             logger.opt(depth=0).bind(call_id="pjsip").log(level, msg)
         except Exception:  # never let an exception cross into C++
             pass

@@ -50,6 +50,18 @@ def printable(text: str, limit: int = 200) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
+def printable_lines(text: str) -> str:
+    """``text`` of several lines (a packet dump) safe for a log: CRLF as a line break, tabs kept,
+    every other control or format character (ESC, NUL, a lone CR, bidi overrides) and undecodable
+    byte escaped, so what a peer sent cannot move a terminal's cursor or forge a log line's look."""
+    text = text.replace("\r\n", "\n")
+    if text.isascii() and text.replace("\n", "").replace("\t", "").isprintable():
+        return text
+    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return "".join(ch if ch.isprintable() or ch in "\n\t" else f"\\u{ord(ch):04x}" if ord(ch) > 0xff
+                   else f"\\x{ord(ch):02x}" for ch in text)
+
+
 def b_leg_request_uri(a_request_uri: str, destination: str) -> str:
     """Kamailio's ``ds_select_domain``: keep the caller's user, take the destination's host part.
 

@@ -4,6 +4,7 @@ JSON lines whose keys carry the call's fields."""
 from __future__ import annotations
 
 import json
+import socket
 
 from .conftest import B2buaFactory, GatewayFactory
 from .harness import AddressAllocator, Caller, free_port, wait_until
@@ -85,3 +86,24 @@ def test_json_log_lines_carry_the_call_id_as_a_key(b2bua_factory: B2buaFactory, 
     ended = [line for line in about_the_call if line["message"].startswith("call sip:")]
     assert len(ended) == 1 and ended[0]["level"] == "INFO"
     assert call_id not in json.dumps([line for line in lines if "call_id" not in line])
+
+
+def test_a_packet_dump_shows_a_peers_control_characters_escaped(b2bua_factory: B2buaFactory,
+                                                                 addresses: AddressAllocator) -> None:
+    # at pjsip_level 4 pjsip logs every message it receives: an ESC sequence in a header must
+    # reach the log as text, not clear the operator's terminal or forge a line
+    ip = addresses.next()
+    port = free_port(ip, "udp")
+    b2b = b2bua_factory(config(ip, port, "sip:127.0.0.1:9"))
+    assert b2b.rpc("core.log_level", "DEBUG", 4) == {"level": "DEBUG", "pjsip_level": 4}
+    peer = addresses.next()
+    options = (f"OPTIONS sip:b2bua@{ip}:{port} SIP/2.0\r\nVia: SIP/2.0/UDP {peer}:5999;branch=z9hG4bK-esc1\r\n"
+               f"From: <sip:x@{peer}>;tag=1\r\nTo: <sip:b2bua@{ip}>\r\nCall-ID: esc-1@{peer}\r\nCSeq: 1 OPTIONS\r\n"
+               "Max-Forwards: 70\r\nX-Paint: \x1b[2J\x1b[31mERROR forged\x1b[0m\r\nContent-Length: 0\r\n\r\n")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind((peer, 0))
+        sock.sendto(options.encode(), (ip, port))
+    wait_until(lambda: "esc-1@" in b2b.log_text(), timeout=5, what="the OPTIONS in pjsip's dump")
+    log = b2b.log_text()
+    assert "\x1b" not in log
+    assert "X-Paint: \\x1b[2J\\x1b[31mERROR forged\\x1b[0m" in log

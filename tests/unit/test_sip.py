@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from b2bua import sip
 
@@ -73,3 +75,17 @@ def test_name_addr_round_trips_the_display_name(name: str) -> None:
 ])
 def test_with_host_of(to: str, ruri: str, expected: str) -> None:
     assert sip.with_host_of(to, ruri) == expected
+
+
+def test_printable_lines_keeps_a_dump_readable_and_escapes_what_could_forge_a_line() -> None:
+    dump = "RX 512 bytes Request msg OPTIONS\r\nVia: SIP/2.0/UDP 10.0.0.1\r\n\tcontinued\r\n"
+    assert sip.printable_lines(dump) == dump.replace("\r\n", "\n")
+    hostile = "X-A: \x1b[2J\x1b[H2026-01-01 ERROR forged\rok\x00\u202e\udcff\r\n"
+    shown = sip.printable_lines(hostile)
+    assert shown == "X-A: \\x1b[2J\\x1b[H2026-01-01 ERROR forged\\x0dok\\x00\\u202e\\xff\n"
+    assert shown.replace("\n", "").isprintable()
+
+
+@given(st.text())
+def test_printable_lines_leaves_only_printables_line_breaks_and_tabs(text: str) -> None:
+    assert all(ch.isprintable() or ch in "\n\t" for ch in sip.printable_lines(text))
