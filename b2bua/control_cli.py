@@ -23,6 +23,7 @@ from typing import Any
 
 from b2bua.config import CONFIG_ENV, DEFAULT_CONFIG, Config, ConfigError, load_config
 from b2bua.control import ControlClient, ControlUnavailable, RpcCallError
+from b2bua.sip import printable, printable_lines
 
 TOKEN_ENV = "B2BUA_TOKEN"
 
@@ -117,9 +118,16 @@ def format_tree(value: Any) -> str:
     return "\n".join(lines)
 
 
+def shown(text: object) -> str:
+    """Text from a node, a database row or the wire, safe to print on one terminal line:
+    control and format characters (ESC, CR, a line break) escaped."""
+    text = str(text)
+    return text if text.isprintable() else printable(text, sys.maxsize)
+
+
 def _scalar(value: Any) -> str:
-    if isinstance(value, str):
-        return value
+    if isinstance(value, str):  # several lines print as several (help texts); ESC and the like escaped
+        return value if value.isprintable() else printable_lines(value)
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     return json.dumps(value)  # true/false/null, numbers as JSON writes them
@@ -133,7 +141,7 @@ def _emit(lines: list[str], value: Any, depth: int, prefix: str) -> None:
             return
         lines.append(f"{pad}{prefix}{{")
         for key, item in value.items():
-            _emit(lines, item, depth + 1, f"{key}: ")
+            _emit(lines, item, depth + 1, f"{shown(key)}: ")
         lines.append(f"{pad}}}")
     elif isinstance(value, list):
         if not value:
@@ -245,9 +253,10 @@ def run_rpc_all(args: argparse.Namespace) -> int:
         sys.stdout.write(json.dumps(out, indent=2, ensure_ascii=False) + "\n")
         return code
     for answer in answers:
-        sys.stdout.write(f"== {answer.node} ({answer.info.get('host', '?')}, {answer.info.get('control', '?')})\n")
+        host, control = shown(answer.info.get("host", "?")), shown(answer.info.get("control", "?"))
+        sys.stdout.write(f"== {shown(answer.node)} ({host}, {control})\n")
         if answer.error is not None:
-            sys.stdout.write(f"error: {answer.error}\n")
+            sys.stdout.write(f"error: {shown(answer.error)}\n")
             continue
         text = format_tree(answer.result)
         if text:

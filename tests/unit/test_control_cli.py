@@ -73,10 +73,11 @@ def test_parse_param(text: str, value: Any) -> None:
         ([{"a": 1}, {"a": 2}], "{\n\ta: 1\n}\n{\n\ta: 2\n}"),
         ("usage: x\nhelp line", "usage: x\nhelp line"),
         ({"x y": "first\nsecond"}, "{\n\tx y: first\n\t\tsecond\n}"),
+        ({"URI\x1b[2J": "sip:a\x1b]0;owned\x07\r\n"}, "{\n\tURI\\x1b[2J: sip:a\\x1b]0;owned\\x07\n\t\t\n}"),
     ],
     ids=[
         "none", "string", "int", "float", "bool", "empty-list", "list", "empty-dict", "dict", "nested",
-        "list-of-dicts", "multiline", "multiline-in-dict",
+        "list-of-dicts", "multiline", "multiline-in-dict", "control-characters",
     ],
 )
 def test_format_tree(value: Any, text: str) -> None:

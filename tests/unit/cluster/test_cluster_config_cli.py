@@ -113,3 +113,25 @@ def test_rpc_all_without_a_cluster_is_a_usage_error(tmp_path: Path, monkeypatch:
     with redirect_stderr(err):
         assert args.func(args) == 2
     assert "--all needs [cluster] redis_url" in err.getvalue()
+
+
+def test_rpc_all_prints_what_redis_and_the_nodes_hold_escaped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    # a node's name, host, address and answers come from Redis and other processes: an ESC
+    # sequence or a line break in them must not reach the operator's terminal as such
+    import b2bua.fanout as fanout
+
+    (tmp_path / "config.toml").write_text("[cluster]\nredis_url = 'redis://127.0.0.1:1'\n")
+    monkeypatch.chdir(tmp_path)
+    evil = {"node": "a\x1b[2J", "host": "h\r\n== b (fake", "control": "http://x\x07"}
+    monkeypatch.setattr(fanout, "cluster_nodes", lambda config: [evil])
+    monkeypatch.setattr(fanout, "call_all", lambda nodes, *a, **k: [
+        NodeAnswer("a\x1b[2J", evil, error="boom\x1b[31m"), NodeAnswer("b", {"host": "h"}, result={"k\x1b": "v\x1b"})])
+    parser = argparse.ArgumentParser()
+    add_rpc_command(parser.add_subparsers())
+    args = parser.parse_args(["rpc", "--all", "core.version"])
+    args.func(args)
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out and "\r" not in out
+    assert out.splitlines()[:2] == ["== a\\x1b[2J (h\\x0d\\x0a== b (fake, http://x\\x07)", "error: boom\\x1b[31m"]
+    assert "k\\x1b: v\\x1b" in out
