@@ -36,7 +36,7 @@ from b2bua.config import Config, ConfigError, Listen, SipConfig
 from b2bua.digest import ProblemLog
 from b2bua.events import LegError
 from b2bua.nameservers import Nameserver, effective_nameservers
-from b2bua.outbound import OutboundProfile, credentials_for, default_profile, profile_for
+from b2bua.outbound import MAX_ACCOUNTS, MAX_WAYS, OutboundProfile, credentials_for, default_profile, profile_for
 from b2bua.rxfilter import RequestScreen, ResponseScreen, RxFilter
 from b2bua.sip import printable, printable_lines
 
@@ -44,8 +44,6 @@ if TYPE_CHECKING:
     from b2bua.loop import Scheduler, Timer
 
 PROBE_HEADER = "X-B2BUA-Probe"
-#: pjsua accounts our build allows (PJSUA_MAX_ACC in scripts/build-pjsua2.sh)
-MAX_ACCOUNTS = 16
 _PROBE_RE = re.compile(r"^X-B2BUA-Probe:\s*(\d+)", re.MULTILINE | re.IGNORECASE)
 
 #: pjsua's media "quality" (see Endpoint.start)
@@ -349,6 +347,9 @@ class Endpoint:
         return acfg
 
     def _create_account(self, profile: OutboundProfile) -> LocalAccount:
+        if len(self._accounts) >= MAX_ACCOUNTS:  # pjsua_acc_add would assert: the process would abort
+            raise LegError("too many ways of sending", f"cannot send {profile.describe()}: all {MAX_ACCOUNTS} pjsua "
+                           f"accounts are in use (at most {MAX_WAYS} ways of sending besides the default)")
         creds = credentials_for(profile, self.config.sip)
         account = LocalAccount(self._on_incoming, self._on_request_done, self._on_challenge,
                                realms=[c.realm for c in creds], auth_name=profile.auth, problems=self._auth_problems)
@@ -356,9 +357,8 @@ class Endpoint:
         try:
             account.create(self._account_config(profile), first)
         except pj.Error as exc:
-            raise LegError(exc.reason, f"cannot make a pjsua account to send {profile.describe()}: {exc.info()} "
-                                       f"(pjsua allows {MAX_ACCOUNTS} accounts: at most {MAX_ACCOUNTS - 1} ways "
-                                       "of sending besides the default)") from None
+            raise LegError(exc.reason, f"cannot make a pjsua account to send {profile.describe()}: "
+                                       f"{exc.info()}") from None
         self._accounts[profile] = account
         if not first:
             logger.info("new way of sending: {} (account {} of at most {})", profile.describe(), len(self._accounts),

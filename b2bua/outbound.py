@@ -18,6 +18,13 @@ from b2bua.api import Outbound
 from b2bua.config import Credential, Listen, SipConfig
 from b2bua.sipuri import parse_uri, parse_uri_lenient
 
+#: pjsua accounts our build allows (PJSUA_MAX_ACC in scripts/build-pjsua2.sh): the default way of
+#: sending and at most ``MAX_ACCOUNTS - 1`` others. pjsua *asserts* (aborts the process) when
+#: asked for one more, so :mod:`b2bua.endpoint` refuses it first and the dispatcher at load.
+MAX_ACCOUNTS = 16
+#: ways of sending besides the default
+MAX_WAYS = MAX_ACCOUNTS - 1
+
 
 @dataclass(frozen=True)
 class OutboundProfile:

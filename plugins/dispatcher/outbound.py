@@ -23,7 +23,7 @@ import dataclasses
 
 from b2bua.api import Outbound
 from b2bua.config import SipConfig
-from b2bua.outbound import profile_for
+from b2bua.outbound import MAX_WAYS, OutboundProfile, default_profile, profile_for
 from plugins.dispatcher.model import Attrs, Snapshot
 from plugins.dispatcher.resolve import LoadError
 
@@ -55,10 +55,16 @@ def check_outbound(snapshot: Snapshot, sip: SipConfig, *, rows: bool = False) ->
     """Raise :class:`OutboundError` listing every destination of ``snapshot`` whose attributes
     cannot be honoured (at most 20 named).
 
+    Each distinct listener, proxy and credential combination is one pjsua account: more than
+    :data:`~b2bua.outbound.MAX_WAYS` besides the default is an error naming the first
+    destination past the limit (pjsua has no room for its account).
+
     :param rows: places are table row ids (a database), not list-file line numbers.
     """
     problems = []
-    for dest in snapshot.destinations():
+    default = default_profile(sip)
+    ways: set[OutboundProfile] = set()
+    for dest in sorted(snapshot.destinations(), key=lambda d: d.row_id):  # in the source's order
         if "auth" in dest.attrs.extra and not dest.attrs.extra["auth"]:
             why = "auth= needs a credential's name"
         else:
@@ -67,10 +73,16 @@ def check_outbound(snapshot: Snapshot, sip: SipConfig, *, rows: bool = False) ->
                 if not outbound:
                     continue
                 try:
-                    profile_for(outbound, sip, dest.uri)
+                    profile = profile_for(outbound, sip, dest.uri)
                 except ValueError as exc:
                     why = str(exc)
                     break
+                if profile != default and profile not in ways:
+                    ways.add(profile)
+                    if len(ways) > MAX_WAYS:
+                        why = (f"one way of sending too many ({profile.describe()}): pjsua holds the default and "
+                               f"at most {MAX_WAYS} others (listener, proxy and credentials combined)")
+                        break
         if why:
             place = f"row id {dest.row_id}" if rows else f"line {dest.row_id}"
             problems.append(f"{snapshot.source} {place}: set {dest.setid} {dest.uri}: {why}")

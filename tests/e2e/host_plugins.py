@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from b2bua import CallInfo, DialMode, RoutePlan, Target, hookimpl
+from b2bua.api import Outbound
 from b2bua.config import Config
 
 
@@ -66,3 +67,20 @@ class SlotTaker(_HoldsCallObjects):
             return  # the first call only
         a_leg = self.app.sessions[call.id].a
         self.held.append(Leg(self.app.endpoint.account, None, 0, a_leg.getId()))
+
+
+class CredentialPerCallRouter:
+    """Routes each call to ``[plugins.per_call] target`` with the credentials named by the
+    Request-URI's user (``sip:c7@...`` -> ``Outbound(auth="c7")``): one way of sending per user."""
+
+    def __init__(self) -> None:
+        self.target = ""
+
+    @hookimpl
+    def b2bua_configure(self, config: Config) -> None:
+        self.target = str(config.plugin_section("per_call").get("target", ""))
+
+    @hookimpl
+    def b2bua_route_call(self, call: CallInfo) -> RoutePlan:
+        user = call.request_uri.removeprefix("sip:").split("@", 1)[0]
+        return RoutePlan((Target(self.target, outbound=Outbound(auth=user)),))

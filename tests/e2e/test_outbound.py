@@ -10,7 +10,16 @@ import pytest
 
 from .configs import ListEntry, b2bua_config, start_b2bua, write_list_file
 from .conftest import B2buaFactory, GatewayFactory
-from .harness import AddressAllocator, B2buaProcess, Caller, Gateway, TracedMessage, free_port, wait_until
+from .harness import (
+    AddressAllocator,
+    B2buaProcess,
+    Caller,
+    Gateway,
+    HarnessError,
+    TracedMessage,
+    free_port,
+    wait_until,
+)
 
 
 def sent_by(message: TracedMessage) -> str:
@@ -134,3 +143,42 @@ def test_a_tcp_destination_leaves_from_the_named_tcp_listener(
     assert sent_by(invite) == f"{wan_ip}:{wan_port}" and (invite.header("Via") or "").startswith("SIP/2.0/TCP")
     # pjsip's Contact names the connection's own (ephemeral) port on that address
     assert f"@{wan_ip}:" in (invite.header("Contact") or "") and media_address(invite) == wan_ip
+
+
+def test_more_ways_of_sending_than_pjsua_has_accounts_stop_the_start_naming_the_line(
+        workdir: Path, addresses: AddressAllocator, b2bua_factory: B2buaFactory) -> None:
+    # pjsua holds 16 accounts (the default and 15 ways of sending); asking for one more asserts
+    names = [f"c{n:02d}" for n in range(16)]
+    write_list_file(workdir, [ListEntry(1, f"sip:10.0.0.{i + 1}:5060", attrs=f"auth={name}")
+                              for i, name in enumerate(names)])
+    ip = addresses.next()
+    creds = [{"name": name, "realm": "carrier.example", "username": name, "password": "pw"} for name in names]
+    with pytest.raises(HarnessError, match="exited with 2") as info:
+        b2bua_factory(b2bua_config(ip, free_port(ip, "udp"), credentials=creds))
+    assert ("dispatcher.list line 17: set 1 sip:10.0.0.16:5060: one way of sending too many (with credentials "
+            "'c15'): pjsua holds the default and at most 15 others") in str(info.value)  # line 1: a comment
+
+
+def test_a_plugin_asking_for_a_way_of_sending_too_many_fails_that_call_not_the_process(
+        gateway_factory: GatewayFactory, b2bua_factory: B2buaFactory, caller: Caller,
+        addresses: AddressAllocator) -> None:
+    # a plugin's targets are not checked at load: the 16th way of sending fails its attempt (pjsua
+    # would abort the process if asked for the account), the calls before and after go on
+    gw = gateway_factory("answer")
+    names = [f"c{n:02d}" for n in range(17)]
+    creds = [{"name": name, "realm": "carrier.example", "username": name, "password": "pw"} for name in names]
+    ip = addresses.next()
+    port = free_port(ip, "udp")
+    b2b = b2bua_factory(b2bua_config(ip, port, plugins=["tests.e2e.host_plugins:CredentialPerCallRouter"],
+                                     credentials=creds, extra_sections={"plugins.per_call": {"target": gw.uri}}))
+    for name in names[:15]:
+        done = caller.run_calls(ip, port, n=1, service=name, call_duration_ms=0)
+        assert done.final_codes == [200], done.describe()
+    for name in (names[15], names[16], names[15]):
+        done = caller.run_calls(ip, port, n=1, service=name, behaviour="expect:500")
+        assert done.final_codes == [500], done.describe()
+    again = caller.run_calls(ip, port, n=1, service=names[3], call_duration_ms=0)
+    assert again.final_codes == [200], again.describe()
+    log = b2b.log_text()
+    assert log.count("all 16 pjsua accounts are in use (at most 15 ways of sending besides the default)") == 3
+    assert gw.count("INVITE") == 16

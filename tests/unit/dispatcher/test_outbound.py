@@ -87,3 +87,17 @@ def test_a_reloads_child_process_checks_the_attributes_without_the_passwords(tmp
     assert str(child.value) == str(in_process.value)
     assert f"{path} line 2: set 1 sip:10.0.0.11: sockname=lan: no such name" in str(child.value)
     assert len(load_configured(cfg, path).destinations()) == 2, "without [sip], no check (a simulation)"
+
+
+def test_more_ways_of_sending_than_pjsua_has_accounts_is_a_load_error() -> None:
+    # pjsua holds the default account and 15 more; asking for a 16th asserts (the process aborts)
+    creds = [{"realm": "*", "username": f"u{n}", "password": "p", "name": f"c{n}"} for n in range(17)]
+    sip = parse_config({"sip": {"credentials": creds}}).sip
+    check_outbound(snapshot(*(f"auth=c{n}" for n in range(15))), sip)  # 15: fits
+    check_outbound(snapshot(*(f"auth=c{n % 15}" for n in range(40))), sip)  # the same 15, many times
+    with pytest.raises(OutboundError) as info:
+        check_outbound(snapshot(*(f"auth=c{n}" for n in range(17))), sip)
+    message = str(info.value)
+    assert message.startswith("dispatcher.list line 16: set 1 sip:10.0.0.25: one way of sending too many "
+                              "(with credentials 'c15'): pjsua holds the default and at most 15 others")
+    assert "line 17:" in message and "line 15:" not in message
