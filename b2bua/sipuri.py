@@ -39,6 +39,9 @@ _HNV = re.compile(rf"(?:[{_UNRESERVED}\[\]/?:+$]|{_ESCAPED})*")  # hname / hvalu
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
 _HOSTNAME = re.compile(rf"(?:{_LABEL}\.)*[A-Za-z](?:[A-Za-z0-9-]*[A-Za-z0-9])?\.?")
 _IPV4 = re.compile(r"[0-9]{1,3}(?:\.[0-9]{1,3}){3}")
+#: an IPv4 address as ipaddress accepts it (0-255, no leading zeros), without its 5 us parse
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_IPV4_VALID = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
 
 
@@ -112,6 +115,10 @@ class SipUri(NamedTuple):
 
 def is_ip_literal(host: str) -> bool:
     """True for an IPv4 or IPv6 address (no brackets)."""
+    if _IPV4_VALID.fullmatch(host):  # the common case, checked first: every URI has a host
+        return True
+    if ":" not in host:
+        return False
     try:
         ipaddress.ip_address(host)
     except ValueError:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -9,6 +11,7 @@ from hypothesis import strategies as st
 from b2bua.sipuri import (
     MAX_URI_LENGTH,
     SipUri,
+    is_ip_literal,
     name_addr_uri,
     parse_name_addr,
     parse_uri,
@@ -158,3 +161,14 @@ def test_unquoted_find_skips_quoted_strings(text: str) -> None:
     from b2bua.sipuri import _unquoted_find
 
     assert _unquoted_find(text, "<") == _unquoted_find_reference(text, "<")
+
+
+@given(st.one_of(st.ip_addresses(v=4).map(str), st.ip_addresses(v=6).map(str),
+                 st.text(alphabet="0123456789.:abcdef", max_size=20), st.text(max_size=12)))
+def test_is_ip_literal_agrees_with_ipaddress(text: str) -> None:
+    try:
+        ipaddress.ip_address(text)
+        expected = True
+    except ValueError:
+        expected = False
+    assert is_ip_literal(text) is expected
