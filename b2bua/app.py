@@ -35,7 +35,7 @@ from b2bua.config import Config, SipConfig
 from b2bua.core_rpc import calls_report
 from b2bua.endpoint import Endpoint
 from b2bua.events import CallLeg, Disconnected, LegEvent
-from b2bua.guard import Gate, register_security_methods
+from b2bua.guard import Dialogs, Gate, register_security_methods
 from b2bua.headers import Passthrough
 from b2bua.health import Health, NodeState, node_state
 from b2bua.legpool import LegPool
@@ -300,9 +300,11 @@ class App:
             free_slots=self.legs.slots - 1 - in_use,  # one slot kept free, as LegPool.full() does
         )
 
-    def _screen(self, raw: bytes, source: str) -> Decision:
-        """The early filter's question for each request outside a transaction (inside pjsip)."""
-        decision, request = self.gate.screen(raw, source, self._load(taken=False), time.monotonic())
+    def _screen(self, raw: bytes, source: str, dialogs: Dialogs) -> Decision:
+        """The early filter's question for each request outside a transaction (inside pjsip);
+        ``dialogs`` answers whether it belongs to a dialog of ours."""
+        decision, request = self.gate.screen(raw, source, self._load(taken=False), time.monotonic(),
+                                             dialogs=dialogs)
         if decision.verdict is Verdict.ACCEPT and request is not None and request.method == "INVITE" \
                 and not request.in_dialog:
             self._admitted = (raw, request)

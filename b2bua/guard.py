@@ -6,14 +6,21 @@ reports) and asks :func:`b2bua.admission.decide`. :class:`RefusalLog` logs each 
 DEBUG and sums them up in one WARNING per interval, so a flood cannot multiply log lines; the
 gate also counts every refusal by reason for the statistics (``core.stats``, ``/metrics``).
 Runs on the loop thread (inside pjsip's receive callback); no I/O.
+
+A request that claims a dialog (its To has a tag) is exempt from its source's block and rate
+only when pjsip holds that dialog (:class:`Dialogs`, asked through the early filter); one
+that names no dialog of ours (a scanner's or a flooder's BYE with a made-up tag, a late
+request for a call long gone) is :attr:`Standing.STRAY` and counts like any request outside
+a dialog. A CANCEL of an INVITE still pending is exempt the same way.
 """
 
 from __future__ import annotations
 
+import enum
 import time
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from loguru import logger
 
@@ -39,6 +46,7 @@ from b2bua.wire import (
     parse_request,
     peek,
     peek_agent,
+    peek_dialog,
     raw_call_id,
     split_source,
 )
@@ -50,6 +58,52 @@ MAX_COUNTED_SOURCES = 1024
 #: refusals the interval summary leaves out: the overload warning sums up calls shed, and a
 #: drain or a shutdown refuses new work on purpose (the operator was told when it began)
 _NOT_SUMMED = (Why.OVERLOAD, Why.DRAINING)
+
+
+class Dialogs(Protocol):
+    """pjsip's own tables, asked about the request being screened (``b2bua.rxfilter.RxFilter``)."""
+
+    def has_dialog(self, call_id: bytes, local_tag: bytes, remote_tag: bytes) -> bool:
+        """Whether a dialog of ours has this Call-ID, our tag (the request's To tag) and the
+        peer's (its From tag)."""
+        ...
+
+    def has_invite(self) -> bool:
+        """Whether the CANCEL being screened cancels an INVITE still pending."""
+        ...
+
+
+class NoDialogs:
+    """Nothing to ask (the request is screened outside pjsip): no request belongs to a dialog."""
+
+    def has_dialog(self, call_id: bytes, local_tag: bytes, remote_tag: bytes) -> bool:
+        return False
+
+    def has_invite(self) -> bool:
+        return False
+
+
+NO_DIALOGS = NoDialogs()
+
+
+class Standing(enum.Enum):
+    """Where a request stands towards the dialogs of ours (:func:`standing`)."""
+
+    NEW = "new"  #: outside any dialog (no To tag): all the rules apply
+    LIVE = "live"  #: inside a dialog pjsip holds, or a CANCEL of an INVITE still pending: exempt
+    STRAY = "stray"  #: a To tag naming no dialog of ours: its source's block and rate apply; pjsip answers 481
+
+
+def standing(method: str, to_tag: str, raw: bytes, dialogs: Dialogs) -> Standing:
+    """Ask pjsip (``dialogs``) only what the request claims: a dialog when its To has a tag, an
+    INVITE transaction when it is a CANCEL; nothing for the rest (no look-up, no cost)."""
+    if to_tag:
+        call_id, from_tag = peek_dialog(raw)
+        known = dialogs.has_dialog(call_id, to_tag.encode("utf-8", "surrogateescape"), from_tag)
+        return Standing.LIVE if known else Standing.STRAY
+    if method == "CANCEL" and dialogs.has_invite():
+        return Standing.LIVE
+    return Standing.NEW
 
 
 class RefusalLog:
@@ -167,28 +221,33 @@ class Gate:
         self.refused_calls.clear()
         self.refused_requests.clear()
 
-    def screen(self, raw: bytes, source: str, load: Load, now: float, *,
-               new_call: bool = False) -> tuple[Decision, WireRequest | None]:
+    def screen(self, raw: bytes, source: str, load: Load, now: float, *, new_call: bool = False,
+               dialogs: Dialogs = NO_DIALOGS) -> tuple[Decision, WireRequest | None]:
         """Decide about one request from ``source`` (``ip:port``); the parsed request when let in.
 
         ``new_call``: pjsua made a call of it already, so it belongs to no dialog whatever its To
         says (``App._on_incoming`` without the early filter; and the safety net should this
-        module's reading of a To tag ever differ from pjsip's).
+        module's reading of a To tag ever differ from pjsip's). ``dialogs``: pjsip's tables, to
+        tell a request inside a dialog of ours (or a CANCEL of our pending INVITE) from one
+        that only claims it (:func:`standing`).
 
         What is read depends on what can matter, cheapest first: a blocked source's request is
-        not read at all (peek only: a request inside a dialog still passes); one inside a dialog
-        gets the light text check; an untrusted source's new request only its scanner marks
-        (it is refused whatever else it holds); a trusted source's new request is parsed whole.
-        Refusals are noted in :attr:`log`; a decision to block is applied here.
+        not read at all (peek only: a request inside a live dialog still passes); one inside a
+        dialog, live or claimed, gets the light text check; an untrusted source's new request
+        only its scanner marks (it is refused whatever else it holds); a trusted source's new
+        request is parsed whole. Refusals are noted in :attr:`log`; a decision to block is
+        applied here.
         """
         ip, _ = split_source(source)
-        method, in_dialog = peek(raw)
-        in_dialog = in_dialog and not new_call
+        method, to_tag = peek(raw)
+        stands = Standing.NEW if new_call else standing(method, to_tag, raw, dialogs)
+        live = stands is Standing.LIVE
         cfg = self.config
-        if not in_dialog and self.limiter.blocked(ip, now):  # decided before anything is parsed
+        if not live and self.limiter.blocked(ip, now):  # decided before anything is parsed
             self.refused += 1
             decision = decide(Facts(method=method, blocked=True, credit=self.credit), self.policy)
-            (self.refused_calls if method == "INVITE" else self.refused_requests)[decision.why] += 1
+            call = method == "INVITE" and stands is Standing.NEW
+            (self.refused_calls if call else self.refused_requests)[decision.why] += 1
             self.log.note(decision, ip, method, "", raw)
             return decision, None
         trusted = ip in self.trusted
@@ -196,7 +255,7 @@ class Gate:
         malformed: Malformed | None = None
         scanner = False
         try:
-            if in_dialog:
+            if stands is not Standing.NEW:
                 method = check_in_dialog(raw)
             elif trusted:
                 request = parse_request(raw)
@@ -206,27 +265,30 @@ class Gate:
                 scanner = is_scanner(*peek_agent(raw), self.scanners)
         except Malformed as exc:
             malformed = exc
+        # a stray request never becomes a call: it counts with the other requests, so stray
+        # re-INVITEs cannot spend a trusted peer's allowance of new calls
+        call = method == "INVITE" and stands is Standing.NEW
         over_rate = False
-        if not in_dialog:
-            invite = method == "INVITE"
+        if not live:
             if trusted:
-                rate = cfg.trusted_invite_rate if invite else cfg.trusted_request_rate
+                rate = cfg.trusted_invite_rate if call else cfg.trusted_request_rate
             else:
-                rate = cfg.invite_rate if invite else cfg.request_rate
-            over_rate = not self.limiter.hit(ip, "invite" if invite else "other", rate, cfg.rate_burst, now,
+                rate = cfg.invite_rate if call else cfg.request_rate
+            over_rate = not self.limiter.hit(ip, "invite" if call else "other", rate, cfg.rate_burst, now,
                                              bounded=not trusted)
-        facts = Facts(method=method, in_dialog=in_dialog, malformed_code=malformed.code if malformed else 0,
-                      trusted=trusted, over_rate=over_rate, scanner=scanner, credit=self.credit, load=load)
+        # in_dialog: pjsip's dialog layer takes it (a stray one gets 481 there, an ACK nothing)
+        facts = Facts(method=method, in_dialog=stands is not Standing.NEW,
+                      malformed_code=malformed.code if malformed else 0, trusted=trusted, over_rate=over_rate,
+                      scanner=scanner, credit=self.credit, load=load)
         decision = decide(facts, self.policy)
         self.credit = decision.credit
-        new_call = method == "INVITE" and not in_dialog
-        if new_call and (decision.verdict is Verdict.ACCEPT or decision.why is Why.OVERLOAD):
+        if call and (decision.verdict is Verdict.ACCEPT or decision.why is Why.OVERLOAD):
             self.new_calls += 1
         elif decision.verdict is not Verdict.ACCEPT:
             self.refused += 1
         if decision.verdict is not Verdict.ACCEPT:
-            (self.refused_calls if new_call else self.refused_requests)[decision.why] += 1
-            if new_call and decision.why is Why.OVERLOAD:
+            (self.refused_calls if call else self.refused_requests)[decision.why] += 1
+            if call and decision.why is Why.OVERLOAD:
                 self.shed += 1
             detail = ""
             if malformed is not None and decision.why is Why.MALFORMED:
@@ -260,5 +322,6 @@ def register_security_methods(registry: RpcRegistry, gate: Gate,
         return f"{shown} unblocked"
 
     registry.add("security.blocked", blocked,
-                 "The sources whose requests outside a dialog are dropped, and the seconds left on each block.")
+                 "The sources whose requests outside a dialog of ours are dropped, and the seconds left on each "
+                 "block.")
     registry.add("security.unblock", unblock, "Lift the block on <address> at once.")

@@ -17,8 +17,9 @@ checks much the same):
 * Content-Length, when present, is a number no larger than the body received.
 
 :func:`check_response` applies the text rules to a response's head. :func:`peek` is the
-cheap pre-look (method, To tag) for a request that may be dropped before it is parsed, and
-:func:`check_in_dialog` the lighter check for requests inside a dialog.
+cheap pre-look (method, To tag) for a request that may be dropped before it is parsed,
+:func:`peek_dialog` reads the rest of what names the dialog it claims (Call-ID, From tag), and
+:func:`check_in_dialog` is the lighter check for requests inside a dialog.
 Everything here is pure: no I/O, no clock, no pjsua2.
 """
 
@@ -65,11 +66,12 @@ _STATUS_LINE = re.compile(r"SIP/2\.0 ([1-6][0-9][0-9]) ")
 #: check_response's fast path: a head of printable ASCII, HTAB and CRLF line breaks
 _PLAIN_HEAD = bytes(range(0x20, 0x7F)) + b"\t\r\n"
 _STATUS_LINE_BYTES = re.compile(rb"SIP/2\.0 [1-6][0-9][0-9] ")
-# peek(): the To header's value, and a tag parameter in it
+# peek(): the To header's value, and a tag parameter in it; peek_dialog(): From's value
 _TO = re.compile(rb"\n(?:to|t)[ \t]*:([^\r\n]*)", re.IGNORECASE)
+_FROM = re.compile(rb"\n(?:from|f)[ \t]*:([^\r\n]*)", re.IGNORECASE)
 _TAG = re.compile(rb";[ \t]*tag[ \t]*=", re.IGNORECASE)
 _AGENT = re.compile(rb"\n(user-agent|from|f)[ \t]*:([^\r\n]{0,300})", re.IGNORECASE)
-_RAW_CALL_ID = re.compile(rb"\n(?:call-id|i)[ \t]*:[ \t]*([^\r\n]{0,200})", re.IGNORECASE)
+_RAW_CALL_ID = re.compile(rb"\n(?:call-id|i)[ \t]*:[ \t]*([^\r\n]*)", re.IGNORECASE)
 
 
 class Malformed(ValueError):
@@ -152,13 +154,14 @@ def split_source(source: str) -> tuple[str, int]:
     return host.strip("[]"), int(port) if port.isdigit() else 0
 
 
-def peek(raw: bytes) -> tuple[str, bool]:
-    """The method and whether the To header has a tag, without parsing the rest (2-4 µs).
+def peek(raw: bytes) -> tuple[str, str]:
+    """The method and the To header's tag (``""``: none), without parsing the rest (2-4 µs).
 
-    For the decisions made before a request is parsed (is it inside a dialog? then a blocked
-    source may still send it). The tag is a header parameter of To, read as pjsip reads it (a
-    ``;tag=`` inside ``<...>`` belongs to the URI). The method is ``""`` when the start line
-    has none.
+    For the decisions made before a request is parsed (does it claim a dialog? then it is
+    looked up before its source's block and rate apply). The tag is a header parameter of To,
+    read as pjsip reads it (a ``;tag=`` inside ``<...>`` belongs to the URI); it is text decoded
+    with ``surrogateescape`` (encoded back the same way, the bytes as they came). The method is
+    ``""`` when the start line has none.
     """
     space = raw.find(b" ", 0, MAX_METHOD + 1)
     method = raw[:space].decode("ascii", "replace") if space > 0 else ""
@@ -166,8 +169,31 @@ def peek(raw: bytes) -> tuple[str, bool]:
         method = ""
     m = _TO.search(raw, 0, 16384)
     if not m or not _TAG.search(m.group(1)):
-        return method, False
-    return method, bool(parse_name_addr(m.group(1).decode("utf-8", "surrogateescape")).param("tag"))
+        return method, ""
+    return method, _tag(m.group(1))
+
+
+def peek_dialog(raw: bytes) -> tuple[bytes, bytes]:
+    """The rest of what names the dialog a request claims, as bytes as they came: ``(Call-ID,
+    From tag)``, each ``b""`` when absent (a Call-ID over :data:`MAX_CALL_ID` bytes counts as
+    absent).
+
+    With the To tag (:func:`peek`, our local tag) these are the keys pjsip's dialog table is
+    searched by (``pjsip_ua_find_dialog``); read only for a request with a To tag.
+    """
+    m = _RAW_CALL_ID.search(raw, 0, 16384)
+    call_id = m.group(1).rstrip(b" \t") if m else b""
+    if len(call_id) > MAX_CALL_ID:
+        call_id = b""
+    frm = _FROM.search(raw, 0, 16384)
+    return call_id, _tag(frm.group(1)).encode("utf-8", "surrogateescape") if frm else b""
+
+
+def _tag(value: bytes) -> str:
+    """The tag parameter of a From/To value (``""``: none)."""
+    if not _TAG.search(value):
+        return ""
+    return parse_name_addr(value.decode("utf-8", "surrogateescape")).param("tag") or ""
 
 
 def peek_agent(raw: bytes) -> tuple[str, str]:
@@ -182,7 +208,7 @@ def peek_agent(raw: bytes) -> tuple[str, str]:
 def raw_call_id(raw: bytes) -> str:
     """The Call-ID of a message that may not parse, escaped for a log line (``""`` when none)."""
     m = _RAW_CALL_ID.search(raw, 0, 16384)
-    return printable(m.group(1).decode("utf-8", "surrogateescape").strip(), 100) if m else ""
+    return printable(m.group(1)[:200].decode("utf-8", "surrogateescape").strip(), 100) if m else ""
 
 
 def split_message(raw: bytes) -> tuple[bytes, bytes]:

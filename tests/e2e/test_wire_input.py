@@ -337,3 +337,60 @@ def test_a_refer_is_declined_and_nothing_is_dialled_for_it(
     time.sleep(0.5)
     assert gw.count("INVITE") == 1, "only the call itself reached the gateway"
     assert "refused: 603 Decline (transfer) REFER from" in b2b.proc.log_text()
+
+
+def test_stray_byes_are_limited_and_a_blocked_gateways_bye_still_ends_its_call(
+        b2bua_factory: B2buaFactory, addresses: AddressAllocator, gateway_factory: GatewayFactory,
+        caller: Caller) -> None:
+    """BYEs with made-up Call-IDs and To tags (they look in-dialog) from the gateway's own address,
+    500/s: a few are answered 481, the address is blocked and the rest dropped. Calls from the
+    caller meanwhile complete through that gateway, and its BYEs, from the blocked address, still
+    end them: the caller gets each BYE."""
+    gw = gateway_factory("hangup:1000")
+    b2b = quiet_host(b2bua_factory, addresses, gw.uri, extra=security(trusted=[f"{caller.ip}/32"]))
+    rng = random.Random(3)
+
+    def stray_bye(n: int, port: int) -> bytes:
+        return request("BYE", Peer(b2b.ip, b2b.port, gw.ip, port), call_id=f"{rng.getrandbits(64):x}@{gw.ip}",
+                       to_tag=f"{rng.getrandbits(32):x}", from_tag=f"{rng.getrandbits(32):x}", branch=f"s{n}",
+                       user_agent="pbx")
+
+    flood = Flood((b2b.ip, b2b.port), gw.ip, stray_bye, count=4000, rate=500, seconds=8.0, linger=1.0).start()
+    time.sleep(1.0)  # the gateway's address is over request_rate, and blocked, from here on
+    calls = caller.start_calls(b2b.ip, b2b.port, n=3, rate=1, behaviour="hangup-by-callee")
+    result = calls.wait(40)
+    flood.join()
+    assert flood.sent > 2500, f"the flood sent only {flood.sent} in {flood.elapsed:.1f} s (machine too busy?)"
+    # request_rate 10/s x rate_burst 2 s: about 20 go on to pjsip's 481, a few more if the loop lags
+    assert set(flood.responses) == {481} and 20 <= flood.responses[481] <= 30, flood.responses
+    assert result.final_codes == [200, 200, 200] and result.ok, result.describe()
+    assert gw.count("BYE") == 0, "each call ended by the gateway's BYE, not by the B2BUA"
+    assert gw.count("INVITE") == 3
+    assert [b["address"] for b in b2b.proc.rpc("security.blocked")] == [gw.ip]
+    wait_until(lambda: f"newly blocked: {gw.ip}" in b2b.proc.log_text(), timeout=5, what="the block summed up")
+    summaries = [w for w in warnings(b2b.proc) if f"newly blocked: {gw.ip}" in w]
+    assert len(summaries) == 1 and "rate (dropped): 1;" in summaries[0], summaries
+    blocked = sum(int(n) for n in re.findall(r"blocked \(dropped\): (\d+)", b2b.proc.log_text()))
+    assert blocked + flood.responses[481] + 1 == flood.sent, (blocked, flood.responses, flood.sent)
+    assert log_problems(b2b.proc) == []
+
+
+def test_a_cancel_of_a_ringing_call_passes_when_its_trusted_source_is_over_its_rate(
+        b2bua_factory: B2buaFactory, addresses: AddressAllocator, gateway_factory: GatewayFactory,
+        caller: Caller) -> None:
+    """The caller's address sends OPTIONS far over ``trusted_request_rate`` (each past the burst
+    gets 503) while it calls and cancels: each CANCEL still reaches its ringing INVITE."""
+    gw = gateway_factory("ring")
+    b2b = quiet_host(b2bua_factory, addresses, gw.uri,
+                     extra=security(trusted=[f"{caller.ip}/32"], trusted_request_rate=1.0, rate_burst=1.0))
+
+    def options(n: int, port: int) -> bytes:
+        return request("OPTIONS", Peer(b2b.ip, b2b.port, caller.ip, port), call_id=f"opt-{n}", branch=f"o{n}")
+
+    flood = Flood((b2b.ip, b2b.port), caller.ip, options, count=200, rate=40, seconds=5.0).start()
+    time.sleep(0.5)
+    result = caller.run_calls(b2b.ip, b2b.port, n=2, rate=2, behaviour="cancel", cancel_after_ms=300)
+    flood.join()
+    assert flood.responses[503] > flood.sent // 2, flood.responses  # over its rate all along
+    assert result.final_codes == [487, 487], result.describe()
+    assert gw.count("CANCEL") == 2

@@ -11,12 +11,13 @@ from loguru import logger
 
 from b2bua.admission import Load, Verdict, Why
 from b2bua.config import SecurityConfig, SipConfig
-from b2bua.guard import Gate, RefusalLog, register_security_methods
+from b2bua.guard import NO_DIALOGS, Dialogs, Gate, RefusalLog, register_security_methods
 from b2bua.rpc import RpcError, RpcRegistry
 from b2bua.wire import Malformed
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
 import sipfuzz  # a plain module shared with the e2e fuzz test
+from test_guard_dialogs import KnownDialogs
 
 TRUSTED, STRANGER = "10.0.0.5", "192.0.2.66"
 ROOM = Load(calls=0, max_calls=10, free_slots=10)
@@ -62,9 +63,10 @@ def test_a_flood_from_a_stranger_is_answered_a_few_times_then_dropped_and_blocke
     # a blocked source's requests are dropped before they are parsed
     garbage = b"INVITE \xff\r\n\r\n"
     assert g.screen(garbage, f"{STRANGER}:5062", ROOM, 2.0)[0].why is Why.BLOCKED
-    # ... but not what belongs to a dialog
+    # ... but not what belongs to a dialog of ours
     bye = sipfuzz.request("BYE", peer(STRANGER), to_tag="t")
-    assert g.screen(bye, f"{STRANGER}:5062", ROOM, 2.0)[0].verdict is Verdict.ACCEPT
+    ours = KnownDialogs({(b"fuzz-1@host", b"t", b"f1")})
+    assert g.screen(bye, f"{STRANGER}:5062", ROOM, 2.0, dialogs=ours)[0].verdict is Verdict.ACCEPT
     summary = g.log.summary(10)
     assert summary == (f"refused in the last 10 s: blocked (dropped): 90; untrusted 403: 10; rate (dropped): 1; "
                        f"from {STRANGER} (101); newly blocked: {STRANGER}"), summary
@@ -108,14 +110,16 @@ def test_malformed_requests_are_counted_by_reason_with_an_escaped_call_id(log_li
     assert "malformed 400 [control-char 1, not-utf8 1]: 2" in g.log.summary(10)
 
 
-def test_in_dialog_requests_get_the_light_check() -> None:
+@pytest.mark.parametrize("dialogs", [KnownDialogs({(b"fuzz-1@host", b"t", b"f1")}), NO_DIALOGS],
+                         ids=["live", "stray"])
+def test_in_dialog_requests_get_the_light_check(dialogs: Dialogs) -> None:
     g = gate()
     bye = sipfuzz.request("BYE", peer(STRANGER), to_tag="t")
-    assert g.screen(bye, f"{STRANGER}:5062", ROOM, 0.0)[0].verdict is Verdict.ACCEPT
+    assert g.screen(bye, f"{STRANGER}:5062", ROOM, 0.0, dialogs=dialogs)[0].verdict is Verdict.ACCEPT
     bad = bye.replace(b"User-Agent: fuzzer", b"User-Agent: \xff")
-    assert g.screen(bad, f"{STRANGER}:5062", ROOM, 0.0)[0].code == 400
+    assert g.screen(bad, f"{STRANGER}:5062", ROOM, 0.0, dialogs=dialogs)[0].code == 400
     ack = sipfuzz.request("ACK", peer(STRANGER), to_tag="t").replace(b"User-Agent: fuzzer", b"User-Agent: \xff")
-    assert g.screen(ack, f"{STRANGER}:5062", ROOM, 0.0)[0].verdict is Verdict.DROP
+    assert g.screen(ack, f"{STRANGER}:5062", ROOM, 0.0, dialogs=dialogs)[0].verdict is Verdict.DROP
 
 
 def test_load_decides_new_calls_only() -> None:
@@ -182,8 +186,9 @@ def test_a_new_call_belongs_to_no_dialog_whatever_its_to_says() -> None:
     # App._on_incoming: pjsua made a call of it, so a To tag proves nothing
     g = gate()
     invite = sipfuzz.request("INVITE", peer(STRANGER), to_tag="forged")
-    assert g.screen(invite, f"{STRANGER}:5062", ROOM, 0.0)[0].verdict is Verdict.ACCEPT
-    decision, _ = g.screen(invite, f"{STRANGER}:5062", ROOM, 0.0, new_call=True)
+    ours = KnownDialogs({(b"fuzz-1@host", b"forged", b"f1")})
+    assert g.screen(invite, f"{STRANGER}:5062", ROOM, 0.0, dialogs=ours)[0].verdict is Verdict.ACCEPT
+    decision, _ = g.screen(invite, f"{STRANGER}:5062", ROOM, 0.0, new_call=True, dialogs=ours)
     assert (decision.verdict, decision.why) == (Verdict.REFUSE, Why.UNTRUSTED)
 
 

@@ -9,11 +9,13 @@ import time
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from b2bua import wire
 from b2bua.wire import (
+    MAX_CALL_ID,
+    MAX_METHOD,
     Malformed,
     WireRequest,
     call_info,
@@ -21,6 +23,7 @@ from b2bua.wire import (
     check_response,
     parse_request,
     peek,
+    peek_dialog,
     raw_call_id,
     split_source,
 )
@@ -170,15 +173,51 @@ def test_call_info_of_an_invite() -> None:
 
 
 def test_peek_reads_method_and_to_tag_without_parsing() -> None:
-    assert peek(invite()) == ("INVITE", False)
-    assert peek(sipfuzz.request("BYE", PEER, to_tag="x")) == ("BYE", True)
-    assert peek(b"t: <sip:a@b> ; tag = 1\r\n") == ("", False)
-    assert peek(b"BYE sip:a@b SIP/2.0\r\nt: <sip:a@b> ; TAG = 1\r\n") == ("BYE", True)
-    assert peek(b"\xff\xfe x") == ("", False)
+    assert peek(invite()) == ("INVITE", "")
+    assert peek(sipfuzz.request("BYE", PEER, to_tag="x")) == ("BYE", "x")
+    assert peek(b"t: <sip:a@b> ; tag = 1\r\n") == ("", "")
+    assert peek(b"BYE sip:a@b SIP/2.0\r\nt: <sip:a@b> ; TAG = 1\r\n") == ("BYE", "1")
+    assert peek(b"\xff\xfe x") == ("", "")
+    assert peek(b"BYE sip:a@b SIP/2.0\r\nTo: <sip:a@b>;tag=\r\n") == ("BYE", ""), "an empty tag is none"
     # the tag is a parameter of the header, as pjsip reads it, not of the URI
-    assert peek(b"INVITE sip:a@b SIP/2.0\r\nTo: <sip:a@b;tag=1>\r\n") == ("INVITE", False)
-    assert peek(b"INVITE sip:a@b SIP/2.0\r\nTo: sip:a@b;tag=1\r\n") == ("INVITE", True)
-    assert peek(b'INVITE sip:a@b SIP/2.0\r\nTo: "x>;tag=2" <sip:a@b>\r\n') == ("INVITE", False)
+    assert peek(b"INVITE sip:a@b SIP/2.0\r\nTo: <sip:a@b;tag=1>\r\n") == ("INVITE", "")
+    assert peek(b"INVITE sip:a@b SIP/2.0\r\nTo: sip:a@b;tag=1\r\n") == ("INVITE", "1")
+    assert peek(b'INVITE sip:a@b SIP/2.0\r\nTo: "x>;tag=2" <sip:a@b>\r\n') == ("INVITE", "")
+
+
+def test_peek_dialog_reads_the_keys_of_pjsips_dialog_table() -> None:
+    bye = sipfuzz.request("BYE", PEER, call_id="a1b2@host", from_tag="theirs", to_tag="ours")
+    assert peek_dialog(bye) == (b"a1b2@host", b"theirs")
+    compact = b"BYE sip:a@b SIP/2.0\r\nf: <sip:x@y>;tag=F\r\nt: sip:a@b;tag=T\r\ni:  c\xffd  \r\n\r\n"
+    assert peek_dialog(compact) == (b"c\xffd", b"F"), "bytes as they came, blanks around the Call-ID trimmed"
+    assert peek_dialog(b"BYE sip:a@b SIP/2.0\nCall-ID: x\nFrom: <sip:a@b;tag=u>\n\n") == (b"x", b"")
+    too_long = b"BYE sip:a@b SIP/2.0\r\nCall-ID: " + b"a" * (MAX_CALL_ID + 1) + b"\r\n\r\n"
+    assert peek_dialog(too_long) == (b"", b""), "a Call-ID no dialog of ours can have"
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=3000))
+def test_peek_and_peek_dialog_take_any_bytes(raw: bytes) -> None:
+    method, to_tag = peek(raw)
+    assert method == "" or (method.isalpha() and len(method) <= MAX_METHOD)
+    to_tag.encode("utf-8", "surrogateescape")  # the bytes it came from, always
+    call_id, from_tag = peek_dialog(raw)
+    assert len(call_id) <= MAX_CALL_ID
+    assert all(b"\n" not in key and b"\r" not in key for key in (call_id, from_tag, to_tag.encode("utf-8",
+                                                                                               "surrogateescape")))
+
+
+@given(st.binary(max_size=200), st.binary(max_size=40), st.binary(max_size=40))
+def test_the_keys_of_a_dialog_are_read_back_as_sent_among_any_bytes(noise: bytes, tag: bytes, call_id: bytes) -> None:
+    """A tag or Call-ID is the bytes sent (pjsip compares bytes), whatever else the message holds."""
+    tag = b"t" + bytes(b for b in tag if b not in b"\r\n;,\t >\"<")
+    call_id = b"c" + bytes(b for b in call_id if b not in b"\r\n \t")
+    text = tag.decode("utf-8", "surrogateescape")
+    assume(text == text.strip())  # a tag that ends in Unicode blank (\x0b, NBSP) is malformed anyway
+    raw = (b"BYE sip:a@b SIP/2.0\r\nX-Noise: " + noise.replace(b"\n", b"").replace(b"\r", b"") + b"\r\n"
+           b"To: <sip:a@b>;tag=" + tag + b"\r\nFrom: sip:c@d;tag=f\r\nCall-ID: " + call_id + b"\r\n\r\n")
+    assert peek(raw)[1].encode("utf-8", "surrogateescape") == tag
+    assert peek_dialog(raw) == (call_id, b"f")
 
 
 @pytest.mark.parametrize(("raw", "reason"), [
