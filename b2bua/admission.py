@@ -13,9 +13,10 @@ or transaction before pjsua sees it (see ``b2bua/rxfilter.py``), and again in
 3. malformed → 400 (416 for a Request-URI scheme other than sip/sips); an ACK is dropped;
 4. a REFER → 603 (pjsua would accept any transfer and dial its target itself, outside any
    session: toll fraud by transfer);
-5. inside a dialog of ours → let in (the gate sets ``in_dialog`` only for a request pjsip holds
-   the dialog of; one that merely carries a To tag went through rules 1-2 as ``STRAY``, and
-   pjsip answers it 481);
+5. inside a dialog (To tag) → let in: pjsip's dialog layer takes it, and answers 481 what
+   matches no dialog of ours. The gate exempts from rules 1-2 only a request whose dialog
+   pjsip holds; one that merely carries a To tag (``Standing.STRAY``) is blocked or counted
+   against its source's rate like any other;
 6. a scanner's User-Agent/From → dropped, an untrusted source blocked;
 7. an untrusted source → ``untrusted_code`` (403); an ACK is dropped;
 8. an OPTIONS while shutting down, drained by the operator or shedding load (loop overloaded,
