@@ -20,6 +20,9 @@ from loguru import logger
 
 from plugins.dispatcher.runtime import DestKey, DispatcherState
 
+#: a drain of more destinations than this logs one line in all, not one each
+_LINES_EACH = 5
+
 
 class DrainWatch:
     """Drained destinations whose calls are still running, with when the drain began."""
@@ -29,15 +32,26 @@ class DrainWatch:
         self.pending: dict[DestKey, float] = {}
 
     def start(self, state: DispatcherState, keys: Iterable[DestKey]) -> None:
-        """Watch ``keys`` (already set to D); those without calls are drained at once."""
+        """Watch ``keys`` (already set to D); those without calls are drained at once. A line per
+        destination for a few; for more (``drain <set> all`` of a long list), one line in all."""
         now = self._clock()
+        busy: list[tuple[DestKey, int]] = []
+        idle: list[DestKey] = []
         for key in keys:
             rt = state.runtime(key)
             if rt is not None and rt.load > 0:
                 self.pending.setdefault(key, now)
-                logger.info("dispatcher: set {} {} draining: {} call(s) to it go on", key[0], key[1], rt.load)
+                busy.append((key, rt.load))
             elif rt is not None and key not in self.pending:
-                logger.info("dispatcher: set {} {} drained: no calls to it", key[0], key[1])
+                idle.append(key)
+        if len(busy) + len(idle) > _LINES_EACH:
+            logger.info("dispatcher: {} destination(s) draining ({} call(s) to them go on), {} drained (no calls)",
+                        len(busy), sum(load for _, load in busy), len(idle))
+            return
+        for key, load in busy:
+            logger.info("dispatcher: set {} {} draining: {} call(s) to it go on", key[0], key[1], load)
+        for key in idle:
+            logger.info("dispatcher: set {} {} drained: no calls to it", key[0], key[1])
 
     def stop(self, keys: Iterable[DestKey]) -> None:
         """Stop watching ``keys`` (undrained, removed)."""
@@ -55,11 +69,13 @@ class DrainWatch:
             total += rt.load if rt is not None else 0
         return total
 
-    def check(self, state: DispatcherState) -> list[DestKey]:
-        """Log and forget every watched destination whose calls reached 0 (or that is gone);
-        the keys that finished."""
+    def check(self, state: DispatcherState, keys: Iterable[DestKey] | None = None) -> list[DestKey]:
+        """Log and forget every watched destination (of ``keys`` only, when given: those a call
+        just let go of) whose calls reached 0 (or that is gone); the keys that finished."""
         done = []
-        for key, since in list(self.pending.items()):
+        pending = self.pending
+        watched = list(pending.items()) if keys is None else [(k, pending[k]) for k in keys if k in pending]
+        for key, since in watched:
             rt = state.runtime(key)
             if rt is not None and rt.load > 0:
                 continue

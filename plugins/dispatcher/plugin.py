@@ -252,7 +252,7 @@ class DispatcherPlugin:
         if failure.kind is not FailureKind.CANCELLED:
             call.stash[FAILED_AT] = key
         if self.drains.pending:
-            self.drains.check(self.state)
+            self.drains.check(self.state, (key,))
 
     @hookimpl
     def b2bua_call_answered(self, call: CallInfo, target: Target) -> None:
@@ -262,9 +262,9 @@ class DispatcherPlugin:
 
     @hookimpl
     def b2bua_call_ended(self, call: CallInfo, cause: EndCause, answered: Target | None) -> None:
-        self.state.release_call(call.id)
-        if self.drains.pending:
-            self.drains.check(self.state)
+        released = self.state.release_call(call.id)
+        if self.drains.pending and released:
+            self.drains.check(self.state, released)
 
     @hookimpl
     def dispatcher_mark(self, target: Target, state: str, reason: str) -> None:

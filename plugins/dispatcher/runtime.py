@@ -532,10 +532,10 @@ class DispatcherState:
                 self.observer(dest_key, LOAD_CHANGED)
         return True
 
-    def release_call(self, call_key: Hashable) -> int:
-        """Release every load slot call ``call_key`` still holds; returns how many."""
+    def release_call(self, call_key: Hashable) -> list[DestKey]:
+        """Release every load slot call ``call_key`` still holds; returns their destinations."""
         keys = list(self._calls.get(call_key, ()))
-        return sum(self.load_release(call_key, k) for k in keys)
+        return [k for k in keys if self.load_release(call_key, k)]
 
     def active_calls(self) -> int:
         """Calls holding at least one load slot (for tests and the listing)."""

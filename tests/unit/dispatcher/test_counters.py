@@ -242,3 +242,28 @@ def test_the_group_totals_and_a_histogram_family() -> None:
     assert families["b2bua_dispatcher_failure_responses_total"].samples == [(("1", dests(3)[0].uri, "503"), 1)]
     stats.reset()
     assert stats.totals()["attempts"] == 0 and not counters.reloads
+
+
+def test_draining_many_destinations_logs_one_line_and_a_call_end_checks_only_its_own() -> None:
+    from plugins.dispatcher.drain import DrainWatch
+
+    state = DispatcherState()
+    uris = [f"sip:10.0.{n // 250}.{n % 250 + 1}" for n in range(600)]
+    state.swap(build_snapshot([Destination(1, u) for u in uris], "test"), keep_state=False)
+    keys = [(1, u) for u in uris]
+    for n, key in enumerate(keys[:300]):  # half of them carry a call each
+        assert state.load_add(f"c{n}", key)
+    lines: list[str] = []
+    sink = logger.add(lambda m: lines.append(m.record["message"]), level="INFO")
+    try:
+        watch = DrainWatch(clock=lambda: 10.0)
+        watch.start(state, keys)
+        assert lines == ["dispatcher: 300 destination(s) draining (300 call(s) to them go on), 300 drained (no calls)"]
+        released = state.release_call("c7")
+        assert released == [keys[7]]
+        assert watch.check(state, released) == [keys[7]]
+        assert watch.check(state, [keys[8]]) == []  # still has its call
+        assert len(watch.pending) == 299 and lines[-1].endswith(f"{uris[7]} drained: its last call ended 0.0 s "
+                                                                 "after the drain began")
+    finally:
+        logger.remove(sink)
