@@ -73,6 +73,16 @@ return out
 """
 
 # KEYS: node key; ARGV: token. Leave: the name is free at once.
+# KEYS: node key; ARGV: the dead holder's token, our token, ttl ms. Takes the name over only
+# from that holder: two processes that both found it dead cannot both win (a plain SET would
+# let the second overwrite the first after the first had joined).
+TAKEOVER_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+end
+return false
+"""
+
 LEAVE_LUA = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -292,8 +302,9 @@ class Cluster:
             if _pid_gone(holder):
                 logger.info("cluster: node name {} was held by a process that is gone ({}): taken over",
                             self.node, describe_token(holder))
-                self.link.call(lambda c: c.set(self.key("node", self.node), self.token, px=int(ttl * 1000)))
-                continue
+                self.link.call(lambda c, dead=holder: self.run_script(  # type: ignore[misc]
+                    c, TAKEOVER_LUA, [self.key("node", self.node)], [dead, self.token, int(ttl * 1000)]))
+                continue  # joined if ours now; another taker's token otherwise (alive: wait)
             if first is None:
                 first = holder
                 logger.info("cluster: node name {} is held by {}: waiting up to {:g} s for it to expire",

@@ -263,3 +263,39 @@ def test_garbage_on_the_channel_is_counted_not_applied(redis: RedisServer, nodes
     assert a.flags(GW[0]) == 0
     bad = [w for w in warnings if "could not be used" in w]
     assert len(bad) == 1, warnings  # summed up, not one line per message
+
+
+def test_two_takers_of_a_dead_name_cannot_both_join(redis: RedisServer) -> None:
+    # both read the crashed holder's token; the first takes the name over and joins; the second's
+    # take-over comes after: a plain SET overwrote the first's token and both ran as node "a". It
+    # only replaces the dead holder's token, so the second finds the first alive and gives up.
+    import threading
+
+    import redis as redis_client
+
+    client = redis_client.Redis.from_url(redis.url)
+    dead = f"{socket.gethostname()}|999999999|dead"
+    client.set("b2bua:node:a", dead, px=60000)
+    first, second = (Cluster(ClusterConfig(redis_url=redis.url, node="a", **FAST), "a", post=lambda f: None,
+                             call_later=lambda d, f: None, info=dict) for _ in range(2))
+    first.start()
+    stale = iter([dead.encode()])  # what the second read before the first took over
+    real_join = second._join
+    second._join = lambda c: next(stale, None) or real_join(c)  # type: ignore[method-assign]
+    stop = threading.Event()
+
+    def heartbeat() -> None:  # the first's heartbeat (these nodes have no loop to run theirs)
+        while not stop.wait(0.05):
+            client.pexpire("b2bua:node:a", 600)
+
+    beater = threading.Thread(target=heartbeat)
+    beater.start()
+    try:
+        with pytest.raises(NameTaken):
+            second.start()
+        assert first.joined and not second.joined
+        assert client.get("b2bua:node:a") == first.token.encode()
+    finally:
+        stop.set()
+        beater.join()
+        first.stop()
