@@ -356,6 +356,7 @@ class Host(Protocol):
 
         The callback gets the final response, or a local 408 after ``timeout`` seconds, or a
         local 500 when the request could not be sent (an ``outbound`` the host cannot honour
-        too). ``outbound`` chooses the listener, proxy and credentials as for a B leg.
+        too; an ACK, which exists only for an INVITE's answer). ``outbound`` chooses the
+        listener, proxy and credentials as for a B leg.
         """
         ...

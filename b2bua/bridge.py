@@ -31,6 +31,7 @@ What it does (``docs/media.md`` says it for operators):
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import functools
 from collections.abc import Callable
@@ -47,6 +48,7 @@ from b2bua.events import (
     OfferFailed,
     RemoteOffer,
 )
+from b2bua.sip import printable
 
 if TYPE_CHECKING:
     from b2bua.api import TimerHandle
@@ -150,6 +152,9 @@ def digit_length(duration_ms: int) -> int:
 
 
 _DIGITS = frozenset("0123456789*#ABCD")
+#: what is sent on: the DTMF events of RFC 4733 (and its flash, R); pjsua reports any byte
+#: after an INFO's ``Signal=`` as a digit
+DTMF_EVENTS = _DIGITS | {"R"}
 
 
 def info_dtmf_digit(body: str) -> str:
@@ -400,6 +405,12 @@ class Bridge:
         """A digit (report) from leg ``index``."""
         if self.policy.dtmf is DtmfMode.OFF or self.closed:
             return
+        if event.digit.upper() not in DTMF_EVENTS:  # each failed in pjmedia or raised out of pjsua2
+            self.log.debug("DTMF '{}' from leg {}: not a DTMF event (0-9, *, #, A-D, R): not sent on",
+                           printable(event.digit, 8), index)
+            return
+        if event.digit != event.digit.upper():  # an INFO's "Signal=a"
+            event = dataclasses.replace(event, digit=event.digit.upper())
         if event.method is not DtmfMethod.RFC4733:
             self._relay(index, event.digit, event.duration_ms, event.method)
             return

@@ -278,6 +278,10 @@ def split_host_port(text: str) -> tuple[str, int]:
 # -- Sections ----------------------------------------------------------------------------------
 
 TRANSPORTS = ("udp", "tcp")
+#: listeners pjsua holds (its transport table; a 9th failed the start)
+MAX_LISTENERS = 8
+#: credentials one pjsua account holds (PJSUA_ACC_MAX_PROXIES; a 9th failed the account)
+MAX_ACCOUNT_CREDENTIALS = 8
 #: conference bridge rates offered (each is also an Opus sample rate)
 CLOCK_RATES = (8000, 16000, 48000)
 #: [sip] dtmf, dtmf_fallback and hold values (b2bua.bridge's DtmfMode, DtmfFallback, HoldMode)
@@ -351,7 +355,7 @@ class Credential:
 @dataclass(frozen=True)
 class SipConfig:
     listen: tuple[str, ...] = opt(
-        ["udp:127.0.0.1:5060", "tcp:127.0.0.1:5060"], "SIP listeners, 'udp|tcp:ADDRESS:PORT'"
+        ["udp:127.0.0.1:5060", "tcp:127.0.0.1:5060"], "SIP listeners, 'udp|tcp:ADDRESS:PORT' (at most 8)"
     )
     max_calls: int = opt(500, "concurrent calls admitted; more get admission_code", bounds=(1, None))
     max_forks: int = opt(4, "most B legs one call may dial at once (parallel mode)", bounds=(1, None))
@@ -436,7 +440,8 @@ class SipConfig:
         {}, "names for listeners, for the sockname= attribute: { wan = \"udp:203.0.113.5:5060\" }"
     )
     credentials: tuple[Credential, ...] = opt(
-        [], "digest credentials for 401/407 challenges on B legs ([[sip.credentials]] tables, below)"
+        [], "digest credentials for 401/407 challenges on B legs ([[sip.credentials]] tables, below; at most 8 "
+        "without a name)"
     )
     nameservers: tuple[str, ...] = opt(
         [], "DNS servers ('IP' or 'IP:PORT') pjsip asks without blocking calls (SRV, A, cached for their TTL);"
@@ -456,6 +461,8 @@ class SipConfig:
             seen[listen] = i
         if not self.listen:
             raise ValueError("listen: at least one listener is needed")
+        if len(self.listen) > MAX_LISTENERS:
+            raise ValueError(f"listen: {len(self.listen)} listeners, but pjsua holds at most {MAX_LISTENERS}")
         check_nameservers(self.nameservers)
         if self.public_address:
             try:
@@ -537,6 +544,10 @@ class SipConfig:
                         " destinations choose (auth=NAME)"
                     )
                 realms[realm] = i
+        if len(realms) > MAX_ACCOUNT_CREDENTIALS:  # all of them go to the default account
+            raise ValueError(f"credentials: {len(realms)} without a name, but one pjsua account answers challenges "
+                             f"with at most {MAX_ACCOUNT_CREDENTIALS} (give some a name and let destinations choose "
+                             "them: auth=NAME)")
 
     def credential(self, name: str) -> Credential | None:
         """The credential called ``name``, or None."""

@@ -567,6 +567,10 @@ class Endpoint:
         probe_id = next(self._probe_ids)
         pending = _Pending(callback, time.monotonic())
         self._pending[probe_id] = pending
+        problem = sip_text.request_method_problem(method)  # pjsip would assert (abort) on an ACK
+        if problem:
+            self._finish(probe_id, ProbeResult(500, f"Not sent: {problem}", None, local=True))
+            return
         try:
             account = self.account_for(profile_for(outbound, self.config.sip, uri) if outbound else None)
         except (ValueError, LegError) as exc:

@@ -175,7 +175,8 @@ class DtmfReceived:
     report of the same event (same ``timestamp_ms``) with a longer ``duration_ms``, ``end`` the
     last one (end reports may be lost on the wire).
 
-    :param digit: ``0``-``9``, ``*``, ``#``, ``A``-``D``.
+    :param digit: ``0``-``9``, ``*``, ``#``, ``A``-``D`` (``R``: RFC 4733 flash); from an INFO
+        application/dtmf-relay whatever character followed ``Signal=`` (the bridge drops the rest).
     :param duration_ms: how long the digit lasted so far (the total with ``end``).
     :param timestamp_ms: identifies the event among reports of the same method (random base).
     """

@@ -134,6 +134,24 @@ def next_hop_problem(text: str) -> str:
     return ""
 
 
+#: an RFC 3261 token: what a request method is
+_METHOD = re.compile(r"[A-Za-z0-9\-.!%_+`'~]+")
+
+
+def request_method_problem(method: str) -> str:
+    """Why a request of ``method`` cannot be sent outside any dialog, or ``""``.
+
+    An ACK exists only for an INVITE's answer: pjsip's transaction layer asserts on one of its
+    own, and our build turns that assertion into an abort of the whole process. pjsip matches
+    method names regardless of case (``ack`` is an ACK).
+    """
+    if not _METHOD.fullmatch(method):
+        return f"'{printable(method, 40)}' is not a SIP method"
+    if method.upper() == "ACK":
+        return f"{method!r}: an ACK is sent only for an INVITE's answer (never on its own)"
+    return ""
+
+
 def status_reason(code: int) -> str:
     """The usual reason phrase for a status code (``""`` when unknown)."""
     return REASONS.get(code, "")

@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from b2bua.config import ConfigError, opt, parse_section
+from b2bua.sip import request_method_problem
 from plugins.dispatcher.algorithms import TEMPLATE_FIELDS, resolve_algorithm, template_names
 from plugins.dispatcher.attrs import check_message_uri
 from plugins.dispatcher.selection import PARALLEL, Policy
@@ -236,7 +237,7 @@ class DispatcherConfig:
 
     # -- probing (OPTIONS keepalives)
     ping_interval: float = opt(10.0, "seconds between keepalive rounds; 0: no probing")
-    ping_method: str = opt("OPTIONS", "keepalive request method")
+    ping_method: str = opt("OPTIONS", "keepalive request method (not ACK: an ACK exists only for an INVITE's answer)")
     ping_from: str = opt("sip:dispatcher@localhost", "From URI of keepalives (attribute ping_from overrides)")
     ping_timeout: float = opt(2.0, "seconds to wait for a keepalive answer (then a local 408)")
     probing_threshold: int = opt(1, "failed keepalives before an entry goes inactive (I); T before that")
@@ -276,6 +277,9 @@ class DispatcherConfig:
             raise ValueError("ping_timeout: must be > 0")
         if not _TOKEN.fullmatch(self.ping_method):
             raise ValueError(f"ping_method: {self.ping_method!r} is not an upper-case SIP method")
+        problem = request_method_problem(self.ping_method)
+        if problem:
+            raise ValueError(f"ping_method: {problem}")
         check_message_uri("ping_from", self.ping_from)
         if self.probing_threshold < 1 or self.inactive_threshold < 1:
             raise ValueError("probing_threshold and inactive_threshold must be at least 1")

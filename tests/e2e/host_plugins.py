@@ -84,3 +84,23 @@ class CredentialPerCallRouter:
     def b2bua_route_call(self, call: CallInfo) -> RoutePlan:
         user = call.request_uri.removeprefix("sip:").split("@", 1)[0]
         return RoutePlan((Target(self.target, outbound=Outbound(auth=user)),))
+
+
+class RequestSender:
+    """At start-up sends one out-of-dialog request per method in ``[plugins.sender] methods`` to
+    ``target`` through the host's ``send_request`` and logs each result: ``sender: METHOD -> CODE REASON``."""
+
+    def __init__(self) -> None:
+        self.section: dict[str, Any] = {}
+
+    @hookimpl
+    def b2bua_configure(self, config: Config) -> None:
+        self.section = dict(config.plugin_section("sender"))
+
+    @hookimpl
+    def b2bua_startup(self, app: Any) -> None:
+        from loguru import logger
+
+        for method in self.section.get("methods", ()):
+            app.send_request(method, self.section["target"], from_uri="sip:sender@b2bua.invalid",
+                             callback=lambda r, m=method: logger.info("sender: {} -> {} {}", m, r.code, r.reason))

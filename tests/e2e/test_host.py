@@ -269,3 +269,20 @@ def test_a_fork_that_cannot_be_sent_does_not_end_the_call(b2bua_factory: B2buaFa
     assert result.final_codes == [200], result.describe()
     assert gw.count("INVITE") == 1
     assert "cannot dial" in b2b.proc.log_text()
+
+
+def test_a_plugin_sending_an_ack_of_its_own_gets_an_error_not_an_aborted_process(
+        b2bua_factory: B2buaFactory, addresses: AddressAllocator, gateway_factory: GatewayFactory,
+        caller: Caller) -> None:
+    # pjsip's transaction layer asserts on an ACK outside an INVITE transaction: the process aborted
+    gw = gateway_factory("answer")
+    extra = f'[plugins.sender]\ntarget = "{gw.uri}"\nmethods = ["ack", "ACK", "OPTIONS"]\n'
+    b2b = Host(b2bua_factory, addresses, gw.uri, plugins='["tests.e2e.host_plugins:RequestSender"]', extra=extra)
+    b2b.proc.wait_for_log("sender: OPTIONS -> 200")
+    log = b2b.proc.log_text()
+    for method in ("ack", "ACK"):
+        assert (f"sender: {method} -> 500 Not sent: {method!r}: an ACK is sent only for an INVITE's answer"
+                in log), log
+    result = caller.run_calls(b2b.ip, b2b.port, n=1, call_duration_ms=0)
+    assert result.final_codes == [200], result.describe()
+    assert gw.count("ACK") == 1  # the call's, none of the plugin's

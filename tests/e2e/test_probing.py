@@ -21,6 +21,7 @@ import pytest
 from b2bua.control import ControlClient
 from plugins.dispatcher.model import DestFlags
 
+from .configs import ListEntry, b2bua_config, write_list_file
 from .conftest import B2buaFactory, GatewayFactory
 from .events_plugin import Event, read_events
 from .harness import (
@@ -374,3 +375,18 @@ def test_ping_active_false_sends_no_options_until_switched_on(start_dispatcher: 
     assert run.control.call("dispatcher.ping_active", [1]) == {"NewPingState": 1, "OldPingState": 0}
     run.wait_states({gw.uri: "AP"}, timeout=INTERVAL + SLACK)
     wait_until(lambda: gw.count("OPTIONS") >= 2, 2 * INTERVAL + SLACK, what="OPTIONS once switched on")
+
+
+def test_an_ack_as_keepalive_method_stops_the_start_naming_the_key(
+        workdir: Path, addresses: AddressAllocator, gateway_factory: GatewayFactory,
+        b2bua_factory: B2buaFactory) -> None:
+    # pjsip's transaction layer asserts on an ACK of its own: the first keepalive aborted the process
+    gw = gateway_factory("answer")
+    write_list_file(workdir, [ListEntry(1, gw.uri)])
+    ip = addresses.next()
+    config = b2bua_config(ip, free_port(ip, "udp"), dispatcher={"ping_interval": 0.3, "ping_method": "ACK"})
+    with pytest.raises(HarnessError, match="exited with 2") as info:
+        b2bua_factory(config)
+    assert ("[plugins.dispatcher] ping_method: 'ACK': an ACK is sent only for an INVITE's answer"
+            in str(info.value)), info.value
+    assert gw.count("ACK") == 0

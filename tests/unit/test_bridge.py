@@ -556,3 +556,15 @@ def test_the_looks_give_up_after_three_and_stop_with_the_call() -> None:
     assert host.bridge._looks
     host.bridge.close()
     assert host.bridge._looks == {}
+
+
+def test_what_is_not_a_dtmf_event_is_not_sent_on(log_lines: list[tuple[str, str]]) -> None:
+    # pjsua reports whatever byte follows "Signal=" in an INFO application/dtmf-relay as the digit:
+    # sent on, each failed in pjmedia (two pjsip ERROR lines) or, undecodable, raised out of pjsua2
+    host, _a, b = answered()
+    for digit in ("X", "\udcc3", "\r", "5", "a", "R"):
+        host.bridge.dtmf(0, DtmfReceived(digit, 200, M.SIP_INFO, end=True))
+    assert b.did("dtmf") == [("5", 200, M.RFC4733), ("A", 200, M.RFC4733), ("R", 200, M.RFC4733)]
+    assert {level for level, _ in log_lines} == {"DEBUG"}
+    assert ("DEBUG", "DTMF 'X' from leg 0: not a DTMF event (0-9, *, #, A-D, R): not sent on") in log_lines
+    assert ("DEBUG", "DTMF '\\xc3' from leg 0: not a DTMF event (0-9, *, #, A-D, R): not sent on") in log_lines

@@ -108,6 +108,9 @@ def test_relative_paths_resolve_against_the_config_folder(tmp_path: Path) -> Non
         ({"sip": {"rtp_port": 64000}}, "[sip] rtp_port: 64000 leaves 1536 ports for media, but max_calls = 500 "
                                        "needs at least 2000"),
         ({"sip": {"max_calls": 0}}, "[sip] max_calls: must be 1 or more, got 0"),
+        # pjsua holds 8 transports: the 9th listener stopped the start with pjsip's ERROR lines
+        ({"sip": {"listen": [f"udp:127.0.0.{i}:5060" for i in range(1, 10)]}},
+         "[sip] listen: 9 listeners, but pjsua holds at most 8"),
         ({"sip": {"max_forks": 0}}, "[sip] max_forks: must be 1 or more, got 0"),
         ({"sip": {"admission_code": 200}}, "[sip] admission_code: must be 400-699, got 200"),
         ({"sip": {"admission_code": 302}}, "[sip] admission_code: must be 400-699, got 302"),
@@ -171,6 +174,7 @@ def test_values_out_of_range_or_form(doc: dict, message: str) -> None:
         {"sip": {"rtp_port": 63536}},  # 2000 ports for 500 calls: just enough
         {"sip": {"codecs": ["PCMU", "opus/48000/2", "G722/16000"], "user_agent": "b2bua\t1.0"}},
         {"sip": {"listen": ["udp:[::1]:5060", "tcp:[::1]:5060", "udp:127.0.0.1:5060"]}},
+        {"sip": {"listen": [f"{t}:127.0.0.{i}:5060" for t in ("udp", "tcp") for i in range(1, 5)]}},  # 8
         {"log": {"pjsip_level": 0}},
         {"control": {"http": "127.0.0.2:1", "max_request_bytes": 256}},
         {"control": {"http": "[::1]:65535", "max_request_bytes": 16 * 1024 * 1024}},

@@ -83,10 +83,20 @@ def test_credentials_per_realm_and_per_name() -> None:
     ({"socket_names": {"wan": "udp:1.2.3.4:5060"}}, "socket_names.wan: 'udp:1.2.3.4:5060' is not one of listen"),
     ({"socket_names": {"w n": "udp:10.0.0.1:5060"}}, "socket_names: 'w n'"),
     ({"outbound_proxy": "sbc.example"}, "outbound_proxy: sbc.example: no URI scheme"),
+    # one pjsua account holds 8 credentials: the default account's creation raised at start-up
+    ({"credentials": [{"realm": f"r{i}", "username": "u", "password": "p"} for i in range(9)]},
+     "[sip] credentials: 9 without a name, but one pjsua account answers challenges with at most 8 "
+     "(give some a name and let destinations choose them: auth=NAME)"),
 ])
 def test_bad_settings_name_where(values: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)):
         parse_config({"sip": {"listen": LISTEN} | values})
+
+
+def test_eight_credentials_without_a_name_and_any_number_with_one_fit() -> None:
+    creds = [{"realm": f"r{i}", "username": "u", "password": "p"} for i in range(8)]
+    named = [{"realm": "*", "username": "u", "password": "p", "name": f"n{i}"} for i in range(20)]
+    assert len(parse_config({"sip": {"listen": LISTEN, "credentials": creds + named}}).sip.credentials) == 28
 
 
 def test_a_password_is_never_shown_in_an_error() -> None:

@@ -89,3 +89,19 @@ def test_printable_lines_keeps_a_dump_readable_and_escapes_what_could_forge_a_li
 @given(st.text())
 def test_printable_lines_leaves_only_printables_line_breaks_and_tabs(text: str) -> None:
     assert all(ch.isprintable() or ch in "\n\t" for ch in sip.printable_lines(text))
+
+
+@pytest.mark.parametrize("method", ["OPTIONS", "INFO", "NOTIFY", "X-PING", "INVITE"])
+def test_a_request_method_that_can_be_sent_on_its_own(method: str) -> None:
+    assert sip.request_method_problem(method) == ""
+
+
+@pytest.mark.parametrize(("method", "why"), [
+    ("ACK", "an ACK is sent only for an INVITE's answer"),  # pjsip's transaction layer asserts on it
+    ("ack", "an ACK is sent only for an INVITE's answer"),  # pjsip matches methods regardless of case
+    ("", "'' is not a SIP method"),
+    ("OPTIONS\r\nX-Injected: 1", r"'OPTIONS\x0d\x0aX-Injected: 1' is not a SIP method"),
+    ("OPT IONS", "'OPT IONS' is not a SIP method"),
+])
+def test_a_request_method_that_cannot(method: str, why: str) -> None:
+    assert why in sip.request_method_problem(method)

@@ -16,7 +16,7 @@ import pytest
 
 from ..configs import ListEntry, start_b2bua
 from ..conftest import B2buaFactory, MediaPeerFactory
-from ..harness import AddressAllocator
+from ..harness import AddressAllocator, wait_until
 from .expect import CALLER_HZ, GATEWAY_HZ, b2bua_uri
 from .peers import Event, MediaPeer
 from .tones import dtmf_digits, read_wav
@@ -154,3 +154,27 @@ def test_more_in_band_digits_than_pjmedia_queues_cost_no_more_than_those_digits(
     assert log.count("could not be sent to leg") == 1, log  # the first refused digit, once
     assert "10 DTMF digits of this call could not be sent on" in log, log
     assert b2b.process.rpc("core.uptime")["uptime"] >= 0
+
+
+def test_a_signal_that_is_no_digit_is_not_sent_on_and_costs_no_error(
+        media_peer_factory: MediaPeerFactory, b2bua_factory: B2buaFactory, workdir: Path,
+        addresses: AddressAllocator) -> None:
+    # pjsua takes any byte after "Signal=" as the digit: sent on, 'X' failed in pjmedia (two pjsip
+    # ERROR lines and a WARNING), and the two bytes of 'é' raised out of pjsua2 (an ERROR and a
+    # traceback each): a caller could fill the log with ERRORs, one INFO at a time
+    phone, gw, number = call_through(media_peer_factory, b2bua_factory, workdir, addresses,
+                                     gateway={"telephone_event": False}, phone={"tone": None})
+    phone.dtmf(number, "Xé5", method="info", duration_ms=200)
+
+    def info_answers() -> list[int]:
+        return [e["code"] for e in phone.events("rx", number) if e["method"] == "INFO" and e["code"]]
+
+    wait_until(lambda: len(info_answers()) >= 4, 5.0, what="the answers to 4 INFOs (X, the 2 bytes of é, 5)")
+    time.sleep(1.0)  # the 5 plays in-band
+    phone.hangup(number)
+    assert gw.wait_ended(1)["code"] == 200
+    assert info_answers() == [200] * 4  # pjsua answers dtmf-relay itself
+    heard = dtmf_digits(*read_wav(gw.recording(1)))
+    assert [digit for digit, _ in heard] == ["5"], heard
+    log = (workdir / "b2bua.log").read_text()
+    assert "ERROR" not in log and "WARNING" not in log and "Traceback" not in log, log
