@@ -12,7 +12,9 @@ or transaction before pjsua sees it (see ``b2bua/rxfilter.py``), and again in
    trusted: 503 + Retry-After;
 3. malformed → 400 (416 for a Request-URI scheme other than sip/sips); an ACK is dropped;
 4. a REFER → 603 (pjsua would accept any transfer and dial its target itself, outside any
-   session: toll fraud by transfer);
+   session: toll fraud by transfer); an INVITE with ``Replaces`` → 603 (pjsua would answer it
+   itself, with no route, and hang up the call it names: an orphan call holding a slot and
+   RTP ports, and a caller or gateway able to end other calls' legs);
 5. inside a dialog (To tag) → let in: pjsip's dialog layer takes it, and answers 481 what
    matches no dialog of ours. The gate exempts from rules 1-2 only a request whose dialog
    pjsip holds; one that merely carries a To tag (``Standing.STRAY``) is blocked or counted
@@ -110,6 +112,7 @@ class Facts:
     blocked: bool = False
     over_rate: bool = False
     scanner: bool = False
+    replaces: bool = False
     credit: float = 0.0
     load: Load = Load()
 
@@ -147,7 +150,7 @@ def decide(f: Facts, p: Policy) -> Decision:
             return Decision(Verdict.DROP, Why.MALFORMED, credit=credit)
         reason = status_reason(f.malformed_code) or "Bad Request"
         return Decision(Verdict.REFUSE, Why.MALFORMED, f.malformed_code, reason, credit=credit)
-    if f.method == "REFER":  # pjsua would accept it and dial the Refer-To target itself
+    if f.method == "REFER" or (f.replaces and f.method == "INVITE"):  # pjsua would act on either itself
         return Decision(Verdict.REFUSE, Why.TRANSFER, 603, "Decline", credit=credit)
     if f.in_dialog:
         return Decision(Verdict.ACCEPT, credit=credit)

@@ -279,7 +279,8 @@ class Gate:
         # in_dialog: pjsip's dialog layer takes it (a stray one gets 481 there, an ACK nothing)
         facts = Facts(method=method, in_dialog=stands is not Standing.NEW,
                       malformed_code=malformed.code if malformed else 0, trusted=trusted, over_rate=over_rate,
-                      scanner=scanner, credit=self.credit, load=load)
+                      scanner=scanner, replaces=request is not None and "replaces" in request.headers,
+                      credit=self.credit, load=load)
         decision = decide(facts, self.policy)
         self.credit = decision.credit
         if call and (decision.verdict is Verdict.ACCEPT or decision.why is Why.OVERLOAD):

@@ -181,6 +181,20 @@ class Leg(CallLeg, pj.Call):  # type: ignore[misc]
             account.problems.report(problem, self.target.uri if self.target is not None else "a caller")
         prm.challenge.abandon()
 
+    def onCallReplaceRequest(self, prm: pj.OnCallReplaceRequestParam) -> None:
+        # An INVITE with Replaces naming this leg's dialog: pjsua would answer the new call
+        # itself (no route, an orphan holding a slot and RTP ports) and hang this leg up. Not
+        # ours to accept: 603, as for a REFER. The early filter refuses it before pjsua sees it;
+        # this is the net (early_filter = false). Never a code under 200: pjsua asserts on it.
+        try:
+            prm.statusCode = 603
+            prm.reason = "Decline"
+            call = getattr(self.owner, "call", None)  # a Session's CallInfo
+            logger.bind(call_id=getattr(call, "call_id", "-")).info(
+                "refused: 603 Decline: an INVITE with Replaces naming leg {} of this call", self.index)
+        except Exception:
+            logger.opt(exception=True).error("replace-request handler failed")
+
     def onCallTsxState(self, prm: pj.OnCallTsxStateParam) -> None:
         # B legs waiting for their first response: a 100 Trying stops the attempt timer. Talking
         # legs: an INFO with a digit, the answer to our own re-INVITE. Nothing else is read.

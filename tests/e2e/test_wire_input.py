@@ -16,6 +16,8 @@ import subprocess
 import time
 from dataclasses import dataclass
 
+import pytest
+
 from .conftest import B2buaFactory, GatewayFactory
 from .flood import Flood
 from .harness import REPO_ROOT, AddressAllocator, B2buaProcess, Caller, free_port, wait_until
@@ -394,3 +396,44 @@ def test_a_cancel_of_a_ringing_call_passes_when_its_trusted_source_is_over_its_r
     assert flood.responses[503] > flood.sent // 2, flood.responses  # over its rate all along
     assert result.final_codes == [487, 487], result.describe()
     assert gw.count("CANCEL") == 2
+
+
+@pytest.mark.parametrize("early_filter", [True, False], ids=["early-filter", "pjsua-net"])
+def test_an_invite_with_replaces_is_declined_and_the_call_it_names_goes_on(
+        early_filter: bool, b2bua_factory: B2buaFactory, addresses: AddressAllocator,
+        gateway_factory: GatewayFactory, caller: Caller) -> None:
+    """pjsua would answer an INVITE whose Replaces names one of our dialogs by itself (no route:
+    an orphan call holding a slot and RTP ports) and hang the named call up: from the caller's
+    or a gateway's side, anyone could end other calls' legs. Declined with 603 either way: by the
+    early filter, or (early_filter = false) by the leg pjsua asks."""
+    gw = gateway_factory("answer")
+    b2b = Host(b2bua_factory, addresses, gw.uri, extra=f"[security]\nearly_filter = {str(early_filter).lower()}")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((caller.ip, 0))
+        s.settimeout(5.0)
+        peer = Peer(b2b.ip, b2b.port, caller.ip, s.getsockname()[1])
+
+        def final(method: str, cseq: int) -> bytes:
+            while True:
+                data = s.recvfrom(65535)[0]
+                if data.startswith(b"SIP/2.0 ") and not data.startswith(b"SIP/2.0 1") \
+                        and f"CSeq: {cseq} {method}\r\n".encode() in data:
+                    return data
+
+        s.sendto(request("INVITE", peer, call_id="named-1", branch="n1", from_tag="a1", cseq=1), (b2b.ip, b2b.port))
+        answer = final("INVITE", 1)
+        assert answer.startswith(b"SIP/2.0 200"), answer[:200]
+        to_tag = re.search(rb"\r\nTo:[^\r\n]*;tag=([^;\r\n]+)", answer).group(1).decode()  # type: ignore[union-attr]
+        s.sendto(request("ACK", peer, call_id="named-1", branch="n1a", from_tag="a1", to_tag=to_tag, cseq=1),
+                 (b2b.ip, b2b.port))
+        replaces = f"Replaces: named-1;to-tag={to_tag};from-tag=a1"
+        s.sendto(request("INVITE", peer, call_id="replacer-1", branch="r1", from_tag="b1", cseq=7,
+                         extra=(replaces,)), (b2b.ip, b2b.port))
+        assert final("INVITE", 7).split(b"\r\n", 1)[0] == b"SIP/2.0 603 Decline"
+        # the named call is still up: its BYE is answered 200 and reaches the gateway
+        s.sendto(request("BYE", peer, call_id="named-1", branch="n2", from_tag="a1", to_tag=to_tag, cseq=2),
+                 (b2b.ip, b2b.port))
+        assert final("BYE", 2).startswith(b"SIP/2.0 200")
+    wait_until(lambda: gw.count("BYE") == 1, 5.0, what="the named call's BYE at the gateway")
+    assert gw.count("INVITE") == 1, "nothing was dialled for the replacing INVITE"
+    assert "603 Decline" in b2b.proc.log_text()
