@@ -105,9 +105,10 @@ class PjLogWriter(pj.LogWriter):  # type: ignore[misc]
             # pjsua2 reports each as an error: expected at shutdown, so not one. An INVITE pjsua
             # refuses itself (488: no codec in common, 400: an SDP that does not parse) gets one
             # line with its Call-ID and why from Endpoint._on_rejected: pjsip's own would be one
-            # or two ERRORs per call without a Call-ID, which a flood of bad INVITEs multiplies.
+            # or two ERRORs per call without a Call-ID, which a flood of bad INVITEs multiplies. A B
+            # leg too long to send: the session logs it once per attempt, with the Call-ID.
             if (self.closing and "cannot find Account instance" in msg) or msg.startswith(
-                    "Request verification failed"):
+                    "Request verification failed") or "(PJSIP_EMSGTOOLONG)" in msg:
                 level = "DEBUG"
             elif msg.startswith(_PORT_BUSY) and "already in use" in msg:
                 level = "DEBUG"

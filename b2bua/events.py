@@ -77,12 +77,15 @@ class Failed:
         session may need them (Retry-After, Reason); empty otherwise.
     :param detail: why, in words for the log, when the adapter knows more than the status
         (a digest challenge not answered: :mod:`b2bua.digest`); never sent to the caller.
+    :param local: pjsip ended it before anything reached the destination (the INVITE could not
+        be sent: too long, no transport): a failure of ours (kind ``error``), not the gateway's.
     """
 
     code: int
     reason: str
     headers: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     detail: str = ""
+    local: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -67,6 +67,12 @@ def check_pattern(pattern: str) -> str:
     return pattern
 
 
+#: bytes of header lines copied from one message to the other leg's (name, ": ", value, CRLF):
+#: pjsip builds a message in a 4000-byte buffer (PJSIP_MAX_PKT_LEN), and a caller's INVITE of
+#: up to 4000 bytes with its X- headers copied whole would make the B leg's too long to send
+COPY_BUDGET = 1500
+
+
 @dataclass(frozen=True)
 class HeaderFilter:
     """Compiled patterns: which header names cross, and how their names are written.
@@ -93,21 +99,25 @@ class HeaderFilter:
         return (self.regex is not None and lower not in NEVER_COPIED and is_name(name)
                 and self.regex.fullmatch(lower) is not None)
 
-    def select(self, headers: Mapping[str, Iterable[str]]) -> tuple[list[tuple[str, str]], int]:
+    def select(self, headers: Mapping[str, Iterable[str]],
+               budget: int = COPY_BUDGET) -> tuple[list[tuple[str, str]], int]:
         """The headers of ``headers`` (lower-case name -> values, as :func:`b2bua.sip.parse_message`
         gives them) that cross, as ``(Name, value)`` pairs in order, and how many values were
-        dropped as unusable (:func:`usable_value`)."""
+        dropped: unusable (:func:`usable_value`), or past ``budget`` bytes of header lines."""
         if self.regex is None:
             return [], 0
         out: list[tuple[str, str]] = []
         dropped = 0
+        left = budget
         for name, values in headers.items():
             if not self.allows(name):
                 continue
             written = self.spelling.get(name) or canonical_name(name)
             for value in values:
-                if usable_value(value):
+                size = len(written) + len(value.encode("utf-8", "surrogateescape")) + 4
+                if usable_value(value) and size <= left:
                     out.append((written, value))
+                    left -= size
                 else:
                     dropped += 1
         return out, dropped

@@ -120,6 +120,7 @@ class Leg(CallLeg, pj.Call):  # type: ignore[misc]
         self._answered: set[str] = set()  #: realms whose challenge was answered for the current request
         self._auth_problem: digest.AuthProblem | None = None  #: why a challenge ended our INVITE
         self._reinviting = False  #: we sent a re-INVITE (set_direction): its failure is reported
+        self._sending = False  #: inside makeCall (pjsua reports a send failure synchronously)
         self._tones: pj.ToneGenerator | None = None  #: in-band DTMF toward this leg, made when first needed
         self._tones_queued = 0  #: digits queued on ``_tones`` since it was last idle
 
@@ -154,6 +155,8 @@ class Leg(CallLeg, pj.Call):  # type: ignore[misc]
         if state == DISCONNECTED:
             if self._got_2xx:
                 return Disconnected(code, reason)
+            if self._sending:  # inside makeCall: pjsip could not send it (too long, no transport)
+                return Failed(code, reason, {}, f"the INVITE was not sent: {code} {reason}", local=True)
             problem = self._auth_problem
             if problem is not None:  # we gave up on a challenge: say which and why
                 return Failed(problem.code, sip.status_reason(problem.code), {}, problem.detail)
@@ -295,10 +298,13 @@ class Leg(CallLeg, pj.Call):  # type: ignore[misc]
             tx.nextHop = request.next_hop  # our pjsua2 patch 0005: sent there, R-URI kept
         opt.audioCount = 1
         opt.customCallId = call_id
+        self._sending = True  # a DISCONNECTED before makeCall returns is ours, not the gateway's
         try:
             self.makeCall(sip.name_addr(request.to_name, request.to_uri), prm)
         except pj.Error as exc:
             raise LegError(exc.reason, exc.info()) from None
+        finally:
+            self._sending = False
 
     def respond(self, code: int, reason: str = "", headers: tuple[tuple[str, str], ...] = ()) -> None:
         try:

@@ -59,7 +59,7 @@ from b2bua.events import (
     Provisional,
     RemoteOffer,
 )
-from b2bua.headers import is_name, merge, one_line_problem, usable_value
+from b2bua.headers import COPY_BUDGET, is_name, merge, one_line_problem, usable_value
 from b2bua.outbound import profile_for
 from b2bua.sippolicy import best_failure, relay
 
@@ -264,6 +264,8 @@ class Session:
         try:
             leg.send_invite(request, call_id)
         except LegError as exc:
+            if self.b.get(index) is not leg:  # pjsua reported it failed inside makeCall: done already
+                return
             self.log.warning("cannot dial {}: {}", request.request_uri, exc)
             self._cancel_timer(leg)
             self.b.pop(index, None)
@@ -293,7 +295,8 @@ class Session:
             self._copied, dropped = self.host.passthrough.to_gateway.select(self.call.headers)
             if dropped:
                 self.log.debug("{} header value(s) of the caller's INVITE not passed on (not one line of "
-                               "printable UTF-8, or too long)", dropped)
+                               "printable UTF-8, too long, or past {} bytes of copied headers)", dropped,
+                               COPY_BUDGET)
         return self._copied
 
     def _to_caller(self, headers: Mapping[str, tuple[str, ...]]) -> tuple[tuple[str, str], ...]:
@@ -416,6 +419,8 @@ class Session:
 
     def _b_failed(self, leg: CallLeg, event: Failed | Disconnected) -> None:
         if isinstance(event, Failed):
+            if event.local and leg.ended_by is None:
+                leg.ended_by = FailureKind.ERROR
             self._fail_leg(leg, event.code, event.reason, event.headers, detail=event.detail)
         else:
             self._fail_leg(leg, event.code, event.reason)
@@ -428,6 +433,8 @@ class Session:
         kind = leg.ended_by or FailureKind.RESPONSE
         if kind is FailureKind.CANCELLED:
             code, reason, headers = 487, "Request Terminated", None
+        elif kind is FailureKind.ERROR:  # not sent: as when a target cannot be dialled at all
+            code, reason, headers = 500, "Server Internal Error", None
         elif kind is not FailureKind.RESPONSE:  # our own timers
             code, reason, headers = 408, "Request Timeout", None
         assert leg.target is not None

@@ -218,3 +218,50 @@ def test_bad_failover_config_is_refused(workdir: Path, addresses: AddressAllocat
     assert done.returncode == 2, (done.stdout, done.stderr)
     assert message in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_an_invite_too_big_to_pass_on_fails_here_and_marks_no_gateway(
+        gateway_factory: GatewayFactory, b2bua_factory: B2buaFactory, workdir: Path, addresses: AddressAllocator,
+        caller: Caller) -> None:
+    """A caller's INVITE whose B leg would not fit pjsip's 4000-byte buffer: pjsua ends the B
+    leg inside makeCall with its own 503. That is not the gateway's answer: no gateway is marked
+    down (mark = "ip"), every attempt fails as ours (500), and the next call goes through. Big
+    X- headers are copied up to a budget, so such a call still goes through."""
+    import socket
+
+    from .sipfuzz import Peer, request
+
+    gws = [gateway_factory("answer"), gateway_factory("answer")]
+    b2b = start_b2bua(b2bua_factory, workdir, addresses.next(), [ListEntry(1, gw.uri) for gw in gws],
+                      failover={"mark": "ip"}, extra_sections={"headers": {"to_gateway": ["X-*"]}})
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((caller.ip, 0))
+        s.settimeout(5.0)
+        peer = Peer(b2b.ip, b2b.port, caller.ip, s.getsockname()[1])
+
+        def final(call_id: str) -> bytes:
+            while True:
+                data = s.recvfrom(65535)[0]
+                if data.startswith(b"SIP/2.0 ") and not data.startswith(b"SIP/2.0 1") \
+                        and f"Call-ID: {call_id}\r\n".encode() in data:
+                    return data
+
+        # 3851 bytes (pjsip reads up to 4000): a 1200-digit number and a 1000-character display
+        # name, which the B leg's Request-URI, To and From carry too, with its own SDP and headers
+        big = request("INVITE", peer, call_id="big-1", branch="b1", user="9" * 1200, display="N" * 1000)
+        assert len(big) < 4000
+        s.sendto(big, (b2b.ip, b2b.port))
+        assert final("big-1").startswith(b"SIP/2.0 5")  # the failover plugin's final answer
+        # 3 x 1000 bytes of X- headers: 1500 bytes' worth cross, the call is answered
+        extra = tuple(f"X-Pad{n}: {'p' * 1000}" for n in range(3))
+        s.sendto(request("INVITE", peer, call_id="big-2", branch="b2", extra=extra), (b2b.ip, b2b.port))
+        assert final("big-2").startswith(b"SIP/2.0 200")
+    listing = b2b.process.rpc("dispatcher.list")
+    flags = {t["DEST"]["URI"]: t["DEST"]["FLAGS"] for r in listing["RECORDS"] for t in r["SET"]["TARGETS"]}
+    assert flags == {gw.uri: "AX" for gw in gws}, flags
+    assert sum(gw.count("INVITE") for gw in gws) == 1
+    invite = next(m for gw in gws for m in gw.requests("INVITE"))
+    assert invite.header("X-Pad0") and not invite.header("X-Pad2")
+    log = b2b.process.log_text()
+    assert log.count("the INVITE was not sent: 503") == 2  # both attempts of the first call
+    assert "cannot dial" not in log and "ERROR" not in log  # pjsua's own line about it: DEBUG

@@ -7,6 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from b2bua.headers import (
+    COPY_BUDGET,
     MAX_VALUE,
     NEVER_COPIED,
     HeaderFilter,
@@ -98,3 +99,13 @@ def test_select_never_returns_a_forbidden_name_or_an_unusable_value(headers: dic
     selected, _ = HeaderFilter.compile(["*"]).select({k.lower(): tuple(v) for k, v in headers.items()})
     for name, value in selected:
         assert name.lower() not in NEVER_COPIED and usable_value(value)
+
+
+def test_copied_headers_stop_at_the_budget_in_order() -> None:
+    keep = HeaderFilter.compile(["X-*", "P-Asserted-Identity"])
+    headers = {"p-asserted-identity": ("<sip:+4930111@pbx>",), "x-big": ("a" * 600, "b" * 600, "c" * 600),
+               "x-small": ("1",)}
+    out, dropped = keep.select(headers)
+    assert [name for name, _ in out] == ["P-Asserted-Identity", "X-Big", "X-Big", "X-Small"]
+    assert dropped == 1  # the third 600-byte value would pass 1500 bytes; the small one still fits
+    assert sum(len(n) + len(v) + 4 for n, v in out) <= COPY_BUDGET
