@@ -558,9 +558,12 @@ class Session:
         """Give the caller a final failure answer."""
         self._enter(CallState.ENDING)
         self.cause = cause
-        self.final = f"{answer.code} {answer.reason}"
+        reason, headers, dropped = answer_on_the_wire(answer)
+        for problem in dropped:  # a plugin's Reject, or a gateway's reason phrase relayed
+            self.log.info("the answer to the caller: {}", problem)
+        self.final = f"{answer.code} {reason}"
         if self.a is not None:
-            self._hang_up(self.a, answer.code, answer.reason, answer.headers)
+            self._hang_up(self.a, answer.code, reason, headers)
         self._maybe_end()
 
     # -- media (the bridge's host) ---------------------------------------------------------------
@@ -652,6 +655,32 @@ class Session:
 def _wire_text(text: str) -> str:
     """``text`` from the caller's INVITE if it may go into a B leg's INVITE, else ``""``."""
     return text if usable_value(text) else ""
+
+
+def answer_on_the_wire(answer: Reject) -> tuple[str, tuple[tuple[str, str], ...], list[str]]:
+    """``answer``'s reason phrase and headers as they may go into a response: the phrase on one
+    line without control characters (the usual phrase if nothing is left), each header a token
+    name with a one-line value; what had to be changed or dropped, in words."""
+    problems = []
+    reason = answer.reason if isinstance(answer.reason, str) else ""
+    why = one_line_problem(reason)
+    if why is not None:
+        problems.append(f"reason phrase {sip.printable(reason, 60)!r} cleaned ({why})")
+        reason = " ".join("".join(ch if ch.isprintable() else " " for ch in reason).split())
+        reason = reason.encode("utf-8", "replace").decode("utf-8")[:200]
+    reason = reason or sip.status_reason(answer.code)
+    headers = []
+    for header in answer.headers:
+        if not (isinstance(header, tuple) and len(header) == 2 and all(isinstance(x, str) for x in header)):
+            problems.append(f"header {sip.printable(repr(header), 60)} dropped: not a (name, value) pair of text")
+            continue
+        name, value = header
+        why = "not a token" if not is_name(name) else one_line_problem(value)
+        if why:
+            problems.append(f"header {sip.printable(name, 60)!r} dropped: {why}")
+            continue
+        headers.append((name, value))
+    return reason, tuple(headers), problems
 
 
 def request_problem(request: OutgoingRequest) -> str:

@@ -595,6 +595,22 @@ def test_a_reject_from_routing_is_the_callers_answer() -> None:
     assert s.cause is EndCause.REJECTED and host.ended == [s]
 
 
+def test_a_plugins_reject_reaches_the_wire_as_one_clean_line() -> None:
+    # a CR/LF in a plugin's reason or header value would write a header of its own into our
+    # response; a control character in a gateway's reason phrase would be relayed as it is
+    bad = Reject(486, "Busy\r\nX-Injected: 1\x1b[2J", headers=(("X Bad", "1"), ("X-Ok", "fine"),
+                                                              ("X-Evil", "a\r\nb"), ("X-Num", 5)))  # type: ignore[arg-type]
+    host = FakeHost(Router(reject=bad))
+    s, a = host.session()
+    s.start()
+    assert ends(a) == [("end", 486, "Busy X-Injected: 1 [2J", (("X-Ok", "fine"),))]
+    assert s.final == "486 Busy X-Injected: 1 [2J"
+    empty = FakeHost(Router(reject=Reject(480, "\x00\x07")))
+    s2, a2 = empty.session()
+    s2.start()
+    assert ends(a2) == [("end", 480, "Temporarily Unavailable", ())]
+
+
 def test_a_raising_router_costs_that_call_a_500() -> None:
     host = FakeHost(Router(boom=True))
     s, a = host.session()
