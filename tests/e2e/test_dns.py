@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from .configs import ListEntry, b2bua_config, start_b2bua, write_list_file
+from .configs import ListEntry, RunningB2bua, b2bua_config, start_b2bua, write_list_file
 from .conftest import B2buaFactory, GatewayFactory, ScenarioGatewayFactory
 from .dnsserver import DnsServer
 from .harness import AddressAllocator, B2buaProcess, Caller, Gateway, HarnessError, free_port, wait_until
@@ -189,12 +189,16 @@ def test_an_srv_target_that_refuses_the_connection_is_passed_over(
     assert full_listing(b2b)["sip:carrier.test;transport=tcp"]["DNS"]["QUERY"] == "_sip._tcp.carrier.test"
 
 
-def srv_pair(dns: DnsServer, first: Gateway, second: Gateway, *, weight: int = 0) -> None:
-    """``_sip._udp.carrier.test``: ``first`` at priority 10, ``second`` at 20."""
-    dns.add_srv("_sip._udp.carrier.test", 10, weight, first.port, "sbc1.carrier.test")
-    dns.add_srv("_sip._udp.carrier.test", 20, weight, second.port, "sbc2.carrier.test")
+def carrier(b2bua_factory: B2buaFactory, workdir: Path, addresses: AddressAllocator, dns: DnsServer,
+            first: Gateway, second: Gateway, sip: dict[str, Any] | None = None, **config: Any) -> RunningB2bua:
+    """A B2BUA whose one destination is ``sip:carrier.test``: SRV ``first`` at priority 10,
+    ``second`` at 20."""
+    dns.add_srv("_sip._udp.carrier.test", 10, 0, first.port, "sbc1.carrier.test")
+    dns.add_srv("_sip._udp.carrier.test", 20, 0, second.port, "sbc2.carrier.test")
     dns.add_a("sbc1.carrier.test", first.ip)
     dns.add_a("sbc2.carrier.test", second.ip)
+    return start_b2bua(b2bua_factory, workdir, addresses.next(), [ListEntry(1, "sip:carrier.test")],
+                       sip={"nameservers": [dns.nameserver], **(sip or {})}, **config)
 
 
 def test_a_503_from_one_srv_target_moves_the_call_to_the_next_target_of_the_name(
@@ -202,9 +206,7 @@ def test_a_503_from_one_srv_target_moves_the_call_to_the_next_target_of_the_name
         addresses: AddressAllocator, dns: DnsServer) -> None:
     # RFC 3263 4.3: a 503 from one server of a name -> the next server (the dispatcher's dns_failover)
     busy, good = gateway_factory("reject:503"), gateway_factory("answer")
-    srv_pair(dns, busy, good)
-    b2b = start_b2bua(b2bua_factory, workdir, addresses.next(), [ListEntry(1, "sip:carrier.test")],
-                      sip={"nameservers": [dns.nameserver]})
+    b2b = carrier(b2bua_factory, workdir, addresses, dns, busy, good)
     result = caller.run_calls(b2b.ip, b2b.port, n=3, rate=10, call_duration_ms=0)
     assert result.ok and result.final_codes == [200] * 3, result.describe()
     assert (busy.count("INVITE"), good.count("INVITE")) == (3, 3)
@@ -219,9 +221,7 @@ def test_an_srv_target_that_does_not_answer_is_left_for_the_next_one(
         gateway_factory: GatewayFactory, b2bua_factory: B2buaFactory, caller: Caller, workdir: Path,
         addresses: AddressAllocator, dns: DnsServer) -> None:
     silent, good = gateway_factory("silent"), gateway_factory("answer")
-    srv_pair(dns, silent, good)
-    b2b = start_b2bua(b2bua_factory, workdir, addresses.next(), [ListEntry(1, "sip:carrier.test")],
-                      sip={"nameservers": [dns.nameserver], "attempt_timeout": 1.0})
+    b2b = carrier(b2bua_factory, workdir, addresses, dns, silent, good, sip={"attempt_timeout": 1.0})
     result = caller.run_calls(b2b.ip, b2b.port, n=2, rate=10, call_duration_ms=0)
     assert result.ok and result.final_codes == [200, 200], result.describe()
     assert silent.count("INVITE") == 2 and good.count("INVITE") == 2
@@ -233,9 +233,7 @@ def test_a_cancel_reaches_the_srv_target_that_got_the_invite(
     # the INVITE rings at the second server (the first answered 503); the caller's CANCEL must
     # follow it there, although the name itself leads to the first server
     busy, ringing = gateway_factory("reject:503"), gateway_factory("ring")
-    srv_pair(dns, busy, ringing)
-    b2b = start_b2bua(b2bua_factory, workdir, addresses.next(), [ListEntry(1, "sip:carrier.test")],
-                      sip={"nameservers": [dns.nameserver]})
+    b2b = carrier(b2bua_factory, workdir, addresses, dns, busy, ringing)
     result = caller.run_calls(b2b.ip, b2b.port, n=1, rate=10, behaviour="cancel", cancel_after_ms=200)
     assert result.ok, result.describe()
     wait_until(lambda: ringing.count("CANCEL") == 1, 5.0, what="the CANCEL at the ringing server")
@@ -248,9 +246,7 @@ def test_a_challenge_from_an_srv_target_is_answered_at_that_target(
     # the second server challenges: the INVITE with credentials goes back to it, not to the
     # first server the name leads to
     busy, challenging = gateway_factory("reject:503"), auth_gateway(scenario_gateway, 401)
-    srv_pair(dns, busy, challenging)
-    b2b = start_b2bua(b2bua_factory, workdir, addresses.next(), [ListEntry(1, "sip:carrier.test")],
-                      sip={"nameservers": [dns.nameserver]}, credentials=[credential()])
+    b2b = carrier(b2bua_factory, workdir, addresses, dns, busy, challenging, credentials=[credential()])
     result = caller.run_calls(b2b.ip, b2b.port, n=2, rate=5, call_duration_ms=0)
     assert result.final_codes == [200, 200], result.describe()
     assert busy.count("INVITE") == 2
