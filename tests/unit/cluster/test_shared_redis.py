@@ -244,8 +244,12 @@ def test_a_state_that_does_not_change_outlives_its_ttl(redis: RedisServer, nodes
     a.state.set_flags((1, GW[0]), I_, "probe timeout")
     pump(nodes, lambda: b.flags(GW[0]) == I_)
     settle(nodes, 3 * 1.0 + FAST["node_ttl"] + 1)  # past the key's TTL: the prober kept it alive
+    import redis as redis_client
+
+    assert redis_client.Redis.from_url(redis.url).pttl(f"b2bua:health:1 {GW[0]}") > 0
     c = start(nodes, redis, "c")
-    assert c.flags(GW[0]) == I_
+    # a late node reads the states at start-up on its Redis thread: wait for that read to land
+    pump(nodes, lambda: c.flags(GW[0]) == I_, timeout=5.0, what="the late node learning the state")
 
 
 def test_garbage_on_the_channel_is_counted_not_applied(redis: RedisServer, nodes: list[Node],
