@@ -72,6 +72,9 @@ SOURCES_LOGGED = 3
 #: many seconds later (off the 20 ms packet clock, so the looks do not all land in the same phase
 #: of the peer's and a stranger's packets): pjmedia keeps only the last source of a leg's RTP
 SOURCE_LOOKS = (0.007, 0.013, 0.029)
+#: seconds after an in-band digit has played before its leg gives its tone generator's
+#: conference port back (a next digit within it reuses the generator)
+TONES_LINGER = 2.0
 
 
 class DtmfMode(str, enum.Enum):
@@ -276,6 +279,7 @@ class Bridge:
         "_retries",
         "_retry",
         "_sent",
+        "_tones",
         "_wanted",
         "_watch",
         "_watch_timer",
@@ -309,6 +313,7 @@ class Bridge:
         self._watch: dict[int, RtpWatch] = {}
         self._watch_timer: TimerHandle | None = None
         self._looks: dict[int, TimerHandle] = {}  #: a second look for a dropped packet's source, by leg
+        self._tones: dict[int, TimerHandle] = {}  #: when a leg gives its in-band DTMF generator back
         self._dtmf_failures = 0  #: digits that could not be sent on (logged once, summed up at close)
         self.closed = False
 
@@ -354,7 +359,7 @@ class Bridge:
         digit = self._digits.pop(index, None)
         if digit is not None and digit.timer is not None:
             digit.timer.cancel()
-        for timers in (self._retry, self._looks):
+        for timers in (self._retry, self._looks, self._tones):
             timer = timers.pop(index, None)
             if timer is not None:
                 timer.cancel()
@@ -381,13 +386,14 @@ class Bridge:
             self.log.warning("{} DTMF digits of this call could not be sent on", self._dtmf_failures)
         self.closed = True
         timers = [d.timer for d in self._digits.values()] + list(self._retry.values()) + list(self._looks.values())
-        timers.append(self._watch_timer)
+        timers += [self._watch_timer, *self._tones.values()]
         for timer in timers:
             if timer is not None:
                 timer.cancel()
         self._digits.clear()
         self._retry.clear()
         self._looks.clear()
+        self._tones.clear()
         self._watch_timer = None
 
     def _other(self, index: int) -> CallLeg | None:
@@ -490,6 +496,23 @@ class Bridge:
             method = fallback
         self.log.debug("DTMF {} ({} ms, {}) leg {} -> leg {} as {}", digit, length, arrived, index,
                        target.index, method)
+        if method is DtmfMethod.INBAND:
+            self._release_tones_later(target.index, length / 1000 + TONES_LINGER)
+
+    def _release_tones_later(self, index: int, delay: float) -> None:
+        """Have leg ``index`` give its tone generator's conference port back after ``delay``
+        (again later while digits still play): the bridge has a few spare ports for all calls."""
+        old = self._tones.pop(index, None)
+        if old is not None:
+            old.cancel()
+
+        def release() -> None:
+            self._tones.pop(index, None)
+            leg = self.host.leg(index)
+            if leg is not None and not leg.release_tones():
+                self._release_tones_later(index, TONES_LINGER)
+
+        self._tones[index] = self.host.call_later(delay, release)
 
     # -- hold and resume --------------------------------------------------------------------------
 

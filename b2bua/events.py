@@ -327,6 +327,11 @@ class CallLeg(abc.ABC):
     def send_dtmf(self, digit: str, duration_ms: int, method: DtmfMethod) -> None:
         """Send one digit to the peer. :raises LegError: when it cannot be sent that way."""
 
+    def release_tones(self) -> bool:
+        """Give back the conference port of the in-band DTMF generator, once its digits have
+        played (the bridge asks a moment after the last one); True when nothing is held now."""
+        return True
+
     @abc.abstractmethod
     def set_direction(self, direction: MediaDirection) -> None:
         """Offer ``direction`` (from our side) in a re-INVITE; later answers to the peer's own

@@ -76,11 +76,17 @@ _PJ_DIRECTION = {d: pj_dir for pj_dir, d in _DIRECTION.items()}
 TONE_CLOCK_RATE = 8000
 #: in-band digits queued toward a leg at most (pjmedia's tone generator holds 32: PJMEDIA_TONEGEN_MAX_DIGITS)
 TONES_QUEUED_MAX = 30
+#: tone generators alive at once, process-wide: each takes a conference port from the bridge's
+#: 16 spare ones (b2bua.endpoint sizes it one port per call leg); past the spare ones a generator
+#: would take the port a new call's leg needs, and that call would have no audio
+TONE_GENERATORS_MAX = 12
 #: INFO bodies the adapter writes for a digit, by method
 _INFO_TYPES = {DtmfMethod.SIP_INFO: "application/dtmf-relay", DtmfMethod.SIP_INFO_DTMF: "application/dtmf"}
 
 #: every Leg whose pjsua2 side still exists (weakly), for :func:`release_remaining`
 _alive: weakref.WeakSet[Leg] = weakref.WeakSet()
+#: tone generators alive now (see TONE_GENERATORS_MAX); loop thread only
+_tone_generators = 0
 
 
 def release_remaining() -> int:
@@ -383,15 +389,19 @@ class Leg(CallLeg, pj.Call):  # type: ignore[misc]
             raise LegError(exc.reason, exc.info()) from None
 
     def _play_tones(self, digit: str, duration_ms: int) -> None:
+        global _tone_generators
         lib = _pjsip()
         slot = lib.pjsua_call_get_conf_port(self.getId())
         if slot < 0:
             raise LegError("no audio stream")
         if self._tones is None:
+            if _tone_generators >= TONE_GENERATORS_MAX:
+                raise LegError(f"all {TONE_GENERATORS_MAX} in-band DTMF generators are playing for other calls")
             tones = pj.ToneGenerator()
             # DTMF tones need no more than 8 kHz; the conference bridge resamples to its own rate
             tones.createToneGenerator(TONE_CLOCK_RATE, 1)
             self._tones = tones
+            _tone_generators += 1
         if not self._tones.isBusy():
             self._tones_queued = 0  # pjmedia empties its queue once every queued tone has played
         if self._tones_queued >= TONES_QUEUED_MAX:
@@ -407,6 +417,17 @@ class Leg(CallLeg, pj.Call):  # type: ignore[misc]
         lib.pjsua_conf_connect(self._tones.getPortId(), slot)  # again after a renegotiation: harmless
         self._tones.playDigits(digits, False)
         self._tones_queued += 1
+
+    def release_tones(self) -> bool:
+        global _tone_generators
+        tones = self._tones
+        if tones is None:
+            return True
+        if tones.isBusy():
+            return False
+        self._tones = None  # pjsua2's ~ToneGenerator takes its port off the bridge
+        _tone_generators -= 1
+        return True
 
     def set_direction(self, direction: MediaDirection) -> None:
         index = self._media_index(stream=False)
@@ -454,7 +475,10 @@ class Leg(CallLeg, pj.Call):  # type: ignore[misc]
         C++ object is leaked instead of deleted. Afterwards pjsua2 methods raise TypeError
         instead of touching freed memory.
         """
+        global _tone_generators
         self.owner = None
+        if self._tones is not None:
+            _tone_generators -= 1
         self._tones = None  # its conference port goes now, on the loop thread, before the call's
         if "this" not in self.__dict__:
             return

@@ -11,6 +11,7 @@ from loguru import logger
 from b2bua.bridge import (
     DTMF_DEFAULT_MS,
     DTMF_STALL,
+    TONES_LINGER,
     Bridge,
     DtmfFallback,
     DtmfMode,
@@ -84,6 +85,12 @@ class Leg(CallLeg):
 
     def did(self, kind: str) -> list[tuple[Any, ...]]:
         return [a[1:] for a in self.actions if a[0] == kind]
+
+    def release_tones(self) -> bool:
+        self.actions.append(("release_tones",))
+        return len(self.did("release_tones")) > self.tones_busy_for
+
+    tones_busy_for = 0  #: release_tones answers "still playing" this many times first
 
 
 class Host:
@@ -568,3 +575,29 @@ def test_what_is_not_a_dtmf_event_is_not_sent_on(log_lines: list[tuple[str, str]
     assert {level for level, _ in log_lines} == {"DEBUG"}
     assert ("DEBUG", "DTMF 'X' from leg 0: not a DTMF event (0-9, *, #, A-D, R): not sent on") in log_lines
     assert ("DEBUG", "DTMF '\\xc3' from leg 0: not a DTMF event (0-9, *, #, A-D, R): not sent on") in log_lines
+
+
+def test_a_leg_gives_its_tone_generator_back_after_its_in_band_digits() -> None:
+    # the bridge has a few spare conference ports for every call's generators: a leg holds one
+    # only while its digits play, and a little after (a next digit reuses it)
+    host, _a, b = answered()
+    b.te = False  # no telephone-event: in-band tones
+    b.tones_busy_for = 1
+    host.bridge.dtmf(0, rfc("5", 200, end=True))
+    host.bridge.dtmf(0, rfc("6", 200, ts=2, end=True))
+    assert b.did("dtmf") == [("5", 200, M.INBAND), ("6", 200, M.INBAND)]
+    host.advance(0.2 + TONES_LINGER - 0.1)
+    assert b.did("release_tones") == []  # the second digit moved the release on
+    host.advance(0.2)
+    assert b.did("release_tones") == [()]  # still playing: asked again later
+    host.advance(TONES_LINGER + 0.2)
+    assert b.did("release_tones") == [(), ()]
+    host.advance(3 * TONES_LINGER)
+    assert b.did("release_tones") == [(), ()]
+
+
+def test_rfc4733_digits_hold_no_tone_generator() -> None:
+    host, _a, b = answered()
+    host.bridge.dtmf(0, rfc("5", 200, end=True))
+    host.advance(3 * TONES_LINGER)
+    assert b.did("dtmf") == [("5", 200, M.RFC4733)] and b.did("release_tones") == []

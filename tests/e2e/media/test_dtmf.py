@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+from b2bua.bridge import TONES_LINGER
+
 from ..configs import ListEntry, start_b2bua
 from ..conftest import B2buaFactory, MediaPeerFactory
 from ..harness import AddressAllocator, wait_until
@@ -108,6 +110,22 @@ def test_a_gateway_without_telephone_event_hears_the_digits_in_band(
     for _, seconds in heard:
         assert abs(seconds - 0.2) <= 0.05, heard
     assert gw.digits(1) == []  # no RFC 4733, no INFO
+
+
+def test_in_band_digits_after_the_tone_generator_was_given_back_are_heard(
+        media_peer_factory: MediaPeerFactory, b2bua_factory: B2buaFactory, workdir: Path,
+        addresses: AddressAllocator) -> None:
+    # a leg gives its tone generator's conference port back TONES_LINGER after its last digit
+    # (the bridge's spare ports are shared by every call); a later digit gets a new one
+    phone, gw, number = call_through(media_peer_factory, b2bua_factory, workdir, addresses,
+                                     gateway={"telephone_event": False}, phone={"tone": None})
+    phone.dtmf(number, "7", duration_ms=200)
+    time.sleep(0.2 + TONES_LINGER + 1.0)
+    phone.dtmf(number, "3", duration_ms=200)
+    time.sleep(1.0)
+    phone.hangup(number)
+    heard = dtmf_digits(*read_wav(gw.recording(1)))
+    assert [digit for digit, _ in heard] == ["7", "3"], heard
 
 
 def test_a_gateway_without_telephone_event_gets_info_when_so_configured(
