@@ -154,6 +154,21 @@ def digit_length(duration_ms: int) -> int:
     return max(DTMF_MIN_MS, min(DTMF_MAX_MS, duration_ms))
 
 
+def rfc4733_max_ms(codec: str) -> int:
+    """The longest digit one RFC 4733 event carries toward a stream of ``codec`` (``PCMU/8000``):
+    its 16-bit duration counts the stream's RTP clock, which pjmedia takes as 48 kHz for Opus
+    whatever its rate and 8 kHz for G.722 (RFC 3551); 8191 ms at 8 kHz, 1365 ms for Opus."""
+    name, _, rest = codec.partition("/")
+    rate_text = rest.partition("/")[0]
+    if name.lower() == "opus":
+        rate = 48000
+    elif name.upper() == "G722" or not (rate_text.isdigit() and 0 < int(rate_text) <= 192000):
+        rate = 8000
+    else:
+        rate = int(rate_text)
+    return 0xFFFF * 1000 // rate
+
+
 _DIGITS = frozenset("0123456789*#ABCD")
 #: what is sent on: the DTMF events of RFC 4733 (and its flash, R); pjsua reports any byte
 #: after an INFO's ``Signal=`` as a digit
@@ -479,6 +494,10 @@ class Bridge:
                            digit, index, target.index)
             return
         length = digit_length(duration_ms)
+        if method is DtmfMethod.RFC4733:  # a longer one would wrap the event's 16-bit duration
+            stats = target.media_stats()
+            if stats is not None and stats.codec:
+                length = min(length, rfc4733_max_ms(stats.codec))
         try:
             target.send_dtmf(digit, length, method)
         except LegError as exc:

@@ -21,6 +21,7 @@ from b2bua.bridge import (
     digit_length,
     info_dtmf_digit,
     policy,
+    rfc4733_max_ms,
     send_method,
 )
 from b2bua.config import DTMF_FALLBACKS, DTMF_MODES, HOLD_MODES, ConfigError, parse_config
@@ -601,3 +602,21 @@ def test_rfc4733_digits_hold_no_tone_generator() -> None:
     host.bridge.dtmf(0, rfc("5", 200, end=True))
     host.advance(3 * TONES_LINGER)
     assert b.did("dtmf") == [("5", 200, M.RFC4733)] and b.did("release_tones") == []
+
+
+@pytest.mark.parametrize(("codec", "longest"), [
+    ("PCMU/8000", 8191), ("G722/16000", 8191), ("opus/48000/2", 1365), ("L16/16000", 4095), ("", 8191),
+    ("speex/32000", 2047), ("x/0", 8191), ("x/abc", 8191),
+])
+def test_an_rfc4733_digit_fits_its_16_bit_duration(codec: str, longest: int) -> None:
+    assert rfc4733_max_ms(codec) == longest
+
+
+def test_a_long_digit_toward_opus_is_sent_as_long_as_one_event_can_say() -> None:
+    host, _a, b = answered()
+    b.stats = MediaStats(codec="opus/48000/2", remote="10.0.0.1:4000")
+    host.bridge.dtmf(0, rfc("5", 3000, end=True))
+    assert b.did("dtmf") == [("5", 1365, M.RFC4733)]
+    b.stats = MediaStats(codec="PCMA/8000", remote="10.0.0.1:4000")
+    host.bridge.dtmf(0, rfc("6", 3000, ts=2, end=True))
+    assert b.did("dtmf")[-1] == ("6", 3000, M.RFC4733)
