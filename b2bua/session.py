@@ -670,7 +670,10 @@ def answer_on_the_wire(answer: Reject) -> tuple[str, tuple[tuple[str, str], ...]
         reason = reason.encode("utf-8", "replace").decode("utf-8")[:200]
     reason = reason or sip.status_reason(answer.code)
     headers = []
-    for header in answer.headers:
+    given = answer.headers if isinstance(answer.headers, (tuple, list)) else ()
+    if given is not answer.headers:
+        problems.append(f"headers {sip.printable(repr(answer.headers), 60)} dropped: not a tuple of pairs")
+    for header in given:
         if not (isinstance(header, tuple) and len(header) == 2 and all(isinstance(x, str) for x in header)):
             problems.append(f"header {sip.printable(repr(header), 60)} dropped: not a (name, value) pair of text")
             continue

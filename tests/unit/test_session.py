@@ -605,7 +605,7 @@ def test_a_plugins_reject_reaches_the_wire_as_one_clean_line() -> None:
     s.start()
     assert ends(a) == [("end", 486, "Busy X-Injected: 1 [2J", (("X-Ok", "fine"),))]
     assert s.final == "486 Busy X-Injected: 1 [2J"
-    empty = FakeHost(Router(reject=Reject(480, "\x00\x07")))
+    empty = FakeHost(Router(reject=Reject(480, "\x00\x07", headers=None)))  # type: ignore[arg-type]
     s2, a2 = empty.session()
     s2.start()
     assert ends(a2) == [("end", 480, "Temporarily Unavailable", ())]
