@@ -25,6 +25,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from b2bua.sip import TOKEN
 from b2bua.wire import MAX_LINE
 
 #: longest header value passed on, in characters: the longest header line a request from the
@@ -46,7 +47,6 @@ NEVER_COPIED = frozenset({
 })
 
 #: what a header name may contain (RFC 3261 token); a pattern may add ``*``
-_TOKEN = re.compile(r"[A-Za-z0-9\-.!%_+`'~]+")
 _PATTERN = re.compile(r"[A-Za-z0-9\-.!%_+`'~*]+")
 #: C0 controls (TAB included: a value is passed on as one line of plain text), DEL, C1
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -137,7 +137,7 @@ class Passthrough:
 
 def is_name(name: str) -> bool:
     """Whether ``name`` is a header name (an RFC 3261 token)."""
-    return _TOKEN.fullmatch(name) is not None
+    return TOKEN.fullmatch(name) is not None
 
 
 def usable_value(value: str) -> bool:

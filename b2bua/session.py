@@ -61,7 +61,7 @@ from b2bua.events import (
 )
 from b2bua.headers import COPY_BUDGET, is_name, merge, one_line_problem, usable_value
 from b2bua.outbound import profile_for
-from b2bua.sippolicy import best_failure, relay
+from b2bua.sippolicy import best_failure, one_line, relay
 
 if TYPE_CHECKING:
     from b2bua.config import SipConfig
@@ -666,7 +666,7 @@ def answer_on_the_wire(answer: Reject) -> tuple[str, tuple[tuple[str, str], ...]
     why = one_line_problem(reason)
     if why is not None:
         problems.append(f"reason phrase {sip.printable(reason, 60)!r} cleaned ({why})")
-        reason = " ".join("".join(ch if ch.isprintable() else " " for ch in reason).split())
+        reason = one_line("".join(ch if ch.isprintable() else " " for ch in reason))
         reason = reason.encode("utf-8", "replace").decode("utf-8")[:200]
     reason = reason or sip.status_reason(answer.code)
     headers = []

@@ -134,8 +134,8 @@ def next_hop_problem(text: str) -> str:
     return ""
 
 
-#: an RFC 3261 token: what a request method is
-_METHOD = re.compile(r"[A-Za-z0-9\-.!%_+`'~]+")
+#: an RFC 3261 token: a request method, a header name (:func:`b2bua.headers.is_name`)
+TOKEN = re.compile(r"[A-Za-z0-9\-.!%_+`'~]+")
 
 
 def request_method_problem(method: str) -> str:
@@ -145,7 +145,7 @@ def request_method_problem(method: str) -> str:
     own, and our build turns that assertion into an abort of the whole process. pjsip matches
     method names regardless of case (``ack`` is an ACK).
     """
-    if not _METHOD.fullmatch(method):
+    if not TOKEN.fullmatch(method):
         return f"'{printable(method, 40)}' is not a SIP method"
     if method.upper() == "ACK":
         return f"{method!r}: an ACK is sent only for an INVITE's answer (never on its own)"
