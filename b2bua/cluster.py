@@ -72,7 +72,6 @@ for i = 1, #members do out[#out + 1] = members[i] end
 return out
 """
 
-# KEYS: node key; ARGV: token. Leave: the name is free at once.
 # KEYS: node key; ARGV: the dead holder's token, our token, ttl ms. Takes the name over only
 # from that holder: two processes that both found it dead cannot both win (a plain SET would
 # let the second overwrite the first after the first had joined).
@@ -83,6 +82,7 @@ end
 return false
 """
 
+# KEYS: node key; ARGV: token. Leave: the name is free at once.
 LEAVE_LUA = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0

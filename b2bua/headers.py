@@ -114,8 +114,8 @@ class HeaderFilter:
                 continue
             written = self.spelling.get(name) or canonical_name(name)
             for value in values:
-                size = len(written) + len(value.encode("utf-8", "surrogateescape")) + 4
-                if usable_value(value) and size <= left:
+                size = len(written) + len(value.encode("utf-8", "surrogateescape")) + 4 if usable_value(value) else 0
+                if 0 < size <= left:
                     out.append((written, value))
                     left -= size
                 else:
