@@ -109,6 +109,7 @@ class App:
         self._recent_work = (0.0, 0.0)  #: new calls and other refusals, decayed per heartbeat
         #: the last INVITE the early filter let in, and what it parsed (see _on_incoming)
         self._admitted: tuple[bytes, WireRequest] | None = None
+        self._screened_base: dict[str, dict[str, int]] = {}  #: screen counts at the last stats reset
         self._backlog = ReceiveBacklog([])
         self._admission = AdmissionShare()
         #: the cluster this node belongs to ([cluster] redis_url), or None
@@ -277,12 +278,20 @@ class App:
             reload_signals=stats.reload_signals, active_calls=len(self.sessions), legs_in_use=self.legs.in_use,
             call_slots=self.legs.slots, max_calls=self._config.sip.max_calls, draining=self._draining,
             stopping=self._stopping, overloaded=self.overloaded, admitted_share=self._admission.share,
+            screened=self._screened_since_reset(),
         )
+
+    def _screened_since_reset(self) -> dict[str, dict[str, int]]:
+        """The early filter's counts (pjsip's, since start) less those at the last reset."""
+        base = self._screened_base
+        return {kind: {path: n - base.get(kind, {}).get(path, 0) for path, n in paths.items()}
+                for kind, paths in self.endpoint.screen_counts().items()}
 
     def reset_stats(self) -> None:
         """Zero the process's counters (``stats.reset_statistics core``)."""
         self.stats.reset()
         self.gate.reset_counts()
+        self._screened_base = self.endpoint.screen_counts()
 
     # -- incoming requests ------------------------------------------------------------------------
 

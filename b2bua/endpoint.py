@@ -532,6 +532,11 @@ class Endpoint:
         """RTP/RTCP ports pjsua found held by live calls and skipped, since start."""
         return self._log_writer.busy_ports if self._log_writer is not None else 0
 
+    def screen_counts(self) -> dict[str, dict[str, int]]:
+        """SIP messages the early filter passed on in C and those the Python screen checked,
+        since start (:meth:`RxFilter.counts`; empty when the filter is off)."""
+        return self._rx_filter.counts() if self._rx_filter is not None else {}
+
     def hangup_all(self) -> None:
         self.ep.hangupAllCalls()
 

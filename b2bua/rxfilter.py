@@ -1,49 +1,55 @@
-"""A pjsip module ahead of pjsua: requests are screened before pjsua makes a call of them.
+"""pjsip modules ahead of pjsua: requests are screened before pjsua makes a call of them.
 
 pjsua sets up a call for every new INVITE (a call slot, a dialog, an invite session, an RTP
 and an RTCP socket) before ``onIncomingCall`` reaches Python; refusing it afterwards costs
-all of that, and a 100 Trying besides. This module is registered with pjsip's endpoint at
-priority 17, right after the transaction layer (16) and before the dialog layer (32) and pjsua
-(64), so it sees every request that matches no transaction: new requests and requests inside
-dialogs (retransmissions never reach it). For each it asks a Python callback for a
-:class:`~b2bua.admission.Decision` and answers statelessly (``pjsip_endpt_respond_stateless``)
-or drops the request; only what is let in goes on to pjsua. The callback may ask pjsip's own
-tables, through the filter, whether a request belongs to a dialog of ours
-(:meth:`RxFilter.has_dialog`: ``pjsip_ua_find_dialog``) or a CANCEL to an INVITE still
-pending (:meth:`RxFilter.has_invite`: the INVITE server transaction it cancels), the same
-look-ups pjsip's dialog layer makes a moment later (``sip_ua_layer.c``), so no list of calls
-is kept in Python to drift from pjsip's. Measured with ``bench/flood.py``
-on a loaded 2-core machine, process CPU per flood INVITE: 70 µs blocked, 93 µs answered 403,
-against 330 µs when pjsua set the call up first (whose transaction then retransmits the 403
-until Timer H); p99 setup of trusted calls meanwhile 11 ms against 4.1 s (``docs/security.md``).
+all of that, and a 100 Trying besides. The screen is two pjsip modules of our pjproject build
+(``b2bua_screen_install``, ``pjsip/src/pjsua-lib/b2bua_screen.c`` in
+``scripts/pjproject-patches/0006-b2bua-screen.patch``): one at priority 17, right after the
+transaction layer (16) and before the dialog layer (32) and pjsua (64), sees every request that
+matches no transaction: new requests and requests inside dialogs (retransmissions never reach
+it); one at priority 15, before the transaction layer, sees every response.
 
-A second module at priority 15 (before the transaction layer) checks responses' heads and
-drops those that are not text; pjsip's transport layer reports packets its parser dropped
-(``pjsip_tpmgr_set_drop_data_cb``), which are counted.
+The messages every call has and no rule can refuse are passed on in C, a few thousand
+instructions at most each: a request inside a dialog pjsip holds (not a REFER) whose head is plain
+ASCII within :mod:`b2bua.wire`'s limits (a call's ACK, BYE, re-INVITE), and a response whose
+head is plain ASCII with a status line (a call's 100, 180, 200s). Each of those cost ~100,000
+instructions when every message went through Python (a ctypes callback, pjsua2's
+``SipRxData::fromPj`` copy, the text check). Every other message is given to a Python callback
+here, which asks :meth:`~b2bua.guard.Gate.screen` for a :class:`~b2bua.admission.Decision` and
+answers statelessly (``pjsip_endpt_respond_stateless``) or drops the request; only what is let
+in goes on to pjsua. The callback may ask pjsip's own tables, through the filter, whether a
+request belongs to a dialog of ours (:meth:`RxFilter.has_dialog`: ``pjsip_ua_find_dialog``) or
+a CANCEL to an INVITE still pending (:meth:`RxFilter.has_invite`: the INVITE server transaction
+it cancels), the same look-ups pjsip's dialog layer makes a moment later
+(``sip_ua_layer.c``), so no list of calls is kept in Python to drift from pjsip's. Measured
+with ``bench/flood.py`` on a loaded 2-core machine, process CPU per flood INVITE: 70 µs
+blocked, 93 µs answered 403, against 330 µs when pjsua set the call up first (whose
+transaction then retransmits the 403 until Timer H); p99 setup of trusted calls meanwhile
+11 ms against 4.1 s (``docs/security.md``).
+
+pjsip's transport layer reports packets its parser dropped (``pjsip_tpmgr_set_drop_data_cb``),
+which are counted.
 
 Only pjsip's C API and its public, long-stable structs are used through ctypes
-(``pjsip_module``, ``pjsip_tp_dropped_data``, the list links at the start of ``pjsip_hdr`` and
-the pool pointer that opens ``pjsip_rx_data``); the message and its source are read with
-pjsua2's own ``SipRxData::fromPj``, so nothing depends on the layout of ``pjsip_rx_data``.
-Every callback runs on the loop thread (inside ``libHandleEvents``) and lets no exception
-out: a failing screen lets the request through to pjsua, where ``App._on_incoming`` screens
-an INVITE again (as a new call).
+(``pjsip_tp_dropped_data``, the list links at the start of ``pjsip_hdr`` and the pool pointer
+that opens ``pjsip_rx_data``); the message and its source are read with pjsua2's own
+``SipRxData::fromPj``, so nothing depends on the layout of ``pjsip_rx_data``. Every callback
+runs on the loop thread (inside ``libHandleEvents``) and lets no exception out: a failing
+screen lets the request through to pjsua, where ``App._on_incoming`` screens an INVITE again
+(as a new call).
 """
 
 from __future__ import annotations
 
 import ctypes
 from collections.abc import Callable
-from ctypes import CFUNCTYPE, POINTER, Structure, c_char_p, c_int, c_size_t, c_ssize_t, c_void_p
+from ctypes import CFUNCTYPE, POINTER, Structure, c_char_p, c_int, c_size_t, c_ssize_t, c_uint, c_uint64, c_void_p
 from typing import Any
 
 from loguru import logger
 
 from b2bua.admission import Decision, Verdict
-
-#: module priorities (pjsip_module_priority): the transaction layer is 16, the dialog layer 32
-REQUEST_PRIORITY = 17
-RESPONSE_PRIORITY = 15
+from b2bua.wire import MAX_HEADERS, MAX_LINE, MAX_MESSAGE, MAX_METHOD
 
 #: pjsip status codes a dropped packet may carry (sip_errno.h), as reason keys for the log
 DROP_REASONS = {
@@ -74,15 +80,22 @@ class PjStrIn(Structure):
 _ON_RX = CFUNCTYPE(c_int, c_void_p)  # pj_bool_t (*)(pjsip_rx_data*)
 
 
-class PjsipModule(Structure):
-    """``struct pjsip_module`` (sip_module.h)."""
+class ScreenLimits(Structure):
+    """``b2bua_screen_limits``: the C screen passes only what :mod:`b2bua.wire`'s rules pass."""
 
-    _fields_ = [
-        ("prev", c_void_p), ("next", c_void_p), ("name", PjStr), ("id", c_int), ("priority", c_int),
-        ("load", c_void_p), ("start", c_void_p), ("stop", c_void_p), ("unload", c_void_p),
-        ("on_rx_request", _ON_RX), ("on_rx_response", _ON_RX), ("on_tx_request", c_void_p),
-        ("on_tx_response", c_void_p), ("on_tsx_state", c_void_p),
-    ]
+    _fields_ = [("max_message", c_uint), ("max_lines", c_uint), ("max_line", c_uint), ("max_method", c_uint)]
+
+    @classmethod
+    def of_wire(cls) -> ScreenLimits:
+        # check_in_dialog's limits: the head's lines (start line included) and their length
+        return cls(MAX_MESSAGE, MAX_HEADERS + 1, MAX_LINE, MAX_METHOD)
+
+
+class ScreenCounts(Structure):
+    """``b2bua_screen_counts``: messages passed in C, and given to the Python callbacks."""
+
+    _fields_ = [("requests_passed", c_uint64), ("requests_asked", c_uint64), ("responses_passed", c_uint64),
+                ("responses_asked", c_uint64)]
 
 
 class DroppedData(Structure):
@@ -92,6 +105,16 @@ class DroppedData(Structure):
 
 
 _ON_DROPPED = CFUNCTYPE(None, POINTER(DroppedData))
+
+
+def text_passes(lib: ctypes.CDLL, raw: bytes, *, request: bool) -> bool:
+    """The C screen's text rule for one whole message (``b2bua_screen_text_passes``): a request
+    that passes it and names a live dialog, or a response that passes it, never reaches Python."""
+    fn = lib.b2bua_screen_text_passes
+    fn.argtypes = [POINTER(ScreenLimits), c_char_p, c_size_t, c_int]
+    fn.restype = c_int
+    return bool(fn(ctypes.byref(ScreenLimits.of_wire()), raw, len(raw), int(request)))
+
 
 #: ``(raw, source, dialogs)``: ``dialogs`` is the filter itself, to ask about this request's dialog
 RequestScreen = Callable[[bytes, str, "RxFilter"], Decision]
@@ -118,7 +141,9 @@ class RxFilter:
         self._from_pj.argtypes = [c_void_p, c_void_p]
         self._from_pj.restype = None
         lib.pjsua_get_pjsip_endpt.restype = c_void_p
-        lib.pjsip_endpt_register_module.argtypes = [c_void_p, c_void_p]
+        lib.b2bua_screen_install.argtypes = [c_void_p, POINTER(ScreenLimits), c_void_p, c_void_p]
+        lib.b2bua_screen_get_counts.argtypes = [POINTER(ScreenCounts)]
+        lib.b2bua_screen_get_counts.restype = None
         lib.pjsip_endpt_respond_stateless.argtypes = [c_void_p, c_void_p, c_int, c_void_p, c_void_p, c_void_p]
         lib.pjsip_endpt_get_tpmgr.argtypes = [c_void_p]
         lib.pjsip_endpt_get_tpmgr.restype = c_void_p
@@ -141,17 +166,13 @@ class RxFilter:
         self._on_request = _ON_RX(self._request)
         self._on_response = _ON_RX(self._response)
         self._on_drop = _ON_DROPPED(self._dropped)
-        self._names: list[Any] = []
-        self._modules = [
-            self._module(b"mod-b2bua-screen-requests", REQUEST_PRIORITY, on_rx_request=self._on_request),
-            self._module(b"mod-b2bua-screen-responses", RESPONSE_PRIORITY, on_rx_response=self._on_response),
-        ]
+        self._counts = ScreenCounts()
 
     @classmethod
     def available(cls, lib: ctypes.CDLL) -> bool:
         """Whether this pjsua2 build exports what the filter needs."""
         try:
-            for name in ("_ZN2pj9SipRxData6fromPjER13pjsip_rx_data", "pjsip_endpt_register_module",
+            for name in ("_ZN2pj9SipRxData6fromPjER13pjsip_rx_data", "b2bua_screen_install", "b2bua_screen_get_counts",
                          "pjsip_endpt_respond_stateless", "pjsip_tpmgr_set_drop_data_cb",
                          "pjsip_retry_after_hdr_create", "pj_list_insert_before", "pjsua_get_pjsip_endpt",
                          "pjsip_ua_find_dialog", "pjsip_get_invite_method", "pjsip_tsx_create_key",
@@ -161,23 +182,27 @@ class RxFilter:
             return False
         return True
 
-    def _module(self, name: bytes, priority: int, **callbacks: Any) -> PjsipModule:
-        buf = ctypes.create_string_buffer(name)
-        self._names.append(buf)
-        return PjsipModule(name=PjStr(ctypes.addressof(buf), len(name)), id=-1, priority=priority, **callbacks)
-
     def install(self) -> None:
         """Register the modules and the drop counter; after ``libInit``, before ``libStart``."""
         endpt = self._lib.pjsua_get_pjsip_endpt()
         if not endpt:
             raise RuntimeError("pjsip has no endpoint yet (call after libInit)")
         self._endpt = endpt
-        for module in self._modules:
-            status = self._lib.pjsip_endpt_register_module(endpt, ctypes.byref(module))
-            if status != 0:
-                raise RuntimeError(f"pjsip refused a module (status {status})")
+        status = self._lib.b2bua_screen_install(endpt, ctypes.byref(ScreenLimits.of_wire()),
+                                                ctypes.cast(self._on_request, c_void_p),
+                                                ctypes.cast(self._on_response, c_void_p))
+        if status != 0:
+            raise RuntimeError(f"pjsip refused the screen's modules (status {status})")
         self._lib.pjsip_tpmgr_set_drop_data_cb(self._lib.pjsip_endpt_get_tpmgr(endpt),
                                                ctypes.cast(self._on_drop, c_void_p))
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Messages passed on in C and messages checked by the Python screen, since start-up:
+        ``{"requests": {"passed": n, "checked": n}, "responses": {...}}``."""
+        c = self._counts
+        self._lib.b2bua_screen_get_counts(ctypes.byref(c))
+        return {"requests": {"passed": c.requests_passed, "checked": c.requests_asked},
+                "responses": {"passed": c.responses_passed, "checked": c.responses_asked}}
 
     # -- callbacks (inside pjsip; nothing may raise out of them) ------------------------------
 

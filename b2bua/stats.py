@@ -24,7 +24,7 @@ import bisect
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from b2bua import hookimpl
@@ -207,6 +207,9 @@ class ProcessSnapshot:
     stopping: bool
     overloaded: bool
     admitted_share: float
+    #: the early filter's messages, ``{"requests"|"responses": {"passed"|"checked": n}}``
+    #: (:meth:`b2bua.rxfilter.RxFilter.counts`); empty when it is off
+    screened: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
 
 
 class CoreStats:
@@ -262,6 +265,7 @@ def core_report(s: ProcessSnapshot) -> dict[str, Any]:
         "max_calls": s.max_calls,
         "admitted_share": round(s.admitted_share, 3),
         "reload_signals": s.reload_signals,
+        "screened": {kind: dict(paths) for kind, paths in s.screened.items()},
     }
 
 
@@ -292,6 +296,10 @@ def core_families(s: ProcessSnapshot) -> list[Family]:
         by("b2bua_requests_refused_total", "Other requests outside a dialog refused or dropped, by reason.",
            "reason", s.refused_requests),
         counter("b2bua_reload_signals_total", "SIGHUPs handled (reloads asked for by signal).", s.reload_signals),
+        Family("b2bua_sip_messages_screened_total", "counter", "SIP messages the early filter saw: passed on in C "
+               "(a call's in-dialog requests and plain responses) or checked by the Python screen.",
+               ("message", "path"), [((kind.removesuffix("s"), path), n) for kind, paths in s.screened.items()
+                                     for path, n in paths.items()]),
         gauge("b2bua_calls_active", "Calls in progress.", s.active_calls),
         gauge("b2bua_call_legs_in_use", "pjsua call slots in use (A and B legs).", s.legs_in_use),
         gauge("b2bua_call_slots", "pjsua call slots in all.", s.call_slots),

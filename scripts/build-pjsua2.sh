@@ -61,6 +61,9 @@ CONFIGURE_ARGS=(
 )
 # The Speex resampler is linked from libspeexdsp (configure only links it with the Speex codec).
 CONFIGURE_LIBS="-lspeexdsp"
+# The early screen (patch 0006, pjsua-lib/b2bua_screen.c) is called through ctypes only: nothing in
+# the module refers to it, so the static link of the SWIG module would leave it out unless told.
+SWIG_LDFLAGS="-Wl,--undefined=b2bua_screen_install"
 # Codec ids (pjsua's "name/clock rate") the module must have, and the Debian -dev package of each.
 REQUIRED_CODECS="PCMU/8000 PCMA/8000 G722/16000 opus/48000 G729/8000"
 DEV_PACKAGES="libopus-dev libbcg729-dev libspeexdsp-dev"
@@ -91,7 +94,7 @@ CFG
 
 pyver=$("$PYTHON" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")') \
   || die "cannot run $PYTHON"
-cfg_hash=$( (config_site; echo "${CONFIGURE_ARGS[*]} LIBS=$CONFIGURE_LIBS"; echo "$REQUIRED_CODECS"
+cfg_hash=$( (config_site; echo "${CONFIGURE_ARGS[*]} LIBS=$CONFIGURE_LIBS"; echo "$REQUIRED_CODECS $SWIG_LDFLAGS"
              cat "$PATCHES_DIR"/*.patch 2>/dev/null; echo "${PJPROJECT_SRC:-debian}") | sha256sum | cut -c1-12)
 label="b2bua${MAX_CALLS}.h${cfg_hash}"
 if [ $KEY_ONLY = 1 ]; then echo "$label"; exit 0; fi
@@ -189,14 +192,16 @@ say "compiling the libraries (about 30 s on 2 cores)"
 (make dep && make -j"$JOBS") > "$work/make.log" 2>&1 || { tail -n 30 "$work/make.log" >&2; die "make failed, see $work/make.log"; }
 say "compiling the SWIG Python module (about 2 min)"
 cd pjsip-apps/src/swig/python
-make PYTHON_EXE="$PYTHON" > "$work/swig.log" 2>&1 || { tail -n 30 "$work/swig.log" >&2; die "SWIG build failed, see $work/swig.log"; }
+LDFLAGS="$SWIG_LDFLAGS" make PYTHON_EXE="$PYTHON" > "$work/swig.log" 2>&1 || { tail -n 30 "$work/swig.log" >&2; die "SWIG build failed, see $work/swig.log"; }
 so=$(find build -name '_pjsua2*.so' | head -n1)
 [ -n "$so" ] || die "the SWIG build produced no _pjsua2*.so"
 
 # The module must have every codec this build promises (a library missing at link time would
 # only show when a call needs it).
 codecs=$(PYTHONPATH="$PWD/$(dirname "$so"):$PWD" "$PYTHON" - <<'PY'
+import ctypes
 import pjsua2 as pj
+ctypes.CDLL(pj._pjsua2.__file__).b2bua_screen_install  # the early screen was linked in
 ep = pj.Endpoint()
 ep.libCreate()
 cfg = pj.EpConfig()

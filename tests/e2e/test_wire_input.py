@@ -288,6 +288,31 @@ def test_a_response_that_is_not_text_is_dropped(b2bua_factory: B2buaFactory, add
     wait_until(lambda: "malformed (dropped) [not-utf8" in b2b.proc.log_text(), timeout=5,
                what="the dropped response summed up")
     assert log_problems(b2b.proc) == []
+    # the C fast path left it to the Python screen (which dropped it)
+    assert b2b.proc.rpc("core.stats")["screened"]["responses"]["checked"] >= answered
+
+
+def test_a_calls_own_messages_pass_the_filter_in_c(b2bua_factory: B2buaFactory, addresses: AddressAllocator,
+                                                   gateway_factory: GatewayFactory, caller: Caller) -> None:
+    """The ACK and BYE of an answered call and the gateway's plain responses are passed on by the
+    C screen; the INVITEs (new calls) are screened in Python; core.stats says so, and
+    a stats reset starts the counts again."""
+    gw = gateway_factory("answer")
+    b2b = Host(b2bua_factory, addresses, gw.uri, extra=security())
+    calls = 4
+    result = caller.run_calls(b2b.ip, b2b.port, n=calls, rate=10, service="4930123")
+    assert result.final_codes == [200] * calls, result.describe()
+    assert gw.count("BYE") == calls
+    screened = b2b.proc.rpc("core.stats")["screened"]
+    # from the caller: an ACK and a BYE per call (in a dialog of ours); INVITEs are new requests
+    assert screened["requests"]["passed"] >= 2 * calls, screened
+    assert screened["requests"]["checked"] >= calls, screened
+    # from the gateway: 180, 200 to the INVITE, 200 to the BYE; none needed the Python check
+    assert screened["responses"]["passed"] >= 3 * calls, screened
+    assert screened["responses"]["checked"] == 0, screened
+    b2b.proc.rpc("stats.reset_statistics", "core")
+    after = b2b.proc.rpc("core.stats")["screened"]
+    assert after["requests"]["passed"] < 2 * calls and after["responses"]["passed"] < 3 * calls, after
 
 
 def test_a_forged_to_tag_does_not_pass_for_a_dialog(b2bua_factory: B2buaFactory, addresses: AddressAllocator,
