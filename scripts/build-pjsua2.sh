@@ -89,6 +89,10 @@ config_site() {
    EPOLLEXCLUSIVE buys nothing and costs an epoll_ctl DEL+ADD pair (not one MOD) each time a
    socket's read interest toggles, around every packet received. */
 #define PJ_IOQUEUE_DEFAULT_EPOLL_FLAGS 0
+/* A message's print buffer is PJSIP_MAX_PKT_LEN (4000) bytes: with 4000-byte increments it took a
+   block of 8000 in every tdata pool. 4200 holds it in one increment: each answered transaction's
+   last message held 4-8 KB less while it lingers (-30 MB of heap at 400 calls/s). */
+#define PJSIP_POOL_INC_TDATA 4200
 CFG
 }
 
