@@ -479,6 +479,9 @@ class Peer:
             if media.type == pj.PJMEDIA_TYPE_AUDIO and media.status != pj.PJSUA_CALL_MEDIA_NONE:
                 call.stats = _stream_stats(call.getStreamStat(media.index))
                 call.stats.update(self._wiring(call, media.audioConfSlot))
+                with contextlib.suppress(pj.Error):  # where our RTP goes and where the last came from
+                    call.stats["rtp_to"] = call.getStreamInfo(media.index).remoteRtpAddress
+                    call.stats["rtp_from"] = call.getMedTransportInfo(media.index).srcRtpName
                 return
 
     def _wiring(self, call: PeerCall, slot: int) -> dict[str, Any]:
