@@ -74,7 +74,7 @@ SOURCES_LOGGED = 3
 SOURCE_LOOKS = (0.007, 0.013, 0.029)
 #: seconds after connecting two legs before the bridge looks whether the conference carries their
 #: audio both ways (pjmedia applies a connection on its clock's next 20 ms tick); a missing
-#: direction is connected again, at most this many times a call
+#: direction is connected again, at most this many times a call (then an INFO line says so)
 VERIFY_DELAY, VERIFY_RECONNECTS = 0.5, 2
 #: seconds after an in-band digit has played before its leg gives its tone generator's
 #: conference port back (a next digit within it reuses the generator)
@@ -387,8 +387,8 @@ class Bridge:
             return
         ports = f"conference ports {a.audio_port()} and {b.audio_port()}"
         if self._reconnects >= VERIFY_RECONNECTS:
-            self.log.warning("audio: {} ({}) after connecting {} times more: left as it is", "; ".join(missing),
-                             ports, self._reconnects)
+            self.log.info("audio: {} ({}) after connecting {} times more: left as it is", "; ".join(missing),
+                          ports, self._reconnects)  # INFO: per call, and a systematic fault would multiply it
             return
         self._reconnects += 1
         self.log.info("audio: {} ({}): connecting again", "; ".join(missing), ports)
