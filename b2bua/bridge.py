@@ -13,7 +13,8 @@ What it does (``docs/media.md`` says it for operators):
 * **Audio.** The caller's leg (index 0) is connected to at most one B leg, its *peer*: the first
   B leg with early media (a 18x with SDP), replaced by the leg that answers. Connecting happens
   once both legs have media, and again after every renegotiation (pjsua may replace a leg's
-  audio port when the direction or codec changes).
+  audio port when the direction or codec changes); half a second later the bridge looks that
+  pjmedia applied it (:data:`VERIFY_DELAY`) and connects again what it did not.
 * **DTMF.** A digit from the caller goes to the peer and a digit from the peer to the caller,
   by the method :func:`send_method` picks from ``[sip] dtmf`` and ``dtmf_fallback``. An RFC
   4733 digit is sent on when it ends, with the length it had (an event whose end packets were
