@@ -13,7 +13,8 @@ What it does (``docs/media.md`` says it for operators):
 * **Audio.** The caller's leg (index 0) is connected to at most one B leg, its *peer*: the first
   B leg with early media (a 18x with SDP), replaced by the leg that answers. Connecting happens
   once both legs have media, and again after every renegotiation (pjsua may replace a leg's
-  audio port when the direction or codec changes).
+  audio port when the direction or codec changes); half a second later the bridge looks that
+  pjmedia applied it (:data:`VERIFY_DELAY`) and connects again what it did not.
 * **DTMF.** A digit from the caller goes to the peer and a digit from the peer to the caller,
   by the method :func:`send_method` picks from ``[sip] dtmf`` and ``dtmf_fallback``. An RFC
   4733 digit is sent on when it ends, with the length it had (an event whose end packets were
@@ -72,6 +73,10 @@ SOURCES_LOGGED = 3
 #: many seconds later (off the 20 ms packet clock, so the looks do not all land in the same phase
 #: of the peer's and a stranger's packets): pjmedia keeps only the last source of a leg's RTP
 SOURCE_LOOKS = (0.007, 0.013, 0.029)
+#: seconds after connecting two legs before the bridge looks whether the conference carries their
+#: audio both ways (pjmedia applies a connection on its clock's next 20 ms tick); a missing
+#: direction is connected again, at most this many times a call (then an INFO line says so)
+VERIFY_DELAY, VERIFY_RECONNECTS = 0.5, 2
 #: seconds after an in-band digit has played before its leg gives its tone generator's
 #: conference port back (a next digit within it reuses the generator)
 TONES_LINGER = 2.0
@@ -291,10 +296,12 @@ class Bridge:
         "_dtmf_failures",
         "_looks",
         "_offered",
+        "_reconnects",
         "_retries",
         "_retry",
         "_sent",
         "_tones",
+        "_verify_timer",
         "_wanted",
         "_watch",
         "_watch_timer",
@@ -330,6 +337,8 @@ class Bridge:
         self._looks: dict[int, TimerHandle] = {}  #: a second look for a dropped packet's source, by leg
         self._tones: dict[int, TimerHandle] = {}  #: when a leg gives its in-band DTMF generator back
         self._dtmf_failures = 0  #: digits that could not be sent on (logged once, summed up at close)
+        self._verify_timer: TimerHandle | None = None  #: the look at what the conference carries
+        self._reconnects = 0  #: connections made again because the conference did not carry them
         self.closed = False
 
     # -- audio ------------------------------------------------------------------------------------
@@ -357,6 +366,34 @@ class Bridge:
         if a is None or b is None or not (a.media_ready and b.media_ready):
             return
         self.connected = a.connect_audio(b)
+        self.log.opt(lazy=True).debug("audio: leg 0 (port {}) <-> leg {} (port {}): {}", a.audio_port,
+                                      lambda: b.index, b.audio_port,
+                                      lambda: "connected" if self.connected else "no audio port yet")
+        if self.connected and not self.closed:
+            if self._verify_timer is not None:  # look once the latest connection had time to apply
+                self._verify_timer.cancel()
+            self._verify_timer = self.host.call_later(VERIFY_DELAY, self._verify)
+
+    def _verify(self) -> None:
+        """Look whether the conference carries the audio both ways; connect again what it does not.
+
+        The bridge's connections are requests pjmedia applies on its clock thread; this is the
+        check that they took (and the evidence in the log if one ever does not)."""
+        self._verify_timer = None
+        a, b = self.host.leg(0), self.host.leg(self.peer)
+        if self.closed or not self.connected or a is None or b is None:
+            return
+        missing = [f"leg {x.index} does not hear leg {y.index}" for x, y in ((a, b), (b, a)) if x.hears(y) is False]
+        if not missing:
+            return
+        ports = f"conference ports {a.audio_port()} and {b.audio_port()}"
+        if self._reconnects >= VERIFY_RECONNECTS:
+            self.log.info("audio: {} ({}) after connecting {} times more: left as it is", "; ".join(missing),
+                          ports, self._reconnects)  # INFO: per call, and a systematic fault would multiply it
+            return
+        self._reconnects += 1
+        self.log.info("audio: {} ({}): connecting again", "; ".join(missing), ports)
+        self.connect()
 
     def media_ready(self, index: int) -> None:
         """Leg ``index``'s media was (re)negotiated."""
@@ -370,6 +407,7 @@ class Bridge:
         if index == self.peer and self.connected:
             a = self.host.leg(0)
             if a is not None:  # its stream lives on until pjsua ends the call (a CANCEL waits for the 487)
+                self._log_disconnect(a, leg)
                 a.disconnect_audio(leg)
         digit = self._digits.pop(index, None)
         if digit is not None and digit.timer is not None:
@@ -381,12 +419,20 @@ class Bridge:
         self._watch.pop(index, None)
         if index == self.peer:
             self.peer, self.early, self.connected = 0, False, False
+            if self._verify_timer is not None:
+                self._verify_timer.cancel()
+                self._verify_timer = None
 
     def _disconnect(self, index: int) -> None:
         a, b = self.host.leg(0), self.host.leg(index)
         if a is not None and b is not None:
+            self._log_disconnect(a, b)
             a.disconnect_audio(b)
         self.connected = False
+
+    def _log_disconnect(self, a: CallLeg, b: CallLeg) -> None:
+        self.log.opt(lazy=True).debug("audio: leg 0 (port {}) -x- leg {} (port {})", a.audio_port, lambda: b.index,
+                                      b.audio_port)
 
     def answer(self, index: int) -> None:
         """B leg ``index`` answered: it becomes the peer, and the RTP watch starts."""
@@ -401,7 +447,7 @@ class Bridge:
             self.log.warning("{} DTMF digits of this call could not be sent on", self._dtmf_failures)
         self.closed = True
         timers = [d.timer for d in self._digits.values()] + list(self._retry.values()) + list(self._looks.values())
-        timers += [self._watch_timer, *self._tones.values()]
+        timers += [self._watch_timer, self._verify_timer, *self._tones.values()]
         for timer in timers:
             if timer is not None:
                 timer.cancel()
@@ -409,7 +455,7 @@ class Bridge:
         self._retry.clear()
         self._looks.clear()
         self._tones.clear()
-        self._watch_timer = None
+        self._watch_timer = self._verify_timer = None
 
     def _other(self, index: int) -> CallLeg | None:
         """The leg a relayed thing from leg ``index`` goes to: the peer for the caller, the

@@ -319,6 +319,15 @@ class CallLeg(abc.ABC):
     def disconnect_audio(self, other: CallLeg) -> None:
         """Undo :meth:`connect_audio` (whatever of it is still there)."""
 
+    def audio_port(self) -> int:
+        """The leg's port in the conference bridge now; -1 without an audio stream."""
+        return -1
+
+    def hears(self, other: CallLeg) -> bool | None:
+        """Whether the bridge carries ``other``'s audio to this leg now (connections take effect
+        on the bridge's next clock tick); None when either leg has no audio port."""
+        return None
+
     @abc.abstractmethod
     def telephone_event(self) -> bool:
         """Whether the peer negotiated RFC 4733 telephone-event (digits can be sent as RTP events)."""

@@ -331,7 +331,7 @@ class Leg(CallLeg, pj.Call):  # type: ignore[misc]
     def connect_audio(self, other: CallLeg) -> bool:
         assert isinstance(other, Leg)
         lib = _pjsip()
-        mine, theirs = lib.pjsua_call_get_conf_port(self.getId()), lib.pjsua_call_get_conf_port(other.getId())
+        mine, theirs = self.audio_port(), other.audio_port()
         if mine < 0 or theirs < 0:
             return False
         status = lib.pjsua_conf_connect(mine, theirs) or lib.pjsua_conf_connect(theirs, mine)
@@ -342,12 +342,26 @@ class Leg(CallLeg, pj.Call):  # type: ignore[misc]
 
     def disconnect_audio(self, other: CallLeg) -> None:
         assert isinstance(other, Leg)
-        lib = _pjsip()
-        mine = lib.pjsua_call_get_conf_port(self.getId())
-        theirs = lib.pjsua_call_get_conf_port(other.getId()) if "this" in other.__dict__ else -1
+        mine, theirs = self.audio_port(), other.audio_port()
         if mine >= 0 and theirs >= 0:
+            lib = _pjsip()
             lib.pjsua_conf_disconnect(mine, theirs)  # whatever of it is still there
             lib.pjsua_conf_disconnect(theirs, mine)
+
+    def audio_port(self) -> int:
+        cid = self.getId() if "this" in self.__dict__ else -1
+        return int(_pjsip().pjsua_call_get_conf_port(cid)) if cid >= 0 else -1  # pjsua asserts on -1
+
+    def hears(self, other: CallLeg) -> bool | None:
+        assert isinstance(other, Leg)
+        mine, theirs = self.audio_port(), other.audio_port()
+        if mine < 0 or theirs < 0:
+            return None
+        try:  # what the bridge's clock has applied: pjmedia >= 2.14 queues connects for its next tick
+            info = pj.AudioMedia.getPortInfoFromId(theirs)
+        except pj.Error:
+            return None
+        return mine in info.listeners  # info held: SWIG's .listeners points into it
 
     def _media_index(self, *, stream: bool) -> int:
         """The index of the leg's audio in its SDP, -1 without one; with ``stream``, only when

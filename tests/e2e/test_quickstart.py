@@ -18,6 +18,7 @@ exactly these commands; `test_two_media_gateways` plays the story.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shlex
@@ -34,6 +35,7 @@ from .harness import (
     B2buaProcess,
     Caller,
     CallResult,
+    HarnessError,
     free_port,
     parse_message_log,
     wait_until,
@@ -197,7 +199,7 @@ def invites_for(gw: MediaPeer, user: str) -> int:
     return sum(1 for m in gw.incoming() if m["invite"].startswith(f"INVITE sip:{user}@"))
 
 
-def listen(phone: MediaPeer, ip: str, port: int, gateways: dict[float, MediaPeer]) -> float:
+def listen(phone: MediaPeer, ip: str, port: int, gateways: dict[float, MediaPeer], b2b: B2buaProcess) -> float:
     """One softphone call through the B2BUA: the tone it heard, which must be the answering gateway's
     alone; and that gateway must have heard nothing else but this call."""
     before = {hz: invites_for(gw, LISTEN_USER) for hz, gw in gateways.items()}
@@ -205,9 +207,31 @@ def listen(phone: MediaPeer, ip: str, port: int, gateways: dict[float, MediaPeer
     assert talk.code == 200, talk.ended
     (answered,) = [hz for hz, gw in gateways.items() if invites_for(gw, LISTEN_USER) > before[hz]]
     report = phone.heard(talk.number)
-    assert report is not None and report.is_tone(answered, min_share=ONLY), (
-        f"the softphone should hear {answered:g} Hz, heard {report.describe() if report else 'nothing'}")
+    if report is None or not report.is_tone(answered, min_share=ONLY):
+        raise AssertionError(f"the softphone should hear {answered:g} Hz, heard "
+                             f"{report.describe() if report else 'nothing'}\n"
+                             f"{call_evidence(phone, talk.number, gateways[answered], b2b)}")
     return answered
+
+
+def call_evidence(phone: MediaPeer, number: int, gateway: MediaPeer, b2b: B2buaProcess) -> str:
+    """Which hop of a call's audio was missing: each peer's stream counters and whether its own
+    conference carried its tone into the call and the call into its recorder (``peer.py``
+    ``_wiring``), and the B2BUA's log lines of the call (``audio: ...`` when its bridge had to
+    connect the legs again)."""
+    ended = phone.events("ended", number)
+    states = phone.events("state", number)
+    call_id = states[0]["call_id"] if states else ""
+    lines = [f"softphone call {number} (Call-ID {call_id}): {ended[0]['stats'] if ended else 'not ended'}"]
+    incoming = [e for e in gateway.incoming() if e["invite"].startswith(f"INVITE sip:{LISTEN_USER}@")]
+    if incoming:
+        with contextlib.suppress(HarnessError):  # its BYE may still be on the way
+            gateway.wait_ended(incoming[-1]["call"], timeout=5.0)
+        gw_ended = gateway.events("ended", incoming[-1]["call"])
+        lines.append(f"{gateway.name} call {incoming[-1]['call']}: {gw_ended[0]['stats'] if gw_ended else 'not ended'}")
+    if call_id:
+        lines += [line for line in b2b.log_text().splitlines() if call_id in line]
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -276,7 +300,7 @@ def test_two_media_gateways(media_peer_factory: MediaPeerFactory, b2bua_factory:
     assert_b2bua_anchors(result, [old, new], ip)
     # And the softphone hears whichever gateway answered (8 calls: both, by weight, almost surely).
     gateways = {OLD_HZ: old, NEW_HZ: new}
-    heard = [listen(phone, ip, port, gateways) for _ in range(8)]
+    heard = [listen(phone, ip, port, gateways, b2b) for _ in range(8)]
     assert set(heard) <= {OLD_HZ, NEW_HZ}, heard
 
     # Step 7, "Maintenance": DX takes the old gateway out; every call goes to the new one.
@@ -288,7 +312,7 @@ def test_two_media_gateways(media_peer_factory: MediaPeerFactory, b2bua_factory:
     old_before = len(old.incoming())
     place_calls(caller, ip, port, "maintenance", 20)
     assert wait_answered(b2b, "maintenance", 20) == Counter({new.uri: 20})
-    assert [listen(phone, ip, port, gateways) for _ in range(2)] == [NEW_HZ, NEW_HZ]
+    assert [listen(phone, ip, port, gateways, b2b) for _ in range(2)] == [NEW_HZ, NEW_HZ]
     assert len(old.incoming()) == old_before
 
     # Step 8, "Back in service": AP, and calls reach both again. 100 calls are one walk of the

@@ -12,6 +12,8 @@ from b2bua.bridge import (
     DTMF_DEFAULT_MS,
     DTMF_STALL,
     TONES_LINGER,
+    VERIFY_DELAY,
+    VERIFY_RECONNECTS,
     Bridge,
     DtmfFallback,
     DtmfMode,
@@ -71,6 +73,14 @@ class Leg(CallLeg):
 
     def disconnect_audio(self, other: CallLeg) -> None:
         self.actions.append(("disconnect", other.index))
+
+    def audio_port(self) -> int:
+        return 20 + 2 * self.index
+
+    def hears(self, other: CallLeg) -> bool | None:
+        return other.index not in self.deaf_to
+
+    deaf_to: frozenset[int] = frozenset()  #: legs whose audio the conference does not carry to this one
 
     def telephone_event(self) -> bool:
         return self.te
@@ -276,6 +286,56 @@ def test_nothing_is_connected_after_close() -> None:
     host.bridge.media_ready(0)
     host.bridge.select(1, early=False)
     assert a.actions == [("connect", 1)]
+
+
+def test_a_connection_the_conference_does_not_carry_is_made_again(log_lines: list[tuple[str, str]]) -> None:
+    # pjmedia applies a connection on its clock's next tick; the bridge looks that it took
+    host, a, _b = answered()
+    a.deaf_to = frozenset({1})  # the caller does not hear the gateway
+    host.advance(VERIFY_DELAY + 0.05)
+    assert a.did("connect") == [(1,), (1,)]
+    assert ("INFO", "audio: leg 0 does not hear leg 1 (conference ports 20 and 22): connecting again") in log_lines
+    a.deaf_to = frozenset()  # it took this time: no more
+    host.advance(10 * VERIFY_DELAY)
+    assert a.did("connect") == [(1,), (1,)]
+    assert ("DEBUG", "audio: leg 0 (port 20) <-> leg 1 (port 22): connected") in log_lines
+
+
+def test_a_connection_that_never_takes_is_tried_a_bounded_number_of_times(log_lines: list[tuple[str, str]]) -> None:
+    host, a, b = answered()
+    b.deaf_to = frozenset({0})
+    host.advance(10 * VERIFY_DELAY)
+    assert len(a.did("connect")) == 1 + VERIFY_RECONNECTS
+    gave_up = [m for _level, m in log_lines if m.endswith("left as it is")]
+    assert gave_up == [f"audio: leg 1 does not hear leg 0 (conference ports 20 and 22) after connecting "
+                       f"{VERIFY_RECONNECTS} times more: left as it is"]
+
+
+def test_the_look_is_for_the_latest_connection_and_stops_with_the_peer_or_the_call() -> None:
+    host, a, b = answered()
+    a.deaf_to = frozenset({1})
+    host.advance(VERIFY_DELAY / 2)
+    host.bridge.media_ready(0)  # connected again after a renegotiation: the look waits for that one
+    host.advance(VERIFY_DELAY / 2 + 0.05)
+    assert a.did("connect") == [(1,), (1,)]
+    host.advance(VERIFY_DELAY / 2)
+    assert a.did("connect") == [(1,), (1,), (1,)]
+    del host.legs[1]
+    host.bridge.leg_gone(b)
+    host.advance(10 * VERIFY_DELAY)
+    assert a.did("connect") == [(1,), (1,), (1,)]
+    host2, a2, _b2 = answered()
+    a2.deaf_to = frozenset({1})
+    host2.bridge.close()
+    host2.advance(10 * VERIFY_DELAY)
+    assert a2.did("connect") == [(1,)]
+
+
+def test_no_look_without_audio_ports() -> None:
+    host, a, _b = answered()
+    a.hears = lambda other: None  # type: ignore[method-assign]  # held inactive: no port to look at
+    host.advance(10 * VERIFY_DELAY)
+    assert a.did("connect") == [(1,)]
 
 
 # -- DTMF ----------------------------------------------------------------------------------------------
@@ -518,6 +578,7 @@ def test_a_held_stream_without_rtp_is_not_timed_out() -> None:
 def test_no_watch_when_off() -> None:
     host, a, _b = answered(watch_interval=0.0)
     a.stats = None
+    host.advance(VERIFY_DELAY + 0.1)  # the look at the new connection
     assert not host.scheduler._heap  # type: ignore[attr-defined]
 
 

@@ -478,7 +478,28 @@ class Peer:
         for media in info.media:
             if media.type == pj.PJMEDIA_TYPE_AUDIO and media.status != pj.PJSUA_CALL_MEDIA_NONE:
                 call.stats = _stream_stats(call.getStreamStat(media.index))
+                call.stats.update(self._wiring(call, media.audioConfSlot))
+                with contextlib.suppress(pj.Error):  # where our RTP goes and where the last came from
+                    call.stats["rtp_to"] = call.getStreamInfo(media.index).remoteRtpAddress
+                    call.stats["rtp_from"] = call.getMedTransportInfo(media.index).srcRtpName
                 return
+
+    def _wiring(self, call: PeerCall, slot: int) -> dict[str, Any]:
+        """What the conference bridge carries now (its clock applies connections on its next tick):
+        whether what we play reaches the call, and the call reaches its recorder; None: not ours."""
+        if slot < 0:
+            return {"conf_slot": slot}
+
+        def listens(source: int, sink: int) -> bool | None:
+            if source < 0 or sink < 0:
+                return None
+            info = pj.AudioMedia.getPortInfoFromId(source)  # held: SWIG's .listeners points into it
+            return sink in info.listeners
+
+        playing = call.playing.getPortId() if call.playing is not None else -1
+        recorder = call.recorder.getPortId() if call.recorder is not None else -1
+        return {"conf_slot": slot, "plays_into_call": listens(playing, slot),
+                "call_into_recorder": listens(slot, recorder)}
 
     # -- commands ---------------------------------------------------------------------------------
 
