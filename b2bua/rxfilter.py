@@ -9,8 +9,8 @@ transaction layer (16) and before the dialog layer (32) and pjsua (64), sees eve
 matches no transaction: new requests and requests inside dialogs (retransmissions never reach
 it); one at priority 15, before the transaction layer, sees every response.
 
-The messages every call has and no rule can refuse are passed on in C, a few thousand
-instructions at most each: a request inside a dialog pjsip holds (not a REFER) whose head is plain
+The messages every call has and no rule can refuse are passed on in C, with no callback into
+Python: a request inside a dialog pjsip holds (not a REFER) whose head is plain
 ASCII within :mod:`b2bua.wire`'s limits (a call's ACK, BYE, re-INVITE), and a response whose
 head is plain ASCII with a status line (a call's 100, 180, 200s). Each of those cost ~100,000
 instructions when every message went through Python (a ctypes callback, pjsua2's
