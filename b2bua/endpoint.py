@@ -267,6 +267,8 @@ class Endpoint:
         cfg = pj.EpConfig()
         cfg.uaConfig.threadCnt = 0
         cfg.uaConfig.mainThreadOnly = True
+        # our build's pjsua2 (patch 0007): only the call states and transactions b2bua.legs reads
+        cfg.uaConfig.b2buaLeanCallbacks = True
         cfg.uaConfig.maxCalls = call_legs(sip)
         cfg.uaConfig.userAgent = sip.user_agent
         cfg.medConfig.threadCnt = 0

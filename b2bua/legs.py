@@ -5,10 +5,15 @@ pjsua2's invite states, transactions, media and DTMF into the events of
 :mod:`b2bua.events` and hand them to the leg's owner (the session); its methods turn the
 session's actions into pjsua2 calls. It decides nothing. Callbacks can fire synchronously
 inside ``makeCall``/``hangup``, so owners are re-entrant, and no exception crosses back into
-C++ (each callback catches and logs). Per callback it does as little as it can: one
-``getInfo()`` per state change, nothing else for the transactions that follow a provisional
-(a talking leg looks at its in-dialog requests: INFO digits, the answer to its own re-INVITE).
-Media counters and stream details are read only when asked (:meth:`Leg.media_stats`).
+C++ (each callback catches and logs). Per callback it does as little as it can, and pjsua2 as
+``scripts/build-pjsua2.sh`` builds it (patch 0007) does the rest in C++: it reports a state
+change with its state, status code and reason in the parameter (no ``getInfo()``), and only
+the ones read here: the leg we answered when CONFIRMED or DISCONNECTED, the leg we placed from
+EARLY on; its SIP event only for our INVITE's answer (CONNECTING) and end (DISCONNECTED). It
+reports no transaction of a BYE, of the INVITE we answered, nor of a request of ours before its
+first response. Nothing else is read for the transactions that follow a provisional (a talking
+leg looks at its in-dialog requests: INFO digits, the answer to its own re-INVITE). Media
+counters and stream details are read only when asked (:meth:`Leg.media_stats`).
 """
 
 from __future__ import annotations
@@ -137,8 +142,7 @@ class Leg(CallLeg, pj.Call):  # type: ignore[misc]
         if owner is None:
             return
         try:
-            info = self.getInfo()
-            event = self._state_event(info.state, info.lastStatusCode, info.lastReason, prm)
+            event = self._state_event(prm.state, prm.lastStatusCode, prm.lastReason, prm)
             if event is not None:
                 owner.on_event(self, event)
         except Exception:
