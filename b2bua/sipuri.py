@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass
 from typing import NamedTuple
 
 #: longest URI the strict parser accepts (characters)
@@ -284,12 +283,12 @@ def _lenient_params(text: str) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
-@dataclass(frozen=True, slots=True)
-class NameAddr:
+class NameAddr(NamedTuple):
     """A From/To/Contact value: ``"Alice" <sip:alice@x>;tag=1`` or ``sip:alice@x;tag=1``.
 
     ``display`` is the display name as written (quotes removed, escapes kept); ``uri`` the URI
     text; ``params`` the header parameters after it (``tag`` ...), lower-cased names.
+    Immutable; a tuple, so cheap to make (every call's From and To are split).
     """
 
     display: str

@@ -405,3 +405,16 @@ def _check_body_reference(body: bytes) -> None:
 @given(st.lists(_TEXT_PIECES, max_size=12).map(b"".join))
 def test_sdp_check_fast_path_agrees_with_the_full_check(body: bytes) -> None:
     assert _outcome(wire._check_body, body, "application/sdp") == _outcome(_check_body_reference, body)
+
+
+def test_header_names_remembered_file_the_same_within_a_bound() -> None:
+    lines = ["Via: a", "v : b", "f:<sip:a@b>;tag=1", "X-A\t: c", "x-a: d"]
+    expected = {"via": ["a", "b"], "from": ["<sip:a@b>;tag=1"], "x-a": ["c", "d"]}
+    wire._HEADER_KEYS.clear()
+    assert wire.parse_headers(lines) == expected  # names checked, then remembered
+    assert wire.parse_headers(lines) == expected  # from what is remembered
+    with pytest.raises(Malformed, match="header-syntax"):  # a remembered name does not excuse a bad one
+        wire.parse_headers(["Via: a", "Via x: b"])
+    for i in range(wire.MAX_HEADER_KEYS + 10):
+        wire.parse_headers([f"X-{i}: v"])
+    assert len(wire._HEADER_KEYS) <= wire.MAX_HEADER_KEYS
