@@ -41,6 +41,7 @@ from b2bua.health import Health, NodeState, node_state
 from b2bua.legpool import LegPool
 from b2bua.legs import leg_factory
 from b2bua.lifecycle import Lifecycle, StartupError
+from b2bua.logs import writes
 from b2bua.loop import BlockingPool, Scheduler, Task, Timer
 from b2bua.plugins import Hooks, make_manager
 from b2bua.rpc import RpcRegistry
@@ -193,7 +194,8 @@ class App:
         self.stats.received += 1
         session = Session(self, call, a_leg)
         self.sessions[call.id] = session
-        session.log.debug("INVITE {} from {} ({})", call.request_uri, call.from_uri, call.source)
+        if writes.debug:
+            session.log.debug("INVITE {} from {} ({})", call.request_uri, call.from_uri, call.source)
         # pjsua2 may call onIncomingCall before pjsua has set the call up (from its media
         # transport callback), and pjsua may still drop the call afterwards without telling us
         # (no RTP port free, say): route it on the next loop pass, once the A leg is real.

@@ -49,6 +49,7 @@ from b2bua.events import (
     OfferFailed,
     RemoteOffer,
 )
+from b2bua.logs import writes
 from b2bua.sip import printable
 
 if TYPE_CHECKING:
@@ -353,7 +354,7 @@ class Bridge:
             return
         if old and old != index:
             self._disconnect(old)
-        if old != index:
+        if old != index and writes.debug:
             self.log.debug("audio: caller <-> leg {}{}", index, " (early media)" if early else "")
         self.peer, self.early = index, early
         self.connect()
@@ -366,9 +367,10 @@ class Bridge:
         if a is None or b is None or not (a.media_ready and b.media_ready):
             return
         self.connected = a.connect_audio(b)
-        self.log.opt(lazy=True).debug("audio: leg 0 (port {}) <-> leg {} (port {}): {}", a.audio_port,
-                                      lambda: b.index, b.audio_port,
-                                      lambda: "connected" if self.connected else "no audio port yet")
+        if writes.debug:  # twice a call: not even the lazy call when DEBUG is not written
+            self.log.opt(lazy=True).debug("audio: leg 0 (port {}) <-> leg {} (port {}): {}", a.audio_port,
+                                          lambda: b.index, b.audio_port,
+                                          lambda: "connected" if self.connected else "no audio port yet")
         if self.connected and not self.closed:
             if self._verify_timer is not None:  # look once the latest connection had time to apply
                 self._verify_timer.cancel()
@@ -431,8 +433,9 @@ class Bridge:
         self.connected = False
 
     def _log_disconnect(self, a: CallLeg, b: CallLeg) -> None:
-        self.log.opt(lazy=True).debug("audio: leg 0 (port {}) -x- leg {} (port {})", a.audio_port, lambda: b.index,
-                                      b.audio_port)
+        if writes.debug:
+            self.log.opt(lazy=True).debug("audio: leg 0 (port {}) -x- leg {} (port {})", a.audio_port,
+                                          lambda: b.index, b.audio_port)
 
     def answer(self, index: int) -> None:
         """B leg ``index`` answered: it becomes the peer, and the RTP watch starts."""

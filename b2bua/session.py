@@ -60,6 +60,7 @@ from b2bua.events import (
     RemoteOffer,
 )
 from b2bua.headers import COPY_BUDGET, is_name, merge, one_line_problem, usable_value
+from b2bua.logs import writes
 from b2bua.outbound import profile_for
 from b2bua.sippolicy import best_failure, one_line, relay
 
@@ -167,7 +168,8 @@ class Session:
         old = self.state
         if old is not new:
             self.state = new
-            self.log.debug("call {} -> {}", old, new)
+            if writes.debug:  # a call's hot path: ~20 DEBUG lines, each a cost when not written
+                self.log.debug("call {} -> {}", old, new)
             if new in (CallState.ENDING, CallState.ENDED):
                 self.bridge.close()
 
@@ -175,7 +177,8 @@ class Session:
         old = leg.state
         if old is not new:
             leg.state = new
-            self.log.debug("leg {} {} -> {}", leg.index, old, new)
+            if writes.debug:
+                self.log.debug("leg {} {} -> {}", leg.index, old, new)
 
     # -- events ---------------------------------------------------------------------------------
 
@@ -183,7 +186,8 @@ class Session:
         """One event of one of this call's legs: dispatch on ``(leg.state, type(event))``."""
         handler = (_B_TABLE if leg.index else _A_TABLE).get((leg.state, type(event)))
         if handler is None:
-            self.log.debug("leg {} ({}): {} ignored", leg.index, leg.state, type(event).__name__)
+            if writes.debug:
+                self.log.debug("leg {} ({}): {} ignored", leg.index, leg.state, type(event).__name__)
             return
         handler(self, leg, event)
 
@@ -256,8 +260,9 @@ class Session:
         # a Call-ID of our own: the caller's never reaches a gateway (topology hiding), and
         # whatever bytes it holds never reach pjsua2
         call_id = secrets.token_hex(12)
-        self.log.debug("attempt {} to {}{}: Call-ID {}", index, request.request_uri,
-                       f" via {request.next_hop}" if request.next_hop else "", call_id)
+        if writes.debug:
+            self.log.debug("attempt {} to {}{}: Call-ID {}", index, request.request_uri,
+                           f" via {request.next_hop}" if request.next_hop else "", call_id)
         timeout = target.attempt_timeout or host.sip.attempt_timeout
         leg.timer = host.call_later(timeout, lambda: self._leg_timeout(index, FailureKind.NO_RESPONSE))
         host.hooks.leg_started(call, target)
@@ -403,7 +408,8 @@ class Session:
             self.lost_caller("the caller's leg is gone")
             return
         assert leg.target is not None
-        self.log.debug("answered by {} (attempt {})", leg.target.label, leg.index)
+        if writes.debug:
+            self.log.debug("answered by {} (attempt {})", leg.target.label, leg.index)
         self.host.hooks.call_answered(self.call, leg.target)
         self.bridge.answer(leg.index)
 
@@ -518,7 +524,8 @@ class Session:
         if self.cause is None:
             answered = self.state is CallState.ANSWERED
             self.cause = EndCause.CALLER_HANGUP if answered else EndCause.CALLER_CANCEL
-            self.log.debug("caller {}", "hung up" if answered else "cancelled")
+            if writes.debug:
+                self.log.debug("caller {}", "hung up" if answered else "cancelled")
         self._enter(CallState.ENDING)
         self._end_b_legs()
         self._maybe_end()

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass
 from typing import NamedTuple
 
 #: longest URI the strict parser accepts (characters)
@@ -43,6 +42,16 @@ _IPV4 = re.compile(r"[0-9]{1,3}(?:\.[0-9]{1,3}){3}")
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 _IPV4_VALID = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
+#: the usual URI in one match (:func:`parse_uri`'s fast path): a lower-case scheme, a user part
+#: without escapes, password or ``?``, a host name or valid IPv4 address, a port of 1-5 digits,
+#: parameters without escapes, no headers; a subset of what the full parse accepts
+_USUAL_URI = re.compile(
+    rf"(sips?):(?:([{_UNRESERVED}&=+$,;/]+)@)?({_OCTET}(?:\.{_OCTET}){{3}}|{_HOSTNAME.pattern})"
+    rf"(?::([0-9]{{1,5}}))?((?:;[{_UNRESERVED}\[\]/:&+$]+(?:=[{_UNRESERVED}\[\]/:&+$]+)?)*)"
+)
+#: longest URI tried by the fast path: the one regex backtracks more than the full parse on a
+#: long malformed host (a hyphen run), so a long URI takes the full parse alone
+_USUAL_LENGTH = 256
 
 
 class SipUri(NamedTuple):
@@ -132,6 +141,25 @@ def parse_uri(text: str, *, schemes: tuple[str, ...] = ("sip", "sips")) -> SipUr
     ``sip[s]:[user[:password]@]host[:port][;param[=value]]*[?hname=hvalue[&...]]``;
     ``schemes`` narrows what is accepted (``("sip",)`` where TLS is not available).
     """
+    # every incoming call has three URIs: the usual form is taken in one match (~6,000
+    # instructions, not ~33,000), anything else (and every fault) by the full parse below
+    m = _USUAL_URI.fullmatch(text) if len(text) <= _USUAL_LENGTH else None
+    if m is not None:
+        scheme, user, host, port_text, params = m.groups("")
+        port = int(port_text) if port_text else 0
+        if scheme in schemes and (not port_text or 1 <= port <= 65535):
+            return SipUri(scheme, user, "", host, port, port_text,
+                          tuple(_param(item) for item in params[1:].split(";")) if params else ())
+    return _parse_uri(text, schemes)
+
+
+def _param(item: str) -> tuple[str, str]:
+    name, _, value = item.partition("=")
+    return name.lower(), value
+
+
+def _parse_uri(text: str, schemes: tuple[str, ...]) -> SipUri:
+    """:func:`parse_uri`'s full parse: every form the grammar allows, and what is wrong."""
     shown = _shown(text)
     if len(text) > MAX_URI_LENGTH:
         raise ValueError(f"{shown}: longer than {MAX_URI_LENGTH} characters")
@@ -255,12 +283,12 @@ def _lenient_params(text: str) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
-@dataclass(frozen=True, slots=True)
-class NameAddr:
+class NameAddr(NamedTuple):
     """A From/To/Contact value: ``"Alice" <sip:alice@x>;tag=1`` or ``sip:alice@x;tag=1``.
 
     ``display`` is the display name as written (quotes removed, escapes kept); ``uri`` the URI
     text; ``params`` the header parameters after it (``tag`` ...), lower-cased names.
+    Immutable; a tuple, so cheap to make (every call's From and To are split).
     """
 
     display: str

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from b2bua.api import CallInfo
 from b2bua.sip import COMPACT, printable
@@ -63,7 +63,8 @@ _TEL = re.compile(r"tel:\+?[0-9A-Fa-f*#().\-]{1,64}(?:;[A-Za-z0-9\-.!%*_+`'~]+(?
 # control characters other than HTAB, CR and LF, C1 controls included
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 _STATUS_LINE = re.compile(r"SIP/2\.0 ([1-6][0-9][0-9]) ")
-#: check_response's fast path: a head of printable ASCII, HTAB and CRLF line breaks
+#: printable ASCII, HTAB, CR and LF: text that is UTF-8 without a control character, told in C
+#: (``bytes.translate`` deletes them: nothing is left); check_response's fast path, decode_head's
 _PLAIN_HEAD = bytes(range(0x20, 0x7F)) + b"\t\r\n"
 _STATUS_LINE_BYTES = re.compile(rb"SIP/2\.0 [1-6][0-9][0-9] ")
 # peek(): the To header's value, and a tag parameter in it; peek_dialog(): From's value
@@ -71,6 +72,11 @@ _TO = re.compile(rb"\n(?:to|t)[ \t]*:([^\r\n]*)", re.IGNORECASE)
 _FROM = re.compile(rb"\n(?:from|f)[ \t]*:([^\r\n]*)", re.IGNORECASE)
 _TAG = re.compile(rb";[ \t]*tag[ \t]*=", re.IGNORECASE)
 _AGENT = re.compile(rb"\n(user-agent|from|f)[ \t]*:([^\r\n]{0,300})", re.IGNORECASE)
+#: header names as written (before the colon) that are tokens, and the key each is filed under:
+#: names repeat from message to message, and a look-up here spares the token check (~3,000
+#: instructions a line); emptied when it holds MAX_HEADER_KEYS
+_HEADER_KEYS: dict[str, str] = {}
+MAX_HEADER_KEYS = 512
 _RAW_CALL_ID = re.compile(rb"\n(?:call-id|i)[ \t]*:[ \t]*([^\r\n]*)", re.IGNORECASE)
 
 
@@ -90,10 +96,10 @@ class Malformed(ValueError):
         self.code = code
 
 
-@dataclass(frozen=True, slots=True)
-class WireRequest:
+class WireRequest(NamedTuple):
     """A request that passed :func:`parse_request`: every text field is UTF-8 without control
-    characters and bounded in size.
+    characters and bounded in size. Immutable; a named tuple, which costs a tenth of a frozen
+    dataclass to make (it is made for every new call).
 
     ``headers`` maps lower-case header names (compact forms expanded) to their values in order;
     ``from_uri``/``to_uri`` are the URIs inside From/To; ``transport`` is the top Via's
@@ -231,11 +237,16 @@ def _utf8(data: bytes, reason: str, what: str = "") -> str:
 
 def decode_head(head: bytes) -> list[str]:
     """The head's lines as text; :class:`Malformed` unless UTF-8 without control characters."""
-    text = _utf8(head, "not-utf8")
-    m = _CONTROL.search(text)
-    if m:
-        where = text.count("\n", 0, m.start()) + 1
-        raise Malformed("control-char", f"control character 0x{ord(m.group()):02x} on line {where}")
+    if not head.translate(None, _PLAIN_HEAD):
+        # printable ASCII, HTAB, CR and LF alone (almost every head): UTF-8 without a control
+        # character, told in C (~2,000 instructions; the regex search takes ~55 per character)
+        text = head.decode("ascii")
+    else:
+        text = _utf8(head, "not-utf8")
+        m = _CONTROL.search(text)
+        if m:
+            where = text.count("\n", 0, m.start()) + 1
+            raise Malformed("control-char", f"control character 0x{ord(m.group()):02x} on line {where}")
     lines = text.split("\r\n") if "\r\n" in text else text.split("\n")
     for number, line in enumerate(lines, 1):
         if "\r" in line or "\n" in line:
@@ -264,12 +275,17 @@ def parse_headers(lines: list[str]) -> dict[str, list[str]]:
         count += 1
         if count > MAX_HEADERS:
             raise Malformed("too-many-headers", f"more than {MAX_HEADERS} header lines")
-        name, colon, value = line.partition(":")
-        name = name.rstrip(" \t")
-        if not colon or not _TOKEN.fullmatch(name):
-            raise Malformed("header-syntax", f"line {number}: {printable(line, 60)!r} is not 'Name: value'")
-        key = name.lower()
-        key = COMPACT.get(key, key)
+        written, colon, value = line.partition(":")
+        key = _HEADER_KEYS.get(written) if colon else None
+        if key is None:
+            name = written.rstrip(" \t")
+            if not colon or not _TOKEN.fullmatch(name):
+                raise Malformed("header-syntax", f"line {number}: {printable(line, 60)!r} is not 'Name: value'")
+            key = name.lower()
+            key = COMPACT.get(key, key)
+            if len(_HEADER_KEYS) >= MAX_HEADER_KEYS:
+                _HEADER_KEYS.clear()  # a peer sending ever new names: bounded, never stale
+            _HEADER_KEYS[written] = key
         last = headers.setdefault(key, [])
         last.append(value.strip(" \t"))
     return headers
@@ -426,6 +442,8 @@ def _check_body(body: bytes, content_type: str) -> None:
         raise Malformed("too-big", f"a body of {len(body)} bytes (at most {MAX_BODY})")
     if content_type.split(";", 1)[0].strip().lower() != "application/sdp":
         return  # other bodies (SIP-I's ISUP is binary) are pjsua's, never read as text here
+    if not body.translate(None, _PLAIN_HEAD):
+        return  # printable ASCII, HTAB, CR and LF alone: UTF-8 without a control character
     text = _utf8(body, "sdp", "SDP ")
     m = _CONTROL.search(text)
     if m:

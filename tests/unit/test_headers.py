@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from b2bua import headers as hdrs
 from b2bua.headers import (
     COPY_BUDGET,
     MAX_VALUE,
@@ -109,3 +110,33 @@ def test_copied_headers_stop_at_the_budget_in_order() -> None:
     assert [name for name, _ in out] == ["P-Asserted-Identity", "X-Big", "X-Big", "X-Small"]
     assert dropped == 1  # the third 600-byte value would pass 1500 bytes; the small one still fits
     assert sum(len(n) + len(v) + 4 for n, v in out) <= COPY_BUDGET
+
+
+def _one_line_problem_reference(text: str) -> str | None:
+    """one_line_problem without its fast path (the reference it must agree with)."""
+    if len(text) > hdrs.MAX_VALUE:
+        return f"longer than {hdrs.MAX_VALUE} characters"
+    m = hdrs._CONTROL.search(text)
+    if m:
+        return f"control character 0x{ord(m.group()):02x} at offset {m.start()}"
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return "bytes that are not UTF-8"
+    return None
+
+
+@given(st.one_of(st.text(max_size=60), st.text(alphabet=" ~\t\x00\x1f\x7f\x80\x9f\xa0a\udcff", max_size=20)))
+def test_one_line_problem_fast_path_agrees_with_the_full_check(text: str) -> None:
+    assert one_line_problem(text) == _one_line_problem_reference(text)
+
+
+def test_a_filter_remembers_its_answers_within_a_bound() -> None:
+    f = HeaderFilter.compile(["X-*", "Privacy"])
+    for _ in range(2):  # the second round from what it remembers: the same answers
+        assert [f.allows(n) for n in ("x-a", "X-A", "privacy", "Via", "X A", "call-id")] == [
+            True, True, True, False, False, False]
+    for i in range(hdrs.KNOWN_NAMES + 10):
+        assert f.allows(f"x-{i}")
+    assert len(f._known) <= hdrs.KNOWN_NAMES

@@ -86,16 +86,20 @@ SCRIPT = """
 import sys
 from loguru import logger
 from b2bua.config import LogConfig
-from b2bua.logs import log_level, set_log_level, setup_logging
+from b2bua.logs import log_level, set_log_level, setup_logging, writes
 
+assert writes.debug  # loguru's own default sink writes DEBUG
 setup_logging(LogConfig(level="INFO", json={json}, file="b2bua.log"), base_dir=sys.argv[1])
+assert not writes.debug  # hot paths skip their DEBUG calls
 log = logger.bind(call_id="call-1")
 log.info("attempt {{attempt}} to {{destination}}: {{code}}", attempt=1, destination="sip:gw", code=503)
 log.debug("debug before")
 set_log_level("debug")
+assert writes.debug
 log.debug("debug after <sip:x> {{not a field}}")
 assert log_level() == "DEBUG"
 set_log_level("ERROR")
+assert not writes.debug
 log.warning("warning hidden")
 try:
     1 / 0
@@ -135,3 +139,20 @@ def test_text_logs_change_level_too(tmp_path: Path) -> None:
         "attempt 1 to sip:gw: 503", "log level now DEBUG (was INFO)", "debug after <sip:x> {not a field}",
         "log level now ERROR (was DEBUG)"]
     assert not any("hidden" in line or "debug before" in line for line in stderr)
+
+
+def test_the_debug_flag_follows_verbosity(tmp_path: Path) -> None:
+    script = """
+from b2bua.config import LogConfig
+from b2bua.logs import setup_logging, writes
+setup_logging(LogConfig(level="INFO"), 1)
+assert writes.debug, "-v at INFO writes DEBUG"
+setup_logging(LogConfig(level="WARNING"), 1)
+assert not writes.debug, "-v at WARNING writes INFO"
+setup_logging(LogConfig(level="TRACE"))
+assert writes.debug
+"""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, env=env,
+                          check=False)
+    assert done.returncode == 0, done.stderr

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from b2bua import sipuri
 from b2bua.sipuri import (
     MAX_URI_LENGTH,
     SipUri,
@@ -172,3 +173,39 @@ def test_is_ip_literal_agrees_with_ipaddress(text: str) -> None:
     except ValueError:
         expected = False
     assert is_ip_literal(text) is expected
+
+
+def _full_parse(text: str, schemes: tuple[str, ...]) -> SipUri | str:
+    try:
+        return sipuri._parse_uri(text, schemes)
+    except ValueError as exc:
+        return str(exc)
+
+
+def _parse(text: str, schemes: tuple[str, ...]) -> SipUri | str:
+    try:
+        return parse_uri(text, schemes=schemes)
+    except ValueError as exc:
+        return str(exc)
+
+
+#: URI-ish text: the characters where the fast path and the full parse could part ways
+_URI_CHARS = "sipSIP:@.;=-_!~*'()&+$,/?%[]019aAzZ \t"
+_uri_parts = st.lists(st.sampled_from(["sip:", "sips:", "tel:", "a", "Z9", "@", ".", ":", "5060", "0", "65536",
+                                        ";", "=", "lr", "-", "1.2.3.4", "256.1.1.1", "%20", "?", "[::1]", "%",
+                                        "user", "host.example", "_", "~", "&", "$", "/", "[", "]", ""]),
+                      max_size=12).map("".join)
+
+
+@given(st.one_of(_uri_parts, st.text(alphabet=_URI_CHARS, max_size=40), st.text(max_size=40)),
+       st.sampled_from([("sip", "sips"), ("sip",)]))
+def test_fast_path_agrees_with_the_full_parse(text: str, schemes: tuple[str, ...]) -> None:
+    """parse_uri takes the usual URI in one regex match: the same SipUri, or the same fault."""
+    assert _parse(text, schemes) == _full_parse(text, schemes)
+
+
+@pytest.mark.parametrize("text", ["sip:a@b.example", "sip:svc@127.0.0.71:52545", "sips:h;lr;transport=tcp",
+                                  "sip:a;b=c@host.example.:5060;X=Y", "sip:1.2.3.4:5", "sip:a.b-c.d."])
+def test_fast_path_agrees_on_usual_uris(text: str) -> None:
+    assert sipuri._USUAL_URI.fullmatch(text)  # the fast path is taken...
+    assert parse_uri(text) == sipuri._parse_uri(text, ("sip", "sips"))  # ...and parses the same
