@@ -258,8 +258,8 @@ class Lifecycle:
 
 
 def _freeze_startup_heap() -> None:
-    """Keep what start-up made (modules, pjsua2's proxies, config, plugin state: ~300,000
-    objects) out of full garbage collections. Under load a full collection ran every ~6 s and
+    """Keep what start-up made (modules, pjsua2's proxies, config, plugin state: ~70,000
+    objects with the shipped config) out of full garbage collections. Under load a full collection ran every ~6 s and
     walked all of them holding the GIL: 30-66 ms of a stalled loop at 400 calls/s, long enough
     for SIP to pile up unread and new calls to be shed. Frozen objects are still freed by
     reference counting; only cycles among them wait for the unfreeze at shutdown."""
