@@ -29,7 +29,7 @@ from loguru import logger
 from b2bua import __version__
 from b2bua.admission import Decision, Load, Verdict, shedding_helps
 from b2bua.api import DEFAULT_OUTBOUND, CallInfo, EndCause, Outbound, ProbeResult, Reject
-from b2bua.backlog import AdmissionShare, ReceiveBacklog
+from b2bua.backlog import AdmissionShare, QueueReading, ReceiveBacklog
 from b2bua.cluster import Cluster, control_address, make_cluster
 from b2bua.config import Config, SipConfig
 from b2bua.core_rpc import calls_report
@@ -61,6 +61,8 @@ T = TypeVar("T")
 HEARTBEAT = 0.05
 #: at most one "overload" warning per this many seconds (shedding can start and stop often)
 OVERLOAD_LOG_EVERY = 10.0
+#: a SIP receive buffer this full is overload whatever the wait (arrivals are dropped when it is full)
+BUFFER_FULL = 0.5
 #: per heartbeat, how much of the recent work counts on (about a second's memory): a beat right
 #: after the loop stalled has seen little of what waits in the queue
 RECENT_WORK_DECAY = 0.95
@@ -112,6 +114,11 @@ class App:
         self._admitted: tuple[bytes, WireRequest] | None = None
         self._screened_base: dict[str, dict[str, int]] = {}  #: screen counts at the last stats reset
         self._backlog = ReceiveBacklog([])
+        #: the SIP listeners' receive queues at the last heartbeat
+        self.receive_queue = QueueReading()
+        self._dropped_logged = 0  #: datagrams the kernel dropped, as of the last warning about them
+        self._dropped_base = 0  #: ... as of the last stats reset
+        self._drops_logged_at = 0.0
         self._admission = AdmissionShare()
         #: the cluster this node belongs to ([cluster] redis_url), or None
         self.cluster: Cluster | None = make_cluster(config, post=self.scheduler.call_soon_threadsafe,
@@ -280,6 +287,8 @@ class App:
             reload_signals=stats.reload_signals, active_calls=len(self.sessions), legs_in_use=self.legs.in_use,
             call_slots=self.legs.slots, max_calls=self._config.sip.max_calls, draining=self._draining,
             stopping=self._stopping, overloaded=self.overloaded, admitted_share=self._admission.share,
+            sip_dropped=self.receive_queue.dropped - self._dropped_base, sip_receive_wait=self.receive_queue.wait,
+            timer_lag=self.endpoint.timer_lag(),
             screened=self._screened_since_reset(),
         )
 
@@ -294,6 +303,7 @@ class App:
         self.stats.reset()
         self.gate.reset_counts()
         self._screened_base = self.endpoint.screen_counts()
+        self._dropped_base = self.receive_queue.dropped
 
     # -- incoming requests ------------------------------------------------------------------------
 
@@ -359,14 +369,21 @@ class App:
             self.legs.retire(a_leg)
 
     def start_overload_watch(self) -> None:
-        """Start-up: find the UDP listeners' receive queues and start the heartbeat (before the
-        first call: RTP sockets share the listeners' addresses). The heartbeat always runs: it
-        also sums up the refused requests."""
+        """Start-up: find the UDP listeners' receive queues, size their buffers, and start the
+        heartbeat (before the first call: RTP sockets share the listeners' addresses). The
+        heartbeat always runs: it also sums up the refused requests."""
         sip_cfg = self._config.sip
-        if sip_cfg.overload_backlog > 0:
-            udp = [(x.address, x.port) for x in sip_cfg.listeners if x.transport == "udp"]
-            self._backlog = ReceiveBacklog.find(udp)
-            logger.debug("overload: watching the receive queue of {} UDP listener(s)", self._backlog.count)
+        udp = [(x.address, x.port) for x in sip_cfg.listeners if x.transport == "udp"]
+        self._backlog = ReceiveBacklog.find(udp)
+        self._backlog.stamp_arrivals()
+        if sip_cfg.udp_receive_buffer:
+            for name, size in self._backlog.size_buffers(sip_cfg.udp_receive_buffer):
+                if size < sip_cfg.udp_receive_buffer:
+                    logger.warning("udp:{}: the kernel gave {} bytes of receive buffer, not the {} of [sip] "
+                                   "udp_receive_buffer: raise net.core.rmem_max (sysctl) or give the process "
+                                   "CAP_NET_ADMIN, else a stall of a few dozen ms drops SIP messages",
+                                   name, size, sip_cfg.udp_receive_buffer)
+        logger.debug("overload: watching the receive queue of {} UDP listener(s)", self._backlog.count)
         self._heartbeat(time.monotonic())
 
     def stop_overload_watch(self) -> None:
@@ -374,7 +391,8 @@ class App:
 
     def _heartbeat(self, expected: float) -> None:
         """Shed new calls while overloaded: all for a second when the loop runs ``overload_lag``
-        late; a share (:class:`AdmissionShare`) while ``overload_backlog`` bytes of SIP wait unread.
+        late; a share (:class:`AdmissionShare`) while the oldest SIP message waits unread longer
+        than ``overload_delay`` or a receive buffer is over half full (:mod:`b2bua.backlog`).
 
         Refusing a new INVITE costs a third of a call; accepting calls the loop cannot serve
         makes every call late, then retransmissions multiply the load and everything fails. But
@@ -394,12 +412,19 @@ class App:
         if 0 < cfg.overload_lag < lag and calls_matter:
             why = f"the loop runs {lag * 1000:.0f} ms late"
             self._overloaded_until = now + 1.0
-        if cfg.overload_backlog:
-            queued = self._backlog.bytes()
-            over = queued > cfg.overload_backlog and calls_matter
+        self.receive_queue = queue = self._backlog.read(time.time())
+        if cfg.overload_delay:
+            waited, full = queue.wait > cfg.overload_delay, queue.fill > BUFFER_FULL
+            over = (waited or full) and calls_matter
             self._admission.update(over)
-            if over:
-                why = why or f"{queued} bytes of SIP wait unread"
+            if over and not why:
+                why = (f"the oldest SIP message waited {queue.wait * 1000:.0f} ms unread" if waited
+                       else f"a SIP receive buffer is {queue.fill:.0%} full")
+        dropped = queue.dropped - self._dropped_logged
+        if dropped and now - self._drops_logged_at >= OVERLOAD_LOG_EVERY:
+            self._drops_logged_at, self._dropped_logged = now, queue.dropped
+            logger.warning("{} SIP datagram(s) dropped by the kernel since the last warning: a UDP listener's "
+                           "receive buffer was full ([sip] udp_receive_buffer)", dropped)
         if why:
             if now - self._overload_logged >= OVERLOAD_LOG_EVERY:
                 self._overload_logged = now

@@ -1,11 +1,21 @@
-"""How many bytes of SIP wait unread on our UDP listeners: the overload signal.
+"""How long SIP waits unread on our UDP listeners: the overload signal.
 
-Past capacity the loop's timers still run on time while the SIP socket's receive queue fills
-(measured: 1-5 KB at 600 calls/s, 150-180 KB and thousands of drops at 800 calls/s), and the
-callers' retransmissions then multiply the load. The kernel reports a socket's queued bytes
-with ``SO_MEMINFO``; pjsip owns the sockets, so they are found once, at start-up, among the
-process's file descriptors and read through duplicates (0.3 µs per read). Linux only: elsewhere
-nothing is found and the signal stays 0.
+Past capacity the loop's timers still run on time while the SIP socket's receive queue fills,
+and the callers' retransmissions then multiply the load. What tells saturation from a passing
+stall (a garbage collection, a burst of arrivals) is how long the queue's *oldest* message has
+waited unread: a stall of 40 ms leaves a queue that drains within a few hundred ms, saturation
+leaves one whose head waits longer and longer (CoDel's "standing queue"). The kernel stamps each
+datagram on arrival (``SO_TIMESTAMPNS``); a peek at the head reads its stamp (a few µs).
+
+The queue's size in bytes is no measure of time: the kernel counts each datagram's buffer
+(``SO_MEMINFO``: ~2.3 KB for a 700-byte INVITE on loopback), so Linux's default receive buffer of
+208 KiB holds ~90 SIP messages, about 30 ms of traffic at 400 calls/s, and a stall longer than
+that dropped messages (retransmitted 500 ms later). The listeners' buffers are enlarged at
+start-up (``[sip] udp_receive_buffer``) so that the wait, not the buffer, decides.
+
+pjsip owns the sockets, so they are found once, at start-up, among the process's file
+descriptors and read through duplicates. Linux only: elsewhere nothing is found and the
+readings stay 0.
 """
 
 from __future__ import annotations
@@ -15,10 +25,27 @@ import os
 import socket
 import struct
 from collections.abc import Iterable
+from typing import NamedTuple
 
-#: getsockopt(SOL_SOCKET, SO_MEMINFO): u32[9], SK_MEMINFO_RMEM_ALLOC first (linux/sock_diag.h)
+#: getsockopt(SOL_SOCKET, SO_MEMINFO): u32[9] (linux/sock_diag.h)
 SO_MEMINFO = 55
 _MEMINFO = struct.Struct("9I")
+_RMEM_ALLOC, _RCVBUF, _DROPS = 0, 1, 8  #: SK_MEMINFO_RMEM_ALLOC, _RCVBUF, _DROPS
+#: asm-generic values (x86, arm, riscv): the kernel stamps each datagram on arrival, a
+#: ``struct timespec`` of two native longs; SO_RCVBUFFORCE passes net.core.rmem_max (CAP_NET_ADMIN)
+SO_TIMESTAMPNS = 35
+SO_RCVBUFFORCE = 33
+_TIMESPEC = struct.Struct("@ll")
+_PEEK = socket.MSG_PEEK | socket.MSG_DONTWAIT
+
+
+class QueueReading(NamedTuple):
+    """The watched listeners' receive queues at one moment (the worst of them)."""
+
+    wait: float = 0.0  #: seconds the oldest unread datagram has waited (0: the queues are empty)
+    queued: int = 0  #: the fullest queue's receive memory, bytes (the kernel's accounting)
+    fill: float = 0.0  #: that memory's share of its receive buffer (1.0: arrivals are dropped)
+    dropped: int = 0  #: datagrams the kernel dropped for a full buffer since the sockets opened, all summed
 
 
 class ReceiveBacklog:
@@ -60,21 +87,68 @@ class ReceiveBacklog:
         """How many sockets are watched."""
         return len(self._sockets)
 
-    def bytes(self) -> int:
-        """The fullest socket's queued receive memory, in bytes (0 when none is watched)."""
-        most = 0
+    def read(self, now: float) -> QueueReading:
+        """The queues now; ``now`` is ``time.time()`` (the kernel stamps arrivals by that clock),
+        0 to skip the peek at the oldest datagrams (``wait`` is then 0)."""
+        wait, queued, fill, dropped = 0.0, 0, 0.0, 0
         for sock in self._sockets:
             try:
-                queued = _MEMINFO.unpack(sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, _MEMINFO.size))[0]
+                info = _MEMINFO.unpack(sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, _MEMINFO.size))
             except OSError:
                 continue
-            most = max(most, queued)
-        return most
+            dropped += info[_DROPS]
+            if not info[_RMEM_ALLOC]:
+                continue
+            if info[_RMEM_ALLOC] > queued:
+                queued, fill = info[_RMEM_ALLOC], info[_RMEM_ALLOC] / max(1, info[_RCVBUF])
+            if now:
+                wait = max(wait, _head_wait(sock, now))
+        return QueueReading(wait, queued, fill, dropped)
+
+    def stamp_arrivals(self) -> None:
+        """Have the kernel stamp each datagram's arrival, for :meth:`read`'s ``wait`` (pjsip
+        reads with recvfrom(), which ignores the stamps)."""
+        for sock in self._sockets:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+            except OSError:
+                continue
+
+    def size_buffers(self, size: int) -> list[tuple[str, int]]:
+        """Ask for ``size`` bytes of receive buffer on every watched socket: past net.core.rmem_max
+        when the process may (CAP_NET_ADMIN), else up to it. Returns each socket's name
+        (``address:port``) and the buffer it got, as the kernel reports it (it doubles the
+        number asked, to cover its bookkeeping)."""
+        got: list[tuple[str, int]] = []
+        for sock in self._sockets:
+            try:
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, size)
+                except PermissionError:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+                name = sock.getsockname()
+                got.append((f"{name[0]}:{name[1]}", sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)))
+            except OSError:
+                continue
+        return got
 
     def close(self) -> None:
         for sock in self._sockets:
             sock.close()
         self._sockets = []
+
+
+def _head_wait(sock: socket.socket, now: float) -> float:
+    """Seconds the oldest datagram queued on ``sock`` has waited (0: none, or no stamp on it)."""
+    try:
+        _, ancillary, _, _ = sock.recvmsg(0, socket.CMSG_SPACE(_TIMESPEC.size), _PEEK)
+    except OSError:  # BlockingIOError: read meanwhile
+        return 0.0
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= _TIMESPEC.size:
+            seconds, nanoseconds = _TIMESPEC.unpack_from(data)
+            return max(0.0, now - (seconds + nanoseconds / 1e9))
+    return 0.0
 
 
 def _addresses(host: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:

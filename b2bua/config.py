@@ -167,6 +167,10 @@ def _coerce_each(items: Iterable[tuple[str, Any, Any]], tp: Any) -> dict[Any, An
     return out
 
 
+#: keys that were replaced, and what replaced them (named in the error a config using them gets)
+REPLACED_KEYS = {"overload_backlog": "overload_delay"}
+
+
 def parse_section(cls: type[C], data: Mapping[str, Any], where: str) -> C:
     """Build the frozen dataclass ``cls`` from TOML table ``data``.
 
@@ -181,7 +185,11 @@ def parse_section(cls: type[C], data: Mapping[str, Any], where: str) -> C:
     errors: list[str] = []
     known = ", ".join(sorted(fields))
     for key in sorted(set(data) - set(fields)):
-        errors.append(f"{where}: unknown key {key!r} (known keys: {known})")
+        successor = REPLACED_KEYS.get(key)
+        if successor in fields:
+            errors.append(f"{where}: {key!r} is no more: {successor!r} took its place (docs/config.md)")
+        else:
+            errors.append(f"{where}: unknown key {key!r} (known keys: {known})")
     kwargs = {}
     for name, value in data.items():
         if name not in fields:
@@ -422,12 +430,18 @@ class SipConfig:
     )
     overload_lag: float = opt(
         0.0, "when the loop runs this many seconds late, new calls get 503 + Retry-After for a second (0: off; "
-        "overload_backlog is the saturation signal, a late loop alone is mostly a stall shedding does not cure)",
+        "overload_delay is the saturation signal, a late loop alone is mostly a stall shedding does not cure)",
         bounds=(0, 60),
     )
-    overload_backlog: int = opt(
-        131072, "while more than this many bytes of SIP wait unread on a UDP listener, a share of new calls "
-        "gets 503 + Retry-After, cut until the queue drains (0: off; Linux)", bounds=(0, None)
+    overload_delay: float = opt(
+        0.1, "while the oldest SIP message on a UDP listener has waited unread longer than this many seconds, "
+        "or a listener's receive buffer is over half full, a share of new calls gets 503 + Retry-After, cut "
+        "until the queue drains (0: off; Linux)", bounds=(0, 10),
+    )
+    udp_receive_buffer: int = opt(
+        4 * 1024 * 1024, "bytes of kernel receive buffer asked for on each SIP UDP listener (the kernel counts "
+        "~2.3 KB per message queued; past net.core.rmem_max only with CAP_NET_ADMIN; 0: the system's default)",
+        bounds=(0, 1 << 30),
     )
     require_call_slots: bool = opt(
         True, "refuse to start when pjsua2 has fewer call slots than max_calls x 2 (development: false)"

@@ -207,6 +207,12 @@ class ProcessSnapshot:
     stopping: bool
     overloaded: bool
     admitted_share: float
+    #: SIP datagrams the kernel dropped on the UDP listeners (receive buffer full)
+    sip_dropped: int = 0
+    #: seconds the oldest unread SIP message had waited at the last heartbeat (:mod:`b2bua.backlog`)
+    sip_receive_wait: float = 0.0
+    #: seconds pjsip's earliest timer was overdue when read (its timers trail the clock under load)
+    timer_lag: float = 0.0
     #: the early filter's messages, ``{"requests"|"responses": {"passed"|"checked": n}}``
     #: (:meth:`b2bua.rxfilter.RxFilter.counts`); empty when it is off
     screened: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
@@ -264,6 +270,8 @@ def core_report(s: ProcessSnapshot) -> dict[str, Any]:
         "legs": {"in_use": s.legs_in_use, "slots": s.call_slots},
         "max_calls": s.max_calls,
         "admitted_share": round(s.admitted_share, 3),
+        "sip_receive": {"dropped": s.sip_dropped, "wait_ms": round(s.sip_receive_wait * 1000, 1)},
+        "timer_lag_ms": round(s.timer_lag * 1000, 1),
         "reload_signals": s.reload_signals,
         "screened": {kind: dict(paths) for kind, paths in s.screened.items()},
     }
@@ -309,4 +317,10 @@ def core_families(s: ProcessSnapshot) -> list[Family]:
         gauge("b2bua_overloaded", "1 while new calls are shed for overload.", int(s.overloaded)),
         gauge("b2bua_admitted_share", "Share of new calls admitted under a receive backlog (1: all).",
               s.admitted_share),
+        counter("b2bua_sip_datagrams_dropped_total", "SIP datagrams the kernel dropped on the UDP listeners: "
+                "their receive buffer was full.", s.sip_dropped),
+        gauge("b2bua_sip_receive_wait_seconds", "How long the oldest unread SIP message on a UDP listener had "
+              "waited, at the last look (every 50 ms).", s.sip_receive_wait),
+        gauge("b2bua_timer_lag_seconds", "How late pjsip's earliest due timer is (transaction timers trail the "
+              "clock when the loop is saturated).", s.timer_lag),
     ]

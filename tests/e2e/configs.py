@@ -120,9 +120,10 @@ def b2bua_config(
     """
     rules = list(routes) if routes is not None else [{"set": setid, "algorithm": algorithm, "limit": limit}]
     # No overload shedding by default: these tests count where every call went, and a hiccup of a
-    # shared test host (a loop 100 ms late) must not turn calls into 503s. Overload has its own tests.
+    # shared test host (a loop or a SIP message 100 ms late) must not turn calls into 503s.
+    # Overload has its own tests (test_ops.py).
     sip_values = {"listen": [f"udp:{ip}:{port}"], "max_calls": 200, "shutdown_grace": 1.0, "overload_lag": 0,
-                  **(sip or {})}
+                  "overload_delay": 0, **(sip or {})}
     # Probing is off unless a test turns it on: a keepalive would add OPTIONS to the gateways'
     # logs and could mark a gateway down behind the test's back. No state file: one less file.
     dispatcher_values = {"list_file": LIST_FILE, "ping_interval": 0, "state_file": "", **(dispatcher or {})}

@@ -32,7 +32,7 @@ def test_reloads_and_listings_of_a_large_list_do_not_cost_calls(
     gw = gateway_factory("answer")
     entries = [ListEntry(1, gw.uri, attrs="duid=gw"), *filler(LINES - 1)]
     b2b = start_b2bua(b2bua_factory, workdir, addresses.next(), entries,
-                      sip={"overload_lag": 0.25, "overload_backlog": 0})
+                      sip={"overload_lag": 0.25, "overload_delay": 0})
     client = ControlClient.unix(workdir / CONTROL_SOCKET)
     calls = caller.start_calls(b2b.ip, b2b.port, n=CALLS, rate=20, call_duration_ms=100)
 

@@ -16,6 +16,7 @@ def config(ip: str, port: int, target: str, *, level: str = "INFO", json_lines: 
 listen = ["udp:{ip}:{port}"]
 shutdown_grace = 1.0
 overload_lag = 0
+overload_delay = 0
 [log]
 level = "{level}"
 pjsip_level = 1

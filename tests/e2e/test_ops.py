@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import signal
 import socket
 import threading
 import time
@@ -266,6 +267,71 @@ def test_health_while_stopping_and_while_shedding(gateway_factory: GatewayFactor
     wait_until(lambda: shedding.health()[1]["status"] == "overloaded", 10, what="/health to say overloaded")
     refused = Caller(addresses.next(), workdir).run_calls(shedding.ip, shedding.port, n=1, behaviour="options")
     assert [m.first_line for m in received_responses(refused, 503)][:1] == ["SIP/2.0 503 Overloaded"]
+
+
+def options_burst(node: Node, src_ip: str, n: int) -> socket.socket:
+    """``n`` OPTIONS at once from ``src_ip`` (each its own transaction); the socket their answers
+    come back to."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((src_ip, 0))
+    port = sock.getsockname()[1]
+    for i in range(n):
+        sock.sendto((f"OPTIONS sip:{node.ip}:{node.port} SIP/2.0\r\n"
+                     f"Via: SIP/2.0/UDP {src_ip}:{port};branch=z9hG4bK-burst{i}\r\n"
+                     f"From: <sip:probe@{src_ip}>;tag=b{i}\r\nTo: <sip:{node.ip}>\r\n"
+                     f"Call-ID: burst-{i}@{src_ip}\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\n"
+                     "Content-Length: 0\r\n\r\n").encode(), (node.ip, node.port))
+    return sock
+
+
+def answers(sock: socket.socket, quiet: float = 1.0) -> list[str]:
+    """Status lines of the answers on ``sock`` until none came for ``quiet`` seconds (bounded)."""
+    lines: list[str] = []
+    sock.settimeout(quiet)
+    deadline = time.monotonic() + 20
+    with sock:
+        while time.monotonic() < deadline:
+            try:
+                lines.append(sock.recv(65535).split(b"\r\n", 1)[0].decode())
+            except TimeoutError:
+                break
+    return lines
+
+
+def test_a_standing_sip_queue_sheds_and_a_full_buffer_counts_its_drops(
+        gateway_factory: GatewayFactory, b2bua_factory: B2buaFactory, workdir: Path,
+        addresses: AddressAllocator) -> None:
+    gw = gateway_factory("answer")
+    # 64 KiB asked (the kernel doubles it): about 60 OPTIONS fit
+    node = start_node(b2bua_factory, workdir, addresses.next(), [ListEntry(1, gw.uri)],
+                      sip={"overload_delay": 0.1, "udp_receive_buffer": 65536})
+    before = node.process.rpc("core.stats")["sip_receive"]
+    assert before == {"dropped": 0, "wait_ms": 0.0}
+
+    # the process stalls 400 ms (SIGSTOP) while 300 OPTIONS arrive: its first look after it
+    # finds the oldest waiting 400 ms, and the buffer held only part of them
+    node.process.send_signal(signal.SIGSTOP)
+    try:
+        sock = options_burst(node, addresses.next(), 300)
+        time.sleep(0.4)
+    finally:
+        node.process.send_signal(signal.SIGCONT)
+    lines = answers(sock)
+    assert "SIP/2.0 503 Overloaded" in lines, lines  # rule 8: an edge's probe sees the node shed
+    assert 0 < len(lines) < 300, len(lines)  # the kernel dropped the rest
+
+    wait_until(lambda: "SIP datagram(s) dropped by the kernel" in node.process.log_text(), 10,
+               what="the warning about the drops")
+    log = node.process.log_text()
+    dropped = node.process.rpc("core.stats")["sip_receive"]["dropped"]
+    assert dropped == 300 - len(lines), (dropped, len(lines))
+    assert value(node.metrics(), "b2bua_sip_datagrams_dropped_total") == dropped
+    assert "overload: the oldest SIP message waited" in log or "overload: a SIP receive buffer is" in log, log
+
+    # once the queue is drained, calls are admitted again
+    wait_until(lambda: node.health()[1]["status"] == "up", 10, what="the shedding to end")
+    again = answers(options_burst(node, addresses.next(), 1))
+    assert again == ["SIP/2.0 200 OK"], again
 
 
 @pytest.fixture

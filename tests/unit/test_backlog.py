@@ -1,13 +1,15 @@
-"""The overload signal: bytes queued unread on the process's UDP listeners (Linux)."""
+"""The overload signal: how long SIP waits unread on the process's UDP listeners (Linux)."""
 
 from __future__ import annotations
 
 import socket
+import time
+from pathlib import Path
 
 from b2bua.backlog import ReceiveBacklog
 
 
-def test_finds_the_listener_and_reads_its_unread_bytes() -> None:
+def test_finds_the_listener_and_reads_its_queue() -> None:
     listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -18,15 +20,22 @@ def test_finds_the_listener_and_reads_its_unread_bytes() -> None:
         backlog = ReceiveBacklog.find([("127.0.0.1", port)])
         try:
             assert backlog.count == 1  # not the other socket on the same address
-            assert backlog.bytes() == 0
+            backlog.stamp_arrivals()
+            assert backlog.read(time.time()) == (0.0, 0, 0.0, 0)
             for _ in range(20):
                 sender.sendto(b"INVITE" + b"x" * 994, ("127.0.0.1", port))
                 sender.sendto(b"y" * 1000, other.getsockname())  # queued elsewhere: not counted
-            queued = backlog.bytes()
-            assert queued >= 20 * 1000, queued  # the kernel counts its overhead too
-            for _ in range(20):
+            time.sleep(0.05)
+            reading = backlog.read(time.time())
+            assert reading.queued >= 20 * 1000, reading  # the kernel counts its overhead too
+            assert 0 < reading.fill < 0.5, reading
+            assert 0.045 < reading.wait < 5, reading  # the oldest one's, stamped on arrival
+            assert backlog.read(0).wait == 0  # no peek asked for
+            for _ in range(19):
                 listener.recv(2000)
-            assert backlog.bytes() == 0
+            assert 0 < backlog.read(time.time()).wait < reading.wait  # the head is the last one now
+            listener.recv(2000)
+            assert backlog.read(time.time()).queued == 0
         finally:
             backlog.close()
         assert backlog.count == 0
@@ -46,7 +55,7 @@ def test_port_zero_watches_every_udp_socket_on_the_address_and_nothing_found_rea
         assert by_name.count == 1  # a listener may name a host
         by_name.close()
     nothing = ReceiveBacklog.find([("127.0.0.62", 5060)])
-    assert (nothing.count, nothing.bytes()) == (0, 0)
+    assert (nothing.count, nothing.read(time.time())) == (0, (0.0, 0, 0.0, 0))
     assert ReceiveBacklog.find([("127.0.0.1", 5060)], fd_dir="/nonexistent").count == 0
 
 
@@ -67,3 +76,37 @@ def test_admission_share_is_cut_while_overloaded_and_grows_back() -> None:
     for _ in range(20):
         share.update(False)
     assert share.share == 1.0
+
+
+def test_a_full_buffer_reads_full_and_counts_the_drops() -> None:
+    listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with listener, sender:
+        listener.bind(("127.0.0.1", 0))
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)  # the kernel's floor is a few KB
+        backlog = ReceiveBacklog.find([listener.getsockname()])
+        try:
+            for _ in range(50):
+                sender.sendto(b"INVITE" + b"x" * 694, listener.getsockname())
+            reading = backlog.read(time.time())
+            assert reading.fill > 0.5, reading
+            assert reading.dropped > 0, reading  # what did not fit
+            assert reading.dropped < 50, reading  # and what did is queued
+        finally:
+            backlog.close()
+
+
+def test_buffers_are_sized_as_asked_or_to_the_systems_limit() -> None:
+    listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with listener:
+        listener.bind(("127.0.0.1", 0))
+        backlog = ReceiveBacklog.find([listener.getsockname()])
+        try:
+            ((name, size),) = backlog.size_buffers(4 << 20)
+        finally:
+            backlog.close()
+        assert name == f"127.0.0.1:{listener.getsockname()[1]}"
+        assert listener.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) == size  # the socket pjsip reads
+        rmem_max = int(Path("/proc/sys/net/core/rmem_max").read_text())
+        # the kernel doubles what it is asked for; without CAP_NET_ADMIN only up to rmem_max
+        assert size in (2 * (4 << 20), 2 * rmem_max), (size, rmem_max)

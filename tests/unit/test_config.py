@@ -45,7 +45,10 @@ def test_defaults() -> None:
         ({"sip": {"listen": ["sctp:1.2.3.4:5060"]}}, "config.toml: [sip] listen[0]: 'sctp:1.2.3.4:5060'"),
         ({"sip": {"listen": "udp:127.0.0.1:5060"}}, "config.toml: [sip] listen: expected a list"),
         ({"sip": {"session_timers": 1}}, "[sip] session_timers: expected a boolean"),
-        ({"sip": {"overload_backlog": -1}}, "config.toml: [sip] overload_backlog: must be 0 or more, got -1"),
+        ({"sip": {"udp_receive_buffer": -1}}, "config.toml: [sip] udp_receive_buffer: must be 0-1073741824, got -1"),
+        ({"sip": {"overload_delay": 11}}, "config.toml: [sip] overload_delay: must be 0-10, got 11"),
+        ({"sip": {"overload_backlog": 0}},
+         "config.toml: [sip]: 'overload_backlog' is no more: 'overload_delay' took its place (docs/config.md)"),
         ({"routing": {"default_target": "10.0.0.1"}}, "[routing] default_target: 10.0.0.1: no URI scheme"),
         ({"log": {"level": "LOUD"}}, "[log] level: 'LOUD' is not one of"),
         ({"control": {"http": "0.0.0.0:8080"}}, "not a loopback address: set token too"),
@@ -169,7 +172,8 @@ def test_values_out_of_range_or_form(doc: dict, message: str) -> None:
     "doc",
     [
         {"sip": {"rtp_port": 1024, "retry_after": 0, "attempt_timeout": 0.1, "answer_timeout": 3600,
-                 "shutdown_grace": 0, "overload_lag": 0, "overload_backlog": 0, "admission_code": 699}},
+                 "shutdown_grace": 0, "overload_lag": 0, "overload_delay": 0, "udp_receive_buffer": 0,
+                 "admission_code": 699}},
         {"sip": {"rtp_port": 65532, "max_calls": 1}},  # 65532-65535: one call's four ports
         {"sip": {"rtp_port": 63536}},  # 2000 ports for 500 calls: just enough
         {"sip": {"codecs": ["PCMU", "opus/48000/2", "G722/16000"], "user_agent": "b2bua\t1.0"}},
