@@ -116,6 +116,7 @@ class App:
         self._backlog = ReceiveBacklog([])
         #: the SIP listeners' receive queues at the last heartbeat
         self.receive_queue = QueueReading()
+        self._waited = False  #: the oldest SIP message had waited past overload_delay at the last beat
         self._dropped_logged = 0  #: datagrams the kernel dropped, as of the last warning about them
         self._dropped_base = 0  #: ... as of the last stats reset
         self._drops_logged_at = 0.0
@@ -392,7 +393,8 @@ class App:
     def _heartbeat(self, expected: float) -> None:
         """Shed new calls while overloaded: all for a second when the loop runs ``overload_lag``
         late; a share (:class:`AdmissionShare`) while the oldest SIP message waits unread longer
-        than ``overload_delay`` or a receive buffer is over half full (:mod:`b2bua.backlog`).
+        than ``overload_delay`` (at two beats in a row) or a receive buffer is over half full
+        (:mod:`b2bua.backlog`).
 
         Refusing a new INVITE costs a third of a call; accepting calls the loop cannot serve
         makes every call late, then retransmissions multiply the load and everything fails. But
@@ -414,11 +416,15 @@ class App:
             self._overloaded_until = now + 1.0
         self.receive_queue = queue = self._backlog.read(time.time())
         if cfg.overload_delay:
-            waited, full = queue.wait > cfg.overload_delay, queue.fill > BUFFER_FULL
-            over = (waited or full) and calls_matter
+            # a standing queue: its head waited too long at two beats in a row (at one, it may be
+            # what a stall left, drained by the next poll)
+            waited = queue.wait > cfg.overload_delay
+            standing, self._waited = waited and self._waited, waited
+            full = queue.fill > BUFFER_FULL
+            over = (standing or full) and calls_matter
             self._admission.update(over)
             if over and not why:
-                why = (f"the oldest SIP message waited {queue.wait * 1000:.0f} ms unread" if waited
+                why = (f"the oldest SIP message waited {queue.wait * 1000:.0f} ms unread" if standing
                        else f"a SIP receive buffer is {queue.fill:.0%} full")
         dropped = queue.dropped - self._dropped_logged
         if dropped and now - self._drops_logged_at >= OVERLOAD_LOG_EVERY:

@@ -16,6 +16,7 @@ a dialog. A CANCEL of an INVITE still pending is exempt the same way.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import time
 from collections import Counter
@@ -235,22 +236,42 @@ class Gate:
         not read at all (peek only: a request inside a live dialog still passes); one inside a
         dialog, live or claimed, gets the light text check; an untrusted source's new request
         only its scanner marks (it is refused whatever else it holds); a trusted source's new
-        request is parsed whole. Refusals are noted in :attr:`log`; a decision to block is
-        applied here.
+        request is parsed whole, unless the load turns new calls away (overload, drain,
+        shutdown): then a trusted INVITE is decided on what peek read, and parsed only when
+        admitted. Refusals are noted in :attr:`log`; a decision to block is applied here.
         """
         ip, _ = split_source(source)
         method, to_tag = peek(raw)
         stands = Standing.NEW if new_call else standing(method, to_tag, raw, dialogs)
         live = stands is Standing.LIVE
+        call = method == "INVITE" and stands is Standing.NEW
         cfg = self.config
         if not live and self.limiter.blocked(ip, now):  # decided before anything is parsed
-            self.refused += 1
             decision = decide(Facts(method=method, blocked=True, credit=self.credit), self.policy)
-            call = method == "INVITE" and stands is Standing.NEW
-            (self.refused_calls if call else self.refused_requests)[decision.why] += 1
-            self.log.note(decision, ip, method, "", raw)
+            self._count(decision, call, ip, method, "", raw)
             return decision, None
         trusted = ip in self.trusted
+        if call and trusted and _refusing_calls(load):
+            # decided on what peek read: under load, parsing an INVITE only to refuse it would
+            # cost most of what the refusal is meant to save (docs/performance.md, "Overload")
+            over_rate = not self.limiter.hit(ip, "invite", cfg.trusted_invite_rate, cfg.rate_burst, now,
+                                             bounded=False)
+            early = decide(Facts(method=method, trusted=True, over_rate=over_rate, credit=self.credit, load=load),
+                           self.policy)
+            self.credit = early.credit
+            if early.verdict is not Verdict.ACCEPT:
+                self._count(early, call, ip, method, "", raw)
+                return early, None
+            # admitted by the share: the whole check below must not spend the share's credit again
+            return self._screen_new(raw, method, ip, trusted, dataclasses.replace(load, share=1.0), now,
+                                    rate_checked=True)
+        return self._screen_new(raw, method, ip, trusted, load, now, stands=stands, rate_checked=live)
+
+    def _screen_new(self, raw: bytes, method: str, ip: str, trusted: bool, load: Load, now: float, *,
+                    stands: Standing = Standing.NEW, rate_checked: bool = False) -> tuple[Decision, WireRequest | None]:
+        """:meth:`screen` past the block: what a source's trust and the request's standing say
+        to read, read; the rate (unless ``rate_checked``) and the decision."""
+        cfg = self.config
         request: WireRequest | None = None
         malformed: Malformed | None = None
         scanner = False
@@ -269,7 +290,7 @@ class Gate:
         # re-INVITEs cannot spend a trusted peer's allowance of new calls
         call = method == "INVITE" and stands is Standing.NEW
         over_rate = False
-        if not live:
+        if not rate_checked:
             if trusted:
                 rate = cfg.trusted_invite_rate if call else cfg.trusted_request_rate
             else:
@@ -283,6 +304,19 @@ class Gate:
                       credit=self.credit, load=load)
         decision = decide(facts, self.policy)
         self.credit = decision.credit
+        detail = ""
+        if malformed is not None and decision.why is Why.MALFORMED:
+            self.log.note_malformed(malformed.reason)
+            detail = malformed.detail
+        self._count(decision, call, ip, method, detail, request.call_id if request else raw)
+        if decision.verdict is not Verdict.ACCEPT and decision.block and cfg.block_time > 0 \
+                and self.limiter.block(ip, now + cfg.block_time):
+            self.log.note_blocked(ip, cfg.block_time, decision.why)
+        return decision, request
+
+    def _count(self, decision: Decision, call: bool, ip: str, method: str, detail: str,
+               call_id: str | bytes) -> None:
+        """Count a decision for the overload signal and the statistics; log a refusal."""
         if call and (decision.verdict is Verdict.ACCEPT or decision.why is Why.OVERLOAD):
             self.new_calls += 1
         elif decision.verdict is not Verdict.ACCEPT:
@@ -291,20 +325,18 @@ class Gate:
             (self.refused_calls if call else self.refused_requests)[decision.why] += 1
             if call and decision.why is Why.OVERLOAD:
                 self.shed += 1
-            detail = ""
-            if malformed is not None and decision.why is Why.MALFORMED:
-                self.log.note_malformed(malformed.reason)
-                detail = malformed.detail
-            self.log.note(decision, ip, method, detail, request.call_id if request else raw)
-            if decision.block and cfg.block_time > 0 and self.limiter.block(ip, now + cfg.block_time):
-                self.log.note_blocked(ip, cfg.block_time, decision.why)
-        return decision, request
+            self.log.note(decision, ip, method, detail, call_id)
 
     def note_bad_response(self, malformed: Malformed, source: str, call_id: str) -> None:
         """A response dropped because its head is not text (see :func:`b2bua.wire.check_response`)."""
         self.log.note_malformed(malformed.reason)
         self.log.note(Decision(Verdict.DROP, Why.MALFORMED), split_source(source)[0], "response",
                       malformed.detail, call_id)
+
+
+def _refusing_calls(load: Load) -> bool:
+    """Whether ``load`` turns some new calls away whatever they hold (shutdown, drain, overload)."""
+    return load.stopping or load.draining or load.overloaded or load.share < 1.0
 
 
 def register_security_methods(registry: RpcRegistry, gate: Gate,

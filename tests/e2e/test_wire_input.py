@@ -223,10 +223,13 @@ def test_sipvicious_learns_nothing_and_is_blocked(b2bua_factory: B2buaFactory, a
     assert all(tools.values()), f"missing {tools}: scripts/setup.sh --test installs Debian's sipvicious"
     gw = gateway_factory("answer")
     b2b = Host(b2bua_factory, addresses, gw.uri, extra=security(trusted=[f"{caller.ip}/32"]))
-    # sipvicious 0.3.3 ignores -b for svwar: both scan from 127.0.0.1 (kept untrusted here)
-    runs = [[tools["svmap"], "-p", str(b2b.port), b2b.ip],
-            [tools["svwar"], "-p", str(b2b.port), "-m", "INVITE", "-e", "100-300", "--force", "--maximumtime", "3",
-             b2b.ip]]
+    # sipvicious 0.3.3 ignores -b for svwar: both scan from 127.0.0.1 (kept untrusted here). Each
+    # listens on every address, on 5060 unless told (-P): there it would take what other tests'
+    # processes send to port 5060 (answers to fuzzed Vias) for a device's answer
+    local = str(free_port("127.0.0.1", "udp"))
+    runs = [[tools["svmap"], "-P", local, "-p", str(b2b.port), b2b.ip],
+            [tools["svwar"], "-P", local, "-p", str(b2b.port), "-m", "INVITE", "-e", "100-300", "--force",
+             "--maximumtime", "3", b2b.ip]]
     for cmd in runs:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False, cwd=caller.workdir)
         out = done.stdout + done.stderr

@@ -9,6 +9,21 @@ from pathlib import Path
 from b2bua.backlog import ReceiveBacklog
 
 
+def stamps_on(backlog: ReceiveBacklog, sender: socket.socket, listener: socket.socket) -> None:
+    """Wait until the kernel stamps arrivals: the first socket to ask turns stamping on for the
+    whole host a moment later (a deferred work item); a datagram that arrived before it is
+    stamped when read, so it seems to have waited 0 s. Bounded."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        sender.sendto(b"probe", listener.getsockname())
+        time.sleep(0.02)
+        stamped = backlog.read(time.time()).wait > 0.01
+        listener.recv(100)
+        if stamped:
+            return
+    raise AssertionError("the kernel never stamped an arrival (SO_TIMESTAMPNS)")
+
+
 def test_finds_the_listener_and_reads_its_queue() -> None:
     listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -22,18 +37,23 @@ def test_finds_the_listener_and_reads_its_queue() -> None:
             assert backlog.count == 1  # not the other socket on the same address
             backlog.stamp_arrivals()
             assert backlog.read(time.time()) == (0.0, 0, 0.0, 0)
-            for _ in range(20):
+            stamps_on(backlog, sender, listener)
+            for i in range(20):
+                if i == 19:
+                    time.sleep(0.03)  # the last one comes 30 ms after the others
                 sender.sendto(b"INVITE" + b"x" * 994, ("127.0.0.1", port))
                 sender.sendto(b"y" * 1000, other.getsockname())  # queued elsewhere: not counted
             time.sleep(0.05)
-            reading = backlog.read(time.time())
+            now = time.time()
+            reading = backlog.read(now)
             assert reading.queued >= 20 * 1000, reading  # the kernel counts its overhead too
             assert 0 < reading.fill < 0.5, reading
-            assert 0.045 < reading.wait < 5, reading  # the oldest one's, stamped on arrival
+            assert 0.075 < reading.wait < 5, reading  # the oldest one's, stamped on arrival
             assert backlog.read(0).wait == 0  # no peek asked for
             for _ in range(19):
                 listener.recv(2000)
-            assert 0 < backlog.read(time.time()).wait < reading.wait  # the head is the last one now
+            # the head is the last one now: 30 ms younger (both read as of the same moment)
+            assert 0 < backlog.read(now).wait < reading.wait - 0.02
             listener.recv(2000)
             assert backlog.read(time.time()).queued == 0
         finally:
@@ -88,7 +108,8 @@ def test_a_full_buffer_reads_full_and_counts_the_drops() -> None:
         try:
             for _ in range(50):
                 sender.sendto(b"INVITE" + b"x" * 694, listener.getsockname())
-            reading = backlog.read(time.time())
+            now = time.time()
+            reading = backlog.read(now)
             assert reading.fill > 0.5, reading
             assert reading.dropped > 0, reading  # what did not fit
             assert reading.dropped < 50, reading  # and what did is queued

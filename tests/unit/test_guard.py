@@ -141,6 +141,37 @@ def test_the_share_credit_is_carried_between_calls() -> None:
     assert verdicts == [Verdict.REFUSE, Verdict.ACCEPT, Verdict.REFUSE, Verdict.ACCEPT]
 
 
+def test_under_load_a_trusted_invite_is_parsed_only_when_admitted() -> None:
+    """Shedding decides on what peek read (a malformed INVITE shed gets 503, not 400: it was not
+    parsed); one the share admits is parsed and checked whole, and the credit is spent once."""
+    g = gate()
+    half = Load(share=0.5, max_calls=10, free_slots=10)
+    bad = sipfuzz.request("INVITE", peer(TRUSTED), call_id="ab\x7fcd")
+    good = sipfuzz.request("INVITE", peer(TRUSTED), call_id="ok")
+    outcomes = []
+    for message in (bad, bad, good, good, good, good):
+        decision, request = g.screen(message, f"{TRUSTED}:5062", half, 0.0)
+        outcomes.append((decision.code, decision.why, request.call_id if request else None))
+    assert outcomes == [
+        (503, Why.OVERLOAD, None),  # shed before any parse
+        (400, Why.MALFORMED, None),  # admitted by the share, then found malformed
+        (503, Why.OVERLOAD, None),
+        (0, Why.NONE, "ok"),
+        (503, Why.OVERLOAD, None),
+        (0, Why.NONE, "ok"),
+    ]
+    assert g.take_shed() == 3 and g.take_work() == (5, 1)  # the malformed one is no call wanted
+    assert g.refused_calls == {Why.OVERLOAD: 3, Why.MALFORMED: 1}
+    # a trusted source over its own rate is still told so, parsed or not
+    limited = gate(trusted_invite_rate=1.0, rate_burst=1.0)
+    codes = [limited.screen(sipfuzz.request("INVITE", peer(TRUSTED), branch=str(i)), f"{TRUSTED}:5062",
+                            Load(share=0.99, max_calls=10, free_slots=10), 0.0)[0].reason for i in range(3)]
+    assert codes == ["Overloaded", "Rate Limited", "Rate Limited"]
+    # draining: refused before the parse too
+    draining = Load(draining=True, max_calls=10, free_slots=10)
+    assert g.screen(bad, f"{TRUSTED}:5062", draining, 0.0)[0].reason == "Draining"
+
+
 def test_bad_responses_are_counted() -> None:
     g = gate()
     g.note_bad_response(Malformed("not-utf8", "byte 0xff at offset 14 is not UTF-8"), "10.0.0.9:5060", "x")
