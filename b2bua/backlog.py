@@ -147,7 +147,7 @@ def _head_wait(sock: socket.socket, now: float) -> float:
     for level, kind, data in ancillary:
         if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= _TIMESPEC.size:
             seconds, nanoseconds = _TIMESPEC.unpack_from(data)
-            return max(0.0, now - (seconds + nanoseconds / 1e9))
+            return max(0.0, now - (int(seconds) + int(nanoseconds) / 1e9))
     return 0.0
 
 

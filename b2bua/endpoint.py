@@ -215,7 +215,7 @@ class TimerHeap:
         if self._earliest(self._heap, ctypes.byref(self._when)) != 0:
             return 0.0  # no timer at all
         self._now(ctypes.byref(self._clock))
-        late = (self._clock.sec - self._when.sec) + (self._clock.msec - self._when.msec) / 1000
+        late: float = (self._clock.sec - self._when.sec) + (self._clock.msec - self._when.msec) / 1000
         return max(0.0, late)
 
 
