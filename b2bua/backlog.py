@@ -43,8 +43,8 @@ class QueueReading(NamedTuple):
     """The watched listeners' receive queues at one moment (the worst of them)."""
 
     wait: float = 0.0  #: seconds the oldest unread datagram has waited (0: the queues are empty)
-    queued: int = 0  #: the fullest queue's receive memory, bytes (the kernel's accounting)
-    fill: float = 0.0  #: that memory's share of its receive buffer (1.0: arrivals are dropped)
+    queued: int = 0  #: the longest queue's receive memory, bytes (the kernel's accounting)
+    fill: float = 0.0  #: the fullest receive buffer's share in use (1.0: arrivals are dropped)
     dropped: int = 0  #: datagrams the kernel dropped for a full buffer since the sockets opened, all summed
 
 
@@ -99,8 +99,8 @@ class ReceiveBacklog:
             dropped += info[_DROPS]
             if not info[_RMEM_ALLOC]:
                 continue
-            if info[_RMEM_ALLOC] > queued:
-                queued, fill = info[_RMEM_ALLOC], info[_RMEM_ALLOC] / max(1, info[_RCVBUF])
+            queued = max(queued, info[_RMEM_ALLOC])
+            fill = max(fill, info[_RMEM_ALLOC] / max(1, info[_RCVBUF]))  # buffers may differ in size
             if now:
                 wait = max(wait, _head_wait(sock, now))
         return QueueReading(wait, queued, fill, dropped)
