@@ -116,3 +116,44 @@ def test_pool_names_with_an_address_are_snprintfs() -> None:
 def test_pool_names_without_an_address_are_copied() -> None:
     for name in (b"pjsua", b"100%", b"a%d", b"%pz"):
         assert pool_name(name)[0] == name
+
+
+class CodecInfo(ctypes.Structure):
+    """pjmedia_codec_info: type, pt, encoding_name (a pj_str_t), clock_rate, channel_cnt."""
+
+    _fields_ = [("type", ctypes.c_int), ("pt", ctypes.c_uint), ("name_ptr", ctypes.c_char_p),
+                ("name_len", ctypes.c_ssize_t), ("clock_rate", ctypes.c_uint), ("channel_cnt", ctypes.c_uint)]
+
+
+LIB.pjmedia_codec_info_to_id.argtypes = [ctypes.POINTER(CodecInfo), ctypes.c_char_p, ctypes.c_uint]
+LIB.pjmedia_codec_info_to_id.restype = ctypes.c_void_p
+
+
+def codec_id(name: bytes, clock_rate: int, channels: int, max_len: int = 32) -> bytes | None:
+    info = CodecInfo(0, 0, name, len(name), clock_rate, channels)
+    buf = ctypes.create_string_buffer(b"\xff" * max_len, max_len)
+    returned = LIB.pjmedia_codec_info_to_id(ctypes.byref(info), buf, max_len)
+    assert returned in (None, ctypes.addressof(buf))
+    return buf.value if returned else None if buf.value == b"" else b"?"
+
+
+def snprintf_id(name: bytes, clock_rate: int, channels: int, max_len: int = 32) -> bytes | None:
+    """What pjmedia made with snprintf("%.*s/%u/%u"): the text, or None when it did not fit."""
+    text = b"%s/%d/%d" % (name.split(b"\0")[0], clock_rate, channels)
+    return text if len(text) < max_len else None
+
+
+def test_codec_ids_are_snprintfs() -> None:
+    for case in ((b"PCMU", 8000, 1), (b"opus", 48000, 2), (b"G722", 16000, 1), (b"L16", 44100, 2),
+                 (b"x", 0, 0), (b"speex", 4294967295, 4294967295), (b"A" * 26, 8000, 1),
+                 (b"A" * 25, 8000, 1), (b"A" * 40, 8000, 1), (b"PC\0MU", 8000, 1)):
+        assert codec_id(*case) == snprintf_id(*case), case
+    assert codec_id(b"PCMU", 8000, 1, max_len=12) == b"PCMU/8000/1"
+    assert codec_id(b"PCMU", 8000, 1, max_len=11) is None  # 11 characters need 12 bytes
+    assert codec_id(b"PCMU", 8000, 1, max_len=1) is None
+
+
+@given(st.binary(max_size=40).filter(lambda b: b"\0" not in b), st.integers(0, 2**32 - 1),
+       st.integers(0, 2**32 - 1), st.integers(1, 64))
+def test_codec_ids_are_snprintfs_for_any_input(name: bytes, rate: int, channels: int, max_len: int) -> None:
+    assert codec_id(name, rate, channels, max_len) == snprintf_id(name, rate, channels, max_len)
