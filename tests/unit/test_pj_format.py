@@ -1,9 +1,9 @@
 """Text our pjproject build writes by hand instead of through glibc's printf family (patch 0008):
 IPv4 addresses (``pj_inet_ntop``, not ``inet_ntop``), an address with its port
 (``pj_sockaddr_print``, not two ``snprintf`` calls), pool names ending in ``%p``
-(``pj_pool_init_int``) and codec ids (``pjmedia_codec_info_to_id``). Checked against the real library: the same text as the C library's
-``inet_ntop`` (``socket.inet_ntop``) and ``snprintf`` for every edge and random input, IPv6
-untouched, and too small buffers cut or refused as before."""
+(``pj_pool_init_int``) and codec ids (``pjmedia_codec_info_to_id``). Checked against the real
+library: the same text as the C library's ``inet_ntop`` (``socket.inet_ntop``) and ``snprintf``
+for every edge and random input, IPv6 untouched, and too small buffers cut or refused as before."""
 
 from __future__ import annotations
 

@@ -93,3 +93,29 @@ def test_reused_rtp_ports_carry_the_next_calls_and_not_the_previous_peer(
         assert ports == first_ports, (n, first_ports, ports)
         assert tail_heard(phone, number).is_tone(GW2_HZ), (n, tail_heard(phone, number).describe())
         assert tail_heard(gw2, n).is_tone(CALLER_HZ), (n, tail_heard(gw2, n).describe())
+
+
+def test_a_natted_peer_on_its_previous_address_is_heard_on_a_reused_port(
+        media_peer_factory: MediaPeerFactory, b2bua_factory: B2buaFactory, workdir: Path,
+        addresses: AddressAllocator) -> None:
+    """The previous peer of a reused port is dropped only for a moment: the next call's peer may
+    be the same phone again, behind a NAT, sending from the same address and port while its SDP
+    names another (a phone with a fixed RTP port). It must be heard, not dropped for the call."""
+    gw = media_peer_factory(name="gw", tone=GW_HZ)
+    b2b = start_b2bua(b2bua_factory, workdir, addresses.next(), [ListEntry(1, gw.uri)], sip={"max_calls": 2})
+    phone = media_peer_factory(name="phone", tone=CALLER_HZ)
+    _, first_ports, old_peer = talk(b2b, phone, gw, 1)
+    old_port = b2bua_rtp_address(gw, 1)
+    gw.stop()
+
+    # the same gateway again, from the same RTP address and port, its SDP naming an address
+    # nobody listens on (its NAT's inside)
+    natted = media_peer_factory(name="natted", ip=gw.ip, port=gw.port, tone=GW2_HZ, rtp_port=old_peer[1],
+                                sdp_address=addresses.next())
+    second, second_ports, sdp_peer = talk(b2b, phone, natted, 1, seconds=3.0)
+    assert second_ports == first_ports, (first_ports, second_ports)
+    assert b2bua_rtp_address(natted, 1) == old_port, "the gateway leg did not get the gateway's old port"
+    assert sdp_peer != old_peer, (sdp_peer, old_peer)
+    # each side hears the other at the end of the call (the B2BUA latched onto where the RTP comes from)
+    assert tail_heard(phone, second, 1.5).is_tone(GW2_HZ), tail_heard(phone, second, 1.5).describe()
+    assert tail_heard(natted, 1, 1.5).is_tone(CALLER_HZ), tail_heard(natted, 1, 1.5).describe()
