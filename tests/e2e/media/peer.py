@@ -216,6 +216,8 @@ class Peer:
         acfg.mediaConfig.transportConfig.port = a.rtp_port
         acfg.mediaConfig.transportConfig.portRange = a.rtp_range
         acfg.mediaConfig.transportConfig.boundAddress = a.ip
+        if a.sdp_address:  # behind a NAT: the SDP names another address than the RTP's source
+            acfg.mediaConfig.transportConfig.publicAddress = a.sdp_address
         self.account = PeerAccount(self)
         self.account.create(acfg, True)
         self.source = self._make_source()
@@ -733,6 +735,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--record-self", action="store_true", help="mix our own tone into each recording too")
     p.add_argument("--echo", action="store_true", help="send every call's received audio back to it")
     p.add_argument("--max-calls", type=int, default=32)
+    p.add_argument("--sdp-address", default="", help="the address our SDP names (default --ip): a phone behind a NAT")
     p.add_argument("--stats-interval", type=float, default=0.5, help="seconds between stream stat snapshots")
     args = p.parse_args(argv)
     try:

@@ -91,7 +91,7 @@ class MediaPeer:
               tone: float | str | None = None, early_tone: float | str | None = None, delay: float = 0.0,
               telephone_event: bool = True, play: Path | None = None, codecs: Sequence[str] = (),
               clock_rate: int = 8000, record: bool = True, record_self: bool = False, echo: bool = False,
-              max_calls: int = 32, log_level: int = 4,
+              max_calls: int = 32, log_level: int = 4, rtp_port: int | None = None, sdp_address: str = "",
               stats_interval: float = 0.5, ready_timeout: float = READY_TIMEOUT) -> MediaPeer:
         """Start a peer on ``ip`` (a free SIP port unless ``port``; free RTP ports) and wait until ready.
 
@@ -110,14 +110,18 @@ class MediaPeer:
         :param record: record each call's received audio (``Talk.recording``).
         :param record_self: mix the peer's own tone into its recordings (latency measurement).
         :param echo: send each call's received audio back into it.
+        :param rtp_port: its first RTP port (where another peer's RTP was); a free one when None.
+        :param sdp_address: the address its SDP names instead of ``ip`` (a phone behind a NAT: its
+            RTP comes from ``ip``).
         """
         if not PEER_SCRIPT.exists():
             raise HarnessError(f"{PEER_SCRIPT} is missing")
         for attempt in range(5):
             sip_port = port or free_port(ip, "udp")
-            rtp_port = free_port(ip, "udp") & ~1
-            peer = cls._launch(workdir, ip, sip_port, rtp_port, name=name, answer=answer, tone=tone,
-                               early_tone=early_tone, delay=delay, telephone_event=telephone_event, play=play,
+            first_rtp = rtp_port or free_port(ip, "udp") & ~1
+            peer = cls._launch(workdir, ip, sip_port, first_rtp, name=name, sdp_address=sdp_address,
+                               answer=answer, tone=tone, early_tone=early_tone, delay=delay,
+                               telephone_event=telephone_event, play=play,
                                codecs=codecs, clock_rate=clock_rate, record=record, record_self=record_self,
                                echo=echo, max_calls=max_calls, log_level=log_level, stats_interval=stats_interval)
             try:
@@ -127,8 +131,8 @@ class MediaPeer:
                 errors = [e["message"] for e in peer.events("error")]
                 peer.stop(timeout=2.0)
                 # another process took the port between our probe and its bind: try another
-                if attempt < 4 and port is None and any("Address already in use" in m or "EADDRINUSE" in m
-                                                        for m in errors):
+                taken = any("Address already in use" in m or "EADDRINUSE" in m for m in errors)
+                if attempt < 4 and port is None and rtp_port is None and taken:
                     continue
                 raise
         raise HarnessError(f"peer {name}: no free port on {ip} after 5 attempts")  # pragma: no cover
@@ -139,7 +143,7 @@ class MediaPeer:
                 play: Path | None,
                 codecs: Sequence[str], clock_rate: int,
                 record: bool, record_self: bool, echo: bool, max_calls: int, log_level: int,
-                stats_interval: float) -> MediaPeer:
+                stats_interval: float, sdp_address: str = "") -> MediaPeer:
         events = workdir / f"{name}.events.jsonl"
         events.write_text("")  # a restarted peer of the same name starts a fresh file
         cmd = [sys.executable, str(PEER_SCRIPT), "--name", name, "--ip", ip, "--port", str(port),
@@ -164,6 +168,8 @@ class MediaPeer:
             cmd.append("--record-self")
         if echo:
             cmd.append("--echo")
+        if sdp_address:
+            cmd += ["--sdp-address", sdp_address]
         with (workdir / f"{name}.out").open("ab") as out:
             proc = subprocess.Popen(cmd, cwd=workdir, env=_child_env(None), stdin=subprocess.PIPE, stdout=out,
                                     stderr=subprocess.STDOUT)
