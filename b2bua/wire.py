@@ -31,7 +31,7 @@ from typing import NamedTuple
 
 from b2bua.api import CallInfo
 from b2bua.sip import COMPACT, printable
-from b2bua.sipuri import parse_name_addr, parse_uri
+from b2bua.sipuri import check_uri, parse_name_addr
 
 #: largest message handled (bytes); pjsip's own buffer is 4000 bytes (PJSIP_MAX_PKT_LEN)
 MAX_MESSAGE = 65535
@@ -72,6 +72,11 @@ _TO = re.compile(rb"\n(?:to|t)[ \t]*:([^\r\n]*)", re.IGNORECASE)
 _FROM = re.compile(rb"\n(?:from|f)[ \t]*:([^\r\n]*)", re.IGNORECASE)
 _TAG = re.compile(rb";[ \t]*tag[ \t]*=", re.IGNORECASE)
 _AGENT = re.compile(rb"\n(user-agent|from|f)[ \t]*:([^\r\n]{0,300})", re.IGNORECASE)
+#: the usual From/To value, told in one match (:func:`_party`'s fast path): an optional display
+#: name (a token run, or a quoted string without escapes), the URI in angle brackets, and at
+#: most a tag; groups: the URI, the tag. Anything else takes :func:`parse_name_addr`
+_USUAL_NAME_ADDR = re.compile(r'(?:"[^"\\]*"|[^"<>;\s][^"<>;]*?)?[ \t]*<([^<>"\s]+)>'
+                              r"(?:;tag=([A-Za-z0-9\-.!%*_+`'~]+))?")
 #: header names as written (before the colon) that are tokens, and the key each is filed under:
 #: names repeat from message to message, and a look-up here spares the token check (~3,000
 #: instructions a line); emptied when it holds MAX_HEADER_KEYS
@@ -329,7 +334,8 @@ def parse_request(raw: bytes) -> WireRequest:
         raise Malformed("tag", "From has no tag")
     cseq = _cseq(headers["cseq"][0], method)
     vias = headers["via"]
-    via_count = sum(v.upper().count("SIP/2.0/") for v in vias)
+    via_count = vias[0].upper().count("SIP/2.0/") if len(vias) == 1 else \
+        sum(v.upper().count("SIP/2.0/") for v in vias)
     if via_count > MAX_VIA:
         raise Malformed("via", f"{via_count} Via entries (at most {MAX_VIA})")
     top = vias[0]
@@ -404,7 +410,7 @@ def _request_line(line: str) -> tuple[str, str]:
     if scheme not in ("sip", "sips"):
         raise Malformed("request-uri", f"Request-URI scheme {printable(scheme, 20)!r} is not sip or sips", 416)
     try:
-        parse_uri(uri)
+        check_uri(uri)
     except ValueError as exc:
         raise Malformed("request-uri", f"Request-URI {exc}") from None
     return method, uri
@@ -412,17 +418,20 @@ def _request_line(line: str) -> tuple[str, str]:
 
 def _party(name: str, value: str) -> tuple[str, str]:
     """The URI and tag of a From/To value."""
-    addr = parse_name_addr(value)
-    uri = addr.uri
+    m = _USUAL_NAME_ADDR.fullmatch(value)
+    if m is not None:  # what parse_name_addr would split it into, in one match
+        uri, tag = m.group(1), m.group(2) or ""
+    else:
+        addr = parse_name_addr(value)
+        uri, tag = addr.uri, addr.param("tag") or ""
     if uri.lower().startswith("tel:"):
         if not _TEL.fullmatch(uri):
             raise Malformed(name.lower(), f"{name} {printable(uri, 60)!r} is not a tel: number")
     else:
         try:
-            parse_uri(uri)
+            check_uri(uri)
         except ValueError as exc:
             raise Malformed(name.lower(), f"{name} URI {exc}") from None
-    tag = addr.param("tag") or ""
     if tag and (len(tag) > MAX_TAG or not _TOKEN.fullmatch(tag)):
         raise Malformed("tag", f"{name} tag {printable(tag, 40)!r} is not a token of at most {MAX_TAG} characters")
     return uri, tag
