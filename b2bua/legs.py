@@ -158,7 +158,7 @@ class Leg(CallLeg, pj.Call):  # type: ignore[misc]
         if state == CONNECTING:
             self._got_2xx = True
             self._answered.clear()
-            return Answered(code, reason, _response_headers(prm))
+            return Answered(code, reason, sip.MessageHeaders(_response_message(prm)))
         if state == CONFIRMED_STATE:
             self._got_2xx = True
             return CONFIRMED
@@ -525,16 +525,19 @@ check_overrides(Leg)  # a callback the build calls without Python must not look 
 
 def _response_headers(prm: Any) -> dict[str, tuple[str, ...]]:
     """Headers of the response that changed a B leg's state, when pjsua received one (else none)."""
+    raw = _response_message(prm)
+    return sip.parse_message(raw)[1] if raw else {}
+
+
+def _response_message(prm: Any) -> str:
+    """The response that changed a B leg's state, when pjsua received one (else ``""``)."""
     try:
         tsx_state = prm.e.body.tsxState
         if tsx_state.type != pj.PJSIP_EVENT_RX_MSG:
-            return {}  # ended by a timer or our own CANCEL: no message to read
-        raw = tsx_state.src.rdata.wholeMsg
+            return ""  # ended by a timer or our own CANCEL: no message to read
+        return str(tsx_state.src.rdata.wholeMsg)
     except Exception:
-        return {}
-    if not raw:
-        return {}
-    return sip.parse_message(raw)[1]
+        return ""
 
 
 @functools.cache
