@@ -52,6 +52,10 @@ _USUAL_URI = re.compile(
 #: longest URI tried by the fast path: the one regex backtracks more than the full parse on a
 #: long malformed host (a hyphen run), so a long URI takes the full parse alone
 _USUAL_LENGTH = 256
+#: the same, for a parser that meets a URI inside a larger match (``b2bua.wire``'s From/To):
+#: its pattern (groups: scheme, user, host, port, parameters) and the longest URI to try it on
+USUAL_URI_PATTERN = _USUAL_URI.pattern
+USUAL_URI_LENGTH = _USUAL_LENGTH
 
 
 class SipUri(NamedTuple):
