@@ -40,6 +40,7 @@ import enum
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from b2bua.sip import retry_after, status_reason
 
@@ -78,9 +79,11 @@ class Policy:
     drop_scanners: bool = True
 
 
-@dataclass(frozen=True, slots=True)
-class Load:
+class Load(NamedTuple):
     """What the app reports about itself when a new call is decided.
+
+    Immutable; a named tuple like :class:`Facts` and :class:`Decision`: each is made for every
+    request the early filter screens, and a frozen dataclass costs ~3x as much to make.
 
     ``stopping``: shutdown has begun; ``draining``: the operator drained the node
     (``core.drain``); ``share`` is the share of new calls admitted under a receive backlog
@@ -97,8 +100,7 @@ class Load:
     free_slots: int = SLOTS_PER_CALL
 
 
-@dataclass(frozen=True, slots=True)
-class Facts:
+class Facts(NamedTuple):
     """What is known about one request when it is decided.
 
     ``malformed_code`` is 0 for a well-formed request, else the status to answer (400/416);
@@ -117,8 +119,7 @@ class Facts:
     load: Load = Load()
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
     """The answer for one request; ``block`` asks the caller to block its source."""
 
     verdict: Verdict
@@ -246,4 +247,7 @@ class TrustList:
 def is_scanner(user_agent: str, from_header: str, patterns: Iterable[str]) -> bool:
     """Whether User-Agent or From holds one of ``patterns`` (lower-case substrings)."""
     ua, frm = user_agent.lower(), from_header.lower()
-    return any(p in ua or p in frm for p in patterns)
+    for p in patterns:  # noqa: SIM110 - not any(genexpr): a generator step per pattern, every new call
+        if p in ua or p in frm:
+            return True
+    return False

@@ -16,7 +16,6 @@ a dialog. A CANCEL of an INVITE still pending is exempt the same way.
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import time
 from collections import Counter
@@ -263,7 +262,7 @@ class Gate:
                 self._count(early, call, ip, method, "", raw)
                 return early, None
             # admitted by the share: the whole check below must not spend the share's credit again
-            return self._screen_new(raw, method, ip, trusted, dataclasses.replace(load, share=1.0), now,
+            return self._screen_new(raw, method, ip, trusted, load._replace(share=1.0), now,
                                     rate_checked=True)
         return self._screen_new(raw, method, ip, trusted, load, now, stands=stands, rate_checked=live)
 

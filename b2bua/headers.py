@@ -25,7 +25,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from b2bua.sip import TOKEN
+from b2bua.sip import COMPACT, TOKEN, MessageHeaders
 from b2bua.wire import MAX_LINE
 
 #: longest header value passed on, in characters: the longest header line a request from the
@@ -85,6 +85,10 @@ class HeaderFilter:
 
     regex: re.Pattern[str] | None
     spelling: Mapping[str, str]
+    #: a search of a lower-cased message head that finds every header line whose name could
+    #: cross (and maybe others): no match, nothing crosses (:meth:`select` of a
+    #: :class:`~b2bua.sip.MessageHeaders` skips the parse)
+    candidates: re.Pattern[str] | None = None
     #: :meth:`allows`' answers by name as written (names repeat from call to call; each answer
     #: costs ~5,000 instructions, a look-up here ~100); emptied when it holds :data:`KNOWN_NAMES`
     _known: dict[str, bool] = field(default_factory=dict, compare=False, repr=False)
@@ -96,7 +100,15 @@ class HeaderFilter:
             return cls(None, {})
         alternatives = "|".join(re.escape(p.lower()).replace(r"\*", ".*") for p in patterns)
         spelling = {p.lower(): p for p in patterns if "*" not in p}
-        return cls(re.compile(f"(?:{alternatives})"), spelling)
+        regex = re.compile(f"(?:{alternatives})")
+        # a line's name is what precedes its first colon, stripped, lower-cased, a compact form
+        # expanded (parse_message): wildcards span no colon or line break, and a compact letter
+        # is a candidate when its long name would cross
+        names = [re.escape(p.lower()).replace(r"\*", r"[^:\r\n]*") for p in patterns]
+        names += [re.escape(short) for short, name in COMPACT.items()
+                  if name not in NEVER_COPIED and regex.fullmatch(name)]
+        candidates = re.compile(rf"^\s*(?:{'|'.join(names)})\s*:", re.MULTILINE)
+        return cls(regex, spelling, candidates=candidates)
 
     def allows(self, name: str) -> bool:
         """Whether header ``name`` (any case) crosses."""
@@ -118,6 +130,11 @@ class HeaderFilter:
         dropped: unusable (:func:`usable_value`), or past ``budget`` bytes of header lines."""
         if self.regex is None:
             return [], 0
+        if isinstance(headers, MessageHeaders) and not headers.parsed and self.candidates is not None:
+            raw = headers.raw
+            end = raw.find("\r\n\r\n")  # the head as parse_message takes it
+            if not self.candidates.search(raw[:end if end >= 0 else len(raw)].lower()):
+                return [], 0
         out: list[tuple[str, str]] = []
         dropped = 0
         left = budget

@@ -158,7 +158,7 @@ class Leg(CallLeg, pj.Call):  # type: ignore[misc]
         if state == CONNECTING:
             self._got_2xx = True
             self._answered.clear()
-            return Answered(code, reason, _response_headers(prm))
+            return Answered(code, reason, sip.MessageHeaders(_response_message(prm)))
         if state == CONFIRMED_STATE:
             self._got_2xx = True
             return CONFIRMED
@@ -317,16 +317,22 @@ class Leg(CallLeg, pj.Call):  # type: ignore[misc]
             self._sending = False
 
     def respond(self, code: int, reason: str = "", headers: tuple[tuple[str, str], ...] = ()) -> None:
+        prm, marked = _ANSWERS.take(code, reason, headers)
         try:
-            self.answer(op(code, reason, headers))
+            self.answer(prm)
         except pj.Error as exc:
             raise LegError(exc.reason, exc.info()) from None
+        finally:
+            _ANSWERS.give(prm, marked)
 
     def end(self, code: int = 0, reason: str = "", headers: tuple[tuple[str, str], ...] = ()) -> bool:
+        prm, marked = _ANSWERS.take(code, reason, headers)
         try:
-            self.hangup(op(code, reason, headers))
+            self.hangup(prm)
         except pj.Error:
             return False  # already gone
+        finally:
+            _ANSWERS.give(prm, marked)
         return True
 
     # The conference is wired through pjsua's C functions: pjsua2's AudioMedia lookups raise (and
@@ -525,16 +531,19 @@ check_overrides(Leg)  # a callback the build calls without Python must not look 
 
 def _response_headers(prm: Any) -> dict[str, tuple[str, ...]]:
     """Headers of the response that changed a B leg's state, when pjsua received one (else none)."""
+    raw = _response_message(prm)
+    return sip.parse_message(raw)[1] if raw else {}
+
+
+def _response_message(prm: Any) -> str:
+    """The response that changed a B leg's state, when pjsua received one (else ``""``)."""
     try:
         tsx_state = prm.e.body.tsxState
         if tsx_state.type != pj.PJSIP_EVENT_RX_MSG:
-            return {}  # ended by a timer or our own CANCEL: no message to read
-        raw = tsx_state.src.rdata.wholeMsg
+            return ""  # ended by a timer or our own CANCEL: no message to read
+        return str(tsx_state.src.rdata.wholeMsg)
     except Exception:
-        return {}
-    if not raw:
-        return {}
-    return sip.parse_message(raw)[1]
+        return ""
 
 
 @functools.cache
@@ -587,6 +596,40 @@ def op(code: int = 0, reason: str = "", headers: tuple[tuple[str, str], ...] = (
     if headers:
         prm.txOption.headers = header_vector(headers)
     return prm
+
+
+class _AnswerParams:
+    """CallOpParams for ``answer`` and ``hangup`` (three a call), reused: making one costs
+    ~15,000-21,000 instructions (the C++ object, its call setting, two SWIG proxies, the field
+    writes), setting a kept one's code and reason ~7,000. Only what those two operations set differs from one use
+    to the next (status code, reason, extra headers); the rest stays as :func:`op` made it. A
+    parameter is taken for one operation and given back after it, so an operation that
+    pjsua2's callbacks start inside another (they fire synchronously) gets one of its own:
+    pjsua2 points into the parameter's strings while it sends."""
+
+    KEEP = 8  #: parameters kept for reuse (operations nest a few deep at most)
+
+    def __init__(self) -> None:
+        #: kept parameters, each with whether its header list is not empty
+        self._free: list[tuple[pj.CallOpParam, bool]] = []
+
+    def take(self, code: int, reason: str, headers: tuple[tuple[str, str], ...]) -> tuple[pj.CallOpParam, bool]:
+        """A parameter set for ``code``, ``reason``, ``headers``; give it back with the flag."""
+        if not self._free:
+            return op(code, reason, headers), bool(headers)
+        prm, had_headers = self._free.pop()
+        prm.statusCode = code
+        prm.reason = reason
+        if headers or had_headers:
+            prm.txOption.headers = header_vector(headers)
+        return prm, bool(headers)
+
+    def give(self, prm: pj.CallOpParam, has_headers: bool) -> None:
+        if len(self._free) < self.KEEP:
+            self._free.append((prm, has_headers))
+
+
+_ANSWERS = _AnswerParams()
 
 
 def header_vector(headers: tuple[tuple[str, str], ...] | list[tuple[str, str]]) -> pj.SipHeaderVector:

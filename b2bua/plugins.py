@@ -98,6 +98,11 @@ class Hooks:
 
     Decision hooks let a plugin's exception propagate: the caller (the call's session) turns it
     into a 500 for that one call. Notification hooks log the error with the call and go on.
+
+    A per-call hook no loaded plugin implements (``b2bua_incoming_call`` and
+    ``b2bua_prepare_target`` in the shipped config) is not called through pluggy: asking the
+    hook for its implementations costs a list copy, a call through pluggy with none ~12,000
+    instructions. Asked at every call, so a plugin registered later is called from then on.
     """
 
     def __init__(self, pm: pluggy.PluginManager) -> None:
@@ -122,7 +127,10 @@ class Hooks:
 
     # decisions
     def incoming_call(self, call: CallInfo) -> Reject | None:
-        return self._hook.b2bua_incoming_call(call=call)  # type: ignore[no-any-return]
+        hook = self._hook.b2bua_incoming_call
+        if not hook.get_hookimpls():
+            return None  # what pluggy answers for a firstresult hook without implementations
+        return hook(call=call)  # type: ignore[no-any-return]
 
     def route_call(self, call: CallInfo) -> RoutePlan | Reject | None:
         return self._hook.b2bua_route_call(call=call)  # type: ignore[no-any-return]
@@ -147,8 +155,11 @@ class Hooks:
         self._notify("b2bua_call_ended", call, call=call, cause=cause, answered=answered)
 
     def _notify(self, name: str, about: CallInfo, **kwargs: Any) -> None:
+        hook = getattr(self._hook, name)
+        if not hook.get_hookimpls():
+            return
         try:
-            getattr(self._hook, name)(**kwargs)
+            hook(**kwargs)
         except Exception:
             logger.bind(call_id=about.call_id).opt(exception=True).error("a plugin failed in {}", name)
 

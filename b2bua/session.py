@@ -311,9 +311,7 @@ class Session:
         the caller's INVITE from the provisional one it sent (``pjsip_inv_answer``), so a header
         put on a 180 would stay on the 200 (two identities) or on a final failure after ringing.
         """
-        if not headers:
-            return ()
-        selected, dropped = self.host.passthrough.to_caller.select(headers)
+        selected, dropped = self.host.passthrough.to_caller.select(headers)  # a MessageHeaders: parsed if need be
         if dropped:
             self.log.debug("{} header value(s) of a gateway's response not passed on", dropped)
         return tuple(selected)

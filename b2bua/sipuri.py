@@ -52,6 +52,10 @@ _USUAL_URI = re.compile(
 #: longest URI tried by the fast path: the one regex backtracks more than the full parse on a
 #: long malformed host (a hyphen run), so a long URI takes the full parse alone
 _USUAL_LENGTH = 256
+#: the same, for a parser that meets a URI inside a larger match (``b2bua.wire``'s From/To):
+#: its pattern (groups: scheme, user, host, port, parameters) and the longest URI to try it on
+USUAL_URI_PATTERN = _USUAL_URI.pattern
+USUAL_URI_LENGTH = _USUAL_LENGTH
 
 
 class SipUri(NamedTuple):
@@ -151,6 +155,18 @@ def parse_uri(text: str, *, schemes: tuple[str, ...] = ("sip", "sips")) -> SipUr
             return SipUri(scheme, user, "", host, port, port_text,
                           tuple(_param(item) for item in params[1:].split(";")) if params else ())
     return _parse_uri(text, schemes)
+
+
+def check_uri(text: str, *, schemes: tuple[str, ...] = ("sip", "sips")) -> None:
+    """:func:`parse_uri`'s verdict without its result (:class:`ValueError` the same): the usual
+    form is told by the one match, without making the :class:`SipUri` (every incoming call
+    checks three URIs and reads none of their parts)."""
+    m = _USUAL_URI.fullmatch(text) if len(text) <= _USUAL_LENGTH else None
+    if m is not None:
+        scheme, port_text = m.group(1, 4)
+        if scheme in schemes and (not port_text or 1 <= int(port_text) <= 65535):
+            return
+    _parse_uri(text, schemes)
 
 
 def _param(item: str) -> tuple[str, str]:

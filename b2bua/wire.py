@@ -31,7 +31,7 @@ from typing import NamedTuple
 
 from b2bua.api import CallInfo
 from b2bua.sip import COMPACT, printable
-from b2bua.sipuri import parse_name_addr, parse_uri
+from b2bua.sipuri import USUAL_URI_LENGTH, USUAL_URI_PATTERN, check_uri, parse_name_addr
 
 #: largest message handled (bytes); pjsip's own buffer is 4000 bytes (PJSIP_MAX_PKT_LEN)
 MAX_MESSAGE = 65535
@@ -72,6 +72,17 @@ _TO = re.compile(rb"\n(?:to|t)[ \t]*:([^\r\n]*)", re.IGNORECASE)
 _FROM = re.compile(rb"\n(?:from|f)[ \t]*:([^\r\n]*)", re.IGNORECASE)
 _TAG = re.compile(rb";[ \t]*tag[ \t]*=", re.IGNORECASE)
 _AGENT = re.compile(rb"\n(user-agent|from|f)[ \t]*:([^\r\n]{0,300})", re.IGNORECASE)
+#: the usual From/To value, told in one match (:func:`_party`'s fast path): an optional display
+#: name (a token run, or a quoted string without escapes), the URI in angle brackets, and at
+#: most a tag; groups: the URI, the tag. Anything else takes :func:`parse_name_addr`
+_USUAL_NAME_ADDR = re.compile(r'(?:"[^"\\]*"|[^"<>;\s][^"<>;]*?)?[ \t]*<([^<>"\s]+)>'
+                              r"(?:;tag=([A-Za-z0-9\-.!%*_+`'~]+))?")
+#: the same with the usual URI inside (:func:`b2bua.sipuri.check_uri`'s fast path): the whole
+#: From or To checked in one match; groups: the URI, its scheme, user, host, port, parameters,
+#: the tag. Tried on values of at most :data:`_USUAL_PARTY_LENGTH` characters
+_USUAL_PARTY = re.compile(r'(?:"[^"\\]*"|[^"<>;\s][^"<>;]*?)?[ \t]*<(' + USUAL_URI_PATTERN + r')>'
+                          r"(?:;tag=([A-Za-z0-9\-.!%*_+`'~]+))?")
+_USUAL_PARTY_LENGTH = USUAL_URI_LENGTH  # the regex backtracks no longer than check_uri's on a URI
 #: header names as written (before the colon) that are tokens, and the key each is filed under:
 #: names repeat from message to message, and a look-up here spares the token check (~3,000
 #: instructions a line); emptied when it holds MAX_HEADER_KEYS
@@ -267,10 +278,14 @@ def decode_head(head: bytes) -> list[str]:
     return lines
 
 
-def parse_headers(lines: list[str]) -> dict[str, list[str]]:
-    """Header lines (start line excluded) as lower-case name -> values; folded lines joined."""
-    headers: dict[str, list[str]] = {}
-    last: list[str] | None = None
+def parse_headers(lines: list[str]) -> dict[str, tuple[str, ...]]:
+    """Header lines (start line excluded) as lower-case name -> values; folded lines joined.
+
+    The values are tuples from the start (what :class:`WireRequest` holds): a header repeated is
+    rare, and copying a tuple then costs less than making every value a list and converting them.
+    """
+    headers: dict[str, tuple[str, ...]] = {}
+    last: str | None = None  # the key of the header line before
     count = 0
     for number, line in enumerate(lines, 2):
         if not line:
@@ -278,9 +293,11 @@ def parse_headers(lines: list[str]) -> dict[str, list[str]]:
         if line[0] in " \t":
             if last is None:
                 raise Malformed("header-syntax", f"line {number} continues no header")
-            if line.strip():  # a blank continuation adds nothing (and no trailing space)
-                last[-1] = f"{last[-1]} {line.strip()}"
-            if len(last[-1]) > MAX_LINE:
+            values = headers[last]
+            folded = line.strip()
+            if folded:  # a blank continuation adds nothing (and no trailing space)
+                values = headers[last] = (*values[:-1], f"{values[-1]} {folded}")
+            if len(values[-1]) > MAX_LINE:
                 raise Malformed("header-too-long", f"line {number}: longer than {MAX_LINE} characters")
             continue
         if len(line) > MAX_LINE:
@@ -299,8 +316,9 @@ def parse_headers(lines: list[str]) -> dict[str, list[str]]:
             if len(_HEADER_KEYS) >= MAX_HEADER_KEYS:
                 _HEADER_KEYS.clear()  # a peer sending ever new names: bounded, never stale
             _HEADER_KEYS[written] = key
-        last = headers.setdefault(key, [])
-        last.append(value.strip(" \t"))
+        known = headers.get(key)
+        headers[key] = (value.strip(" \t"),) if known is None else (*known, value.strip(" \t"))
+        last = key
     return headers
 
 
@@ -329,7 +347,8 @@ def parse_request(raw: bytes) -> WireRequest:
         raise Malformed("tag", "From has no tag")
     cseq = _cseq(headers["cseq"][0], method)
     vias = headers["via"]
-    via_count = sum(v.upper().count("SIP/2.0/") for v in vias)
+    via_count = vias[0].upper().count("SIP/2.0/") if len(vias) == 1 else \
+        sum(v.upper().count("SIP/2.0/") for v in vias)
     if via_count > MAX_VIA:
         raise Malformed("via", f"{via_count} Via entries (at most {MAX_VIA})")
     top = vias[0]
@@ -346,7 +365,7 @@ def parse_request(raw: bytes) -> WireRequest:
     return WireRequest(
         method=method, request_uri=request_uri, call_id=call_id, from_header=from_header,
         to_header=to_header, from_uri=from_uri, to_uri=to_uri, from_tag=from_tag, to_tag=to_tag,
-        cseq=cseq, headers={k: tuple(v) for k, v in headers.items()}, transport=transport,
+        cseq=cseq, headers=headers, transport=transport,
         via_count=via_count, body_length=len(body),
     )
 
@@ -404,7 +423,7 @@ def _request_line(line: str) -> tuple[str, str]:
     if scheme not in ("sip", "sips"):
         raise Malformed("request-uri", f"Request-URI scheme {printable(scheme, 20)!r} is not sip or sips", 416)
     try:
-        parse_uri(uri)
+        check_uri(uri)
     except ValueError as exc:
         raise Malformed("request-uri", f"Request-URI {exc}") from None
     return method, uri
@@ -412,17 +431,27 @@ def _request_line(line: str) -> tuple[str, str]:
 
 def _party(name: str, value: str) -> tuple[str, str]:
     """The URI and tag of a From/To value."""
-    addr = parse_name_addr(value)
-    uri = addr.uri
+    if len(value) <= _USUAL_PARTY_LENGTH:
+        usual = _USUAL_PARTY.fullmatch(value)
+        if usual is not None:  # the rest of this function would find nothing wrong with it
+            uri, port, tag = usual.group(1, 5, 7)
+            if len(uri) <= USUAL_URI_LENGTH and (not port or 1 <= int(port) <= 65535) \
+                    and (tag is None or len(tag) <= MAX_TAG):
+                return uri, tag or ""
+    m = _USUAL_NAME_ADDR.fullmatch(value)
+    if m is not None:  # what parse_name_addr would split it into, in one match
+        uri, tag = m.group(1), m.group(2) or ""
+    else:
+        addr = parse_name_addr(value)
+        uri, tag = addr.uri, addr.param("tag") or ""
     if uri.lower().startswith("tel:"):
         if not _TEL.fullmatch(uri):
             raise Malformed(name.lower(), f"{name} {printable(uri, 60)!r} is not a tel: number")
     else:
         try:
-            parse_uri(uri)
+            check_uri(uri)
         except ValueError as exc:
             raise Malformed(name.lower(), f"{name} URI {exc}") from None
-    tag = addr.param("tag") or ""
     if tag and (len(tag) > MAX_TAG or not _TOKEN.fullmatch(tag)):
         raise Malformed("tag", f"{name} tag {printable(tag, 40)!r} is not a token of at most {MAX_TAG} characters")
     return uri, tag
@@ -437,7 +466,7 @@ def _cseq(value: str, method: str) -> int:
     return int(m.group(1))
 
 
-def _content_length(values: list[str] | None, received: int) -> None:
+def _content_length(values: tuple[str, ...] | None, received: int) -> None:
     if not values:
         return
     value = values[0]

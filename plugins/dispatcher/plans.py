@@ -12,10 +12,12 @@ from __future__ import annotations
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from loguru import logger
 
 from b2bua.api import CallInfo, DialMode, Reject, RoutePlan, StashKey, Target
+from b2bua.logs import writes
 from b2bua.sip import retry_after
 from plugins.dispatcher.config import DispatcherConfig, Route
 from plugins.dispatcher.dnsfailover import next_hops
@@ -24,6 +26,9 @@ from plugins.dispatcher.outbound import outbound_of
 from plugins.dispatcher.routes import match_route
 from plugins.dispatcher.runtime import DestKey, DispatcherState
 from plugins.dispatcher.selection import PARALLEL
+
+if TYPE_CHECKING:
+    from loguru import Logger
 
 DATA_KEY = "dispatcher"  #: the key of ``Target.data`` / ``RoutePlan.data`` this plugin fills
 
@@ -52,25 +57,25 @@ def plan_call(
     server (:mod:`plugins.dispatcher.dnsfailover`), unless B legs go through an outbound proxy
     (``proxied``: ``[sip] outbound_proxy``; or the destination's ``obproxy``), which resolves.
     """
-    log = logger.bind(call_id=call.call_id)
     matched = match_route(config.effective_routes, call)
     if matched is None:
-        log.info("dispatcher: no route rule matches {} {}", call.method, call.request_uri)
+        _log(call).info("dispatcher: no route rule matches {} {}", call.method, call.request_uri)
         return no_destination(config)
     index, route = matched
     rule = index if config.routes else -1
     dests, used = select_sets(state, route, call, rng)
     if not dests:
         if route.backups:
-            log.warning("dispatcher: rule {}: no set of {} has a usable destination", rule, route.sets_text)
+            _log(call).warning("dispatcher: rule {}: no set of {} has a usable destination", rule, route.sets_text)
         elif not state.has_set(route.set):
-            log.warning("dispatcher: rule {} names set {}, which is not loaded", index, route.set)
+            _log(call).warning("dispatcher: rule {} names set {}, which is not loaded", index, route.set)
         else:
-            log.warning("dispatcher: set {} has no usable destination (algorithm {})", route.set, route.alg)
+            _log(call).warning("dispatcher: set {} has no usable destination (algorithm {})", route.set, route.alg)
         return no_destination(config)
     setid, alg = used
     call.stash[ROUTE] = CallRoute(rule, setid, alg, tuple(d.key for d in dests))
-    log.debug("dispatcher: rule {} set {} alg {} -> {}", rule, setid, alg, ", ".join(d.uri for d in dests))
+    if writes.debug:  # every call: not even the filtered call (and the join) when DEBUG is not written
+        _log(call).debug("dispatcher: rule {} set {} alg {} -> {}", rule, setid, alg, ", ".join(d.uri for d in dests))
     mode = DialMode.PARALLEL if alg == PARALLEL else DialMode.SERIAL
     targets: list[Target] = []
     for dest in dests:
@@ -87,6 +92,11 @@ def plan_call(
         mode,
         data={DATA_KEY: {"setid": setid, "alg": alg, "rule": rule}},
     )
+
+
+def _log(call: CallInfo) -> Logger:
+    """The logger for a line about ``call`` (bound only when a line is written: most calls log none here)."""
+    return logger.bind(call_id=call.call_id)
 
 
 def select_sets(state: DispatcherState, route: Route, call: CallInfo,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from b2bua import headers as hdrs
@@ -18,6 +18,7 @@ from b2bua.headers import (
     one_line_problem,
     usable_value,
 )
+from b2bua.sip import MessageHeaders, parse_message
 
 DEFAULT = ["P-Asserted-Identity", "P-Preferred-Identity", "Privacy", "Diversion", "History-Info", "X-*"]
 
@@ -140,3 +141,36 @@ def test_a_filter_remembers_its_answers_within_a_bound() -> None:
     for i in range(hdrs.KNOWN_NAMES + 10):
         assert f.allows(f"x-{i}")
     assert len(f._known) <= hdrs.KNOWN_NAMES
+
+
+_MESSAGE_PIECES = st.sampled_from([
+    "SIP/2.0 200 OK", "\r\n", "\n", "\r", " ", "\t", "\x0b", "\x1c", ":", ";", "Via: x", "P-Asserted-Identity",
+    "p-asserted-identity", "Privacy", "privacy: id", "X-Acme", "x-", "s", "Subject", "i", "Call-ID", "Contact",
+    "\u212aey", "K", "é", "İ", "<sip:a@b>", "id", "\r\n\r\n", "\n\n", "v=0",
+])
+_PATTERN_SETS = st.sampled_from([
+    ["P-Asserted-Identity", "Privacy"], DEFAULT, ["*"], ["S*"], ["Subject"], ["X-Key"], ["x-*-id"], ["K*"], [],
+])
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.lists(_MESSAGE_PIECES, max_size=25).map("".join), _PATTERN_SETS)
+@example("SIP/2.0 200 OK\r\n\x0bPrivacy: id\r\n\r\n", ["Privacy"])  # stripped like a blank
+@example("SIP/2.0 200 OK\r\n Privacy : id\r\n", ["Privacy"])  # a first header line indented
+@example("SIP/2.0 200 OK\r\nX-\u212aey: v\r\n", ["X-Key"])  # KELVIN SIGN lower-cases to k
+@example("SIP/2.0 200 OK\ns: hello\n", ["Subject"])  # a compact form
+def test_select_of_an_unparsed_message_is_the_select_of_its_parse(raw: str, patterns: list[str]) -> None:
+    flt = HeaderFilter.compile(patterns)
+    assert flt.select(MessageHeaders(raw)) == flt.select(parse_message(raw)[1]), raw
+
+
+def test_a_2xx_without_a_header_to_pass_on_is_not_parsed() -> None:
+    raw = ("SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK1\r\nFrom: <sip:a@b>;tag=1\r\n"
+           "To: <sip:c@d>;tag=2\r\nCall-ID: x\r\nCSeq: 1 INVITE\r\nContact: <sip:10.0.0.2>\r\n"
+           "Content-Length: 0\r\n\r\n")
+    flt = HeaderFilter.compile(["P-Asserted-Identity", "Privacy"])
+    message = MessageHeaders(raw)
+    assert flt.select(message) == ([], 0) and not message.parsed
+    with_pai = MessageHeaders(raw.replace("Contact", "P-Asserted-Identity: <sip:+4930@x>\r\nContact"))
+    assert flt.select(with_pai) == ([("P-Asserted-Identity", "<sip:+4930@x>")], 0) and with_pai.parsed
+    assert dict(with_pai) == parse_message(with_pai.raw)[1]

@@ -8,7 +8,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from loguru import logger
 
+from b2bua import hookimpl
 from b2bua.api import CallInfo, DialMode, Failure, FailureKind, Reject, RoutePlan, Target
 from b2bua.config import parse_config
 from b2bua.plugins import Hooks, PluginError, make_manager
@@ -70,6 +72,53 @@ def test_parallel_plan_is_not_redialled_by_default() -> None:
     plan = RoutePlan((Target("sip:a"), Target("sip:b")), DialMode.PARALLEL)
     failure = Failure(plan.targets[0], 503, "Service Unavailable", FailureKind.RESPONSE, 1)
     assert hooks.next_target(call(), plan, failure) == Reject(500, "Server Internal Error")
+
+
+class _Seen:
+    """A plugin registered after start-up: it records the hooks it was called in."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.calls: list[str] = []
+        self.fail = fail
+
+    @hookimpl
+    def b2bua_incoming_call(self, call: CallInfo) -> Reject | None:
+        self.calls.append("incoming_call")
+        return Reject(486, "Busy Here")
+
+    @hookimpl
+    def b2bua_prepare_target(self, call: CallInfo, target: Target, request: object) -> None:
+        self.calls.append("prepare_target")
+        if self.fail:
+            raise RuntimeError("boom")
+
+
+def test_hooks_without_implementations_are_skipped_until_a_plugin_registers() -> None:
+    pm = make_manager([])
+    hooks = Hooks(pm)
+    assert not pm.hook.b2bua_incoming_call.get_hookimpls()
+    assert hooks.incoming_call(call()) is None  # pluggy's answer without implementations
+    hooks.prepare_target(call(), Target("sip:x"), None)  # type: ignore[arg-type]
+    seen = _Seen()
+    pm.register(seen, name="late")
+    assert hooks.incoming_call(call()) == Reject(486, "Busy Here")
+    hooks.prepare_target(call(), Target("sip:x"), None)  # type: ignore[arg-type]
+    assert seen.calls == ["incoming_call", "prepare_target"]
+    pm.unregister(name="late")
+    assert hooks.incoming_call(call()) is None
+
+
+def test_a_raising_notification_plugin_costs_one_call() -> None:
+    pm = make_manager([])
+    hooks = Hooks(pm)
+    pm.register(_Seen(fail=True), name="late")
+    lines: list[str] = []
+    sink = logger.add(lambda m: lines.append(m.record["message"]), level="ERROR")
+    try:
+        hooks.prepare_target(call(), Target("sip:x"), None)  # type: ignore[arg-type]
+    finally:
+        logger.remove(sink)
+    assert lines == ["a plugin failed in b2bua_prepare_target"]
 
 
 def test_module_path_plugin_overrides_default(plugin_dir: Path) -> None:

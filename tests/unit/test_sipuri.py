@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -12,6 +13,7 @@ from b2bua import sipuri
 from b2bua.sipuri import (
     MAX_URI_LENGTH,
     SipUri,
+    check_uri,
     is_ip_literal,
     name_addr_uri,
     parse_name_addr,
@@ -209,3 +211,18 @@ def test_fast_path_agrees_with_the_full_parse(text: str, schemes: tuple[str, ...
 def test_fast_path_agrees_on_usual_uris(text: str) -> None:
     assert sipuri._USUAL_URI.fullmatch(text)  # the fast path is taken...
     assert parse_uri(text) == sipuri._parse_uri(text, ("sip", "sips"))  # ...and parses the same
+
+
+@given(st.one_of(st.text(max_size=80), st.lists(st.sampled_from(
+    ["sip:", "sips:", "SIP:", "tel:", "a", "@", ":", ";", "=", "?", "&", "b.c", "1.2.3.4", "256.1.1.1", "[::1]",
+     "5060", "0", "99999", "%41", "-", ".", " ", "é"]), max_size=10).map("".join)))
+def test_check_uri_agrees_with_parse_uri(text: str) -> None:
+    def outcome(fn: Any, *args: Any, **kw: Any) -> str:
+        try:
+            fn(*args, **kw)
+        except ValueError as exc:
+            return str(exc)
+        return "ok"
+
+    for schemes in (("sip", "sips"), ("sip",)):
+        assert outcome(check_uri, text, schemes=schemes) == outcome(parse_uri, text, schemes=schemes)

@@ -387,7 +387,7 @@ def test_sdp_check_fast_path_agrees_with_the_full_check(body: bytes) -> None:
 
 def test_header_names_remembered_file_the_same_within_a_bound() -> None:
     lines = ["Via: a", "v : b", "f:<sip:a@b>;tag=1", "X-A\t: c", "x-a: d"]
-    expected = {"via": ["a", "b"], "from": ["<sip:a@b>;tag=1"], "x-a": ["c", "d"]}
+    expected = {"via": ("a", "b"), "from": ("<sip:a@b>;tag=1",), "x-a": ("c", "d")}
     wire._HEADER_KEYS.clear()
     assert wire.parse_headers(lines) == expected  # names checked, then remembered
     assert wire.parse_headers(lines) == expected  # from what is remembered
@@ -396,3 +396,46 @@ def test_header_names_remembered_file_the_same_within_a_bound() -> None:
     for i in range(wire.MAX_HEADER_KEYS + 10):
         wire.parse_headers([f"X-{i}: v"])
     assert len(wire._HEADER_KEYS) <= wire.MAX_HEADER_KEYS
+
+
+def _party_full(name: str, value: str) -> Any:
+    """:func:`wire._party` as it was before its fast path: parse_name_addr, then parse_uri."""
+    from b2bua.sipuri import parse_name_addr, parse_uri
+
+    addr = parse_name_addr(value)
+    uri = addr.uri
+    try:
+        if uri.lower().startswith("tel:"):
+            if not wire._TEL.fullmatch(uri):
+                raise Malformed(name.lower(), f"{name} {uri!r} is not a tel: number")
+        else:
+            try:
+                parse_uri(uri)
+            except ValueError as exc:
+                raise Malformed(name.lower(), f"{name} URI {exc}") from None
+        tag = addr.param("tag") or ""
+        if tag and (len(tag) > wire.MAX_TAG or not wire._TOKEN.fullmatch(tag)):
+            raise Malformed("tag", "bad tag")
+    except Malformed as exc:
+        return exc.reason
+    return uri, tag
+
+
+_PARTY_PIECES = st.sampled_from(['"', "\\", "<", ">", ";", " ", "\t", "sip:", "sips:", "tel:+49", "SIP:", "a", "@",
+                                 "b.c", "1.2.3.4", ":5060", ":0", ";tag=", "tag", "=", "x1", ";TAG=", "é", "\x85",
+                                 "\u2028", "Alice", '"Bob \\"B\\"" ', "[::1]", "?h=v", ";lr", "%41"])
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.lists(_PARTY_PIECES, max_size=14).map("".join))
+def test_party_fast_path_agrees_with_the_full_parse(value: str) -> None:
+    fast = _outcome(wire._party, "From", value)
+    full = _party_full("From", value)
+    assert (fast[0] if isinstance(fast, tuple) and len(fast) == 3 else fast) == full, value
+
+
+@pytest.mark.parametrize("value", ["sipp <sip:sipp@127.0.0.1:5061>;tag=123SIPpTag001", '"Zoë" <sip:a@b>;tag=f1',
+                                   "<sip:service@127.0.0.1:5060>", "Bob <sips:b@example.com;transport=tls>"])
+def test_the_usual_from_and_to_take_the_fast_path(value: str) -> None:
+    assert wire._USUAL_NAME_ADDR.fullmatch(value) is not None and wire._USUAL_PARTY.fullmatch(value) is not None
+    assert wire._party("From", value) == _party_full("From", value)
