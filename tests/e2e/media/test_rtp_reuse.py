@@ -55,18 +55,28 @@ def keep_sending(source: tuple[str, int], target: tuple[str, int], stop: threadi
             time.sleep(max(0.0, started + seq * 0.02 - time.monotonic()))
 
 
-def test_reused_rtp_ports_carry_the_next_calls_and_not_the_previous_peer(
-        media_peer_factory: MediaPeerFactory, b2bua_factory: B2buaFactory, workdir: Path,
-        addresses: AddressAllocator) -> None:
+def first_call(media_peer_factory: MediaPeerFactory, b2bua_factory: B2buaFactory, workdir: Path,
+               addresses: AddressAllocator) -> tuple[RunningB2bua, MediaPeer, MediaPeer, set[int],
+                                                     tuple[str, int], tuple[str, int]]:
+    """A B2BUA for two legs, a phone and a gateway, one call between them, then the gateway gone:
+    the B2BUA, the phone, the stopped gateway, the call's two B2BUA ports, where the B2BUA sent the
+    gateway's RTP and the B2BUA's RTP address on the gateway leg."""
     gw = media_peer_factory(name="gw", tone=GW_HZ)
     b2b = start_b2bua(b2bua_factory, workdir, addresses.next(), [ListEntry(1, gw.uri)], sip={"max_calls": 2})
     phone = media_peer_factory(name="phone", tone=CALLER_HZ)
-
-    # call 1; then its gateway goes away and something at the gateway's RTP address goes on sending
-    # to the B2BUA's port of that call (a peer slow to stop its stream, for ever)
-    _, first_ports, old_peer = talk(b2b, phone, gw, 1)
+    _, ports, old_peer = talk(b2b, phone, gw, 1)
     old_port = b2bua_rtp_address(gw, 1)
     gw.stop()
+    return b2b, phone, gw, ports, old_peer, old_port
+
+
+def test_reused_rtp_ports_carry_the_next_calls_and_not_the_previous_peer(
+        media_peer_factory: MediaPeerFactory, b2bua_factory: B2buaFactory, workdir: Path,
+        addresses: AddressAllocator) -> None:
+    # call 1; then its gateway goes away and something at the gateway's RTP address goes on sending
+    # to the B2BUA's port of that call (a peer slow to stop its stream, for ever)
+    b2b, phone, gw, first_ports, old_peer, old_port = first_call(media_peer_factory, b2bua_factory, workdir,
+                                                                 addresses)
     stop = threading.Event()
     sender = threading.Thread(target=keep_sending, args=(old_peer, old_port, stop), daemon=True)
     sender.start()
@@ -101,12 +111,8 @@ def test_a_natted_peer_on_its_previous_address_is_heard_on_a_reused_port(
     """The previous peer of a reused port is dropped only for a moment: the next call's peer may
     be the same phone again, behind a NAT, sending from the same address and port while its SDP
     names another (a phone with a fixed RTP port). It must be heard, not dropped for the call."""
-    gw = media_peer_factory(name="gw", tone=GW_HZ)
-    b2b = start_b2bua(b2bua_factory, workdir, addresses.next(), [ListEntry(1, gw.uri)], sip={"max_calls": 2})
-    phone = media_peer_factory(name="phone", tone=CALLER_HZ)
-    _, first_ports, old_peer = talk(b2b, phone, gw, 1)
-    old_port = b2bua_rtp_address(gw, 1)
-    gw.stop()
+    b2b, phone, gw, first_ports, old_peer, old_port = first_call(media_peer_factory, b2bua_factory, workdir,
+                                                                 addresses)
 
     # the same gateway again, from the same RTP address and port, its SDP naming an address
     # nobody listens on (its NAT's inside)
