@@ -75,13 +75,13 @@ _AGENT = re.compile(rb"\n(user-agent|from|f)[ \t]*:([^\r\n]{0,300})", re.IGNOREC
 #: the usual From/To value, told in one match (:func:`_party`'s fast path): an optional display
 #: name (a token run, or a quoted string without escapes), the URI in angle brackets, and at
 #: most a tag; groups: the URI, the tag. Anything else takes :func:`parse_name_addr`
-_USUAL_NAME_ADDR = re.compile(r'(?:"[^"\\]*"|[^"<>;\s][^"<>;]*?)?[ \t]*<([^<>"\s]+)>'
-                              r"(?:;tag=([A-Za-z0-9\-.!%*_+`'~]+))?")
+_DISPLAY_NAME = r'(?:"[^"\\]*"|[^"<>;\s][^"<>;]*?)?[ \t]*'
+_TAG_PARAM = r"(?:;tag=([A-Za-z0-9\-.!%*_+`'~]+))?"
+_USUAL_NAME_ADDR = re.compile(_DISPLAY_NAME + r'<([^<>"\s]+)>' + _TAG_PARAM)
 #: the same with the usual URI inside (:func:`b2bua.sipuri.check_uri`'s fast path): the whole
 #: From or To checked in one match; groups: the URI, its scheme, user, host, port, parameters,
 #: the tag. Tried on values of at most :data:`_USUAL_PARTY_LENGTH` characters
-_USUAL_PARTY = re.compile(r'(?:"[^"\\]*"|[^"<>;\s][^"<>;]*?)?[ \t]*<(' + USUAL_URI_PATTERN + r')>'
-                          r"(?:;tag=([A-Za-z0-9\-.!%*_+`'~]+))?")
+_USUAL_PARTY = re.compile(_DISPLAY_NAME + "<(" + USUAL_URI_PATTERN + ")>" + _TAG_PARAM)
 _USUAL_PARTY_LENGTH = USUAL_URI_LENGTH  # the regex backtracks no longer than check_uri's on a URI
 #: header names as written (before the colon) that are tokens, and the key each is filed under:
 #: names repeat from message to message, and a look-up here spares the token check (~3,000
@@ -347,8 +347,7 @@ def parse_request(raw: bytes) -> WireRequest:
         raise Malformed("tag", "From has no tag")
     cseq = _cseq(headers["cseq"][0], method)
     vias = headers["via"]
-    via_count = vias[0].upper().count("SIP/2.0/") if len(vias) == 1 else \
-        sum(v.upper().count("SIP/2.0/") for v in vias)
+    via_count = sum(v.upper().count("SIP/2.0/") for v in vias)
     if via_count > MAX_VIA:
         raise Malformed("via", f"{via_count} Via entries (at most {MAX_VIA})")
     top = vias[0]
