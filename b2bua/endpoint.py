@@ -473,7 +473,7 @@ class Endpoint:
                            "set their call up (each refusal costs a call slot and RTP ports)")
             return
         # kept until libDestroy even if only part of it got registered: pjsip holds its callbacks
-        self._rx_filter = RxFilter(lib, pj.SipRxData(), screen_request, screen_response, on_dropped)
+        self._rx_filter = RxFilter(lib, screen_request, screen_response, on_dropped)
         try:
             self._rx_filter.install()
         except RuntimeError as exc:

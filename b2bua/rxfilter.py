@@ -11,10 +11,12 @@ it); one at priority 15, before the transaction layer, sees every response.
 
 The messages every call has and no rule can refuse are passed on in C, with no callback into
 Python: a request inside a dialog pjsip holds (not a REFER) whose head is plain
-ASCII within :mod:`b2bua.wire`'s limits (a call's ACK, BYE, re-INVITE), and a response whose
+ASCII within :mod:`b2bua.wire`'s limits (a call's ACK, BYE, re-INVITE), the ACK of a refusal
+this filter sent statelessly (its To tag is its Via branch, which pjsip made the refusal's To
+tag; pjsip drops it, as the Python screen would), and a response whose
 head is plain ASCII with a status line (a call's 100, 180, 200s). Each of those cost ~100,000
-instructions when every message went through Python (a ctypes callback, pjsua2's
-``SipRxData::fromPj`` copy, the text check). Every other message is given to a Python callback
+instructions when every message went through Python (a ctypes callback, a copy of the message,
+the text check). Every other message is given to a Python callback
 here, which asks :meth:`~b2bua.guard.Gate.screen` for a :class:`~b2bua.admission.Decision` and
 answers statelessly (``pjsip_endpt_respond_stateless``) or drops the request; only what is let
 in goes on to pjsua. The callback may ask pjsip's own tables, through the filter, whether a
@@ -32,8 +34,9 @@ which are counted.
 
 Only pjsip's C API and its public, long-stable structs are used through ctypes
 (``pjsip_tp_dropped_data``, the list links at the start of ``pjsip_hdr`` and the pool pointer
-that opens ``pjsip_rx_data``); the message and its source are read with pjsua2's own
-``SipRxData::fromPj``, so nothing depends on the layout of ``pjsip_rx_data``. Every callback
+that opens ``pjsip_rx_data``); the message and its source are read by the screen's own
+``b2bua_screen_message`` (pjsip's receive buffer, not a copy), so nothing depends on the layout
+of ``pjsip_rx_data``. Every callback
 runs on the loop thread (inside ``libHandleEvents``) and lets no exception out: a failing
 screen lets the request through to pjsua, where ``App._on_incoming`` screens an INVITE again
 (as a new call).
@@ -78,6 +81,8 @@ class PjStrIn(Structure):
 
 
 _ON_RX = CFUNCTYPE(c_int, c_void_p)  # pj_bool_t (*)(pjsip_rx_data*)
+#: room for a source "[IPv6 address]:port" and its NUL (pjsua2 used PJ_INET6_ADDRSTRLEN + 10)
+_SOURCE_SIZE = 64
 
 
 class ScreenLimits(Structure):
@@ -125,11 +130,9 @@ class RxFilter:
     """Installs the modules; ``screen_request(raw, source)`` decides, ``screen_response(raw,
     source)`` keeps (True) or drops a response, ``on_dropped(reason)`` counts parser drops."""
 
-    def __init__(self, lib: ctypes.CDLL, rx_data: Any, screen_request: RequestScreen,
+    def __init__(self, lib: ctypes.CDLL, screen_request: RequestScreen,
                  screen_response: ResponseScreen, on_dropped: Callable[[str], None]) -> None:
         self._lib = lib
-        self._rx = rx_data  # a pj.SipRxData, filled by fromPj for each message
-        self._rx_ptr = int(rx_data.this)
         self._screen_request = screen_request
         self._screen_response = screen_response
         self._on_dropped = on_dropped
@@ -137,9 +140,15 @@ class RxFilter:
         self._reasons: dict[str, tuple[Any, PjStr]] = {}
         self._sentinel = (c_void_p * 16)()  # an empty pjsip_hdr list head: only prev/next are used
         self._failures = 0
-        self._from_pj = lib["_ZN2pj9SipRxData6fromPjER13pjsip_rx_data"]
-        self._from_pj.argtypes = [c_void_p, c_void_p]
-        self._from_pj.restype = None
+        # b2bua_screen_message's out-parameters, reused for every message (one loop thread)
+        self._msg_buf = c_void_p()
+        self._msg_len = c_size_t()
+        self._source = ctypes.create_string_buffer(_SOURCE_SIZE)
+        self._message = lib.b2bua_screen_message
+        self._message.argtypes = [c_void_p, POINTER(c_void_p), POINTER(c_size_t), c_char_p, c_uint]
+        self._message.restype = c_int
+        self._message_args = (ctypes.byref(self._msg_buf), ctypes.byref(self._msg_len), self._source,
+                              _SOURCE_SIZE)
         lib.pjsua_get_pjsip_endpt.restype = c_void_p
         lib.b2bua_screen_install.argtypes = [c_void_p, POINTER(ScreenLimits), c_void_p, c_void_p]
         lib.b2bua_screen_get_counts.argtypes = [POINTER(ScreenCounts)]
@@ -172,7 +181,7 @@ class RxFilter:
     def available(cls, lib: ctypes.CDLL) -> bool:
         """Whether this pjsua2 build exports what the filter needs."""
         try:
-            for name in ("_ZN2pj9SipRxData6fromPjER13pjsip_rx_data", "b2bua_screen_install", "b2bua_screen_get_counts",
+            for name in ("b2bua_screen_message", "b2bua_screen_install", "b2bua_screen_get_counts",
                          "pjsip_endpt_respond_stateless", "pjsip_tpmgr_set_drop_data_cb",
                          "pjsip_retry_after_hdr_create", "pj_list_insert_before", "pjsua_get_pjsip_endpt",
                          "pjsip_ua_find_dialog", "pjsip_get_invite_method", "pjsip_tsx_create_key",
@@ -207,9 +216,11 @@ class RxFilter:
     # -- callbacks (inside pjsip; nothing may raise out of them) ------------------------------
 
     def _read(self, rdata: int) -> tuple[bytes, str]:
-        self._from_pj(self._rx_ptr, rdata)
-        rx = self._rx
-        return rx.wholeMsg.encode("utf-8", "surrogateescape"), rx.srcAddress
+        """The message as received and its source (``address:port``, ``[v6]:port``)."""
+        if not self._message(rdata, *self._message_args):
+            raise RuntimeError("pjsip gave the screen no message")
+        # pj_sockaddr_print writes ASCII; the message is bytes until checked
+        return ctypes.string_at(self._msg_buf, self._msg_len.value), self._source.value.decode("ascii")
 
     def _request(self, rdata: int) -> int:
         try:

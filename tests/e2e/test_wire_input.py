@@ -318,6 +318,45 @@ def test_a_calls_own_messages_pass_the_filter_in_c(b2bua_factory: B2buaFactory, 
     assert after["requests"]["passed"] < 2 * calls and after["responses"]["passed"] < 3 * calls, after
 
 
+def test_the_ack_of_a_stateless_refusal_passes_the_filter_in_c(
+        b2bua_factory: B2buaFactory, addresses: AddressAllocator, gateway_factory: GatewayFactory,
+        caller: Caller) -> None:
+    """A refusal sent without a transaction (here the 403 to an untrusted source; the 503 of
+    overload and drain take the same path) has the INVITE's Via branch as its To tag (pjsip's
+    rule), and the caller's ACK carries both back: the C screen passes that ACK on (pjsip drops
+    it) instead of asking Python, so a refused call is screened in Python once, not twice. An ACK
+    whose To tag is not its branch is still Python's to judge."""
+    gw = gateway_factory("answer")
+    b2b = Host(b2bua_factory, addresses, gw.uri, extra=security(trusted=[f"{caller.ip}/32"]))
+    stranger = addresses.next()
+    peer = Peer(b2b.ip, b2b.port, stranger, 5060)
+    before = b2b.proc.rpc("core.stats")["screened"]["requests"]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((stranger, 0))
+        s.settimeout(3.0)
+        s.sendto(request("INVITE", peer, call_id="refused-1", branch="r1"), (b2b.ip, b2b.port))
+        answer = s.recvfrom(65535)[0]
+        assert answer.startswith(b"SIP/2.0 403 "), answer[:60]
+        to_tag = re.search(rb"\r\nTo: [^\r]*;tag=([^;\r]+)", answer)
+        assert to_tag is not None and to_tag.group(1) == b"z9hG4bK-r1", answer
+        # the ACK of the 403 (RFC 3261 17.1.1.3: the INVITE's branch, the answer's To tag)
+        s.sendto(request("ACK", peer, call_id="refused-1", branch="r1", to_tag="z9hG4bK-r1"), (b2b.ip, b2b.port))
+        # and an ACK claiming a dialog with any other tag
+        s.sendto(request("ACK", peer, call_id="refused-2", branch="r2", to_tag="z9hG4bK-r1"), (b2b.ip, b2b.port))
+        with pytest.raises(TimeoutError):  # an ACK is never answered
+            s.recvfrom(65535)
+
+    def counted() -> dict[str, int]:
+        now = b2b.proc.rpc("core.stats")["screened"]["requests"]
+        return {k: now[k] - before[k] for k in ("passed", "checked")}
+
+    wait_until(lambda: sum(counted().values()) >= 3, timeout=5, what="three requests screened")
+    # the INVITE and the ACK with a stranger's tag checked in Python; the refusal's ACK passed in C
+    assert counted() == {"passed": 1, "checked": 2}
+    assert gw.count("INVITE") == 0
+    assert b2b.proc.returncode is None
+
+
 def test_a_forged_to_tag_does_not_pass_for_a_dialog(b2bua_factory: B2buaFactory, addresses: AddressAllocator,
                                                    gateway_factory: GatewayFactory, caller: Caller) -> None:
     """An untrusted INVITE with a To tag but no dialog: pjsip answers 481; nothing is dialled."""
