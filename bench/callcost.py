@@ -199,7 +199,7 @@ def report_callgrind(p: Profile, top: int) -> None:
 class Rig:
     """Two gateways and the B2BUA (shipped config) started by ``prefix + [python -m ...]``."""
 
-    #: TOML appended to the shipped config (``--extra``: an A/B of a setting)
+    #: TOML merged into the shipped config (``--extra``: an A/B of a setting; see ``load.merge_toml``)
     extra = ""
 
     def __init__(self, workdir: Path, prefix: Sequence[str], wrapper: Sequence[str] = ()) -> None:
@@ -393,7 +393,9 @@ def main() -> int:
     ap.add_argument("--calls", type=int, default=100)
     ap.add_argument("--rate", type=float, default=2.0)
     ap.add_argument("--top", type=int, default=25)
-    ap.add_argument("--extra", default="", help="TOML appended to the shipped config (\\n: a new line)")
+    ap.add_argument("--extra", default="",
+                    help="TOML merged into the shipped config's tables, e.g. '[sip]\\noverload_lag = 0.0001' "
+                         "(\\n: a new line)")
     args = ap.parse_args()
     Rig.extra = args.extra.replace("\\n", "\n")
     if Rig.extra and not Rig.extra.endswith("\n"):

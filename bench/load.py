@@ -291,6 +291,52 @@ def _replace_line(text: str, pattern: str, new: str) -> str:
     return out
 
 
+def _header(table: str) -> re.Pattern[str]:
+    """A table's header line (``[sip]``, a comment after it allowed), not the line break."""
+    return re.compile(rf"^{re.escape(table)}[ \t]*(#.*)?$", re.MULTILINE)
+
+
+def merge_toml(text: str, extra: str) -> str:
+    """``text`` (a config file) with ``extra``'s settings in it: a key of a table ``text`` has
+    replaces that key's line there or joins the table after its header, a table ``text`` lacks
+    is appended, keys before any table header go to the top. Both must be TOML as line-based
+    as the shipped config (``key = value`` on one line); the result is checked with tomllib.
+    So ``--extra '[sip]\noverload_lag = 0.0001'`` sets one key of the shipped ``[sip]``."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - the project's floor is 3.10, with tomli
+        import tomli as tomllib
+
+    table = ""
+    for line in extra.splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        if stripped.startswith("["):
+            table = stripped
+            if not _header(table).search(text):
+                text = text.rstrip("\n") + f"\n\n{table}\n"
+            continue
+        key = stripped.split("=", 1)[0].strip()
+        start = 0
+        if table:
+            header = _header(table).search(text)
+            assert header is not None  # added above
+            start = header.end()
+        nxt = re.compile(r"^\[", re.MULTILINE).search(text, start)
+        end = nxt.start() if nxt else len(text)
+        same = re.compile(rf"^{re.escape(key)}\s*=.*$", re.MULTILINE).search(text, start, end)
+        if same:
+            text = text[:same.start()] + stripped + text[same.end():]
+        else:
+            text = text[:start] + ("\n" if table else "") + stripped + ("" if table else "\n") + text[start:]
+    try:
+        tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SystemExit(f"the config with --extra merged is not valid TOML: {exc}") from None
+    return text
+
+
 def shipped_config(workdir: Path, ip: str, port: int, gateways: Sequence[str], *, max_calls: int = 0,
                    extra: str = "") -> Path:
     """The repository's config.toml with only ``listen`` (and ``max_calls``) changed, in
@@ -313,7 +359,7 @@ def shipped_config(workdir: Path, ip: str, port: int, gateways: Sequence[str], *
             store.add(1, f"sip:{gw}")
         store.close()
     path = workdir / "config.toml"
-    path.write_text(text + extra)
+    path.write_text(merge_toml(text, extra) if extra else text)
     return path
 
 
