@@ -13,6 +13,7 @@ from .tones import (
     analyse,
     analyse_wav,
     burst_onsets,
+    dtmf_digits,
     read_wav,
     rms_dbfs,
     round_trips,
@@ -151,3 +152,17 @@ def test_round_trips_pair_each_burst_with_its_echo() -> None:
     trips = round_trips(onsets, period=0.5)
     assert len(trips) == 4 and all(abs(t - 0.087) <= 0.002 for t in trips), trips
     assert burst_onsets(np.zeros(100), rate) == []
+
+
+def _dtmf(low: float, high: float, seconds: float, rate: int) -> np.ndarray:
+    return sine(low, seconds, rate, dbfs=-16.0) + sine(high, seconds, rate, dbfs=-16.0)
+
+
+@pytest.mark.parametrize(("gap", "heard"), [(0.02, ["3"]), (0.06, ["3", "3"])])
+def test_a_dtmf_digit_survives_a_20_ms_dropout_but_not_a_pause(gap: float, heard: list[str]) -> None:
+    # "3" (697 + 1477 Hz) for 60 ms, silence, "3" for 140 ms (what a jitter buffer empty for one
+    # frame does to one digit): one digit across 20 ms, two across a real 40 ms+ pause
+    rate = 8000
+    signal = np.concatenate([_dtmf(697.0, 1477.0, 0.06, rate), np.zeros(round(gap * rate)),
+                             _dtmf(697.0, 1477.0, 0.14, rate), np.zeros(rate // 5)])
+    assert [digit for digit, _ in dtmf_digits(signal, rate)] == heard

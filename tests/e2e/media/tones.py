@@ -200,7 +200,9 @@ def dtmf_digits(samples: Samples, rate: int, *, window: float = 0.02,
 
     Per ``window``-second block, the power at the eight DTMF frequencies (a DFT at each); a block
     is a digit when its strongest row and column tone hold most of its energy. Consecutive blocks
-    of the same digit make one; a digit shorter than two blocks is noise.
+    of the same digit make one, across one block that is not (as a DTMF receiver bridges a
+    drop-out shorter than the 40 ms pause between digits, ITU-T Q.24: a jitter buffer that ran
+    empty for a frame on a loaded machine); a digit shorter than two blocks is noise.
     """
     step = max(16, round(window * rate))
     n = np.arange(step)
@@ -218,6 +220,9 @@ def dtmf_digits(samples: Samples, rate: int, *, window: float = 0.02,
         row, col = int(np.argmax(share[:4])), int(np.argmax(share[4:]))
         tonal = share[row] > 0.2 and share[4 + col] > 0.2 and share[row] + share[4 + col] > 0.7
         labels.append(DTMF_KEYS[row][col] if tonal else None)
+    for i in range(1, len(labels) - 1):
+        if labels[i] is None and labels[i - 1] is not None and labels[i - 1] == labels[i + 1]:
+            labels[i] = labels[i - 1]
     digits: list[tuple[str, float]] = []
     for label, run in itertools.groupby(labels):
         count = len(list(run))
