@@ -36,6 +36,7 @@ from b2bua.admission import (
     is_scanner,
 )
 from b2bua.config import SecurityConfig, SipConfig
+from b2bua.logs import writes
 from b2bua.ratelimit import SourceLimiter
 from b2bua.rpc import RpcError, RpcRegistry
 from b2bua.sip import printable
@@ -109,12 +110,19 @@ def standing(method: str, to_tag: str, raw: bytes, dialogs: Dialogs) -> Standing
 class RefusalLog:
     """Counts refusals and drops by reason; :meth:`summary` sums up an interval in one line.
 
-    ``debug``: whether the log writes DEBUG lines; when not, a refusal costs a few counters only.
+    ``debug``: whether to write a DEBUG line per refusal; None (the default) follows the sinks'
+    level as it is now (:data:`b2bua.logs.writes`: the config's, ``-v``, ``core.log_level``).
+    When no DEBUG line is written, a refusal costs a few counters only.
     """
 
-    def __init__(self, debug: bool = True) -> None:
-        self.debug = debug
+    def __init__(self, debug: bool | None = None) -> None:
+        self._debug = debug
         self._reset()
+
+    @property
+    def debug(self) -> bool:
+        """Whether a refusal gets its DEBUG line now."""
+        return writes.debug if self._debug is None else self._debug
 
     def _reset(self) -> None:
         self.counts: Counter[tuple[Why, int]] = Counter()
@@ -186,7 +194,7 @@ class RefusalLog:
 class Gate:
     """Screens requests: parse, trust, rate, scanner, load → :class:`Decision` (see admission.py)."""
 
-    def __init__(self, security: SecurityConfig, sip: SipConfig, *, debug: bool = True) -> None:
+    def __init__(self, security: SecurityConfig, sip: SipConfig, *, debug: bool | None = None) -> None:
         self.config = security
         self.policy = Policy(untrusted_code=security.untrusted_code, capacity_code=sip.admission_code,
                              retry_after=sip.retry_after, drop_scanners=bool(security.scanners))
