@@ -504,3 +504,41 @@ def test_an_invite_with_replaces_is_declined_and_the_call_it_names_goes_on(
     wait_until(lambda: gw.count("BYE") == 1, 5.0, what="the named call's BYE at the gateway")
     assert gw.count("INVITE") == 1, "nothing was dialled for the replacing INVITE"
     assert "603 Decline" in b2b.proc.log_text()
+
+
+def _closed_by_peer(s: socket.socket) -> bool:
+    """Whether the other end closed ``s`` (non-blocking read: EOF or a reset)."""
+    try:
+        return s.recv(1, socket.MSG_DONTWAIT) == b""
+    except (BlockingIOError, TimeoutError):  # nothing to read: still open (TimeoutError: a socket with a timeout)
+        return False
+    except ConnectionResetError:
+        return True
+
+
+def test_tcp_connections_that_send_nothing_are_closed_and_a_talking_one_stays(
+        b2bua_factory: B2buaFactory, addresses: AddressAllocator) -> None:
+    # silent connections (a scanner, a flood) no longer hold a descriptor for pjsip's 600 s:
+    # with enough of them pjsip's socket table fills and every new connection is closed at once
+    b2b = Host(b2bua_factory, addresses, "sip:nobody@127.0.0.1:9", transport="tcp")
+    src = addresses.next()
+    silent = []
+    for _ in range(30):
+        s = socket.socket()
+        s.bind((src, 0))
+        s.connect((b2b.ip, b2b.port))
+        silent.append(s)
+    talking = socket.create_connection((b2b.ip, b2b.port), timeout=5, source_address=(src, 0))
+    port = talking.getsockname()[1]
+    talking.sendall((f"OPTIONS sip:{b2b.ip}:{b2b.port} SIP/2.0\r\n"
+                     f"Via: SIP/2.0/TCP {src}:{port};branch=z9hG4bK-talking\r\n"
+                     f"From: <sip:peer@{src}>;tag=1\r\nTo: <sip:{b2b.ip}>\r\nCall-ID: talking@{src}\r\n"
+                     "CSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n").encode())
+    assert talking.recv(4096).startswith(b"SIP/2.0 200 "), "the talking connection's OPTIONS is answered"
+    try:
+        wait_until(lambda: all(_closed_by_peer(s) for s in silent), timeout=30,
+                   what="the B2BUA closing the 30 connections that sent nothing (10 s after each opened)")
+        assert not _closed_by_peer(talking), "a connection that sent a SIP message stays open"
+    finally:
+        for s in (*silent, talking):
+            s.close()
