@@ -130,6 +130,7 @@ class RefusalLog:
         self.sources: Counter[str] = Counter()
         self.blocked: list[str] = []
         self.unparsable: Counter[str] = Counter()
+        self.closed = 0  #: TCP connections of blocked sources closed
         self.total = 0
 
     def note(self, decision: Decision, ip: str, method: str, detail: str, call_id: str | bytes) -> None:
@@ -156,6 +157,11 @@ class RefusalLog:
         if len(self.blocked) < MAX_COUNTED_SOURCES:
             self.blocked.append(ip)
         logger.debug("blocked {} for {:g} s ({})", ip, seconds, why.value)
+
+    def note_closed(self) -> None:
+        """The connection (TCP) of a request refused or dropped here was closed
+        (:func:`b2bua.admission.closes_connection`)."""
+        self.closed += 1
 
     def note_unparsable(self, reason: str) -> None:
         """A packet pjsip dropped (its parser) or pjsua refused by itself (bad SDP); no source known."""
@@ -187,6 +193,8 @@ class RefusalLog:
                 shown = ", ".join(self.blocked[:TOP_SOURCES])
                 more = f" and {len(self.blocked) - TOP_SOURCES} more" if len(self.blocked) > TOP_SOURCES else ""
                 line += f"; newly blocked: {shown}{more}"
+            if self.closed:
+                line += f"; {self.closed} TCP connection(s) of blocked sources closed"
         self._reset()
         return line
 
