@@ -127,6 +127,9 @@ class Leg(CallLeg, pj.Call):  # type: ignore[misc]
         CallLeg.__init__(self, owner, index)
         _alive.add(self)
         self._got_2xx = False  #: our INVITE was answered (B): its end is a Disconnected, not a Failed
+        #: the 2xx to our INVITE, reported once pjsua took its SDP answer (B): see _state_event
+        self._answer: Answered | None = None
+        self._media_seen = False  #: pjsua reported this leg's media at least once (B)
         self._account = account  #: its realms, credential name and problem log, for challenges
         self._answered: set[str] = set()  #: realms whose challenge was answered for the current request
         self._auth_problem: digest.AuthProblem | None = None  #: why a challenge ended our INVITE
@@ -142,11 +145,23 @@ class Leg(CallLeg, pj.Call):  # type: ignore[misc]
         if owner is None:
             return
         try:
-            event = self._state_event(prm.state, prm.lastStatusCode, prm.lastReason, prm)
+            state = prm.state
+            if state == CONFIRMED_STATE and self._answer is not None and self._media_seen:
+                self._report_answer(owner)  # a 2xx whose SDP changed nothing (the 18x's answer stands)
+                owner = self.owner
+                if owner is None:
+                    return
+            event = self._state_event(state, prm.lastStatusCode, prm.lastReason, prm)
             if event is not None:
                 owner.on_event(self, event)
         except Exception:
             logger.opt(exception=True).error("call state handler failed")
+
+    def _report_answer(self, owner: LegOwner) -> None:
+        answer = self._answer
+        self._answer = None
+        if answer is not None:
+            owner.on_event(self, answer)
 
     def _state_event(self, state: int, code: int, reason: str, prm: Any) -> LegEvent | None:
         if self.index == 0:  # the caller's leg: its other states echo our own answers
@@ -156,13 +171,26 @@ class Leg(CallLeg, pj.Call):  # type: ignore[misc]
         if state == EARLY:
             return EarlyMedia(code, reason) if code == 183 else Provisional(code, reason)
         if state == CONNECTING:
+            # Not reported yet: pjsip sets CONNECTING before it looks at the 2xx's SDP. A 2xx
+            # without a usable answer (no SDP, no codec in common) is ACKed and ended with a BYE
+            # by pjsip, and answering the caller now would give it a 200 and a BYE at once (an
+            # answered call of 0 s, no failover). The answer is reported when pjsua starts the
+            # leg's media (onCallMediaState), or at CONFIRMED when the 2xx kept the media an 18x
+            # set up; a leg that never got media ends as a failed attempt (488) instead.
             self._got_2xx = True
             self._answered.clear()
-            return Answered(code, reason, sip.MessageHeaders(_response_message(prm)))
+            self._answer = Answered(code, reason, sip.MessageHeaders(_response_message(prm)))
+            return None
         if state == CONFIRMED_STATE:
+            if self._answer is not None:  # no media: pjsua refused the 2xx's SDP and sent BYE
+                return None
             self._got_2xx = True
             return CONFIRMED
         if state == DISCONNECTED:
+            if self._answer is not None:
+                self._answer = None
+                return Failed(488, "Not Acceptable Here", {},
+                              f"its 200 OK had no usable SDP answer: {code} {reason}")
             if self._got_2xx:
                 return Disconnected(code, reason)
             if self._sending:  # inside makeCall: pjsip could not send it (too long, no transport)
@@ -277,10 +305,16 @@ class Leg(CallLeg, pj.Call):  # type: ignore[misc]
             logger.opt(exception=True).error("transaction handler failed")
 
     def onCallMediaState(self, prm: pj.OnCallMediaStateParam) -> None:
+        self._media_seen = True
         owner = self.owner
         if owner is None:
             return
         try:
+            if self._answer is not None:  # the 2xx's SDP answer is taken: the answer first
+                self._report_answer(owner)
+                owner = self.owner
+                if owner is None:
+                    return
             owner.on_event(self, MEDIA_READY)
         except Exception:
             logger.opt(exception=True).error("media handler failed")

@@ -1,0 +1,75 @@
+"""Call flows real peers produce that the other e2e files do not cover: answers a B2BUA cannot
+take, requests inside a dialog that are neither BYE nor a re-INVITE.
+
+Each test asserts what the caller and the gateways saw on the wire (and the B2BUA's counters),
+with sipp scenarios of this file's own in ``scenarios/``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from .configs import ListEntry, start_b2bua
+from .conftest import B2buaFactory, GatewayFactory, ScenarioGatewayFactory
+from .harness import AddressAllocator, Caller, Gateway, wait_until
+
+#: the 200's body of a gateway that takes none of the offered codecs (G.729 only)
+G729_ONLY = """Content-Type: application/sdp
+Content-Length: [len]
+
+v=0
+o=gw 53655765 2353687637 IN IP[local_ip_type] [local_ip]
+s=-
+c=IN IP[media_ip_type] [media_ip]
+t=0 0
+m=audio [media_port] RTP/AVP 18
+a=rtpmap:18 G729/8000
+"""
+#: a 200 without any SDP although the B2BUA's INVITE carried an offer
+NO_SDP = "Content-Length: 0\n"
+
+
+def priority_entries(*gws: Gateway) -> list[ListEntry]:
+    """Set 1 with the gateways in priority order: the first one is tried first."""
+    return [ListEntry(1, gw.uri, priority=10 * (len(gws) - i)) for i, gw in enumerate(gws)]
+
+
+BODIES = pytest.mark.parametrize("body", [G729_ONLY, NO_SDP], ids=["no-common-codec", "no-sdp"])
+
+
+@BODIES
+def test_a_200_without_a_usable_sdp_answer_fails_over_like_a_488(
+        scenario_gateway: ScenarioGatewayFactory, gateway_factory: GatewayFactory, b2bua_factory: B2buaFactory,
+        caller: Caller, workdir: Path, addresses: AddressAllocator, body: str) -> None:
+    # pjsip takes such a 200 (ACK) and ends it (BYE) by itself; the caller used to get a 200 and a
+    # BYE in the same millisecond: an answered call of 0 s, billed, and no other gateway tried
+    bad = scenario_gateway("uas_answer_body.xml", {"BODY": body}, label="bad-answer")
+    good = gateway_factory("answer")
+    b2b = start_b2bua(b2bua_factory, workdir, addresses.next(), priority_entries(bad, good), algorithm="priority",
+                      failover={"failover_codes": ["5xx", "408", 488]})
+    result = caller.run_calls(b2b.ip, b2b.port, n=1, call_duration_ms=300)
+    assert result.ok and result.final_codes == [200], result.describe()
+    wait_until(lambda: bad.count("BYE") == 1 and good.count("BYE") == 1, 5, what="both gateways' BYEs")
+    assert bad.count("ACK") == 1, "the unusable 200 was acknowledged, then ended"
+    assert good.count("INVITE") == 1 and good.count("ACK") == 1, "the next gateway took the call"
+    log = b2b.process.log_text()
+    assert "failed: 488 Not Acceptable Here" in log, b2b.process.log_tail()
+    assert f"answered by {good.uri}" in log
+
+
+@BODIES
+def test_a_200_without_a_usable_sdp_answer_reaches_the_caller_as_488_never_as_200(
+        scenario_gateway: ScenarioGatewayFactory, b2bua_factory: B2buaFactory, caller: Caller, workdir: Path,
+        addresses: AddressAllocator, body: str) -> None:
+    bad = scenario_gateway("uas_answer_body.xml", {"BODY": body}, label="bad-answer")
+    b2b = start_b2bua(b2bua_factory, workdir, addresses.next(), [ListEntry(1, bad.uri)], algorithm="priority",
+                      failover={})
+    result = caller.run_calls(b2b.ip, b2b.port, n=1, behaviour="expect:488")
+    assert result.ok and result.final_codes == [488], result.describe()
+    assert 200 not in result.calls[0].codes
+    wait_until(lambda: bad.count("BYE") == 1, 5, what="the BYE of the unusable 200")
+    calls = b2b.process.rpc("core.stats")["calls"]
+    assert (calls["answered"], calls["failed"], calls["active"]) == (0, 1, 0), calls
+
