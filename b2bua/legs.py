@@ -264,6 +264,12 @@ class Leg(CallLeg, pj.Call):  # type: ignore[misc]
             if tsx.role == pj.PJSIP_ROLE_UAS and tsx.state == pj.PJSIP_TSX_STATE_TRYING \
                     and tsx_state.type == pj.PJSIP_EVENT_RX_MSG:
                 self._rx_info(owner, tsx_state.src.rdata)
+        elif method == "OPTIONS":
+            # an SBC's or carrier's keepalive inside the call (RFC 3261 11.2): pjsip's dialog
+            # layer would answer 500 "Unhandled by dialog usages", which some take for a dead call
+            if tsx.role == pj.PJSIP_ROLE_UAS and tsx.state == pj.PJSIP_TSX_STATE_TRYING \
+                    and tsx_state.type == pj.PJSIP_EVENT_RX_MSG:
+                respond_in_dialog(tsx_state.src.rdata, 200)
         elif method == "INVITE" and self._reinviting and tsx.role == pj.PJSIP_ROLE_UAC:
             code = tsx.statusCode
             if code >= 200:

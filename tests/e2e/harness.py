@@ -860,7 +860,7 @@ def start_calls(target_ip: str, target_port: int, *, ip: str, workdir: Path, n: 
                 service: str = "service", from_user: str = "caller", from_name: str = "", to_name: str = "",
                 extra_headers: Mapping[str, str] | Sequence[str] = (), recv_timeout_ms: int = 10_000,
                 max_concurrent: int | None = None, transport: Transport = "udp", port: int | None = None,
-                name: str | None = None, timeout: float | None = None) -> CallerProcess:
+                name: str | None = None, timeout: float | None = None, template: str | None = None) -> CallerProcess:
     """Start a sipp caller placing ``n`` calls at ``rate`` calls/s to ``target_ip:target_port``.
 
     ``behaviour``:
@@ -874,6 +874,9 @@ def start_calls(target_ip: str, target_port: int, *, ip: str, workdir: Path, n: 
     - ``"hangup-by-callee"``: like ``call`` but waits for the far end's BYE and answers 200.
     - ``"options"``: one OPTIONS per call, expects 200.
 
+    ``template`` runs a scenario of the test's own instead (a file in ``scenarios/`` or an absolute
+    path, with the same placeholders filled); ``behaviour`` then only names the run.
+
     The Request-URI user is ``service``; ``from_name`` / ``to_name`` are display names for From and
     To (quoted, none when empty); ``extra_headers`` go into each INVITE/OPTIONS. Every wait for
     a message is bounded by ``recv_timeout_ms`` (the call then fails); the whole run by ``timeout``
@@ -881,7 +884,10 @@ def start_calls(target_ip: str, target_port: int, *, ip: str, workdir: Path, n: 
     """
     if n < 1 or rate <= 0:
         raise ValueError(f"start_calls: need n >= 1 and rate > 0, got n={n}, rate={rate}")
-    template, values = caller_scenario(behaviour)
+    if template is None:
+        template, values = caller_scenario(behaviour)
+    else:
+        values = {}
     if call_duration_ms < 0 or cancel_after_ms < 0:
         raise ValueError("start_calls: call_duration_ms and cancel_after_ms must be >= 0")
     # The talk time is a receive timeout (to answer re-INVITEs meanwhile); 0 would mean "none" to sipp.
