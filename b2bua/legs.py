@@ -340,7 +340,8 @@ class Leg(CallLeg, pj.Call):  # type: ignore[misc]
     # -- actions ---------------------------------------------------------------------------
 
     def send_invite(self, request: OutgoingRequest, call_id: str) -> None:
-        prm = op(headers=tuple(request.headers))
+        # pjsua replaces the Max-Forwards it writes with one given among the headers
+        prm = op(headers=(*request.headers, ("Max-Forwards", str(request.max_forwards))))
         tx, opt = prm.txOption, prm.opt  # each attribute read makes a new SWIG proxy
         tx.targetUri = request.request_uri
         tx.localUri = sip.name_addr(request.from_name, request.from_uri)

@@ -13,7 +13,8 @@ import pytest
 
 from .configs import ListEntry, start_b2bua
 from .conftest import B2buaFactory, GatewayFactory, ScenarioGatewayFactory
-from .harness import AddressAllocator, Caller, Gateway, parse_message_log, wait_until
+from .harness import AddressAllocator, Caller, Gateway, free_port, parse_message_log, wait_until
+from .test_host import Host, host_config
 
 #: the 200's body of a gateway that takes none of the offered codecs (G.729 only)
 G729_ONLY = """Content-Type: application/sdp
@@ -89,3 +90,25 @@ def test_an_options_inside_the_call_gets_200_from_either_side(
         statuses = [m.first_line for m in parse_message_log(peer.files.messages.read_text())
                     if m.direction == "received" and (m.header("CSeq") or "").endswith("OPTIONS")]
         assert statuses and all(s == "SIP/2.0 200 OK" for s in statuses), statuses
+
+
+def test_a_routing_loop_ends_at_max_forwards_instead_of_taking_every_call_slot(
+        b2bua_factory: B2buaFactory, gateway_factory: GatewayFactory, caller: Caller,
+        addresses: AddressAllocator) -> None:
+    # A B2BUA routing to itself (or two routing to each other, through a proxy or not) used to send
+    # every hop with a fresh Max-Forwards: 70, so the loop ran until max_calls was used up (one
+    # caller's INVITE: 100 calls in 0.1 s with max_calls = 100) and every other call got 503 meanwhile
+    ip = addresses.next()
+    port = free_port(ip, "both")
+    loop = b2bua_factory(host_config(ip, port, target=f"sip:{ip}:{port}"), subdir="loop")
+    result = caller.run_calls(ip, port, n=1, behaviour="expect:483")
+    assert result.ok and result.final_codes == [483], result.describe()
+    calls = loop.rpc("core.stats")["calls"]
+    # the caller's Max-Forwards: 70 allows 70 hops: the 71st INVITE carries 0 and is refused
+    assert (calls["received"], calls["answered"], calls["active"]) == (71, 0, 0), calls
+    assert "refused: 483 Too Many Hops" in loop.log_text()
+
+    gw = gateway_factory("answer")
+    b2b = Host(b2bua_factory, addresses, gw.uri, subdir="gateway")
+    assert caller.run_calls(b2b.ip, b2b.port, n=1).final_codes == [200]
+    assert gw.requests("INVITE")[0].header("Max-Forwards") == "69"
