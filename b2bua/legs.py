@@ -50,7 +50,7 @@ from b2bua.events import (
     Provisional,
     RemoteOffer,
 )
-from b2bua.sdp import audio_direction
+from b2bua.sdp import audio_direction, replaces_audio
 
 if TYPE_CHECKING:
     from b2bua.api import OutgoingRequest
@@ -297,7 +297,17 @@ class Leg(CallLeg, pj.Call):  # type: ignore[misc]
         if owner is None:
             return
         try:
-            owner.on_event(self, RemoteOffer(audio_direction(prm.offer.wholeSdp)))
+            sdp = prm.offer.wholeSdp
+            if replaces_audio(sdp):
+                # T.38 fax (m=image) or video without audio: refused (pjsua would refuse it too, the
+                # peer goes on with the audio it has, a fax as G.711), never relayed as a hold
+                prm.statusCode = pj.PJSIP_SC_NOT_ACCEPTABLE_HERE
+                call = getattr(owner, "call", None)  # a Session's CallInfo
+                logger.bind(call_id=getattr(call, "call_id", "-")).info(
+                    "leg {} offers {} without audio (T.38 fax?): refused 488, the call keeps its audio",
+                    self.index, ", ".join(_media_names(sdp)))
+                return
+            owner.on_event(self, RemoteOffer(audio_direction(sdp)))
         except Exception:
             logger.opt(exception=True).error("offer handler failed")
 
@@ -568,6 +578,16 @@ class Leg(CallLeg, pj.Call):  # type: ignore[misc]
 
 
 check_overrides(Leg)  # a callback the build calls without Python must not look overridden
+
+
+def _media_names(sdp: str) -> list[str]:
+    """``image/udptl`` for each stream of ``sdp`` that has a port (for a log line)."""
+    names = []
+    for line in sdp.splitlines():
+        fields = line[2:].split() if line.startswith("m=") else []
+        if len(fields) >= 3 and fields[1] != "0":
+            names.append(f"{fields[0]}/{fields[2]}")
+    return names
 
 
 def _response_headers(prm: Any) -> dict[str, tuple[str, ...]]:

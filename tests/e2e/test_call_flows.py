@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from .configs import ListEntry, start_b2bua
-from .conftest import B2buaFactory, GatewayFactory, ScenarioGatewayFactory
+from .conftest import B2buaFactory, GatewayFactory, MediaPeerFactory, ScenarioGatewayFactory
 from .harness import AddressAllocator, Caller, Gateway, free_port, parse_message_log, wait_until
 from .test_host import Host, host_config
 
@@ -112,3 +112,26 @@ def test_a_routing_loop_ends_at_max_forwards_instead_of_taking_every_call_slot(
     b2b = Host(b2bua_factory, addresses, gw.uri, subdir="gateway")
     assert caller.run_calls(b2b.ip, b2b.port, n=1).final_codes == [200]
     assert gw.requests("INVITE")[0].header("Max-Forwards") == "69"
+
+
+@pytest.mark.parametrize("t38_media", ["m=image [media_port] udptl t38",
+                                       "m=audio 0 RTP/AVP 0\nm=image [media_port] udptl t38"],
+                         ids=["image-only", "audio-port-0"])
+def test_a_t38_reinvite_is_refused_and_the_other_side_keeps_its_audio(
+        media_peer_factory: MediaPeerFactory, b2bua_factory: B2buaFactory, caller: Caller, workdir: Path,
+        addresses: AddressAllocator, t38_media: str) -> None:
+    # A fax machine (or a gateway's CNG detector) asks for T.38 after the answer. pjsua refuses the
+    # offer (488: no T.38 here, the fax goes on as G.711), but the B2BUA took the offer's missing
+    # audio for a hold and put the gateway's leg inactive: silence both ways for the rest of the call
+    gw = media_peer_factory("answer", tone=440)
+    b2b = start_b2bua(b2bua_factory, workdir, addresses.next(), [ListEntry(1, gw.uri)], algorithm="priority")
+    result = caller.run_calls(b2b.ip, b2b.port, n=1, behaviour="t38", template="uac_t38_reinvite.xml",
+                              values={"T38_MEDIA": t38_media}, call_duration_ms=3000)
+    assert result.ok and result.final_codes == [200], result.describe()
+    assert "SIP/2.0 488 Not Acceptable Here" in result.files.short.read_text(), "the T.38 offer is refused"
+    ended = gw.wait_ended(1)
+    directions = [e["dir"] for e in gw.events("media", call=1)]
+    assert directions and set(directions) == {"sendrecv"}, f"the gateway's leg was put on hold: {directions}"
+    # 3.5 s of a 20 ms stream from the B2BUA: 175 packets; on hold from 0.5 s it got 25
+    assert ended["stats"]["rx_packets"] > 100, "the gateway kept hearing the call after the T.38 offer"
+    assert "without audio (T.38 fax?): refused 488, the call keeps its audio" in b2b.process.log_text()
