@@ -280,11 +280,16 @@ class Leg(CallLeg, pj.Call):  # type: ignore[misc]
     def _rx_info(self, owner: LegOwner, rdata: Any) -> None:
         """An INFO from the peer. application/dtmf-relay is pjsua's (it answers and reports the
         digit through onDtmfEvent, after this callback); application/dtmf is ours: answered here
-        (pjsip would answer 500) and reported."""
+        (pjsip would answer 500) and reported. An INFO without a body (a keepalive) gets 200, one
+        of any other type 415 (RFC 6086 legacy INFO): pjsip's dialog layer would answer both 500."""
         raw = rdata.wholeMsg
         head, _, body = raw.partition("\r\n\r\n")
         ctype = sip.parse_message(head)[1].get("content-type", ("",))[0]
-        if ctype.split(";", 1)[0].strip().lower() != "application/dtmf":
+        kind = ctype.split(";", 1)[0].strip().lower()
+        if kind == "application/dtmf-relay":
+            return
+        if kind != "application/dtmf":
+            respond_in_dialog(rdata, 415 if body.strip() or kind else 200)
             return
         digit = info_dtmf_digit(body)
         respond_in_dialog(rdata, 200 if digit else 400)
