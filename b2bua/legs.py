@@ -130,6 +130,7 @@ class Leg(CallLeg, pj.Call):  # type: ignore[misc]
         #: the 2xx to our INVITE, reported once pjsua took its SDP answer (B): see _state_event
         self._answer: Answered | None = None
         self._media_seen = False  #: pjsua reported this leg's media at least once (B)
+        self._redirect: Failed | None = None  #: a 3xx to our INVITE: how the attempt failed (B)
         self._account = account  #: its realms, credential name and problem log, for challenges
         self._answered: set[str] = set()  #: realms whose challenge was answered for the current request
         self._auth_problem: digest.AuthProblem | None = None  #: why a challenge ended our INVITE
@@ -195,6 +196,8 @@ class Leg(CallLeg, pj.Call):  # type: ignore[misc]
                 return Disconnected(code, reason)
             if self._sending:  # inside makeCall: pjsip could not send it (too long, no transport)
                 return Failed(code, reason, {}, f"the INVITE was not sent: {code} {reason}", local=True)
+            if self._redirect is not None and self.ended_by is None:
+                return self._redirect  # pjsip says 487, as if we had cancelled it
             problem = self._auth_problem
             if problem is not None:  # we gave up on a challenge: say which and why
                 return Failed(problem.code, sip.status_reason(problem.code), {}, problem.detail)
@@ -221,6 +224,24 @@ class Leg(CallLeg, pj.Call):  # type: ignore[misc]
         if account.problems is not None:
             account.problems.report(problem, self.target.uri if self.target is not None else "a caller")
         prm.challenge.abandon()
+
+    def onCallRedirected(self, prm: pj.OnCallRedirectedParam) -> int:
+        # A 3xx to our INVITE. Not followed: its Contact is no destination the routing chose (and
+        # could be any number). pjsip then ends the leg as "487 Request Terminated", as if we had
+        # cancelled it, which a caller (or a Kamailio in front) takes for its own CANCEL; the
+        # attempt fails with the 3xx instead (its Contact never crosses; failover_codes may list it).
+        try:
+            raw = _response_message(prm)
+            start, headers = sip.parse_message(raw) if raw else ("", {})
+            parts = start.split(" ", 2)
+            code = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+            if 300 <= code < 400:
+                reason = parts[2].strip() if len(parts) > 2 else ""
+                self._redirect = Failed(code, reason or sip.status_reason(code), headers,
+                                        f"redirected to {sip.printable(prm.targetUri, 80)}, not followed")
+        except Exception:
+            logger.opt(exception=True).error("redirect handler failed")
+        return int(pj.PJSIP_REDIRECT_STOP)
 
     def onCallReplaceRequest(self, prm: pj.OnCallReplaceRequestParam) -> None:
         # An INVITE with Replaces naming this leg's dialog: pjsua would answer the new call

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from .configs import ListEntry, start_b2bua
+from .configs import ListEntry, received_responses, start_b2bua
 from .conftest import B2buaFactory, GatewayFactory, MediaPeerFactory, ScenarioGatewayFactory
 from .harness import AddressAllocator, Caller, CallResult, Gateway, free_port, parse_message_log, wait_until
 from .test_host import Host, host_config
@@ -140,3 +140,33 @@ def test_a_t38_reinvite_is_refused_and_the_other_side_keeps_its_audio(
     # 3.5 s of a 20 ms stream from the B2BUA: 175 packets; on hold from 0.5 s it got 25
     assert ended["stats"]["rx_packets"] > 100, "the gateway kept hearing the call after the T.38 offer"
     assert "without audio (T.38 fax?): refused 488, the call keeps its audio" in b2b.process.log_text()
+
+
+def test_a_redirect_is_a_failed_attempt_relayed_as_480(
+        scenario_gateway: ScenarioGatewayFactory, b2bua_factory: B2buaFactory, caller: Caller, workdir: Path,
+        addresses: AddressAllocator) -> None:
+    # pjsip ends a leg whose redirect the application does not follow as "487 Request Terminated":
+    # the caller got a 487 as if it had cancelled (a Kamailio in front stops its failover on 487);
+    # a 302 passed on would carry the B2BUA's own Contact (a redirect-following caller calls us again)
+    redirecting = scenario_gateway("uas_redirect.xml", {}, label="redirect")
+    b2b = start_b2bua(b2bua_factory, workdir, addresses.next(), [ListEntry(1, redirecting.uri)],
+                      algorithm="priority", failover={})
+    result = caller.run_calls(b2b.ip, b2b.port, n=1, behaviour="expect:480")
+    assert result.ok and result.final_codes == [480], result.describe()
+    (answer,) = received_responses(result, 480)
+    assert answer.header("Reason") == 'Q.850;cause=23;text="redirection to new destination"'
+    assert redirecting.count("ACK") == 1
+    assert "failed: 302 Moved Temporarily (redirected to" in b2b.process.log_text()
+
+
+def test_a_redirect_fails_over_when_3xx_is_a_failover_code(
+        scenario_gateway: ScenarioGatewayFactory, gateway_factory: GatewayFactory, b2bua_factory: B2buaFactory,
+        caller: Caller, workdir: Path, addresses: AddressAllocator) -> None:
+    redirecting = scenario_gateway("uas_redirect.xml", {}, label="redirect")
+    good = gateway_factory("answer")
+    b2b = start_b2bua(b2bua_factory, workdir, addresses.next(), priority_entries(redirecting, good),
+                      algorithm="priority", failover={"failover_codes": ["3xx", "5xx", "408"]})
+    result = caller.run_calls(b2b.ip, b2b.port, n=1, call_duration_ms=200)
+    assert result.ok and result.final_codes == [200], result.describe()
+    assert (redirecting.count("INVITE"), redirecting.count("ACK")) == (1, 1)
+    assert good.count("INVITE") == 1 and good.count("BYE") == 1
