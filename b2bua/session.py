@@ -380,7 +380,10 @@ class Session:
         if self.state is not CallState.DIALING or a is None or a.state not in (LegState.INCOMING, LegState.EARLY):
             return
         peer = self.bridge.peer
-        if peer and peer != leg.index and peer in self.b:
+        if peer == leg.index:  # its early media was renegotiated (an UPDATE, another 18x's SDP):
+            self.bridge.media_ready(leg.index)  # pjsua restarted its stream: connect it again
+            return
+        if peer and peer in self.b:
             return
         if not self.early_media_sent:  # a 180 (no SDP) may have gone first, or nothing yet
             self._move(a, LegState.EARLY)

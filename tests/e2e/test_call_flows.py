@@ -7,6 +7,7 @@ with sipp scenarios of this file's own in ``scenarios/``.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -170,3 +171,24 @@ def test_a_redirect_fails_over_when_3xx_is_a_failover_code(
     assert result.ok and result.final_codes == [200], result.describe()
     assert (redirecting.count("INVITE"), redirecting.count("ACK")) == (1, 1)
     assert good.count("INVITE") == 1 and good.count("BYE") == 1
+
+
+
+def test_early_media_renegotiated_by_an_update_is_connected_again(
+        scenario_gateway: ScenarioGatewayFactory, b2bua_factory: B2buaFactory, caller: Caller, workdir: Path,
+        addresses: AddressAllocator) -> None:
+    # An UPDATE in the early dialog with another SDP (an IVR or a carrier moving its announcement
+    # to another port and codec) makes pjsua restart the B leg's stream; the caller stayed
+    # connected to the old one and heard nothing until the answer (the bridge's one look 0.5 s
+    # after connecting was long over)
+    gw = scenario_gateway("uas_early_update.xml", {"UPDATE_AFTER_MS": "1500"}, label="early-update")
+    b2b = start_b2bua(b2bua_factory, workdir, addresses.next(), [ListEntry(1, gw.uri)], algorithm="priority",
+                      log_level="DEBUG")
+    result = caller.run_calls(b2b.ip, b2b.port, n=1, call_duration_ms=300)
+    assert result.ok and result.final_codes == [200], result.describe()
+    assert [m.first_line for m in gw.traced() if m.direction == "received" and "UPDATE" in m.header("CSeq")] \
+        == ["SIP/2.0 200 OK"]
+    log = b2b.process.log_text()
+    early = log[log.index("(early media)"):log.index("proceeding -> answered")]
+    # connected at the 183, and again after the UPDATE: both before the answer
+    assert len(re.findall(r"audio: leg 0 \(port \d+\) <-> leg 1 \(port \d+\): connected", early)) == 2, early

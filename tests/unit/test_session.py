@@ -287,6 +287,21 @@ def test_early_media_gives_the_caller_a_183_and_is_bridged_until_the_answer() ->
     assert (s.bridge.peer, s.bridge.early) == (1, False)
 
 
+def test_early_media_renegotiated_before_the_answer_is_connected_again() -> None:
+    # an UPDATE (or a second 183 with another SDP) from the early gateway restarts its stream with
+    # a new conference port: the caller must be connected to it again, not left to the 0.5 s look
+    host = FakeHost(serial(GW1))
+    s, a = host.session()
+    s.start()
+    b = host.b(1)
+    b.report(MEDIA_READY)
+    a.report(MEDIA_READY)
+    assert a.actions.count(("bridge", 1)) == 1
+    b.report(MEDIA_READY)  # the early UPDATE's new SDP
+    assert a.actions.count(("bridge", 1)) == 2 and a.actions.count(("respond", 183)) == 1
+    assert (s.bridge.peer, s.bridge.early) == (1, True)
+
+
 def test_the_first_early_media_is_heard_then_the_winner() -> None:
     host = FakeHost(parallel(GW1, GW2, GW3))
     s, a = host.session()
