@@ -192,3 +192,28 @@ def test_early_media_renegotiated_by_an_update_is_connected_again(
     early = log[log.index("(early media)"):log.index("proceeding -> answered")]
     # connected at the 183, and again after the UPDATE: both before the answer
     assert len(re.findall(r"audio: leg 0 \(port \d+\) <-> leg 1 \(port \d+\): connected", early)) == 2, early
+
+
+def test_a_late_offer_caller_gets_the_offer_in_the_200_and_answers_in_the_ack(
+        gateway_factory: GatewayFactory, b2bua_factory: B2buaFactory, caller: Caller, workdir: Path,
+        addresses: AddressAllocator) -> None:
+    # Some PBXs send INVITE without SDP (delayed offer): the B2BUA's offer goes in its 200, the
+    # caller's answer (PCMA here, the B2BUA offers PCMU first) in the ACK
+    gw = gateway_factory("answer")
+    b2b = start_b2bua(b2bua_factory, workdir, addresses.next(), [ListEntry(1, gw.uri)], algorithm="priority")
+    running = caller.start_calls(b2b.ip, b2b.port, n=1, behaviour="late-offer", template="uac_late_offer.xml",
+                                 call_duration_ms=2000)
+    media: list[dict[str, object]] = []
+
+    def caller_media() -> bool:
+        calls = b2b.process.rpc("core.calls")
+        media[:] = [c["caller"]["media"] for c in calls if c["caller"]["media"]]
+        return bool(media)
+
+    wait_until(caller_media, 5, what="the caller's media")
+    assert media[0]["codec"] == "PCMA/8000" and media[0]["direction"] == "sendrecv", media
+    result = running.wait()
+    assert result.ok and result.final_codes == [200], result.describe()
+    ok = next(m for m in received_responses(result, 200) if (m.header("CSeq") or "").endswith("INVITE"))
+    assert ok.header("Content-Type") == "application/sdp" and "m=audio " in ok.text
+    assert gw.count("BYE") == 1
