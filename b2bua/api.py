@@ -235,6 +235,8 @@ class OutgoingRequest:
     :param to_name: the To display name (``""``: none).
     :param next_hop: ``IP:port`` the INVITE is sent to (``Target.next_hop``); ``""``: where the
         Request-URI leads.
+    :param max_forwards: the INVITE's Max-Forwards (0-255): the caller's less one, so a routing
+        loop through B2BUAs and proxies ends (RFC 7332); a plugin may lower it.
     """
 
     request_uri: str
@@ -244,6 +246,7 @@ class OutgoingRequest:
     from_name: str = ""
     to_name: str = ""
     next_hop: str = ""
+    max_forwards: int = 70
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,7 @@ from b2bua.events import (
     Provisional,
     RemoteOffer,
 )
-from b2bua.sdp import audio_direction
+from b2bua.sdp import audio_direction, replaces_audio
 
 if TYPE_CHECKING:
     from b2bua.api import OutgoingRequest
@@ -127,6 +127,10 @@ class Leg(CallLeg, pj.Call):  # type: ignore[misc]
         CallLeg.__init__(self, owner, index)
         _alive.add(self)
         self._got_2xx = False  #: our INVITE was answered (B): its end is a Disconnected, not a Failed
+        #: the 2xx to our INVITE, reported once pjsua took its SDP answer (B): see _state_event
+        self._answer: Answered | None = None
+        self._media_seen = False  #: pjsua reported this leg's media at least once (B)
+        self._redirect: Failed | None = None  #: a 3xx to our INVITE: how the attempt failed (B)
         self._account = account  #: its realms, credential name and problem log, for challenges
         self._answered: set[str] = set()  #: realms whose challenge was answered for the current request
         self._auth_problem: digest.AuthProblem | None = None  #: why a challenge ended our INVITE
@@ -142,11 +146,23 @@ class Leg(CallLeg, pj.Call):  # type: ignore[misc]
         if owner is None:
             return
         try:
-            event = self._state_event(prm.state, prm.lastStatusCode, prm.lastReason, prm)
+            state = prm.state
+            if state == CONFIRMED_STATE and self._answer is not None and self._media_seen:
+                self._report_answer(owner)  # a 2xx whose SDP changed nothing (the 18x's answer stands)
+                owner = self.owner
+                if owner is None:
+                    return
+            event = self._state_event(state, prm.lastStatusCode, prm.lastReason, prm)
             if event is not None:
                 owner.on_event(self, event)
         except Exception:
             logger.opt(exception=True).error("call state handler failed")
+
+    def _report_answer(self, owner: LegOwner) -> None:
+        answer = self._answer
+        self._answer = None
+        if answer is not None:
+            owner.on_event(self, answer)
 
     def _state_event(self, state: int, code: int, reason: str, prm: Any) -> LegEvent | None:
         if self.index == 0:  # the caller's leg: its other states echo our own answers
@@ -156,17 +172,32 @@ class Leg(CallLeg, pj.Call):  # type: ignore[misc]
         if state == EARLY:
             return EarlyMedia(code, reason) if code == 183 else Provisional(code, reason)
         if state == CONNECTING:
+            # Not reported yet: pjsip sets CONNECTING before it looks at the 2xx's SDP. A 2xx
+            # without a usable answer (no SDP, no codec in common) is ACKed and ended with a BYE
+            # by pjsip, and answering the caller now would give it a 200 and a BYE at once (an
+            # answered call of 0 s, no failover). The answer is reported when pjsua starts the
+            # leg's media (onCallMediaState), or at CONFIRMED when the 2xx kept the media an 18x
+            # set up; a leg that never got media ends as a failed attempt (488) instead.
             self._got_2xx = True
             self._answered.clear()
-            return Answered(code, reason, sip.MessageHeaders(_response_message(prm)))
+            self._answer = Answered(code, reason, sip.MessageHeaders(_response_message(prm)))
+            return None
         if state == CONFIRMED_STATE:
+            if self._answer is not None:  # no media: pjsua refused the 2xx's SDP and sent BYE
+                return None
             self._got_2xx = True
             return CONFIRMED
         if state == DISCONNECTED:
+            if self._answer is not None:
+                self._answer = None
+                return Failed(488, "Not Acceptable Here", {},
+                              f"its 200 OK had no usable SDP answer: {code} {reason}")
             if self._got_2xx:
                 return Disconnected(code, reason)
             if self._sending:  # inside makeCall: pjsip could not send it (too long, no transport)
                 return Failed(code, reason, {}, f"the INVITE was not sent: {code} {reason}", local=True)
+            if self._redirect is not None and self.ended_by is None:
+                return self._redirect  # pjsip says 487, as if we had cancelled it
             problem = self._auth_problem
             if problem is not None:  # we gave up on a challenge: say which and why
                 return Failed(problem.code, sip.status_reason(problem.code), {}, problem.detail)
@@ -193,6 +224,24 @@ class Leg(CallLeg, pj.Call):  # type: ignore[misc]
         if account.problems is not None:
             account.problems.report(problem, self.target.uri if self.target is not None else "a caller")
         prm.challenge.abandon()
+
+    def onCallRedirected(self, prm: pj.OnCallRedirectedParam) -> int:
+        # A 3xx to our INVITE. Not followed: its Contact is no destination the routing chose (and
+        # could be any number). pjsip then ends the leg as "487 Request Terminated", as if we had
+        # cancelled it, which a caller (or a Kamailio in front) takes for its own CANCEL; the
+        # attempt fails with the 3xx instead (its Contact never crosses; failover_codes may list it).
+        try:
+            raw = _response_message(prm)
+            start, headers = sip.parse_message(raw) if raw else ("", {})
+            parts = start.split(" ", 2)
+            code = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+            if 300 <= code < 400:
+                reason = parts[2].strip() if len(parts) > 2 else ""
+                self._redirect = Failed(code, reason or sip.status_reason(code), headers,
+                                        f"redirected to {sip.printable(prm.targetUri, 80)}, not followed")
+        except Exception:
+            logger.opt(exception=True).error("redirect handler failed")
+        return int(pj.PJSIP_REDIRECT_STOP)
 
     def onCallReplaceRequest(self, prm: pj.OnCallReplaceRequestParam) -> None:
         # An INVITE with Replaces naming this leg's dialog: pjsua would answer the new call
@@ -236,6 +285,12 @@ class Leg(CallLeg, pj.Call):  # type: ignore[misc]
             if tsx.role == pj.PJSIP_ROLE_UAS and tsx.state == pj.PJSIP_TSX_STATE_TRYING \
                     and tsx_state.type == pj.PJSIP_EVENT_RX_MSG:
                 self._rx_info(owner, tsx_state.src.rdata)
+        elif method == "OPTIONS":
+            # an SBC's or carrier's keepalive inside the call (RFC 3261 11.2): pjsip's dialog
+            # layer would answer 500 "Unhandled by dialog usages", which some take for a dead call
+            if tsx.role == pj.PJSIP_ROLE_UAS and tsx.state == pj.PJSIP_TSX_STATE_TRYING \
+                    and tsx_state.type == pj.PJSIP_EVENT_RX_MSG:
+                respond_in_dialog(tsx_state.src.rdata, 200)
         elif method == "INVITE" and self._reinviting and tsx.role == pj.PJSIP_ROLE_UAC:
             code = tsx.statusCode
             if code >= 200:
@@ -246,11 +301,16 @@ class Leg(CallLeg, pj.Call):  # type: ignore[misc]
     def _rx_info(self, owner: LegOwner, rdata: Any) -> None:
         """An INFO from the peer. application/dtmf-relay is pjsua's (it answers and reports the
         digit through onDtmfEvent, after this callback); application/dtmf is ours: answered here
-        (pjsip would answer 500) and reported."""
+        (pjsip would answer 500) and reported. An INFO without a body (a keepalive) gets 200, one
+        of any other type 415 (RFC 6086 legacy INFO): pjsip's dialog layer would answer both 500."""
         raw = rdata.wholeMsg
         head, _, body = raw.partition("\r\n\r\n")
         ctype = sip.parse_message(head)[1].get("content-type", ("",))[0]
-        if ctype.split(";", 1)[0].strip().lower() != "application/dtmf":
+        kind = ctype.split(";", 1)[0].strip().lower()
+        if kind == "application/dtmf-relay":
+            return
+        if kind != "application/dtmf":
+            respond_in_dialog(rdata, 415 if body.strip() or kind else 200)
             return
         digit = info_dtmf_digit(body)
         respond_in_dialog(rdata, 200 if digit else 400)
@@ -263,7 +323,17 @@ class Leg(CallLeg, pj.Call):  # type: ignore[misc]
         if owner is None:
             return
         try:
-            owner.on_event(self, RemoteOffer(audio_direction(prm.offer.wholeSdp)))
+            sdp = prm.offer.wholeSdp
+            if replaces_audio(sdp):
+                # T.38 fax (m=image) or video without audio: refused (pjsua would refuse it too, the
+                # peer goes on with the audio it has, a fax as G.711), never relayed as a hold
+                prm.statusCode = pj.PJSIP_SC_NOT_ACCEPTABLE_HERE
+                call = getattr(owner, "call", None)  # a Session's CallInfo
+                logger.bind(call_id=getattr(call, "call_id", "-")).info(
+                    "leg {} offers {} without audio (T.38 fax?): refused 488, the call keeps its audio",
+                    self.index, ", ".join(_media_names(sdp)))
+                return
+            owner.on_event(self, RemoteOffer(audio_direction(sdp)))
         except Exception:
             logger.opt(exception=True).error("offer handler failed")
 
@@ -277,10 +347,16 @@ class Leg(CallLeg, pj.Call):  # type: ignore[misc]
             logger.opt(exception=True).error("transaction handler failed")
 
     def onCallMediaState(self, prm: pj.OnCallMediaStateParam) -> None:
+        self._media_seen = True
         owner = self.owner
         if owner is None:
             return
         try:
+            if self._answer is not None:  # the 2xx's SDP answer is taken: the answer first
+                self._report_answer(owner)
+                owner = self.owner
+                if owner is None:
+                    return
             owner.on_event(self, MEDIA_READY)
         except Exception:
             logger.opt(exception=True).error("media handler failed")
@@ -300,7 +376,8 @@ class Leg(CallLeg, pj.Call):  # type: ignore[misc]
     # -- actions ---------------------------------------------------------------------------
 
     def send_invite(self, request: OutgoingRequest, call_id: str) -> None:
-        prm = op(headers=tuple(request.headers))
+        # pjsua replaces the Max-Forwards it writes with one given among the headers
+        prm = op(headers=(*request.headers, ("Max-Forwards", str(request.max_forwards))))
         tx, opt = prm.txOption, prm.opt  # each attribute read makes a new SWIG proxy
         tx.targetUri = request.request_uri
         tx.localUri = sip.name_addr(request.from_name, request.from_uri)
@@ -527,6 +604,16 @@ class Leg(CallLeg, pj.Call):  # type: ignore[misc]
 
 
 check_overrides(Leg)  # a callback the build calls without Python must not look overridden
+
+
+def _media_names(sdp: str) -> list[str]:
+    """``image/udptl`` for each stream of ``sdp`` that has a port (for a log line)."""
+    names = []
+    for line in sdp.splitlines():
+        fields = line[2:].split() if line.startswith("m=") else []
+        if len(fields) >= 3 and fields[1] != "0":
+            names.append(f"{fields[0]}/{fields[2]}")
+    return names
 
 
 def _response_headers(prm: Any) -> dict[str, tuple[str, ...]]:

@@ -63,3 +63,23 @@ def audio_direction(sdp: str) -> MediaDirection:
     if (session_hold if media_hold is None else media_hold) and direction.receives:
         direction = MediaDirection.SENDONLY if direction.sends else MediaDirection.INACTIVE
     return direction
+
+
+def replaces_audio(sdp: str) -> bool:
+    """Whether ``sdp`` offers another medium instead of audio: a stream that is not audio with a
+    port (T.38 fax's ``m=image``, video alone) and no audio stream with one.
+
+    pjsua cannot take such an offer (it answers 488): it is no hold, and must not be relayed as one.
+    """
+    audio = other = False
+    for raw in sdp.splitlines():
+        if not raw.startswith("m="):
+            continue
+        fields = raw[2:].split()
+        if len(fields) < 2 or fields[1] == "0":
+            continue
+        if fields[0] == "audio":
+            audio = True
+        else:
+            other = True
+    return other and not audio

@@ -195,6 +195,10 @@ class Session:
 
     def start(self) -> None:
         """Admit and route the call, then dial."""
+        if max_forwards(self.call) == 0:  # a B leg could not be sent on (RFC 3261 16.3, RFC 7332)
+            self.log.info("refused: 483 Too Many Hops (Max-Forwards: 0: a routing loop?)")
+            self.reject(Reject(483, "Too Many Hops"), EndCause.REJECTED)
+            return
         hooks = self.host.hooks
         try:
             verdict = hooks.incoming_call(self.call)
@@ -291,7 +295,7 @@ class Session:
             request_uri, call.from_uri, to_uri, merge(self._caller_headers(), target.headers),
             from_name=_wire_text(sip.display_name(call.from_header)),
             to_name=_wire_text(sip.display_name(call.to_header)),
-            next_hop=target.next_hop,
+            next_hop=target.next_hop, max_forwards=max_forwards(call) - 1,
         )
 
     def _caller_headers(self) -> list[tuple[str, str]]:
@@ -376,7 +380,10 @@ class Session:
         if self.state is not CallState.DIALING or a is None or a.state not in (LegState.INCOMING, LegState.EARLY):
             return
         peer = self.bridge.peer
-        if peer and peer != leg.index and peer in self.b:
+        if peer == leg.index:  # its early media was renegotiated (an UPDATE, another 18x's SDP):
+            self.bridge.media_ready(leg.index)  # pjsua restarted its stream: connect it again
+            return
+        if peer and peer in self.b:
             return
         if not self.early_media_sent:  # a 180 (no SDP) may have gone first, or nothing yet
             self._move(a, LegState.EARLY)
@@ -657,6 +664,12 @@ class Session:
         self.host.session_ended(self)
 
 
+def max_forwards(call: CallInfo) -> int:
+    """The caller's Max-Forwards (70 when it has none: RFC 3261's recommended start)."""
+    value = (call.header("max-forwards") or "").strip()
+    return min(int(value), 255) if value.isascii() and value.isdigit() and len(value) <= 3 else 70
+
+
 def _wire_text(text: str) -> str:
     """``text`` from the caller's INVITE if it may go into a B leg's INVITE, else ``""``."""
     return text if usable_value(text) else ""
@@ -705,6 +718,9 @@ def request_problem(request: OutgoingRequest) -> str:
     for what, value in (("Request-URI", request.request_uri), ("From", request.from_uri), ("To", request.to_uri)):
         if not value:
             return f"{what} is empty"
+    hops = request.max_forwards
+    if not isinstance(hops, int) or isinstance(hops, bool) or not 0 <= hops <= 255:
+        return f"max_forwards {sip.printable(repr(hops), 20)} is not 0-255"
     if not isinstance(request.next_hop, str):
         return f"next_hop is {type(request.next_hop).__name__}, not text"
     if request.next_hop:

@@ -42,6 +42,11 @@ RELAYED_HEADERS = (("retry-after", "Retry-After"), ("reason", "Reason"))
 
 #: what a relayed 503 becomes (see the module docstring)
 REMAPPED_503 = 500
+#: what a gateway's 3xx becomes: the B2BUA does not follow redirects (the Contact is no
+#: destination the routing chose), and a 3xx from us would carry the B2BUA's own Contact, so a
+#: caller that follows redirects would call us again for the same answer; 480 is a plain failure
+#: to every UA and proxy (list 3xx in ``failover_codes`` to try the next gateway instead)
+REMAPPED_REDIRECT = 480
 #: what a gateway's 401/407 becomes: the challenge was the B2BUA's to answer, and it could not
 #: (no credentials for the realm, or they were refused); the caller cannot answer it for us.
 #: Asterisk answers the same (AST_CAUSE_CALL_REJECTED -> 403).
@@ -85,6 +90,8 @@ def relay(failure: Failure) -> Reject:
       Retry-After (see the module docstring);
     - a 401 or 407 (a challenge the B2BUA could not answer) is ``403 Forbidden``, without the
       gateway's challenge;
+    - a 3xx (a redirect the B2BUA did not follow) is ``480 Temporarily Unavailable``, with the
+      failure's Reason header but never its Contact;
     - otherwise the failure's code and reason phrase (folded onto one line; the usual phrase
       when it has none) with its Retry-After and Reason headers.
     """
@@ -93,6 +100,8 @@ def relay(failure: Failure) -> Reject:
     code = failure.code if 300 <= failure.code <= 699 else 500
     if code == 503:
         return Reject(REMAPPED_503, status_reason(REMAPPED_503), relayed_headers(failure, ("reason",)))
+    if 300 <= code < 400:
+        return Reject(REMAPPED_REDIRECT, status_reason(REMAPPED_REDIRECT), relayed_headers(failure, ("reason",)))
     if code in (401, 407):
         return Reject(REMAPPED_AUTH, status_reason(REMAPPED_AUTH), relayed_headers(failure, ("reason",)))
     reason = one_line(failure.reason) or status_reason(code)

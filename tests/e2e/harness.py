@@ -860,7 +860,8 @@ def start_calls(target_ip: str, target_port: int, *, ip: str, workdir: Path, n: 
                 service: str = "service", from_user: str = "caller", from_name: str = "", to_name: str = "",
                 extra_headers: Mapping[str, str] | Sequence[str] = (), recv_timeout_ms: int = 10_000,
                 max_concurrent: int | None = None, transport: Transport = "udp", port: int | None = None,
-                name: str | None = None, timeout: float | None = None) -> CallerProcess:
+                name: str | None = None, timeout: float | None = None, template: str | None = None,
+                values: Mapping[str, str] | None = None) -> CallerProcess:
     """Start a sipp caller placing ``n`` calls at ``rate`` calls/s to ``target_ip:target_port``.
 
     ``behaviour``:
@@ -874,6 +875,10 @@ def start_calls(target_ip: str, target_port: int, *, ip: str, workdir: Path, n: 
     - ``"hangup-by-callee"``: like ``call`` but waits for the far end's BYE and answers 200.
     - ``"options"``: one OPTIONS per call, expects 200.
 
+    ``template`` runs a scenario of the test's own instead (a file in ``scenarios/`` or an absolute
+    path, with the same placeholders filled, and ``values`` for its own); ``behaviour`` then only
+    names the run.
+
     The Request-URI user is ``service``; ``from_name`` / ``to_name`` are display names for From and
     To (quoted, none when empty); ``extra_headers`` go into each INVITE/OPTIONS. Every wait for
     a message is bounded by ``recv_timeout_ms`` (the call then fails); the whole run by ``timeout``
@@ -881,13 +886,16 @@ def start_calls(target_ip: str, target_port: int, *, ip: str, workdir: Path, n: 
     """
     if n < 1 or rate <= 0:
         raise ValueError(f"start_calls: need n >= 1 and rate > 0, got n={n}, rate={rate}")
-    template, values = caller_scenario(behaviour)
+    if template is None:
+        template, fill = caller_scenario(behaviour)
+    else:
+        fill = dict(values or {})
     if call_duration_ms < 0 or cancel_after_ms < 0:
         raise ValueError("start_calls: call_duration_ms and cancel_after_ms must be >= 0")
     # The talk time is a receive timeout (to answer re-INVITEs meanwhile); 0 would mean "none" to sipp.
-    values |= {"DURATION_MS": str(max(1, call_duration_ms)), "CANCEL_AFTER_MS": str(cancel_after_ms),
-               "FROM_USER": from_user, "EXTRA_HEADERS": format_extra_headers(extra_headers),
-               "FROM_NAME": _display(from_name, "from_name"), "TO_NAME": _display(to_name, "to_name")}
+    fill |= {"DURATION_MS": str(max(1, call_duration_ms)), "CANCEL_AFTER_MS": str(cancel_after_ms),
+             "FROM_USER": from_user, "EXTRA_HEADERS": format_extra_headers(extra_headers),
+             "FROM_NAME": _display(from_name, "from_name"), "TO_NAME": _display(to_name, "to_name")}
     kind: PortKind = "tcp" if transport == "tcp" else "udp"
     use_port = port if port is not None else free_port(ip, kind)
     run_name = _unique_name(workdir, name or f"caller-{ip}-{behaviour.replace(':', '_')}")
@@ -896,7 +904,7 @@ def start_calls(target_ip: str, target_port: int, *, ip: str, workdir: Path, n: 
     if max_concurrent is not None:
         args += ["-l", str(max_concurrent)]
     args.append(f"{target_ip}:{target_port}")
-    proc, files = _launch_sipp(workdir=workdir, name=run_name, template=template, values=values, ip=ip,
+    proc, files = _launch_sipp(workdir=workdir, name=run_name, template=template, values=fill, ip=ip,
                                port=use_port, transport=transport, extra_args=args)
     if timeout is None:
         timeout = n / rate + (call_duration_ms + cancel_after_ms + 3 * recv_timeout_ms) / 1000 + 10

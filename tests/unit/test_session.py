@@ -53,7 +53,7 @@ from b2bua.legpool import LegPool
 from b2bua.loop import Scheduler
 from b2bua.outbound import OutboundProfile
 from b2bua.plugins import Hooks, make_manager
-from b2bua.session import CallState, Session
+from b2bua.session import CallState, Session, request_problem
 
 GW1, GW2, GW3 = Target("sip:10.0.0.1"), Target("sip:10.0.0.2"), Target("sip:10.0.0.3")
 RINGING, TRYING = Provisional(180, "Ringing"), Provisional(100, "Trying")
@@ -285,6 +285,21 @@ def test_early_media_gives_the_caller_a_183_and_is_bridged_until_the_answer() ->
     b.report(OK)
     assert a.actions[-1] == ("respond", 200) and ("unbridge", 1) not in a.actions
     assert (s.bridge.peer, s.bridge.early) == (1, False)
+
+
+def test_early_media_renegotiated_before_the_answer_is_connected_again() -> None:
+    # an UPDATE (or a second 183 with another SDP) from the early gateway restarts its stream with
+    # a new conference port: the caller must be connected to it again, not left to the 0.5 s look
+    host = FakeHost(serial(GW1))
+    s, a = host.session()
+    s.start()
+    b = host.b(1)
+    b.report(MEDIA_READY)
+    a.report(MEDIA_READY)
+    assert a.actions.count(("bridge", 1)) == 1
+    b.report(MEDIA_READY)  # the early UPDATE's new SDP
+    assert a.actions.count(("bridge", 1)) == 2 and a.actions.count(("respond", 183)) == 1
+    assert (s.bridge.peer, s.bridge.early) == (1, True)
 
 
 def test_the_first_early_media_is_heard_then_the_winner() -> None:
@@ -813,3 +828,28 @@ def test_an_unanswered_challenge_is_logged_with_why() -> None:
         logger.remove(sink)
     assert "attempt 1 to sip:10.0.0.1 failed: 407 Proxy Authentication Required (credentials 'x' were refused)" in lines
     assert ends(a)[-1][1:3] == (403, "Forbidden")
+
+
+# -- Max-Forwards (RFC 7332: a B2BUA passes the caller's on, less one) ----------------------------
+
+
+@pytest.mark.parametrize(("caller", "b_leg"), [("70", 69), ("1", 0), (" 12 ", 11), ("255", 254), (None, 69)])
+def test_the_b_leg_carries_the_callers_max_forwards_less_one(caller: str | None, b_leg: int) -> None:
+    host = FakeHost(serial(GW1))
+    s, _ = host.session(headers={"max-forwards": (caller,)} if caller is not None else {})
+    s.start()
+    request = host.b(1).request
+    assert request is not None and request.max_forwards == b_leg
+
+
+def test_max_forwards_0_is_refused_483_without_a_b_leg() -> None:
+    host = FakeHost(serial(GW1))
+    s, a = host.session(headers={"max-forwards": ("0",)})
+    s.start()
+    assert [leg for leg in host.made if leg.index] == [] and ends(a) == [("end", 483, "Too Many Hops", ())]
+    assert s.cause is EndCause.REJECTED
+
+
+@pytest.mark.parametrize("hops", [-1, 256, True, "69"])
+def test_a_plugins_max_forwards_outside_0_255_fails_the_attempt(hops: Any) -> None:
+    assert "max_forwards" in request_problem(OutgoingRequest("sip:a@b", "sip:c@d", "sip:a@b", max_forwards=hops))

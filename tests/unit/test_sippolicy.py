@@ -69,6 +69,14 @@ def test_a_challenge_the_b2bua_could_not_answer_is_relayed_as_403(code: int) -> 
         403, "Forbidden", (("Reason", "SIP;cause=401"),))
 
 
+@pytest.mark.parametrize("code", [300, 301, 302, 305, 380])
+def test_a_redirect_the_b2bua_did_not_follow_is_relayed_as_480_without_its_contact(code: int) -> None:
+    """A 3xx from us would carry our own Contact: a caller following it would call us again."""
+    headers = {"contact": ("<sip:+4930999@192.0.2.99>",), "reason": ("Q.850;cause=23",)}
+    assert relay(fail(T1, code, reason="Moved", headers=headers)) == Reject(
+        480, "Temporarily Unavailable", (("Reason", "Q.850;cause=23"),))
+
+
 @pytest.mark.parametrize("kind", [FailureKind.NO_RESPONSE, FailureKind.NO_ANSWER])
 def test_our_own_timeouts_are_408(kind: FailureKind) -> None:
     assert relay(fail(T1, 408, kind, reason="whatever")) == Reject(408, "Request Timeout")

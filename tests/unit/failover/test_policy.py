@@ -232,7 +232,7 @@ FINAL_TABLE = [
     ("best", [503, 404, 415], 415),  # 401/407/415/420/484 beat the other 4xx
     ("best", [503, 404, 401], 403),  # ... and a challenge the B2BUA could not answer is relayed as 403
     ("best", [503, 486, 408], 408),  # lower 4xx first
-    ("best", [503, 404, 302], 302),  # 3xx before 4xx
+    ("best", [503, 404, 302], 480),  # 3xx before 4xx, and a redirect not followed is relayed as 480
     ("best", [503, 503], 500),
 ]
 
