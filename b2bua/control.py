@@ -29,6 +29,7 @@ import http.server
 import io
 import itertools
 import json
+import math
 import os
 import socket
 import socketserver
@@ -128,7 +129,13 @@ def oversize_response(limit: int) -> bytes:
 
 def _dumps(obj: Any) -> bytes:
     # allow_nan=False: NaN/Infinity are not JSON and would break strict clients
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+    text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        # a lone surrogate (a request may carry "\ud800", which Python decodes as one) has no
+        # UTF-8 form: escaped, as the request wrote it, the answer is still valid JSON
+        return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode("ascii")
 
 
 def _reject_constant(name: str) -> Any:
@@ -136,8 +143,9 @@ def _reject_constant(name: str) -> Any:
 
 
 def _valid_id(value: Any) -> bool:
+    # a finite number only: 1e999 parses as inf, which no answer could carry back
     return value is None or isinstance(value, str) or (
-        isinstance(value, (int, float)) and not isinstance(value, bool)
+        isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     )
 
 
@@ -169,7 +177,7 @@ def parse_call(obj: Any) -> Call:
         raise InvalidRequest(f"Invalid Request: expected an object, got {type(obj).__name__}")
     request_id = obj.get("id")
     if not _valid_id(request_id):
-        raise InvalidRequest("Invalid Request: id must be a string, a number or null")
+        raise InvalidRequest("Invalid Request: id must be a string, a finite number or null")
     if obj.get("jsonrpc") != "2.0":
         raise InvalidRequest('Invalid Request: "jsonrpc" must be "2.0"', request_id)
     method = obj.get("method")

@@ -312,6 +312,8 @@ def test_results(exchange: Exchange, payload: bytes, expected: Any) -> None:
         (req("test.echo", "a string", id=5), 5, INVALID_REQUEST),
         (b'{"jsonrpc":"2.0","id":{"x":1},"method":"test.echo"}', None, INVALID_REQUEST),
         (b'{"jsonrpc":"2.0","id":true,"method":"test.echo"}', None, INVALID_REQUEST),
+        (b'{"jsonrpc":"2.0","id":1e999,"method":"test.echo"}', None, INVALID_REQUEST),
+        (b'{"jsonrpc":"2.0","id":-1e999,"method":"test.echo"}', None, INVALID_REQUEST),
         (req("no.such", id=6), 6, METHOD_NOT_FOUND),
         (req("test.add", [1], id=7), 7, INVALID_PARAMS),
         (req("test.kw", {"nme": "x"}, id=8), 8, INVALID_PARAMS),
@@ -321,7 +323,8 @@ def test_results(exchange: Exchange, payload: bytes, expected: Any) -> None:
     ],
     ids=[
         "truncated", "not-utf8", "nan", "number", "string", "empty-batch", "jsonrpc-1.0", "no-jsonrpc",
-        "method-not-string", "params-string", "id-object", "id-bool", "unknown-method", "missing-param",
+        "method-not-string", "params-string", "id-object", "id-bool", "id-inf", "id-minus-inf", "unknown-method",
+        "missing-param",
         "unknown-named-param", "app-error", "crash", "bad-result",
     ],
 )
@@ -330,6 +333,23 @@ def test_errors(exchange: Exchange, payload: bytes, expected_id: Any, code: int)
     assert answer["jsonrpc"] == "2.0"
     assert error_of(answer) == (expected_id, code)
     assert "result" not in answer
+
+
+def test_a_batch_with_an_infinite_id_answers_every_other_request(exchange: Exchange) -> None:
+    # 1e999 parses as inf: it once broke the whole answer (nothing sent back, a traceback logged)
+    payload = b"[" + req("test.add", [1, 2], id=1) + b"," + req("test.echo", id=2).replace(b"2}", b"1e999}") + b"]"
+    assert b"1e999" in payload
+    first, second = exchange(payload)
+    assert first == {"jsonrpc": "2.0", "id": 1, "result": 3}
+    assert error_of(second) == (None, INVALID_REQUEST)
+    assert "finite number" in second["error"]["message"]
+
+
+def test_a_lone_surrogate_is_answered_as_escaped_json(exchange: Exchange) -> None:
+    # "\ud800" is valid JSON text but has no UTF-8 form: it was answered "Internal error"
+    payload = req("test.echo", ["sip:\ud800", "ü"])
+    assert b"\\ud800" in payload
+    assert exchange(payload) == {"jsonrpc": "2.0", "id": 1, "result": ["sip:\ud800", "ü"]}
 
 
 def test_wrong_params_error_shows_usage(exchange: Exchange) -> None:
