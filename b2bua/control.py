@@ -678,9 +678,13 @@ class _HttpHandler(http.server.BaseHTTPRequestHandler):
             self._refuse(HTTPStatus.LENGTH_REQUIRED, INVALID_REQUEST, "Invalid Request: send Content-Length",
                          kind="bad request")
             return None
-        if not length_text.strip().isdigit():
+        # two different lengths: a proxy in front may have read the other one (request
+        # smuggling), so neither is trusted (RFC 9112 6.3); ASCII digits only ('\u0661' is a digit)
+        lengths = {text.strip() for text in self.headers.get_all("Content-Length", [])}
+        if len(lengths) > 1 or not (length_text.strip().isascii() and length_text.strip().isdigit()):
+            shown = ", ".join(sorted(lengths)) if len(lengths) > 1 else length_text
             self._refuse(HTTPStatus.BAD_REQUEST, INVALID_REQUEST,
-                         f"Invalid Request: bad Content-Length {length_text!r}", kind="bad request")
+                         f"Invalid Request: bad Content-Length {shown!r}", kind="bad request")
             return None
         length = int(length_text)
         limit = self.server.max_request_bytes

@@ -890,6 +890,20 @@ def test_with_a_token_any_host_name_works_and_origins_are_still_checked(make_ser
     assert status_of(post_bytes(server.http_address, crossed, req("test.add", [1, 2]))) == 403
 
 
+@pytest.mark.parametrize("lengths", [("48", "5"), ("\u00b2",)], ids=["two-lengths", "superscript-two"])
+def test_http_content_length_must_be_one_ascii_number(server: ControlServer, lengths: tuple[str, ...]) -> None:
+    # two different lengths used to be served with the first one (a proxy reading the other
+    # one would see a second request smuggled in the body); b"\xb2" is "²" in latin-1, which
+    # str.isdigit() accepts and int() does not
+    assert server.http_address is not None
+    body = req("test.add", [1, 2])
+    fields = "".join(f"Content-Length: {n}\r\n" for n in lengths)
+    head = f"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n{fields}\r\n"
+    answer = raw_http(server.http_address, head.encode("latin-1") + body)
+    assert status_of(answer) == 400, answer
+    assert b"bad Content-Length" in answer
+
+
 def test_http_kamailio_rpc_path(server: ControlServer) -> None:
     assert server.http_address is not None
     status, _, body = http_post(server.http_address, req("test.add", [2, 2]), path="/RPC")
