@@ -575,7 +575,7 @@ LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL
 class LogConfig:
     level: str = opt("INFO", "log level: TRACE, DEBUG, INFO, WARNING, ERROR")
     pjsip_level: int = opt(1, "pjsip's own log level routed into the log (4+ logs every message)", bounds=(0, 5))
-    file: str = opt("", "also log to this file (rotated at 50 MB); empty: stderr only")
+    file: str = opt("", "also log to this file (rotated at 50 MB; its folder must exist); empty: stderr only")
     json: bool = opt(False, "write log lines as JSON objects")
 
     def validate(self) -> None:
