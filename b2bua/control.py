@@ -325,6 +325,26 @@ class _Guarded:
 
     connections: ConnectionTable
     refusals: RefusalLog
+    #: the connection threads (daemons) that may still run; see :meth:`join_workers`
+    _workers: set[threading.Thread] | None = None
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        # ThreadingMixIn's, but with daemon threads that stop() waits for a bounded time: a
+        # method may wait far longer than a request takes (a reload up to 300 s, a drain with a
+        # wait up to 3600 s) for the loop thread, and at shutdown the loop thread is the one
+        # waiting in stop(): joining such a thread blocked the shutdown until its wait ran out
+        thread = threading.Thread(target=self.process_request_thread,  # type: ignore[attr-defined]
+                                  args=(request, client_address), daemon=True)
+        self._workers = {t for t in self._workers or () if t.is_alive()}
+        self._workers.add(thread)
+        thread.start()
+
+    def join_workers(self, deadline: float) -> int:
+        """Wait until ``deadline`` (monotonic) for the connection threads; how many still run."""
+        workers = list(self._workers or ())
+        for thread in workers:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        return sum(thread.is_alive() for thread in workers)
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
         source = source_of(client_address)
@@ -364,8 +384,8 @@ class _Guarded:
 
 
 class _UnixServer(_Guarded, socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    daemon_threads = False  # server_close() joins the connection threads
-    block_on_close = True
+    daemon_threads = True  # _Guarded.process_request: stop() joins them for a bounded time
+    block_on_close = False
     request_queue_size = 64
 
     def __init__(self, path: Path, processor: JsonRpcProcessor, max_request_bytes: int,
@@ -486,8 +506,8 @@ class _TimedWriter(io.BufferedIOBase):
 
 
 class _HttpServer(_Guarded, http.server.ThreadingHTTPServer):
-    daemon_threads = False
-    block_on_close = True
+    daemon_threads = True
+    block_on_close = False
     request_queue_size = 64
 
     def __init__(self, address: tuple[str, int], processor: JsonRpcProcessor, config: ControlConfig,
@@ -779,6 +799,7 @@ class ControlServer:
         self._limits = limits or HttpLimits()
         self._routes = RouteTable(routes)
         self._processor = JsonRpcProcessor(registry, run_on_loop, loop_timeout)
+        self._loop_timeout = loop_timeout
         self._socket_path: Path | None = None
         if config.socket:
             path = Path(config.socket).expanduser()
@@ -827,7 +848,7 @@ class ControlServer:
     def stop(self) -> None:
         """Close the listeners and open connections, join the threads, remove the socket file.
 
-        Idempotent. A call in progress on the loop may hold its thread for up to the loop timeout.
+        Idempotent. It waits up to the loop timeout for the calls in progress, no longer.
         """
         with self._lock:
             self._stop_locked()
@@ -905,8 +926,15 @@ class ControlServer:
             stopper.join()
         for server, thread in self._running:
             server.close_connections()
-            server.server_close()  # joins the connection threads
+            server.server_close()
             thread.join(timeout=5.0)
+        # a call on the loop ends within the loop timeout; a longer wait (a reload, a drain with
+        # a wait) is left behind, its client without an answer, rather than holding the shutdown
+        deadline = time.monotonic() + self._loop_timeout
+        waiting = sum(server.join_workers(deadline) for server, _ in self._running)
+        if waiting:
+            logger.warning("control API: {} call(s) still waiting at shutdown (a reload, or a drain with a wait):"
+                           " their clients get no answer", waiting)
         if self._unix is not None and self._socket_path is not None:
             _remove_if_same(self._socket_path, self._unix_inode)
         if self._running:

@@ -1120,3 +1120,44 @@ def test_a_client_closing_in_the_middle_of_a_head_is_no_refusal(server: ControlS
     assert answer == b""
     assert raw_http(server.http_address, b"POST / HTT") == b""
     assert warnings == []
+
+
+@pytest.mark.parametrize("transport", ["unix", "http"])
+def test_stop_does_not_wait_for_a_call_that_waits_long(tmp_path: Path, warnings: list[str], transport: str) -> None:
+    # SIGTERM during 'b2bua dispatcher reload' kept the B2BUA from exiting for 300 s: stop()
+    # joined the thread of the reload call, which waited for the loop thread, the one in stop()
+    entered, release = threading.Event(), threading.Event()
+
+    def reload() -> str:
+        entered.set()
+        release.wait(120)
+        return "done"
+
+    registry = RpcRegistry()
+    registry.add("test.reload", reload, "Wait until released.")
+    server = ControlServer(registry, lambda fn, timeout: fn(),
+                           ControlConfig(socket="b2bua.sock", http="127.0.0.1:0"), tmp_path, loop_timeout=0.2)
+    server.start()
+    try:
+        def call() -> None:
+            with contextlib.suppress(Exception):  # the answer never comes: the server stops
+                if transport == "unix":
+                    assert server.socket_path is not None
+                    unix_exchange(server.socket_path, req("test.reload"))
+                else:
+                    assert server.http_address is not None
+                    http_exchange(server.http_address, req("test.reload"))
+
+        client = threading.Thread(target=call, daemon=True)
+        client.start()
+        assert entered.wait(10)
+        stopper = threading.Thread(target=server.stop)
+        stopper.start()
+        stopper.join(60)  # a bound for the test, not a measurement: it waited 120 s before
+        assert not stopper.is_alive()
+        assert not release.is_set()  # stop() returned while the call was still waiting
+        assert "control API: 1 call(s) still waiting at shutdown (a reload, or a drain with a wait):" \
+               " their clients get no answer" in warnings
+    finally:
+        release.set()
+        server.stop()
