@@ -182,6 +182,15 @@ def decide(f: Facts, p: Policy) -> Decision:
     return Decision(Verdict.ACCEPT, credit=credit)
 
 
+def closes_connection(d: Decision) -> bool:
+    """Whether the connection (TCP) a refused or dropped request came on is closed: its source
+    is blocked, or is being blocked now (a flood, a scanner). Held open, a blocked source's
+    connections would fill pjsip's socket table as surely as silent ones (docs/security.md);
+    a refused request of a source in good standing keeps its connection (an SBC's carries
+    every call)."""
+    return d.verdict is not Verdict.ACCEPT and (d.why is Why.BLOCKED or d.block)
+
+
 def _unavailable(load: Load) -> tuple[Why, str]:
     """Why the node takes no new work now, and the reason phrase that says so."""
     if load.stopping:

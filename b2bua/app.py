@@ -83,10 +83,11 @@ class App:
         self.pm = make_manager(config.plugins.enabled)
         self.hooks = Hooks(self.pm)
         self.registry = RpcRegistry()
-        self.gate = Gate(config.security, config.sip, debug=config.log.level.upper() in ("TRACE", "DEBUG"))
+        self.gate = Gate(config.security, config.sip)  # refusal lines follow the log level as it is now
         register_security_methods(self.registry, self.gate)
         self.endpoint = Endpoint(config, self.scheduler, self._on_incoming, screen_request=self._screen,
-                                 screen_response=self._screen_response, on_dropped=self.gate.log.note_unparsable)
+                                 screen_response=self._screen_response, on_dropped=self.gate.log.note_unparsable,
+                                 on_closed=self.gate.log.note_closed)
         #: worker threads for plugins' blocking work (Host.run_blocking)
         self.blocking = BlockingPool(self.scheduler, BLOCKING_WORKERS)
         #: every call leg's pjsua2 Call object, from call slot to release

@@ -277,7 +277,8 @@ class Endpoint:
 
     def __init__(self, config: Config, scheduler: Scheduler, on_incoming: Callable[[Any], None], *,
                  screen_request: RequestScreen | None = None, screen_response: ResponseScreen | None = None,
-                 on_dropped: Callable[[str], None] | None = None) -> None:
+                 on_dropped: Callable[[str], None] | None = None,
+                 on_closed: Callable[[], None] | None = None) -> None:
         self.config = config
         self.scheduler = scheduler
         self.ep = _PjEndpoint(self._on_rejected)
@@ -293,6 +294,7 @@ class Endpoint:
         self._default = default_profile(config.sip)
         self._auth_problems = ProblemLog()
         self._screens = (screen_request, screen_response, on_dropped)
+        self._on_closed = on_closed  #: a refused source's TCP connection was closed (the filter)
         self._rx_filter: RxFilter | None = None
         self._timers: TimerHeap | None = None  #: pjsip's timer heap, once started
         for cls in (type(self.ep), LocalAccount, PjLogWriter):
@@ -473,7 +475,7 @@ class Endpoint:
                            "set their call up (each refusal costs a call slot and RTP ports)")
             return
         # kept until libDestroy even if only part of it got registered: pjsip holds its callbacks
-        self._rx_filter = RxFilter(lib, screen_request, screen_response, on_dropped)
+        self._rx_filter = RxFilter(lib, screen_request, screen_response, on_dropped, self._on_closed)
         try:
             self._rx_filter.install()
         except RuntimeError as exc:

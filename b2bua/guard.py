@@ -36,6 +36,7 @@ from b2bua.admission import (
     is_scanner,
 )
 from b2bua.config import SecurityConfig, SipConfig
+from b2bua.logs import writes
 from b2bua.ratelimit import SourceLimiter
 from b2bua.rpc import RpcError, RpcRegistry
 from b2bua.sip import printable
@@ -109,12 +110,19 @@ def standing(method: str, to_tag: str, raw: bytes, dialogs: Dialogs) -> Standing
 class RefusalLog:
     """Counts refusals and drops by reason; :meth:`summary` sums up an interval in one line.
 
-    ``debug``: whether the log writes DEBUG lines; when not, a refusal costs a few counters only.
+    ``debug``: whether to write a DEBUG line per refusal; None (the default) follows the sinks'
+    level as it is now (:data:`b2bua.logs.writes`: the config's, ``-v``, ``core.log_level``).
+    When no DEBUG line is written, a refusal costs a few counters only.
     """
 
-    def __init__(self, debug: bool = True) -> None:
-        self.debug = debug
+    def __init__(self, debug: bool | None = None) -> None:
+        self._debug = debug
         self._reset()
+
+    @property
+    def debug(self) -> bool:
+        """Whether a refusal gets its DEBUG line now."""
+        return writes.debug if self._debug is None else self._debug
 
     def _reset(self) -> None:
         self.counts: Counter[tuple[Why, int]] = Counter()
@@ -122,6 +130,7 @@ class RefusalLog:
         self.sources: Counter[str] = Counter()
         self.blocked: list[str] = []
         self.unparsable: Counter[str] = Counter()
+        self.closed = 0  #: TCP connections of blocked sources closed
         self.total = 0
 
     def note(self, decision: Decision, ip: str, method: str, detail: str, call_id: str | bytes) -> None:
@@ -148,6 +157,11 @@ class RefusalLog:
         if len(self.blocked) < MAX_COUNTED_SOURCES:
             self.blocked.append(ip)
         logger.debug("blocked {} for {:g} s ({})", ip, seconds, why.value)
+
+    def note_closed(self) -> None:
+        """The connection (TCP) of a request refused or dropped here was closed
+        (:func:`b2bua.admission.closes_connection`)."""
+        self.closed += 1
 
     def note_unparsable(self, reason: str) -> None:
         """A packet pjsip dropped (its parser) or pjsua refused by itself (bad SDP); no source known."""
@@ -179,6 +193,8 @@ class RefusalLog:
                 shown = ", ".join(self.blocked[:TOP_SOURCES])
                 more = f" and {len(self.blocked) - TOP_SOURCES} more" if len(self.blocked) > TOP_SOURCES else ""
                 line += f"; newly blocked: {shown}{more}"
+            if self.closed:
+                line += f"; {self.closed} TCP connection(s) of blocked sources closed"
         self._reset()
         return line
 
@@ -186,7 +202,7 @@ class RefusalLog:
 class Gate:
     """Screens requests: parse, trust, rate, scanner, load → :class:`Decision` (see admission.py)."""
 
-    def __init__(self, security: SecurityConfig, sip: SipConfig, *, debug: bool = True) -> None:
+    def __init__(self, security: SecurityConfig, sip: SipConfig, *, debug: bool | None = None) -> None:
         self.config = security
         self.policy = Policy(untrusted_code=security.untrusted_code, capacity_code=sip.admission_code,
                              retry_after=sip.retry_after, drop_scanners=bool(security.scanners))

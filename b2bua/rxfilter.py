@@ -18,7 +18,8 @@ head is plain ASCII with a status line (a call's 100, 180, 200s). Each of those 
 instructions when every message went through Python (a ctypes callback, a copy of the message,
 the text check). Every other message is given to a Python callback
 here, which asks :meth:`~b2bua.guard.Gate.screen` for a :class:`~b2bua.admission.Decision` and
-answers statelessly (``pjsip_endpt_respond_stateless``) or drops the request; only what is let
+answers statelessly (``pjsip_endpt_respond_stateless``) or drops the request, and closes the TCP
+connection of a blocked source (:func:`~b2bua.admission.closes_connection`); only what is let
 in goes on to pjsua. The callback may ask pjsip's own tables, through the filter, whether a
 request belongs to a dialog of ours (:meth:`RxFilter.has_dialog`: ``pjsip_ua_find_dialog``) or
 a CANCEL to an INVITE still pending (:meth:`RxFilter.has_invite`: the INVITE server transaction
@@ -51,7 +52,7 @@ from typing import Any
 
 from loguru import logger
 
-from b2bua.admission import Decision, Verdict
+from b2bua.admission import Decision, Verdict, closes_connection
 from b2bua.wire import MAX_HEADERS, MAX_LINE, MAX_MESSAGE, MAX_METHOD
 
 #: pjsip status codes a dropped packet may carry (sip_errno.h), as reason keys for the log
@@ -131,11 +132,13 @@ class RxFilter:
     source)`` keeps (True) or drops a response, ``on_dropped(reason)`` counts parser drops."""
 
     def __init__(self, lib: ctypes.CDLL, screen_request: RequestScreen,
-                 screen_response: ResponseScreen, on_dropped: Callable[[str], None]) -> None:
+                 screen_response: ResponseScreen, on_dropped: Callable[[str], None],
+                 on_closed: Callable[[], None] | None = None) -> None:
         self._lib = lib
         self._screen_request = screen_request
         self._screen_response = screen_response
         self._on_dropped = on_dropped
+        self._on_closed = on_closed
         self._endpt: int | None = None
         self._reasons: dict[str, tuple[Any, PjStr]] = {}
         self._sentinel = (c_void_p * 16)()  # an empty pjsip_hdr list head: only prev/next are used
@@ -154,6 +157,8 @@ class RxFilter:
         lib.b2bua_screen_get_counts.argtypes = [POINTER(ScreenCounts)]
         lib.b2bua_screen_get_counts.restype = None
         lib.pjsip_endpt_respond_stateless.argtypes = [c_void_p, c_void_p, c_int, c_void_p, c_void_p, c_void_p]
+        lib.b2bua_screen_close_connection.argtypes = [c_void_p]
+        lib.b2bua_screen_close_connection.restype = c_int
         lib.pjsip_endpt_get_tpmgr.argtypes = [c_void_p]
         lib.pjsip_endpt_get_tpmgr.restype = c_void_p
         lib.pjsip_tpmgr_set_drop_data_cb.argtypes = [c_void_p, c_void_p]
@@ -182,6 +187,7 @@ class RxFilter:
         """Whether this pjsua2 build exports what the filter needs."""
         try:
             for name in ("b2bua_screen_message", "b2bua_screen_install", "b2bua_screen_get_counts",
+                         "b2bua_screen_close_connection",
                          "pjsip_endpt_respond_stateless", "pjsip_tpmgr_set_drop_data_cb",
                          "pjsip_retry_after_hdr_create", "pj_list_insert_before", "pjsua_get_pjsip_endpt",
                          "pjsip_ua_find_dialog", "pjsip_get_invite_method", "pjsip_tsx_create_key",
@@ -234,6 +240,9 @@ class RxFilter:
                 return 0
             if decision.verdict is Verdict.REFUSE:
                 self._respond(rdata, decision)
+            if closes_connection(decision) and self._lib.b2bua_screen_close_connection(rdata) \
+                    and self._on_closed is not None:
+                self._on_closed()  # after the answer: it still leaves on the connection
             return 1
         except BaseException:
             self._failed("screening a request")

@@ -12,7 +12,9 @@ full B2BUA processes with the same ``config.toml``, apart from what two processe
 
 Destinations come from the same list file or SQL table in every worker. Runtime state
 (probing results, admin states set over a control socket, call-load counters) is each worker's
-own until shared state lands (issue 16): an admin command goes to every worker's socket.
+own, and an admin command goes to every worker's socket; unless ``[cluster] redis_url`` is set:
+then the workers are nodes of one cluster (each named after the host and its SIP port), sharing
+that state through Redis (``docs/scale-out.md``; ``b2bua dispatcher list --all``).
 
 The supervisor starts the workers, prefixes each one's log lines with ``wI |``, says
 ``workers ready`` once every worker is, restarts a worker that dies (after 1 s, at most 5

@@ -93,6 +93,11 @@ config_site() {
    block of 8000 in every tdata pool. 4200 holds it in one increment: each answered transaction's
    last message held 4-8 KB less while it lingers (-30 MB of heap at 400 calls/s). */
 #define PJSIP_POOL_INC_TDATA 4200
+/* An incoming TCP connection that sends no SIP message within 10 s is closed. pjsip's default (0)
+   keeps it as long as any idle server connection, 600 s: connections opened and left silent
+   (scanners, a flood) piled up to PJ_IOQUEUE_MAX_HANDLES, after which pjsip closed every new
+   connection at once, legitimate peers' too (docs/security.md, "TCP"). */
+#define PJSIP_TRANSPORT_SERVER_IDLE_TIME_FIRST 10
 CFG
 }
 

@@ -39,7 +39,7 @@ from typing import Any, TextIO
 
 from loguru import logger
 
-from b2bua.config import Config, ConfigError, load_config
+from b2bua.config import CONFIG_ENV, Config, ConfigError, load_config
 from b2bua.control import ControlClient, ControlUnavailable, RpcCallError
 from b2bua.nameservers import Nameserver, effective_nameservers
 from plugins.dispatcher.atomicfile import atomic_write_text
@@ -635,7 +635,8 @@ def _print_error(exc: BaseException, err: TextIO) -> None:
 
 def _verb(parser: argparse.ArgumentParser, handler: Handler) -> None:
     parser.add_argument("-c", "--config", default=DEFAULT_CONFIG, metavar="FILE",
-                        help=f"config file with [plugins.dispatcher] and [control] (default: ./{DEFAULT_CONFIG})")
+                        help=f"config file with [plugins.dispatcher] and [control] (default: ${CONFIG_ENV}, "
+                        f"else ./{DEFAULT_CONFIG})")
     parser.set_defaults(func=lambda args: run(handler, args))
 
 

@@ -20,7 +20,7 @@ from typing import TextIO
 
 from loguru import logger
 
-from b2bua.config import ConfigError, load_config
+from b2bua.config import CONFIG_ENV, ConfigError, load_config
 from plugins.dispatcher.admin import DEFAULT_CONFIG, add_admin_commands
 from plugins.dispatcher.algorithms import resolve_algorithm
 from plugins.dispatcher.checks import review
@@ -60,8 +60,8 @@ def add_simulate_command(sub: argparse._SubParsersAction[argparse.ArgumentParser
         "a missing SQLite database is an error, not created.",
     )
     p.add_argument("-c", "--config", metavar="FILE",
-                   help=f"config.toml to read [plugins.dispatcher] from (default: ./{DEFAULT_CONFIG}; without one,"
-                   " --list-file is needed)")
+                   help=f"config.toml to read [plugins.dispatcher] from (default: ${CONFIG_ENV}, else "
+                   f"./{DEFAULT_CONFIG}; without one, --list-file is needed)")
     p.add_argument("--list-file", help="read destinations from this Kamailio list file instead")
     p.add_argument("--set", type=int, required=True, dest="setid", help="destination set id")
     p.add_argument("--alg", required=True, help="algorithm number or name (e.g. 9 or weight)")

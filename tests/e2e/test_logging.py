@@ -108,3 +108,24 @@ def test_a_packet_dump_shows_a_peers_control_characters_escaped(b2bua_factory: B
     log = b2b.log_text()
     assert "\x1b" not in log
     assert "X-Paint: \\x1b[2J\\x1b[31mERROR forged\\x1b[0m" in log
+
+
+def test_refusal_lines_follow_v_and_the_run_time_level(b2bua_factory: B2buaFactory,
+                                                       addresses: AddressAllocator) -> None:
+    # the config says INFO; -v lowers it to DEBUG, and the refusal of a malformed INVITE is one
+    # of the DEBUG lines it turns on; core.log_level INFO turns them off again
+    from .test_wire_input import send_invite
+
+    ip = addresses.next()
+    port = free_port(ip, "udp")
+    b2b = b2bua_factory(config(ip, port, "sip:nobody@127.0.0.1:9"), args=["-v"])
+    src = addresses.next()
+    assert send_invite(ip, port, src, b"loud\xff@x") == [b"SIP/2.0 400 Bad Request"]
+    wait_until(lambda: "loud\\xff@x refused: 400 Bad Request (malformed" in b2b.log_text(), timeout=5,
+               what="the refusal's DEBUG line under -v")
+    assert b2b.rpc("core.log_level", "INFO") == {"level": "INFO", "pjsip_level": 1}
+    assert send_invite(ip, port, src, b"quiet\xff@x") == [b"SIP/2.0 400 Bad Request"]
+    assert b2b.rpc("core.log_level", "DEBUG") == {"level": "DEBUG", "pjsip_level": 1}
+    assert send_invite(ip, port, src, b"again\xff@x") == [b"SIP/2.0 400 Bad Request"]
+    wait_until(lambda: "again\\xff@x refused: 400" in b2b.log_text(), timeout=5, what="the refusal at DEBUG again")
+    assert "quiet\\xff@x" not in b2b.log_text()

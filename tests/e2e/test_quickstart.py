@@ -169,6 +169,25 @@ def place_calls(caller: Caller, ip: str, port: int, user: str, n: int) -> CallRe
     return result
 
 
+def doc_trail() -> tuple[str, list[str]]:
+    """Step 9's ``grep ' <Call-ID>' b2bua.log``: the doc's Call-ID and the log lines it shows."""
+    doc = QUICKSTART.read_text()
+    m = re.search(r"^\$ grep ' (\S+)' b2bua\.log\n((?:[^$`\n][^\n]*\n)+)", doc, re.MULTILINE)
+    assert m, "docs/quickstart.md no longer follows a failed-over call by its Call-ID"
+    return m.group(1), m.group(2).splitlines()
+
+
+def normalised(line: str, call_id: str, uris: dict[str, str]) -> str:
+    """A log line without what differs between the doc's run and the test's: the timestamp, the
+    Call-ID, the caller's and the B2BUA's addresses, the duration; the gateways by their doc names."""
+    rest = line.split(" ", 2)[2]
+    rest = rest.replace(f" {call_id} ", " <call-id> ")
+    for name, uri in uris.items():
+        rest = rest.replace(uri, f"<{name}>")
+    rest = re.sub(r"call sip:\S+ -> sip:(\w+)@\S+?: ", r"call <caller> -> sip:\1@<b2bua>: ", rest)
+    return re.sub(r", [0-9.]+ s$", ", <seconds> s", rest)
+
+
 def sdp_connection(text: str) -> str | None:
     """The address of the first SDP ``c=`` line in a message or body, None without SDP."""
     m = re.search(r"^c=IN IP4 (\S+)\r?$", text, re.MULTILINE)
@@ -341,6 +360,14 @@ def test_two_media_gateways(media_peer_factory: MediaPeerFactory, b2bua_factory:
                             log, re.MULTILINE))
     second = [line for line in log.splitlines() if "sip:failover@" in line and "after 2 attempt(s)" in line]
     assert len(failed) == len(second) == rejected, (len(failed), len(second), rejected)
+    # The doc follows one such call by its Call-ID: its log lines are this call's, line for line
+    # (a line the B2BUA no longer logs at INFO, or a new one, makes the doc wrong).
+    doc_call_id, doc_lines = doc_trail()
+    trail = [line for line in log.splitlines() if f" {min(failed)} " in line]
+    assert ([normalised(line, min(failed), uris) for line in trail]
+            == [normalised(line, doc_call_id, DOC_GATEWAYS) for line in doc_lines]), (
+        "docs/quickstart.md step 9 shows log lines of a failed-over call that this one's do not match:\n"
+        + "\n".join(doc_lines) + "\n--- the test's call:\n" + "\n".join(trail))
     # The softphone hears the old gateway, also when its call met the 503 first (at most 10 calls
     # until one does: 75 % of first attempts go to the rejecting gateway).
     tried_new = invites_for(rejecting, LISTEN_USER)

@@ -504,3 +504,87 @@ def test_an_invite_with_replaces_is_declined_and_the_call_it_names_goes_on(
     wait_until(lambda: gw.count("BYE") == 1, 5.0, what="the named call's BYE at the gateway")
     assert gw.count("INVITE") == 1, "nothing was dialled for the replacing INVITE"
     assert "603 Decline" in b2b.proc.log_text()
+
+
+def _closed_by_peer(s: socket.socket) -> bool:
+    """Whether the other end closed ``s``: what it sent before is read and put aside, then EOF or
+    a reset (non-blocking reads)."""
+    try:
+        while s.recv(65536, socket.MSG_DONTWAIT):
+            pass
+        return True  # EOF
+    except (BlockingIOError, TimeoutError):  # nothing to read: still open (TimeoutError: a socket with a timeout)
+        return False
+    except ConnectionResetError:
+        return True
+
+
+def test_tcp_connections_that_send_nothing_are_closed_and_a_talking_one_stays(
+        b2bua_factory: B2buaFactory, addresses: AddressAllocator) -> None:
+    # silent connections (a scanner, a flood) no longer hold a descriptor for pjsip's 600 s:
+    # with enough of them pjsip's socket table fills and every new connection is closed at once
+    b2b = Host(b2bua_factory, addresses, "sip:nobody@127.0.0.1:9", transport="tcp")
+    src = addresses.next()
+    silent = []
+    for _ in range(30):
+        s = socket.socket()
+        s.bind((src, 0))
+        s.connect((b2b.ip, b2b.port))
+        silent.append(s)
+    talking = socket.create_connection((b2b.ip, b2b.port), timeout=5, source_address=(src, 0))
+    port = talking.getsockname()[1]
+    talking.sendall((f"OPTIONS sip:{b2b.ip}:{b2b.port} SIP/2.0\r\n"
+                     f"Via: SIP/2.0/TCP {src}:{port};branch=z9hG4bK-talking\r\n"
+                     f"From: <sip:peer@{src}>;tag=1\r\nTo: <sip:{b2b.ip}>\r\nCall-ID: talking@{src}\r\n"
+                     "CSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n").encode())
+    assert talking.recv(4096).startswith(b"SIP/2.0 200 "), "the talking connection's OPTIONS is answered"
+    try:
+        wait_until(lambda: all(_closed_by_peer(s) for s in silent), timeout=30,
+                   what="the B2BUA closing the 30 connections that sent nothing (10 s after each opened)")
+        assert not _closed_by_peer(talking), "a connection that sent a SIP message stays open"
+    finally:
+        for s in (*silent, talking):
+            s.close()
+
+
+def _options(s: socket.socket, b2b_ip: str, n: int) -> bytes:
+    src, port = s.getsockname()[:2]
+    return (f"OPTIONS sip:{b2b_ip} SIP/2.0\r\nVia: SIP/2.0/TCP {src}:{port};branch=z9hG4bK-tcp{port}-{n}\r\n"
+            f"From: <sip:scan@{src}>;tag={n}\r\nTo: <sip:{b2b_ip}>\r\nCall-ID: tcp{port}-{n}@{src}\r\n"
+            "CSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n").encode()
+
+
+def test_a_blocked_sources_tcp_connections_are_closed_and_a_trusted_ones_stays(
+        b2bua_factory: B2buaFactory, addresses: AddressAllocator, caller: Caller) -> None:
+    # connections are pjsip's to hold and a table of 8192 fills: a source that floods us gets
+    # its connection closed when it is blocked, and a new one closed at its first request
+    b2b = Host(b2bua_factory, addresses, "sip:nobody@127.0.0.1:9", transport="tcp",
+               extra=security(trusted=[f"{caller.ip}/32"], request_rate=2, rate_burst=1, block_time=60))
+    stranger = addresses.next()
+    flood = socket.create_connection((b2b.ip, b2b.port), timeout=5, source_address=(stranger, 0))
+    sent = 0
+    for n in range(10):  # two answered 403, then over its rate: dropped, blocked, closed
+        try:
+            flood.sendall(_options(flood, b2b.ip, n))
+        except OSError:  # closed under us (a broken pipe, a reset)
+            break
+        sent += 1
+        time.sleep(0.05)
+    wait_until(lambda: _closed_by_peer(flood), timeout=5, what="the flooding source's connection closed")
+    flood.close()
+    assert 3 <= sent < 10, f"{sent} requests went out before the connection was closed"
+    again = socket.create_connection((b2b.ip, b2b.port), timeout=5, source_address=(stranger, 0))
+    again.sendall(_options(again, b2b.ip, 99))
+    wait_until(lambda: _closed_by_peer(again), timeout=5, what="a blocked source's new connection closed")
+    again.close()
+
+    trusted = socket.create_connection((b2b.ip, b2b.port), timeout=5, source_address=(caller.ip, 0))
+    trusted.sendall(_options(trusted, b2b.ip, 1).replace(b"Call-ID: ", b"Call-ID: bad\xff"))  # malformed
+    assert trusted.recv(4096).startswith(b"SIP/2.0 400 "), "a trusted source's bad request is answered"
+    trusted.sendall(_options(trusted, b2b.ip, 2))
+    assert trusted.recv(4096).startswith(b"SIP/2.0 200 "), "and its connection carries the next request"
+    trusted.close()
+    log = b2b.proc.log_text()
+    assert "403 Forbidden (untrusted) OPTIONS from " + stranger in log
+    wait_until(lambda: "TCP connection(s) of blocked sources closed" in b2b.proc.log_text(), timeout=5,
+               what="the refusal summary counting the closed connections")

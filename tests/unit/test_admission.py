@@ -14,6 +14,7 @@ from b2bua.admission import (
     TrustList,
     Verdict,
     Why,
+    closes_connection,
     decide,
     is_scanner,
     shedding_helps,
@@ -188,3 +189,18 @@ def test_scanners(ua: str, frm: str, scanner: bool) -> None:
 ])
 def test_shedding_helps_only_when_calls_weigh(new_calls: int, refused: int, helps: bool) -> None:
     assert shedding_helps(new_calls, refused) is helps
+
+
+@pytest.mark.parametrize(("facts", "closes"), [
+    (f(blocked=True, trusted=False), True),  # a blocked source
+    (f(over_rate=True, trusted=False), True),  # being blocked now
+    (f(scanner=True, trusted=False), True),
+    (f(trusted=False), False),  # a stranger's 403 within its rate: its connection stays
+    (f(over_rate=True), False),  # a trusted source's 503 over its rate
+    (f(scanner=True), False),  # a trusted source is never blocked
+    (f(malformed_code=400), False),
+    (f(), False),
+])
+def test_only_a_blocked_sources_connection_is_closed(facts: Facts, closes: bool) -> None:
+    policy = Policy(untrusted_code=403, capacity_code=503, retry_after=5, drop_scanners=True)
+    assert closes_connection(decide(facts, policy)) is closes

@@ -233,3 +233,24 @@ def test_the_work_since_the_last_beat_is_counted() -> None:
     g.screen(sipfuzz.request("OPTIONS", peer(TRUSTED)), f"{TRUSTED}:5062", ROOM, 0.0)
     assert g.take_work() == (4, 5)  # 3 admitted + 1 shed; 5 untrusted
     assert g.take_work() == (0, 0)
+
+
+def test_refusal_lines_follow_the_log_level_as_it_is_now(monkeypatch: pytest.MonkeyPatch) -> None:
+    # -v and core.log_level change the sinks' level after start-up: the refusal log reads it per
+    # refusal (b2bua.logs.writes), not once from the config file
+    from b2bua.admission import Decision
+    from b2bua.logs import writes
+
+    lines: list[str] = []
+    sink = logger.add(lambda m: lines.append(m.record["message"]), level="DEBUG")
+    try:
+        log = RefusalLog()
+        refusal = Decision(Verdict.REFUSE, Why.UNTRUSTED, 403, "Forbidden")
+        monkeypatch.setattr(writes, "debug", False)
+        log.note(refusal, "192.0.2.1", "INVITE", "", "quiet@x")
+        monkeypatch.setattr(writes, "debug", True)
+        log.note(refusal, "192.0.2.1", "INVITE", "", "loud@x")
+        assert lines == ["refused: 403 Forbidden (untrusted) INVITE from 192.0.2.1"]
+        assert RefusalLog(debug=False).debug is False  # an explicit choice still wins (bench/guard.py)
+    finally:
+        logger.remove(sink)

@@ -69,3 +69,17 @@ def test_the_unit_in_deploy_md_is_the_shipped_one() -> None:
         assert line in shipped[position:], f"deploy.md shows {line!r}, not in docs/examples/b2bua.service (in order)"
         position = shipped.index(line, position) + 1
     assert "Type=notify" in shipped and any(line.startswith("WatchdogSec=") for line in shipped)
+
+
+def test_the_rtp_range_in_deploy_md_is_the_default_one() -> None:
+    """The firewall rule deploy.md shows opens the RTP ports pjsua is given with the defaults
+    (``[sip] rtp_port`` and ``rtp_port_span``), and media.md names the same range."""
+    from b2bua.config import SipConfig
+    from b2bua.endpoint import rtp_port_span
+
+    sip = SipConfig()
+    first, last = sip.rtp_port, sip.rtp_port + rtp_port_span(sip) - 1
+    rule = re.search(r"^udp dport (\d+)-(\d+) accept", (DOCS / "deploy.md").read_text(), re.MULTILINE)
+    assert rule, "deploy.md shows no firewall rule for the RTP range"
+    assert (int(rule[1]), int(rule[2])) == (first, last)
+    assert f"{first}-{last} with the defaults" in " ".join((DOCS / "media.md").read_text().split())

@@ -218,6 +218,36 @@ def test_hooks_md_shows_the_real_example() -> None:
         assert (ROOT / cited).is_file(), f"docs/hooks.md cites {cited}, which does not exist"
 
 
+def test_hooks_md_task_example_runs(plugin_dir: Path) -> None:
+    """The *Host services* example of docs/hooks.md is a whole module that loads as a plugin,
+    and its reload builds the table with the task from the file it names."""
+    from concurrent.futures import Future
+
+    from b2bua.loop import run_here, run_task_now
+
+    doc = (ROOT / "docs" / "hooks.md").read_text()
+    section = doc.split("## Host services", 1)[1]
+    snippet = section.split("```python\n", 1)[1].split("```", 1)[0]
+    (plugin_dir / "tmp_plugin_prefix_table.py").write_text(snippet)
+    pm = make_manager(["tmp_plugin_prefix_table:PrefixTable"], with_defaults=False)
+    (plugin,) = [p for p in pm.get_plugins() if type(p).__name__ == "PrefixTable"]
+    plugin.path = plugin_dir / "prefixes.txt"
+    plugin.path.write_text("49 sip:10.0.0.1:5060\n33 sip:10.0.0.2:5060\n")
+
+    class App:  # the two host services the example uses, run here and now
+        def run_blocking(self, fn):  # type: ignore[no-untyped-def]
+            return run_here(fn)
+
+        def run_task(self, steps, on_done):  # type: ignore[no-untyped-def]
+            done: Future[object] = Future()
+            done.set_result(run_task_now(steps))
+            on_done(done)
+            return done
+
+    pm.hook.b2bua_reload(app=App())
+    assert plugin.table == {"49": "sip:10.0.0.1:5060", "33": "sip:10.0.0.2:5060"}
+
+
 def test_installed_top_level_packages() -> None:
     """The distribution installs exactly two top-level packages (docs/internals.md, "The
     top-level package named plugins"): nothing else generic may leak into site-packages."""
