@@ -164,9 +164,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 def run_config(config: Config, verbose: int = 0, path: str | None = None) -> int:
     """Run the B2BUA with a parsed config until it stops (``b2bua run``; each of
     ``b2bua.workers``' processes). Returns the exit code."""
-    from b2bua.logs import setup_logging
+    from b2bua.logs import LogFileError, setup_logging
 
-    setup_logging(config.log, verbose, base_dir=str(config.base_dir))
+    try:
+        setup_logging(config.log, verbose, base_dir=str(config.base_dir))
+    except LogFileError as exc:
+        print(f"error: {path or 'config'}: {exc}", file=sys.stderr)
+        return 2
     if path is not None and (warning := secrets_warning(config, path)):
         logger.warning("{}", warning)
     try:

@@ -575,7 +575,7 @@ LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL
 class LogConfig:
     level: str = opt("INFO", "log level: TRACE, DEBUG, INFO, WARNING, ERROR")
     pjsip_level: int = opt(1, "pjsip's own log level routed into the log (4+ logs every message)", bounds=(0, 5))
-    file: str = opt("", "also log to this file (rotated at 50 MB); empty: stderr only")
+    file: str = opt("", "also log to this file (rotated at 50 MB; its folder must exist); empty: stderr only")
     json: bool = opt(False, "write log lines as JSON objects")
 
     def validate(self) -> None:
@@ -876,11 +876,16 @@ def read_toml(path: str | Path) -> dict[str, Any]:
     """The TOML document in ``path``; an unreadable or malformed file is a :class:`ConfigError`."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        data = p.read_bytes()
     except OSError as exc:
         raise ConfigError(f"{p}: cannot read: {exc.strerror or exc}") from exc
+    try:
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"{p}: not UTF-8 text (byte {exc.start})") from exc
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(f"{p}:{line}: not UTF-8 text (byte {exc.start}: {data[exc.start]:#04x})") from exc
+    if text.startswith("\ufeff"):  # what Notepad writes; TOML parsers read it as a stray character
+        raise ConfigError(f"{p}:1: starts with a byte order mark (U+FEFF): save it as UTF-8 without one")
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -29,6 +29,7 @@ import http.server
 import io
 import itertools
 import json
+import math
 import os
 import socket
 import socketserver
@@ -128,7 +129,13 @@ def oversize_response(limit: int) -> bytes:
 
 def _dumps(obj: Any) -> bytes:
     # allow_nan=False: NaN/Infinity are not JSON and would break strict clients
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+    text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        # a lone surrogate (a request may carry "\ud800", which Python decodes as one) has no
+        # UTF-8 form: escaped, as the request wrote it, the answer is still valid JSON
+        return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode("ascii")
 
 
 def _reject_constant(name: str) -> Any:
@@ -136,8 +143,9 @@ def _reject_constant(name: str) -> Any:
 
 
 def _valid_id(value: Any) -> bool:
+    # a finite number only: 1e999 parses as inf, which no answer could carry back
     return value is None or isinstance(value, str) or (
-        isinstance(value, (int, float)) and not isinstance(value, bool)
+        isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     )
 
 
@@ -169,7 +177,7 @@ def parse_call(obj: Any) -> Call:
         raise InvalidRequest(f"Invalid Request: expected an object, got {type(obj).__name__}")
     request_id = obj.get("id")
     if not _valid_id(request_id):
-        raise InvalidRequest("Invalid Request: id must be a string, a number or null")
+        raise InvalidRequest("Invalid Request: id must be a string, a finite number or null")
     if obj.get("jsonrpc") != "2.0":
         raise InvalidRequest('Invalid Request: "jsonrpc" must be "2.0"', request_id)
     method = obj.get("method")
@@ -317,6 +325,26 @@ class _Guarded:
 
     connections: ConnectionTable
     refusals: RefusalLog
+    #: the connection threads (daemons) that may still run; see :meth:`join_workers`
+    _workers: set[threading.Thread] | None = None
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        # ThreadingMixIn's, but with daemon threads that stop() waits for a bounded time: a
+        # method may wait far longer than a request takes (a reload up to 300 s, a drain with a
+        # wait up to 3600 s) for the loop thread, and at shutdown the loop thread is the one
+        # waiting in stop(): joining such a thread blocked the shutdown until its wait ran out
+        thread = threading.Thread(target=self.process_request_thread,  # type: ignore[attr-defined]
+                                  args=(request, client_address), daemon=True)
+        self._workers = {t for t in self._workers or () if t.is_alive()}
+        self._workers.add(thread)
+        thread.start()
+
+    def join_workers(self, deadline: float) -> int:
+        """Wait until ``deadline`` (monotonic) for the connection threads; how many still run."""
+        workers = list(self._workers or ())
+        for thread in workers:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        return sum(thread.is_alive() for thread in workers)
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
         source = source_of(client_address)
@@ -356,8 +384,8 @@ class _Guarded:
 
 
 class _UnixServer(_Guarded, socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    daemon_threads = False  # server_close() joins the connection threads
-    block_on_close = True
+    daemon_threads = True  # _Guarded.process_request: stop() joins them for a bounded time
+    block_on_close = False
     request_queue_size = 64
 
     def __init__(self, path: Path, processor: JsonRpcProcessor, max_request_bytes: int,
@@ -478,8 +506,8 @@ class _TimedWriter(io.BufferedIOBase):
 
 
 class _HttpServer(_Guarded, http.server.ThreadingHTTPServer):
-    daemon_threads = False
-    block_on_close = True
+    daemon_threads = True
+    block_on_close = False
     request_queue_size = 64
 
     def __init__(self, address: tuple[str, int], processor: JsonRpcProcessor, config: ControlConfig,
@@ -670,9 +698,13 @@ class _HttpHandler(http.server.BaseHTTPRequestHandler):
             self._refuse(HTTPStatus.LENGTH_REQUIRED, INVALID_REQUEST, "Invalid Request: send Content-Length",
                          kind="bad request")
             return None
-        if not length_text.strip().isdigit():
+        # two different lengths: a proxy in front may have read the other one (request
+        # smuggling), so neither is trusted (RFC 9112 6.3); ASCII digits only ('\u0661' is a digit)
+        lengths = {text.strip() for text in self.headers.get_all("Content-Length", [])}
+        if len(lengths) > 1 or not (length_text.strip().isascii() and length_text.strip().isdigit()):
+            shown = ", ".join(sorted(lengths)) if len(lengths) > 1 else length_text
             self._refuse(HTTPStatus.BAD_REQUEST, INVALID_REQUEST,
-                         f"Invalid Request: bad Content-Length {length_text!r}", kind="bad request")
+                         f"Invalid Request: bad Content-Length {shown!r}", kind="bad request")
             return None
         length = int(length_text)
         limit = self.server.max_request_bytes
@@ -767,6 +799,7 @@ class ControlServer:
         self._limits = limits or HttpLimits()
         self._routes = RouteTable(routes)
         self._processor = JsonRpcProcessor(registry, run_on_loop, loop_timeout)
+        self._loop_timeout = loop_timeout
         self._socket_path: Path | None = None
         if config.socket:
             path = Path(config.socket).expanduser()
@@ -815,7 +848,7 @@ class ControlServer:
     def stop(self) -> None:
         """Close the listeners and open connections, join the threads, remove the socket file.
 
-        Idempotent. A call in progress on the loop may hold its thread for up to the loop timeout.
+        Idempotent. It waits up to the loop timeout for the calls in progress, no longer.
         """
         with self._lock:
             self._stop_locked()
@@ -893,8 +926,15 @@ class ControlServer:
             stopper.join()
         for server, thread in self._running:
             server.close_connections()
-            server.server_close()  # joins the connection threads
+            server.server_close()
             thread.join(timeout=5.0)
+        # a call on the loop ends within the loop timeout; a longer wait (a reload, a drain with
+        # a wait) is left behind, its client without an answer, rather than holding the shutdown
+        deadline = time.monotonic() + self._loop_timeout
+        waiting = sum(server.join_workers(deadline) for server, _ in self._running)
+        if waiting:
+            logger.warning("control API: {} call(s) still waiting at shutdown (a reload, or a drain with a wait):"
+                           " their clients get no answer", waiting)
         if self._unix is not None and self._socket_path is not None:
             _remove_if_same(self._socket_path, self._unix_inode)
         if self._running:

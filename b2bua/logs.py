@@ -20,6 +20,7 @@ from __future__ import annotations
 import ctypes
 import datetime
 import json
+import os
 import sys
 import traceback
 from typing import Any, TextIO
@@ -61,6 +62,10 @@ class _Levels:
 writes = _Levels()
 
 
+class LogFileError(ValueError):
+    """The ``[log] file`` cannot be written; the message names the setting, the path and why."""
+
+
 class LogSinks:
     """The process's log sinks (stderr, and ``[log] file``) at one level, changed by :meth:`set_level`."""
 
@@ -81,7 +86,14 @@ class LogSinks:
         }
         self._ids.append(logger.add(self.stream, colorize=None, **options))
         if self.file_path:
-            self._ids.append(logger.add(self.file_path, rotation="50 MB", retention=5, enqueue=True, **options))
+            # loguru would create missing folders: a typo in the path must not log somewhere unseen
+            folder = os.path.dirname(self.file_path) or "."
+            if not os.path.isdir(folder):
+                raise LogFileError(f"[log] file: folder {folder} does not exist")
+            try:
+                self._ids.append(logger.add(self.file_path, rotation="50 MB", retention=5, enqueue=True, **options))
+            except OSError as exc:
+                raise LogFileError(f"[log] file: cannot open {self.file_path}: {exc.strerror or exc}") from None
 
     def set_level(self, level: str) -> None:
         """Log at ``level`` from now on (loguru fixes a sink's level when it is added: re-add them)."""

@@ -227,7 +227,7 @@ def main() -> int:
     try:
         request: LoadRequest = pickle.loads(sys.stdin.buffer.read())  # our parent's request
         snapshot = load_configured(request.config, request.list_file, sip=request.sip,
-                                   nameservers=request.nameservers)
+                                   nameservers=request.nameservers, create=False)  # a reload creates nothing
     except LoadError as exc:
         failure = str(exc)
     except Exception as exc:

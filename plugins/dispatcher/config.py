@@ -218,34 +218,40 @@ class DispatcherConfig:
     )
     dns_interval: float = opt(
         0.0, "seconds between re-resolving host names besides when their records expire (TTL, 5 s at the"
-        " least; a name that stops resolving keeps its answer); 0: by TTL only"
+        " least; a name that stops resolving keeps its answer); 0: by TTL only", bounds=(0, None)
     )
 
     # -- selection
-    flags: int = opt(0, "bit 1: URI hashes (algs 1-3) use the user part only (failover lists: always)")
+    flags: int = opt(0, "bit 1: URI hashes (algs 1-3) use the user part only (failover lists: always)",
+                     bounds=(0, None))
     use_default: bool = opt(False, "the last entry of each set is a last resort, never selected normally")
     hash_size: int = opt(
-        0, "> 0 enables algorithm 10 (call load); kept from Kamailio for compatibility, no table is sized"
+        0, "> 0 enables algorithm 10 (call load); kept from Kamailio for compatibility, no table is sized",
+        bounds=(0, None)
     )
     hash_template: str = opt("", "algorithm 7 hashes this, e.g. '{from_user}@{call_id}' (fields of the call)")
     rehash: bool = opt(False, "hash algorithms spread a dead destination's share over all survivors, not one neighbour")
 
     # -- answer when nothing can be dialled
-    no_destination_code: int = opt(503, "answer when no rule matches or no destination is usable")
+    no_destination_code: int = opt(503, "answer when no rule matches or no destination is usable", bounds=(300, 699))
     no_destination_reason: str = opt("No Destination Available", "reason phrase of that answer")
-    retry_after: int = opt(5, "Retry-After seconds on that answer; 0: no header")
+    retry_after: int = opt(5, "Retry-After seconds on that answer; 0: no header", bounds=(0, 86400))
 
     # -- probing (OPTIONS keepalives)
-    ping_interval: float = opt(10.0, "seconds between keepalive rounds; 0: no probing")
+    ping_interval: float = opt(10.0, "seconds between keepalive rounds; 0: no probing", bounds=(0, None))
     ping_method: str = opt("OPTIONS", "keepalive request method (not ACK: an ACK exists only for an INVITE's answer)")
     ping_from: str = opt("sip:dispatcher@localhost", "From URI of keepalives (attribute ping_from overrides)")
     ping_timeout: float = opt(2.0, "seconds to wait for a keepalive answer (then a local 408)")
-    probing_threshold: int = opt(1, "failed keepalives before an entry goes inactive (I); T before that")
-    inactive_threshold: int = opt(1, "successful keepalives before an inactive entry is active again")
-    probing_mode: int = opt(1, "0: probe P entries until one answer; 1: probe all; 2: only I+P; 3: only P")
+    probing_threshold: int = opt(1, "failed keepalives before an entry goes inactive (I); T before that",
+                                 bounds=(1, None))
+    inactive_threshold: int = opt(1, "successful keepalives before an inactive entry is active again",
+                                  bounds=(1, None))
+    probing_mode: int = opt(1, "0: probe P entries until one answer; 1: probe all; 2: only I+P; 3: only P",
+                            bounds=(0, 3))
     ping_reply_codes: str = opt("", "extra codes counting as alive, 'code=403;class=4'; empty: only 2xx")
     ping_latency_stats: bool = opt(False, "keep latency statistics from keepalives (needed by algorithm 13)")
-    latency_estimator_alpha: int = opt(100, "per mille weight of a new latency sample in EST (Kamailio 6.1 meaning)")
+    latency_estimator_alpha: int = opt(100, "per mille weight of a new latency sample in EST (Kamailio 6.1 meaning)",
+                                       bounds=(1, 999))
     ping_active: bool = opt(True, "send keepalives at start (dispatcher.ping_active toggles it at runtime)")
 
     routes: tuple[Route, ...] = field(default=(), metadata={"help": "[[plugins.dispatcher.routes]] rules"})
@@ -254,10 +260,6 @@ class DispatcherConfig:
         """Cross-field checks; routes are checked by :func:`parse_dispatcher_config`."""
         if not self.list_file and not self.db_url:
             raise ValueError("list_file or db_url: one source of destinations is needed")
-        if self.flags < 0:
-            raise ValueError(f"flags: {self.flags} is negative")
-        if self.hash_size < 0:
-            raise ValueError(f"hash_size: {self.hash_size} is negative")
         if self.hash_template:
             try:
                 names = template_names(self.hash_template)
@@ -267,12 +269,6 @@ class DispatcherConfig:
             if unknown:
                 known = ", ".join(sorted(TEMPLATE_FIELDS))
                 raise ValueError(f"hash_template: unknown field {{{unknown[0]}}} (known: {known})")
-        if not 300 <= self.no_destination_code <= 699:
-            raise ValueError(f"no_destination_code: {self.no_destination_code} is not 300-699")
-        if self.retry_after < 0:
-            raise ValueError("retry_after: must be 0 or more")
-        if self.ping_interval < 0 or self.dns_interval < 0:
-            raise ValueError("ping_interval and dns_interval must be 0 (off) or more")
         if self.ping_timeout <= 0:
             raise ValueError("ping_timeout: must be > 0")
         if not _TOKEN.fullmatch(self.ping_method):
@@ -281,13 +277,6 @@ class DispatcherConfig:
         if problem:
             raise ValueError(f"ping_method: {problem}")
         check_message_uri("ping_from", self.ping_from)
-        if self.probing_threshold < 1 or self.inactive_threshold < 1:
-            raise ValueError("probing_threshold and inactive_threshold must be at least 1")
-        if not 0 <= self.probing_mode <= 3:
-            raise ValueError(f"probing_mode: {self.probing_mode} is not 0, 1, 2 or 3")
-        if not 0 < self.latency_estimator_alpha < 1000:
-            alpha = self.latency_estimator_alpha
-            raise ValueError(f"latency_estimator_alpha: {alpha} is not 1..999 (per mille)")
         check_reply_codes(self.ping_reply_codes)
 
     @property
@@ -347,10 +336,21 @@ def parse_dispatcher_config(data: Mapping[str, Any], path: str = "<config>") -> 
     raw_routes = data.get(ROUTES_KEY, [])
     if not isinstance(raw_routes, list):
         raise ConfigError(f"{where} {ROUTES_KEY}: write rules as [[{SECTION}.{ROUTES_KEY}]] tables")
-    routes = tuple(
-        parse_section(Route, r, f"{path}: [[{SECTION}.{ROUTES_KEY}]][{i}]") for i, r in enumerate(raw_routes)
-    )
-    cfg = parse_section(DispatcherConfig, body, where)
+    # every rule's problems and the section's at once, so an operator fixes them in one round
+    errors: list[str] = []
+    parsed: list[Route] = []
+    for i, r in enumerate(raw_routes):
+        try:
+            parsed.append(parse_section(Route, r, f"{path}: [[{SECTION}.{ROUTES_KEY}]][{i}]"))
+        except ConfigError as exc:
+            errors.extend(exc.errors)
+    try:
+        cfg = parse_section(DispatcherConfig, body, where)
+    except ConfigError as exc:
+        errors.extend(exc.errors)
+    if errors:
+        raise ConfigError(*errors)
+    routes = tuple(parsed)
     for i, r in enumerate(routes):
         rwhere = f"{path}: [[{SECTION}.{ROUTES_KEY}]][{i}]"
         for n, (_, alg) in enumerate(r.sets):

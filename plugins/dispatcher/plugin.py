@@ -33,7 +33,7 @@ from loguru import logger
 
 from b2bua import hookimpl
 from b2bua.api import FailureKind, Reject, RoutePlan, StashKey, Target
-from b2bua.config import SipConfig
+from b2bua.config import ConfigError, SipConfig
 from b2bua.nameservers import Nameserver, effective_nameservers
 from plugins.dispatcher import hookspecs
 from plugins.dispatcher.adminstate import AdminState
@@ -156,6 +156,9 @@ class DispatcherPlugin:
             self._loader = partial(load_configured, nameservers=self._nameservers)  # start-up: checked below
         self.state = self._make_state()
         self._state_path = config.resolve_path(self.config.state_file) if self.config.state_file else None
+        if self._state_path is not None and not self._state_path.parent.is_dir():
+            # every operator disable would answer "Ok" and then fail to be kept, with one ERROR line
+            raise ConfigError(f"{config.path}: [{SECTION}] state_file: folder {self._state_path.parent} does not exist")
         self.reloader = self._make_reloader(app)
         self._dns = DnsRefresher(app, self.reloader, self.config.dns_interval, self.host_lookup)
         if not self.config.routes:

@@ -32,6 +32,8 @@ from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from loguru import logger
+
 from b2bua.core_rpc import seconds_param, wait_until
 from b2bua.loop import Task
 from b2bua.rpc import INVALID_PARAMS, SERVER_ERROR, RawJson, RpcError, RpcRegistry
@@ -388,6 +390,12 @@ class DispatcherRpc:
             raise RpcError("Ongoing reload", FAULT) from None
         except ValueError as exc:  # the set already has this URI
             raise RpcError(f"Adding dispatcher dst failed: {exc}", FAULT) from None
+        # the routing changed by hand: say so, as set_state does (in memory only, as in Kamailio)
+        added = resolved[0]
+        logger.info("dispatcher: set {setid} {destination} added (dispatcher.add, flags {flags}, priority "
+                    "{priority}{attrs}; until the next reload)", setid=added.setid, destination=added.uri,
+                    flags=added.flags, priority=added.priority,
+                    attrs=f", attrs {added.attrs.body}" if added.attrs.body else "")
         return ADDED
 
     def remove(self, setid: int, uri: str) -> str:
@@ -402,6 +410,8 @@ class DispatcherRpc:
         self.plugin.admin_state.forget(group, dest.uri)
         self.plugin.counters.forget([dest.key])
         self.plugin.drains.stop([dest.key])
+        logger.info("dispatcher: set {setid} {destination} removed (dispatcher.remove; until the next reload)",
+                    setid=group, destination=dest.uri)
         return REMOVED
 
     def stats(self, setid: int | None = None, uri: str | None = None) -> dict[str, Any]:

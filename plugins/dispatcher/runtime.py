@@ -17,6 +17,7 @@ for an entry reported for the first time (start-up, reload, add).
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections import Counter
 from collections.abc import Callable, Collection, Hashable, Iterator, Mapping
@@ -331,14 +332,27 @@ class DispatcherState:
         new entry), one per step: a loop task spreads a large list over several passes.
         """
         snapshot, before = self._snapshot, previous.rt
+        added: list[Destination] = []
         for dset in snapshot.sets.values():
             for d in dset.destinations:
                 rt = self._rt.get(d.key)
                 if rt is None:  # removed meanwhile
                     continue
                 prev = before.get(d.key)
+                if prev is None:
+                    added.append(d)
                 self._notify(d, prev.flags if prev is not None else None, rt.flags, reason)
                 yield
+        if reason == "startup":
+            return
+        removed: list[Destination] = []
+        for n, (key, d) in enumerate(previous.dests.items(), 1):
+            if key not in self._dests:
+                removed.append(d)
+            if n % PREPARE_STEP == 0:
+                yield
+        if changed := load_changes(added, removed):
+            logger.info("dispatcher: {} {}", reason, changed)
 
     def add(self, dest: Destination, reason: str = "add") -> None:
         """Add one entry in memory (RPC ``dispatcher.add``); other entries keep their runtime.
@@ -628,6 +642,18 @@ class DispatcherState:
             )
         if self.listener is not None:
             self.listener(dest, old, new, reason)
+
+
+def load_changes(added: Collection[Destination], removed: Collection[Destination], shown: int = 10) -> str:
+    """What a reload changed, for its log line: ``added 1 (set 1 sip:a), removed 2 (set 2 sip:b,
+    set 2 sip:c)``, naming at most ``shown`` entries each; "" when nothing was added or removed."""
+    parts = []
+    for word, dests in (("added", added), ("removed", removed)):
+        if dests:
+            named = ", ".join(f"set {d.setid} {d.uri}" for d in itertools.islice(dests, shown))
+            more = f", and {len(dests) - shown} more" if len(dests) > shown else ""
+            parts.append(f"{word} {len(dests)} ({named}{more})")
+    return ", ".join(parts)
 
 
 def _latency_dict(stats: Any) -> dict[str, Any] | None:

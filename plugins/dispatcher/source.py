@@ -46,7 +46,8 @@ class Source(Protocol):
 
 
 def load_configured(config: DispatcherConfig, list_file: Path | None, resolve: bool = True,
-                    sip: SipConfig | None = None, nameservers: Sequence[Nameserver] = ()) -> Snapshot:
+                    sip: SipConfig | None = None, nameservers: Sequence[Nameserver] = (),
+                    create: bool = True) -> Snapshot:
     """Read the configured source: ``list_file`` when set, else ``db_url`` (blocking).
 
     :param resolve: resolve host names (off for a simulation, which needs no addresses).
@@ -54,21 +55,33 @@ def load_configured(config: DispatcherConfig, list_file: Path | None, resolve: b
         it cannot honour fail the load (:func:`~plugins.dispatcher.outbound.check_outbound`).
     :param nameservers: the DNS servers pjsip asks (``[sip] nameservers``); host names are
         looked up through them as pjsip will (SRV first); none: the system resolver.
+    :param create: an SQLite database or table that is missing is created (start-up: first
+        use). A reload passes False: a file or table gone since start-up fails the reload, and
+        the destinations in use stay, instead of an empty new table taking every one away.
     """
     table = None
+    store = None
     if list_file is None:
         # SQLAlchemy takes half a second to import: a list file's reload (a fresh process) skips it
-        from plugins.dispatcher.sqlstore import TableNames
+        from plugins.dispatcher.sqlstore import SqlStore, TableNames
 
         table = TableNames.from_config(config)
-    snapshot = load_snapshot(
-        list_file=list_file,
-        db_url=None if list_file is not None else config.db_url,
-        table=table,
-        resolve=resolve,
-        skip_unresolvable=config.dns_skip_unresolvable,
-        host_lookup=make_lookup(nameservers) if resolve else None,
-    )
+        if not create:
+            store = SqlStore(config.db_url, table, read_only=True)  # opens nothing it would create
+    try:
+        snapshot = load_snapshot(
+            list_file=list_file,
+            db_url=None if list_file is not None else config.db_url,
+            table=table,
+            resolve=resolve,
+            skip_unresolvable=config.dns_skip_unresolvable,
+            create_schema=create,
+            store=store,
+            host_lookup=make_lookup(nameservers) if resolve else None,
+        )
+    finally:
+        if store is not None:
+            store.close()
     if sip is not None:
         check_outbound(snapshot, sip, rows=list_file is None)
     return check_loaded(snapshot, config, list_file)  # empty list file, duplicates, weights

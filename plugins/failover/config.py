@@ -91,16 +91,19 @@ class FailoverConfig:
     failover_on_no_answer: bool = opt(
         False, "also try the next target when one rang but was not answered in answer_timeout"
     )
-    max_attempts: int = opt(0, "most attempts (B legs) per call; 0: as many as the route plan has")
+    max_attempts: int = opt(0, "most attempts (B legs) per call; 0: as many as the route plan has", bounds=(0, None))
     attempt_timeout: float = opt(
-        0.0, "seconds a target may take to send a provisional response (0: [sip] attempt_timeout)"
+        0.0, "seconds a target may take to send a provisional response (0: [sip] attempt_timeout)",
+        bounds=(0, None)
     )
     answer_timeout: float = opt(
         0.0,
         "seconds a target may ring before it is given up (Kamailio fr_inv_timer; 0: [sip] answer_timeout)",
+        bounds=(0, None),
     )
     total_timeout: float = opt(
-        0.0, "seconds after the call arrived when no new attempt starts; a late one gets what is left (0: none)"
+        0.0, "seconds after the call arrived when no new attempt starts; a late one gets what is left (0: none)",
+        bounds=(0, None)
     )
     mark: str = opt(
         "",
@@ -115,9 +118,9 @@ class FailoverConfig:
         "answer when every attempt failed: 'fixed' (final_code), 'last' (the last failure), "
         "'best' (the best failure, RFC 3261 16.7)",
     )
-    final_code: int = opt(503, "status of the 'fixed' final answer")
+    final_code: int = opt(503, "status of the 'fixed' final answer", bounds=(300, 699))
     final_reason: str = opt("Service Unavailable", "reason phrase of the 'fixed' final answer")
-    retry_after: int = opt(5, "Retry-After seconds on the 'fixed' final answer (0: none)")
+    retry_after: int = opt(5, "Retry-After seconds on the 'fixed' final answer (0: none)", bounds=(0, 86400))
     reason_header: bool = opt(True, "add an RFC 3326 Reason header naming the last failure to the 'fixed' final answer")
 
     def validate(self) -> None:
@@ -125,20 +128,11 @@ class FailoverConfig:
         self.failover_set  # noqa: B018 - parsing is the check
         self.hunt_stop_set  # noqa: B018
         self.mark_set  # noqa: B018
-        if self.max_attempts < 0:
-            raise ValueError("max_attempts: must be >= 0 (0: no limit)")
-        for key in ("attempt_timeout", "answer_timeout", "total_timeout"):
-            if getattr(self, key) < 0:
-                raise ValueError(f"{key}: must be >= 0 seconds (0: off)")
         if self.mark.lower() not in MARK_STATES:
             raise ValueError(f"mark: {self.mark!r} is not one of '', 'i', 'ip', 't', 'tp'")
         if self.final not in FINAL_MODES:
             raise ValueError(f"final: {self.final!r} is not one of {', '.join(FINAL_MODES)}")
-        if not 300 <= self.final_code <= 699:
-            raise ValueError(f"final_code: {self.final_code} is not a final failure status (300-699)")
         _check_phrase("final_reason", self.final_reason)
-        if self.retry_after < 0:
-            raise ValueError("retry_after: must be >= 0 (0: no Retry-After)")
 
     @functools.cached_property
     def failover_set(self) -> CodeSet:

@@ -8,9 +8,11 @@ asserted is the operator's output and exit codes, and where the next calls go (t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import socket
+import sqlite3
 import time
 from pathlib import Path
 
@@ -181,6 +183,33 @@ def test_unreadable_database_reload_names_the_cause(gateway_factory: GatewayFact
     assert done.returncode == 1
     assert done.stderr.startswith(f"error: dispatcher.reload: 500 Reload Failed: sqlite:///{workdir}/dispatcher.db")
     assert "file is not a database" in done.stderr
+    assert b2b.process.cli("rpc", "dispatcher.list").stdout == before
+    assert calls_go_to(b2b, caller, [gw], 1) == [1]
+
+
+def test_a_dropped_table_or_a_moved_database_fails_the_reload(gateway_factory: GatewayFactory,
+                                                              b2bua_factory: B2buaFactory, caller: Caller,
+                                                              workdir: Path, addresses: AddressAllocator) -> None:
+    # the reload used to create an empty table (or database) and answer "Ok", every gateway gone
+    gw = gateway_factory("answer")
+    ip = addresses.next()
+    port = free_port(ip, "udp")
+    config = b2bua_config(ip, port, dispatcher={"list_file": "", "db_url": "sqlite:///dispatcher.db"})
+    B2buaProcess(workdir).config_path.write_text(config)
+    assert B2buaProcess(workdir).cli("dispatcher", "add", "1", gw.uri).returncode == 0
+    b2b = RunningB2bua(b2bua_factory(config), ip, port)
+    before = b2b.process.cli("rpc", "dispatcher.list").stdout
+    database = workdir / "dispatcher.db"
+    with contextlib.closing(sqlite3.connect(database)) as db, db:
+        db.execute("DROP TABLE dispatcher")
+    done = b2b.process.cli("dispatcher", "reload")
+    assert (done.returncode, done.stderr) == (
+        1, f"error: dispatcher.reload: 500 Reload Failed: sqlite:///{database}: table 'dispatcher' does not exist\n")
+    database.rename(workdir / "moved.db")
+    done = b2b.process.cli("dispatcher", "reload")
+    assert done.returncode == 1
+    assert f"sqlite:///{database}: no such database file" in done.stderr
+    assert not database.exists()
     assert b2b.process.cli("rpc", "dispatcher.list").stdout == before
     assert calls_go_to(b2b, caller, [gw], 1) == [1]
 

@@ -152,7 +152,8 @@ def test_ruri_hash_keeps_a_number_on_one_gateway(gateway_factory: GatewayFactory
                  "config.toml: [[plugins.dispatcher.routes]][0] algorithm: 10 (call-load) needs hash_size > 0",
                  id="call-load-without-hash-size"),
     pytest.param("dispatcher", {"no_destination_code": 200},
-                 "config.toml: [plugins.dispatcher] no_destination_code: 200 is not 300-699", id="bad-answer-code"),
+                 "config.toml: [plugins.dispatcher] no_destination_code: must be 300-699, got 200",
+                 id="bad-answer-code"),
 ])
 @pytest.mark.parametrize("command", ["run", "check-config"])
 def test_bad_dispatcher_config_is_refused(workdir: Path, addresses: AddressAllocator, command: str, section: str,

@@ -105,6 +105,20 @@ def test_check_config_reports_every_error_with_its_toml_path(tmp_path: Path) -> 
     assert len(lines) == 8
 
 
+@pytest.mark.parametrize(("file", "reason"), [
+    ("typo/b2bua.log", "folder {tmp}/typo does not exist"),
+    ("/proc/b2bua.log", "cannot open /proc/b2bua.log: No such file or directory"),
+], ids=["missing-folder", "cannot-open"])
+def test_run_refuses_a_log_file_it_cannot_write(tmp_path: Path, file: str, reason: str) -> None:
+    # it was a Python traceback and exit 1 (cannot open), or a folder created without a word
+    # (loguru makes the missing ones): logs going somewhere nobody looks
+    (tmp_path / "config.toml").write_text(f'[log]\nfile = "{file}"\n[control]\nsocket = ""\n')
+    done = b2bua("run", cwd=tmp_path)
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == f"error: config.toml: [log] file: {reason.format(tmp=tmp_path)}\n"
+    assert not (tmp_path / "typo").exists()
+
+
 def test_check_config_reads_b2bua_config(tmp_path: Path) -> None:
     site = tmp_path / "etc" / "site.toml"
     site.parent.mkdir()

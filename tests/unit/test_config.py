@@ -318,5 +318,13 @@ def test_default_config_path(environ: dict[str, str], path: str) -> None:
 def test_a_config_that_is_not_utf8(tmp_path: Path) -> None:
     path = tmp_path / "config.toml"
     path.write_bytes(b'[sip]\nuser_agent = "\xff"\n')
-    with pytest.raises(ConfigError, match=r"config.toml: not UTF-8 text \(byte 20\)"):
+    with pytest.raises(ConfigError, match=r"config.toml:2: not UTF-8 text \(byte 20: 0xff\)"):
+        load_config(path)
+
+
+def test_a_config_with_a_byte_order_mark_says_so(tmp_path: Path) -> None:
+    # it was "not valid TOML: Invalid statement (at line 1, column 1)", for a file that looks right
+    path = tmp_path / "config.toml"
+    path.write_bytes(b"\xef\xbb\xbf[sip]\nmax_calls = 10\n")
+    with pytest.raises(ConfigError, match=r"config.toml:1: starts with a byte order mark \(U\+FEFF\)"):
         load_config(path)

@@ -312,6 +312,8 @@ def test_results(exchange: Exchange, payload: bytes, expected: Any) -> None:
         (req("test.echo", "a string", id=5), 5, INVALID_REQUEST),
         (b'{"jsonrpc":"2.0","id":{"x":1},"method":"test.echo"}', None, INVALID_REQUEST),
         (b'{"jsonrpc":"2.0","id":true,"method":"test.echo"}', None, INVALID_REQUEST),
+        (b'{"jsonrpc":"2.0","id":1e999,"method":"test.echo"}', None, INVALID_REQUEST),
+        (b'{"jsonrpc":"2.0","id":-1e999,"method":"test.echo"}', None, INVALID_REQUEST),
         (req("no.such", id=6), 6, METHOD_NOT_FOUND),
         (req("test.add", [1], id=7), 7, INVALID_PARAMS),
         (req("test.kw", {"nme": "x"}, id=8), 8, INVALID_PARAMS),
@@ -321,7 +323,8 @@ def test_results(exchange: Exchange, payload: bytes, expected: Any) -> None:
     ],
     ids=[
         "truncated", "not-utf8", "nan", "number", "string", "empty-batch", "jsonrpc-1.0", "no-jsonrpc",
-        "method-not-string", "params-string", "id-object", "id-bool", "unknown-method", "missing-param",
+        "method-not-string", "params-string", "id-object", "id-bool", "id-inf", "id-minus-inf", "unknown-method",
+        "missing-param",
         "unknown-named-param", "app-error", "crash", "bad-result",
     ],
 )
@@ -330,6 +333,23 @@ def test_errors(exchange: Exchange, payload: bytes, expected_id: Any, code: int)
     assert answer["jsonrpc"] == "2.0"
     assert error_of(answer) == (expected_id, code)
     assert "result" not in answer
+
+
+def test_a_batch_with_an_infinite_id_answers_every_other_request(exchange: Exchange) -> None:
+    # 1e999 parses as inf: it once broke the whole answer (nothing sent back, a traceback logged)
+    payload = b"[" + req("test.add", [1, 2], id=1) + b"," + req("test.echo", id=2).replace(b"2}", b"1e999}") + b"]"
+    assert b"1e999" in payload
+    first, second = exchange(payload)
+    assert first == {"jsonrpc": "2.0", "id": 1, "result": 3}
+    assert error_of(second) == (None, INVALID_REQUEST)
+    assert "finite number" in second["error"]["message"]
+
+
+def test_a_lone_surrogate_is_answered_as_escaped_json(exchange: Exchange) -> None:
+    # "\ud800" is valid JSON text but has no UTF-8 form: it was answered "Internal error"
+    payload = req("test.echo", ["sip:\ud800", "ü"])
+    assert b"\\ud800" in payload
+    assert exchange(payload) == {"jsonrpc": "2.0", "id": 1, "result": ["sip:\ud800", "ü"]}
 
 
 def test_wrong_params_error_shows_usage(exchange: Exchange) -> None:
@@ -870,6 +890,20 @@ def test_with_a_token_any_host_name_works_and_origins_are_still_checked(make_ser
     assert status_of(post_bytes(server.http_address, crossed, req("test.add", [1, 2]))) == 403
 
 
+@pytest.mark.parametrize("lengths", [("48", "5"), ("\u00b2",)], ids=["two-lengths", "superscript-two"])
+def test_http_content_length_must_be_one_ascii_number(server: ControlServer, lengths: tuple[str, ...]) -> None:
+    # two different lengths used to be served with the first one (a proxy reading the other
+    # one would see a second request smuggled in the body); b"\xb2" is "²" in latin-1, which
+    # str.isdigit() accepts and int() does not
+    assert server.http_address is not None
+    body = req("test.add", [1, 2])
+    fields = "".join(f"Content-Length: {n}\r\n" for n in lengths)
+    head = f"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n{fields}\r\n"
+    answer = raw_http(server.http_address, head.encode("latin-1") + body)
+    assert status_of(answer) == 400, answer
+    assert b"bad Content-Length" in answer
+
+
 def test_http_kamailio_rpc_path(server: ControlServer) -> None:
     assert server.http_address is not None
     status, _, body = http_post(server.http_address, req("test.add", [2, 2]), path="/RPC")
@@ -1086,3 +1120,44 @@ def test_a_client_closing_in_the_middle_of_a_head_is_no_refusal(server: ControlS
     assert answer == b""
     assert raw_http(server.http_address, b"POST / HTT") == b""
     assert warnings == []
+
+
+@pytest.mark.parametrize("transport", ["unix", "http"])
+def test_stop_does_not_wait_for_a_call_that_waits_long(tmp_path: Path, warnings: list[str], transport: str) -> None:
+    # SIGTERM during 'b2bua dispatcher reload' kept the B2BUA from exiting for 300 s: stop()
+    # joined the thread of the reload call, which waited for the loop thread, the one in stop()
+    entered, release = threading.Event(), threading.Event()
+
+    def reload() -> str:
+        entered.set()
+        release.wait(120)
+        return "done"
+
+    registry = RpcRegistry()
+    registry.add("test.reload", reload, "Wait until released.")
+    server = ControlServer(registry, lambda fn, timeout: fn(),
+                           ControlConfig(socket="b2bua.sock", http="127.0.0.1:0"), tmp_path, loop_timeout=0.2)
+    server.start()
+    try:
+        def call() -> None:
+            with contextlib.suppress(Exception):  # the answer never comes: the server stops
+                if transport == "unix":
+                    assert server.socket_path is not None
+                    unix_exchange(server.socket_path, req("test.reload"))
+                else:
+                    assert server.http_address is not None
+                    http_exchange(server.http_address, req("test.reload"))
+
+        client = threading.Thread(target=call, daemon=True)
+        client.start()
+        assert entered.wait(10)
+        stopper = threading.Thread(target=server.stop)
+        stopper.start()
+        stopper.join(60)  # a bound for the test, not a measurement: it waited 120 s before
+        assert not stopper.is_alive()
+        assert not release.is_set()  # stop() returned while the call was still waiting
+        assert "control API: 1 call(s) still waiting at shutdown (a reload, or a drain with a wait):" \
+               " their clients get no answer" in warnings
+    finally:
+        release.set()
+        server.stop()

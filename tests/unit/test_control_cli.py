@@ -334,3 +334,14 @@ def test_missing_method_is_a_usage_error(rpc: Callable[..., Outcome]) -> None:
     with pytest.raises(SystemExit) as info:
         rpc()
     assert info.value.code == 2
+
+
+@pytest.mark.parametrize("timeout", ["-1", "nan", "inf", "0", "soon"])
+def test_a_timeout_that_is_not_seconds_above_0_is_a_usage_error(
+    rpc: Callable[..., Outcome], capsys: pytest.CaptureFixture[str], timeout: str
+) -> None:
+    # -1 and nan were a Python traceback (socket.settimeout), 0 "no answer within 0s"
+    with pytest.raises(SystemExit) as info:
+        rpc("--socket", "/nonexistent.sock", "--timeout", timeout, "core.version")
+    assert info.value.code == 2
+    assert f"argument --timeout: expected seconds above 0, got '{timeout}'" in capsys.readouterr().err

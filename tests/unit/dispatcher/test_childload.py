@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -69,6 +71,28 @@ def test_a_database_loads_as_it_does_in_process(tmp_path: Path) -> None:
     store.close()
     cfg = DispatcherConfig(db_url=url)
     same(child_snapshot(ConfiguredSource(cfg, None).request), load_configured(cfg, None))
+
+
+def test_a_reload_creates_no_database_and_no_table(tmp_path: Path) -> None:
+    # a reload after the table was dropped (or the SQLite file moved away) created an empty
+    # one and answered "Ok. Dispatcher successfully reloaded." with every gateway gone; it is a
+    # failed reload now (the destinations in use stay), as in Kamailio. Start-up still creates.
+    url = f"sqlite:///{tmp_path / 'd.db'}"
+    cfg = DispatcherConfig(db_url=url)
+    with pytest.raises(LoadError, match="no such database file"):
+        child_snapshot(ConfiguredSource(cfg, None).request)
+    assert not (tmp_path / "d.db").exists()
+    store = SqlStore(url)
+    store.ensure_schema()
+    store.add(1, "sip:127.0.0.1:5061", 0, 0, "", "")
+    store.close()
+    with contextlib.closing(sqlite3.connect(tmp_path / "d.db")) as db, db:
+        db.execute("DROP TABLE dispatcher")
+    with pytest.raises(LoadError, match="table 'dispatcher' does not exist"):
+        child_snapshot(ConfiguredSource(cfg, None).request)
+    with contextlib.closing(sqlite3.connect(tmp_path / "d.db")) as db:
+        assert db.execute("SELECT name FROM sqlite_master WHERE name = 'dispatcher'").fetchone() is None
+    assert load_configured(cfg, None).sets == {}  # start-up: created, empty
 
 
 def test_errors_are_the_in_process_errors(tmp_path: Path) -> None:

@@ -96,15 +96,15 @@ def test_bad_route_names_the_rule_index(route: dict[str, Any], message: str) -> 
 @pytest.mark.parametrize(
     ("section", "message"),
     [
-        ({"probing_mode": 4}, "probing_mode: 4 is not 0, 1, 2 or 3"),
+        ({"probing_mode": 4}, "probing_mode: must be 0-3, got 4"),
         ({"ping_reply_codes": "code=99"}, "ping_reply_codes: 'code=99': code must be 100-699"),
         ({"ping_reply_codes": "class=7"}, "class must be 1-6"),
         ({"ping_reply_codes": "403"}, "expected code=NNN or class=N"),
         ({"hash_template": "{from_usr}"}, r"hash_template: unknown field \{from_usr\}"),
         ({"hash_template": "{call_id"}, "hash_template: "),
-        ({"no_destination_code": 200}, "no_destination_code: 200 is not 300-699"),
-        ({"latency_estimator_alpha": 1000}, "latency_estimator_alpha: 1000 is not 1..999"),
-        ({"probing_threshold": 0}, "at least 1"),
+        ({"no_destination_code": 200}, "no_destination_code: must be 300-699, got 200"),
+        ({"latency_estimator_alpha": 1000}, "latency_estimator_alpha: must be 1-999, got 1000"),
+        ({"probing_threshold": 0}, "probing_threshold: must be 1 or more, got 0"),
         ({"ping_from": "dispatcher@localhost"}, "ping_from: dispatcher@localhost: no URI scheme"),
         ({"ping_from": "sip:ping@b2bua.example?X-Injected=yes"},
          r"ping_from=sip:ping@b2bua.example\?X-Injected=yes: URI headers \(\?X-Injected=yes\) are not allowed"),
@@ -121,6 +121,24 @@ def test_bad_setting_says_where_and_why(section: dict[str, Any], message: str) -
     with pytest.raises(ConfigError, match=r"config.toml: \[plugins.dispatcher\]") as exc:
         parse_dispatcher_config(section, "config.toml")
     assert exc.match(message)
+
+
+def test_every_value_out_of_range_is_reported_at_once_with_the_rules_problems() -> None:
+    # the section's range checks stopped at the first one (and a bad rule hid them all): an
+    # operator fixed one, ran check-config again, and met the next
+    section = {"ping_interval": -5, "probing_mode": 7, "latency_estimator_alpha": 5000, "no_destination_code": 200,
+               "inactive_threshold": 0, "routes": [{"set": 1}, {"algorithm": "fastest"}]}
+    with pytest.raises(ConfigError) as exc:
+        parse_dispatcher_config(section, "config.toml")
+    first, *rest = exc.value.errors
+    assert first.startswith("config.toml: [[plugins.dispatcher.routes]][1] algorithm: unknown algorithm 'fastest'")
+    assert rest == [
+        "config.toml: [plugins.dispatcher] ping_interval: must be 0 or more, got -5.0",
+        "config.toml: [plugins.dispatcher] probing_mode: must be 0-3, got 7",
+        "config.toml: [plugins.dispatcher] latency_estimator_alpha: must be 1-999, got 5000",
+        "config.toml: [plugins.dispatcher] no_destination_code: must be 300-699, got 200",
+        "config.toml: [plugins.dispatcher] inactive_threshold: must be 1 or more, got 0",
+    ]
 
 
 def test_list_file_wins_and_db_url_may_then_be_empty() -> None:

@@ -351,3 +351,12 @@ def test_dns_refresh_keeps_order_and_reports_changes() -> None:
     assert [d.uri for d in fresh.sets[1].destinations] == [a.uri, b.uri]  # not re-sorted
     assert fresh.sets[1].destinations[0].address == ("127.0.0.1", 5070, "udp")
     assert refresh_addresses(fresh) is None  # nothing changed
+
+
+def test_a_state_file_in_a_missing_folder_stops_configure(tmp_path: Path) -> None:
+    # it used to start: each 'set_state d' then answered "Ok. Dispatcher state updated." and the
+    # disable was lost at the next restart, with one ERROR line ("cannot write the admin state file")
+    missing = tmp_path / "typo"
+    with pytest.raises(ConfigError, match=rf"\[plugins.dispatcher\] state_file: folder {missing} does not exist"):
+        Harness({"state_file": str(missing / "state.json")})
+    Harness({"state_file": str(tmp_path / "state.json")})  # an existing folder is fine

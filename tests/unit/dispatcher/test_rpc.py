@@ -17,6 +17,7 @@ from typing import Any
 
 import pluggy
 import pytest
+from loguru import logger
 
 from b2bua import hookspecs
 from b2bua.config import parse_config
@@ -388,6 +389,21 @@ def test_add_then_remove(h: Harness) -> None:
     assert h.rpc("dispatcher.remove", 1, "sip:127.0.0.1:5063") == "Ok. Dispatcher destination removed."
     assert h.rpc("dispatcher.remove", 4, "127.0.0.1:5064") == "Ok. Dispatcher destination removed."
     assert h.rpc("dispatcher.list")["NRSETS"] == 2
+
+
+def test_add_and_remove_are_logged(h: Harness) -> None:
+    # they change where calls go, by hand: an operator reading the log must see them (they
+    # were silent while set_state was logged)
+    lines: list[str] = []
+    sink = logger.add(lambda m: lines.append(m.record["message"]), level="INFO")
+    try:
+        h.rpc("dispatcher.add", 1, "127.0.0.1:5063", 8, 7, "duid=gw3")
+        h.rpc("dispatcher.remove", 1, "sip:127.0.0.1:5063")
+    finally:
+        logger.remove(sink)
+    assert ("dispatcher: set 1 sip:127.0.0.1:5063 added (dispatcher.add, flags 8, priority 7, attrs duid=gw3;"
+            " until the next reload)") in lines
+    assert "dispatcher: set 1 sip:127.0.0.1:5063 removed (dispatcher.remove; until the next reload)" in lines
 
 
 @pytest.mark.parametrize(

@@ -7,10 +7,11 @@ from collections import Counter
 from typing import Any
 
 import pytest
+from loguru import logger
 
 from b2bua.api import CallInfo
 from plugins.dispatcher.model import Attrs, DestFlags, Destination, Snapshot, build_snapshot
-from plugins.dispatcher.runtime import DispatcherState, mark_state_bits, parse_state_letters
+from plugins.dispatcher.runtime import DispatcherState, load_changes, mark_state_bits, parse_state_letters
 from plugins.dispatcher.setview import Cursors
 
 I, T, D, P = (int(f) for f in (DestFlags.INACTIVE, DestFlags.TRYING, DestFlags.DISABLED, DestFlags.PROBING))  # noqa: E741
@@ -295,3 +296,29 @@ def test_listing() -> None:
     assert a["latency"] == {"avg": 10.0, "std": 1.0, "est": 11.0, "max": 20.0, "timeout": 2}
     b = rows[1]["destinations"][0]
     assert (b["flags"], b["latency"], b["load"]) == ("DP", None, 0)
+
+
+def test_a_reload_logs_what_it_added_and_removed_and_startup_does_not() -> None:
+    # after a SIGHUP an operator must see what the list change did; start-up lists nothing
+    # (its "loaded from ... N destinations" line says it), nor does a reload that changed nothing
+    lines: list[str] = []
+    sink = logger.add(lambda m: lines.append(m.record["message"]), level="INFO")
+    try:
+        state, _ = make(*GW)
+        state.swap(snap(*GW), keep_state=True)
+        unchanged = list(lines)
+        state.swap(snap(d(1, "sip:gw1"), d(1, "sip:gw3", flags=D), d(1, "sip:gw4"), d(2, "sip:gw1")),
+                   keep_state=True)
+    finally:
+        logger.remove(sink)
+    assert not any(" added " in line or " removed " in line for line in unchanged)
+    assert "dispatcher: reload added 2 (set 1 sip:gw4, set 2 sip:gw1), removed 1 (set 1 sip:gw2)" in lines
+
+
+def test_load_changes_names_at_most_ten_of_each() -> None:
+    many = [d(1, f"sip:10.0.0.{n}") for n in range(12)]
+    assert load_changes([], []) == ""
+    assert load_changes(many, many[:1]) == (
+        "added 12 (" + ", ".join(f"set 1 sip:10.0.0.{n}" for n in range(10)) + ", and 2 more), "
+        "removed 1 (set 1 sip:10.0.0.0)"
+    )

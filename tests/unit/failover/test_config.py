@@ -70,15 +70,15 @@ def test_code_sets(items: list[int | str], contains: list[int], missing: list[in
         ({"hunt_stop_codes": ["2xx"]}, "hunt_stop_codes[0]: '2xx'"),
         ({"mark_codes": [486, 7000]}, "mark_codes[1]: 7000"),
         ({"failover_codes": [5.5]}, "failover_codes[0]: expected an integer or a string"),
-        ({"max_attempts": -1}, "max_attempts: must be >= 0"),
+        ({"max_attempts": -1}, "max_attempts: must be 0 or more, got -1"),
         ({"max_attempts": "3"}, "max_attempts: expected an integer"),
-        ({"attempt_timeout": -1}, "attempt_timeout: must be >= 0"),
-        ({"total_timeout": -0.5}, "total_timeout: must be >= 0"),
+        ({"attempt_timeout": -1}, "attempt_timeout: must be 0 or more, got -1.0"),
+        ({"total_timeout": -0.5}, "total_timeout: must be 0 or more, got -0.5"),
         ({"mark": "x"}, "mark: 'x' is not one of"),
         ({"final": "first"}, "final: 'first' is not one of fixed, last, best"),
-        ({"final_code": 200}, "final_code: 200 is not a final failure status"),
+        ({"final_code": 200}, "final_code: must be 300-699, got 200"),
         ({"final_reason": "Oops\r\nX-Injected: 1"}, "final_reason: must be one line"),
-        ({"retry_after": -5}, "retry_after: must be >= 0"),
+        ({"retry_after": -5}, "retry_after: must be 0-86400, got -5"),
         ({"failover_code": ["5xx"]}, "unknown key 'failover_code'"),
     ],
 )
@@ -88,3 +88,15 @@ def test_errors_name_the_key(section: dict[str, Any], message: str) -> None:
     text = str(info.value)
     assert text.startswith(WHERE)
     assert message in text
+
+
+def test_every_value_out_of_range_is_reported_at_once() -> None:
+    # they were reported one at a time (validate() stopped at the first)
+    with pytest.raises(ConfigError) as info:
+        parse(max_attempts=-1, attempt_timeout=-3, final_code=99, retry_after=-1)
+    assert [error.removeprefix(WHERE) for error in info.value.errors] == [
+        " max_attempts: must be 0 or more, got -1",
+        " attempt_timeout: must be 0 or more, got -3.0",
+        " final_code: must be 300-699, got 99",
+        " retry_after: must be 0-86400, got -1",
+    ]
