@@ -91,10 +91,12 @@ class Failed:
 @dataclass(frozen=True, slots=True)
 class Disconnected:
     """The leg is over: BYE either way, a CANCEL, a final response sent to the caller, or
-    pjsua ended the call (``code``/``reason``: pjsua's last status of the call)."""
+    pjsua ended the call (``code``/``reason``: pjsua's last status of the call; ``headers``:
+    those of the peer's BYE when a B leg's peer hung up, else none)."""
 
     code: int = 0
     reason: str = ""
+    headers: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

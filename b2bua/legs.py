@@ -192,8 +192,8 @@ class Leg(CallLeg, pj.Call):  # type: ignore[misc]
                 self._answer = None
                 return Failed(488, "Not Acceptable Here", {},
                               f"its 200 OK had no usable SDP answer: {code} {reason}")
-            if self._got_2xx:
-                return Disconnected(code, reason)
+            if self._got_2xx:  # the gateway's BYE (not one of ours): its Reason may cross
+                return Disconnected(code, reason, _bye_headers(prm) if self.ended_by is None else {})
             if self._sending:  # inside makeCall: pjsip could not send it (too long, no transport)
                 return Failed(code, reason, {}, f"the INVITE was not sent: {code} {reason}", local=True)
             if self._redirect is not None and self.ended_by is None:
@@ -622,8 +622,15 @@ def _response_headers(prm: Any) -> dict[str, tuple[str, ...]]:
     return sip.parse_message(raw)[1] if raw else {}
 
 
+def _bye_headers(prm: Any) -> dict[str, tuple[str, ...]]:
+    """Headers of the peer's BYE that ended a leg, when a BYE did (else none)."""
+    raw = _response_message(prm)
+    return sip.parse_message(raw)[1] if raw.startswith("BYE ") else {}
+
+
 def _response_message(prm: Any) -> str:
-    """The response that changed a B leg's state, when pjsua received one (else ``""``)."""
+    """The message that changed a B leg's state, when pjsua received one (else ``""``): a
+    response to our request, or the peer's own request (its BYE)."""
     try:
         tsx_state = prm.e.body.tsxState
         if tsx_state.type != pj.PJSIP_EVENT_RX_MSG:

@@ -62,7 +62,7 @@ from b2bua.events import (
 from b2bua.headers import COPY_BUDGET, is_name, merge, one_line_problem, usable_value
 from b2bua.logs import writes
 from b2bua.outbound import profile_for
-from b2bua.sippolicy import best_failure, one_line, relay
+from b2bua.sippolicy import best_failure, hangup_headers, one_line, relay
 
 if TYPE_CHECKING:
     from b2bua.config import SipConfig
@@ -475,7 +475,7 @@ class Session:
         if self.a is not None and self.cause is None:
             self.cause = EndCause.CALLEE_HANGUP
             self._enter(CallState.ENDING)
-            self._hang_up(self.a)
+            self._hang_up(self.a, headers=hangup_headers(event.headers))
         self._maybe_end()
 
     def _b_gone(self, leg: CallLeg, event: Failed | Disconnected) -> None:

@@ -31,7 +31,7 @@ B2BUA as much as for a proxy:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from b2bua.api import Failure, FailureKind, Reject
 from b2bua.sip import status_reason
@@ -119,6 +119,12 @@ def relayed_headers(failure: Failure, names: Sequence[str] = ("retry-after", "re
         if value:
             out.append((written, value))
     return tuple(out)
+
+
+def hangup_headers(headers: Mapping[str, tuple[str, ...]]) -> tuple[tuple[str, str], ...]:
+    """What of a peer's BYE crosses to the other leg's BYE: its Reason (RFC 3326, a Q.850 cause
+    from the PSTN that the caller's side reports and bills on), each value on one line."""
+    return tuple(("Reason", value) for value in map(one_line, headers.get("reason", ())) if value)
 
 
 def reason_header(failure: Failure) -> str:

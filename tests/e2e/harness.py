@@ -297,7 +297,7 @@ def gateway_scenario(behaviour: str) -> tuple[str, dict[str, str]]:
         if ms < 0:
             raise ValueError(f"behaviour {behaviour!r}: milliseconds must be >= 0")
         # A receive timeout of 0 would mean "none" to sipp.
-        return "uas_hangup.xml", {"HANGUP_AFTER_MS": str(max(1, ms))}
+        return "uas_hangup.xml", {"HANGUP_AFTER_MS": str(max(1, ms)), "BYE_HEADERS": ""}
     raise ValueError(f"unknown gateway behaviour {behaviour!r}; expected one of {', '.join(GATEWAY_BEHAVIOURS)}")
 
 

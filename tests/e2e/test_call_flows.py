@@ -217,3 +217,21 @@ def test_a_late_offer_caller_gets_the_offer_in_the_200_and_answers_in_the_ack(
     ok = next(m for m in received_responses(result, 200) if (m.header("CSeq") or "").endswith("INVITE"))
     assert ok.header("Content-Type") == "application/sdp" and "m=audio " in ok.text
     assert gw.count("BYE") == 1
+
+
+def test_a_gateways_reason_on_its_bye_reaches_the_caller(
+        scenario_gateway: ScenarioGatewayFactory, b2bua_factory: B2buaFactory, caller: Caller, workdir: Path,
+        addresses: AddressAllocator) -> None:
+    # RFC 3326: the PSTN's Q.850 cause on a carrier's BYE is what the caller's side reports and
+    # bills on; the B2BUA's own BYE to the caller carried none
+    cause = 'Q.850;cause=17;text="User busy"'
+    gw = scenario_gateway("uas_hangup.xml", {"HANGUP_AFTER_MS": "300", "BYE_HEADERS": f"Reason: {cause}\n"},
+                          label="hangup-with-reason")
+    b2b = start_b2bua(b2bua_factory, workdir, addresses.next(), [ListEntry(1, gw.uri)], algorithm="priority",
+                      failover={})
+    result = caller.run_calls(b2b.ip, b2b.port, n=1, behaviour="hangup-by-callee")
+    assert result.ok, result.describe()
+    byes = [m for m in parse_message_log(result.files.messages.read_text())
+            if m.direction == "received" and m.first_line.startswith("BYE ")]
+    assert byes and byes[0].header("Reason") == cause, byes
+    assert gw.count("BYE") == 0, "the gateway's own BYE ended its leg: the B2BUA sent it none"

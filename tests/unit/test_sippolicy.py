@@ -10,7 +10,7 @@ import pytest
 from b2bua.api import DialMode, Failure, FailureKind, Reject, RoutePlan, Target
 from b2bua.config import parse_config, parse_section
 from b2bua.plugins import Hooks, make_manager
-from b2bua.sippolicy import best_failure, reason_header, relay, response_priority
+from b2bua.sippolicy import best_failure, hangup_headers, reason_header, relay, response_priority
 from plugins.failover.config import FailoverConfig
 from plugins.failover.policy import next_step
 
@@ -124,3 +124,12 @@ def test_host_default_and_failover_plugin_relay_alike(failure: Failure) -> None:
     host = hooks.next_target(None, plan, failure)  # type: ignore[arg-type]
     failover = next_step(plan, failure, [T1], 0.0, parse_section(FailoverConfig, {"final": "last"}, "test"))
     assert host == failover == relay(failure)
+
+
+def test_only_the_reason_of_a_peers_bye_crosses_to_the_other_leg() -> None:
+    bye = {"reason": ('Q.850;cause=16;text="Normal call clearing"', "SIP;cause=200"),
+           "x-carrier": ("secret",), "contact": ("<sip:gw@10.0.0.1>",)}
+    assert hangup_headers(bye) == (("Reason", 'Q.850;cause=16;text="Normal call clearing"'),
+                                   ("Reason", "SIP;cause=200"))
+    assert hangup_headers({"reason": ("  folded\r\n  over lines ",)}) == (("Reason", "folded over lines"),)
+    assert hangup_headers({}) == () and hangup_headers({"reason": ("",)}) == ()
