@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     completion = sub.add_parser(
         "completion", help="print a shell completion script",
         description="Print a completion script for the b2bua command (its subcommands and options, "
-        "the plugins' included) for SHELL. Needs the 'completion' extra: pip install 'b2bua[completion]'. "
+        "the plugins' included) for SHELL. Needs the 'completion' extra: .venv/bin/pip install -e '.[completion]'. "
         "Install it, e.g. for bash: b2bua completion bash > /etc/bash_completion.d/b2bua",
     )
     completion.add_argument("shell", choices=SHELLS, help="the shell: " + ", ".join(SHELLS))
@@ -244,7 +244,9 @@ def cmd_completion(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
     try:
         import shtab
     except ImportError:
-        print("error: shell completion needs shtab: pip install 'b2bua[completion]'", file=sys.stderr)
+        from b2bua.extras import install_command
+
+        print(f"error: shell completion needs shtab: {install_command('completion')}", file=sys.stderr)
         return 2
     for action in config_options(parser):
         action.complete = shtab.FILE  # type: ignore[attr-defined]
