@@ -262,6 +262,12 @@ class ProbeResult:
     latency: float | None = None
     local: bool = False  #: True when the code was made up locally (timeout, send error)
 
+    @property
+    def unsent(self) -> bool:
+        """True when the request could not be sent at all (a local answer other than a timeout:
+        no route from the listener, a transport error, a target that cannot be used)."""
+        return self.local and self.code != 408
+
 
 class EndCause(str, enum.Enum):
     """How a call ended, for ``b2bua_call_ended``."""

@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     completion = sub.add_parser(
         "completion", help="print a shell completion script",
         description="Print a completion script for the b2bua command (its subcommands and options, "
-        "the plugins' included) for SHELL. Needs the 'completion' extra: pip install 'b2bua[completion]'. "
+        "the plugins' included) for SHELL. Needs the 'completion' extra: .venv/bin/pip install -e '.[completion]'. "
         "Install it, e.g. for bash: b2bua completion bash > /etc/bash_completion.d/b2bua",
     )
     completion.add_argument("shell", choices=SHELLS, help="the shell: " + ", ".join(SHELLS))
@@ -248,7 +248,9 @@ def cmd_completion(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
     try:
         import shtab
     except ImportError:
-        print("error: shell completion needs shtab: pip install 'b2bua[completion]'", file=sys.stderr)
+        from b2bua.extras import install_command
+
+        print(f"error: shell completion needs shtab: {install_command('completion')}", file=sys.stderr)
         return 2
     for action in config_options(parser):
         action.complete = shtab.FILE  # type: ignore[attr-defined]
@@ -260,6 +262,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
+        sys.stdout.flush()  # a reader gone after the last print shows here, not at exit
+        return code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        if not stdout_reader_gone():
+            raise
+        return EXIT_READER_GONE
+
+
+#: exit code when stdout's reader went away (``b2bua dispatcher list | head -1``): 128 + SIGPIPE,
+#: what the shell reports for ls, cat or git in the same place (SIGPIPE ends them)
+EXIT_READER_GONE = 141
+
+
+def stdout_reader_gone() -> bool:
+    """True when stdout is a pipe whose reader closed it; stdout then points at /dev/null, so
+    nothing more (Python's own flush at exit included) writes a traceback about it."""
+    import os
+    import select
+
+    try:
+        fd = sys.stdout.fileno()
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        gone = any(events & select.POLLERR for _, events in poller.poll(0))
+    except (OSError, ValueError):  # stdout closed or not a file
+        return False
+    if gone:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fd)
+        os.close(devnull)
+    return gone

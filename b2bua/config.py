@@ -730,7 +730,8 @@ class ClusterConfig:
     )
     node: str = opt(
         "", "this node's name, unique in the cluster (letters, digits, '.', '-', '_'); empty: the host name and "
-        "the first SIP port (host-5060). A second live node with the same name is refused"
+        "the first SIP port (host-5060). A second live node with the same name is refused. Under b2bua.workers, "
+        "worker i is NODE-wI"
     )
     name: str = opt("b2bua", "the cluster's name: the prefix of its Redis keys (several clusters may share one Redis)")
     heartbeat: float = opt(1.0, "seconds between a node's heartbeats (membership, keepalive leases)",
@@ -747,7 +748,8 @@ class ClusterConfig:
                                bounds=(0.05, 30))
     control_url: str = opt(
         "", "how other hosts reach this node's control API for `--all` (http://ADDRESS:PORT/); empty: "
-        "[control] http, else the unix socket (same host only)"
+        "[control] http, else the unix socket (same host only). Under b2bua.workers it must name [control] "
+        "http's port (worker i: that port + i)"
     )
 
     def validate(self) -> None:

@@ -22,6 +22,7 @@ import ctypes
 import itertools
 import math
 import re
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -100,6 +101,8 @@ class PjLogWriter(pj.LogWriter):  # type: ignore[misc]
     sdp_error = ""
     #: RTP/RTCP ports pjsua found busy and skipped (logged at DEBUG; summed up by the lifecycle)
     busy_ports = 0
+    #: the thread inside :meth:`Endpoint.send_request`'s ``sendRequest`` (None: none is)
+    sending_thread: int | None = None
 
     def write(self, entry: pj.LogEntry) -> None:
         try:
@@ -113,6 +116,12 @@ class PjLogWriter(pj.LogWriter):  # type: ignore[misc]
             # leg too long to send: the session logs it once per attempt, with the Call-ID.
             if (self.closing and "cannot find Account instance" in msg) or msg.startswith(
                     "Request verification failed") or "(PJSIP_EMSGTOOLONG)" in msg:
+                level = "DEBUG"
+            elif level in ("ERROR", "WARNING") and self.sending_thread == threading.get_ident():
+                # an out-of-dialog request that cannot be sent ("Unable to send request", then
+                # pjsua2's own line for the error it raises): the failure reaches the request's
+                # callback, whose owner says it once (the dispatcher: once per destination);
+                # logged here it was two ERRORs per keepalive, every ping_interval, forever
                 level = "DEBUG"
             elif msg.startswith(_PORT_BUSY) and "already in use" in msg:
                 level = "DEBUG"
@@ -648,11 +657,18 @@ class Endpoint:
             h.hValue = value
             hv.append(h)
         prm.txOption.headers = hv
+        writer = self._log_writer
+        inside = writer.sending_thread if writer is not None else None  # a callback may send again
+        if writer is not None:
+            writer.sending_thread = threading.get_ident()
         try:
             account.sendRequest(prm)
         except pj.Error as exc:
             self._finish(probe_id, ProbeResult(500, f"Sending failed: {exc.reason}", None, local=True))
             return
+        finally:
+            if writer is not None:
+                writer.sending_thread = inside
         if probe_id in self._pending:  # not completed synchronously
             pending.deadline = self.scheduler.call_later(
                 timeout, lambda: self._finish(probe_id, ProbeResult(408, "Request Timeout", None, local=True))

@@ -28,6 +28,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from loguru import logger
 
+from b2bua.extras import install_command
+
 #: seconds between reconnection attempts while Redis is unreachable
 RETRY = 1.0
 #: seconds the subscriber waits for a message before it checks whether to stop
@@ -53,7 +55,7 @@ def redis_module() -> Any:
     try:
         import redis
     except ImportError:
-        raise RedisMissing("[cluster] redis_url needs the redis package: pip install 'b2bua[cluster]'") from None
+        raise RedisMissing(f"[cluster] redis_url needs the redis package: {install_command('cluster')}") from None
     return redis
 
 

@@ -8,12 +8,17 @@ full B2BUA processes with the same ``config.toml``, apart from what two processe
   Kamailio dispatcher set of the N addresses); RTP: ``[sip] rtp_port`` + i x the ports each
   worker takes (``[sip] rtp_ports``, or ``b2bua.endpoint.rtp_port_span``);
 * the control socket ``b2bua.sock`` -> ``b2bua-i.sock``; ``[control] http`` port + i;
-  ``[log] file`` ``x.log`` -> ``x-i.log``; the dispatcher's ``state_file`` likewise.
+  ``[log] file`` ``x.log`` -> ``x-i.log``; the dispatcher's ``state_file`` likewise;
+* ``[cluster] node`` ``x`` -> ``x-wI`` in every worker, worker 0 too (``x-w0``, ``x-w1``: each
+  worker is a node of its own, and the names say whose workers they are); ``[cluster]
+  control_url`` names ``[control] http``'s port, moved like it (+ i). A ``control_url`` on another
+  port (a proxy in front) cannot be told apart per worker: worker 1 and up refuse to start.
 
 Destinations come from the same list file or SQL table in every worker. Runtime state
 (probing results, admin states set over a control socket, call-load counters) is each worker's
 own, and an admin command goes to every worker's socket; unless ``[cluster] redis_url`` is set:
-then the workers are nodes of one cluster (each named after the host and its SIP port), sharing
+then the workers are nodes of one cluster (each named after the host and its SIP port, or
+``[cluster] node`` and its worker number), sharing
 that state through Redis (``docs/scale-out.md``; ``b2bua dispatcher list --all``).
 
 The supervisor starts the workers, prefixes each one's log lines with ``wI |``, says
@@ -35,8 +40,9 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
+from urllib.parse import urlsplit, urlunsplit
 
-from b2bua.config import ConfigError, Listen, load_config, parse_config, read_toml
+from b2bua.config import Config, ConfigError, Listen, load_config, parse_config, read_toml
 
 #: restarts allowed per worker within RESTART_WINDOW seconds before the supervisor gives up
 MAX_RESTARTS = 5
@@ -51,10 +57,14 @@ def _suffixed(name: str, index: int) -> str:
 
 
 def worker_config(data: Mapping[str, Any], index: int, rtp_span: int) -> dict[str, Any]:
-    """The TOML document of worker ``index`` (0 keeps ``data`` as it is)."""
+    """The TOML document of worker ``index`` (0 keeps ``data``'s addresses).
+
+    :raises ConfigError: ``[cluster] control_url`` names a port worker ``index`` cannot have.
+    """
     out = copy.deepcopy(dict(data))
     sip = out.setdefault("sip", {})
     sip["rtp_ports"] = rtp_span
+    _cluster_identity(out, index)
     if index == 0:
         return out
     listen = sip.get("listen", ["udp:127.0.0.1:5060", "tcp:127.0.0.1:5060"])
@@ -82,6 +92,55 @@ def worker_config(data: Mapping[str, Any], index: int, rtp_span: int) -> dict[st
     return out
 
 
+def _cluster_identity(doc: dict[str, Any], index: int) -> None:
+    """Make ``[cluster] node`` and ``control_url`` worker ``index``'s own (two live nodes cannot
+    share a name: the second would be refused and restarted forever)."""
+    cluster = doc.get("cluster")
+    if not isinstance(cluster, dict):
+        return
+    node = cluster.get("node")
+    if isinstance(node, str) and node:
+        cluster["node"] = f"{node}-w{index}"
+    url = cluster.get("control_url")
+    if not isinstance(url, str) or not url or index == 0:
+        return
+    http = doc.get("control", {}).get("http")
+    http_port = _port_of(str(http).rpartition(":")[2]) if http else None
+    parts = urlsplit(url)
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        return  # not a URL: the config's own check says so
+    if port != http_port:
+        where = f"[control] http's port {http_port}" if http_port is not None else "no [control] http"
+        raise ConfigError(
+            f"[cluster] control_url {url!r} names port {port}, {where}: worker {index} listens on that port + "
+            f"{index}, and a URL on another port cannot be told apart per worker; name [control] http's port "
+            "in control_url (each worker gets its own) or leave control_url empty")
+    netloc = parts.netloc if parts.port is None else parts.netloc[:parts.netloc.rfind(":")]
+    cluster["control_url"] = urlunsplit(parts._replace(netloc=f"{netloc}:{port + index}"))
+
+
+def _port_of(text: str) -> int | None:
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
+def parse_worker_config(path: Path, data: Mapping[str, Any], index: int, rtp_span: int) -> Config:
+    """Worker ``index``'s :class:`Config` from the TOML document ``data`` of ``path``.
+
+    :raises ConfigError: every message names the file and the worker.
+    """
+    where = f"{path} (worker {index})"
+    try:
+        doc = worker_config(data, index, rtp_span)
+    except ConfigError as exc:
+        raise ConfigError(*(f"{where}: {e}" for e in exc.errors)) from None
+    return parse_config(doc, where, path.resolve().parent)
+
+
 def run_worker(path: str, index: int, rtp_span: int, verbose: int) -> int:
     """One worker, in this process: the config of ``path`` as worker ``index`` sees it."""
     from b2bua.cli import run_config
@@ -91,8 +150,7 @@ def run_worker(path: str, index: int, rtp_span: int, verbose: int) -> int:
     try:
         # started alone (a systemd template unit: --worker %i), the span is the one supervise() uses
         span = rtp_span or rtp_port_span(load_config(p).sip)
-        config = parse_config(worker_config(read_toml(p), index, span), f"{p} (worker {index})",
-                              p.resolve().parent)
+        config = parse_worker_config(p, read_toml(p), index, span)
     except ConfigError as exc:
         print(f"worker {index}: {exc}", file=sys.stderr)
         return 2
@@ -137,6 +195,10 @@ def supervise(config_path: str, n: int, verbose: int, out: TextIO = sys.stderr) 
     if config.sip.rtp_port + n * span > 65535:
         raise ConfigError(f"{n} workers need RTP ports {config.sip.rtp_port}-{config.sip.rtp_port + n * span - 1}: "
                           "lower [sip] rtp_port, rtp_ports or max_calls")
+    path = Path(config_path)
+    data = read_toml(path)
+    for i in range(n):  # what one worker changes may not fit (a control_url, a node name grown too long)
+        parse_worker_config(path, data, i, span)
     workers = [Worker(i, [sys.executable, "-m", "b2bua.workers", "--worker", str(i), "--rtp-span", str(span),
                           "-c", config_path, *(["-" + "v" * verbose] if verbose else [])], out)
                for i in range(n)]

@@ -15,12 +15,11 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 
+from b2bua.extras import missing_driver
 from plugins.cdr.record import CALL_ID_MAX, NAME_MAX, REASON_MAX, URI_MAX, Attempt, CallRecord
 
 #: seconds a connection attempt may take (a dead host must not hold the database thread for minutes)
 CONNECT_TIMEOUT = 10
-#: the extra that installs each server's driver
-_DRIVER_EXTRAS = {"mysql": "mysql", "mariadb": "mysql", "postgresql": "postgresql"}
 
 #: DATETIME keeps no fraction of a second on MariaDB/MySQL unless told to
 TIMESTAMP = sa.DateTime().with_variant(mysql.DATETIME(fsp=3), "mysql", "mariadb")
@@ -116,9 +115,7 @@ def check_url(url: str, resolve_path: Callable[[str], Path]) -> str:
     try:
         sa.create_engine(parsed).dispose()
     except ImportError as exc:
-        extra = _DRIVER_EXTRAS.get(parsed.get_backend_name())
-        hint = f": pip install 'b2bua[{extra}]'" if extra else ""
-        raise ValueError(f"{shown}: the driver is not installed ({exc}){hint}") from None
+        raise ValueError(missing_driver(shown, parsed.get_backend_name(), parsed.get_driver_name(), exc)) from None
     except sa.exc.ArgumentError as exc:
         raise ValueError(f"{shown}: {exc}") from None
     return parsed.render_as_string(hide_password=False)

@@ -152,13 +152,14 @@ def check_sources(config: DispatcherConfig, list_file: Path | None, sip: SipConf
     :param sip: the host's ``[sip]``, to check the socket, proxy and credential attributes
         (:func:`~plugins.dispatcher.outbound.check_outbound`).
     :param routes_where: the rules' place in the config, for messages.
-    :raises LoadError: the list file cannot be loaded (every bad line named) or is empty, rows
+    :raises LoadError: the list file cannot be loaded (every bad line named) or is empty, the
+        database URL cannot work (it does not parse, or its driver is not installed), rows
         of the table are malformed, attributes name what the host does not have, or a rule's
         backup set has no destinations (start-up refuses that too:
         :func:`plugins.dispatcher.routes.unloaded_sets`).
     :returns: the warnings, including a database that cannot be reached (it may be up later).
     """
-    from plugins.dispatcher.sqlstore import BadRowsError, SqlStore, StoreError, TableNames
+    from plugins.dispatcher.sqlstore import BadRowsError, SqlStore, StoreError, TableNames, UnusableUrl
     from plugins.dispatcher.storage import load_snapshot
 
     if list_file is not None:
@@ -168,7 +169,7 @@ def check_sources(config: DispatcherConfig, list_file: Path | None, sip: SipConf
             with SqlStore(config.db_url, TableNames.from_config(config), read_only=True) as store:
                 snapshot = load_snapshot(list_file=None, db_url=config.db_url, resolve=False, create_schema=False,
                                          store=store)
-        except BadRowsError:
+        except (BadRowsError, UnusableUrl):  # b2bua run would stop too, whatever the server does
             raise
         except StoreError as exc:
             return [f"destinations not checked: {escape(str(exc), backslash=False)}"]

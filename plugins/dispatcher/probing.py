@@ -16,6 +16,8 @@ import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
+from loguru import logger
+
 from b2bua.api import Outbound, ProbeResult, TimerHandle
 from plugins.dispatcher import health
 from plugins.dispatcher.latency import LatencyStats, add_timeout, update
@@ -83,6 +85,8 @@ class Prober:
         self.active = active  #: Kamailio's ``dispatcher.ping_active``
         self.outstanding: set[DestKey] = set()
         self.sent = 0
+        #: destinations whose keepalives cannot be sent (said once when it starts, once when it ends)
+        self.unsendable: set[DestKey] = set()
         self._timers: list[TimerHandle] = []
         self._running = False
 
@@ -107,6 +111,8 @@ class Prober:
         self._timers = [self._call_later(self.interval, self._round)]
         if not self.active:
             return
+        if self.unsendable:  # forget the ones a reload removed
+            self.unsendable.intersection_update(d.key for d in self.state.destinations())
         due = [d.key for d in self.state.destinations() if self._wants_probe(d)]
         # spread the round over the first half of the interval in batches at least 10 ms apart:
         # no burst of 1000 OPTIONS at once, and no timer per probe either
@@ -157,7 +163,9 @@ class Prober:
         self.outstanding.discard(key)
         rt = self.state.runtime(key)
         if rt is None:
+            self.unsendable.discard(key)
             return  # removed by a reload meanwhile
+        self._note_sending(key, result)
         ok = self.reply_codes.accepts(result.code)
         if self.counters is not None:
             self.counters.keepalive_done(key, ok, None if result.local else result.latency)
@@ -176,6 +184,19 @@ class Prober:
         if flags != rt.flags:
             what = "probe timeout" if result.local and result.code == 408 else result.reason
             self.state.set_flags(key, flags, f"{result.code} {what}".strip())
+
+    def _note_sending(self, key: DestKey, result: ProbeResult) -> None:
+        """Say when keepalives to ``key`` start failing to leave, and when they leave again: once
+        each, not once per keepalive (a listener that cannot reach the destination fails every
+        one, every ``ping_interval``, for as long as it runs)."""
+        if result.unsent and key not in self.unsendable:
+            self.unsendable.add(key)
+            logger.warning("dispatcher: set {} {}: keepalives cannot be sent ({} {}): check that a listener reaches"
+                           " it ([sip] listen, the socket attribute); said again when one is sent",
+                           key[0], key[1], result.code, result.reason)
+        elif not result.unsent and key in self.unsendable:
+            self.unsendable.discard(key)
+            logger.info("dispatcher: set {} {}: keepalives are sent again", key[0], key[1])
 
     def status(self) -> dict[str, Any]:
         return {"active": self.active, "interval": self.interval, "outstanding": len(self.outstanding),

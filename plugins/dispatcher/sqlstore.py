@@ -27,6 +27,7 @@ from loguru import logger
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Connection, Engine
 
+from b2bua.extras import missing_driver
 from plugins.dispatcher.attrs import parse_attrs
 from plugins.dispatcher.listfile import check_flags
 from plugins.dispatcher.model import MAX_DESCRIPTION_LENGTH, Destination
@@ -51,6 +52,11 @@ class StoreError(LoadError):
 
 class BadRowsError(StoreError):
     """The table was read, and some rows are malformed (each line names a row id)."""
+
+
+class UnusableUrl(StoreError):
+    """The URL cannot work whatever the server does: it does not parse, names an unknown
+    database, or its driver is not installed (the message says how to install it)."""
 
 
 @dataclass(frozen=True)
@@ -177,7 +183,7 @@ class SqlStore:
         try:
             self._url = sa.make_url(url)
         except (sa.exc.ArgumentError, ValueError) as exc:
-            raise StoreError(f"bad database URL: {exc}") from None
+            raise UnusableUrl(f"bad database URL: {exc}") from None
         self.names = names or TableNames()
         self._connect_timeout = connect_timeout
         self.read_only = read_only
@@ -209,8 +215,10 @@ class SqlStore:
                         self._engine = self._sqlite_read_only()
                     else:
                         self._engine = sa.create_engine(self._url, pool_pre_ping=True, connect_args=connect_args)
-                except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError) as exc:
-                    raise StoreError(f"{self.url}: cannot use this database: {exc}") from None
+                except ImportError as exc:
+                    raise UnusableUrl(missing_driver(self.url, backend, self._url.get_driver_name(), exc)) from None
+                except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError) as exc:
+                    raise UnusableUrl(f"{self.url}: cannot use this database: {exc}") from None
             return self._engine
 
     def _sqlite_read_only(self) -> Engine:

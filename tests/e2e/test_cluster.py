@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +20,16 @@ from redisserver import RedisServer
 
 from .configs import ListEntry, b2bua_config, received_finals, toml_table, write_list_file
 from .conftest import B2buaFactory, GatewayFactory
-from .harness import AddressAllocator, B2buaProcess, Caller, Gateway, free_port, wait_until
+from .harness import (
+    AddressAllocator,
+    B2buaProcess,
+    Caller,
+    Gateway,
+    _child_env,
+    free_port,
+    free_port_pair,
+    wait_until,
+)
 
 #: heartbeats every 0.2 s, a node gone after 1 s without one
 CLUSTER = {"heartbeat": 0.2, "node_ttl": 1.0, "load_sync": 0.0}
@@ -245,3 +256,50 @@ def test_control_every_node_with_all(gateway_factory: GatewayFactory, b2bua_fact
                                                 "b: Ok. Dispatcher successfully reloaded."]
     # after the reload, the disable is still there on both (the admin state survives reloads)
     assert "DX/0  DX/0" in a.process.cli("dispatcher", "list", "--all").stdout
+
+
+def test_workers_with_a_node_name_are_nodes_of_their_own(gateway_factory: GatewayFactory, workdir: Path,
+                                                         addresses: AddressAllocator,
+                                                         redis_factory: Callable[[], RedisServer]) -> None:
+    """docs/scale-out.md's ``[cluster] node`` on ``python -m b2bua.workers -n 2``: the workers join as
+    b2bua-a-w0 and b2bua-a-w1 (one name for both had one refused and restarted forever)."""
+    redis = redis_factory()
+    gw = gateway_factory("answer")
+    write_list_file(workdir, [ListEntry(1, gw.uri)])
+    ip = addresses.next()
+    port = free_port_pair(ip, gap=1)  # worker 1 listens on port + 1
+    http = free_port_pair("127.0.0.1", gap=1)
+    control = toml_table("control", {"socket": "b2bua.sock"})
+    text = b2bua_config(ip, port).replace(control, toml_table("control", {"socket": "b2bua.sock",
+                                                                         "http": f"127.0.0.1:{http}"}))
+    assert "http =" in text
+    (workdir / "config.toml").write_text(text + "\n" + toml_table("cluster", {
+        "redis_url": redis.url, "node": "b2bua-a", "control_url": f"http://127.0.0.1:{http}/", **CLUSTER}))
+    log = workdir / "workers.log"
+    with log.open("wb") as out:
+        supervisor = subprocess.Popen([sys.executable, "-m", "b2bua.workers", "-n", "2", "-c", "config.toml"],
+                                      cwd=workdir, env=_child_env(None), stdin=subprocess.DEVNULL, stdout=out,
+                                      stderr=subprocess.STDOUT)
+    worker0 = B2buaProcess(workdir)  # its rpc() talks to config.toml's socket: worker 0's
+
+    def members() -> list[dict[str, Any]]:
+        return list(worker0.rpc("cluster.status")["MEMBERS"])
+
+    try:
+        wait_until(lambda: "workers ready" in log.read_text(errors="replace"), timeout=60,
+                   what="both workers ready (see workers.log)")
+        wait_until(lambda: len(members()) == 2, timeout=10, what="both workers in cluster.status")
+        assert sorted(m["NODE"] for m in members()) == ["b2bua-a-w0", "b2bua-a-w1"]
+        nodes = worker0.rpc("cluster.nodes")
+        assert {n["node"]: n["control"] for n in nodes} == {
+            "b2bua-a-w0": f"http://127.0.0.1:{http}/", "b2bua-a-w1": f"http://127.0.0.1:{http + 1}/"}, nodes
+        text = log.read_text(errors="replace")
+        assert "in use by another live node" not in text and "exited with" not in text, text[-3000:]
+    finally:
+        supervisor.send_signal(signal.SIGTERM)
+        try:
+            code = supervisor.wait(60)
+        except subprocess.TimeoutExpired:
+            supervisor.kill()
+            code = supervisor.wait()
+    assert code == 0, log.read_text(errors="replace")[-3000:]

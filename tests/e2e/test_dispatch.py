@@ -8,6 +8,7 @@ final codes, and which gateway received which INVITEs (the gateways' own logs).
 from __future__ import annotations
 
 import itertools
+import os
 import time
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from plugins.dispatcher.hashing import ds_get_hash, uri_hash_keys
 
 from .configs import ListEntry, b2bua_config, received_finals, received_responses, start_b2bua
 from .conftest import B2buaFactory, GatewayFactory
-from .harness import AddressAllocator, B2buaProcess, Caller, Gateway, wait_until
+from .harness import REPO_ROOT, AddressAllocator, B2buaProcess, Caller, Gateway, wait_until
 
 
 def invite_times(gw: Gateway) -> list[float]:
@@ -168,3 +169,29 @@ def test_bad_dispatcher_config_is_refused(workdir: Path, addresses: AddressAlloc
     assert done.returncode == 2, (done.stdout, done.stderr)
     assert message in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(("url", "module", "expected"), [
+    pytest.param("mysql+pymysql://kamailio:secret@127.0.0.1:9/kamailio", "pymysql",
+                 "mysql+pymysql://kamailio:***@127.0.0.1:9/kamailio: the database driver PyMySQL is not installed"
+                 " (No module named 'pymysql'): .venv/bin/pip install -e '.[mysql]' in ", id="mysql"),
+    pytest.param("postgresql+psycopg://kamailio:secret@127.0.0.1:9/kamailio", "psycopg",
+                 "postgresql+psycopg://kamailio:***@127.0.0.1:9/kamailio: the database driver psycopg is not installed"
+                 " (No module named 'psycopg'): .venv/bin/pip install -e '.[postgresql]' in ", id="postgresql"),
+])
+@pytest.mark.parametrize("command", ["run", "check-config"])
+def test_a_missing_database_driver_stops_check_config_as_it_stops_run(
+        workdir: Path, addresses: AddressAllocator, command: str, url: str, module: str, expected: str) -> None:
+    """docs/kamailio.md: without PyMySQL or psycopg both commands stop with the same line,
+    which names the driver and the command that installs it."""
+    hidden = workdir / "without-driver" / module  # shadows the installed driver, as if it were not
+    hidden.mkdir(parents=True)
+    (hidden / "__init__.py").write_text(f"raise ModuleNotFoundError(\"No module named '{module}'\", name={module!r})\n")
+    text = b2bua_config(addresses.next(), 5060, dispatcher={"db_url": url, "list_file": ""})
+    b2b = B2buaProcess(workdir, env={"PYTHONPATH": os.pathsep.join((str(hidden.parent), str(REPO_ROOT)))})
+    b2b.config_path.write_text(text)
+    done = b2b.cli(command, "-c", "config.toml", timeout=60)
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    out = done.stdout + done.stderr
+    assert expected + str(REPO_ROOT) in out, out
+    assert "Traceback" not in out and "secret" not in out and "OK" not in done.stdout

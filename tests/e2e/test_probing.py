@@ -390,3 +390,32 @@ def test_an_ack_as_keepalive_method_stops_the_start_naming_the_key(
     assert ("[plugins.dispatcher] ping_method: 'ACK': an ACK is sent only for an INVITE's answer"
             in str(info.value)), info.value
     assert gw.count("ACK") == 0
+
+
+def test_keepalives_that_cannot_be_sent_are_said_once_not_per_probe(b2bua_factory: B2buaFactory,
+                                                                    gateway_factory: GatewayFactory,
+                                                                    addresses: AddressAllocator,
+                                                                    workdir: Path) -> None:
+    """docs/kamailio.md: a listener on loopback cannot reach a gateway on another network; every
+    keepalive fails at once (sendto: EINVAL, nothing leaves the host). pjsip and pjsua2 logged two
+    ERROR lines per keepalive, every ping_interval, forever; now one WARNING per destination."""
+    unreachable = "sip:192.0.2.10:5060"  # TEST-NET-1, from a socket bound to 127.0.N.x
+    gw = gateway_factory("answer")  # beside it, a gateway that answers: nothing said about it
+    ip = addresses.next()
+    write_list_file(workdir, [ListEntry(1, unreachable), ListEntry(1, gw.uri)])
+    b2b = b2bua_factory(b2bua_config(ip, free_port(ip, "udp"), dispatcher={
+        "ping_interval": INTERVAL, "ping_timeout": TIMEOUT, "probing_threshold": 1, "probing_mode": 1}))
+
+    def keepalives(uri: str) -> dict[str, Any]:
+        stats = b2b.rpc("dispatcher.stats")
+        return next(d["keepalives"] for s in stats["sets"] for d in s["destinations"] if d["uri"] == uri)
+
+    wait_until(lambda: keepalives(unreachable)["sent"] >= 6, timeout=6 * INTERVAL + 10 * SLACK,
+               what="six keepalives to the unreachable destination")
+    assert keepalives(unreachable)["failed"] >= 6 and keepalives(gw.uri)["failed"] == 0
+    log = b2b.log_text()
+    said = [line for line in log.splitlines() if "keepalives cannot be sent" in line]
+    assert len(said) == 1, said
+    assert f"WARNING - dispatcher: set 1 {unreachable}: keepalives cannot be sent (503 Invalid argument)" in said[0]
+    assert gw.uri not in said[0]
+    assert [line for line in log.splitlines() if " ERROR " in line or "Unable to send request" in line] == []

@@ -155,3 +155,27 @@ def test_completion_script_completes_subcommands_in_bash(tmp_path: Path) -> None
 def test_completion_for_an_unknown_shell_is_a_usage_error(tmp_path: Path) -> None:
     done = b2bua("completion", "fish", cwd=tmp_path)
     assert done.returncode == 2 and "invalid choice: 'fish'" in done.stderr
+
+
+@pytest.mark.parametrize("command", [
+    pytest.param(["dispatcher", "simulate", "--list-file", "big.list", "--set", "1", "--alg", "4", "--calls", "100"],
+                 id="simulate"),
+    pytest.param(["dispatcher", "show", "-c", "config.toml"], id="show"),
+    pytest.param(["dispatcher", "show", "--json", "-c", "config.toml"], id="show-json"),
+])
+def test_a_reader_that_goes_away_ends_the_command_quietly(command: list[str], tmp_path: Path) -> None:
+    """``b2bua dispatcher simulate ... | head -1``: exit 141 (128 + SIGPIPE, as ls or git there),
+    no BrokenPipeError traceback, not even from Python's flush at exit."""
+    (tmp_path / "big.list").write_text("".join(f"1 sip:10.0.{i // 250}.{i % 250 + 1}:5060\n" for i in range(5000)))
+    (tmp_path / "config.toml").write_text('[plugins]\nenabled = ["dispatcher"]\n'
+                                          '[plugins.dispatcher]\nlist_file = "big.list"\n')
+    env = {k: v for k, v in os.environ.items() if k != "B2BUA_CONFIG"} | {"PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "b2bua", *command], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    first = proc.stdout.readline()  # more than a pipe holds follows: the command is still writing
+    proc.stdout.close()
+    with proc.stderr:
+        err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141, err
+    assert first.strip() and err == ""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -174,6 +175,32 @@ def test_check_config_reads_a_table_without_creating_one(tmp_path: Path, capsys:
         conn.exec_driver_sql("INSERT INTO dispatcher (setid, destination) VALUES (1, 'sip:10.0.0.3?X-Injected=yes')")
     assert main(["check-config", "-c", str(config)]) == 2
     assert "row id 3: sip:10.0.0.3?X-Injected=yes: URI headers" in capsys.readouterr().err
+
+
+@pytest.mark.usefixtures("check_config")
+@pytest.mark.parametrize(("url", "message"), [
+    pytest.param("mysql+pymysql://u:secret@127.0.0.1:1/db",
+                 "error: mysql+pymysql://u:***@127.0.0.1:1/db: the database driver PyMySQL is not installed"
+                 " (import of pymysql halted; None in sys.modules): .venv/bin/pip install -e '.[mysql]' in ",
+                 id="pymysql"),
+    pytest.param("postgresql+psycopg://u:secret@127.0.0.1:1/db",
+                 "error: postgresql+psycopg://u:***@127.0.0.1:1/db: the database driver psycopg is not installed"
+                 " (import of psycopg halted; None in sys.modules): .venv/bin/pip install -e '.[postgresql]' in ",
+                 id="psycopg"),
+    pytest.param("nosuchdb://h/db", "error: nosuchdb://h/db: cannot use this database: Can't load plugin:"
+                 " sqlalchemy.dialects:nosuchdb", id="unknown-database"),
+])
+def test_check_config_fails_where_run_would_on_a_url_that_cannot_work(
+        url: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], warnings: list[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A missing driver is not a database that may be up later: b2bua run stops on it (exit 2)."""
+    monkeypatch.setitem(sys.modules, "pymysql", None)  # the import fails as when not installed
+    monkeypatch.setitem(sys.modules, "psycopg", None)
+    config = write(tmp_path, f'db_url = "{url}"')
+    assert main(["check-config", "-c", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert message in err, err
+    assert "secret" not in err and not [w for w in warnings if "not checked" in w]
 
 
 def test_check_sources_names_an_unreadable_list_file(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
+from loguru import logger
 
 from b2bua.api import DEFAULT_OUTBOUND, Outbound, ProbeResult
 from b2bua.loop import Scheduler
@@ -33,13 +34,16 @@ class Network:
         self.answer: dict[str, int | None] = {}
         self.sent: list[tuple[float, str]] = []
         self.outbound: dict[str, Outbound] = {}
+        self.unsendable: set[str] = set()  #: URIs no request can be sent to (answered at once, locally)
 
     def __call__(self, method: str, uri: str, *, from_uri: str, callback: Callable[[ProbeResult], None],
                  timeout: float, outbound: Outbound = DEFAULT_OUTBOUND) -> None:
         self.sent.append((self.sched.now(), uri))
         self.outbound[uri] = outbound
         code = self.answer.get(uri, 200)
-        if code is None:  # silent: our own deadline answers
+        if uri in self.unsendable:  # as pjsip: the transport's error, inside the send
+            callback(ProbeResult(503, "Invalid argument", None, local=True))
+        elif code is None:  # silent: our own deadline answers
             self.sched.call_later(timeout, lambda: callback(ProbeResult(408, "Request Timeout", None, local=True)))
         else:
             self.sched.call_later(0.010, lambda: callback(ProbeResult(code, "OK" if code == 200 else "X", 0.010)))
@@ -163,3 +167,31 @@ def test_stop_cancels_rounds() -> None:
     count = len(net.sent)
     advance(sched, clock, 3)
     assert len(net.sent) == count
+
+
+def test_keepalives_that_cannot_be_sent_are_said_once_until_one_is_sent() -> None:
+    """Not once per keepalive: a listener that cannot reach a gateway fails every one, forever."""
+    said: list[str] = []
+    sink = logger.add(lambda m: said.append(f"{m.record['level'].name} {m.record['message']}"),
+                      filter=lambda r: "keepalives" in r["message"])
+    try:
+        sched, clock, net, state, prober, _ = setup()
+        net.unsendable.add(GW1)
+        prober.start()
+        advance(sched, clock, 5.0)
+        assert len([uri for _, uri in net.sent if uri == GW1]) >= 5 and letters(state, GW1) == "IP"
+        assert said == [f"WARNING dispatcher: set 1 {GW1}: keepalives cannot be sent (503 Invalid argument): check"
+                        " that a listener reaches it ([sip] listen, the socket attribute); said again when one is sent"]
+        net.unsendable.clear()
+        net.answer[GW1] = None  # sent, and no answer: sent all the same
+        advance(sched, clock, 3.0)
+        assert said[1:] == [f"INFO dispatcher: set 1 {GW1}: keepalives are sent again"]
+        net.unsendable.add(GW1)
+        advance(sched, clock, 3.0)
+        assert len(said) == 3 and said[2].startswith(f"WARNING dispatcher: set 1 {GW1}: keepalives cannot be sent")
+        # a reload that removes the destination forgets it
+        state.swap(build_snapshot([Destination(1, GW2, DestFlags.PROBING)], "test"), keep_state=True)
+        advance(sched, clock, 1.1)
+        assert prober.unsendable == set()
+    finally:
+        logger.remove(sink)
