@@ -51,9 +51,9 @@ from .harness import (
     ("silent", "uas_silent.xml", {}),
     ("ring", "uas_ring.xml", {"ANSWER_AFTER_MS": "3600000"}),
     ("ring-then-answer:1.5", "uas_ring.xml", {"ANSWER_AFTER_MS": "1500"}),
-    ("hangup", "uas_hangup.xml", {"HANGUP_AFTER_MS": "1000"}),
-    ("hangup:250", "uas_hangup.xml", {"HANGUP_AFTER_MS": "250"}),
-    ("hangup:0", "uas_hangup.xml", {"HANGUP_AFTER_MS": "1"}),
+    ("hangup", "uas_hangup.xml", {"HANGUP_AFTER_MS": "1000", "BYE_HEADERS": ""}),
+    ("hangup:250", "uas_hangup.xml", {"HANGUP_AFTER_MS": "250", "BYE_HEADERS": ""}),
+    ("hangup:0", "uas_hangup.xml", {"HANGUP_AFTER_MS": "1", "BYE_HEADERS": ""}),
 ])
 def test_gateway_behaviours_map_to_scenarios(behaviour: str, template: str, values: dict[str, str]) -> None:
     assert gateway_scenario(behaviour) == (template, values)
