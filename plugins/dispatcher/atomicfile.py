@@ -27,10 +27,14 @@ def atomic_write_text(path: Path, text: str, default_mode: int = 0o644) -> None:
     * ``PermissionError`` when the file is someone else's and not writable by us either: we were
       never allowed to change it, even if the folder would let us replace it.
 
-    A new file gets ``default_mode`` and our user and group.
+    A new file gets ``default_mode`` and our user and group. A symbolic link is written through:
+    the file it points to is replaced (in its own folder) and the link stays a link, as an
+    editor saves it (a list file kept under configuration management and linked into place).
 
     :raises OSError: the folder is not writable, the disk is full, the file is not ours to write.
     """
+    if path.is_symlink():
+        path = path.resolve()
     try:
         old: os.stat_result | None = path.stat()
     except FileNotFoundError:

@@ -13,6 +13,7 @@ database: call them off the loop thread. Errors never show the password.
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import threading
 import urllib.parse
@@ -43,6 +44,15 @@ SCHEMA_VERSION = 4
 READABLE_VERSIONS = (1, 2, 3, 4)
 VERSION_TABLE = "version"
 INT_MAX = 2**31 - 1
+
+
+def scrub_password(text: str, password: str) -> str:
+    """``text`` (a driver's error) with ``password`` shown as ``***`` wherever it stands on its own
+    (as written or URL-quoted): not inside a longer word, so a short password does not garble
+    the message (``p`` in "port")."""
+    for form in {password, urllib.parse.quote(password, safe="")} - {""}:
+        text = re.sub(rf"(?<![A-Za-z0-9]){re.escape(form)}(?![A-Za-z0-9])", "***", text)
+    return text
 
 
 class StoreError(LoadError):
@@ -256,9 +266,7 @@ class SqlStore:
         except sa.exc.SQLAlchemyError as exc:
             orig = getattr(exc, "orig", None)
             reason = " ".join(str(orig if orig is not None else exc).split())
-            password = self._url.password
-            if password:
-                reason = reason.replace(str(password), "***")
+            reason = scrub_password(reason, str(self._url.password or ""))
             raise StoreError(f"{self.url}: {action} table {self.names.table!r}: {reason}") from None
 
     def _reflect(self, conn: Connection) -> tuple[sa.Table, dict[str, sa.Column[Any]]]:

@@ -125,3 +125,18 @@ def test_another_users_file_we_may_not_write_is_refused_not_taken(folder: Path) 
     assert path.read_text() == "1 sip:192.0.2.1:5060\n"
     assert ownership(path) == (SERVICE_UID, EDITORS_GID, 0o640)
     assert [p.name for p in folder.iterdir()] == ["dispatcher.list"]
+
+
+def test_a_symbolic_link_is_written_through_and_stays_a_link(tmp_path: Path) -> None:
+    # a list file kept elsewhere (configuration management) and linked into place: replacing the
+    # link by a regular file would cut it off from the file the operator maintains
+    (tmp_path / "managed").mkdir()
+    target = tmp_path / "managed" / "dispatcher.list"
+    target.write_text("1 sip:a\n")
+    target.chmod(0o640)
+    link = tmp_path / "dispatcher.list"
+    link.symlink_to(target)
+    atomic_write_text(link, "1 sip:b\n")
+    assert link.is_symlink() and link.resolve() == target
+    assert target.read_text() == "1 sip:b\n" and target.stat().st_mode & 0o777 == 0o640
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dispatcher.list", "managed"]

@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from plugins.dispatcher.model import Attrs, Destination
-from plugins.dispatcher.sqlstore import SCHEMA_VERSION, SqlStore, StoreError, TableNames
+from plugins.dispatcher.sqlstore import SCHEMA_VERSION, SqlStore, StoreError, TableNames, scrub_password
 from plugins.dispatcher.storage import ListFileError, LoadError, ResolveError, load_snapshot
 
 
@@ -361,3 +361,12 @@ def test_load_errors_share_one_base_type(tmp_path: Path) -> None:
     assert issubclass(ResolveError, LoadError)
     with pytest.raises(LoadError, match="cannot read"):
         load_snapshot(list_file=tmp_path / "missing.list", db_url=None)
+
+
+def test_a_password_is_scrubbed_where_it_stands_alone_and_a_short_one_garbles_nothing() -> None:
+    assert scrub_password("connection to port 1 failed: password p rejected", "p") == \
+        "connection to port 1 failed: password *** rejected"
+    assert scrub_password("dsn user=b2bua password=s3cr3t-pw host=db", "s3cr3t-pw") == \
+        "dsn user=b2bua password=*** host=db"
+    assert scrub_password("mysql://u:a%2Fb@db/x", "a/b") == "mysql://u:***@db/x"  # URL-quoted
+    assert scrub_password("nothing to hide", "") == "nothing to hide"
