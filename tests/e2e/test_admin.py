@@ -165,17 +165,23 @@ def test_malformed_list_file_reload_keeps_everything(gateway_factory: GatewayFac
     assert calls_go_to(b2b, caller, [gw1, gw2], 2) == [2, 0]
 
 
-def test_unreadable_database_reload_names_the_cause(gateway_factory: GatewayFactory,
-                                                    b2bua_factory: B2buaFactory, caller: Caller,
-                                                    workdir: Path, addresses: AddressAllocator) -> None:
-    gw = gateway_factory("answer")
+def sqlite_b2bua(b2bua_factory: B2buaFactory, workdir: Path, addresses: AddressAllocator,
+                 gw: Gateway) -> RunningB2bua:
+    """A B2BUA whose destinations are in an SQLite file, ``gw`` added by the CLI before it starts."""
     ip = addresses.next()
     port = free_port(ip, "udp")
     config = b2bua_config(ip, port, dispatcher={"list_file": "", "db_url": "sqlite:///dispatcher.db"})
     B2buaProcess(workdir).config_path.write_text(config)
     add = B2buaProcess(workdir).cli("dispatcher", "add", "1", gw.uri)
     assert add.returncode == 0, add.stderr
-    b2b = RunningB2bua(b2bua_factory(config), ip, port)
+    return RunningB2bua(b2bua_factory(config), ip, port)
+
+
+def test_unreadable_database_reload_names_the_cause(gateway_factory: GatewayFactory,
+                                                    b2bua_factory: B2buaFactory, caller: Caller,
+                                                    workdir: Path, addresses: AddressAllocator) -> None:
+    gw = gateway_factory("answer")
+    b2b = sqlite_b2bua(b2bua_factory, workdir, addresses, gw)
     assert calls_go_to(b2b, caller, [gw], 1) == [1]
     before = b2b.process.cli("rpc", "dispatcher.list").stdout
     (workdir / "dispatcher.db").write_bytes(b"this is not an SQLite database\n" * 100)
@@ -192,12 +198,7 @@ def test_a_dropped_table_or_a_moved_database_fails_the_reload(gateway_factory: G
                                                               workdir: Path, addresses: AddressAllocator) -> None:
     # the reload used to create an empty table (or database) and answer "Ok", every gateway gone
     gw = gateway_factory("answer")
-    ip = addresses.next()
-    port = free_port(ip, "udp")
-    config = b2bua_config(ip, port, dispatcher={"list_file": "", "db_url": "sqlite:///dispatcher.db"})
-    B2buaProcess(workdir).config_path.write_text(config)
-    assert B2buaProcess(workdir).cli("dispatcher", "add", "1", gw.uri).returncode == 0
-    b2b = RunningB2bua(b2bua_factory(config), ip, port)
+    b2b = sqlite_b2bua(b2bua_factory, workdir, addresses, gw)
     before = b2b.process.cli("rpc", "dispatcher.list").stdout
     database = workdir / "dispatcher.db"
     with contextlib.closing(sqlite3.connect(database)) as db, db:
