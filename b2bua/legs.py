@@ -50,7 +50,7 @@ from b2bua.events import (
     Provisional,
     RemoteOffer,
 )
-from b2bua.sdp import audio_direction, replaces_audio
+from b2bua.sdp import active_streams, audio_direction, replaces_audio
 
 if TYPE_CHECKING:
     from b2bua.api import OutgoingRequest
@@ -331,7 +331,7 @@ class Leg(CallLeg, pj.Call):  # type: ignore[misc]
                 call = getattr(owner, "call", None)  # a Session's CallInfo
                 logger.bind(call_id=getattr(call, "call_id", "-")).info(
                     "leg {} offers {} without audio (T.38 fax?): refused 488, the call keeps its audio",
-                    self.index, ", ".join(_media_names(sdp)))
+                    self.index, ", ".join(active_streams(sdp)))
                 return
             owner.on_event(self, RemoteOffer(audio_direction(sdp)))
         except Exception:
@@ -604,16 +604,6 @@ class Leg(CallLeg, pj.Call):  # type: ignore[misc]
 
 
 check_overrides(Leg)  # a callback the build calls without Python must not look overridden
-
-
-def _media_names(sdp: str) -> list[str]:
-    """``image/udptl`` for each stream of ``sdp`` that has a port (for a log line)."""
-    names = []
-    for line in sdp.splitlines():
-        fields = line[2:].split() if line.startswith("m=") else []
-        if len(fields) >= 3 and fields[1] != "0":
-            names.append(f"{fields[0]}/{fields[2]}")
-    return names
 
 
 def _response_headers(prm: Any) -> dict[str, tuple[str, ...]]:

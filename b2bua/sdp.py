@@ -65,21 +65,22 @@ def audio_direction(sdp: str) -> MediaDirection:
     return direction
 
 
+def active_streams(sdp: str) -> list[str]:
+    """The ``media/proto`` of each ``m=`` line of ``sdp`` with a port (``image/udptl``,
+    ``audio/RTP/AVP``); a stream at port 0 is declined and left out."""
+    streams = []
+    for raw in sdp.splitlines():
+        fields = raw[2:].split() if raw.startswith("m=") else []
+        if len(fields) >= 2 and fields[1] != "0":
+            streams.append(f"{fields[0]}/{fields[2] if len(fields) > 2 else '?'}")
+    return streams
+
+
 def replaces_audio(sdp: str) -> bool:
     """Whether ``sdp`` offers another medium instead of audio: a stream that is not audio with a
     port (T.38 fax's ``m=image``, video alone) and no audio stream with one.
 
     pjsua cannot take such an offer (it answers 488): it is no hold, and must not be relayed as one.
     """
-    audio = other = False
-    for raw in sdp.splitlines():
-        if not raw.startswith("m="):
-            continue
-        fields = raw[2:].split()
-        if len(fields) < 2 or fields[1] == "0":
-            continue
-        if fields[0] == "audio":
-            audio = True
-        else:
-            other = True
-    return other and not audio
+    media = {stream.partition("/")[0] for stream in active_streams(sdp)}
+    return bool(media) and "audio" not in media
