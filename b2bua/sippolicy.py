@@ -34,6 +34,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from b2bua.api import Failure, FailureKind, Reject
+from b2bua.headers import COPY_BUDGET, usable_value
 from b2bua.sip import status_reason
 
 #: headers of a failure response passed on when it is relayed, as ``(lower-case, written)``:
@@ -123,8 +124,17 @@ def relayed_headers(failure: Failure, names: Sequence[str] = ("retry-after", "re
 
 def hangup_headers(headers: Mapping[str, tuple[str, ...]]) -> tuple[tuple[str, str], ...]:
     """What of a peer's BYE crosses to the other leg's BYE: its Reason (RFC 3326, a Q.850 cause
-    from the PSTN that the caller's side reports and bills on), each value on one line."""
-    return tuple(("Reason", value) for value in map(one_line, headers.get("reason", ())) if value)
+    from the PSTN that the caller's side reports and bills on), each value on one line, usable
+    (:func:`b2bua.headers.usable_value`) and all of them within :data:`b2bua.headers.COPY_BUDGET`
+    bytes, as headers copied between legs are: a BYE too long to send would leave the other leg up."""
+    out: list[tuple[str, str]] = []
+    size = 0
+    for value in map(one_line, headers.get("reason", ())):
+        cost = len("Reason: \r\n") + len(value.encode("utf-8", "surrogateescape"))
+        if value and usable_value(value) and size + cost <= COPY_BUDGET:
+            out.append(("Reason", value))
+            size += cost
+    return tuple(out)
 
 
 def reason_header(failure: Failure) -> str:

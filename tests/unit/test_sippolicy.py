@@ -133,3 +133,12 @@ def test_only_the_reason_of_a_peers_bye_crosses_to_the_other_leg() -> None:
                                    ("Reason", "SIP;cause=200"))
     assert hangup_headers({"reason": ("  folded\r\n  over lines ",)}) == (("Reason", "folded over lines"),)
     assert hangup_headers({}) == () and hangup_headers({"reason": ("",)}) == ()
+
+
+def test_a_peers_bye_reasons_cross_bounded() -> None:
+    # a gateway's BYE is wire input: twenty long Reasons must not make the caller's BYE too long
+    # to send (the caller's leg would stay up); control characters never cross
+    many = {"reason": tuple(f'Q.850;cause=16;text="{"x" * 400}{n}"' for n in range(20))}
+    kept = hangup_headers(many)
+    assert 0 < len(kept) < 20 and sum(len(v) for _, v in kept) <= 1500
+    assert hangup_headers({"reason": ("Q.850;cause=16\x00",)}) == ()
