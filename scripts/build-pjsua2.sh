@@ -98,6 +98,10 @@ config_site() {
    (scanners, a flood) piled up to PJ_IOQUEUE_MAX_HANDLES, after which pjsip closed every new
    connection at once, legitimate peers' too (docs/security.md, "TCP"). */
 #define PJSIP_TRANSPORT_SERVER_IDLE_TIME_FIRST 10
+/* Keep up to 8 MB of released memory pools for reuse (patch 0015): pjsua's caching pool kept
+   none, so each of a call's ~30 pools (transactions, dialogs, messages, SDP, media) was a
+   malloc() and a free() of 1-8 KB, glibc's slow path for blocks over 1 KB. */
+#define PJSUA_CACHING_POOL_CAPACITY (8*1024*1024)
 CFG
 }
 
