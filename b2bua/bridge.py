@@ -445,8 +445,11 @@ class Bridge:
             self._watch_timer = self.host.call_later(self.policy.watch_interval, self._check_rtp)
 
     def close(self) -> None:
-        """The call is ending: stop every timer; nothing more is relayed."""
-        if self._dtmf_failures > 1 and not self.closed:
+        """The call is ending: stop every timer; nothing more is relayed. Once is enough: no
+        timer starts on a closed bridge."""
+        if self.closed:
+            return
+        if self._dtmf_failures > 1:
             self.log.warning("{} DTMF digits of this call could not be sent on", self._dtmf_failures)
         self.closed = True
         timers = [d.timer for d in self._digits.values()] + list(self._retry.values()) + list(self._looks.values())
