@@ -34,7 +34,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from b2bua.api import Failure, FailureKind, Reject
-from b2bua.headers import COPY_BUDGET, usable_value
+from b2bua.headers import HeaderFilter
 from b2bua.sip import status_reason
 
 #: headers of a failure response passed on when it is relayed, as ``(lower-case, written)``:
@@ -124,17 +124,16 @@ def relayed_headers(failure: Failure, names: Sequence[str] = ("retry-after", "re
 
 def hangup_headers(headers: Mapping[str, tuple[str, ...]]) -> tuple[tuple[str, str], ...]:
     """What of a peer's BYE crosses to the other leg's BYE: its Reason (RFC 3326, a Q.850 cause
-    from the PSTN that the caller's side reports and bills on), each value on one line, usable
-    (:func:`b2bua.headers.usable_value`) and all of them within :data:`b2bua.headers.COPY_BUDGET`
-    bytes, as headers copied between legs are: a BYE too long to send would leave the other leg up."""
-    out: list[tuple[str, str]] = []
-    size = 0
-    for value in map(one_line, headers.get("reason", ())):
-        cost = len("Reason: \r\n") + len(value.encode("utf-8", "surrogateescape"))
-        if value and usable_value(value) and size + cost <= COPY_BUDGET:
-            out.append(("Reason", value))
-            size += cost
-    return tuple(out)
+    from the PSTN that the caller's side reports and bills on), each value on one line, chosen as
+    every header copied between legs is (:meth:`b2bua.headers.HeaderFilter.select`: usable values
+    within :data:`b2bua.headers.COPY_BUDGET` bytes): a BYE too long to send would leave the other
+    leg up."""
+    values = tuple(value for value in map(one_line, headers.get("reason", ())) if value)
+    return tuple(_BYE_REASON.select({"reason": values})[0]) if values else ()
+
+
+#: the one header of a peer's BYE that crosses (:func:`hangup_headers`)
+_BYE_REASON = HeaderFilter.compile(("Reason",))
 
 
 def reason_header(failure: Failure) -> str:
