@@ -34,7 +34,9 @@ def atomic_write_text(path: Path, text: str, default_mode: int = 0o644) -> None:
     :raises OSError: the folder is not writable, the disk is full, the file is not ours to write.
     """
     if path.is_symlink():
-        path = path.resolve()
+        # realpath, not Path.resolve: a link loop then fails below as OSError (ELOOP), which
+        # callers report; Python 3.11's resolve raises RuntimeError for it
+        path = Path(os.path.realpath(path))
     try:
         old: os.stat_result | None = path.stat()
     except FileNotFoundError:

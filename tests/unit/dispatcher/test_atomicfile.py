@@ -140,3 +140,12 @@ def test_a_symbolic_link_is_written_through_and_stays_a_link(tmp_path: Path) -> 
     assert link.is_symlink() and link.resolve() == target
     assert target.read_text() == "1 sip:b\n" and target.stat().st_mode & 0o777 == 0o640
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dispatcher.list", "managed"]
+
+
+def test_a_symbolic_link_loop_is_an_os_error_the_callers_report(tmp_path: Path) -> None:
+    loop = tmp_path / "dispatcher.list"
+    loop.symlink_to(tmp_path / "other.list")
+    (tmp_path / "other.list").symlink_to(loop)
+    with pytest.raises(OSError):
+        atomic_write_text(loop, "1 sip:b\n")
+    assert loop.is_symlink() and (tmp_path / "other.list").is_symlink()
