@@ -19,6 +19,20 @@ packages=(build-essential dpkg-dev swig xz-utils ca-certificates libopus-dev lib
 # chromium, chromium-driver: the headless browser tests/e2e/test_web.py drives (Selenium)
 [ $TEST = 1 ] && packages+=(sip-tester sipvicious mariadb-server mariadb-client postgresql redis-server kamailio
                             chromium chromium-driver)
+# The interpreter: Debian's own python3 unless PYTHON names another. Debian builds it with
+# profile-guided optimisation and LTO, the interpreter linked statically; a default pyenv /
+# python-build CPython (no --enable-optimizations, libpython shared) runs the B2BUA's Python code
+# 13-17 % slower and costs a call ~8 % more instructions (docs/performance.md, "The interpreter").
+# Its venv and headers (for the pjsua2 build) are Debian packages.
+PY=${PYTHON:-}
+if [ -z "$PY" ]; then
+  if [ -x /usr/bin/python3 ]; then
+    PY=/usr/bin/python3
+    packages+=(python3-venv python3-dev)
+  else
+    PY=python3
+  fi
+fi
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -32,7 +46,6 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-PY=${PYTHON:-python3}
 "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 10))' || { say "Python 3.10+ is needed ($PY is older)"; exit 1; }
 if [ ! -x .venv/bin/python ]; then
   say "creating .venv"
