@@ -23,14 +23,14 @@ packages=(build-essential dpkg-dev swig xz-utils ca-certificates libopus-dev lib
 # profile-guided optimisation and LTO, the interpreter linked statically; a default pyenv /
 # python-build CPython (no --enable-optimizations, libpython shared) runs the B2BUA's Python code
 # 13-17 % slower and costs a call ~8 % more instructions (docs/performance.md, "The interpreter").
-# Its venv and headers (for the pjsua2 build) are Debian packages.
+# Its venv and headers (for the pjsua2 build) are Debian packages. An older Debian's (3.9) is
+# passed over for python3 on the PATH.
 PY=${PYTHON:-}
 if [ -z "$PY" ]; then
-  if [ -x /usr/bin/python3 ]; then
+  PY=python3
+  if [ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import sys; sys.exit(sys.version_info < (3, 10))'; then
     PY=/usr/bin/python3
     packages+=(python3-venv python3-dev)
-  else
-    PY=python3
   fi
 fi
 missing=()
