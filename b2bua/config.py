@@ -25,7 +25,7 @@ from typing import Any, TypeVar, Union
 from b2bua.codecs import check_entry
 from b2bua.headers import check_pattern
 from b2bua.nameservers import check_nameservers
-from b2bua.sipuri import parse_uri
+from b2bua.sipuri import is_ip_literal, parse_uri
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -317,6 +317,10 @@ class Listen:
             raise ValueError(f"{text!r}: expected 'udp:ADDRESS:PORT' or 'tcp:ADDRESS:PORT'") from None
         if not 1 <= port <= 65535:
             raise ValueError(f"{text!r}: the port must be 1-65535")
+        # digits and dots (no host name ends in a number, RFC 1123) or a colon: an IP address,
+        # else pjsip would look '999.0.0.1' up as a name and fail only when it binds
+        if (":" in address or not address.strip("0123456789.")) and not is_ip_literal(address):
+            raise ValueError(f"{text!r}: {address!r} is not an IP address")
         return cls(transport.lower(), address, port)
 
     def __str__(self) -> str:
