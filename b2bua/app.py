@@ -29,7 +29,7 @@ from loguru import logger
 from b2bua import __version__
 from b2bua.admission import Decision, Load, Verdict, shedding_helps
 from b2bua.api import DEFAULT_OUTBOUND, CallInfo, EndCause, Outbound, ProbeResult, Reject
-from b2bua.backlog import AdmissionShare, QueueReading, ReceiveBacklog
+from b2bua.backlog import AdmissionShare, QueueReading, ReceiveBacklog, StandingQueue
 from b2bua.cluster import Cluster, control_address, make_cluster
 from b2bua.config import Config, SipConfig
 from b2bua.core_rpc import calls_report
@@ -117,7 +117,7 @@ class App:
         self._backlog = ReceiveBacklog([])
         #: the SIP listeners' receive queues at the last heartbeat
         self.receive_queue = QueueReading()
-        self._waited = False  #: the oldest SIP message had waited past overload_delay at the last beat
+        self._standing = StandingQueue(config.sip.overload_delay)  #: saturation, told from a stall
         self._dropped_logged = 0  #: datagrams the kernel dropped, as of the last warning about them
         self._dropped_base = 0  #: ... as of the last stats reset
         self._drops_logged_at = 0.0
@@ -394,8 +394,8 @@ class App:
     def _heartbeat(self, expected: float) -> None:
         """Shed new calls while overloaded: all for a second when the loop runs ``overload_lag``
         late; a share (:class:`AdmissionShare`) while the oldest SIP message waits unread longer
-        than ``overload_delay`` (at two beats in a row) or a receive buffer is over half full
-        (:mod:`b2bua.backlog`).
+        than ``overload_delay`` and does not drain (:class:`StandingQueue`) or a receive buffer
+        is over half full (:mod:`b2bua.backlog`).
 
         Refusing a new INVITE costs a third of a call; accepting calls the loop cannot serve
         makes every call late, then retransmissions multiply the load and everything fails. But
@@ -417,10 +417,7 @@ class App:
             self._overloaded_until = now + 1.0
         self.receive_queue = queue = self._backlog.read(time.time())
         if cfg.overload_delay:
-            # a standing queue: its head waited too long at two beats in a row (at one, it may be
-            # what a stall left, drained by the next poll)
-            waited = queue.wait > cfg.overload_delay
-            standing, self._waited = waited and self._waited, waited
+            standing = self._standing.update(queue.wait)
             full = queue.fill > BUFFER_FULL
             over = (standing or full) and calls_matter
             self._admission.update(over)

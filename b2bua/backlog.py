@@ -173,6 +173,34 @@ def _matches(sock: socket.socket, wanted: list[tuple[ipaddress.IPv4Address | ipa
     return any(addr == want and (want_port == 0 or port == want_port) for want, want_port in wanted)
 
 
+#: a head waiting this many times ``overload_delay`` sheds even while the queue drains: near
+#: T1 (500 ms) the callers' retransmissions would multiply the load
+DRAIN_CEILING = 3.0
+
+
+class StandingQueue:
+    """Tells saturation from a stall being drained, one heartbeat's reading at a time.
+
+    Saturated, the head's wait grows beat after beat. After a stall (a descheduled process, a
+    burst, a slow callback) it has also passed ``delay``, but it falls from the next beat on: at
+    90 % load a 150 ms stall takes over a second to drain, and cutting the admitted share all
+    that time shed hundreds of calls the loop could serve (1000 calls/s, 0.87 cores, 2026-12-07).
+    So the queue is standing when its head waited past ``delay`` at two beats in a row and has
+    not fallen since the last one, or has waited past ``DRAIN_CEILING`` x ``delay`` however it moves.
+    """
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self._last = 0.0  #: the head's wait at the last beat
+
+    def update(self, wait: float) -> bool:
+        """Record this beat's wait (seconds); True while the queue is standing."""
+        last, self._last = self._last, wait
+        if not self.delay or wait <= self.delay or last <= self.delay:
+            return False
+        return wait >= last or wait > DRAIN_CEILING * self.delay
+
+
 class AdmissionShare:
     """The share of new calls admitted while the receive queue is too long (AIMD, as TCP's window).
 

@@ -37,6 +37,8 @@ from load import (  # noqa: E402 - bench/load.py, this script's neighbour
     B2bua,
     System,
     cpu_seconds,
+    pin,
+    pin_system,
     process_tree,
     pss_mb,
     run_systems,
@@ -68,7 +70,8 @@ class Tree:
     def _spawn(self, workdir: Path, cmd: Sequence[str]) -> None:
         self.workdir = workdir
         with (workdir / self.log_name).open("wb") as out:
-            self.proc = subprocess.Popen(cmd, cwd=workdir, stdout=out, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(cmd, cwd=workdir, stdout=out, stderr=subprocess.STDOUT,
+                                         preexec_fn=pin_system)
 
     def _wait_bound(self, ip: str, port: int) -> None:
         assert self.proc is not None
@@ -158,7 +161,11 @@ def main() -> int:
     ap.add_argument("--settle", type=float, default=60.0, help="idle seconds after a step before RSS is read again")
     ap.add_argument("--kamailio-children", type=int, default=4, help="Kamailio's UDP worker processes")
     ap.add_argument("--sippy", type=Path, default=SIPPY_DEFAULT, help="Sippy's b2bua script")
+    ap.add_argument("--pin", type=int, nargs="?", const=1, default=0, metavar="N",
+                    help="each system on the last CPU (N: the last N), the caller and gateways on the others")
     args = ap.parse_args()
+    if args.pin:
+        print(pin(args.pin), flush=True)
     make = {"b2bua": lambda: B2bua(), "kamailio": lambda: Kamailio(args.kamailio_children),
             "sippy": lambda: Sippy(args.sippy)}
     systems: list[System] = [make[name]() for name in args.systems]

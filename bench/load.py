@@ -22,6 +22,12 @@ RFC 3261 retransmissions, a 503 ACKed at once and counted apart). Per offered ra
     .venv/bin/python bench/load.py --direct                 # and sipp calling a gateway directly
     .venv/bin/python bench/load.py --concurrent 1000        # hold 1000 bridged calls
     .venv/bin/python bench/load.py --recovery 800           # overload, then 100 calls/s probes
+    .venv/bin/python bench/load.py --pin --rates 1000       # the B2BUA on a CPU of its own
+
+``--pin`` gives the system under test the last CPU (``--pin N``: the last N) and the caller and
+gateways the others. Unpinned on loopback, each ``sendto`` to a sipp wakes it on the sender's CPU
+(the scheduler's wake-affinity) where it preempts the B2BUA; a server in front of real gateways
+has its peers on other machines.
 
 Every run is bounded in calls and time. Needs sipp (scripts/setup.sh --test installs it).
 Capacity numbers come from a quiet machine only (``uptime`` load under 1 before the run).
@@ -59,6 +65,26 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 #: the B2BUA's summary of RTP/RTCP ports pjsua found busy and skipped (pjsua_media.c
 #: create_rtp_rtcp_sock logs each at ERROR: "RTP socket bind() at ... Address already in use")
 BUSY_PORTS = re.compile(r"(\d+) RTP/RTCP port\(s\) were still held")
+#: the CPUs of the system under test (``--pin``); None: the scheduler places every process
+SYSTEM_CPUS: set[int] | None = None
+
+
+def pin(system_cpus: int) -> str:
+    """Give the system under test the last ``system_cpus`` CPUs of this process's set and this
+    process (so the sipp caller and gateways it starts) the others; returns a line saying so."""
+    global SYSTEM_CPUS
+    cpus = sorted(os.sched_getaffinity(0))
+    if not 0 < system_cpus < len(cpus):
+        raise SystemExit(f"--pin {system_cpus}: {len(cpus)} CPU(s) here, the caller and gateways need one")
+    SYSTEM_CPUS = set(cpus[-system_cpus:])
+    os.sched_setaffinity(0, cpus[:-system_cpus])
+    return f"pinned: system under test on CPU {sorted(SYSTEM_CPUS)}, caller and gateways on {cpus[:-system_cpus]}"
+
+
+def pin_system() -> None:
+    """``preexec_fn`` of a system under test: its CPUs (``--pin``); every thread and child inherits them."""
+    if SYSTEM_CPUS:
+        os.sched_setaffinity(0, SYSTEM_CPUS)
 
 
 def free_port(ip: str) -> int:
@@ -392,7 +418,7 @@ def start_b2bua(workdir: Path, config: Path, log_name: str = "b2bua.log",
     log = workdir / log_name
     with log.open("wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "b2bua", "run", "-c", str(config), *args], cwd=workdir,
-                                stdout=out, stderr=subprocess.STDOUT)
+                                stdout=out, stderr=subprocess.STDOUT, preexec_fn=pin_system)
     wait_ready(proc, log, b"b2bua ready", "the B2BUA")
     return proc
 
@@ -428,7 +454,7 @@ class B2bua:
             with log.open("wb") as out:
                 self.proc = subprocess.Popen(
                     [sys.executable, "-m", "b2bua.workers", "-c", str(config), "-n", str(self.workers)],
-                    cwd=workdir, stdout=out, stderr=subprocess.STDOUT)
+                    cwd=workdir, stdout=out, stderr=subprocess.STDOUT, preexec_fn=pin_system)
             wait_ready(self.proc, log, b"workers ready", "the B2BUA workers", 60)
             self.ports = [port + i for i in range(self.workers)]
         else:
@@ -525,7 +551,11 @@ def main() -> int:
     ap.add_argument("--recovery", type=int, default=0, metavar="RATE",
                     help="instead: overload at RATE calls/s for --seconds, then probe at 100 calls/s "
                          "2, 30 and 60 s later (does the B2BUA recover?)")
+    ap.add_argument("--pin", type=int, nargs="?", const=1, default=0, metavar="N",
+                    help="the B2BUA on the last CPU (N: the last N), the caller and gateways on the others")
     args = ap.parse_args()
+    if args.pin:
+        print(pin(args.pin), flush=True)
     if args.concurrent or args.recovery:
         return single_modes(args)
     systems: list[System] = [B2bua(plugins=not args.no_plugins, workers=args.workers)]

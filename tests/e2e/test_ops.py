@@ -314,7 +314,8 @@ def test_a_standing_sip_queue_sheds_and_a_full_buffer_counts_its_drops(
         addresses: AddressAllocator) -> None:
     gw = gateway_factory("answer")
     # the default 4 MiB buffer holds 1500 OPTIONS (a third full); read after a 400 ms stall,
-    # they take the loop longer than a beat: the oldest waits past overload_delay at two beats
+    # they take the loop longer than a beat: at the second beat the oldest has waited past
+    # DRAIN_CEILING x overload_delay (300 ms), where the queue sheds even while it drains
     node = start_node(b2bua_factory, workdir, addresses.next(), [ListEntry(1, gw.uri)],
                       sip={"overload_delay": 0.1}, subdir="standing")
     assert "udp_receive_buffer" not in node.process.log_text(), \

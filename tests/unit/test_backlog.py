@@ -131,3 +131,25 @@ def test_buffers_are_sized_as_asked_or_to_the_systems_limit() -> None:
         rmem_max = int(Path("/proc/sys/net/core/rmem_max").read_text())
         # the kernel doubles what it is asked for; without CAP_NET_ADMIN only up to rmem_max
         assert size in (2 * (4 << 20), 2 * rmem_max), (size, rmem_max)
+
+
+def test_a_standing_queue_is_told_from_a_stall_being_drained() -> None:
+    from b2bua.backlog import DRAIN_CEILING, StandingQueue
+
+    delay = 0.1
+    queue = StandingQueue(delay)
+    # one beat over is what a stall may leave: not yet standing
+    assert [queue.update(w) for w in (0.0, 0.05, 0.12)] == [False, False, False]
+    assert queue.update(0.15)  # over at two beats and growing: saturation
+    assert queue.update(0.15)  # flat is not draining
+    assert not queue.update(0.14)  # falling: a stall's backlog drains, nothing shed
+    assert not queue.update(0.11)
+    assert not queue.update(0.09)  # under
+    assert not queue.update(0.2)
+    # near T1 it sheds even while the head's wait falls
+    high = DRAIN_CEILING * delay
+    assert queue.update(high + 0.1)
+    assert queue.update(high + 0.05)
+    assert not queue.update(high - 0.01)
+    off = StandingQueue(0.0)  # overload_delay = 0: the signal is off
+    assert not any(off.update(w) for w in (1.0, 2.0, 3.0))
