@@ -439,8 +439,9 @@ class SipConfig:
     )
     overload_delay: float = opt(
         0.1, "while the oldest SIP message on a UDP listener has waited unread longer than this many seconds "
-        "(at two looks 50 ms apart), or a listener's receive buffer is over half full, a share of new calls gets "
-        "503 + Retry-After, cut until the queue drains (0: off; Linux)", bounds=(0, 10),
+        "(at two looks 50 ms apart) and is not being drained (or longer than 3 x this), or a listener's receive "
+        "buffer is over half full, a share of new calls gets 503 + Retry-After, cut until the queue drains "
+        "(0: off; Linux)", bounds=(0, 10),
     )
     udp_receive_buffer: int = opt(
         4 * 1024 * 1024, "bytes of kernel receive buffer asked for on each SIP UDP listener (the kernel counts "
