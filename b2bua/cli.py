@@ -173,6 +173,10 @@ def run_config(config: Config, verbose: int = 0, path: str | None = None) -> int
         return 2
     if path is not None and (warning := secrets_warning(config, path)):
         logger.warning("{}", warning)
+    from b2bua.plugins import unused_sections
+
+    for warning in unused_sections(config):
+        logger.warning("{}", warning)
     try:
         from b2bua.app import App
     except ImportError as exc:  # pjsua2 missing
@@ -192,7 +196,7 @@ def run_config(config: Config, verbose: int = 0, path: str | None = None) -> int
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     from b2bua.logs import setup_logging
-    from b2bua.plugins import make_manager
+    from b2bua.plugins import make_manager, unused_sections
 
     setup_logging(LogConfig(level="WARNING"))
     path = Path(args.config)
@@ -203,6 +207,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         return 2
     config, host_errors = parse_config_all(data, str(path), path.resolve().parent)
     if warning := secrets_warning(config, path):
+        logger.warning("{}", warning)
+    for warning in unused_sections(config):
         logger.warning("{}", warning)
     errors = list(host_errors)
     try:

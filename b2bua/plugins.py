@@ -63,6 +63,26 @@ def load_plugin_object(spec: str) -> Any:
     return obj
 
 
+def unused_sections(config: Config) -> list[str]:
+    """Warnings for ``[plugins.<name>]`` tables of installed plugins that ``[plugins] enabled``
+    does not load: their settings would be ignored without a word. A table named after no
+    installed plugin is left alone (a plugin loaded by module path may read any table)."""
+    eps = entry_points()
+    warnings = []
+    for name in sorted(config.plugin_sections):
+        ep = eps.get(name)
+        if ep is None:
+            continue
+        package = ep.module.rpartition(".")[0] or ep.module
+        modules = [spec.partition(":")[0] for spec in config.plugins.enabled]
+        if name in config.plugins.enabled or ep.value in config.plugins.enabled or any(
+                m == package or m.startswith(package + ".") for m in modules):
+            continue
+        warnings.append(f"{config.where('plugins.' + name)} is set, but {name!r} is not in [plugins] "
+                        "enabled: these settings are not used")
+    return warnings
+
+
 def make_manager(enabled: Iterable[str], *, with_defaults: bool = True) -> pluggy.PluginManager:
     """A plugin manager with the host's specs, the ``enabled`` plugins and the host's defaults.
 

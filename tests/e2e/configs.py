@@ -134,9 +134,10 @@ def b2bua_config(
         toml_table("log", {"level": log_level}),
         toml_table("control", {"socket": CONTROL_SOCKET}),
         toml_table("plugins", {"enabled": list(plugins)}),
-        toml_table("plugins.dispatcher", dispatcher_values),
-        *(toml_table("[[plugins.dispatcher.routes]]", rule) for rule in rules),
     ]
+    if "dispatcher" in plugins:  # a table for a plugin not loaded is warned about
+        parts.append(toml_table("plugins.dispatcher", dispatcher_values))
+        parts += [toml_table("[[plugins.dispatcher.routes]]", rule) for rule in rules]
     if failover is not None:
         parts.append(toml_table("plugins.failover", failover))
     parts += [toml_table(name, values) for name, values in (extra_sections or {}).items()]

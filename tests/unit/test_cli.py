@@ -179,3 +179,22 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(command: list[str], tm
         err = proc.stderr.read().decode()
     assert proc.wait(timeout=60) == 141, err
     assert first.strip() and err == ""
+
+
+def test_a_table_of_a_plugin_not_enabled_is_reported(tmp_path: Path) -> None:
+    # [plugins.failover] without "failover" in enabled was silently ignored: a failover policy
+    # the operator believes in and calls that do not fail over
+    (tmp_path / "config.toml").write_text(
+        '[plugins]\nenabled = ["plugins.dispatcher.plugin:DispatcherPlugin"]\n'
+        '[plugins.dispatcher]\nlist_file = "d.list"\n'
+        '[plugins.failover]\nmax_attempts = 2\n'
+        '[plugins.mine]\nanything = 1\n'
+    )
+    (tmp_path / "d.list").write_text("1 sip:192.0.2.1:5060\n")
+    done = b2bua("check-config", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    warnings = [line for line in done.stderr.splitlines() if "[plugins." in line]
+    # the dispatcher, enabled by module path, reads its table; nobody installed is called "mine"
+    assert len(warnings) == 1, done.stderr
+    assert ("config.toml: [plugins.failover] is set, but 'failover' is not in [plugins] enabled: "
+            "these settings are not used") in warnings[0]
