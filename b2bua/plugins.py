@@ -68,13 +68,13 @@ def unused_sections(config: Config) -> list[str]:
     does not load: their settings would be ignored without a word. A table named after no
     installed plugin is left alone (a plugin loaded by module path may read any table)."""
     eps = entry_points()
+    modules = [spec.partition(":")[0] for spec in config.plugins.enabled]
     warnings = []
     for name in sorted(config.plugin_sections):
         ep = eps.get(name)
         if ep is None:
             continue
         package = ep.module.rpartition(".")[0] or ep.module
-        modules = [spec.partition(":")[0] for spec in config.plugins.enabled]
         if name in config.plugins.enabled or ep.value in config.plugins.enabled or any(
                 m == package or m.startswith(package + ".") for m in modules):
             continue

@@ -25,9 +25,10 @@ RFC 3261 retransmissions, a 503 ACKed at once and counted apart). Per offered ra
     .venv/bin/python bench/load.py --pin --rates 1000       # the B2BUA on a CPU of its own
 
 ``--pin`` gives the system under test the last CPU (``--pin N``: the last N) and the caller and
-gateways the others. Unpinned on loopback, each ``sendto`` to a sipp wakes it on the sender's CPU
-(the scheduler's wake-affinity) where it preempts the B2BUA; a server in front of real gateways
-has its peers on other machines.
+gateways the others, as a server in front of real gateways has its peers on other machines
+(unpinned on loopback, a ``sendto`` may wake the receiving sipp on the sender's CPU). For this
+B2BUA it made no difference beyond the noise; Kamailio and Sippy B2BUA fail fewer calls pinned
+(docs/performance.md).
 
 Every run is bounded in calls and time. Needs sipp (scripts/setup.sh --test installs it).
 Capacity numbers come from a quiet machine only (``uptime`` load under 1 before the run).
