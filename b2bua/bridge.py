@@ -44,6 +44,7 @@ from b2bua.events import (
     DtmfMethod,
     DtmfReceived,
     LegError,
+    LegState,
     MediaDirection,
     MediaStats,
     OfferFailed,
@@ -444,6 +445,11 @@ class Bridge:
         if self.policy.watch_interval > 0 and self._watch_timer is None and not self.closed:
             self._watch_timer = self.host.call_later(self.policy.watch_interval, self._check_rtp)
 
+    def confirmed(self, index: int) -> None:
+        """Leg ``index``'s 2xx was ACKed: an offer held back until then goes now."""
+        if index in self._wanted and index not in self._retry:
+            self._offer(index)
+
     def close(self) -> None:
         """The call is ending: stop every timer; nothing more is relayed. Once is enough: no
         timer starts on a closed bridge."""
@@ -622,6 +628,10 @@ class Bridge:
         if wanted is None or leg is None or self.closed:
             return
         if self._sent.get(index, MediaDirection.SENDRECV) is wanted:
+            return
+        if leg.state is LegState.ANSWERED:
+            # our 2xx to it is not ACKed yet (a gateway may hold at once, before the caller's
+            # ACK reaches us): no re-INVITE may go before the ACK; confirmed() sends it then
             return
         try:
             leg.set_direction(wanted)

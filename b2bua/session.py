@@ -432,6 +432,7 @@ class Session:
 
     def _b_confirmed(self, leg: CallLeg, event: Confirmed) -> None:
         self._move(leg, LegState.CONFIRMED)
+        self.bridge.confirmed(leg.index)
 
     def _b_failed(self, leg: CallLeg, event: Failed | Disconnected) -> None:
         if isinstance(event, Failed):
@@ -526,6 +527,7 @@ class Session:
     def _a_confirmed(self, leg: CallLeg, event: Confirmed) -> None:
         self._move(leg, LegState.CONFIRMED)
         self.bridge.connect()
+        self.bridge.confirmed(0)
 
     def _a_disconnected(self, leg: CallLeg, event: Disconnected) -> None:
         self.a = None

@@ -235,3 +235,25 @@ def test_a_gateways_reason_on_its_bye_reaches_the_caller(
             if m.direction == "received" and m.first_line.startswith("BYE ")]
     assert byes and byes[0].header("Reason") == cause, byes
     assert gw.count("BYE") == 0, "the gateway's own BYE ended its leg: the B2BUA sent it none"
+
+
+def test_a_hold_before_the_callers_ack_is_relayed_after_it(
+        scenario_gateway: ScenarioGatewayFactory, b2bua_factory: B2buaFactory, caller: Caller, workdir: Path,
+        addresses: AddressAllocator) -> None:
+    # the gateway holds as soon as it has our ACK, the caller ACKs our 200 a second later: no
+    # re-INVITE may go to the caller before its ACK (pjsua refused it with an ERROR line that
+    # named no call, and the bridge tried again a second later)
+    gw = scenario_gateway("uas_hold_after_ack.xml", {}, label="hold-after-ack")
+    b2b = start_b2bua(b2bua_factory, workdir, addresses.next(), [ListEntry(1, gw.uri)], algorithm="priority")
+    result = caller.run_calls(b2b.ip, b2b.port, n=1, behaviour="hangup-by-callee",
+                              template="uac_late_ack_callee_bye.xml")
+    assert result.ok and result.final_codes == [200], result.describe()
+    messages = parse_message_log(result.files.messages.read_text())
+    flow = [(m.direction, m.first_line.split()[0]) for m in messages if m.first_line.startswith(("ACK ", "INVITE "))]
+    # our INVITE, its ACK a second later, then the relayed hold
+    assert flow == [("sent", "INVITE"), ("sent", "ACK"), ("received", "INVITE"), ("received", "ACK")], flow
+    hold = next(m for m in messages if m.direction == "received" and m.first_line.startswith("INVITE "))
+    assert "a=sendonly" in hold.text, hold.text
+    log = b2b.process.log_text()
+    assert "the gateway holds (sendonly): offering sendonly to leg 0" in log, log
+    assert " ERROR " not in log and "WARNING" not in log, log

@@ -32,6 +32,7 @@ from b2bua.events import (
     DtmfMethod,
     DtmfReceived,
     LegError,
+    LegState,
     MediaDirection,
     MediaStats,
     OfferFailed,
@@ -474,6 +475,24 @@ def test_an_offer_that_cannot_go_now_is_tried_again(log_lines: list[tuple[str, s
     host.bridge.remote_offer(0, RemoteOffer(D.SENDRECV))
     host.advance(10)
     assert ("WARNING", "cannot offer sendrecv to leg 1 after 6 tries: direction refused") in log_lines
+
+
+def test_a_hold_before_the_callers_ack_waits_for_it(log_lines: list[tuple[str, str]]) -> None:
+    # a gateway may hold at once, before the caller's ACK of our 200 reaches us: no re-INVITE
+    # may go before that ACK (pjsua refused it, with an ERROR line naming no call, and the
+    # bridge tried again a second later)
+    host, a, _b = answered()
+    a.state = LegState.ANSWERED
+    host.bridge.remote_offer(1, RemoteOffer(D.SENDONLY))
+    host.advance(3)
+    assert a.did("direction") == []
+    a.state = LegState.CONFIRMED
+    host.bridge.confirmed(0)
+    assert a.did("direction") == [(D.SENDONLY,)]
+    host.bridge.confirmed(0)  # nothing more to send
+    host.advance(3)
+    assert a.did("direction") == [(D.SENDONLY,)]
+    assert not [line for line in log_lines if line[0] in ("WARNING", "ERROR")]
 
 
 def test_glare_is_retried_and_a_refusal_is_accepted(log_lines: list[tuple[str, str]]) -> None:

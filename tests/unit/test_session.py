@@ -367,6 +367,8 @@ def test_digits_and_offers_go_through_the_bridge() -> None:
     b.report(OK)
     a.report(DtmfReceived("5", 100, DtmfMethod.RFC4733, 7, end=True))
     a.report(RemoteOffer(MediaDirection.SENDONLY))
+    assert b.actions[-1] == ("dtmf", "5", 100, DtmfMethod.RFC4733)  # no re-INVITE before our ACK
+    b.report(CONFIRMED)  # pjsua ACKs the 200: the offer goes
     b.report(DtmfReceived("1", 0, DtmfMethod.SIP_INFO_DTMF, end=True))
     b.report(OfferFailed(488, "Not Acceptable Here"))
     assert b.actions[-2:] == [("dtmf", "5", 100, DtmfMethod.RFC4733), ("direction", MediaDirection.SENDONLY)]
