@@ -10,7 +10,8 @@ full B2BUA processes with the same ``config.toml``, apart from what two processe
 * the control socket ``b2bua.sock`` -> ``b2bua-i.sock``; ``[control] http`` port + i;
   ``[log] file`` ``x.log`` -> ``x-i.log``; the dispatcher's ``state_file`` likewise;
 * ``[cluster] node`` ``x`` -> ``x-wI`` in every worker, worker 0 too (``x-w0``, ``x-w1``: each
-  worker is a node of its own, and the names say whose workers they are); ``[cluster]
+  worker is a node of its own, and the names say whose workers they are); ``[plugins.cdr] node``
+  likewise (its default, the host name, too: a call record says which worker wrote it); ``[cluster]
   control_url`` names ``[control] http``'s port, moved like it (+ i). A ``control_url`` on another
   port (a proxy in front) cannot be told apart per worker: worker 1 and up refuse to start.
 
@@ -33,6 +34,7 @@ from __future__ import annotations
 import argparse
 import copy
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -65,6 +67,11 @@ def worker_config(data: Mapping[str, Any], index: int, rtp_span: int) -> dict[st
     sip = out.setdefault("sip", {})
     sip["rtp_ports"] = rtp_span
     _cluster_identity(out, index)
+    cdr = out.get("plugins", {}).get("cdr")
+    if isinstance(cdr, dict):  # which worker wrote a record; the records' file is shared (appends)
+        node = cdr.get("node") or socket.gethostname()
+        if isinstance(node, str):
+            cdr["node"] = f"{node}-w{index}"
     if index == 0:
         return out
     listen = sip.get("listen", ["udp:127.0.0.1:5060", "tcp:127.0.0.1:5060"])

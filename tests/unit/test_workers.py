@@ -91,3 +91,18 @@ def test_supervise_refuses_a_bad_worker_config_once_before_starting_any(tmp_path
                       f'node = "{"n" * 62}"\n')
     with pytest.raises(ConfigError, match=r"\(worker 0\): \[cluster\] node: 'n{62}-w0': use 1-64"):
         supervise(str(config), 2, 0)
+
+
+def test_each_worker_signs_its_call_records() -> None:
+    # every worker wrote node = the host name: the records of one call could not say which
+    # worker (and which log file) had it
+    import socket
+
+    cdr = {"plugins": {"enabled": ["cdr"], "cdr": {"file": "cdr.jsonl"}}}
+    assert [worker_config(cdr, i, 1000)["plugins"]["cdr"]["node"] for i in range(2)] == [
+        f"{socket.gethostname()}-w0", f"{socket.gethostname()}-w1"]
+    named = {"plugins": {"enabled": ["cdr"], "cdr": {"node": "sbc1"}}}
+    workers = [worker_config(named, i, 1000) for i in range(2)]
+    assert [w["plugins"]["cdr"]["node"] for w in workers] == ["sbc1-w0", "sbc1-w1"]
+    assert [w["plugins"]["cdr"].get("file") for w in workers] == [None, None]  # one file, appended by all
+    assert named["plugins"]["cdr"]["node"] == "sbc1"  # the original is not changed
