@@ -183,8 +183,9 @@ class StandingQueue:
 
     Saturated, the head's wait grows beat after beat. After a stall (a descheduled process, a
     burst, a slow callback) it has also passed ``delay``, but it falls from the next beat on: at
-    90 % load a 150 ms stall takes over a second to drain, and cutting the admitted share all
-    that time shed hundreds of calls the loop could serve (1000 calls/s, 0.87 cores, 2026-12-07).
+    90 % load a 150 ms stall takes over a second to drain, and cutting the admitted share at
+    every beat until the wait was back under ``delay`` shed hundreds of calls the loop could
+    serve (401 and 995 in runs at 1000 calls/s, 0.86-0.87 cores, 2026-12-07).
     So the queue is standing when its head waited past ``delay`` at two beats in a row and has
     not fallen since the last one, or has waited past ``DRAIN_CEILING`` x ``delay`` however it moves.
     """
