@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass
 
 from b2bua.config import opt
+from plugins.cdr.record import NODE_MAX
 
 #: a table name as every supported database takes it unquoted
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
@@ -36,7 +37,8 @@ class CdrConfig:
     )
     table: str = opt("cdr", "table of call records, one row per call (created when missing)")
     attempts_table: str = opt("cdr_attempts", "table of attempts, one row per B leg (created when missing)")
-    node: str = opt("", "this B2BUA's name in every record, for several writing to one table; empty: the host name")
+    node: str = opt("", "this B2BUA's name in every record (at most 64 characters), for several writing to one "
+                   "table; empty: the host name")
     queue_size: int = opt(
         10000, "records waiting for the writer at most; past it new ones are dropped, counted and logged",
         bounds=(1, 10_000_000),
@@ -57,5 +59,15 @@ class CdrConfig:
             value = getattr(self, name)
             if not _IDENTIFIER.fullmatch(value):
                 raise ValueError(f"{name}: {value!r}: use letters, digits and '_' (not first), at most 63")
+        if self.node:
+            check_node(self.node)
         if self.table == self.attempts_table:
             raise ValueError(f"attempts_table: {self.attempts_table!r} is the same table as table")
+
+
+def check_node(node: str) -> None:
+    """A node name fits the records' column (:raises ValueError: why not; control characters are
+    refused by the config parser for every string)."""
+    if len(node) > NODE_MAX:
+        raise ValueError(f"node: {node[:80]!r}{'...' if len(node) > 80 else ''} is {len(node)} characters, "
+                         f"at most {NODE_MAX} (the records' node column)")

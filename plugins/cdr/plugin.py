@@ -24,7 +24,7 @@ from loguru import logger
 from b2bua import hookimpl
 from b2bua.api import StashKey
 from b2bua.config import ConfigError, parse_section
-from plugins.cdr.config import CdrConfig
+from plugins.cdr.config import CdrConfig, check_node
 from plugins.cdr.record import CallRecord, CallTrail
 
 if TYPE_CHECKING:
@@ -72,6 +72,10 @@ class CdrPlugin:
             except ValueError as exc:
                 raise ConfigError(f"{where} db_url: {exc}") from None
         self.node = self.cfg.node or socket.gethostname()
+        try:  # the host name (or a worker's, which adds -wI) is checked like a node given
+            check_node(self.node)
+        except ValueError as exc:
+            raise ConfigError(f"{where} {exc}{'' if self.cfg.node else ' (the host name): set node'}") from None
 
     @hookimpl
     def b2bua_startup(self, app: Host) -> None:

@@ -26,6 +26,8 @@ URI_MAX = 512
 NAME_MAX = 128
 CALL_ID_MAX = 255
 REASON_MAX = 128
+#: longest ``[plugins.cdr] node``: checked at configure time (never clipped: two nodes must not merge)
+NODE_MAX = 64
 
 #: ``kind`` of the attempt that answered (the others keep their ``FailureKind`` value)
 ANSWERED = "answered"

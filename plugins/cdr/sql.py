@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 
 from b2bua.extras import missing_driver
-from plugins.cdr.record import CALL_ID_MAX, NAME_MAX, REASON_MAX, URI_MAX, Attempt, CallRecord
+from plugins.cdr.record import CALL_ID_MAX, NAME_MAX, NODE_MAX, REASON_MAX, URI_MAX, Attempt, CallRecord
 
 #: seconds a connection attempt may take (a dead host must not hold the database thread for minutes)
 CONNECT_TIMEOUT = 10
@@ -32,7 +32,7 @@ def cdr_tables(cdr_name: str = "cdr", attempts_name: str = "cdr_attempts",
     calls = sa.Table(
         cdr_name, md,
         sa.Column("cdr_id", sa.String(32), primary_key=True),
-        sa.Column("node", sa.String(64), nullable=False),
+        sa.Column("node", sa.String(NODE_MAX), nullable=False),
         sa.Column("call_id", sa.String(CALL_ID_MAX), nullable=False),
         sa.Column("from_uri", sa.String(URI_MAX), nullable=False),
         sa.Column("from_user", sa.String(NAME_MAX), nullable=False),

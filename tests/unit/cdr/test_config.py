@@ -38,6 +38,7 @@ def test_database_only(tmp_path: Path) -> None:
     ({"db_url": "mysql+nosuchdriver://cdr:pw@127.0.0.1/voip"},
      "[plugins.cdr] db_url: mysql+nosuchdriver://cdr:***@127.0.0.1/voip: Can't load plugin"),
     ({"fsync": True}, "[plugins.cdr]: unknown key 'fsync'"),
+    ({"node": "n" * 65}, f"[plugins.cdr] node: {'n' * 65!r} is 65 characters, at most 64 (the records' node column)"),
 ])
 def test_bad_settings(section: dict[str, Any], message: str, tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
@@ -49,3 +50,13 @@ def test_every_bad_key_at_once(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         configure({"queue_size": "many", "db_retry": -1, "nonsense": 1}, tmp_path)
     assert len(err.value.errors) == 3
+
+
+def test_a_host_name_too_long_for_the_node_column_asks_for_a_node(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers name their records ``<host>-wI``: a 62-character host name would break every insert."""
+    monkeypatch.setattr("socket.gethostname", lambda: "h" * 62 + "-w0")
+    with pytest.raises(ConfigError) as err:
+        configure({}, tmp_path)
+    assert str(err.value).endswith("at most 64 (the records' node column) (the host name): set node")
+    assert configure({"node": "sbc1-w0"}, tmp_path).node == "sbc1-w0"
