@@ -175,13 +175,26 @@ class Hooks:
         self._notify("b2bua_call_ended", call, call=call, cause=cause, answered=answered)
 
     def _notify(self, name: str, about: CallInfo, **kwargs: Any) -> None:
+        """Each implementation on its own, in pluggy's order: one that raises is logged with the
+        Call-ID and the next is still called (through pluggy the first exception would stop the
+        rest, and a user's plugin that fails in ``b2bua_call_ended`` would cost the call's record).
+        A hook with a wrapper implementation goes through pluggy, which runs wrappers."""
         hook = getattr(self._hook, name)
-        if not hook.get_hookimpls():
+        impls = hook.get_hookimpls()
+        if not impls:
             return
-        try:
-            hook(**kwargs)
-        except Exception:
-            logger.bind(call_id=about.call_id).opt(exception=True).error("a plugin failed in {}", name)
+        if any(impl.hookwrapper or impl.wrapper for impl in impls):
+            try:
+                hook(**kwargs)
+            except Exception:
+                logger.bind(call_id=about.call_id).opt(exception=True).error("a plugin failed in {}", name)
+            return
+        for impl in reversed(impls):  # pluggy calls the list's last first
+            try:
+                impl.function(*[kwargs[arg] for arg in impl.argnames])
+            except Exception:
+                logger.bind(call_id=about.call_id).opt(exception=True).error(
+                    "plugin {!r} failed in {}", impl.plugin_name, name)
 
     def plugin_names(self) -> list[str]:
         # the host's own impls (b2bua.defaults, b2bua.stats) are not plugins an operator enabled

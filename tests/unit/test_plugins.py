@@ -118,7 +118,45 @@ def test_a_raising_notification_plugin_costs_one_call() -> None:
         hooks.prepare_target(call(), Target("sip:x"), None)  # type: ignore[arg-type]
     finally:
         logger.remove(sink)
-    assert lines == ["a plugin failed in b2bua_prepare_target"]
+    assert lines == ["plugin 'late' failed in b2bua_prepare_target"]
+
+
+def test_a_raising_notification_plugin_does_not_stop_the_others() -> None:
+    """The plugin pluggy calls first raises; the one after it (a call-record writer, say) still hears."""
+    pm = make_manager([])
+    hooks = Hooks(pm)
+    quiet, failing = _Seen(), _Seen(fail=True)
+    pm.register(quiet, name="records")
+    pm.register(failing, name="user")  # registered last: called first
+    lines: list[str] = []
+    sink = logger.add(lambda m: lines.append(m.record["message"]), level="ERROR")
+    try:
+        hooks.prepare_target(call(), Target("sip:x"), None)  # type: ignore[arg-type]
+    finally:
+        logger.remove(sink)
+    assert (failing.calls, quiet.calls) == (["prepare_target"], ["prepare_target"])
+    assert lines == ["plugin 'user' failed in b2bua_prepare_target"]
+
+
+def test_a_notification_wrapper_still_runs_through_pluggy() -> None:
+    class Wrapper:
+        def __init__(self) -> None:
+            self.seen: list[str] = []
+
+        @hookimpl(wrapper=True)
+        def b2bua_prepare_target(self, call: CallInfo, target: Target, request: object) -> object:
+            self.seen.append("before")
+            result = yield
+            self.seen.append("after")
+            return result
+
+    pm = make_manager([])
+    hooks = Hooks(pm)
+    wrapper, seen = Wrapper(), _Seen()
+    pm.register(seen, name="plain")
+    pm.register(wrapper, name="wrapper")
+    hooks.prepare_target(call(), Target("sip:x"), None)  # type: ignore[arg-type]
+    assert (wrapper.seen, seen.calls) == (["before", "after"], ["prepare_target"])
 
 
 def test_module_path_plugin_overrides_default(plugin_dir: Path) -> None:
