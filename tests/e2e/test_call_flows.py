@@ -237,6 +237,24 @@ def test_a_gateways_reason_on_its_bye_reaches_the_caller(
     assert gw.count("BYE") == 0, "the gateway's own BYE ended its leg: the B2BUA sent it none"
 
 
+def test_a_gateway_hanging_up_before_the_callers_ack_sends_the_caller_one_bye(
+        scenario_gateway: ScenarioGatewayFactory, b2bua_factory: B2buaFactory, caller: Caller, workdir: Path,
+        addresses: AddressAllocator) -> None:
+    # the gateway hangs up as soon as it has our ACK, the caller ACKs our 200 a second later:
+    # pjsip holds our BYE until that ACK, and pjsua sent one of its own with it (patch 0017)
+    gw = scenario_gateway("uas_bye_after_ack.xml", {}, label="bye-after-ack")
+    b2b = start_b2bua(b2bua_factory, workdir, addresses.next(), [ListEntry(1, gw.uri)], algorithm="priority")
+    result = caller.run_calls(b2b.ip, b2b.port, n=1, behaviour="hangup-by-callee",
+                              template="uac_late_ack_callee_bye.xml")
+    assert result.ok and result.final_codes == [200], result.describe()
+    messages = parse_message_log(result.files.messages.read_text())
+    flow = [(m.direction, m.first_line.split()[0]) for m in messages if not m.first_line.startswith("SIP/")]
+    # INVITE, its ACK a second later (our 200 retransmitted meanwhile), then one BYE
+    assert flow == [("sent", "INVITE"), ("sent", "ACK"), ("received", "BYE")], flow
+    log = b2b.process.log_text()
+    assert " ERROR " not in log and "WARNING" not in log, log
+
+
 def test_a_hold_before_the_callers_ack_is_relayed_after_it(
         scenario_gateway: ScenarioGatewayFactory, b2bua_factory: B2buaFactory, caller: Caller, workdir: Path,
         addresses: AddressAllocator) -> None:
