@@ -25,7 +25,12 @@ or transaction before pjsua sees it (see ``b2bua/rxfilter.py``), and again in
    or a share of new calls refused) → 503 + Retry-After: a Kamailio/OpenSIPS edge probing this
    node with OPTIONS (its ``dispatcher``) takes it out of rotation. At ``max_calls`` an OPTIONS
    is still answered 200: the node is healthy, and the edge fails a call over on its 503;
-9. not an INVITE → let in; an INVITE: shutting down → 503 Shutting Down; drained → 503
+9. an ACK or a CANCEL → let in (pjsip matches them to their INVITE's transaction); a request
+   that belongs inside a dialog (BYE, INFO, UPDATE, PRACK) without a To tag → 481; another SIP
+   method (MESSAGE, SUBSCRIBE, NOTIFY, PUBLISH, REGISTER) → 405 with ``Allow``; an unknown one
+   → 501 with ``Allow`` (RFC 3261 8.2.1). pjsua would answer a MESSAGE or a SUBSCRIBE 200 and
+   keep a presence subscription for it, and leave the others unanswered;
+10. not an INVITE → let in; an INVITE: shutting down → 503 Shutting Down; drained → 503
    Draining; loop overloaded → 503; a share of new calls under a receive backlog (credit
    counter, no randomness) → 503; over ``max_calls`` or out of call slots →
    ``capacity_code``; else let in.
@@ -42,10 +47,16 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from b2bua.sip import retry_after, status_reason
+from b2bua.sip import ALLOW, retry_after, status_reason
 
 #: pjsua call slots a new call needs: its A leg and at least one B leg
 SLOTS_PER_CALL = 2
+#: methods that only make sense inside a dialog: without a To tag there is none (RFC 3261 12.2.2)
+DIALOG_ONLY = frozenset({"BYE", "INFO", "UPDATE", "PRACK"})
+#: SIP methods known but not taken outside a dialog: 405; any other method: 501
+NOT_ALLOWED = frozenset({"MESSAGE", "SUBSCRIBE", "NOTIFY", "PUBLISH", "REGISTER"})
+#: answers that carry ``Allow`` (405 must, RFC 3261 21.4.6)
+_WITH_ALLOW = (("Allow", ALLOW),)
 
 
 class Verdict(enum.Enum):
@@ -67,6 +78,7 @@ class Why(str, enum.Enum):
     DRAINING = "draining"
     OVERLOAD = "overload"
     CAPACITY = "capacity"
+    METHOD = "method"
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +144,9 @@ class Decision(NamedTuple):
 
     @property
     def headers(self) -> tuple[tuple[str, str], ...]:
-        """Extra headers of the answer (``Retry-After``)."""
+        """Extra headers of the answer (``Retry-After``; ``Allow`` with a 405 or 501)."""
+        if self.code in (405, 501):
+            return _WITH_ALLOW
         return retry_after(self.retry_after)
 
 
@@ -167,7 +181,13 @@ def decide(f: Facts, p: Policy) -> Decision:
         if f.method == "OPTIONS" and (load.stopping or load.draining or load.overloaded or load.share < 1.0):
             why, reason = _unavailable(load)
             return Decision(Verdict.REFUSE, why, 503, reason, p.retry_after, credit=credit)
-        return Decision(Verdict.ACCEPT, credit=credit)
+        if f.method in ("OPTIONS", "ACK", "CANCEL"):
+            return Decision(Verdict.ACCEPT, credit=credit)
+        if f.method in DIALOG_ONLY:
+            return Decision(Verdict.REFUSE, Why.METHOD, 481, "Call/Transaction Does Not Exist", credit=credit)
+        if f.method in NOT_ALLOWED:
+            return Decision(Verdict.REFUSE, Why.METHOD, 405, "Method Not Allowed", credit=credit)
+        return Decision(Verdict.REFUSE, Why.METHOD, 501, "Not Implemented", credit=credit)
     if load.stopping or load.draining or load.overloaded:
         why, reason = _unavailable(load)
         return Decision(Verdict.REFUSE, why, 503, reason, p.retry_after, credit=credit)

@@ -53,6 +53,7 @@ from typing import Any
 from loguru import logger
 
 from b2bua.admission import Decision, Verdict, closes_connection
+from b2bua.capabilities import allow_header
 from b2bua.wire import MAX_HEADERS, MAX_LINE, MAX_MESSAGE, MAX_METHOD
 
 #: pjsip status codes a dropped packet may carry (sip_errno.h), as reason keys for the log
@@ -165,6 +166,9 @@ class RxFilter:
         lib.pjsip_retry_after_hdr_create.argtypes = [c_void_p, c_int]
         lib.pjsip_retry_after_hdr_create.restype = c_void_p
         lib.pj_list_insert_before.argtypes = [c_void_p, c_void_p]
+        lib.pjsip_hdr_clone.argtypes = [c_void_p, c_void_p]
+        lib.pjsip_hdr_clone.restype = c_void_p
+        self._allow = 0  #: the endpoint's Allow capability header (after install)
         lib.pjsip_ua_find_dialog.argtypes = [POINTER(PjStrIn), POINTER(PjStrIn), POINTER(PjStrIn), c_int]
         lib.pjsip_ua_find_dialog.restype = c_void_p
         lib.pjsip_get_invite_method.restype = c_void_p
@@ -190,6 +194,7 @@ class RxFilter:
                          "b2bua_screen_close_connection",
                          "pjsip_endpt_respond_stateless", "pjsip_tpmgr_set_drop_data_cb",
                          "pjsip_retry_after_hdr_create", "pj_list_insert_before", "pjsua_get_pjsip_endpt",
+                         "pjsip_hdr_clone", "pjsip_endpt_get_capability",
                          "pjsip_ua_find_dialog", "pjsip_get_invite_method", "pjsip_tsx_create_key",
                          "pjsip_tsx_layer_find_tsx2"):
                 lib[name]
@@ -203,6 +208,7 @@ class RxFilter:
         if not endpt:
             raise RuntimeError("pjsip has no endpoint yet (call after libInit)")
         self._endpt = endpt
+        self._allow = allow_header(self._lib, endpt)  # copied into a 405's or 501's answer
         status = self._lib.b2bua_screen_install(endpt, ctypes.byref(ScreenLimits.of_wire()),
                                                 ctypes.cast(self._on_request, c_void_p),
                                                 ctypes.cast(self._on_response, c_void_p))
@@ -297,14 +303,18 @@ class RxFilter:
     def _respond(self, rdata: int, decision: Decision) -> None:
         reason = self._reason(decision.reason)
         headers = None
-        if decision.retry_after:
+        header = None
+        if decision.retry_after or (decision.code in (405, 501) and self._allow):
             pool = c_void_p.from_address(rdata).value  # rdata->tp_info.pool opens pjsip_rx_data
-            header = self._lib.pjsip_retry_after_hdr_create(pool, decision.retry_after)
-            if header:
-                head = ctypes.addressof(self._sentinel)
-                self._sentinel[0] = self._sentinel[1] = head  # pj_list_init
-                self._lib.pj_list_insert_before(head, header)
-                headers = head
+            if decision.retry_after:
+                header = self._lib.pjsip_retry_after_hdr_create(pool, decision.retry_after)
+            else:  # the endpoint's Allow, trimmed to what we take (b2bua.capabilities)
+                header = self._lib.pjsip_hdr_clone(pool, self._allow)
+        if header:
+            head = ctypes.addressof(self._sentinel)
+            self._sentinel[0] = self._sentinel[1] = head  # pj_list_init
+            self._lib.pj_list_insert_before(head, header)
+            headers = head
         self._lib.pjsip_endpt_respond_stateless(self._endpt, rdata, decision.code, ctypes.byref(reason),
                                                 headers, None)
 

@@ -188,6 +188,14 @@ def request_method_problem(method: str) -> str:
     return ""
 
 
+#: the methods the B2BUA takes, in pjsip's order: its ``Allow`` header (the endpoint's is trimmed to
+#: these) and the answer to any other method outside a dialog. pjsua's own modules would also
+#: take SUBSCRIBE, NOTIFY, REFER and MESSAGE (a presence subscription kept for the subscriber,
+#: an instant message answered 200 and dropped): none of them is a call's
+ALLOWED_METHODS = ("PRACK", "INVITE", "ACK", "BYE", "CANCEL", "UPDATE", "INFO", "OPTIONS")
+ALLOW = ", ".join(ALLOWED_METHODS)
+
+
 def status_reason(code: int) -> str:
     """The usual reason phrase for a status code (``""`` when unknown)."""
     return REASONS.get(code, "")
@@ -195,10 +203,10 @@ def status_reason(code: int) -> str:
 
 REASONS = {
     100: "Trying", 180: "Ringing", 183: "Session Progress", 200: "OK", 400: "Bad Request",
-    401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 407: "Proxy Authentication Required",
-    408: "Request Timeout",
-    416: "Unsupported URI Scheme", 480: "Temporarily Unavailable", 481: "Call/Transaction Does Not Exist",
-    486: "Busy Here", 487: "Request Terminated", 488: "Not Acceptable Here", 500: "Server Internal Error",
+    401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
+    407: "Proxy Authentication Required", 408: "Request Timeout", 416: "Unsupported URI Scheme",
+    480: "Temporarily Unavailable", 481: "Call/Transaction Does Not Exist", 486: "Busy Here",
+    487: "Request Terminated", 488: "Not Acceptable Here", 500: "Server Internal Error", 501: "Not Implemented",
     502: "Bad Gateway", 503: "Service Unavailable", 504: "Server Time-out", 600: "Busy Everywhere",
     603: "Decline", 604: "Does Not Exist Anywhere", 606: "Not Acceptable",
 }

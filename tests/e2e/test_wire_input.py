@@ -408,6 +408,40 @@ def test_a_refer_is_declined_and_nothing_is_dialled_for_it(
     assert "refused: 603 Decline (transfer) REFER from" in b2b.proc.log_text()
 
 
+def test_requests_that_are_no_call_are_refused_with_what_is_allowed(
+        b2bua_factory: B2buaFactory, addresses: AddressAllocator, gateway_factory: GatewayFactory,
+        caller: Caller) -> None:
+    """From a trusted source, outside any dialog: pjsua answered a MESSAGE, a SUBSCRIBE (keeping a
+    presence subscription) and a NOTIFY 200, and left a PUBLISH, an INFO or an unknown method
+    unanswered (the sender retransmits for 32 s). Now 405/481/501, and the Allow header, here
+    and in the OPTIONS answer, lists only what the B2BUA takes."""
+    gw = gateway_factory("answer")
+    b2b = quiet_host(b2bua_factory, addresses, gw.uri, extra=security(trusted=[f"{caller.ip}/32"]))
+    allow = "PRACK, INVITE, ACK, BYE, CANCEL, UPDATE, INFO, OPTIONS"
+    expected = {
+        "OPTIONS": "200 OK", "MESSAGE": "405 Method Not Allowed", "SUBSCRIBE": "405 Method Not Allowed",
+        "NOTIFY": "405 Method Not Allowed", "PUBLISH": "405 Method Not Allowed", "REGISTER": "405 Method Not Allowed",
+        "INFO": "481 Call/Transaction Does Not Exist", "BYE": "481 Call/Transaction Does Not Exist",
+        "FOO": "501 Not Implemented",
+    }
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((caller.ip, 0))
+        s.settimeout(3.0)
+        peer = Peer(b2b.ip, b2b.port, caller.ip, s.getsockname()[1])
+        for n, method in enumerate(expected):
+            s.sendto(request(method, peer, call_id=f"nocall-{n}", branch=f"nc{n}",
+                             extra=("Event: presence", "Expires: 60") if method in ("SUBSCRIBE", "PUBLISH") else ()),
+                     (b2b.ip, b2b.port))
+            answer = s.recvfrom(65535)[0].decode("ascii")
+            status = answer.split("\r\n", 1)[0].removeprefix("SIP/2.0 ")
+            allows = re.findall(r"\r\nAllow: ([^\r]*)", answer)
+            assert status == expected[method], (method, answer)
+            assert allows == ([allow] if status[:3] in ("200", "405", "501") else []), (method, answer)
+    assert gw.count("OPTIONS") == 0 and gw.count("MESSAGE") == 0
+    wait_until(lambda: "method 405: 5" in b2b.proc.log_text(), timeout=5, what="the refusals summed up")
+    assert log_problems(b2b.proc) == []
+
+
 def test_stray_byes_are_limited_and_a_blocked_gateways_bye_still_ends_its_call(
         b2bua_factory: B2buaFactory, addresses: AddressAllocator, gateway_factory: GatewayFactory,
         caller: Caller) -> None:

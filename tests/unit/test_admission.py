@@ -89,7 +89,24 @@ CASES = [
      (Verdict.ACCEPT, Why.NONE, 0, "", 0, False)),
     ("untrusted OPTIONS while drained: 403 (trust first)", f(method="OPTIONS", trusted=False, draining=True), P,
      (Verdict.REFUSE, Why.UNTRUSTED, 403, "Forbidden", 0, False)),
-    ("a BYE while drained: let in", f(method="BYE", draining=True), P, (Verdict.ACCEPT, Why.NONE, 0, "", 0, False)),
+    ("a BYE in a dialog while drained: let in", f(method="BYE", in_dialog=True, draining=True), P,
+     (Verdict.ACCEPT, Why.NONE, 0, "", 0, False)),
+    ("a CANCEL while drained: let in", f(method="CANCEL", draining=True), P,
+     (Verdict.ACCEPT, Why.NONE, 0, "", 0, False)),
+    ("an ACK outside a dialog: let in (a refusal's ACK)", f(method="ACK"), P,
+     (Verdict.ACCEPT, Why.NONE, 0, "", 0, False)),
+    ("a BYE without a To tag: 481", f(method="BYE"), P,
+     (Verdict.REFUSE, Why.METHOD, 481, "Call/Transaction Does Not Exist", 0, False)),
+    ("an INFO without a To tag: 481", f(method="INFO"), P,
+     (Verdict.REFUSE, Why.METHOD, 481, "Call/Transaction Does Not Exist", 0, False)),
+    ("a MESSAGE: 405", f(method="MESSAGE"), P, (Verdict.REFUSE, Why.METHOD, 405, "Method Not Allowed", 0, False)),
+    ("a SUBSCRIBE: 405", f(method="SUBSCRIBE"), P,
+     (Verdict.REFUSE, Why.METHOD, 405, "Method Not Allowed", 0, False)),
+    ("a NOTIFY inside a dialog: let in", f(method="NOTIFY", in_dialog=True), P,
+     (Verdict.ACCEPT, Why.NONE, 0, "", 0, False)),
+    ("an unknown method: 501", f(method="FOO"), P, (Verdict.REFUSE, Why.METHOD, 501, "Not Implemented", 0, False)),
+    ("an untrusted MESSAGE: 403 (trust first)", f(method="MESSAGE", trusted=False), P,
+     (Verdict.REFUSE, Why.UNTRUSTED, 403, "Forbidden", 0, False)),
     ("stopping: 503 Shutting Down", f(stopping=True), P,
      (Verdict.REFUSE, Why.DRAINING, 503, "Shutting Down", 5, False)),
     ("drained by the operator: 503 Draining", f(draining=True), P,
@@ -117,6 +134,13 @@ def test_decide(name: str, facts: Facts, policy: Policy,
 def test_retry_after_becomes_a_header() -> None:
     assert decide(f(draining=True), P).headers == (("Retry-After", "5"),)
     assert decide(f(), P).headers == ()
+
+
+def test_a_refused_method_is_told_what_is_allowed() -> None:
+    allow = (("Allow", "PRACK, INVITE, ACK, BYE, CANCEL, UPDATE, INFO, OPTIONS"),)
+    assert decide(f(method="SUBSCRIBE"), P).headers == allow
+    assert decide(f(method="FOO"), P).headers == allow
+    assert decide(f(method="BYE"), P).headers == ()
 
 
 def admitted_of(share: float, n: int) -> list[bool]:
