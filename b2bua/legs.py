@@ -63,6 +63,7 @@ EARLY = pj.PJSIP_INV_STATE_EARLY
 CONNECTING = pj.PJSIP_INV_STATE_CONNECTING
 CONFIRMED_STATE = pj.PJSIP_INV_STATE_CONFIRMED
 DISCONNECTED = pj.PJSIP_INV_STATE_DISCONNECTED
+_TSX_STATE = pj.PJSIP_EVENT_TSX_STATE
 
 _CALLING = LegState.CALLING  # read in every transaction callback of a B leg: a module global
 #: states in which a leg's in-dialog requests matter (INFO digits, our re-INVITE's answer)
@@ -168,7 +169,8 @@ class Leg(CallLeg, pj.Call):  # type: ignore[misc]
     def _state_event(self, state: int, code: int, reason: str, prm: Any) -> LegEvent | None:
         if self.index == 0:  # the caller's leg: its other states echo our own answers
             if state == DISCONNECTED:
-                return Disconnected(code, reason)
+                # pjsua2 fills the event only for the caller's BYE with a Reason (patch 0018)
+                return Disconnected(code, reason, _bye_headers(prm) if prm.e.type == _TSX_STATE else {})
             return CONFIRMED if state == CONFIRMED_STATE else None
         if state == EARLY:
             return EarlyMedia(code, reason) if code == 183 else Provisional(code, reason)

@@ -539,7 +539,7 @@ class Session:
             if writes.debug:
                 self.log.debug("caller {}", "hung up" if answered else "cancelled")
         self._enter(CallState.ENDING)
-        self._end_b_legs()
+        self._end_b_legs(hangup_headers(event.headers))  # the caller's Reason, as a gateway's crosses
         self._maybe_end()
 
     def lost_caller(self, why: str) -> None:
@@ -635,12 +635,12 @@ class Session:
                 self._hang_up(a, code, reason)
         self._end_b_legs()
 
-    def _end_b_legs(self) -> None:
-        """BYE to the answered B leg, CANCEL (or give up) the others."""
+    def _end_b_legs(self, headers: tuple[tuple[str, str], ...] = ()) -> None:
+        """BYE (with ``headers``) to the answered B leg, CANCEL (or give up) the others."""
         for b in list(self.b.values()):
             if b.index == self.winner:
                 if b.state is not LegState.HANGING_UP:
-                    self._hang_up(b)
+                    self._hang_up(b, headers=headers)
             elif b.state in _TRYING:
                 self._abandon(b, FailureKind.CANCELLED)
 

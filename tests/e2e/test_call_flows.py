@@ -237,6 +237,21 @@ def test_a_gateways_reason_on_its_bye_reaches_the_caller(
     assert gw.count("BYE") == 0, "the gateway's own BYE ended its leg: the B2BUA sent it none"
 
 
+def test_a_callers_reason_on_its_bye_reaches_the_gateway(
+        gateway_factory: GatewayFactory, b2bua_factory: B2buaFactory, caller: Caller, workdir: Path,
+        addresses: AddressAllocator) -> None:
+    # the other way round: a PBX's cause on its BYE reaches the carrier (patch 0018 lets pjsua2
+    # hand the caller's BYE to Python when it carries a Reason)
+    cause = 'Q.850;cause=16;text="Normal call clearing"'
+    gw = gateway_factory("answer")
+    b2b = start_b2bua(b2bua_factory, workdir, addresses.next(), [ListEntry(1, gw.uri)], algorithm="priority")
+    result = caller.run_calls(b2b.ip, b2b.port, n=2, behaviour="call", template="uac_call.xml",
+                              values={"BYE_HEADERS": f"Reason: {cause}\n"})
+    plain = caller.run_calls(b2b.ip, b2b.port, n=1, behaviour="call")
+    assert result.ok and plain.ok, result.describe() + plain.describe()
+    assert [m.header("Reason") for m in gw.requests("BYE")] == [cause, cause, None]
+
+
 def test_a_gateway_hanging_up_before_the_callers_ack_sends_the_caller_one_bye(
         scenario_gateway: ScenarioGatewayFactory, b2bua_factory: B2buaFactory, caller: Caller, workdir: Path,
         addresses: AddressAllocator) -> None:

@@ -403,6 +403,19 @@ def test_callee_hangs_up() -> None:
     assert s.cause is EndCause.CALLEE_HANGUP and host.ended == [s]
 
 
+@pytest.mark.parametrize("caller_hangs_up", [True, False], ids=["caller", "callee"])
+def test_a_byes_reason_crosses_to_the_other_legs_bye(caller_hangs_up: bool) -> None:
+    host = FakeHost(serial(GW1))
+    s, a = host.session()
+    s.start()
+    b = host.b(1)
+    b.report(OK)
+    bye = Disconnected(200, "Normal call clearing", {"reason": ("Q.850;cause=16",), "x-other": ("1",)})
+    first, other = (a, b) if caller_hangs_up else (b, a)
+    first.report(bye)
+    assert ends(other) == [("end", 0, "", (("Reason", "Q.850;cause=16"),))]
+
+
 def test_every_transition_is_logged_with_the_call_id() -> None:
     lines: list[tuple[str, str | None]] = []
     sink = logger.add(lambda m: lines.append((m.record["message"], m.record["extra"].get("call_id"))),
