@@ -11,7 +11,9 @@ RFC 3261 retransmissions, a 503 ACKed at once and counted apart). Per offered ra
 * the B2BUA's CPU (cores, averaged over the step), RSS before, at the end, and ``--settle``
   seconds (60) after the load ended, with the process idle;
 * RTP/RTCP ports pjsua found still held by calls up (its "RTP socket bind() ... Address already
-  in use") and skipped during the step.
+  in use") and skipped during the step;
+* steal %: the share of the machine's CPU time the hypervisor took during the step (/proc/stat),
+  one reason the same load lands differently from one hour to the next on a VM.
 
     .venv/bin/python bench/load.py                          # 200 400 600 calls/s, 60 s each
     .venv/bin/python bench/load.py --rates 1000 --seconds 60
@@ -169,6 +171,7 @@ class Step:
     rss_after: float = 0.0
     rss_settled: float = float("nan")
     busy_ports: int = 0
+    steal: float = float("nan")  #: % of the machine's CPU time the hypervisor took over the step
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -181,13 +184,21 @@ class Step:
 
 
 HEADER = (f"{'system':<12} {'offered':>7} {'completed/s':>11} {'failed%':>8} {'503':>6} {'p50 ms':>7} "
-          f"{'p99 ms':>7} {'CPU':>5} {'RSS MB before/after/settled':>28} {'busy RTP':>8}")
+          f"{'p99 ms':>7} {'CPU':>5} {'RSS MB before/after/settled':>28} {'busy RTP':>8} {'steal%':>6}")
 
 
 def format_step(s: Step) -> str:
     rss = f"{s.rss_before:.0f} / {s.rss_after:.0f} / {s.rss_settled:.0f}"
     return (f"{s.system:<12} {s.offered:>7} {s.completed_cps:>11.1f} {s.failed_pct:>8.3f} {s.refused:>6} "
-            f"{s.p50:>7.1f} {s.p99:>7.1f} {s.cpu:>5.2f} {rss:>28} {s.busy_ports:>8}")
+            f"{s.p50:>7.1f} {s.p99:>7.1f} {s.cpu:>5.2f} {rss:>28} {s.busy_ports:>8} {s.steal:>6.1f}")
+
+
+def machine_ticks() -> tuple[int, int]:
+    """The machine's CPU time so far, all of it and the part the hypervisor took (``steal``), in
+    clock ticks (/proc/stat's first line). On a VM whose speed drifts, steal is one cause seen."""
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    return sum(fields[:8]), fields[7] if len(fields) > 7 else 0
 
 
 # -- the peers ----------------------------------------------------------------------------------
@@ -296,8 +307,11 @@ def run_step(workdir: Path, system: System, targets: Sequence[str], rate: int, s
     step.rss_before = system.memory()
     busy0 = system.busy_ports()
     cpu0, t0 = system.cpu(), time.monotonic()
+    total0, steal0 = machine_ticks()
     res = run_caller(workdir, targets, rate, int(rate * seconds), hold_ms=hold_ms, caller=caller)
     step.cpu = (system.cpu() - cpu0) / (time.monotonic() - t0)
+    total1, steal1 = machine_ticks()
+    step.steal = 100.0 * (steal1 - steal0) / max(1, total1 - total0)
     step.rss_after = system.memory()
     step.calls, step.ok, step.refused, step.window = res.calls, res.ok, res.refused, res.window
     step.p50, step.p99 = res.p50, res.p99
