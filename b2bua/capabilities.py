@@ -1,21 +1,26 @@
-"""The endpoint's ``Allow`` header: trimmed to the methods the B2BUA takes.
+"""The endpoint's ``Allow`` and ``Supported`` headers: trimmed to what the B2BUA takes.
 
 pjsua registers modules for presence (SUBSCRIBE, NOTIFY), transfer (REFER) and instant messages
-(MESSAGE), and each adds its methods to the endpoint's ``Allow`` capability, which pjsip copies
-into every INVITE, 2xx and OPTIONS answer. None of them is a call's: the early filter refuses
-them (``b2bua.admission``), so advertising them only invites requests that are turned away.
-The header lives in pjsip's capability list; its values are reordered in place (pointers into
-the endpoint's pool), once, on the loop thread before any transport exists.
+(MESSAGE), and each adds its methods to the endpoint's ``Allow`` capability, and its option
+tags (replaces, norefersub, trickle-ice) to ``Supported``; pjsip copies both into every INVITE,
+2xx and OPTIONS answer. None of them is a call's: the early filter refuses those methods and
+any INVITE with Replaces (``b2bua.admission``), so advertising them only invites requests that
+are turned away. pjsip also reads ``Supported`` to judge a request's ``Require``: trimmed, an
+INVITE that requires ``replaces`` gets 420 Bad Extension. The headers live in pjsip's
+capability list; their values are reordered in place (pointers into the endpoint's pool), once,
+on the loop thread before any transport exists.
 """
 
 from __future__ import annotations
 
 import ctypes
 
-from b2bua.sip import ALLOWED_METHODS
+from b2bua.sip import ALLOWED_METHODS, SUPPORTED_TAGS
 
-#: pjsip_hdr_e's PJSIP_H_ALLOW (sip_msg.h: "DO NOT CHANGE THE VALUE/ORDER OF THE HEADER IDs")
+#: pjsip_hdr_e's values (sip_msg.h: "DO NOT CHANGE THE VALUE/ORDER OF THE HEADER IDs")
 PJSIP_H_ALLOW = 4
+PJSIP_H_SUPPORTED = 36
+_NAMES = {PJSIP_H_ALLOW: b"Allow", PJSIP_H_SUPPORTED: b"Supported"}
 #: PJSIP_GENERIC_ARRAY_MAX_COUNT (sip_msg.h)
 _MAX_VALUES = 32
 
@@ -34,32 +39,43 @@ class _ArrayHeader(ctypes.Structure):
 
 def allow_header(lib: ctypes.CDLL, endpt: int) -> int:
     """The address of the endpoint's ``Allow`` capability header (0: none)."""
-    lib.pjsip_endpt_get_capability.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p]
-    lib.pjsip_endpt_get_capability.restype = ctypes.c_void_p
-    return lib.pjsip_endpt_get_capability(endpt, PJSIP_H_ALLOW, None) or 0
+    return _capability(lib, endpt, PJSIP_H_ALLOW)
 
 
 def trim_allow(lib: ctypes.CDLL, endpt: int, allowed: tuple[str, ...] = ALLOWED_METHODS) -> tuple[str, ...]:
-    """Keep only ``allowed`` in the endpoint's ``Allow`` (pjsip's order); returns what it lists now.
+    """Keep only ``allowed`` in the endpoint's ``Allow`` (pjsip's order); returns what it lists now."""
+    return _trim(lib, endpt, PJSIP_H_ALLOW, allowed)
 
-    :raises RuntimeError: the header is missing or does not look like a method list (a pjsip
+
+def trim_supported(lib: ctypes.CDLL, endpt: int, tags: tuple[str, ...] = SUPPORTED_TAGS) -> tuple[str, ...]:
+    """Keep only ``tags`` in the endpoint's ``Supported``; returns what it lists now."""
+    return _trim(lib, endpt, PJSIP_H_SUPPORTED, tags)
+
+
+def _capability(lib: ctypes.CDLL, endpt: int, htype: int) -> int:
+    lib.pjsip_endpt_get_capability.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p]
+    lib.pjsip_endpt_get_capability.restype = ctypes.c_void_p
+    return lib.pjsip_endpt_get_capability(endpt, htype, None) or 0
+
+
+def _trim(lib: ctypes.CDLL, endpt: int, htype: int, keep: tuple[str, ...]) -> tuple[str, ...]:
+    """Keep only ``keep`` (case-insensitively) in the capability header ``htype``, in pjsip's order.
+
+    :raises RuntimeError: the header is missing or does not look like a list of tokens (a pjsip
         whose layout differs from the one this was written for: better to stop than to guess).
     """
-    address = allow_header(lib, endpt)
+    address = _capability(lib, endpt, htype)
     if not address:
-        raise RuntimeError("pjsip has no Allow capability (call after libInit)")
+        raise RuntimeError(f"pjsip has no {_NAMES[htype].decode()} capability (call after libInit)")
     header = _ArrayHeader.from_address(address)
     name = ctypes.string_at(header.name.ptr, header.name.slen) if header.name.ptr else b""
-    if header.type != PJSIP_H_ALLOW or name != b"Allow" or not 0 < header.count <= _MAX_VALUES:
-        raise RuntimeError(f"pjsip's Allow capability is not laid out as expected ({name!r}, {header.count})")
-    wanted = set(allowed)
-    kept = []
-    for i in range(header.count):
-        value = header.values[i]
-        if ctypes.string_at(value.ptr, value.slen).decode("ascii", "replace") in wanted:
-            kept.append((value.ptr, value.slen))
+    if header.type != htype or name != _NAMES[htype] or not 0 < header.count <= _MAX_VALUES:
+        raise RuntimeError(f"pjsip's {_NAMES[htype].decode()} capability is not laid out as expected "
+                           f"({name!r}, {header.count})")
+    wanted = {token.lower() for token in keep}
+    kept = [(v.ptr, v.slen) for v in header.values[:header.count]
+            if ctypes.string_at(v.ptr, v.slen).decode("ascii", "replace").lower() in wanted]
     for i, (ptr, slen) in enumerate(kept):
         header.values[i].ptr, header.values[i].slen = ptr, slen
     header.count = len(kept)
-    return tuple(ctypes.string_at(header.values[i].ptr, header.values[i].slen).decode("ascii")
-                 for i in range(header.count))
+    return tuple(ctypes.string_at(v.ptr, v.slen).decode("ascii") for v in header.values[:header.count])

@@ -32,7 +32,7 @@ from loguru import logger
 
 from b2bua import sip as sip_text
 from b2bua.api import DEFAULT_OUTBOUND, Outbound, ProbeResult
-from b2bua.capabilities import trim_allow
+from b2bua.capabilities import trim_allow, trim_supported
 from b2bua.codecs import describe_offer, display_id, priorities
 from b2bua.config import Config, ConfigError, Listen, SipConfig
 from b2bua.digest import ProblemLog
@@ -40,7 +40,7 @@ from b2bua.events import LegError
 from b2bua.nameservers import Nameserver, effective_nameservers
 from b2bua.outbound import MAX_ACCOUNTS, MAX_WAYS, OutboundProfile, credentials_for, default_profile, profile_for
 from b2bua.rxfilter import RequestScreen, ResponseScreen, RxFilter
-from b2bua.sip import ALLOWED_METHODS, printable, printable_lines
+from b2bua.sip import ALLOWED_METHODS, SUPPORTED_TAGS, printable, printable_lines
 
 if TYPE_CHECKING:
     from b2bua.loop import Scheduler, Timer
@@ -376,9 +376,11 @@ class Endpoint:
 
         lib = _pjlib()
         lib.pjsua_get_pjsip_endpt.restype = ctypes.c_void_p
-        allowed = trim_allow(lib, lib.pjsua_get_pjsip_endpt())
-        if allowed != ALLOWED_METHODS:  # a method we take that pjsip does not list, or the reverse
-            logger.warning("Allow: {} (expected {})", ", ".join(allowed), ", ".join(ALLOWED_METHODS))
+        endpt = lib.pjsua_get_pjsip_endpt()
+        for header, now, expected in (("Allow", trim_allow(lib, endpt), ALLOWED_METHODS),
+                                      ("Supported", trim_supported(lib, endpt), SUPPORTED_TAGS)):
+            if now != expected:  # something we take that pjsip does not list (a build without it)
+                logger.warning("{}: {} (expected {})", header, ", ".join(now), ", ".join(expected))
         self._install_filter()
         for listen in sip.listeners:
             self._create_transport(listen)

@@ -194,6 +194,10 @@ def request_method_problem(method: str) -> str:
 #: an instant message answered 200 and dropped): none of them is a call's
 ALLOWED_METHODS = ("PRACK", "INVITE", "ACK", "BYE", "CANCEL", "UPDATE", "INFO", "OPTIONS")
 ALLOW = ", ".join(ALLOWED_METHODS)
+#: the option tags the B2BUA takes, its ``Supported`` header: reliable provisionals (RFC 3262) and
+#: session timers (RFC 4028). pjsua also listed replaces (an INVITE with Replaces is declined),
+#: norefersub (no REFER) and trickle-ice (no ICE)
+SUPPORTED_TAGS = ("100rel", "timer")
 
 
 def status_reason(code: int) -> str:

@@ -414,7 +414,7 @@ def test_requests_that_are_no_call_are_refused_with_what_is_allowed(
     """From a trusted source, outside any dialog: pjsua answered a MESSAGE, a SUBSCRIBE (keeping a
     presence subscription) and a NOTIFY 200, and left a PUBLISH, an INFO or an unknown method
     unanswered (the sender retransmits for 32 s). Now 405/481/501, and the Allow header, here
-    and in the OPTIONS answer, lists only what the B2BUA takes."""
+    and in the OPTIONS answer, lists only what the B2BUA takes; Supported too."""
     gw = gateway_factory("answer")
     b2b = quiet_host(b2bua_factory, addresses, gw.uri, extra=security(trusted=[f"{caller.ip}/32"]))
     allow = "PRACK, INVITE, ACK, BYE, CANCEL, UPDATE, INFO, OPTIONS"
@@ -437,7 +437,15 @@ def test_requests_that_are_no_call_are_refused_with_what_is_allowed(
             allows = re.findall(r"\r\nAllow: ([^\r]*)", answer)
             assert status == expected[method], (method, answer)
             assert allows == ([allow] if status[:3] in ("200", "405", "501") else []), (method, answer)
-    assert gw.count("OPTIONS") == 0 and gw.count("MESSAGE") == 0
+            if method == "OPTIONS":  # pjsua listed replaces, norefersub and trickle-ice too
+                assert re.findall(r"\r\nSupported: ([^\r]*)", answer) == ["100rel, timer"], answer
+        # Supported is what pjsip judges a Require by: an INVITE requiring replaces is refused
+        s.sendto(request("INVITE", peer, call_id="nocall-replaces", branch="ncr", extra=("Require: replaces",)),
+                 (b2b.ip, b2b.port))
+        while (answer := s.recvfrom(65535)[0].decode("ascii")).startswith("SIP/2.0 1"):
+            pass
+        assert answer.startswith("SIP/2.0 420 Bad Extension\r\n") and "\r\nUnsupported: replaces\r\n" in answer, answer
+    assert gw.count("OPTIONS") == 0 and gw.count("MESSAGE") == 0 and gw.count("INVITE") == 0
     wait_until(lambda: "method 405: 5" in b2b.proc.log_text(), timeout=5, what="the refusals summed up")
     assert log_problems(b2b.proc) == []
 
