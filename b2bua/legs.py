@@ -29,6 +29,7 @@ import pjsua2 as pj
 from loguru import logger
 
 from b2bua import digest, sip
+from b2bua.admission import NOT_ALLOWED
 from b2bua.bridge import info_dtmf_digit
 from b2bua.endpoint import check_overrides
 from b2bua.events import (
@@ -68,6 +69,8 @@ _TSX_STATE = pj.PJSIP_EVENT_TSX_STATE
 _CALLING = LegState.CALLING  # read in every transaction callback of a B leg: a module global
 #: states in which a leg's in-dialog requests matter (INFO digits, our re-INVITE's answer)
 _TALKING = (LegState.ANSWERED, LegState.CONFIRMED)
+#: methods inside a call that pjsua's usages or this module answer (REFER: the early filter, 603)
+_TAKEN_IN_DIALOG = frozenset({*sip.ALLOWED_METHODS, "REFER"})
 
 #: pjmedia_stream_dtmf_event_flags (pjmedia/stream.h; not exported by the SWIG module)
 _DTMF_IS_UPDATE = 1 << 0
@@ -300,6 +303,12 @@ class Leg(CallLeg, pj.Call):  # type: ignore[misc]
                 self._reinviting = False
                 if code >= 300:
                     owner.on_event(self, OfferFailed(code, tsx.statusText))
+        elif method not in _TAKEN_IN_DIALOG and tsx.role == pj.PJSIP_ROLE_UAS \
+                and tsx.state == pj.PJSIP_TSX_STATE_TRYING and tsx_state.type == pj.PJSIP_EVENT_RX_MSG:
+            # a NOTIFY (a Cisco's DTMF, an unsolicited event), MESSAGE, SUBSCRIBE ... inside the
+            # call: what no usage of ours takes is 405 (pjsip adds Allow) or, unknown, 501;
+            # pjsip's dialog layer would answer 500 "Unhandled by dialog usages"
+            respond_in_dialog(tsx_state.src.rdata, 405 if method in NOT_ALLOWED else 501)
 
     def _rx_info(self, owner: LegOwner, rdata: Any) -> None:
         """An INFO from the peer. application/dtmf-relay is pjsua's (it answers and reports the

@@ -450,6 +450,50 @@ def test_requests_that_are_no_call_are_refused_with_what_is_allowed(
     assert log_problems(b2b.proc) == []
 
 
+def test_requests_inside_a_call_that_nothing_takes_are_refused_with_what_is_allowed(
+        b2bua_factory: B2buaFactory, addresses: AddressAllocator, gateway_factory: GatewayFactory,
+        caller: Caller) -> None:
+    """A NOTIFY (a gateway's DTMF or unsolicited event), a MESSAGE or an unknown method inside an
+    answered call: pjsip's dialog layer answered 500 "Unhandled by dialog usages". Now 405 with
+    Allow, or 501; the call goes on and ends with its BYE."""
+    gw = gateway_factory("answer")
+    b2b = Host(b2bua_factory, addresses, gw.uri)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((caller.ip, 0))
+        s.settimeout(5.0)
+        peer = Peer(b2b.ip, b2b.port, caller.ip, s.getsockname()[1])
+
+        def send(method: str, cseq: int, to_tag: str = "", extra: tuple[str, ...] = ()) -> None:
+            s.sendto(request(method, peer, call_id="in-call-1", branch=f"c{cseq}{method}", from_tag="a1",
+                             to_tag=to_tag, cseq=cseq, extra=extra), (b2b.ip, b2b.port))
+
+        def final(method: str) -> str:
+            while True:
+                data = s.recvfrom(65535)[0].decode("ascii")
+                if data.startswith("SIP/2.0 ") and not data.startswith("SIP/2.0 1") \
+                        and f" {method}\r\n" in data.split("CSeq:", 1)[1][:40]:
+                    return data
+
+        send("INVITE", 1)
+        answer = final("INVITE")
+        assert answer.startswith("SIP/2.0 200"), answer[:200]
+        to_tag = re.search(r"\r\nTo:[^\r\n]*;tag=([^;\r\n]+)", answer).group(1)  # type: ignore[union-attr]
+        send("ACK", 1, to_tag)
+        send("NOTIFY", 2, to_tag, ("Event: telephone-event", "Subscription-State: active"))
+        notify = final("NOTIFY")
+        assert notify.startswith("SIP/2.0 405 Method Not Allowed\r\n"), notify
+        assert "\r\nAllow: PRACK, INVITE, ACK, BYE, CANCEL, UPDATE, INFO, OPTIONS\r\n" in notify, notify
+        send("MESSAGE", 3, to_tag)
+        assert final("MESSAGE").startswith("SIP/2.0 405 Method Not Allowed\r\n")
+        send("FOO", 4, to_tag)
+        assert final("FOO").startswith("SIP/2.0 501 Not Implemented\r\n")
+        send("BYE", 5, to_tag)
+        assert final("BYE").startswith("SIP/2.0 200")
+    wait_until(lambda: gw.count("BYE") == 1, 5.0, what="the call's BYE at the gateway")
+    assert gw.count("NOTIFY") == 0 and gw.count("MESSAGE") == 0
+    assert " ERROR " not in b2b.proc.log_text()
+
+
 def test_stray_byes_are_limited_and_a_blocked_gateways_bye_still_ends_its_call(
         b2bua_factory: B2buaFactory, addresses: AddressAllocator, gateway_factory: GatewayFactory,
         caller: Caller) -> None:
