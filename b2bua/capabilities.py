@@ -8,7 +8,9 @@ any INVITE with Replaces (``b2bua.admission``), so advertising them only invites
 are turned away. pjsip also reads ``Supported`` to judge a request's ``Require``: trimmed, an
 INVITE that requires ``replaces`` gets 420 Bad Extension. The headers live in pjsip's
 capability list; their values are reordered in place (pointers into the endpoint's pool), once,
-on the loop thread before any transport exists.
+on the loop thread before any transport exists. The event module's ``Allow-Events`` (presence,
+dialog, message-summary, refer), which pjsua puts in its OPTIONS answer, is emptied: pjsua then
+leaves it out (patch 0019).
 """
 
 from __future__ import annotations
@@ -79,3 +81,20 @@ def _trim(lib: ctypes.CDLL, endpt: int, htype: int, keep: tuple[str, ...]) -> tu
         header.values[i].ptr, header.values[i].slen = ptr, slen
     header.count = len(kept)
     return tuple(ctypes.string_at(v.ptr, v.slen).decode("ascii") for v in header.values[:header.count])
+
+
+def clear_allow_events(lib: ctypes.CDLL) -> None:
+    """Empty pjsip's event module ``Allow-Events``: the B2BUA takes no event package.
+
+    :raises RuntimeError: the header does not look like pjsip's.
+    """
+    lib.pjsip_evsub_get_allow_events_hdr.argtypes = [ctypes.c_void_p]
+    lib.pjsip_evsub_get_allow_events_hdr.restype = ctypes.c_void_p
+    address = lib.pjsip_evsub_get_allow_events_hdr(None)
+    if not address:
+        return  # no event module: nothing advertised
+    header = _ArrayHeader.from_address(address)
+    name = ctypes.string_at(header.name.ptr, header.name.slen) if header.name.ptr else b""
+    if name != b"Allow-Events" or header.count > _MAX_VALUES:
+        raise RuntimeError(f"pjsip's Allow-Events is not laid out as expected ({name!r}, {header.count})")
+    header.count = 0

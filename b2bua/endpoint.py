@@ -32,7 +32,7 @@ from loguru import logger
 
 from b2bua import sip as sip_text
 from b2bua.api import DEFAULT_OUTBOUND, Outbound, ProbeResult
-from b2bua.capabilities import trim_allow, trim_supported
+from b2bua.capabilities import clear_allow_events, trim_allow, trim_supported
 from b2bua.codecs import describe_offer, display_id, priorities
 from b2bua.config import Config, ConfigError, Listen, SipConfig
 from b2bua.digest import ProblemLog
@@ -381,6 +381,7 @@ class Endpoint:
                                       ("Supported", trim_supported(lib, endpt), SUPPORTED_TAGS)):
             if now != expected:  # something we take that pjsip does not list (a build without it)
                 logger.warning("{}: {} (expected {})", header, ", ".join(now), ", ".join(expected))
+        clear_allow_events(lib)
         self._install_filter()
         for listen in sip.listeners:
             self._create_transport(listen)

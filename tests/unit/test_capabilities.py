@@ -8,7 +8,14 @@ from typing import Any
 
 import pytest
 
-from b2bua.capabilities import PJSIP_H_ALLOW, PJSIP_H_SUPPORTED, _ArrayHeader, trim_allow, trim_supported
+from b2bua.capabilities import (
+    PJSIP_H_ALLOW,
+    PJSIP_H_SUPPORTED,
+    _ArrayHeader,
+    clear_allow_events,
+    trim_allow,
+    trim_supported,
+)
 
 
 class FakeLib:
@@ -67,3 +74,15 @@ def test_a_header_that_is_not_what_pjsip_lays_out_stops_the_start(headers: dict[
     lib = FakeLib({k: header(htype, name, tokens, keep) for k, (htype, name, tokens) in headers.items()})
     with pytest.raises(RuntimeError, match=message.replace("(", r"\(").replace(")", r"\)")):
         trim_allow(lib, 1)  # type: ignore[arg-type]
+
+
+def test_allow_events_is_emptied() -> None:
+    keep: list[Any] = []
+    events = header(99, b"Allow-Events", [b"presence", b"dialog", b"message-summary", b"refer"], keep)
+
+    def get_allow_events(module: Any) -> int:
+        return ctypes.addressof(events)
+
+    lib = type("Lib", (), {"pjsip_evsub_get_allow_events_hdr": staticmethod(get_allow_events)})()
+    clear_allow_events(lib)
+    assert events.count == 0
