@@ -14,7 +14,16 @@ import pytest
 
 from .configs import ListEntry, received_responses, start_b2bua
 from .conftest import B2buaFactory, GatewayFactory, MediaPeerFactory, ScenarioGatewayFactory
-from .harness import AddressAllocator, Caller, CallResult, Gateway, free_port, parse_message_log, wait_until
+from .harness import (
+    AddressAllocator,
+    Caller,
+    CallResult,
+    Gateway,
+    TracedMessage,
+    free_port,
+    parse_message_log,
+    wait_until,
+)
 from .test_host import Host, host_config
 
 #: the 200's body of a gateway that takes none of the offered codecs (G.729 only)
@@ -252,21 +261,29 @@ def test_a_callers_reason_on_its_bye_reaches_the_gateway(
     assert [m.header("Reason") for m in gw.requests("BYE")] == [cause, cause, None]
 
 
+def late_ack_call(scenario_gateway: ScenarioGatewayFactory, b2bua_factory: B2buaFactory, caller: Caller,
+                  workdir: Path, addresses: AddressAllocator, gateway_scenario: str,
+                  label: str) -> tuple[str, list[TracedMessage]]:
+    """One call through a B2BUA to ``gateway_scenario`` from a caller that ACKs our 200 a second
+    late and waits for the far end's BYE: the B2BUA's log and what the caller sent and received."""
+    gw = scenario_gateway(gateway_scenario, {}, label=label)
+    b2b = start_b2bua(b2bua_factory, workdir, addresses.next(), [ListEntry(1, gw.uri)], algorithm="priority")
+    result = caller.run_calls(b2b.ip, b2b.port, n=1, behaviour="hangup-by-callee",
+                              template="uac_late_ack_callee_bye.xml")
+    assert result.ok and result.final_codes == [200], result.describe()
+    return b2b.process.log_text(), parse_message_log(result.files.messages.read_text())
+
+
 def test_a_gateway_hanging_up_before_the_callers_ack_sends_the_caller_one_bye(
         scenario_gateway: ScenarioGatewayFactory, b2bua_factory: B2buaFactory, caller: Caller, workdir: Path,
         addresses: AddressAllocator) -> None:
     # the gateway hangs up as soon as it has our ACK, the caller ACKs our 200 a second later:
     # pjsip holds our BYE until that ACK, and pjsua sent one of its own with it (patch 0017)
-    gw = scenario_gateway("uas_bye_after_ack.xml", {}, label="bye-after-ack")
-    b2b = start_b2bua(b2bua_factory, workdir, addresses.next(), [ListEntry(1, gw.uri)], algorithm="priority")
-    result = caller.run_calls(b2b.ip, b2b.port, n=1, behaviour="hangup-by-callee",
-                              template="uac_late_ack_callee_bye.xml")
-    assert result.ok and result.final_codes == [200], result.describe()
-    messages = parse_message_log(result.files.messages.read_text())
+    log, messages = late_ack_call(scenario_gateway, b2bua_factory, caller, workdir, addresses,
+                                  "uas_bye_after_ack.xml", "bye-after-ack")
     flow = [(m.direction, m.first_line.split()[0]) for m in messages if not m.first_line.startswith("SIP/")]
     # INVITE, its ACK a second later (our 200 retransmitted meanwhile), then one BYE
     assert flow == [("sent", "INVITE"), ("sent", "ACK"), ("received", "BYE")], flow
-    log = b2b.process.log_text()
     assert " ERROR " not in log and "WARNING" not in log, log
 
 
@@ -276,17 +293,12 @@ def test_a_hold_before_the_callers_ack_is_relayed_after_it(
     # the gateway holds as soon as it has our ACK, the caller ACKs our 200 a second later: no
     # re-INVITE may go to the caller before its ACK (pjsua refused it with an ERROR line that
     # named no call, and the bridge tried again a second later)
-    gw = scenario_gateway("uas_hold_after_ack.xml", {}, label="hold-after-ack")
-    b2b = start_b2bua(b2bua_factory, workdir, addresses.next(), [ListEntry(1, gw.uri)], algorithm="priority")
-    result = caller.run_calls(b2b.ip, b2b.port, n=1, behaviour="hangup-by-callee",
-                              template="uac_late_ack_callee_bye.xml")
-    assert result.ok and result.final_codes == [200], result.describe()
-    messages = parse_message_log(result.files.messages.read_text())
+    log, messages = late_ack_call(scenario_gateway, b2bua_factory, caller, workdir, addresses,
+                                  "uas_hold_after_ack.xml", "hold-after-ack")
     flow = [(m.direction, m.first_line.split()[0]) for m in messages if m.first_line.startswith(("ACK ", "INVITE "))]
     # our INVITE, its ACK a second later, then the relayed hold
     assert flow == [("sent", "INVITE"), ("sent", "ACK"), ("received", "INVITE"), ("received", "ACK")], flow
     hold = next(m for m in messages if m.direction == "received" and m.first_line.startswith("INVITE "))
     assert "a=sendonly" in hold.text, hold.text
-    log = b2b.process.log_text()
     assert "the gateway holds (sendonly): offering sendonly to leg 0" in log, log
     assert " ERROR " not in log and "WARNING" not in log, log

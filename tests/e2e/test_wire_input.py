@@ -371,6 +371,36 @@ def test_a_forged_to_tag_does_not_pass_for_a_dialog(b2bua_factory: B2buaFactory,
     assert gw.count("INVITE") == 0
 
 
+class HandCaller:
+    """A caller played by hand on one UDP socket: the requests of one call (Call-ID ``call_id``,
+    From tag a1) and the final answer to each."""
+
+    def __init__(self, s: socket.socket, b2b: Host, call_id: str) -> None:
+        self.s, self.b2b, self.call_id = s, b2b, call_id
+        self.peer = Peer(b2b.ip, b2b.port, s.getsockname()[0], s.getsockname()[1])
+        self.to_tag = ""
+
+    def send(self, method: str, cseq: int, extra: tuple[str, ...] = ()) -> None:
+        self.s.sendto(request(method, self.peer, call_id=self.call_id, branch=f"{self.call_id}-{cseq}{method}",
+                              from_tag="a1", to_tag=self.to_tag, cseq=cseq, extra=extra),
+                      (self.b2b.ip, self.b2b.port))
+
+    def final(self, method: str) -> bytes:
+        while True:
+            data = self.s.recvfrom(65535)[0]
+            if data.startswith(b"SIP/2.0 ") and not data.startswith(b"SIP/2.0 1") \
+                    and f" {method}\r\n".encode() in data.split(b"CSeq:", 1)[1][:40]:
+                return data
+
+    def answered_call(self) -> None:
+        """INVITE (CSeq 1), its 200, the ACK: the call is up, the To tag known."""
+        self.send("INVITE", 1)
+        answer = self.final("INVITE")
+        assert answer.startswith(b"SIP/2.0 200"), answer[:200]
+        self.to_tag = re.search(rb"\r\nTo:[^\r\n]*;tag=([^;\r\n]+)", answer).group(1).decode()  # type: ignore[union-attr]
+        self.send("ACK", 1)
+
+
 def test_a_refer_is_declined_and_nothing_is_dialled_for_it(
         b2bua_factory: B2buaFactory, addresses: AddressAllocator, gateway_factory: GatewayFactory,
         caller: Caller) -> None:
@@ -381,28 +411,12 @@ def test_a_refer_is_declined_and_nothing_is_dialled_for_it(
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind((caller.ip, 0))
         s.settimeout(5.0)
-        peer = Peer(b2b.ip, b2b.port, caller.ip, s.getsockname()[1])
-
-        def send(method: str, cseq: int, to_tag: str = "", extra: tuple[str, ...] = ()) -> None:
-            s.sendto(request(method, peer, call_id="refer-1", branch=f"r{cseq}{method}", from_tag="a1",
-                             to_tag=to_tag, cseq=cseq, extra=extra), (b2b.ip, b2b.port))
-
-        def final(method: str) -> bytes:
-            while True:
-                data = s.recvfrom(65535)[0]
-                if data.startswith(b"SIP/2.0 ") and not data.startswith(b"SIP/2.0 1") \
-                        and f" {method}\r\n".encode() in data.split(b"CSeq:", 1)[1][:40]:
-                    return data
-
-        send("INVITE", 1)
-        answer = final("INVITE")
-        assert answer.startswith(b"SIP/2.0 200"), answer[:200]
-        to_tag = re.search(rb"\r\nTo:[^\r\n]*;tag=([^;\r\n]+)", answer).group(1).decode()  # type: ignore[union-attr]
-        send("ACK", 1, to_tag)
-        send("REFER", 2, to_tag, (f"Refer-To: <sip:900123@{gw.ip}:{gw.port}>", f"Referred-By: <sip:x@{caller.ip}>"))
-        assert final("REFER").split(b"\r\n", 1)[0] == b"SIP/2.0 603 Decline"
-        send("BYE", 3, to_tag)
-        assert final("BYE").startswith(b"SIP/2.0 200")
+        hand = HandCaller(s, b2b, "refer-1")
+        hand.answered_call()
+        hand.send("REFER", 2, (f"Refer-To: <sip:900123@{gw.ip}:{gw.port}>", f"Referred-By: <sip:x@{caller.ip}>"))
+        assert hand.final("REFER").split(b"\r\n", 1)[0] == b"SIP/2.0 603 Decline"
+        hand.send("BYE", 3)
+        assert hand.final("BYE").startswith(b"SIP/2.0 200")
     time.sleep(0.5)
     assert gw.count("INVITE") == 1, "only the call itself reached the gateway"
     assert "refused: 603 Decline (transfer) REFER from" in b2b.proc.log_text()
@@ -462,34 +476,18 @@ def test_requests_inside_a_call_that_nothing_takes_are_refused_with_what_is_allo
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind((caller.ip, 0))
         s.settimeout(5.0)
-        peer = Peer(b2b.ip, b2b.port, caller.ip, s.getsockname()[1])
-
-        def send(method: str, cseq: int, to_tag: str = "", extra: tuple[str, ...] = ()) -> None:
-            s.sendto(request(method, peer, call_id="in-call-1", branch=f"c{cseq}{method}", from_tag="a1",
-                             to_tag=to_tag, cseq=cseq, extra=extra), (b2b.ip, b2b.port))
-
-        def final(method: str) -> str:
-            while True:
-                data = s.recvfrom(65535)[0].decode("ascii")
-                if data.startswith("SIP/2.0 ") and not data.startswith("SIP/2.0 1") \
-                        and f" {method}\r\n" in data.split("CSeq:", 1)[1][:40]:
-                    return data
-
-        send("INVITE", 1)
-        answer = final("INVITE")
-        assert answer.startswith("SIP/2.0 200"), answer[:200]
-        to_tag = re.search(r"\r\nTo:[^\r\n]*;tag=([^;\r\n]+)", answer).group(1)  # type: ignore[union-attr]
-        send("ACK", 1, to_tag)
-        send("NOTIFY", 2, to_tag, ("Event: telephone-event", "Subscription-State: active"))
-        notify = final("NOTIFY")
+        hand = HandCaller(s, b2b, "in-call-1")
+        hand.answered_call()
+        hand.send("NOTIFY", 2, ("Event: telephone-event", "Subscription-State: active"))
+        notify = hand.final("NOTIFY").decode("ascii")
         assert notify.startswith("SIP/2.0 405 Method Not Allowed\r\n"), notify
         assert "\r\nAllow: PRACK, INVITE, ACK, BYE, CANCEL, UPDATE, INFO, OPTIONS\r\n" in notify, notify
-        send("MESSAGE", 3, to_tag)
-        assert final("MESSAGE").startswith("SIP/2.0 405 Method Not Allowed\r\n")
-        send("FOO", 4, to_tag)
-        assert final("FOO").startswith("SIP/2.0 501 Not Implemented\r\n")
-        send("BYE", 5, to_tag)
-        assert final("BYE").startswith("SIP/2.0 200")
+        hand.send("MESSAGE", 3)
+        assert hand.final("MESSAGE").startswith(b"SIP/2.0 405 Method Not Allowed\r\n")
+        hand.send("FOO", 4)
+        assert hand.final("FOO").startswith(b"SIP/2.0 501 Not Implemented\r\n")
+        hand.send("BYE", 5)
+        assert hand.final("BYE").startswith(b"SIP/2.0 200")
     wait_until(lambda: gw.count("BYE") == 1, 5.0, what="the call's BYE at the gateway")
     assert gw.count("NOTIFY") == 0 and gw.count("MESSAGE") == 0
     assert " ERROR " not in b2b.proc.log_text()

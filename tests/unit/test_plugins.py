@@ -108,17 +108,22 @@ def test_hooks_without_implementations_are_skipped_until_a_plugin_registers() ->
     assert hooks.incoming_call(call()) is None
 
 
-def test_a_raising_notification_plugin_costs_one_call() -> None:
-    pm = make_manager([])
-    hooks = Hooks(pm)
-    pm.register(_Seen(fail=True), name="late")
+def errors_of_prepare_target(hooks: Hooks) -> list[str]:
+    """The ERROR lines logged while ``hooks`` notify ``b2bua_prepare_target`` once."""
     lines: list[str] = []
     sink = logger.add(lambda m: lines.append(m.record["message"]), level="ERROR")
     try:
         hooks.prepare_target(call(), Target("sip:x"), None)  # type: ignore[arg-type]
     finally:
         logger.remove(sink)
-    assert lines == ["plugin 'late' failed in b2bua_prepare_target"]
+    return lines
+
+
+def test_a_raising_notification_plugin_costs_one_call() -> None:
+    pm = make_manager([])
+    hooks = Hooks(pm)
+    pm.register(_Seen(fail=True), name="late")
+    assert errors_of_prepare_target(hooks) == ["plugin 'late' failed in b2bua_prepare_target"]
 
 
 def test_a_raising_notification_plugin_does_not_stop_the_others() -> None:
@@ -128,14 +133,8 @@ def test_a_raising_notification_plugin_does_not_stop_the_others() -> None:
     quiet, failing = _Seen(), _Seen(fail=True)
     pm.register(quiet, name="records")
     pm.register(failing, name="user")  # registered last: called first
-    lines: list[str] = []
-    sink = logger.add(lambda m: lines.append(m.record["message"]), level="ERROR")
-    try:
-        hooks.prepare_target(call(), Target("sip:x"), None)  # type: ignore[arg-type]
-    finally:
-        logger.remove(sink)
+    assert errors_of_prepare_target(hooks) == ["plugin 'user' failed in b2bua_prepare_target"]
     assert (failing.calls, quiet.calls) == (["prepare_target"], ["prepare_target"])
-    assert lines == ["plugin 'user' failed in b2bua_prepare_target"]
 
 
 def test_a_notification_wrapper_still_runs_through_pluggy() -> None:
