@@ -56,7 +56,8 @@ DIALOG_ONLY = frozenset({"BYE", "INFO", "UPDATE", "PRACK"})
 #: SIP methods known but not taken outside a dialog: 405; any other method: 501
 NOT_ALLOWED = frozenset({"MESSAGE", "SUBSCRIBE", "NOTIFY", "PUBLISH", "REGISTER"})
 #: answers that carry ``Allow`` (405 must, RFC 3261 21.4.6)
-_WITH_ALLOW = (("Allow", ALLOW),)
+ALLOW_CODES = frozenset({405, 501})
+_ALLOW_HEADER = (("Allow", ALLOW),)
 
 
 class Verdict(enum.Enum):
@@ -145,8 +146,8 @@ class Decision(NamedTuple):
     @property
     def headers(self) -> tuple[tuple[str, str], ...]:
         """Extra headers of the answer (``Retry-After``; ``Allow`` with a 405 or 501)."""
-        if self.code in (405, 501):
-            return _WITH_ALLOW
+        if self.code in ALLOW_CODES:
+            return _ALLOW_HEADER
         return retry_after(self.retry_after)
 
 

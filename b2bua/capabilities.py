@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 
+from b2bua.rxfilter import PjStr
 from b2bua.sip import ALLOWED_METHODS, SUPPORTED_TAGS
 
 #: pjsip_hdr_e's values (sip_msg.h: "DO NOT CHANGE THE VALUE/ORDER OF THE HEADER IDs")
@@ -27,16 +28,12 @@ _NAMES = {PJSIP_H_ALLOW: b"Allow", PJSIP_H_SUPPORTED: b"Supported"}
 _MAX_VALUES = 32
 
 
-class _PjStr(ctypes.Structure):
-    _fields_ = [("ptr", ctypes.c_void_p), ("slen", ctypes.c_ssize_t)]
-
-
 class _ArrayHeader(ctypes.Structure):
     """``pjsip_generic_array_hdr``: PJSIP_DECL_HDR_MEMBER, then the values."""
 
     _fields_ = [("prev", ctypes.c_void_p), ("next", ctypes.c_void_p), ("type", ctypes.c_int),
-                ("name", _PjStr), ("sname", _PjStr), ("vptr", ctypes.c_void_p),
-                ("count", ctypes.c_uint), ("values", _PjStr * _MAX_VALUES)]
+                ("name", PjStr), ("sname", PjStr), ("vptr", ctypes.c_void_p),
+                ("count", ctypes.c_uint), ("values", PjStr * _MAX_VALUES)]
 
 
 def allow_header(lib: ctypes.CDLL, endpt: int) -> int:

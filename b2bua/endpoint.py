@@ -32,7 +32,7 @@ from loguru import logger
 
 from b2bua import sip as sip_text
 from b2bua.api import DEFAULT_OUTBOUND, Outbound, ProbeResult
-from b2bua.capabilities import clear_allow_events, trim_allow, trim_supported
+from b2bua.capabilities import allow_header, clear_allow_events, trim_allow, trim_supported
 from b2bua.codecs import describe_offer, display_id, priorities
 from b2bua.config import Config, ConfigError, Listen, SipConfig
 from b2bua.digest import ProblemLog
@@ -382,7 +382,7 @@ class Endpoint:
             if now != expected:  # something we take that pjsip does not list (a build without it)
                 logger.warning("{}: {} (expected {})", header, ", ".join(now), ", ".join(expected))
         clear_allow_events(lib)
-        self._install_filter()
+        self._install_filter(allow_header(lib, endpt))
         for listen in sip.listeners:
             self._create_transport(listen)
 
@@ -480,7 +480,7 @@ class Endpoint:
             raise ConfigError(f"{self.config.where('sip')} nameservers: pjsip refused them (status {status})")
         logger.info("DNS: pjsip resolves host names asynchronously through {}", ", ".join(map(str, servers)))
 
-    def _install_filter(self) -> None:
+    def _install_filter(self, allow: int) -> None:
         screen_request, screen_response, on_dropped = self._screens
         if screen_request is None or screen_response is None or on_dropped is None:
             return
@@ -495,7 +495,7 @@ class Endpoint:
         # kept until libDestroy even if only part of it got registered: pjsip holds its callbacks
         self._rx_filter = RxFilter(lib, screen_request, screen_response, on_dropped, self._on_closed)
         try:
-            self._rx_filter.install()
+            self._rx_filter.install(allow)
         except RuntimeError as exc:
             logger.error("the SIP filter could not be installed ({}): requests are screened after pjsua set "
                          "their call up", exc)

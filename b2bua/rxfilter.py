@@ -52,8 +52,7 @@ from typing import Any
 
 from loguru import logger
 
-from b2bua.admission import Decision, Verdict, closes_connection
-from b2bua.capabilities import allow_header
+from b2bua.admission import ALLOW_CODES, Decision, Verdict, closes_connection
 from b2bua.wire import MAX_HEADERS, MAX_LINE, MAX_MESSAGE, MAX_METHOD
 
 #: pjsip status codes a dropped packet may carry (sip_errno.h), as reason keys for the log
@@ -194,7 +193,7 @@ class RxFilter:
                          "b2bua_screen_close_connection",
                          "pjsip_endpt_respond_stateless", "pjsip_tpmgr_set_drop_data_cb",
                          "pjsip_retry_after_hdr_create", "pj_list_insert_before", "pjsua_get_pjsip_endpt",
-                         "pjsip_hdr_clone", "pjsip_endpt_get_capability",
+                         "pjsip_hdr_clone",
                          "pjsip_ua_find_dialog", "pjsip_get_invite_method", "pjsip_tsx_create_key",
                          "pjsip_tsx_layer_find_tsx2"):
                 lib[name]
@@ -202,13 +201,14 @@ class RxFilter:
             return False
         return True
 
-    def install(self) -> None:
-        """Register the modules and the drop counter; after ``libInit``, before ``libStart``."""
+    def install(self, allow: int = 0) -> None:
+        """Register the modules and the drop counter; after ``libInit``, before ``libStart``.
+        ``allow``: the endpoint's Allow header (``b2bua.capabilities``), copied into a 405 or 501."""
         endpt = self._lib.pjsua_get_pjsip_endpt()
         if not endpt:
             raise RuntimeError("pjsip has no endpoint yet (call after libInit)")
         self._endpt = endpt
-        self._allow = allow_header(self._lib, endpt)  # copied into a 405's or 501's answer
+        self._allow = allow
         status = self._lib.b2bua_screen_install(endpt, ctypes.byref(ScreenLimits.of_wire()),
                                                 ctypes.cast(self._on_request, c_void_p),
                                                 ctypes.cast(self._on_response, c_void_p))
@@ -304,7 +304,7 @@ class RxFilter:
         reason = self._reason(decision.reason)
         headers = None
         header = None
-        if decision.retry_after or (decision.code in (405, 501) and self._allow):
+        if decision.retry_after or (decision.code in ALLOW_CODES and self._allow):
             pool = c_void_p.from_address(rdata).value  # rdata->tp_info.pool opens pjsip_rx_data
             if decision.retry_after:
                 header = self._lib.pjsip_retry_after_hdr_create(pool, decision.retry_after)
