@@ -7,6 +7,7 @@ still completes calls, and that the log says what was refused and why, summed up
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import re
@@ -14,6 +15,7 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -400,6 +402,17 @@ class HandCaller:
         self.to_tag = re.search(rb"\r\nTo:[^\r\n]*;tag=([^;\r\n]+)", answer).group(1).decode()  # type: ignore[union-attr]
         self.send("ACK", 1)
 
+    @classmethod
+    @contextlib.contextmanager
+    def in_call(cls, b2b: Host, ip: str, call_id: str) -> Iterator[HandCaller]:
+        """A hand-played caller on ``ip`` whose call ``call_id`` is answered and ACKed."""
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind((ip, 0))
+            s.settimeout(5.0)
+            hand = cls(s, b2b, call_id)
+            hand.answered_call()
+            yield hand
+
 
 def test_a_refer_is_declined_and_nothing_is_dialled_for_it(
         b2bua_factory: B2buaFactory, addresses: AddressAllocator, gateway_factory: GatewayFactory,
@@ -408,11 +421,7 @@ def test_a_refer_is_declined_and_nothing_is_dialled_for_it(
     session: a transfer to an expensive number. The early filter declines it."""
     gw = gateway_factory("answer")
     b2b = Host(b2bua_factory, addresses, gw.uri)
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind((caller.ip, 0))
-        s.settimeout(5.0)
-        hand = HandCaller(s, b2b, "refer-1")
-        hand.answered_call()
+    with HandCaller.in_call(b2b, caller.ip, "refer-1") as hand:
         hand.send("REFER", 2, (f"Refer-To: <sip:900123@{gw.ip}:{gw.port}>", f"Referred-By: <sip:x@{caller.ip}>"))
         assert hand.final("REFER").split(b"\r\n", 1)[0] == b"SIP/2.0 603 Decline"
         hand.send("BYE", 3)
@@ -473,11 +482,7 @@ def test_requests_inside_a_call_that_nothing_takes_are_refused_with_what_is_allo
     Allow, or 501; the call goes on and ends with its BYE."""
     gw = gateway_factory("answer")
     b2b = Host(b2bua_factory, addresses, gw.uri)
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind((caller.ip, 0))
-        s.settimeout(5.0)
-        hand = HandCaller(s, b2b, "in-call-1")
-        hand.answered_call()
+    with HandCaller.in_call(b2b, caller.ip, "in-call-1") as hand:
         hand.send("NOTIFY", 2, ("Event: telephone-event", "Subscription-State: active"))
         notify = hand.final("NOTIFY").decode("ascii")
         assert notify.startswith("SIP/2.0 405 Method Not Allowed\r\n"), notify
