@@ -92,7 +92,8 @@ class Failed:
 class Disconnected:
     """The leg is over: BYE either way, a CANCEL, a final response sent to the caller, or
     pjsua ended the call (``code``/``reason``: pjsua's last status of the call; ``headers``:
-    those of the peer's BYE: a B leg's peer hanging up, or the caller's BYE with a Reason, else none)."""
+    those of the peer's BYE: a B leg's peer hanging up, or the caller's BYE with a Reason; the
+    Reason of the caller's CANCEL; else none)."""
 
     code: int = 0
     reason: str = ""

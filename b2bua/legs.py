@@ -22,7 +22,8 @@ from __future__ import annotations
 import ctypes
 import functools
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import pjsua2 as pj
@@ -69,6 +70,8 @@ _TSX_STATE = pj.PJSIP_EVENT_TSX_STATE
 _CALLING = LegState.CALLING  # read in every transaction callback of a B leg: a module global
 #: states in which a leg's in-dialog requests matter (INFO digits, our re-INVITE's answer)
 _TALKING = (LegState.ANSWERED, LegState.CONFIRMED)
+#: no headers (shared: never written)
+_NO_HEADERS: Mapping[str, tuple[str, ...]] = MappingProxyType({})
 #: methods inside a call that pjsua's usages or this module answer (REFER: the early filter, 603)
 _TAKEN_IN_DIALOG = frozenset({*sip.ALLOWED_METHODS, "REFER"})
 
@@ -143,6 +146,8 @@ class Leg(CallLeg, pj.Call):  # type: ignore[misc]
         self._sending = False  #: inside makeCall (pjsua reports a send failure synchronously)
         self._tones: pj.ToneGenerator | None = None  #: in-band DTMF toward this leg, made when first needed
         self._tones_queued = 0  #: digits queued on ``_tones`` since it was last idle
+        #: the Reason of the caller's CANCEL (A): it crosses to the CANCELs of the B legs
+        self._cancel_headers: Mapping[str, tuple[str, ...]] = _NO_HEADERS
 
     # -- pjsua2 callbacks -> events ----------------------------------------------------------
 
@@ -173,7 +178,8 @@ class Leg(CallLeg, pj.Call):  # type: ignore[misc]
         if self.index == 0:  # the caller's leg: its other states echo our own answers
             if state == DISCONNECTED:
                 # pjsua2 fills the event only for the caller's BYE with a Reason (patch 0018)
-                return Disconnected(code, reason, _bye_headers(prm) if prm.e.type == _TSX_STATE else {})
+                return Disconnected(code, reason,
+                                    _bye_headers(prm) if prm.e.type == _TSX_STATE else self._cancel_headers)
             return CONFIRMED if state == CONFIRMED_STATE else None
         if state == EARLY:
             return EarlyMedia(code, reason) if code == 183 else Provisional(code, reason)
@@ -281,8 +287,21 @@ class Leg(CallLeg, pj.Call):  # type: ignore[misc]
                         owner.on_event(self, Provisional(code, tsx.statusText))
             elif state in _TALKING or self._reinviting:
                 self._talking_tsx(owner, prm.e.body.tsxState)
+            elif not self.index:
+                self._caller_cancel(prm.e.body.tsxState)
         except Exception:
             logger.opt(exception=True).error("transaction handler failed")
+
+    def _caller_cancel(self, tsx_state: Any) -> None:
+        # pjsip reports a CANCEL's transaction before it answers the INVITE 487 and ends the
+        # leg (sip_inv.c calls on_tsx_state_changed first for a request received), so its
+        # Reason (RFC 3326: a forking proxy's "Call completed elsewhere") is at hand when the
+        # leg's DISCONNECTED comes; Kamailio's tm copies it to the CANCELs it sends the same way
+        tsx = tsx_state.tsx
+        if tsx.method == "CANCEL" and tsx.role == pj.PJSIP_ROLE_UAS and tsx_state.type == pj.PJSIP_EVENT_RX_MSG:
+            reason = sip.parse_message(str(tsx_state.src.rdata.wholeMsg))[1].get("reason")
+            if reason:
+                self._cancel_headers = {"reason": reason}
 
     def _talking_tsx(self, owner: LegOwner, tsx_state: Any) -> None:
         tsx = tsx_state.tsx

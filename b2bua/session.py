@@ -63,7 +63,7 @@ from b2bua.events import (
 from b2bua.headers import COPY_BUDGET, is_name, merge, one_line_problem, usable_value
 from b2bua.logs import writes
 from b2bua.outbound import profile_for
-from b2bua.sippolicy import best_failure, hangup_headers, one_line, relay
+from b2bua.sippolicy import COMPLETED_ELSEWHERE, best_failure, hangup_headers, one_line, relay
 
 if TYPE_CHECKING:
     from b2bua.config import SipConfig
@@ -338,15 +338,16 @@ class Session:
         self.log.info("attempt {} to {}: {}", index, leg.target.label if leg.target else "?", kind.value)
         self._abandon(leg, kind)
 
-    def _abandon(self, leg: CallLeg, why: FailureKind) -> None:
-        """Give up on an unanswered B leg (CANCEL). pjsip ends one without any response at
-        once; if pjsua cannot end it yet (no provisional to CANCEL), report it failed now and
-        keep the leg until pjsua reports it disconnected."""
+    def _abandon(self, leg: CallLeg, why: FailureKind, headers: tuple[tuple[str, str], ...] = ()) -> None:
+        """Give up on an unanswered B leg (CANCEL, with ``headers``). pjsip ends one without any
+        response at once; if pjsua cannot end it yet (no provisional to CANCEL), report it failed
+        now and keep the leg until pjsua reports it disconnected (pjsip then sends the CANCEL
+        when a provisional comes, without ``headers``)."""
         calling = leg.state is LegState.CALLING
         leg.ended_by = why
         self._cancel_timer(leg)
         self._move(leg, LegState.CANCELLING)
-        leg.end()  # may report Failed at once (re-entrant)
+        leg.end(headers=headers)  # may report Failed at once (re-entrant)
         if calling and leg.state is LegState.CANCELLING:
             self._fail_leg(leg, 408, "Request Timeout", zombie=True)
 
@@ -409,7 +410,7 @@ class Session:
         self._enter(CallState.ANSWERED)
         for other in list(self.b.values()):
             if other is not leg and other.state in _TRYING:
-                self._abandon(other, FailureKind.CANCELLED)
+                self._abandon(other, FailureKind.CANCELLED, COMPLETED_ELSEWHERE)
         self._move(a, LegState.ANSWERED)
         try:
             a.respond(200, "", self._to_caller(event.headers) if isinstance(event, Answered) else ())
@@ -539,7 +540,8 @@ class Session:
             if writes.debug:
                 self.log.debug("caller {}", "hung up" if answered else "cancelled")
         self._enter(CallState.ENDING)
-        self._end_b_legs(hangup_headers(event.headers))  # the caller's Reason, as a gateway's crosses
+        # the Reason of the caller's BYE or CANCEL, as a gateway's crosses
+        self._end_b_legs(hangup_headers(event.headers))
         self._maybe_end()
 
     def lost_caller(self, why: str) -> None:
@@ -636,13 +638,13 @@ class Session:
         self._end_b_legs()
 
     def _end_b_legs(self, headers: tuple[tuple[str, str], ...] = ()) -> None:
-        """BYE (with ``headers``) to the answered B leg, CANCEL (or give up) the others."""
+        """BYE to the answered B leg, CANCEL (or give up) the others; both with ``headers``."""
         for b in list(self.b.values()):
             if b.index == self.winner:
                 if b.state is not LegState.HANGING_UP:
                     self._hang_up(b, headers=headers)
             elif b.state in _TRYING:
-                self._abandon(b, FailureKind.CANCELLED)
+                self._abandon(b, FailureKind.CANCELLED, headers)
 
     def _hang_up(self, leg: CallLeg, code: int = 0, reason: str = "",
                  headers: tuple[tuple[str, str], ...] = ()) -> None:

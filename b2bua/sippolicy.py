@@ -123,17 +123,22 @@ def relayed_headers(failure: Failure, names: Sequence[str] = ("retry-after", "re
 
 
 def hangup_headers(headers: Mapping[str, tuple[str, ...]]) -> tuple[tuple[str, str], ...]:
-    """What of a peer's BYE crosses to the other leg's BYE: its Reason (RFC 3326, a Q.850 cause
-    from the PSTN that the caller's side reports and bills on), each value on one line, chosen as
-    every header copied between legs is (:meth:`b2bua.headers.HeaderFilter.select`: usable values
-    within :data:`b2bua.headers.COPY_BUDGET` bytes): a BYE too long to send would leave the other
-    leg up."""
+    """What of a peer's BYE crosses to the other leg's BYE, and of the caller's CANCEL to the
+    B legs' CANCELs: its Reason (RFC 3326, a Q.850 cause from the PSTN that the caller's side
+    reports and bills on, a forking proxy's "Call completed elsewhere"), each value on one line,
+    chosen as every header copied between legs is (:meth:`b2bua.headers.HeaderFilter.select`:
+    usable values within :data:`b2bua.headers.COPY_BUDGET` bytes): a BYE too long to send would
+    leave the other leg up."""
     values = tuple(value for value in map(one_line, headers.get("reason", ())) if value)
     return tuple(_BYE_REASON.select({"reason": values})[0]) if values else ()
 
 
 #: the one header of a peer's BYE that crosses (:func:`hangup_headers`)
 _BYE_REASON = HeaderFilter.compile(("Reason",))
+
+#: what the CANCELs of the forks that lost to another fork's answer carry (RFC 3326; Kamailio's
+#: tm adds the same): a phone that rang shows no missed call
+COMPLETED_ELSEWHERE = (("Reason", 'SIP;cause=200;text="Call completed elsewhere"'),)
 
 
 def reason_header(failure: Failure) -> str:

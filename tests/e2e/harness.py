@@ -892,7 +892,9 @@ def start_calls(target_ip: str, target_port: int, *, ip: str, workdir: Path, n: 
         fill = dict(values or {})
     if call_duration_ms < 0 or cancel_after_ms < 0:
         raise ValueError("start_calls: call_duration_ms and cancel_after_ms must be >= 0")
-    fill.setdefault("BYE_HEADERS", "")  # uac_call.xml's BYE: header lines of the test's own
+    # header lines of the test's own on uac_call.xml's BYE and uac_cancel.xml's CANCEL
+    fill.setdefault("BYE_HEADERS", "")
+    fill.setdefault("CANCEL_HEADERS", "")
     # The talk time is a receive timeout (to answer re-INVITEs meanwhile); 0 would mean "none" to sipp.
     fill |= {"DURATION_MS": str(max(1, call_duration_ms)), "CANCEL_AFTER_MS": str(cancel_after_ms),
              "FROM_USER": from_user, "EXTRA_HEADERS": format_extra_headers(extra_headers),

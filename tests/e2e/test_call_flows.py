@@ -261,6 +261,22 @@ def test_a_callers_reason_on_its_bye_reaches_the_gateway(
     assert [m.header("Reason") for m in gw.requests("BYE")] == [cause, cause, None]
 
 
+def test_a_callers_reason_on_its_cancel_reaches_the_gateway(
+        gateway_factory: GatewayFactory, b2bua_factory: B2buaFactory, caller: Caller, workdir: Path,
+        addresses: AddressAllocator) -> None:
+    # a forking PBX or proxy in front cancels with "Call completed elsewhere" when another of
+    # its forks answered: the phone behind the gateway must not show a missed call
+    cause = 'SIP;cause=200;text="Call completed elsewhere"'
+    gw = gateway_factory("ring")
+    b2b = start_b2bua(b2bua_factory, workdir, addresses.next(), [ListEntry(1, gw.uri)], algorithm="priority")
+    result = caller.run_calls(b2b.ip, b2b.port, n=2, behaviour="cancel", cancel_after_ms=200,
+                              template="uac_cancel.xml", values={"CANCEL_HEADERS": f"Reason: {cause}\n"})
+    plain = caller.run_calls(b2b.ip, b2b.port, n=1, behaviour="cancel", cancel_after_ms=200)
+    assert result.final_codes == [487, 487] and plain.final_codes == [487], result.describe() + plain.describe()
+    wait_until(lambda: gw.count("ACK") == 3, timeout=5, what="the ACKs of the gateway's 487s")
+    assert [m.header("Reason") for m in gw.requests("CANCEL")] == [cause, cause, None]
+
+
 def late_ack_call(scenario_gateway: ScenarioGatewayFactory, b2bua_factory: B2buaFactory, caller: Caller,
                   workdir: Path, addresses: AddressAllocator, gateway_scenario: str,
                   label: str) -> tuple[str, list[TracedMessage]]:

@@ -125,6 +125,8 @@ def test_parallel_fork_bridges_exactly_one(gateway_factory: GatewayFactory, b2bu
     wait_until(lambda: ringing.count("ACK") == 1, timeout=5, what="the ACK for the ringing fork's 487")
     assert counts(answering, "INVITE", "ACK", "BYE", "CANCEL") == (1, 1, 1, 0)
     assert counts(ringing, "INVITE", "CANCEL", "ACK", "BYE") == (1, 1, 1, 0)
+    # RFC 3326, as Kamailio's tm: a phone that rang on the losing fork shows no missed call
+    assert [m.header("Reason") for m in ringing.requests("CANCEL")] == ['SIP;cause=200;text="Call completed elsewhere"']
     assert counts(failing, "INVITE", "ACK", "BYE", "CANCEL") == (1, 1, 0, 0)
 
 

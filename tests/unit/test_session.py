@@ -416,6 +416,19 @@ def test_a_byes_reason_crosses_to_the_other_legs_bye(caller_hangs_up: bool) -> N
     assert ends(other) == [("end", 0, "", (("Reason", "Q.850;cause=16"),))]
 
 
+def test_the_callers_cancel_reason_crosses_to_every_fork_it_cancels() -> None:
+    host = FakeHost(parallel(GW1, GW2))
+    s, a = host.session()
+    s.start()
+    b1, b2 = host.b(1), host.b(2)
+    for b in (b1, b2):
+        b.report(RINGING)
+    a.report(Disconnected(487, "Request Terminated", {"reason": ('SIP;cause=200;text="Call completed elsewhere"',)}))
+    elsewhere = (("Reason", 'SIP;cause=200;text="Call completed elsewhere"'),)
+    assert ends(b1) == ends(b2) == [("end", 0, "", elsewhere)]
+    assert s.cause is EndCause.CALLER_CANCEL
+
+
 def test_every_transition_is_logged_with_the_call_id() -> None:
     lines: list[tuple[str, str | None]] = []
     sink = logger.add(lambda m: lines.append((m.record["message"], m.record["extra"].get("call_id"))),
@@ -555,6 +568,9 @@ def test_first_answer_wins_and_the_other_forks_are_cancelled() -> None:
     assert a.actions == [("respond", 180)]
     b2.report(OK)
     assert s.winner == 2 and b1.state is LegState.CANCELLING and b3.state is LegState.CANCELLING
+    # RFC 3326, as Kamailio's tm: the phones that rang show no missed call
+    elsewhere = (("Reason", 'SIP;cause=200;text="Call completed elsewhere"'),)
+    assert ends(b1) == ends(b3) == [("end", 0, "", elsewhere)]
     b1.report(Failed(487, "Request Terminated"))
     b3.report(OK)  # its 200 crossed our CANCEL: BYE
     assert len(ends(b3)) == 2 and s.winner == 2
