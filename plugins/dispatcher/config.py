@@ -47,7 +47,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from b2bua.config import ConfigError, opt, parse_section
+from b2bua.config import ConfigError, Listen, opt, parse_section
 from b2bua.sip import request_method_problem
 from plugins.dispatcher.algorithms import TEMPLATE_FIELDS, resolve_algorithm, template_names
 from plugins.dispatcher.attrs import check_message_uri
@@ -254,6 +254,17 @@ class DispatcherConfig:
                                        bounds=(1, 999))
     ping_active: bool = opt(True, "send keepalives at start (dispatcher.ping_active toggles it at runtime)")
 
+    # -- where requests leave from, for destinations whose attributes name no listener
+    default_socket: str = opt(
+        "", "listener ('udp:10.0.0.5:5060', one of [sip] listen) B legs and keepalives leave from when the"
+        " destination has no socket or sockname attribute; empty: pjsip picks one of the transport's"
+    )
+    default_sockname: str = opt("", "the same by a name in [sip] socket_names; wins over default_socket")
+    ping_socket: str = opt(
+        "", "listener keepalives leave from when the destination has no ping_socket, sockname or socket"
+        " attribute; wins over the defaults above (Kamailio 6.1's ds_ping_socket)"
+    )
+
     routes: tuple[Route, ...] = field(default=(), metadata={"help": "[[plugins.dispatcher.routes]] rules"})
 
     def validate(self) -> None:
@@ -278,6 +289,13 @@ class DispatcherConfig:
             raise ValueError(f"ping_method: {problem}")
         check_message_uri("ping_from", self.ping_from)
         check_reply_codes(self.ping_reply_codes)
+        for name in ("default_socket", "ping_socket"):  # whether it is a listener: at load, with [sip]
+            value = getattr(self, name)
+            if value:
+                try:
+                    Listen.parse(value)
+                except ValueError as exc:
+                    raise ValueError(f"{name}: {exc}") from None
 
     @property
     def user_only_hash(self) -> bool:

@@ -4,8 +4,13 @@
 Kamailio's meanings, with the differences a B2BUA brings (``docs/kamailio.md``):
 
 * ``socket=udp:10.0.0.5:5060`` / ``sockname=wan``: the listener B legs and keepalives leave
-  from (``sockname`` names one in ``[sip] socket_names`` and wins over ``socket``);
-* ``ping_socket=...``: the listener keepalives leave from (Kamailio 6.1), over the others;
+  from (``sockname`` names one in ``[sip] socket_names`` and wins over ``socket``); without
+  either, ``[plugins.dispatcher] default_sockname`` or ``default_socket`` (Kamailio's
+  ``ds_default_sockname``/``ds_default_socket``) if set, else pjsip picks one;
+* ``ping_socket=...``: the listener keepalives leave from (Kamailio 6.1), over the others; for
+  a destination naming no listener, ``[plugins.dispatcher] ping_socket`` (``ds_ping_socket``)
+  comes before the defaults. In all, keepalives: attribute ``ping_socket`` > ``sockname`` >
+  ``socket`` > ``ping_socket`` > ``default_sockname`` > ``default_socket``;
 * ``obproxy=sip:sbc.example;lr``: the outbound proxy; in Kamailio only keepalives use it (the
   script routes calls), here B legs too, overriding ``[sip] outbound_proxy``;
 * ``auth=NAME``: the ``[[sip.credentials]]`` entry answering 401/407 (no Kamailio equivalent;
@@ -20,10 +25,12 @@ ignored.
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 
 from b2bua.api import Outbound
 from b2bua.config import SipConfig
 from b2bua.outbound import MAX_WAYS, OutboundProfile, default_profile, profile_for
+from plugins.dispatcher.config import DispatcherConfig
 from plugins.dispatcher.model import Attrs, Snapshot
 from plugins.dispatcher.resolve import LoadError
 
@@ -32,16 +39,44 @@ class OutboundError(LoadError):
     """Destinations whose attributes the host cannot honour; the message names each one."""
 
 
-def outbound_of(attrs: Attrs) -> Outbound:
+@dataclass(frozen=True)
+class SendDefaults:
+    """``[plugins.dispatcher]``'s listeners for destinations whose attributes name none."""
+
+    socket: str = ""  #: ``default_socket``
+    sockname: str = ""  #: ``default_sockname`` (wins over ``socket``)
+    ping_socket: str = ""  #: ``ping_socket``: keepalives only, before the two above
+
+    @classmethod
+    def of(cls, config: DispatcherConfig) -> SendDefaults:
+        return cls(config.default_socket, config.default_sockname, config.ping_socket)
+
+    def describe(self, outbound: Outbound) -> str:
+        """Which setting gave ``outbound`` its listener, for messages."""
+        if outbound.sockname:
+            return "[plugins.dispatcher] default_sockname"
+        return "[plugins.dispatcher] " + ("ping_socket" if outbound.socket == self.ping_socket else "default_socket")
+
+
+#: no defaults: pjsip picks the listener of a destination whose attributes name none
+NO_DEFAULTS = SendDefaults()
+
+
+def names_listener(attrs: Attrs) -> bool:
+    """Whether a destination's own attributes say which listener B legs leave from."""
+    return bool(attrs.socket or attrs.sockname)
+
+
+def outbound_of(attrs: Attrs, defaults: SendDefaults = NO_DEFAULTS) -> Outbound:
     """What B legs to a destination with ``attrs`` ask for."""
-    return Outbound(socket=attrs.socket, sockname=attrs.sockname, proxy=attrs.obproxy,
-                    auth=attrs.extra.get("auth", ""))
+    socket, sockname = (attrs.socket, attrs.sockname) if names_listener(attrs) else (defaults.socket, defaults.sockname)
+    return Outbound(socket=socket, sockname=sockname, proxy=attrs.obproxy, auth=attrs.extra.get("auth", ""))
 
 
-def probe_outbound(attrs: Attrs) -> Outbound:
+def probe_outbound(attrs: Attrs, defaults: SendDefaults = NO_DEFAULTS) -> Outbound:
     """What keepalives to a destination with ``attrs`` ask for: ``ping_socket`` over the others."""
-    outbound = outbound_of(attrs)
-    ping_socket = attrs.extra.get("ping_socket", "")
+    outbound = outbound_of(attrs, defaults)
+    ping_socket = attrs.extra.get("ping_socket", "") or ("" if names_listener(attrs) else defaults.ping_socket)
     return dataclasses.replace(outbound, socket=ping_socket, sockname="") if ping_socket else outbound
 
 
@@ -51,9 +86,22 @@ def without_passwords(sip: SipConfig) -> SipConfig:
     return dataclasses.replace(sip, credentials=creds)
 
 
-def check_outbound(snapshot: Snapshot, sip: SipConfig, *, rows: bool = False) -> None:
+def check_defaults(defaults: SendDefaults, sip: SipConfig) -> None:
+    """Raise :class:`OutboundError` when a default listener is not one of ``[sip]``'s."""
+    for name, outbound in (("default_socket", Outbound(socket=defaults.socket)),
+                           ("default_sockname", Outbound(sockname=defaults.sockname)),
+                           ("ping_socket", Outbound(socket=defaults.ping_socket))):
+        if outbound:
+            try:
+                profile_for(outbound, sip)
+            except ValueError as exc:
+                raise OutboundError(f"[plugins.dispatcher] {name}: {exc}") from None
+
+
+def check_outbound(snapshot: Snapshot, sip: SipConfig, *, rows: bool = False,
+                   defaults: SendDefaults = NO_DEFAULTS) -> None:
     """Raise :class:`OutboundError` listing every destination of ``snapshot`` whose attributes
-    cannot be honoured (at most 20 named).
+    (or the ``defaults`` it takes) cannot be honoured (at most 20 named).
 
     Each distinct listener, proxy and credential combination is one pjsua account: more than
     :data:`~b2bua.outbound.MAX_WAYS` besides the default is an error naming the first
@@ -61,6 +109,7 @@ def check_outbound(snapshot: Snapshot, sip: SipConfig, *, rows: bool = False) ->
 
     :param rows: places are table row ids (a database), not list-file line numbers.
     """
+    check_defaults(defaults, sip)
     problems = []
     default = default_profile(sip)
     ways: set[OutboundProfile] = set()
@@ -69,13 +118,16 @@ def check_outbound(snapshot: Snapshot, sip: SipConfig, *, rows: bool = False) ->
             why = "auth= needs a credential's name"
         else:
             why = ""
-            for outbound in {outbound_of(dest.attrs), probe_outbound(dest.attrs)}:
+            for outbound in {outbound_of(dest.attrs, defaults), probe_outbound(dest.attrs, defaults)}:
                 if not outbound:
                     continue
                 try:
                     profile = profile_for(outbound, sip, dest.uri)
                 except ValueError as exc:
                     why = str(exc)
+                    if (outbound.socket or outbound.sockname) and not names_listener(dest.attrs) \
+                            and not dest.attrs.extra.get("ping_socket") and why.startswith("sock"):
+                        why = f"{why} (from {defaults.describe(outbound)})"
                     break
                 if profile != default and profile not in ways:
                     ways.add(profile)

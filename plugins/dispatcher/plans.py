@@ -22,7 +22,7 @@ from b2bua.sip import retry_after
 from plugins.dispatcher.config import DispatcherConfig, Route
 from plugins.dispatcher.dnsfailover import next_hops
 from plugins.dispatcher.model import Destination
-from plugins.dispatcher.outbound import outbound_of
+from plugins.dispatcher.outbound import NO_DEFAULTS, SendDefaults, outbound_of
 from plugins.dispatcher.routes import match_route
 from plugins.dispatcher.runtime import DestKey, DispatcherState
 from plugins.dispatcher.selection import PARALLEL
@@ -77,9 +77,10 @@ def plan_call(
     if writes.debug:  # every call: not even the filtered call (and the join) when DEBUG is not written
         _log(call).debug("dispatcher: rule {} set {} alg {} -> {}", rule, setid, alg, ", ".join(d.uri for d in dests))
     mode = DialMode.PARALLEL if alg == PARALLEL else DialMode.SERIAL
+    defaults = SendDefaults.of(config) if config.default_socket or config.default_sockname else NO_DEFAULTS
     targets: list[Target] = []
     for dest in dests:
-        target = make_target(dest)
+        target = make_target(dest, defaults)
         hops = dns_hops(dest, config, proxied, rng)
         if not hops:
             targets.append(target)
@@ -140,8 +141,9 @@ def no_destination(config: DispatcherConfig) -> Reject:
     return Reject(config.no_destination_code, config.no_destination_reason, retry_after(config.retry_after))
 
 
-def make_target(dest: Destination) -> Target:
-    """The :class:`Target` for one destination, with its identity in ``data["dispatcher"]``."""
+def make_target(dest: Destination, defaults: SendDefaults = NO_DEFAULTS) -> Target:
+    """The :class:`Target` for one destination, with its identity in ``data["dispatcher"]``
+    (``defaults``: the listener of a destination whose attributes name none)."""
     return Target(
         uri=dest.uri,
         data={
@@ -154,7 +156,7 @@ def make_target(dest: Destination) -> Target:
                 "row_id": dest.row_id,
             }
         },
-        outbound=outbound_of(dest.attrs),  # its socket, proxy and credentials
+        outbound=outbound_of(dest.attrs, defaults),  # its socket, proxy and credentials
     )
 
 

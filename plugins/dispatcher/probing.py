@@ -22,7 +22,7 @@ from b2bua.api import Outbound, ProbeResult, TimerHandle
 from plugins.dispatcher import health
 from plugins.dispatcher.latency import LatencyStats, add_timeout, update
 from plugins.dispatcher.model import DestFlags, Destination
-from plugins.dispatcher.outbound import probe_outbound
+from plugins.dispatcher.outbound import NO_DEFAULTS, SendDefaults, probe_outbound
 from plugins.dispatcher.replycodes import ReplyCodes
 from plugins.dispatcher.runtime import DestKey, DispatcherState
 
@@ -65,6 +65,7 @@ class Prober:
         active: bool = True,
         counters: DispatcherCounters | None = None,
         owns: Callable[[DestKey], bool] | None = None,
+        send_defaults: SendDefaults = NO_DEFAULTS,
     ) -> None:
         self.state = state
         self.counters = counters  #: keepalives sent and failed, round-trip times
@@ -83,6 +84,8 @@ class Prober:
         self.latency_stats = latency_stats
         self.alpha_per_mille = alpha_per_mille
         self.active = active  #: Kamailio's ``dispatcher.ping_active``
+        #: the listeners of destinations whose attributes name none
+        self.send_defaults = send_defaults
         self.outstanding: set[DestKey] = set()
         self.sent = 0
         #: destinations whose keepalives cannot be sent (said once when it starts, once when it ends)
@@ -154,7 +157,7 @@ class Prober:
             from_uri=dest.attrs.ping_from or self.from_uri,
             callback=lambda result: self.on_result(key, result),
             timeout=self.timeout,
-            outbound=probe_outbound(dest.attrs),  # the destination's socket, proxy and credentials
+            outbound=probe_outbound(dest.attrs, self.send_defaults),  # its socket, proxy and credentials
         )
         return True
 

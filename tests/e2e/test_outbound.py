@@ -65,6 +65,43 @@ def test_b_legs_and_keepalives_leave_from_the_destinations_listener(
     assert media_address(by_name.requests("INVITE")[0]) == lan_ip
 
 
+def test_destinations_naming_no_listener_leave_from_the_default_one(
+        b2bua_factory: B2buaFactory, gateway_factory: GatewayFactory, addresses: AddressAllocator, caller: Caller,
+        workdir: Path) -> None:
+    # Kamailio's ds_default_socket and ds_ping_socket: a destination's own socket attribute wins
+    lan_ip, wan_ip = addresses.next(), addresses.next()
+    lan, wan = f"udp:{lan_ip}:{free_port(lan_ip)}", f"udp:{wan_ip}:{free_port(wan_ip)}"
+    plain, own = gateway_factory("answer"), gateway_factory("answer")
+    write_list_file(workdir, [ListEntry(1, plain.uri), ListEntry(2, own.uri, attrs=f"socket={lan}")])
+    routes = [{"set": s, "algorithm": 0, "ruri_user_prefix": str(s)} for s in (1, 2)]
+    config = b2bua_config(lan_ip, 0, routes=routes, sip={"listen": [lan, wan]},
+                          dispatcher={"ping_interval": 1, "probing_mode": 1, "default_socket": wan,
+                                      "ping_socket": lan})
+    b2bua_factory(config)
+    for service in ("100", "200"):
+        result = caller.run_calls(lan_ip, int(lan.rsplit(":", 1)[1]), n=1, service=service)
+        assert result.final_codes == [200], (service, result.describe())
+    wait_until(lambda: plain.count("OPTIONS") and own.count("OPTIONS"), 10, what="a keepalive at both gateways")
+    assert {sent_by(m) for m in plain.requests("INVITE")} == {wan[4:]}
+    assert {sent_by(m) for m in plain.requests("OPTIONS")} == {lan[4:]}
+    assert {sent_by(m) for m in own.requests("INVITE")} == {sent_by(m) for m in own.requests("OPTIONS")} == {lan[4:]}
+    assert media_address(plain.requests("INVITE")[0]) == wan_ip
+
+
+@pytest.mark.parametrize("command", ["run", "check-config"])
+def test_a_default_listener_that_is_none_stops_start_up_naming_the_setting(
+        command: str, addresses: AddressAllocator, workdir: Path) -> None:
+    ip = addresses.next()
+    port = free_port(ip)
+    write_list_file(workdir, [ListEntry(1, "sip:127.0.0.8:5998")])
+    b2b = B2buaProcess(workdir)
+    b2b.config_path.write_text(b2bua_config(ip, port, dispatcher={"default_socket": "udp:127.0.0.250:5060"}))
+    done = b2b.cli(command, "-c", "config.toml", timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert "[plugins.dispatcher] default_socket: socket=udp:127.0.0.250:5060: not one of the listeners in [sip] " \
+           "listen" in done.stderr, done.stderr
+
+
 @pytest.mark.parametrize("where", ["obproxy", "outbound_proxy"])
 def test_b_legs_and_keepalives_go_through_the_outbound_proxy(
         where: str, b2bua_factory: B2buaFactory, gateway_factory: GatewayFactory, addresses: AddressAllocator,

@@ -13,7 +13,13 @@ from plugins.dispatcher.attrs import parse_attrs
 from plugins.dispatcher.childload import ChildLoad, ConfiguredSource, snapshot_steps
 from plugins.dispatcher.config import DispatcherConfig
 from plugins.dispatcher.model import Destination, Snapshot, build_snapshot
-from plugins.dispatcher.outbound import OutboundError, check_outbound, outbound_of, probe_outbound
+from plugins.dispatcher.outbound import (
+    OutboundError,
+    SendDefaults,
+    check_outbound,
+    outbound_of,
+    probe_outbound,
+)
 from plugins.dispatcher.plans import make_target
 from plugins.dispatcher.resolve import LoadError
 from plugins.dispatcher.source import load_configured
@@ -35,6 +41,62 @@ def test_keepalives_leave_from_ping_socket_when_given() -> None:
     attrs = parse_attrs("sockname=wan;ping_socket=udp:10.0.0.1:5060;auth=carrier")
     assert probe_outbound(attrs) == Outbound(socket="udp:10.0.0.1:5060", auth="carrier")
     assert probe_outbound(parse_attrs("sockname=wan")) == Outbound(sockname="wan")
+
+
+DEFAULTS = SendDefaults(socket="udp:10.0.0.1:5060", sockname="", ping_socket="udp:203.0.113.5:5060")
+
+
+def test_a_destination_naming_no_listener_takes_the_defaults() -> None:
+    # Kamailio's order: B legs: attr sockname > attr socket > ds_default_sockname > ds_default_socket;
+    # keepalives: attr ping_socket > attr sockname > attr socket > ds_ping_socket > the defaults
+    plain, own = parse_attrs("auth=carrier"), parse_attrs("sockname=wan")
+    assert outbound_of(plain, DEFAULTS) == Outbound(socket="udp:10.0.0.1:5060", auth="carrier")
+    assert probe_outbound(plain, DEFAULTS) == Outbound(socket="udp:203.0.113.5:5060", auth="carrier")
+    assert outbound_of(own, DEFAULTS) == probe_outbound(own, DEFAULTS) == Outbound(sockname="wan")
+    by_name = SendDefaults(socket="udp:10.0.0.1:5060", sockname="wan")
+    assert outbound_of(plain, by_name) == probe_outbound(plain, by_name) == \
+        Outbound(socket="udp:10.0.0.1:5060", sockname="wan", auth="carrier")  # sockname wins when resolved
+    pings = parse_attrs("ping_socket=udp:10.0.0.1:5060")
+    assert probe_outbound(pings, DEFAULTS) == Outbound(socket="udp:10.0.0.1:5060")
+    assert outbound_of(plain) == Outbound(auth="carrier")  # no defaults: pjsip picks
+
+
+def test_make_target_takes_the_default_listener() -> None:
+    dest = Destination(1, "sip:10.0.0.9", attrs=parse_attrs(""))
+    assert make_target(dest, DEFAULTS).outbound == Outbound(socket="udp:10.0.0.1:5060")
+    assert make_target(dest).outbound == Outbound()
+
+
+@pytest.mark.parametrize(("defaults", "message"), [
+    (SendDefaults(socket="udp:10.9.9.9:5060"), "[plugins.dispatcher] default_socket: socket=udp:10.9.9.9:5060: "
+                                                "not one of the listeners in [sip] listen"),
+    (SendDefaults(sockname="lan"), "[plugins.dispatcher] default_sockname: sockname=lan: no such name"),
+    (SendDefaults(ping_socket="udp:10.9.9.9:5060"), "[plugins.dispatcher] ping_socket: socket=udp:10.9.9.9:5060"),
+])
+def test_a_default_listener_the_host_lacks_fails_the_load_naming_the_setting(
+        defaults: SendDefaults, message: str) -> None:
+    with pytest.raises(OutboundError) as info:
+        check_outbound(snapshot("", "sockname=wan"), SIP, defaults=defaults)
+    assert str(info.value).startswith(message), str(info.value)
+
+
+def test_a_default_listener_of_the_wrong_transport_names_the_destination_and_the_setting() -> None:
+    sip = parse_config({"sip": {"listen": ["udp:10.0.0.1:5060", "tcp:10.0.0.1:5060"]}}).sip
+    snap = build_snapshot([Destination(1, "sip:10.0.0.10;transport=tcp", row_id=1),
+                           Destination(1, "sip:10.0.0.11", row_id=2)], "dispatcher.list")
+    with pytest.raises(OutboundError) as info:
+        check_outbound(snap, sip, defaults=SendDefaults(socket="udp:10.0.0.1:5060"))
+    assert str(info.value) == ("dispatcher.list line 1: set 1 sip:10.0.0.10;transport=tcp: socket=udp:10.0.0.1:5060: "
+                               "a UDP listener, but sip:10.0.0.10;transport=tcp is reached over TCP "
+                               "(from [plugins.dispatcher] default_socket)")
+
+
+def test_default_listeners_are_checked_as_listeners_in_the_config() -> None:
+    with pytest.raises(ValueError, match="default_socket: 'wan'"):
+        DispatcherConfig(default_socket="wan").validate()
+    with pytest.raises(ValueError, match="ping_socket: 'udp:1.2.3.4'"):
+        DispatcherConfig(ping_socket="udp:1.2.3.4").validate()
+    DispatcherConfig(default_socket="udp:10.0.0.1:5060", ping_socket="tcp:[::1]:5060").validate()
 
 
 def test_make_target_carries_the_outbound() -> None:
