@@ -197,6 +197,7 @@ def run_config(config: Config, verbose: int = 0, path: str | None = None) -> int
 def cmd_check_config(args: argparse.Namespace) -> int:
     from b2bua.logs import setup_logging
     from b2bua.plugins import make_manager, unused_sections
+    from b2bua.tls import check_tls_files
 
     setup_logging(LogConfig(level="WARNING"))
     path = Path(args.config)
@@ -211,6 +212,12 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     for warning in unused_sections(config):
         logger.warning("{}", warning)
     errors = list(host_errors)
+    if not host_errors:
+        try:
+            for warning in check_tls_files(config).warnings:
+                logger.warning("{}", warning)
+        except ConfigError as exc:
+            errors.extend(exc.errors)
     try:
         pm = make_manager(config.plugins.enabled)
     except ConfigError as exc:

@@ -285,7 +285,7 @@ def split_host_port(text: str) -> tuple[str, int]:
 
 # -- Sections ----------------------------------------------------------------------------------
 
-TRANSPORTS = ("udp", "tcp")
+TRANSPORTS = ("udp", "tcp", "tls")
 #: listeners pjsua holds (its transport table; a 9th failed the start)
 MAX_LISTENERS = 8
 #: credentials one pjsua account holds (PJSUA_ACC_MAX_PROXIES; a 9th failed the account)
@@ -296,6 +296,9 @@ CLOCK_RATES = (8000, 16000, 48000)
 DTMF_MODES = ("rfc4733", "info", "info-dtmf", "same", "off")
 DTMF_FALLBACKS = ("inband", "info", "drop")
 HOLD_MODES = ("relay", "absorb")
+
+
+_LISTEN_FORM = "expected 'udp:ADDRESS:PORT', 'tcp:ADDRESS:PORT' or 'tls:ADDRESS:PORT'"
 
 
 @dataclass(frozen=True)
@@ -310,11 +313,11 @@ class Listen:
     def parse(cls, text: str) -> Listen:
         transport, sep, rest = text.partition(":")
         if not sep or transport.lower() not in TRANSPORTS:
-            raise ValueError(f"{text!r}: expected 'udp:ADDRESS:PORT' or 'tcp:ADDRESS:PORT'")
+            raise ValueError(f"{text!r}: {_LISTEN_FORM}")
         try:
             address, port = split_host_port(rest)
         except ValueError:
-            raise ValueError(f"{text!r}: expected 'udp:ADDRESS:PORT' or 'tcp:ADDRESS:PORT'") from None
+            raise ValueError(f"{text!r}: {_LISTEN_FORM}") from None
         if not 1 <= port <= 65535:
             raise ValueError(f"{text!r}: the port must be 1-65535")
         # digits and dots (no host name ends in a number, RFC 1123) or a colon: an IP address,
@@ -364,10 +367,52 @@ class Credential:
             raise ValueError("realm '*' answers any challenge: give it a name and let destinations name it (auth=)")
 
 
+#: [sip.tls] min_version values, and the pjlib protocol bits (PJ_SSL_SOCK_PROTO_*) each allows
+TLS_VERSIONS = {"1.2": 16 | 32, "1.3": 32}
+#: the CA bundle Debian's ca-certificates keeps up to date
+SYSTEM_CA_LIST = "/etc/ssl/certs/ca-certificates.crt"
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """``[sip.tls]``: SIP over TLS, for ``tls:`` listeners (callers connecting to us) and for
+    destinations reached over TLS (``sips:``, ``;transport=tls``). Paths are relative to the
+    config file."""
+
+    certificate: str = opt("", "PEM file with our certificate (then its chain); needed by a tls: listener")
+    private_key: str = opt("", "PEM file with the certificate's private key")
+    private_key_password: str = field(default="", repr=False, metadata={
+        "help": "the private key's password, if it is encrypted (never logged or shown)", "secret": True})
+    ca_list: str = opt(SYSTEM_CA_LIST, "PEM file of the certificate authorities a peer's certificate must chain to")
+    verify_server: bool = opt(
+        True, "a destination's certificate must chain to ca_list and name the host dialled (its IP address, or"
+        " the name in the URI): else the connection is closed and the attempt fails (kind error)"
+    )
+    verify_client: bool = opt(
+        False, "callers must present a certificate that chains to ca_list (mutual TLS); else the connection is"
+        " refused in the handshake"
+    )
+    min_version: str = opt("1.2", "lowest TLS version accepted, both ways: 1.2 or 1.3")
+
+    def validate(self) -> None:
+        if self.min_version not in TLS_VERSIONS:
+            raise ValueError(f"min_version: {self.min_version!r} is not one of {', '.join(TLS_VERSIONS)}")
+        if bool(self.certificate) != bool(self.private_key):
+            raise ValueError("certificate and private_key: set both or neither")
+        if (self.verify_server or self.verify_client) and not self.ca_list:
+            raise ValueError("ca_list: needed to verify certificates (verify_server, verify_client)")
+
+    def files(self) -> tuple[tuple[str, str], ...]:
+        """``(setting, path)`` of each file set, as written."""
+        return tuple((name, getattr(self, name)) for name in ("certificate", "private_key", "ca_list")
+                     if getattr(self, name))
+
+
 @dataclass(frozen=True)
 class SipConfig:
     listen: tuple[str, ...] = opt(
-        ["udp:127.0.0.1:5060", "tcp:127.0.0.1:5060"], "SIP listeners, 'udp|tcp:ADDRESS:PORT' (at most 8)"
+        ["udp:127.0.0.1:5060", "tcp:127.0.0.1:5060"], "SIP listeners, 'udp|tcp|tls:ADDRESS:PORT' (at most 8; tls"
+        " needs [sip.tls] certificate and private_key)"
     )
     max_calls: int = opt(500, "concurrent calls admitted; more get admission_code", bounds=(1, None))
     max_forks: int = opt(4, "most B legs one call may dial at once (parallel mode)", bounds=(1, None))
@@ -458,6 +503,7 @@ class SipConfig:
     socket_names: Mapping[str, str] = opt(
         {}, "names for listeners, for the sockname= attribute: { wan = \"udp:203.0.113.5:5060\" }"
     )
+    tls: TlsConfig = field(default_factory=TlsConfig)  #: ``[sip.tls]``, documented as a table of its own
     credentials: tuple[Credential, ...] = opt(
         [], "digest credentials for 401/407 challenges on B legs ([[sip.credentials]] tables, below; at most 8 "
         "without a name)"
@@ -482,6 +528,9 @@ class SipConfig:
             raise ValueError("listen: at least one listener is needed")
         if len(self.listen) > MAX_LISTENERS:
             raise ValueError(f"listen: {len(self.listen)} listeners, but pjsua holds at most {MAX_LISTENERS}")
+        tls = [str(x) for x in seen if x.transport == "tls"]
+        if tls and not self.tls.certificate:
+            raise ValueError(f"listen: {tls[0]} needs a certificate: set [sip.tls] certificate and private_key")
         check_nameservers(self.nameservers)
         if self.public_address:
             try:
@@ -909,7 +958,7 @@ def secrets_warning(config: Config, path: str | Path) -> str:
     """A warning when ``path`` holds passwords and others may read it (``""`` otherwise);
     ``b2bua run`` and ``check-config`` print it."""
     path = Path(path)
-    if not config.sip.credentials:
+    if not config.sip.credentials and not config.sip.tls.private_key_password:
         return ""
     try:
         mode = path.stat().st_mode
@@ -917,5 +966,5 @@ def secrets_warning(config: Config, path: str | Path) -> str:
         return ""
     if not mode & 0o077:
         return ""
-    return (f"{path} holds passwords ([[sip.credentials]]) and is readable or writable by others (mode "
+    return (f"{path} holds passwords ([[sip.credentials]], [sip.tls]) and is readable or writable by others (mode "
             f"{mode & 0o777:04o}): chmod 600 {path}")

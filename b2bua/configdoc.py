@@ -11,10 +11,12 @@ import inspect
 import json
 from typing import Any
 
-from b2bua.config import SECTIONS, Credential, PluginsConfig, describe_bounds
+from b2bua.config import SECTIONS, Credential, PluginsConfig, TlsConfig, describe_bounds
 
 #: tables inside a host section, documented right after it: section -> ((TOML table, class), ...)
-HOST_SUBTABLES: dict[str, tuple[tuple[str, type], ...]] = {"sip": (("[sip.credentials]", Credential),)}
+HOST_SUBTABLES: dict[str, tuple[tuple[str, type], ...]] = {
+    "sip": (("sip.tls", TlsConfig), ("[sip.credentials]", Credential)),
+}
 
 #: plugin sections documented with the host's: (TOML table, "module:Class")
 PLUGIN_SECTIONS = (

@@ -34,13 +34,14 @@ from b2bua import sip as sip_text
 from b2bua.api import DEFAULT_OUTBOUND, Outbound, ProbeResult
 from b2bua.capabilities import allow_header, clear_allow_events, trim_allow, trim_supported
 from b2bua.codecs import describe_offer, display_id, priorities
-from b2bua.config import Config, ConfigError, Listen, SipConfig
+from b2bua.config import TLS_VERSIONS, Config, ConfigError, Listen, SipConfig, TlsConfig
 from b2bua.digest import ProblemLog
 from b2bua.events import LegError
 from b2bua.nameservers import Nameserver, effective_nameservers
 from b2bua.outbound import MAX_ACCOUNTS, MAX_WAYS, OutboundProfile, credentials_for, default_profile, profile_for
 from b2bua.rxfilter import RequestScreen, ResponseScreen, RxFilter
 from b2bua.sip import ALLOWED_METHODS, SUPPORTED_TAGS, printable, printable_lines
+from b2bua.tls import TlsFiles, check_tls_files
 
 if TYPE_CHECKING:
     from b2bua.loop import Scheduler, Timer
@@ -184,6 +185,26 @@ def check_overrides(cls: type) -> None:
     if bad:
         raise TypeError(f"{cls.__qualname__} overrides {', '.join(bad)}: this pjsua2 build calls no Python "
                         "for it (scripts/pjproject-patches/0004-b2bua-call-cost.patch)")
+
+
+#: a TLS handshake must end within this (a connection left half-open holds a socket)
+TLS_HANDSHAKE_MS = 10_000
+
+
+def _tls_config(tls: TlsConfig, files: TlsFiles) -> pj.TlsConfig:
+    """pjsua2's settings of a ``tls:`` listener (and of the outgoing connections it makes)."""
+    cfg = pj.TlsConfig()
+    cfg.certFile = files.certificate
+    cfg.privKeyFile = files.private_key
+    cfg.password = tls.private_key_password
+    cfg.CaListFile = files.ca_list
+    cfg.method = pj.PJSIP_SSL_UNSPECIFIED_METHOD  # the versions in proto
+    cfg.proto = TLS_VERSIONS[tls.min_version]
+    cfg.verifyServer = tls.verify_server
+    cfg.verifyClient = tls.verify_client
+    cfg.requireClientCert = tls.verify_client
+    cfg.msecTimeout = TLS_HANDSHAKE_MS
+    return cfg
 
 
 def _pjlib() -> ctypes.CDLL:
@@ -383,8 +404,11 @@ class Endpoint:
                 logger.warning("{}: {} (expected {})", header, ", ".join(now), ", ".join(expected))
         clear_allow_events(lib)
         self._install_filter(allow_header(lib, endpt))
+        tls_files = check_tls_files(self.config)
+        for warning in tls_files.warnings:
+            logger.warning("{}", warning)
         for listen in sip.listeners:
-            self._create_transport(listen)
+            self._create_transport(listen, tls_files)
 
         self.ep.libStart()
         self.ep.audDevManager().setNullDev()
@@ -401,6 +425,11 @@ class Endpoint:
         acfg.callConfig.timerUse = pj.PJSUA_SIP_TIMER_OPTIONAL if sip.session_timers else pj.PJSUA_SIP_TIMER_INACTIVE
         acfg.callConfig.prackUse = pj.PJSUA_100REL_NOT_USED
         acfg.mediaConfig.lockCodecEnabled = False  # no re-INVITE to lock a codec: carriers dislike it
+        # Contact over TCP and TLS: the listener's port, not the connection's own (a phone's way
+        # through a NAT, RFC 5626's ;ob): a gateway that closed the connection opens a new one
+        # to the Contact for its BYE, and nothing listens on the connection's port
+        acfg.natConfig.contactUseSrcPort = False
+        acfg.natConfig.sipOutboundUse = 0
         acfg.mediaConfig.transportConfig.port = sip.rtp_port
         acfg.mediaConfig.transportConfig.portRange = rtp_port_span(sip)
         # media leaves from the listener's address too (the SDP names it)
@@ -502,7 +531,7 @@ class Endpoint:
             return
         logger.debug("SIP filter installed: requests are screened before pjsua sees them")
 
-    def _create_transport(self, listen: Listen) -> None:
+    def _create_transport(self, listen: Listen, tls_files: TlsFiles) -> None:
         tcfg = pj.TransportConfig()
         tcfg.port = listen.port
         tcfg.boundAddress = listen.address
@@ -510,11 +539,19 @@ class Endpoint:
         sip = self.config.sip
         if sip.public_address and listen.address == sip.listeners[0].address:  # 1:1 NAT: Via and Contact
             tcfg.publicAddress = sip.public_address
+        if listen.transport != "udp" and not tcfg.publicAddress and listen.address not in ("0.0.0.0", "::"):
+            # a TCP or TLS listener bound to one address is named in the Contact of requests
+            # over it (patch 0021), not the interface the kernel routes to the far end by
+            tcfg.publicAddress = listen.address
+        if listen.transport == "tls":
+            tcfg.tlsConfig = _tls_config(sip.tls, tls_files)
         kind = {
             ("udp", False): pj.PJSIP_TRANSPORT_UDP,
             ("tcp", False): pj.PJSIP_TRANSPORT_TCP,
+            ("tls", False): pj.PJSIP_TRANSPORT_TLS,
             ("udp", True): pj.PJSIP_TRANSPORT_UDP6,
             ("tcp", True): pj.PJSIP_TRANSPORT_TCP6,
+            ("tls", True): pj.PJSIP_TRANSPORT_TLS6,
         }[(listen.transport, ipv6)]
         try:
             self._transports[listen] = self.ep.transportCreate(kind, tcfg)

@@ -147,6 +147,11 @@ class WireRequest(NamedTuple):
         return self.header("user-agent")
 
 
+#: the transports a call's :attr:`~b2bua.api.CallInfo.transport` names (the top Via's, which the
+#: caller writes: anything else is reported as udp)
+_CALL_TRANSPORTS = frozenset({"udp", "tcp", "tls"})
+
+
 def call_info(number: int, request: WireRequest, source: str, started: float) -> CallInfo:
     """The :class:`CallInfo` of an incoming INVITE that passed :func:`parse_request`.
 
@@ -158,7 +163,8 @@ def call_info(number: int, request: WireRequest, source: str, started: float) ->
     return CallInfo(
         id=number, call_id=request.call_id, request_uri=request.request_uri, from_uri=request.from_uri,
         to_uri=request.to_uri, from_header=request.from_header, to_header=request.to_header, source_ip=ip,
-        source_port=port, transport="tcp" if request.transport == "tcp" else "udp", headers=request.headers,
+        source_port=port, transport=request.transport if request.transport in _CALL_TRANSPORTS else "udp",
+        headers=request.headers,
         started=started,
     )
 

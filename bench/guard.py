@@ -76,6 +76,7 @@ def main() -> int:
         live_bye = request("BYE", to_us, call_id="call-1@pbx", to_tag="ours", from_tag="theirs")
         stray_bye = request("BYE", Peer("10.0.0.1", 5060, STRANGER, 5062), call_id="x9f3@h", to_tag="a1b2c3")
         options = request("OPTIONS", to_us)
+        invite = request("INVITE", to_us, call_id="call-2@pbx")
         call_id, from_tag = peek_dialog(stray_bye)
         parts = {
             "peek (method, To tag; every request)": lambda: peek(stray_bye),
@@ -96,6 +97,7 @@ def main() -> int:
         src_t, src_s = f"{TRUSTED}:5062", f"{STRANGER}:5062"
         cases = {
             "trusted OPTIONS (no claim: no look-up)": screen(options, src_t, rx, request_rate=0.0),
+            "trusted INVITE (a new call: parsed whole)": screen(invite, src_t, rx, trusted_invite_rate=0.0),
             "BYE of a live call (look-up: found)": screen(live_bye, src_t, OurCall()),
             "stray BYE, real pjsip look-up, under the rate (481 next)": screen(stray_bye, src_s, rx, request_rate=0.0),
             "stray BYE, real pjsip look-up, source blocked (dropped)": screen(stray_bye, src_s, rx, blocked=True),

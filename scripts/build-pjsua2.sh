@@ -54,11 +54,13 @@ need() {
 CONFIGURE_ARGS=(
   --disable-sound --disable-video --enable-epoll
   --disable-libwebrtc --disable-ffmpeg --disable-v4l2 --disable-openh264 --disable-libyuv
-  --disable-sdl --disable-silk --disable-ssl --disable-libsrtp
+  --disable-sdl --disable-silk --disable-libsrtp
   --disable-gsm-codec --disable-speex-codec --disable-speex-aec --disable-ilbc-codec
   --disable-g7221-codec --disable-webrtc-aec3
   --enable-speex-resample
 )
+# SIP over TLS ([sip] listen "tls:...") needs OpenSSL (libssl-dev): configure finds it on its own
+# and quietly builds without TLS when it is missing, so the log is checked below.
 # The Speex resampler is linked from libspeexdsp (configure only links it with the Speex codec).
 CONFIGURE_LIBS="-lspeexdsp"
 # The early screen (patch 0006, pjsua-lib/b2bua_screen.c) is called through ctypes only: nothing in
@@ -66,7 +68,7 @@ CONFIGURE_LIBS="-lspeexdsp"
 SWIG_LDFLAGS="-Wl,--undefined=b2bua_screen_install"
 # Codec ids (pjsua's "name/clock rate") the module must have, and the Debian -dev package of each.
 REQUIRED_CODECS="PCMU/8000 PCMA/8000 G722/16000 opus/48000 G729/8000"
-DEV_PACKAGES="libopus-dev libbcg729-dev libspeexdsp-dev"
+DEV_PACKAGES="libopus-dev libbcg729-dev libspeexdsp-dev libssl-dev"
 
 config_site() {
   cat <<CFG
@@ -208,7 +210,8 @@ say "configure"
 CFLAGS="-O2 -fPIC" CXXFLAGS="-O2 -fPIC" LIBS="$CONFIGURE_LIBS" ./configure "${CONFIGURE_ARGS[@]}" \
   > "$work/configure.log" 2>&1 || die "configure failed, see $work/configure.log"
 # configure turns Opus and bcg729 off quietly when their libraries are missing: insist on them
-for feature in "OPUS support enabled" "bcg729 usability... yes" "Speex resample is enabled... yes"; do
+for feature in "OPUS support enabled" "bcg729 usability... yes" "Speex resample is enabled... yes" \
+               "OpenSSL library found, SSL support enabled"; do
   grep -qF "$feature" "$work/configure.log" \
     || die "configure did not report '$feature' (Debian: apt-get install $DEV_PACKAGES), see $work/configure.log"
 done

@@ -11,13 +11,15 @@ TEST=0
 [ "${1:-}" = "--test" ] && TEST=1
 say() { printf '[setup] %s\n' "$*" >&2; }
 
-# libopus-dev (Opus), libbcg729-dev (G.729), libspeexdsp-dev (resampler): see scripts/build-pjsua2.sh
-packages=(build-essential dpkg-dev swig xz-utils ca-certificates libopus-dev libbcg729-dev libspeexdsp-dev)
+# libopus-dev (Opus), libbcg729-dev (G.729), libspeexdsp-dev (resampler), libssl-dev (SIP over TLS): see
+# scripts/build-pjsua2.sh
+packages=(build-essential dpkg-dev swig xz-utils ca-certificates libopus-dev libbcg729-dev libspeexdsp-dev libssl-dev)
 # sipvicious: svmap/svwar, the scanners tests/e2e/test_wire_input.py runs against the B2BUA;
 # redis-server: the cluster tests start their own (tests/redisserver.py); kamailio: the edge proxy in
 # front of the cluster (docs/examples/edge/kamailio-edge.cfg, tests/e2e/test_cluster_edge.py);
-# chromium, chromium-driver: the headless browser tests/e2e/test_web.py drives (Selenium)
-[ $TEST = 1 ] && packages+=(sip-tester sipvicious mariadb-server mariadb-client postgresql redis-server kamailio
+# chromium, chromium-driver: the headless browser tests/e2e/test_web.py drives (Selenium);
+# openssl: the test certificates of SIP over TLS (tests/e2e/tlscerts.py)
+[ $TEST = 1 ] && packages+=(sip-tester sipvicious mariadb-server mariadb-client postgresql redis-server kamailio openssl
                             chromium chromium-driver)
 # The interpreter: Debian's own python3 unless PYTHON names another. Debian builds it with
 # profile-guided optimisation and LTO, the interpreter linked statically; a default pyenv /

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from b2bua.api import Outbound
 from b2bua.config import SipConfig
 from b2bua.outbound import MAX_WAYS, OutboundProfile, default_profile, profile_for
+from b2bua.sipuri import parse_uri_lenient
 from plugins.dispatcher.config import DispatcherConfig
 from plugins.dispatcher.model import Attrs, Snapshot
 from plugins.dispatcher.resolve import LoadError
@@ -113,9 +114,16 @@ def check_outbound(snapshot: Snapshot, sip: SipConfig, *, rows: bool = False,
     problems = []
     default = default_profile(sip)
     ways: set[OutboundProfile] = set()
+    transports = {listener.transport for listener in sip.listeners}
     for dest in sorted(snapshot.destinations(), key=lambda d: d.row_id):  # in the source's order
+        hop = dest.attrs.obproxy or sip.outbound_proxy or dest.uri
+        transport = parse_uri_lenient(hop).transport
         if "auth" in dest.attrs.extra and not dest.attrs.extra["auth"]:
             why = "auth= needs a credential's name"
+        elif transport not in transports:  # pjsip could send it nothing: no transport of that kind
+            why = (f"{hop} is reached over {transport.upper()}, and [sip] listen has no {transport} listener"
+                   if hop == dest.uri else
+                   f"its proxy {hop} is reached over {transport.upper()}, and [sip] listen has no {transport} listener")
         else:
             why = ""
             for outbound in {outbound_of(dest.attrs, defaults), probe_outbound(dest.attrs, defaults)}:

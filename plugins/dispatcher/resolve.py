@@ -4,8 +4,9 @@ Every destination URI, from a list file, a table, ``b2bua dispatcher add`` or
 ``dispatcher.add``, goes through :func:`normalize_uri` / :func:`parse_uri`: the project's one
 strict SIP URI parser (:func:`b2bua.sipuri.parse_uri`) plus the rules of a destination:
 
-* the scheme is one this build can reach: ``sip:`` (``sips:`` needs TLS, which the host does
-  not offer: :data:`b2bua.config.TRANSPORTS`); ``;transport=`` is one of those transports;
+* the scheme is ``sip:`` or ``sips:`` (TLS); ``;transport=`` is one of
+  :data:`b2bua.config.TRANSPORTS` (whether ``[sip] listen`` has a listener of it is checked
+  at load, with the host's settings: :func:`plugins.dispatcher.outbound.check_outbound`);
 * no URI headers (``?X-Header=value`` would be copied into every INVITE and keepalive), no
   password (it would travel in clear in every Request-URI);
 * URI parameters only from :data:`DESTINATION_PARAMS`, each at most once.
@@ -43,8 +44,6 @@ from plugins.dispatcher.safetext import shown
 #: Request-URI). Not ``maddr`` (pjsip would send to it while probing, ``dispatcher.list`` and
 #: the address checks use the host), nor ``ttl``/``method``/``comp`` (no meaning here).
 DESTINATION_PARAMS = ("transport", "lr", "user")
-#: schemes a destination may use: ``sips:`` only when the host has a TLS transport
-DESTINATION_SCHEMES = ("sip", "sips") if "tls" in TRANSPORTS else ("sip",)
 
 # a leading "word:" that is a scheme, not "host:port" (digits up to ';', '?' or the end)
 _OTHER_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):(?![0-9]*(?:[;?]|$))")
@@ -64,11 +63,8 @@ def parse_uri(uri: str) -> SipUri:
 
     The message starts with the URI (escaped and shortened when needed).
     """
-    parsed = parse_sip_uri(uri, schemes=("sip", "sips"))
+    parsed = parse_sip_uri(uri, schemes=("sip", "sips"))  # sips: TLS, which needs a tls listener (at load)
     shown = uri if len(uri) <= 80 else uri[:80] + "..."  # printable ASCII: the parser checked
-    if parsed.scheme not in DESTINATION_SCHEMES:
-        raise ValueError(f"{shown}: scheme {parsed.scheme!r} needs TLS, which this build does not have"
-                         f" (transports: {', '.join(TRANSPORTS)})")
     if parsed.headers:
         raise ValueError(f"{shown}: URI headers (?{parsed.headers}) are not allowed in a destination:"
                          " they would be copied into every request to it")
@@ -97,7 +93,7 @@ def normalize_uri(text: str) -> str:
     if not _SIP_SCHEME.match(uri):
         other = _OTHER_SCHEME.match(uri)
         if other and "." not in other.group(1) and not uri.startswith("["):
-            raise ValueError(f"{shown(uri)}: URI scheme {other.group(1)!r} is not {' or '.join(DESTINATION_SCHEMES)}")
+            raise ValueError(f"{shown(uri)}: URI scheme {other.group(1)!r} is not sip or sips")
         uri = "sip:" + uri
     parse_uri(uri)
     return uri

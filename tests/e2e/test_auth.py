@@ -149,7 +149,8 @@ def test_passwords_stay_out_of_outputs_and_loose_config_files_are_reported(
     os.chmod(process.config_path, 0o644)
     check = process.cli("check-config", "-c", process.config_path.name)
     assert check.returncode == 0, check.stderr
-    assert "holds passwords ([[sip.credentials]]) and is readable or writable by others (mode 0644)" in check.stderr
+    assert "holds passwords ([[sip.credentials]], [sip.tls]) and is readable or writable by others (mode 0644)" \
+        in check.stderr
     os.chmod(process.config_path, 0o600)
     check = process.cli("check-config", "-c", process.config_path.name)
     assert check.returncode == 0 and "readable" not in check.stderr

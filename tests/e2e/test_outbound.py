@@ -178,8 +178,9 @@ def test_a_tcp_destination_leaves_from_the_named_tcp_listener(
     assert result.final_codes == [200], result.describe()
     invite = gw.requests("INVITE")[0]
     assert sent_by(invite) == f"{wan_ip}:{wan_port}" and (invite.header("Via") or "").startswith("SIP/2.0/TCP")
-    # pjsip's Contact names the connection's own (ephemeral) port on that address
-    assert f"@{wan_ip}:" in (invite.header("Contact") or "") and media_address(invite) == wan_ip
+    # the Contact names the listener (where the gateway can connect again), not the connection's port
+    assert f"@{wan_ip}:{wan_port};transport=tcp>" in (invite.header("Contact") or "").lower()
+    assert media_address(invite) == wan_ip
 
 
 def test_more_ways_of_sending_than_pjsua_has_accounts_stop_the_start_naming_the_line(

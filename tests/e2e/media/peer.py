@@ -198,6 +198,16 @@ class Peer:
         tcfg.port = a.port
         tcfg.boundAddress = a.ip
         self.ep.transportCreate(pj.PJSIP_TRANSPORT_UDP, tcfg)
+        if a.tls_port:  # calls to a ";transport=tls" URI go over it; it takes TLS calls too
+            tls = pj.TransportConfig()
+            tls.port = a.tls_port
+            tls.boundAddress = a.ip
+            tls.publicAddress = a.ip  # its Contact: the listener's address (pjsip would ask the route)
+            tls.tlsConfig.certFile = a.tls_cert
+            tls.tlsConfig.privKeyFile = a.tls_key
+            tls.tlsConfig.method = pj.PJSIP_SSL_UNSPECIFIED_METHOD
+            tls.tlsConfig.proto = pj.PJ_SSL_SOCK_PROTO_TLS1_2 | pj.PJ_SSL_SOCK_PROTO_TLS1_3
+            self.ep.transportCreate(pj.PJSIP_TRANSPORT_TLS, tls)
         self.ep.libStart()
         self.ep.audDevManager().setNullDev()
         available = [c.codecId for c in self.ep.codecEnum2()]
@@ -223,7 +233,8 @@ class Peer:
         self.source = self._make_source()
         if a.early_tone:
             self.early_source = self._tone_source(a.early_tone)
-        self.events.emit("ready", sip=f"{a.ip}:{a.port}", rtp_port=a.rtp_port, clock_rate=a.clock_rate,
+        self.events.emit("ready", sip=f"{a.ip}:{a.port}", tls_port=a.tls_port, rtp_port=a.rtp_port,
+                         clock_rate=a.clock_rate,
                          codecs=[c.codecId for c in self.ep.codecEnum2() if c.priority > 0])
 
     def _make_source(self) -> pj.AudioMedia | None:
@@ -736,6 +747,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--echo", action="store_true", help="send every call's received audio back to it")
     p.add_argument("--max-calls", type=int, default=32)
     p.add_argument("--sdp-address", default="", help="the address our SDP names (default --ip): a phone behind a NAT")
+    p.add_argument("--tls-port", type=int, default=0, help="also listen for SIP over TLS on this port")
+    p.add_argument("--tls-cert", default="", help="PEM certificate of the TLS listener")
+    p.add_argument("--tls-key", default="", help="PEM private key of the TLS listener")
     p.add_argument("--stats-interval", type=float, default=0.5, help="seconds between stream stat snapshots")
     args = p.parse_args(argv)
     try:

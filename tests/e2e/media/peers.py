@@ -92,7 +92,8 @@ class MediaPeer:
               telephone_event: bool = True, play: Path | None = None, codecs: Sequence[str] = (),
               clock_rate: int = 8000, record: bool = True, record_self: bool = False, echo: bool = False,
               max_calls: int = 32, log_level: int = 4, rtp_port: int | None = None, sdp_address: str = "",
-              stats_interval: float = 0.5, ready_timeout: float = READY_TIMEOUT) -> MediaPeer:
+              stats_interval: float = 0.5, ready_timeout: float = READY_TIMEOUT,
+              tls: tuple[Path, Path] | None = None) -> MediaPeer:
         """Start a peer on ``ip`` (a free SIP port unless ``port``; free RTP ports) and wait until ready.
 
         :param answer: what it does with an incoming INVITE: ``answer``, ``ring``,
@@ -113,13 +114,17 @@ class MediaPeer:
         :param rtp_port: its first RTP port (where another peer's RTP was); a free one when None.
         :param sdp_address: the address its SDP names instead of ``ip`` (a phone behind a NAT: its
             RTP comes from ``ip``).
+        :param tls: ``(certificate, key)``: also listen for SIP over TLS (a free TCP port,
+            `tls_port`); its calls to a ``;transport=tls`` URI go over TLS. It checks no certificate.
         """
         if not PEER_SCRIPT.exists():
             raise HarnessError(f"{PEER_SCRIPT} is missing")
         for attempt in range(5):
             sip_port = port or free_port(ip, "udp")
             first_rtp = rtp_port or free_port(ip, "udp") & ~1
-            peer = cls._launch(workdir, ip, sip_port, first_rtp, name=name, sdp_address=sdp_address,
+            tls_args = ["--tls-port", str(free_port(ip, "tcp")), "--tls-cert", str(tls[0]), "--tls-key",
+                        str(tls[1])] if tls else []
+            peer = cls._launch(workdir, ip, sip_port, first_rtp, name=name, sdp_address=sdp_address, extra=tls_args,
                                answer=answer, tone=tone, early_tone=early_tone, delay=delay,
                                telephone_event=telephone_event, play=play,
                                codecs=codecs, clock_rate=clock_rate, record=record, record_self=record_self,
@@ -143,7 +148,7 @@ class MediaPeer:
                 play: Path | None,
                 codecs: Sequence[str], clock_rate: int,
                 record: bool, record_self: bool, echo: bool, max_calls: int, log_level: int,
-                stats_interval: float, sdp_address: str = "") -> MediaPeer:
+                stats_interval: float, sdp_address: str = "", extra: Sequence[str] = ()) -> MediaPeer:
         events = workdir / f"{name}.events.jsonl"
         events.write_text("")  # a restarted peer of the same name starts a fresh file
         cmd = [sys.executable, str(PEER_SCRIPT), "--name", name, "--ip", ip, "--port", str(port),
@@ -170,6 +175,7 @@ class MediaPeer:
             cmd.append("--echo")
         if sdp_address:
             cmd += ["--sdp-address", sdp_address]
+        cmd += extra
         with (workdir / f"{name}.out").open("ab") as out:
             proc = subprocess.Popen(cmd, cwd=workdir, env=_child_env(None), stdin=subprocess.PIPE, stdout=out,
                                     stderr=subprocess.STDOUT)
@@ -198,6 +204,16 @@ class MediaPeer:
     def uri_for(self, user: str) -> str:
         """``sip:user@ip:port``."""
         return f"sip:{user}@{self.ip}:{self.port}"
+
+    @property
+    def tls_port(self) -> int:
+        """Its TLS listener's port (0: none)."""
+        return int(self.ready.get("tls_port") or 0)
+
+    @property
+    def tls_uri(self) -> str:
+        """``sip:ip:tls_port;transport=tls``, as a dispatcher destination."""
+        return f"sip:{self.ip}:{self.tls_port};transport=tls"
 
     # -- events -------------------------------------------------------------------------------------
 

@@ -81,7 +81,6 @@ LONG = "1 sip:10.0.0.1 0 0 prefix=" + "x" * 1000
         ("99999999999 sip:10.0.0.1", "not a number 0..2147483647"),
         ("1 tel:+4930123", "URI scheme 'tel' is not sip"),
         ("1 http://example.com/", "URI scheme 'http' is not sip"),
-        ("1 sips:gw.example.com", "scheme 'sips' needs TLS"),
         ("1 sip:gw.example.com?X-Injected=yes", "URI headers (?X-Injected=yes) are not allowed"),
         ("1 sip:gw.example.com;maddr=10.0.0.9", "URI parameter 'maddr' is not allowed"),
         ("1 sip:10.0.0.1 0 0 ping_from=sip:p@x?X-Injected=yes", "ping_from=sip:p@x?X-Injected=yes: URI headers"),

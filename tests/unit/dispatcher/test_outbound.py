@@ -94,7 +94,7 @@ def test_a_default_listener_of_the_wrong_transport_names_the_destination_and_the
 def test_default_listeners_are_checked_as_listeners_in_the_config() -> None:
     with pytest.raises(ValueError, match="default_socket: 'wan'"):
         DispatcherConfig(default_socket="wan").validate()
-    with pytest.raises(ValueError, match="ping_socket: 'udp:1.2.3.4'"):
+    with pytest.raises(ValueError, match=r"ping_socket: 'udp:1\.2\.3\.4'"):
         DispatcherConfig(ping_socket="udp:1.2.3.4").validate()
     DispatcherConfig(default_socket="udp:10.0.0.1:5060", ping_socket="tcp:[::1]:5060").validate()
 
@@ -163,3 +163,19 @@ def test_more_ways_of_sending_than_pjsua_has_accounts_is_a_load_error() -> None:
     assert message.startswith("dispatcher.list line 16: set 1 sip:10.0.0.25: one way of sending too many "
                               "(with credentials 'c15'): pjsua holds the default and at most 15 others")
     assert "line 17:" in message and "line 15:" not in message
+
+
+def test_a_destination_over_a_transport_no_listener_has_is_a_load_error() -> None:
+    # pjsip sends TLS (and TCP) through the listener's factory: without one every call would fail
+    snap = build_snapshot([Destination(1, "sips:gw.example.com", row_id=1),
+                           Destination(1, "sip:10.0.0.11;transport=tcp", row_id=2),
+                           Destination(1, "sip:10.0.0.12", attrs=parse_attrs('obproxy="sip:10.0.0.1;transport=tls"'),
+                                       row_id=3),
+                           Destination(1, "sip:10.0.0.13", row_id=4)], "dispatcher.list")
+    with pytest.raises(OutboundError) as info:
+        check_outbound(snap, SIP)
+    assert str(info.value) == (
+        "dispatcher.list line 1: set 1 sips:gw.example.com: sips:gw.example.com is reached over TLS, and [sip] listen "
+        "has no tls listener; dispatcher.list line 2: set 1 sip:10.0.0.11;transport=tcp: sip:10.0.0.11;transport=tcp "
+        "is reached over TCP, and [sip] listen has no tcp listener; dispatcher.list line 3: set 1 sip:10.0.0.12: its "
+        "proxy sip:10.0.0.1;transport=tls is reached over TLS, and [sip] listen has no tls listener")

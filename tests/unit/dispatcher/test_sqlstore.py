@@ -191,7 +191,7 @@ def test_bad_rows_name_the_row_id_and_reason(store: SqlStore, url: str) -> None:
     prefix = f"{store.url}: table 'dispatcher' row id "
     assert lines == [
         prefix + "7: attrs: weight=abc: not an integer",
-        prefix + "8: tel:+49: URI scheme 'tel' is not sip",
+        prefix + "8: tel:+49: URI scheme 'tel' is not sip or sips",
         prefix + "9: flags 64: unknown bits 0x40 (known: 1, 2, 4, 8, 16, 32)",
         prefix + "10: setid 'one': not an integer",
         prefix + "11: destination '': empty",

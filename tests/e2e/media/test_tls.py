@@ -1,0 +1,154 @@
+"""SIP over TLS: a caller and a gateway reached over TLS, audio both ways; a gateway whose
+certificate does not verify is failed over before anything is sent to it; a TLS listener whose
+files are missing stops the start naming the setting. The peers are pjsua2 phones
+(``peer.py``) with TLS listeners of their own (sipp is built without TLS); the certificates
+come from a certificate authority each test makes (``tlscerts.py``)."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from pathlib import Path
+
+import pytest
+
+from ..configs import ListEntry, RunningB2bua, b2bua_config, write_list_file
+from ..conftest import B2buaFactory, MediaPeerFactory
+from ..harness import AddressAllocator, B2buaProcess, free_port, wait_until
+from ..test_wire_input import _closed_by_peer
+from ..tlscerts import Pem, make_ca, make_leaf
+from .expect import CALLER_HZ, GATEWAY_HZ, TALK_SECONDS, assert_heard
+
+
+def tls_b2bua(factory: B2buaFactory, workdir: Path, ip: str, ca: Pem, entries: list[ListEntry],
+              **config: object) -> tuple[RunningB2bua, int]:
+    """A B2BUA on ``udp:ip`` and ``tls:ip`` with a certificate from ``ca``, trusting only ``ca``."""
+    own = make_leaf(workdir / "certs", ca, "b2bua", ip)
+    write_list_file(workdir, entries)
+    port, tls_port = free_port(ip, "udp"), free_port(ip, "tcp")
+    tls = {"certificate": str(own.cert), "private_key": str(own.key), "ca_list": str(ca.cert)}
+    sip = {"listen": [f"udp:{ip}:{port}", f"tls:{ip}:{tls_port}"], "tls": tls}
+    proc = factory(b2bua_config(ip, port, sip=sip, **config))  # type: ignore[arg-type]
+    return RunningB2bua(proc, ip, port), tls_port
+
+
+def test_a_call_over_tls_both_ways_carries_audio_and_probes_go_over_tls(
+        media_peer_factory: MediaPeerFactory, b2bua_factory: B2buaFactory, workdir: Path,
+        addresses: AddressAllocator) -> None:
+    ca = make_ca(workdir / "certs", "test-ca")
+    gw_ip, phone_ip = addresses.next(), addresses.next()
+    gw_pem = make_leaf(workdir / "certs", ca, "gw", gw_ip)
+    phone_pem = make_leaf(workdir / "certs", ca, "phone", phone_ip)
+    gw = media_peer_factory(name="gw", ip=gw_ip, tone=GATEWAY_HZ[0], tls=(gw_pem.cert, gw_pem.key))
+    b2b, tls_port = tls_b2bua(b2bua_factory, workdir, addresses.next(), ca, [ListEntry(1, gw.tls_uri)],
+                              algorithm="priority", dispatcher={"ping_interval": 1, "probing_mode": 1})
+    phone = media_peer_factory(name="phone", ip=phone_ip, tone=CALLER_HZ, tls=(phone_pem.cert, phone_pem.key))
+    talk = phone.talk(f"sip:media@{b2b.ip}:{tls_port};transport=tls", TALK_SECONDS)
+    assert talk.code == 200, talk.ended
+    (incoming,) = gw.incoming()
+    assert incoming["invite"].startswith(f"INVITE sip:media@{gw.ip}:{gw.tls_port};transport=tls SIP/2.0")
+    assert "Via: SIP/2.0/TLS " in incoming["invite"]
+    # the Contact is the B2BUA's TLS listener (a gateway may reconnect to it), not the connection's port
+    assert incoming["headers"]["contact"].lower() == f"<sip:b2bua@{b2b.ip}:{tls_port};transport=tls>"
+    assert_heard(phone, talk.number, GATEWAY_HZ[0])
+    assert_heard(gw, 1, CALLER_HZ)
+    # the keepalives go over TLS too, and keep the gateway up
+    (dest,) = [d for d in b2b.process.rpc("dispatcher.list")["RECORDS"][0]["SET"]["TARGETS"]]
+    assert dest["DEST"]["URI"] == gw.tls_uri and dest["DEST"]["FLAGS"] == "AP"
+    log = b2b.process.log_text()
+    assert " ERROR " not in log, log
+
+
+def test_a_gateway_whose_certificate_does_not_verify_gets_nothing_and_the_call_fails_over(
+        media_peer_factory: MediaPeerFactory, b2bua_factory: B2buaFactory, workdir: Path,
+        addresses: AddressAllocator) -> None:
+    ca, other_ca = make_ca(workdir / "certs", "test-ca"), make_ca(workdir / "other", "someone-else")
+    bad_ip, good_ip = addresses.next(), addresses.next()
+    bad_pem = make_leaf(workdir / "other", other_ca, "impostor", bad_ip)
+    good_pem = make_leaf(workdir / "certs", ca, "good", good_ip)
+    bad = media_peer_factory(name="impostor", ip=bad_ip, tone=GATEWAY_HZ[1], tls=(bad_pem.cert, bad_pem.key))
+    good = media_peer_factory(name="good", ip=good_ip, tone=GATEWAY_HZ[0], tls=(good_pem.cert, good_pem.key))
+    entries = [ListEntry(1, bad.tls_uri, priority=10), ListEntry(1, good.tls_uri, priority=5)]
+    b2b, _ = tls_b2bua(b2bua_factory, workdir, addresses.next(), ca, entries, algorithm="priority",
+                       failover={"failover_codes": ["5xx", "408"]},
+                       dispatcher={"ping_interval": 1, "probing_mode": 1, "ping_active": False})
+    phone = media_peer_factory(name="phone", tone=CALLER_HZ)
+    talk = phone.talk(f"sip:media@{b2b.ip}:{b2b.port}", TALK_SECONDS)
+    assert talk.code == 200, talk.ended
+    assert bad.incoming() == [], "the impostor got the INVITE: its certificate was not checked"
+    assert len(good.incoming()) == 1
+    assert_heard(phone, talk.number, GATEWAY_HZ[0])
+    wait_until(lambda: "attempt 1 to" in b2b.process.log_text(), 5, what="the failed attempt's line")
+    log = b2b.process.log_text()
+    assert f"attempt 1 to {bad.tls_uri} failed: 503" in log, log
+    # keepalives fail the same way: the impostor goes down, the good one stays up
+    b2b.process.rpc("dispatcher.ping_active", 1)
+
+    def flags() -> dict[str, str]:
+        targets = b2b.process.rpc("dispatcher.list")["RECORDS"][0]["SET"]["TARGETS"]
+        return {t["DEST"]["URI"]: t["DEST"]["FLAGS"] for t in targets}
+
+    wait_until(lambda: flags()[bad.tls_uri][0] in "IT", 10, what="the impostor marked down by its keepalive")
+    assert flags()[good.tls_uri] == "AP" and bad.incoming() == []
+
+
+@pytest.mark.parametrize("command", ["run", "check-config"])
+def test_a_tls_listener_whose_files_are_missing_stops_start_up_naming_the_setting(
+        command: str, addresses: AddressAllocator, workdir: Path) -> None:
+    ip = addresses.next()
+    port = free_port(ip)
+    write_list_file(workdir, [ListEntry(1, "sip:127.0.0.8:5998")])
+    key = workdir / "key.pem"
+    key.write_text("not a key\n")
+    tls = {"certificate": "missing.pem", "private_key": "key.pem"}
+    b2b = B2buaProcess(workdir)
+    b2b.config_path.write_text(b2bua_config(ip, port, sip={"listen": [f"udp:{ip}:{port}", f"tls:{ip}:{port}"],
+                                                           "tls": tls}))
+    done = b2b.cli(command, "-c", "config.toml", timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert f"[sip.tls] certificate: {workdir / 'missing.pem'}: no such file" in done.stderr, done.stderr
+    assert f"[sip.tls] private_key: {key}: no private key in PEM form in it" in done.stderr, done.stderr
+
+
+def test_tls_connections_that_never_talk_are_closed_and_a_talking_one_stays(
+        b2bua_factory: B2buaFactory, workdir: Path, addresses: AddressAllocator) -> None:
+    # a scanner's connections hold a descriptor each: one that never starts its handshake ends
+    # with the handshake's 10 s, one that shakes hands and sends no SIP with the TCP rule's 10 s
+    ca = make_ca(workdir / "certs", "test-ca")
+    b2b, tls_port = tls_b2bua(b2bua_factory, workdir, addresses.next(), ca, [ListEntry(1, "sip:127.0.0.1:9")])
+    src = addresses.next()
+    client = ssl.create_default_context(cafile=str(ca.cert))
+    client.check_hostname = False  # its certificate names its IP address: checked by verify_mode
+    silent: list[socket.socket] = []
+    for n in range(10):
+        raw = socket.create_connection((b2b.ip, tls_port), timeout=5, source_address=(src, 0))
+        silent.append(client.wrap_socket(raw) if n % 2 else raw)  # half of them shake hands
+    talking = client.wrap_socket(socket.create_connection((b2b.ip, tls_port), timeout=5, source_address=(src, 0)))
+    port = talking.getsockname()[1]
+    talking.sendall((f"OPTIONS sip:{b2b.ip}:{tls_port};transport=tls SIP/2.0\r\n"
+                     f"Via: SIP/2.0/TLS {src}:{port};branch=z9hG4bK-talking\r\n"
+                     f"From: <sip:peer@{src}>;tag=1\r\nTo: <sip:{b2b.ip}>\r\nCall-ID: talking@{src}\r\n"
+                     "CSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n").encode())
+    assert talking.recv(4096).startswith(b"SIP/2.0 200 "), "the talking connection's OPTIONS is answered"
+    try:
+        wait_until(lambda: all(_closed(s) for s in silent), timeout=30,
+                   what="the B2BUA closing the 10 TLS connections that sent no SIP (10 s after each opened)")
+        assert not _closed(talking), "a connection that sent a SIP message stays open"
+    finally:
+        for s in (*silent, talking):
+            s.close()
+
+
+def _closed(s: socket.socket) -> bool:
+    """Whether the B2BUA closed ``s`` (a TLS one: a close_notify, EOF or a reset)."""
+    if not isinstance(s, ssl.SSLSocket):
+        return _closed_by_peer(s)
+    s.setblocking(False)
+    try:
+        while s.recv(65536):
+            pass
+        return True  # EOF
+    except (ssl.SSLWantReadError, BlockingIOError):
+        return False
+    except (ssl.SSLError, ConnectionResetError, ssl.SSLEOFError):
+        return True
