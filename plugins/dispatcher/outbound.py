@@ -32,7 +32,7 @@ from b2bua.config import SipConfig
 from b2bua.outbound import MAX_WAYS, OutboundProfile, default_profile, profile_for
 from b2bua.sipuri import parse_uri_lenient
 from plugins.dispatcher.config import DispatcherConfig
-from plugins.dispatcher.model import Attrs, Snapshot
+from plugins.dispatcher.model import Attrs, Destination, Snapshot
 from plugins.dispatcher.resolve import LoadError
 
 
@@ -99,6 +99,41 @@ def check_defaults(defaults: SendDefaults, sip: SipConfig) -> None:
                 raise OutboundError(f"[plugins.dispatcher] {name}: {exc}") from None
 
 
+def sending_problem(dest: Destination, sip: SipConfig, defaults: SendDefaults = NO_DEFAULTS) -> str:
+    """Why the host cannot send to ``dest`` as its attributes (or the ``defaults`` it takes) ask;
+    ``""`` when it can. What :func:`check_outbound` says of each destination, but the count of
+    ways of sending (which depends on the others); ``b2bua dispatcher add`` asks it before
+    writing."""
+    return _ways_of_sending(dest, sip, defaults)[0]
+
+
+def _ways_of_sending(dest: Destination, sip: SipConfig,
+                     defaults: SendDefaults) -> tuple[str, tuple[OutboundProfile, ...]]:
+    """Why ``dest`` cannot be sent to (``""``: it can), and the ways its calls and keepalives
+    are sent when it can."""
+    hop = dest.attrs.obproxy or sip.outbound_proxy or dest.uri
+    transport = parse_uri_lenient(hop).transport
+    if "auth" in dest.attrs.extra and not dest.attrs.extra["auth"]:
+        return "auth= needs a credential's name", ()
+    if transport not in {listener.transport for listener in sip.listeners}:
+        # pjsip could send it nothing: no transport of that kind
+        whose = hop if hop == dest.uri else f"its proxy {hop}"
+        return f"{whose} is reached over {transport.upper()}, and [sip] listen has no {transport} listener", ()
+    profiles = []
+    for outbound in {outbound_of(dest.attrs, defaults), probe_outbound(dest.attrs, defaults)}:
+        if not outbound:
+            continue
+        try:
+            profiles.append(profile_for(outbound, sip, dest.uri))
+        except ValueError as exc:
+            why = str(exc)
+            if (outbound.socket or outbound.sockname) and not names_listener(dest.attrs) \
+                    and not dest.attrs.extra.get("ping_socket") and why.startswith("sock"):
+                why = f"{why} (from {defaults.describe(outbound)})"
+            return why, ()
+    return "", tuple(profiles)
+
+
 def check_outbound(snapshot: Snapshot, sip: SipConfig, *, rows: bool = False,
                    defaults: SendDefaults = NO_DEFAULTS) -> None:
     """Raise :class:`OutboundError` listing every destination of ``snapshot`` whose attributes
@@ -114,35 +149,15 @@ def check_outbound(snapshot: Snapshot, sip: SipConfig, *, rows: bool = False,
     problems = []
     default = default_profile(sip)
     ways: set[OutboundProfile] = set()
-    transports = {listener.transport for listener in sip.listeners}
     for dest in sorted(snapshot.destinations(), key=lambda d: d.row_id):  # in the source's order
-        hop = dest.attrs.obproxy or sip.outbound_proxy or dest.uri
-        transport = parse_uri_lenient(hop).transport
-        if "auth" in dest.attrs.extra and not dest.attrs.extra["auth"]:
-            why = "auth= needs a credential's name"
-        elif transport not in transports:  # pjsip could send it nothing: no transport of that kind
-            why = (f"{hop} is reached over {transport.upper()}, and [sip] listen has no {transport} listener"
-                   if hop == dest.uri else
-                   f"its proxy {hop} is reached over {transport.upper()}, and [sip] listen has no {transport} listener")
-        else:
-            why = ""
-            for outbound in {outbound_of(dest.attrs, defaults), probe_outbound(dest.attrs, defaults)}:
-                if not outbound:
-                    continue
-                try:
-                    profile = profile_for(outbound, sip, dest.uri)
-                except ValueError as exc:
-                    why = str(exc)
-                    if (outbound.socket or outbound.sockname) and not names_listener(dest.attrs) \
-                            and not dest.attrs.extra.get("ping_socket") and why.startswith("sock"):
-                        why = f"{why} (from {defaults.describe(outbound)})"
+        why, profiles = _ways_of_sending(dest, sip, defaults)
+        for profile in profiles:
+            if profile != default and profile not in ways:
+                ways.add(profile)
+                if len(ways) > MAX_WAYS:
+                    why = (f"one way of sending too many ({profile.describe()}): pjsua holds the default and "
+                           f"at most {MAX_WAYS} others (listener, proxy and credentials combined)")
                     break
-                if profile != default and profile not in ways:
-                    ways.add(profile)
-                    if len(ways) > MAX_WAYS:
-                        why = (f"one way of sending too many ({profile.describe()}): pjsua holds the default and "
-                               f"at most {MAX_WAYS} others (listener, proxy and credentials combined)")
-                        break
         if why:
             place = f"row id {dest.row_id}" if rows else f"line {dest.row_id}"
             problems.append(f"{snapshot.source} {place}: set {dest.setid} {dest.uri}: {why}")

@@ -194,9 +194,10 @@ class Prober:
         one, every ``ping_interval``, for as long as it runs)."""
         if result.unsent and key not in self.unsendable:
             self.unsendable.add(key)
-            logger.warning("dispatcher: set {} {}: keepalives cannot be sent ({} {}): check that a listener reaches"
-                           " it ([sip] listen, the socket attribute); said again when one is sent",
-                           key[0], key[1], result.code, result.reason)
+            check = ("its certificate against [sip.tls] ca_list and the host dialled" if "TLS" in result.reason
+                     else "that a listener reaches it ([sip] listen, the socket attribute)")
+            logger.warning("dispatcher: set {} {}: keepalives cannot be sent ({} {}): check {}; said again when "
+                           "one is sent", key[0], key[1], result.code, result.reason, check)
         elif not result.unsent and key in self.unsendable:
             self.unsendable.discard(key)
             logger.info("dispatcher: set {} {}: keepalives are sent again", key[0], key[1])

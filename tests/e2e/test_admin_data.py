@@ -111,7 +111,8 @@ def test_what_add_writes_always_loads_again(gateway_factory: GatewayFactory, b2b
         (("1", gw2.uri, "0", "0", "", "x" * 10_000), "description: 10000 characters long; the limit is 255"),
         (("1", gw2.uri, "0", "0", "", "fine\n1 sip:127.0.0.1:9 0 0"), "description: must be one line"),
         (("1", f"{gw2.uri}?X-Injected=yes"), "URI headers (?X-Injected=yes) are not allowed"),
-        (("1", "sips:" + gw2.uri[4:]), "scheme 'sips' needs TLS, which this build does not have"),
+        (("1", "sips:" + gw2.uri[4:]), "is reached over TLS, and [sip] listen has no tls listener"),
+        (("1", gw2.uri, "0", "0", "sockname=wan"), "sockname=wan: no such name in [sip] socket_names"),
         (("1", f"{gw2.uri};transport=ws"), "transport 'ws' is not one this build can use"),
     ]:
         done = b2b.process.cli("dispatcher", "add", *argv)

@@ -90,6 +90,7 @@ def test_a_gateway_whose_certificate_does_not_verify_gets_nothing_and_the_call_f
 
     wait_until(lambda: flags()[bad.tls_uri][0] in "IT", 10, what="the impostor marked down by its keepalive")
     assert flags()[good.tls_uri] == "AP" and bad.incoming() == []
+    assert "check its certificate against [sip.tls] ca_list" in b2b.process.log_text()
 
 
 @pytest.mark.parametrize("command", ["run", "check-config"])
