@@ -21,12 +21,13 @@ from .expect import CALLER_HZ, GATEWAY_HZ, TALK_SECONDS, assert_heard
 
 
 def tls_b2bua(factory: B2buaFactory, workdir: Path, ip: str, ca: Pem, entries: list[ListEntry],
-              **config: object) -> tuple[RunningB2bua, int]:
-    """A B2BUA on ``udp:ip`` and ``tls:ip`` with a certificate from ``ca``, trusting only ``ca``."""
+              sip_tls: dict[str, object] | None = None, **config: object) -> tuple[RunningB2bua, int]:
+    """A B2BUA on ``udp:ip`` and ``tls:ip`` with a certificate from ``ca``, trusting only ``ca``
+    (``sip_tls``: more ``[sip.tls]`` settings)."""
     own = make_leaf(workdir / "certs", ca, "b2bua", ip)
     write_list_file(workdir, entries)
     port, tls_port = free_port(ip, "udp"), free_port(ip, "tcp")
-    tls = {"certificate": str(own.cert), "private_key": str(own.key), "ca_list": str(ca.cert)}
+    tls = {"certificate": str(own.cert), "private_key": str(own.key), "ca_list": str(ca.cert), **(sip_tls or {})}
     sip = {"listen": [f"udp:{ip}:{port}", f"tls:{ip}:{tls_port}"], "tls": tls}
     proc = factory(b2bua_config(ip, port, sip=sip, **config))  # type: ignore[arg-type]
     return RunningB2bua(proc, ip, port), tls_port
@@ -91,6 +92,25 @@ def test_a_gateway_whose_certificate_does_not_verify_gets_nothing_and_the_call_f
     wait_until(lambda: flags()[bad.tls_uri][0] in "IT", 10, what="the impostor marked down by its keepalive")
     assert flags()[good.tls_uri] == "AP" and bad.incoming() == []
     assert "check its certificate against [sip.tls] ca_list" in b2b.process.log_text()
+
+
+def test_with_verify_client_only_callers_with_a_certificate_from_ca_list_get_in(
+        media_peer_factory: MediaPeerFactory, b2bua_factory: B2buaFactory, workdir: Path,
+        addresses: AddressAllocator) -> None:
+    ca, other_ca = make_ca(workdir / "certs", "test-ca"), make_ca(workdir / "other", "someone-else")
+    gw = media_peer_factory(name="gw", tone=GATEWAY_HZ[0])
+    b2b, tls_port = tls_b2bua(b2bua_factory, workdir, addresses.next(), ca, [ListEntry(1, gw.uri)],
+                              sip_tls={"verify_client": True})
+    callers = []
+    for name, issuer, folder in (("member", ca, "certs"), ("stranger", other_ca, "other")):
+        ip = addresses.next()
+        pem = make_leaf(workdir / folder, issuer, name, ip)
+        callers.append(media_peer_factory(name=name, ip=ip, tone=CALLER_HZ, tls=(pem.cert, pem.key)))
+    member, stranger = callers
+    uri = f"sip:media@{b2b.ip}:{tls_port};transport=tls"
+    assert member.talk(uri, 0.5).code == 200
+    refused = stranger.talk(uri, 0.5)
+    assert refused.code != 200 and len(gw.incoming()) == 1, refused.ended  # the handshake failed: no SIP
 
 
 @pytest.mark.parametrize("command", ["run", "check-config"])
