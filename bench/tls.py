@@ -22,6 +22,7 @@ import ssl
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,7 +54,7 @@ def answered(sock: socket.socket) -> None:
         raise SystemExit("the B2BUA did not answer 200")
 
 
-def measure(pid: int, count: int, seconds: float, one: callable) -> tuple[int, float, float]:  # type: ignore[valid-type]
+def measure(pid: int, count: int, seconds: float, one: Callable[[int], None]) -> tuple[int, float, float]:
     """Run ``one(n)`` up to ``count`` times within ``seconds``: (done, elapsed s, B2BUA CPU s)."""
     cpu0, started, done = cpu_seconds(pid), time.monotonic(), 0
     while done < count and time.monotonic() - started < seconds:
