@@ -105,15 +105,19 @@ class Outbound:
         is added when missing); empty: ``[sip] outbound_proxy``, if any.
     :param auth: the ``name`` of a ``[[sip.credentials]]`` entry answering 401/407 challenges;
         empty: the credentials without a name, chosen by the challenge's realm.
+    :param srtp: how the B leg's offer asks for SRTP: ``mandatory`` (RTP/SAVP with SDES keys),
+        ``optional`` (RTP/AVP with keys: SRTP if the far end takes it), ``off`` or empty (plain
+        RTP). Only towards a TLS hop: the keys cross in the SIP message.
     """
 
     socket: str = ""
     sockname: str = ""
     proxy: str = ""
     auth: str = ""
+    srtp: str = ""
 
     def __bool__(self) -> bool:
-        return bool(self.socket or self.sockname or self.proxy or self.auth)
+        return bool(self.socket or self.sockname or self.proxy or self.auth or self.srtp)
 
 
 #: no outbound preference: the host's defaults

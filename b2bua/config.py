@@ -296,6 +296,9 @@ CLOCK_RATES = (8000, 16000, 48000)
 DTMF_MODES = ("rfc4733", "info", "info-dtmf", "same", "off")
 DTMF_FALLBACKS = ("inband", "info", "drop")
 HOLD_MODES = ("relay", "absorb")
+#: SRTP for calls received ([sip] srtp) and offered (the srtp= attribute), in pjsua's order
+#: (PJMEDIA_SRTP_DISABLED, _OPTIONAL, _MANDATORY)
+SRTP_MODES = ("off", "optional", "mandatory")
 
 
 _LISTEN_FORM = "expected 'udp:ADDRESS:PORT', 'tcp:ADDRESS:PORT' or 'tls:ADDRESS:PORT'"
@@ -503,6 +506,10 @@ class SipConfig:
     socket_names: Mapping[str, str] = opt(
         {}, "names for listeners, for the sockname= attribute: { wan = \"udp:203.0.113.5:5060\" }"
     )
+    srtp: str = opt(
+        "off", "SRTP on calls we receive over TLS: off (an RTP/SAVP offer gets 488), optional (SRTP when the caller"
+        " offers keys, else RTP), mandatory (an offer without keys gets 488); B legs: the srtp= attribute"
+    )
     tls: TlsConfig = field(default_factory=TlsConfig)  #: ``[sip.tls]``, documented as a table of its own
     credentials: tuple[Credential, ...] = opt(
         [], "digest credentials for 401/407 challenges on B legs ([[sip.credentials]] tables, below; at most 8 "
@@ -552,7 +559,8 @@ class SipConfig:
         self._validate_media()
 
     def _validate_media(self) -> None:
-        for name, allowed in (("dtmf", DTMF_MODES), ("dtmf_fallback", DTMF_FALLBACKS), ("hold", HOLD_MODES)):
+        for name, allowed in (("dtmf", DTMF_MODES), ("dtmf_fallback", DTMF_FALLBACKS), ("hold", HOLD_MODES),
+                              ("srtp", SRTP_MODES)):
             value = getattr(self, name)
             if value not in allowed:
                 raise ValueError(f"{name}: {value!r} is not one of {', '.join(allowed)}")

@@ -19,6 +19,7 @@ pjsua keeps giving incoming calls to the default one.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import itertools
 import math
 import re
@@ -34,7 +35,7 @@ from b2bua import sip as sip_text
 from b2bua.api import DEFAULT_OUTBOUND, Outbound, ProbeResult
 from b2bua.capabilities import allow_header, clear_allow_events, trim_allow, trim_supported
 from b2bua.codecs import describe_offer, display_id, priorities
-from b2bua.config import TLS_VERSIONS, Config, ConfigError, Listen, SipConfig, TlsConfig
+from b2bua.config import SRTP_MODES, TLS_VERSIONS, Config, ConfigError, Listen, SipConfig, TlsConfig
 from b2bua.digest import ProblemLog
 from b2bua.events import LegError
 from b2bua.nameservers import Nameserver, effective_nameservers
@@ -323,6 +324,9 @@ class Endpoint:
         self._transports: dict[Listen, int] = {}  #: pjsua transport id per listener
         self._accounts: dict[OutboundProfile, LocalAccount] = {}  #: every account by its profile
         self._default = default_profile(config.sip)
+        #: the account calls arrive on: the default, but for what it takes of SRTP ([sip] srtp);
+        #: B legs that ask for nothing leave through the default (no SRTP offered)
+        self._incoming = dataclasses.replace(self._default, srtp=config.sip.srtp)
         self._auth_problems = ProblemLog()
         self._screens = (screen_request, screen_response, on_dropped)
         self._on_closed = on_closed  #: a refused source's TCP connection was closed (the filter)
@@ -413,7 +417,7 @@ class Endpoint:
         self.ep.libStart()
         self.ep.audDevManager().setNullDev()
 
-        self.account = self._create_account(self._default)
+        self.account = self._create_account(self._incoming)
 
     def _account_config(self, profile: OutboundProfile) -> pj.AccountConfig:
         sip = self.config.sip
@@ -421,10 +425,13 @@ class Endpoint:
         first = sip.listeners[0]
         host = f"[{first.address}]" if ":" in first.address else first.address
         # only the default account may match incoming INVITEs (pjsua scores the identity's domain)
-        acfg.idUri = f"sip:b2bua@{host}:{first.port}" if profile == self._default else "sip:b2bua@b2bua.invalid"
+        acfg.idUri = f"sip:b2bua@{host}:{first.port}" if profile == self._incoming else "sip:b2bua@b2bua.invalid"
         acfg.callConfig.timerUse = pj.PJSUA_SIP_TIMER_OPTIONAL if sip.session_timers else pj.PJSUA_SIP_TIMER_INACTIVE
         acfg.callConfig.prackUse = pj.PJSUA_100REL_NOT_USED
         acfg.mediaConfig.lockCodecEnabled = False  # no re-INVITE to lock a codec: carriers dislike it
+        # SDES keys only where the signalling is TLS (pjsua's secure signalling 1: the hop)
+        acfg.mediaConfig.srtpUse = SRTP_MODES.index(profile.srtp)
+        acfg.mediaConfig.srtpSecureSignaling = 1
         # Contact over TCP and TLS: the listener's port, not the connection's own (a phone's way
         # through a NAT, RFC 5626's ;ob): a gateway that closed the connection opens a new one
         # to the Contact for its BYE, and nothing listens on the connection's port
@@ -471,7 +478,9 @@ class Endpoint:
         """
         if profile is None:
             assert self.account is not None, "the endpoint has not started"
-            return self.account
+            if self._incoming == self._default:
+                return self.account
+            profile = self._default
         account = self._accounts.get(profile)
         return account if account is not None else self._create_account(profile)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from b2bua.api import Outbound
-from b2bua.config import Credential, Listen, SipConfig
+from b2bua.config import SRTP_MODES, Credential, Listen, SipConfig
 from b2bua.sipuri import parse_uri, parse_uri_lenient
 
 #: pjsua accounts our build allows (PJSUA_MAX_ACC in scripts/build-pjsua2.sh): the default way of
@@ -33,11 +33,14 @@ class OutboundProfile:
     :param listener: the transport to send from; None: pjsip chooses by the destination.
     :param proxy: the outbound proxy URI (with ``;lr``), or ``""``.
     :param auth: the credential's name, or ``""`` for the credentials without a name (per realm).
+    :param srtp: what its offers ask of SRTP (and its answers take): one of
+        :data:`~b2bua.config.SRTP_MODES`.
     """
 
     listener: Listen | None = None
     proxy: str = ""
     auth: str = ""
+    srtp: str = "off"
 
     def describe(self) -> str:
         """For log lines: ``from udp:10.0.0.1:5060 via sip:sbc;lr with credentials 'carrier'``."""
@@ -48,6 +51,8 @@ class OutboundProfile:
             parts.append(f"via {self.proxy}")
         if self.auth:
             parts.append(f"with credentials {self.auth!r}")
+        if self.srtp != "off":
+            parts.append(f"SRTP {self.srtp}")
         return " ".join(parts) or "default"
 
 
@@ -93,7 +98,13 @@ def profile_for(outbound: Outbound, sip: SipConfig, next_hop: str = "") -> Outbo
         if transport != listener.transport:
             raise ValueError(f"{named}: a {listener.transport.upper()} listener, but {hop} is reached over "
                              f"{transport.upper()}")
-    return OutboundProfile(listener, proxy, outbound.auth)
+    srtp = outbound.srtp or "off"
+    if srtp not in SRTP_MODES:
+        raise ValueError(f"srtp={srtp}: use one of {', '.join(SRTP_MODES)}")
+    if srtp != "off" and hop and parse_uri_lenient(hop).transport != "tls":
+        raise ValueError(f"srtp={srtp}: {hop} is not reached over TLS, and the SRTP keys would cross in clear "
+                         "(;transport=tls or sips:)")
+    return OutboundProfile(listener, proxy, outbound.auth, srtp)
 
 
 def _listener(outbound: Outbound, sip: SipConfig) -> tuple[Listen | None, str]:

@@ -54,13 +54,14 @@ need() {
 CONFIGURE_ARGS=(
   --disable-sound --disable-video --enable-epoll
   --disable-libwebrtc --disable-ffmpeg --disable-v4l2 --disable-openh264 --disable-libyuv
-  --disable-sdl --disable-silk --disable-libsrtp
+  --disable-sdl --disable-silk --with-external-srtp
   --disable-gsm-codec --disable-speex-codec --disable-speex-aec --disable-ilbc-codec
   --disable-g7221-codec --disable-webrtc-aec3
   --enable-speex-resample
 )
 # SIP over TLS ([sip] listen "tls:...") needs OpenSSL (libssl-dev): configure finds it on its own
-# and quietly builds without TLS when it is missing, so the log is checked below.
+# and quietly builds without TLS when it is missing, so the log is checked below. SRTP (SDES keys,
+# over TLS) uses Debian's libsrtp2 (libsrtp2-dev): the DFSG tree has no third_party/srtp.
 # The Speex resampler is linked from libspeexdsp (configure only links it with the Speex codec).
 CONFIGURE_LIBS="-lspeexdsp"
 # The early screen (patch 0006, pjsua-lib/b2bua_screen.c) is called through ctypes only: nothing in
@@ -68,7 +69,7 @@ CONFIGURE_LIBS="-lspeexdsp"
 SWIG_LDFLAGS="-Wl,--undefined=b2bua_screen_install"
 # Codec ids (pjsua's "name/clock rate") the module must have, and the Debian -dev package of each.
 REQUIRED_CODECS="PCMU/8000 PCMA/8000 G722/16000 opus/48000 G729/8000"
-DEV_PACKAGES="libopus-dev libbcg729-dev libspeexdsp-dev libssl-dev"
+DEV_PACKAGES="libopus-dev libbcg729-dev libspeexdsp-dev libssl-dev libsrtp2-dev"
 
 config_site() {
   cat <<CFG
@@ -211,7 +212,7 @@ CFLAGS="-O2 -fPIC" CXXFLAGS="-O2 -fPIC" LIBS="$CONFIGURE_LIBS" ./configure "${CO
   > "$work/configure.log" 2>&1 || die "configure failed, see $work/configure.log"
 # configure turns Opus and bcg729 off quietly when their libraries are missing: insist on them
 for feature in "OPUS support enabled" "bcg729 usability... yes" "Speex resample is enabled... yes" \
-               "OpenSSL library found, SSL support enabled"; do
+               "OpenSSL library found, SSL support enabled" "external SRTP devkit is installed... yes"; do
   grep -qF "$feature" "$work/configure.log" \
     || die "configure did not report '$feature' (Debian: apt-get install $DEV_PACKAGES), see $work/configure.log"
 done

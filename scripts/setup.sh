@@ -11,9 +11,10 @@ TEST=0
 [ "${1:-}" = "--test" ] && TEST=1
 say() { printf '[setup] %s\n' "$*" >&2; }
 
-# libopus-dev (Opus), libbcg729-dev (G.729), libspeexdsp-dev (resampler), libssl-dev (SIP over TLS): see
-# scripts/build-pjsua2.sh
-packages=(build-essential dpkg-dev swig xz-utils ca-certificates libopus-dev libbcg729-dev libspeexdsp-dev libssl-dev)
+# libopus-dev (Opus), libbcg729-dev (G.729), libspeexdsp-dev (resampler), libssl-dev (SIP over TLS),
+# libsrtp2-dev (SRTP): see scripts/build-pjsua2.sh
+packages=(build-essential dpkg-dev swig xz-utils ca-certificates libopus-dev libbcg729-dev libspeexdsp-dev libssl-dev
+          libsrtp2-dev)
 # sipvicious: svmap/svwar, the scanners tests/e2e/test_wire_input.py runs against the B2BUA;
 # redis-server: the cluster tests start their own (tests/redisserver.py); kamailio: the edge proxy in
 # front of the cluster (docs/examples/edge/kamailio-edge.cfg, tests/e2e/test_cluster_edge.py);

@@ -14,7 +14,9 @@ Kamailio's meanings, with the differences a B2BUA brings (``docs/kamailio.md``):
 * ``obproxy=sip:sbc.example;lr``: the outbound proxy; in Kamailio only keepalives use it (the
   script routes calls), here B legs too, overriding ``[sip] outbound_proxy``;
 * ``auth=NAME``: the ``[[sip.credentials]]`` entry answering 401/407 (no Kamailio equivalent;
-  its ``uac`` module has ``uac_auth()`` in the script).
+  its ``uac`` module has ``uac_auth()`` in the script);
+* ``srtp=mandatory|optional|off``: what B legs' offers ask of SRTP (no Kamailio equivalent: a
+  proxy does not touch the SDP); only for a destination reached over TLS.
 
 :func:`check_outbound` runs on every load (start-up, reload, ``b2bua check-config``; a
 reload's runs in the child process that reads the source, off the loop): an attribute the host
@@ -71,12 +73,13 @@ def names_listener(attrs: Attrs) -> bool:
 def outbound_of(attrs: Attrs, defaults: SendDefaults = NO_DEFAULTS) -> Outbound:
     """What B legs to a destination with ``attrs`` ask for."""
     socket, sockname = (attrs.socket, attrs.sockname) if names_listener(attrs) else (defaults.socket, defaults.sockname)
-    return Outbound(socket=socket, sockname=sockname, proxy=attrs.obproxy, auth=attrs.extra.get("auth", ""))
+    return Outbound(socket=socket, sockname=sockname, proxy=attrs.obproxy, auth=attrs.extra.get("auth", ""),
+                    srtp=attrs.extra.get("srtp", ""))
 
 
 def probe_outbound(attrs: Attrs, defaults: SendDefaults = NO_DEFAULTS) -> Outbound:
     """What keepalives to a destination with ``attrs`` ask for: ``ping_socket`` over the others."""
-    outbound = outbound_of(attrs, defaults)
+    outbound = dataclasses.replace(outbound_of(attrs, defaults), srtp="")  # an OPTIONS has no media
     ping_socket = attrs.extra.get("ping_socket", "") or ("" if names_listener(attrs) else defaults.ping_socket)
     return dataclasses.replace(outbound, socket=ping_socket, sockname="") if ping_socket else outbound
 

@@ -53,10 +53,19 @@ def test_socket_sockname_proxy_and_auth() -> None:
     (Outbound(proxy="sip:p?X=1"), "", "obproxy=sip:p?X=1: a proxy URI has no '?headers'"),
     (Outbound(proxy="http://p"), "", "obproxy=http://p: URI scheme 'http' is not sip or sips"),
     (Outbound(auth="nope"), "", "auth=nope: no [[sip.credentials]] named 'nope' (named: b)"),
+    (Outbound(srtp="sdes"), "sip:1@gw;transport=tls", "srtp=sdes: use one of off, optional, mandatory"),
+    (Outbound(srtp="mandatory"), "sip:1@gw", "srtp=mandatory: sip:1@gw is not reached over TLS, and the SRTP keys "
+     "would cross in clear"),
 ])
 def test_what_cannot_be_honoured_is_refused_naming_the_attribute(outbound: Outbound, hop: str, message: str) -> None:
     with pytest.raises(ValueError, match=re.escape(message)):
         profile_for(outbound, sip(), hop)
+
+
+def test_srtp_is_one_more_thing_a_way_of_sending_holds() -> None:
+    got = profile_for(Outbound(srtp="mandatory"), sip(), "sips:1@gw")
+    assert got == OutboundProfile(srtp="mandatory") and got.describe() == "SRTP mandatory"
+    assert profile_for(Outbound(srtp="off"), sip(), "sip:1@gw") == OutboundProfile()
 
 
 def test_loose_route() -> None:

@@ -226,6 +226,8 @@ class Peer:
         acfg.mediaConfig.transportConfig.port = a.rtp_port
         acfg.mediaConfig.transportConfig.portRange = a.rtp_range
         acfg.mediaConfig.transportConfig.boundAddress = a.ip
+        acfg.mediaConfig.srtpUse = ("off", "optional", "mandatory").index(a.srtp)
+        acfg.mediaConfig.srtpSecureSignaling = 0
         if a.sdp_address:  # behind a NAT: the SDP names another address than the RTP's source
             acfg.mediaConfig.transportConfig.publicAddress = a.sdp_address
         self.account = PeerAccount(self)
@@ -748,6 +750,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-calls", type=int, default=32)
     p.add_argument("--sdp-address", default="", help="the address our SDP names (default --ip): a phone behind a NAT")
     p.add_argument("--tls-port", type=int, default=0, help="also listen for SIP over TLS on this port")
+    p.add_argument("--srtp", default="off", choices=["off", "optional", "mandatory"],
+                   help="SRTP in its offers and answers (SDES keys)")
     p.add_argument("--tls-cert", default="", help="PEM certificate of the TLS listener")
     p.add_argument("--tls-key", default="", help="PEM private key of the TLS listener")
     p.add_argument("--stats-interval", type=float, default=0.5, help="seconds between stream stat snapshots")

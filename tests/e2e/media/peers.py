@@ -93,7 +93,7 @@ class MediaPeer:
               clock_rate: int = 8000, record: bool = True, record_self: bool = False, echo: bool = False,
               max_calls: int = 32, log_level: int = 4, rtp_port: int | None = None, sdp_address: str = "",
               stats_interval: float = 0.5, ready_timeout: float = READY_TIMEOUT,
-              tls: tuple[Path, Path] | None = None) -> MediaPeer:
+              tls: tuple[Path, Path] | None = None, srtp: str = "off") -> MediaPeer:
         """Start a peer on ``ip`` (a free SIP port unless ``port``; free RTP ports) and wait until ready.
 
         :param answer: what it does with an incoming INVITE: ``answer``, ``ring``,
@@ -116,6 +116,7 @@ class MediaPeer:
             RTP comes from ``ip``).
         :param tls: ``(certificate, key)``: also listen for SIP over TLS (a free TCP port,
             `tls_port`); its calls to a ``;transport=tls`` URI go over TLS. It checks no certificate.
+        :param srtp: ``off``, ``optional`` or ``mandatory``: SRTP (SDES) in its offers and answers.
         """
         if not PEER_SCRIPT.exists():
             raise HarnessError(f"{PEER_SCRIPT} is missing")
@@ -124,6 +125,7 @@ class MediaPeer:
             first_rtp = rtp_port or free_port(ip, "udp") & ~1
             tls_args = ["--tls-port", str(free_port(ip, "tcp")), "--tls-cert", str(tls[0]), "--tls-key",
                         str(tls[1])] if tls else []
+            tls_args += ["--srtp", srtp]
             peer = cls._launch(workdir, ip, sip_port, first_rtp, name=name, sdp_address=sdp_address, extra=tls_args,
                                answer=answer, tone=tone, early_tone=early_tone, delay=delay,
                                telephone_event=telephone_event, play=play,

@@ -28,7 +28,8 @@ def tls_b2bua(factory: B2buaFactory, workdir: Path, ip: str, ca: Pem, entries: l
     write_list_file(workdir, entries)
     port, tls_port = free_port(ip, "udp"), free_port(ip, "tcp")
     tls = {"certificate": str(own.cert), "private_key": str(own.key), "ca_list": str(ca.cert), **(sip_tls or {})}
-    sip = {"listen": [f"udp:{ip}:{port}", f"tls:{ip}:{tls_port}"], "tls": tls}
+    sip = {"listen": [f"udp:{ip}:{port}", f"tls:{ip}:{tls_port}"], "tls": tls,
+           **config.pop("sip", {})}  # type: ignore[dict-item]
     proc = factory(b2bua_config(ip, port, sip=sip, **config))  # type: ignore[arg-type]
     return RunningB2bua(proc, ip, port), tls_port
 
@@ -92,6 +93,48 @@ def test_a_gateway_whose_certificate_does_not_verify_gets_nothing_and_the_call_f
     wait_until(lambda: flags()[bad.tls_uri][0] in "IT", 10, what="the impostor marked down by its keepalive")
     assert flags()[good.tls_uri] == "AP" and bad.incoming() == []
     assert "check its certificate against [sip.tls] ca_list" in b2b.process.log_text()
+
+
+def test_srtp_both_ways_over_tls_the_caller_and_the_gateway_hear_each_other(
+        media_peer_factory: MediaPeerFactory, b2bua_factory: B2buaFactory, workdir: Path,
+        addresses: AddressAllocator) -> None:
+    # [sip] srtp takes the caller's SRTP offer, the destination's srtp= attribute asks the gateway
+    # for SRTP: RTP/SAVP with SDES keys on both legs, the bridge in between
+    ca = make_ca(workdir / "certs", "test-ca")
+    gw_ip, phone_ip = addresses.next(), addresses.next()
+    gw_pem = make_leaf(workdir / "certs", ca, "gw", gw_ip)
+    phone_pem = make_leaf(workdir / "certs", ca, "phone", phone_ip)
+    gw = media_peer_factory(name="gw", ip=gw_ip, tone=GATEWAY_HZ[0], tls=(gw_pem.cert, gw_pem.key), srtp="mandatory")
+    b2b, tls_port = tls_b2bua(b2bua_factory, workdir, addresses.next(), ca,
+                              [ListEntry(1, gw.tls_uri, attrs="srtp=mandatory")], algorithm="priority",
+                              sip={"srtp": "optional"})
+    phone = media_peer_factory(name="phone", ip=phone_ip, tone=CALLER_HZ, tls=(phone_pem.cert, phone_pem.key),
+                               srtp="mandatory")
+    talk = phone.talk(f"sip:media@{b2b.ip}:{tls_port};transport=tls", TALK_SECONDS)
+    assert talk.code == 200, talk.ended
+    (incoming,) = gw.incoming()
+    assert " RTP/SAVP " in incoming["sdp"] and "a=crypto:" in incoming["sdp"], incoming["sdp"]
+    ok = next(e for e in phone.events("rx", talk.number) if e.get("code") == 200 and e.get("method") == "INVITE")
+    assert " RTP/SAVP " in ok["body"] and "a=crypto:" in ok["body"], ok
+    assert_heard(phone, talk.number, GATEWAY_HZ[0])
+    assert_heard(gw, 1, CALLER_HZ)
+
+
+@pytest.mark.parametrize(("srtp", "caller_srtp", "code"), [("off", "mandatory", 488), ("mandatory", "off", 488),
+                                                         ("optional", "off", 200)])
+def test_sip_srtp_decides_what_callers_over_tls_may_offer(
+        srtp: str, caller_srtp: str, code: int, media_peer_factory: MediaPeerFactory, b2bua_factory: B2buaFactory,
+        workdir: Path, addresses: AddressAllocator) -> None:
+    ca = make_ca(workdir / "certs", "test-ca")
+    gw = media_peer_factory(name="gw", tone=GATEWAY_HZ[0])
+    b2b, tls_port = tls_b2bua(b2bua_factory, workdir, addresses.next(), ca, [ListEntry(1, gw.uri)],
+                              sip={"srtp": srtp})
+    ip = addresses.next()
+    pem = make_leaf(workdir / "certs", ca, "phone", ip)
+    phone = media_peer_factory(name="phone", ip=ip, tone=CALLER_HZ, tls=(pem.cert, pem.key), srtp=caller_srtp)
+    talk = phone.talk(f"sip:media@{b2b.ip}:{tls_port};transport=tls", 0.5)
+    assert talk.code == code, talk.ended
+    assert len(gw.incoming()) == (1 if code == 200 else 0)
 
 
 def test_with_verify_client_only_callers_with_a_certificate_from_ca_list_get_in(

@@ -179,3 +179,14 @@ def test_a_destination_over_a_transport_no_listener_has_is_a_load_error() -> Non
         "has no tls listener; dispatcher.list line 2: set 1 sip:10.0.0.11;transport=tcp: sip:10.0.0.11;transport=tcp "
         "is reached over TCP, and [sip] listen has no tcp listener; dispatcher.list line 3: set 1 sip:10.0.0.12: its "
         "proxy sip:10.0.0.1;transport=tls is reached over TLS, and [sip] listen has no tls listener")
+
+
+def test_srtp_attribute_asks_the_b_legs_offer_not_the_keepalives() -> None:
+    attrs = parse_attrs("srtp=mandatory")
+    assert outbound_of(attrs) == Outbound(srtp="mandatory") and probe_outbound(attrs) == Outbound()
+    sip = parse_config({"sip": {"listen": ["udp:10.0.0.1:5060", "tls:10.0.0.1:5061"],
+                                "tls": {"certificate": "c.pem", "private_key": "k.pem"}}}).sip
+    check_outbound(build_snapshot([Destination(1, "sip:10.0.0.10;transport=tls", attrs=attrs, row_id=1)], "d"), sip)
+    with pytest.raises(OutboundError, match=r"line 1: set 1 sip:10\.0\.0\.11: srtp=mandatory: sip:10\.0\.0\.11 is "
+                                            "not reached over TLS"):
+        check_outbound(build_snapshot([Destination(1, "sip:10.0.0.11", attrs=attrs, row_id=1)], "d"), sip)
