@@ -18,6 +18,7 @@ from ..harness import AddressAllocator, B2buaProcess, free_port, wait_until
 from ..test_wire_input import _closed_by_peer
 from ..tlscerts import Pem, make_ca, make_leaf
 from .expect import CALLER_HZ, GATEWAY_HZ, TALK_SECONDS, assert_heard
+from .peers import MediaPeer
 
 
 def tls_b2bua(factory: B2buaFactory, workdir: Path, ip: str, ca: Pem, entries: list[ListEntry],
@@ -34,17 +35,23 @@ def tls_b2bua(factory: B2buaFactory, workdir: Path, ip: str, ca: Pem, entries: l
     return RunningB2bua(proc, ip, port), tls_port
 
 
+def tls_peer(factory: MediaPeerFactory, addresses: AddressAllocator, issuer: Pem, name: str,
+             **kwargs: object) -> MediaPeer:
+    """A media peer on a fresh address with a TLS listener whose certificate ``issuer`` signed
+    for that address (its files beside the issuer's)."""
+    ip = addresses.next()
+    pem = make_leaf(issuer.cert.parent, issuer, name, ip)
+    return factory(name=name, ip=ip, tls=(pem.cert, pem.key), **kwargs)
+
+
 def test_a_call_over_tls_both_ways_carries_audio_and_probes_go_over_tls(
         media_peer_factory: MediaPeerFactory, b2bua_factory: B2buaFactory, workdir: Path,
         addresses: AddressAllocator) -> None:
     ca = make_ca(workdir / "certs", "test-ca")
-    gw_ip, phone_ip = addresses.next(), addresses.next()
-    gw_pem = make_leaf(workdir / "certs", ca, "gw", gw_ip)
-    phone_pem = make_leaf(workdir / "certs", ca, "phone", phone_ip)
-    gw = media_peer_factory(name="gw", ip=gw_ip, tone=GATEWAY_HZ[0], tls=(gw_pem.cert, gw_pem.key))
+    gw = tls_peer(media_peer_factory, addresses, ca, "gw", tone=GATEWAY_HZ[0])
     b2b, tls_port = tls_b2bua(b2bua_factory, workdir, addresses.next(), ca, [ListEntry(1, gw.tls_uri)],
                               algorithm="priority", dispatcher={"ping_interval": 1, "probing_mode": 1})
-    phone = media_peer_factory(name="phone", ip=phone_ip, tone=CALLER_HZ, tls=(phone_pem.cert, phone_pem.key))
+    phone = tls_peer(media_peer_factory, addresses, ca, "phone", tone=CALLER_HZ)
     talk = phone.talk(f"sip:media@{b2b.ip}:{tls_port};transport=tls", TALK_SECONDS)
     assert talk.code == 200, talk.ended
     (incoming,) = gw.incoming()
@@ -65,11 +72,8 @@ def test_a_gateway_whose_certificate_does_not_verify_gets_nothing_and_the_call_f
         media_peer_factory: MediaPeerFactory, b2bua_factory: B2buaFactory, workdir: Path,
         addresses: AddressAllocator) -> None:
     ca, other_ca = make_ca(workdir / "certs", "test-ca"), make_ca(workdir / "other", "someone-else")
-    bad_ip, good_ip = addresses.next(), addresses.next()
-    bad_pem = make_leaf(workdir / "other", other_ca, "impostor", bad_ip)
-    good_pem = make_leaf(workdir / "certs", ca, "good", good_ip)
-    bad = media_peer_factory(name="impostor", ip=bad_ip, tone=GATEWAY_HZ[1], tls=(bad_pem.cert, bad_pem.key))
-    good = media_peer_factory(name="good", ip=good_ip, tone=GATEWAY_HZ[0], tls=(good_pem.cert, good_pem.key))
+    bad = tls_peer(media_peer_factory, addresses, other_ca, "impostor", tone=GATEWAY_HZ[1])
+    good = tls_peer(media_peer_factory, addresses, ca, "good", tone=GATEWAY_HZ[0])
     entries = [ListEntry(1, bad.tls_uri, priority=10), ListEntry(1, good.tls_uri, priority=5)]
     b2b, _ = tls_b2bua(b2bua_factory, workdir, addresses.next(), ca, entries, algorithm="priority",
                        failover={"failover_codes": ["5xx", "408"]},
@@ -101,15 +105,11 @@ def test_srtp_both_ways_over_tls_the_caller_and_the_gateway_hear_each_other(
     # [sip] srtp takes the caller's SRTP offer, the destination's srtp= attribute asks the gateway
     # for SRTP: RTP/SAVP with SDES keys on both legs, the bridge in between
     ca = make_ca(workdir / "certs", "test-ca")
-    gw_ip, phone_ip = addresses.next(), addresses.next()
-    gw_pem = make_leaf(workdir / "certs", ca, "gw", gw_ip)
-    phone_pem = make_leaf(workdir / "certs", ca, "phone", phone_ip)
-    gw = media_peer_factory(name="gw", ip=gw_ip, tone=GATEWAY_HZ[0], tls=(gw_pem.cert, gw_pem.key), srtp="mandatory")
+    gw = tls_peer(media_peer_factory, addresses, ca, "gw", tone=GATEWAY_HZ[0], srtp="mandatory")
     b2b, tls_port = tls_b2bua(b2bua_factory, workdir, addresses.next(), ca,
                               [ListEntry(1, gw.tls_uri, attrs="srtp=mandatory")], algorithm="priority",
                               sip={"srtp": "optional"})
-    phone = media_peer_factory(name="phone", ip=phone_ip, tone=CALLER_HZ, tls=(phone_pem.cert, phone_pem.key),
-                               srtp="mandatory")
+    phone = tls_peer(media_peer_factory, addresses, ca, "phone", tone=CALLER_HZ, srtp="mandatory")
     talk = phone.talk(f"sip:media@{b2b.ip}:{tls_port};transport=tls", TALK_SECONDS)
     assert talk.code == 200, talk.ended
     (incoming,) = gw.incoming()
@@ -129,9 +129,7 @@ def test_sip_srtp_decides_what_callers_over_tls_may_offer(
     gw = media_peer_factory(name="gw", tone=GATEWAY_HZ[0])
     b2b, tls_port = tls_b2bua(b2bua_factory, workdir, addresses.next(), ca, [ListEntry(1, gw.uri)],
                               sip={"srtp": srtp})
-    ip = addresses.next()
-    pem = make_leaf(workdir / "certs", ca, "phone", ip)
-    phone = media_peer_factory(name="phone", ip=ip, tone=CALLER_HZ, tls=(pem.cert, pem.key), srtp=caller_srtp)
+    phone = tls_peer(media_peer_factory, addresses, ca, "phone", tone=CALLER_HZ, srtp=caller_srtp)
     talk = phone.talk(f"sip:media@{b2b.ip}:{tls_port};transport=tls", 0.5)
     assert talk.code == code, talk.ended
     assert len(gw.incoming()) == (1 if code == 200 else 0)
@@ -144,12 +142,8 @@ def test_with_verify_client_only_callers_with_a_certificate_from_ca_list_get_in(
     gw = media_peer_factory(name="gw", tone=GATEWAY_HZ[0])
     b2b, tls_port = tls_b2bua(b2bua_factory, workdir, addresses.next(), ca, [ListEntry(1, gw.uri)],
                               sip_tls={"verify_client": True})
-    callers = []
-    for name, issuer, folder in (("member", ca, "certs"), ("stranger", other_ca, "other")):
-        ip = addresses.next()
-        pem = make_leaf(workdir / folder, issuer, name, ip)
-        callers.append(media_peer_factory(name=name, ip=ip, tone=CALLER_HZ, tls=(pem.cert, pem.key)))
-    member, stranger = callers
+    member = tls_peer(media_peer_factory, addresses, ca, "member", tone=CALLER_HZ)
+    stranger = tls_peer(media_peer_factory, addresses, other_ca, "stranger", tone=CALLER_HZ)
     uri = f"sip:media@{b2b.ip}:{tls_port};transport=tls"
     assert member.talk(uri, 0.5).code == 200
     refused = stranger.talk(uri, 0.5)
