@@ -389,7 +389,8 @@ class TlsConfig:
     ca_list: str = opt(SYSTEM_CA_LIST, "PEM file of the certificate authorities a peer's certificate must chain to")
     verify_server: bool = opt(
         True, "a destination's certificate must chain to ca_list and name the host dialled (its IP address, or"
-        " the name in the URI): else the connection is closed and the attempt fails (kind error)"
+        " the name in the URI): else the connection is closed unused and the attempt fails with pjsip's local"
+        " 503 (SSL certificate verification error), which failover_codes' 5xx moves on from"
     )
     verify_client: bool = opt(
         False, "callers must present a certificate that chains to ca_list (mutual TLS); else the connection is"
