@@ -179,7 +179,7 @@ class Leg(CallLeg, pj.Call):  # type: ignore[misc]
             if state == DISCONNECTED:
                 # pjsua2 fills the event only for the caller's BYE with a Reason (patch 0018)
                 return Disconnected(code, reason,
-                                    _bye_headers(prm) if prm.e.type == _TSX_STATE else self._cancel_headers)
+                                    _request_headers(prm, "BYE") if prm.e.type == _TSX_STATE else self._cancel_headers)
             return CONFIRMED if state == CONFIRMED_STATE else None
         if state == EARLY:
             return EarlyMedia(code, reason) if code == 183 else Provisional(code, reason)
@@ -205,7 +205,7 @@ class Leg(CallLeg, pj.Call):  # type: ignore[misc]
                 return Failed(488, "Not Acceptable Here", {},
                               f"its 200 OK had no usable SDP answer: {code} {reason}")
             if self._got_2xx:  # the gateway's BYE (not one of ours): its Reason may cross
-                return Disconnected(code, reason, _bye_headers(prm) if self.ended_by is None else {})
+                return Disconnected(code, reason, _request_headers(prm, "BYE") if self.ended_by is None else {})
             if self._sending:  # inside makeCall: pjsip could not send it (too long, no transport)
                 return Failed(code, reason, {}, f"the INVITE was not sent: {code} {reason}", local=True)
             if self._redirect is not None and self.ended_by is None:
@@ -288,18 +288,18 @@ class Leg(CallLeg, pj.Call):  # type: ignore[misc]
             elif state in _TALKING or self._reinviting:
                 self._talking_tsx(owner, prm.e.body.tsxState)
             elif not self.index:
-                self._caller_cancel(prm.e.body.tsxState)
+                self._caller_cancel(prm)
         except Exception:
             logger.opt(exception=True).error("transaction handler failed")
 
-    def _caller_cancel(self, tsx_state: Any) -> None:
+    def _caller_cancel(self, prm: Any) -> None:
         # pjsip reports a CANCEL's transaction before it answers the INVITE 487 and ends the
         # leg (sip_inv.c calls on_tsx_state_changed first for a request received), so its
         # Reason (RFC 3326: a forking proxy's "Call completed elsewhere") is at hand when the
         # leg's DISCONNECTED comes; Kamailio's tm copies it to the CANCELs it sends the same way
-        tsx = tsx_state.tsx
-        if tsx.method == "CANCEL" and tsx.role == pj.PJSIP_ROLE_UAS and tsx_state.type == pj.PJSIP_EVENT_RX_MSG:
-            reason = sip.parse_message(str(tsx_state.src.rdata.wholeMsg))[1].get("reason")
+        tsx = prm.e.body.tsxState.tsx
+        if tsx.method == "CANCEL" and tsx.role == pj.PJSIP_ROLE_UAS:
+            reason = _request_headers(prm, "CANCEL").get("reason")
             if reason:
                 self._cancel_headers = {"reason": reason}
 
@@ -643,15 +643,16 @@ def _response_headers(prm: Any) -> dict[str, tuple[str, ...]]:
     return sip.parse_message(raw)[1] if raw else {}
 
 
-def _bye_headers(prm: Any) -> dict[str, tuple[str, ...]]:
-    """Headers of the peer's BYE that ended a leg, when a BYE did (else none)."""
+def _request_headers(prm: Any, method: str) -> dict[str, tuple[str, ...]]:
+    """Headers of the peer's ``method`` request in the event of ``prm`` (its BYE that ended a
+    leg, the caller's CANCEL), when that is what it holds (else none)."""
     raw = _response_message(prm)
-    return sip.parse_message(raw)[1] if raw.startswith("BYE ") else {}
+    return sip.parse_message(raw)[1] if raw.startswith(method + " ") else {}
 
 
 def _response_message(prm: Any) -> str:
     """The message that changed a B leg's state, when pjsua received one (else ``""``): a
-    response to our request, or the peer's own request (its BYE)."""
+    response to our request, or the peer's own request (its BYE, the caller's CANCEL)."""
     try:
         tsx_state = prm.e.body.tsxState
         if tsx_state.type != pj.PJSIP_EVENT_RX_MSG:
