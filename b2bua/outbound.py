@@ -93,15 +93,14 @@ def profile_for(outbound: Outbound, sip: SipConfig, next_hop: str = "") -> Outbo
         known = ", ".join(c.name for c in sip.credentials if c.name) or "none"
         raise ValueError(f"auth={outbound.auth}: no [[sip.credentials]] named {outbound.auth!r} (named: {known})")
     hop = proxy or next_hop
-    if listener is not None and hop:
-        transport = parse_uri_lenient(hop).transport
-        if transport != listener.transport:
-            raise ValueError(f"{named}: a {listener.transport.upper()} listener, but {hop} is reached over "
-                             f"{transport.upper()}")
+    transport = parse_uri_lenient(hop).transport if hop else ""
+    if listener is not None and transport and transport != listener.transport:
+        raise ValueError(f"{named}: a {listener.transport.upper()} listener, but {hop} is reached over "
+                         f"{transport.upper()}")
     srtp = outbound.srtp or "off"
     if srtp not in SRTP_MODES:
         raise ValueError(f"srtp={srtp}: use one of {', '.join(SRTP_MODES)}")
-    if srtp != "off" and hop and parse_uri_lenient(hop).transport != "tls":
+    if srtp != "off" and transport and transport != "tls":
         raise ValueError(f"srtp={srtp}: {hop} is not reached over TLS, and the SRTP keys would cross in clear "
                          "(;transport=tls or sips:)")
     return OutboundProfile(listener, proxy, outbound.auth, srtp)

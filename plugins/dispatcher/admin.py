@@ -49,7 +49,7 @@ from plugins.dispatcher.config import DispatcherConfig, parse_dispatcher_config,
 from plugins.dispatcher.dnslookup import make_lookup
 from plugins.dispatcher.listfile import MAX_LINE, check_flags, edit_lock, format_line, parse_line, parse_list
 from plugins.dispatcher.model import MAX_DESCRIPTION_LENGTH, DestFlags, Destination, build_snapshot
-from plugins.dispatcher.outbound import SendDefaults, sending_problem
+from plugins.dispatcher.outbound import sending_problem
 from plugins.dispatcher.resolve import (
     LoadError,
     ResolveError,
@@ -376,7 +376,7 @@ def cmd_add(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         description = check_description(args.description or "")
     except ValueError as exc:
         raise AdminError(str(exc)) from None
-    problem = sending_problem(dest, source.config.sip, SendDefaults.of(source.dispatcher))
+    problem = sending_problem(dest, source.config.sip, source.dispatcher.send_defaults)
     if problem:  # the next load would refuse it: not written
         raise AdminError(f"set {dest.setid} {escape(dest.uri)}: {problem}")
     why = unresolved(dest, nameservers=effective_nameservers(source.config.sip.nameservers))

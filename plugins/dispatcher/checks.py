@@ -30,7 +30,7 @@ from b2bua.config import ConfigError, SipConfig
 from plugins.dispatcher.algorithms import TABLE_SIZE, weight_table
 from plugins.dispatcher.config import DispatcherConfig, Route
 from plugins.dispatcher.model import Destination, Snapshot
-from plugins.dispatcher.outbound import SendDefaults, check_outbound
+from plugins.dispatcher.outbound import check_outbound
 from plugins.dispatcher.resolve import LoadError
 from plugins.dispatcher.routes import unloaded_sets
 from plugins.dispatcher.safetext import escape
@@ -174,7 +174,7 @@ def check_sources(config: DispatcherConfig, list_file: Path | None, sip: SipConf
         except StoreError as exc:
             return [f"destinations not checked: {escape(str(exc), backslash=False)}"]
     if sip is not None:
-        check_outbound(snapshot, sip, rows=list_file is None, defaults=SendDefaults.of(config))
+        check_outbound(snapshot, sip, rows=list_file is None, defaults=config.send_defaults)
     backups, own = unloaded_sets(config.routes, snapshot.sets, routes_where)
     if backups:
         raise LoadError("; ".join(backups))

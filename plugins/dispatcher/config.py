@@ -45,13 +45,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from b2bua.config import ConfigError, Listen, opt, parse_section
 from b2bua.sip import request_method_problem
 from plugins.dispatcher.algorithms import TEMPLATE_FIELDS, resolve_algorithm, template_names
 from plugins.dispatcher.attrs import check_message_uri
 from plugins.dispatcher.selection import PARALLEL, Policy
+
+if TYPE_CHECKING:
+    from b2bua.api import Outbound
 
 SECTION = "plugins.dispatcher"
 ROUTES_KEY = "routes"
@@ -183,6 +186,26 @@ DEFAULT_ROUTE = Route()
 
 
 @dataclass(frozen=True)
+class SendDefaults:
+    """``[plugins.dispatcher]``'s listeners for destinations whose attributes name none
+    (:attr:`DispatcherConfig.send_defaults`; used by :mod:`plugins.dispatcher.outbound`)."""
+
+    socket: str = ""  #: ``default_socket``
+    sockname: str = ""  #: ``default_sockname`` (wins over ``socket``)
+    ping_socket: str = ""  #: ``ping_socket``: keepalives only, before the two above
+
+    def describe(self, outbound: Outbound) -> str:
+        """Which setting gave ``outbound`` its listener, for messages."""
+        if outbound.sockname:
+            return "[plugins.dispatcher] default_sockname"
+        return "[plugins.dispatcher] " + ("ping_socket" if outbound.socket == self.ping_socket else "default_socket")
+
+
+#: no defaults: pjsip picks the listener of a destination whose attributes name none
+NO_DEFAULTS = SendDefaults()
+
+
+@dataclass(frozen=True)
 class DispatcherConfig:
     """``[plugins.dispatcher]``: Kamailio dispatcher module parameters without ``ds_``."""
 
@@ -296,6 +319,12 @@ class DispatcherConfig:
                     Listen.parse(value)
                 except ValueError as exc:
                     raise ValueError(f"{name}: {exc}") from None
+
+    @cached_property
+    def send_defaults(self) -> SendDefaults:
+        """The listeners of destinations whose attributes name none (``default_socket``,
+        ``default_sockname``, ``ping_socket``)."""
+        return SendDefaults(self.default_socket, self.default_sockname, self.ping_socket)
 
     @property
     def user_only_hash(self) -> bool:

@@ -27,42 +27,18 @@ ignored.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 
 from b2bua.api import Outbound
 from b2bua.config import SipConfig
 from b2bua.outbound import MAX_WAYS, OutboundProfile, default_profile, profile_for
 from b2bua.sipuri import parse_uri_lenient
-from plugins.dispatcher.config import DispatcherConfig
+from plugins.dispatcher.config import NO_DEFAULTS, SendDefaults
 from plugins.dispatcher.model import Attrs, Destination, Snapshot
 from plugins.dispatcher.resolve import LoadError
 
 
 class OutboundError(LoadError):
     """Destinations whose attributes the host cannot honour; the message names each one."""
-
-
-@dataclass(frozen=True)
-class SendDefaults:
-    """``[plugins.dispatcher]``'s listeners for destinations whose attributes name none."""
-
-    socket: str = ""  #: ``default_socket``
-    sockname: str = ""  #: ``default_sockname`` (wins over ``socket``)
-    ping_socket: str = ""  #: ``ping_socket``: keepalives only, before the two above
-
-    @classmethod
-    def of(cls, config: DispatcherConfig) -> SendDefaults:
-        return cls(config.default_socket, config.default_sockname, config.ping_socket)
-
-    def describe(self, outbound: Outbound) -> str:
-        """Which setting gave ``outbound`` its listener, for messages."""
-        if outbound.sockname:
-            return "[plugins.dispatcher] default_sockname"
-        return "[plugins.dispatcher] " + ("ping_socket" if outbound.socket == self.ping_socket else "default_socket")
-
-
-#: no defaults: pjsip picks the listener of a destination whose attributes name none
-NO_DEFAULTS = SendDefaults()
 
 
 def names_listener(attrs: Attrs) -> bool:
@@ -107,18 +83,23 @@ def sending_problem(dest: Destination, sip: SipConfig, defaults: SendDefaults = 
     ``""`` when it can. What :func:`check_outbound` says of each destination, but the count of
     ways of sending (which depends on the others); ``b2bua dispatcher add`` asks it before
     writing."""
-    return _ways_of_sending(dest, sip, defaults)[0]
+    return _ways_of_sending(dest, sip, defaults, _transports(sip))[0]
 
 
-def _ways_of_sending(dest: Destination, sip: SipConfig,
-                     defaults: SendDefaults) -> tuple[str, tuple[OutboundProfile, ...]]:
+def _transports(sip: SipConfig) -> frozenset[str]:
+    """The transports ``[sip] listen`` has a listener of (pjsip sends over no other)."""
+    return frozenset(listener.transport for listener in sip.listeners)
+
+
+def _ways_of_sending(dest: Destination, sip: SipConfig, defaults: SendDefaults,
+                     transports: frozenset[str]) -> tuple[str, tuple[OutboundProfile, ...]]:
     """Why ``dest`` cannot be sent to (``""``: it can), and the ways its calls and keepalives
     are sent when it can."""
     hop = dest.attrs.obproxy or sip.outbound_proxy or dest.uri
     transport = parse_uri_lenient(hop).transport
     if "auth" in dest.attrs.extra and not dest.attrs.extra["auth"]:
         return "auth= needs a credential's name", ()
-    if transport not in {listener.transport for listener in sip.listeners}:
+    if transport not in transports:
         # pjsip could send it nothing: no transport of that kind
         whose = hop if hop == dest.uri else f"its proxy {hop}"
         return f"{whose} is reached over {transport.upper()}, and [sip] listen has no {transport} listener", ()
@@ -152,8 +133,9 @@ def check_outbound(snapshot: Snapshot, sip: SipConfig, *, rows: bool = False,
     problems = []
     default = default_profile(sip)
     ways: set[OutboundProfile] = set()
+    transports = _transports(sip)
     for dest in sorted(snapshot.destinations(), key=lambda d: d.row_id):  # in the source's order
-        why, profiles = _ways_of_sending(dest, sip, defaults)
+        why, profiles = _ways_of_sending(dest, sip, defaults, transports)
         for profile in profiles:
             if profile != default and profile not in ways:
                 ways.add(profile)

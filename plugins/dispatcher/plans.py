@@ -19,10 +19,10 @@ from loguru import logger
 from b2bua.api import CallInfo, DialMode, Reject, RoutePlan, StashKey, Target
 from b2bua.logs import writes
 from b2bua.sip import retry_after
-from plugins.dispatcher.config import DispatcherConfig, Route
+from plugins.dispatcher.config import NO_DEFAULTS, DispatcherConfig, Route, SendDefaults
 from plugins.dispatcher.dnsfailover import next_hops
 from plugins.dispatcher.model import Destination
-from plugins.dispatcher.outbound import NO_DEFAULTS, SendDefaults, outbound_of
+from plugins.dispatcher.outbound import outbound_of
 from plugins.dispatcher.routes import match_route
 from plugins.dispatcher.runtime import DestKey, DispatcherState
 from plugins.dispatcher.selection import PARALLEL
@@ -77,7 +77,7 @@ def plan_call(
     if writes.debug:  # every call: not even the filtered call (and the join) when DEBUG is not written
         _log(call).debug("dispatcher: rule {} set {} alg {} -> {}", rule, setid, alg, ", ".join(d.uri for d in dests))
     mode = DialMode.PARALLEL if alg == PARALLEL else DialMode.SERIAL
-    defaults = SendDefaults.of(config) if config.default_socket or config.default_sockname else NO_DEFAULTS
+    defaults = config.send_defaults
     targets: list[Target] = []
     for dest in dests:
         target = make_target(dest, defaults)

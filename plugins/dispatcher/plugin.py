@@ -55,7 +55,7 @@ from plugins.dispatcher.heap import HeapPolicy
 from plugins.dispatcher.latency import seeded
 from plugins.dispatcher.metrics import DispatcherStats
 from plugins.dispatcher.model import Destination, Snapshot, is_usable
-from plugins.dispatcher.outbound import SendDefaults, check_outbound
+from plugins.dispatcher.outbound import check_outbound
 from plugins.dispatcher.plans import DATA_KEY, ROUTE, CallRoute, dest_key_of, make_target, plan_call
 from plugins.dispatcher.probing import Prober
 from plugins.dispatcher.reloader import ReloadBusy, Reloader, ReloadFailed
@@ -308,7 +308,7 @@ class DispatcherPlugin:
     def _checked(self, snapshot: Snapshot) -> Snapshot:
         """``snapshot`` if the host can honour every destination's socket, proxy and credential
         attributes; else :class:`~plugins.dispatcher.outbound.OutboundError` naming them."""
-        check_outbound(snapshot, self.sip, rows=self._list_file is None, defaults=SendDefaults.of(self.config))
+        check_outbound(snapshot, self.sip, rows=self._list_file is None, defaults=self.config.send_defaults)
         return snapshot
 
     def _make_state(self) -> DispatcherState:
@@ -368,7 +368,7 @@ class DispatcherPlugin:
             active=cfg.ping_active,
             counters=self.counters,
             owns=None if self.shared.kind == "local" else self.shared.probes,
-            send_defaults=SendDefaults.of(cfg),
+            send_defaults=cfg.send_defaults,
         )
 
     def _make_shared(self, app: Host) -> SharedState:

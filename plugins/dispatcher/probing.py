@@ -20,9 +20,10 @@ from loguru import logger
 
 from b2bua.api import Outbound, ProbeResult, TimerHandle
 from plugins.dispatcher import health
+from plugins.dispatcher.config import NO_DEFAULTS, SendDefaults
 from plugins.dispatcher.latency import LatencyStats, add_timeout, update
 from plugins.dispatcher.model import DestFlags, Destination
-from plugins.dispatcher.outbound import NO_DEFAULTS, SendDefaults, probe_outbound
+from plugins.dispatcher.outbound import probe_outbound
 from plugins.dispatcher.replycodes import ReplyCodes
 from plugins.dispatcher.runtime import DestKey, DispatcherState
 

@@ -21,7 +21,7 @@ from plugins.dispatcher.checks import check_loaded
 from plugins.dispatcher.config import DispatcherConfig
 from plugins.dispatcher.dnslookup import make_lookup
 from plugins.dispatcher.model import Snapshot
-from plugins.dispatcher.outbound import SendDefaults, check_outbound
+from plugins.dispatcher.outbound import check_outbound
 from plugins.dispatcher.storage import load_snapshot
 
 #: a function that loads the destinations (blocking); the default reads the configured source
@@ -83,7 +83,7 @@ def load_configured(config: DispatcherConfig, list_file: Path | None, resolve: b
         if store is not None:
             store.close()
     if sip is not None:
-        check_outbound(snapshot, sip, rows=list_file is None, defaults=SendDefaults.of(config))
+        check_outbound(snapshot, sip, rows=list_file is None, defaults=config.send_defaults)
     return check_loaded(snapshot, config, list_file)  # empty list file, duplicates, weights
 
 
