@@ -36,6 +36,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import statistics
 import struct
 import subprocess
@@ -944,6 +945,23 @@ class Caller:
     def start_calls(self, target_ip: str, target_port: int, **kwargs: Any) -> CallerProcess:
         """`start_calls` from this caller's address."""
         return start_calls(target_ip, target_port, ip=self.ip, workdir=self.workdir, **kwargs)
+
+
+def closed_by_peer(s: socket.socket) -> bool:
+    """Whether the other end closed ``s`` (plain or TLS): what it sent before is read and put
+    aside, then EOF, a reset or (TLS) a failed record; False while it is open with nothing to
+    read. Non-blocking reads."""
+    tls = isinstance(s, ssl.SSLSocket)
+    if tls:
+        s.setblocking(False)  # an SSLSocket takes no recv flags
+    try:
+        while s.recv(65536) if tls else s.recv(65536, socket.MSG_DONTWAIT):
+            pass
+        return True  # EOF
+    except (BlockingIOError, TimeoutError, ssl.SSLWantReadError):  # nothing to read: still open
+        return False
+    except (ConnectionResetError, ssl.SSLError):
+        return True
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, *, interval: float = 0.05,

@@ -22,7 +22,7 @@ import pytest
 
 from .conftest import B2buaFactory, GatewayFactory
 from .flood import Flood
-from .harness import REPO_ROOT, AddressAllocator, B2buaProcess, Caller, free_port, wait_until
+from .harness import REPO_ROOT, AddressAllocator, B2buaProcess, Caller, closed_by_peer, free_port, wait_until
 from .sipfuzz import Peer, corpus, request
 from .test_host import Host, host_config
 
@@ -596,19 +596,6 @@ def test_an_invite_with_replaces_is_declined_and_the_call_it_names_goes_on(
     assert "603 Decline" in b2b.proc.log_text()
 
 
-def _closed_by_peer(s: socket.socket) -> bool:
-    """Whether the other end closed ``s``: what it sent before is read and put aside, then EOF or
-    a reset (non-blocking reads)."""
-    try:
-        while s.recv(65536, socket.MSG_DONTWAIT):
-            pass
-        return True  # EOF
-    except (BlockingIOError, TimeoutError):  # nothing to read: still open (TimeoutError: a socket with a timeout)
-        return False
-    except ConnectionResetError:
-        return True
-
-
 def test_tcp_connections_that_send_nothing_are_closed_and_a_talking_one_stays(
         b2bua_factory: B2buaFactory, addresses: AddressAllocator) -> None:
     # silent connections (a scanner, a flood) no longer hold a descriptor for pjsip's 600 s:
@@ -629,9 +616,9 @@ def test_tcp_connections_that_send_nothing_are_closed_and_a_talking_one_stays(
                      "CSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n").encode())
     assert talking.recv(4096).startswith(b"SIP/2.0 200 "), "the talking connection's OPTIONS is answered"
     try:
-        wait_until(lambda: all(_closed_by_peer(s) for s in silent), timeout=30,
+        wait_until(lambda: all(closed_by_peer(s) for s in silent), timeout=30,
                    what="the B2BUA closing the 30 connections that sent nothing (10 s after each opened)")
-        assert not _closed_by_peer(talking), "a connection that sent a SIP message stays open"
+        assert not closed_by_peer(talking), "a connection that sent a SIP message stays open"
     finally:
         for s in (*silent, talking):
             s.close()
@@ -660,12 +647,12 @@ def test_a_blocked_sources_tcp_connections_are_closed_and_a_trusted_ones_stays(
             break
         sent += 1
         time.sleep(0.05)
-    wait_until(lambda: _closed_by_peer(flood), timeout=5, what="the flooding source's connection closed")
+    wait_until(lambda: closed_by_peer(flood), timeout=5, what="the flooding source's connection closed")
     flood.close()
     assert 3 <= sent < 10, f"{sent} requests went out before the connection was closed"
     again = socket.create_connection((b2b.ip, b2b.port), timeout=5, source_address=(stranger, 0))
     again.sendall(_options(again, b2b.ip, 99))
-    wait_until(lambda: _closed_by_peer(again), timeout=5, what="a blocked source's new connection closed")
+    wait_until(lambda: closed_by_peer(again), timeout=5, what="a blocked source's new connection closed")
     again.close()
 
     trusted = socket.create_connection((b2b.ip, b2b.port), timeout=5, source_address=(caller.ip, 0))

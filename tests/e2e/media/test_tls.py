@@ -14,8 +14,7 @@ import pytest
 
 from ..configs import ListEntry, RunningB2bua, b2bua_config, write_list_file
 from ..conftest import B2buaFactory, MediaPeerFactory
-from ..harness import AddressAllocator, B2buaProcess, free_port, wait_until
-from ..test_wire_input import _closed_by_peer
+from ..harness import AddressAllocator, B2buaProcess, closed_by_peer, free_port, wait_until
 from ..tlscerts import Pem, make_ca, make_leaf
 from .expect import CALLER_HZ, GATEWAY_HZ, TALK_SECONDS, assert_heard
 from .peers import MediaPeer
@@ -189,24 +188,10 @@ def test_tls_connections_that_never_talk_are_closed_and_a_talking_one_stays(
                      "CSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n").encode())
     assert talking.recv(4096).startswith(b"SIP/2.0 200 "), "the talking connection's OPTIONS is answered"
     try:
-        wait_until(lambda: all(_closed(s) for s in silent), timeout=30,
+        wait_until(lambda: all(closed_by_peer(s) for s in silent), timeout=30,
                    what="the B2BUA closing the 10 TLS connections that sent no SIP (10 s after each opened)")
-        assert not _closed(talking), "a connection that sent a SIP message stays open"
+        assert not closed_by_peer(talking), "a connection that sent a SIP message stays open"
     finally:
         for s in (*silent, talking):
             s.close()
 
-
-def _closed(s: socket.socket) -> bool:
-    """Whether the B2BUA closed ``s`` (a TLS one: a close_notify, EOF or a reset)."""
-    if not isinstance(s, ssl.SSLSocket):
-        return _closed_by_peer(s)
-    s.setblocking(False)
-    try:
-        while s.recv(65536):
-            pass
-        return True  # EOF
-    except (ssl.SSLWantReadError, BlockingIOError):
-        return False
-    except (ssl.SSLError, ConnectionResetError, ssl.SSLEOFError):
-        return True
