@@ -36,6 +36,14 @@ T = TypeVar("T")
 #: seconds a task (:meth:`Scheduler.run_task`) runs per loop pass at most, give or take one step
 TASK_SLICE = 0.002
 
+#: the timer heap is rebuilt without its cancelled timers once they are more than this share of
+#: it (and at least :data:`COMPACT_MIN` of them). A cancelled timer otherwise stays until it
+#: would have run: every call cancels a 60 s answer timer, so at 900 calls/s ~54,000 dead
+#: timers (and their heap tuples) lived in the heap, and each full garbage collection walked
+#: them all: pauses grew to 45-70 ms within a minute and the stalled loop shed calls.
+COMPACT_SHARE = 0.5
+COMPACT_MIN = 128
+
 #: a task: a generator run in slices on the loop. It yields None where it may be paused, or a
 #: Future to wait for (off the loop: ``run_blocking``), and is sent that Future back once done;
 #: what it returns is the task's result.
@@ -49,14 +57,18 @@ class WrongThreadError(RuntimeError):
 class Timer:
     """A scheduled callback; ``cancel()`` is idempotent and safe from the loop thread."""
 
-    __slots__ = ("callback", "cancelled", "when")
+    __slots__ = ("callback", "cancelled", "scheduler", "when")
 
-    def __init__(self, when: float, callback: Callable[[], None]) -> None:
+    def __init__(self, when: float, callback: Callable[[], None], scheduler: Scheduler | None = None) -> None:
         self.when = when
         self.callback: Callable[[], None] | None = callback
         self.cancelled = False
+        self.scheduler = scheduler  # told of a cancel while the timer is still in its heap
 
     def cancel(self) -> None:
+        if self.callback is not None and self.scheduler is not None:
+            self.scheduler._cancelled += 1  # still in the heap: neither run nor cancelled before
+        self.scheduler = None
         self.cancelled = True
         self.callback = None  # drop references (closures may hold call state)
 
@@ -71,6 +83,7 @@ class Scheduler:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._heap: list[tuple[float, int, Timer]] = []
+        self._cancelled = 0  # cancelled timers still in the heap
         self._seq = itertools.count()
         self._queue: deque[Callable[[], None]] = deque()  # deque append/popleft are thread-safe
         self._loop_thread: threading.Thread | None = None
@@ -102,7 +115,7 @@ class Scheduler:
         """Run ``callback`` on the loop thread after ``delay`` seconds (loop thread only)."""
         if self._loop_ident is not None and threading.get_ident() != self._loop_ident:
             self.check_loop_thread("call_later")
-        timer = Timer(self._clock() + max(0.0, delay), callback)
+        timer = Timer(self._clock() + max(0.0, delay), callback, self)
         heapq.heappush(self._heap, (timer.when, next(self._seq), timer))
         return timer
 
@@ -147,18 +160,35 @@ class Scheduler:
         for _, _, timer in self._heap:
             timer.cancel()
         self._heap.clear()
+        self._cancelled = 0
         self._queue.clear()
         return pending
 
+    @property
+    def timers(self) -> int:
+        """Timers in the heap, the cancelled ones not yet dropped included."""
+        return len(self._heap)
+
     def next_delay(self, ceiling: float) -> float:
         """Seconds until the next timer (at most ``ceiling``), 0 when work is queued."""
+        heap = self._heap
+        if self._cancelled > COMPACT_MIN and self._cancelled > COMPACT_SHARE * len(heap):
+            self._compact()
         if self._queue:
             return 0.0
-        while self._heap and self._heap[0][2].cancelled:
-            heapq.heappop(self._heap)
-        if not self._heap:
+        while heap and heap[0][2].cancelled:
+            heapq.heappop(heap)
+            self._cancelled -= 1
+        if not heap:
             return ceiling
-        return min(ceiling, max(0.0, self._heap[0][0] - self._clock()))
+        return min(ceiling, max(0.0, heap[0][0] - self._clock()))
+
+    def _compact(self) -> None:
+        """Rebuild the heap without its cancelled timers (in place: :meth:`run_pending` may hold it)."""
+        heap = self._heap
+        heap[:] = [entry for entry in heap if not entry[2].cancelled]
+        heapq.heapify(heap)
+        self._cancelled = 0
 
     def run_pending(self) -> int:
         """Run queued callables and due timers; return how many ran. Errors are logged."""
@@ -172,8 +202,10 @@ class Scheduler:
             timer = heapq.heappop(heap)[2]
             callback = timer.callback
             if callback is None:
+                self._cancelled -= 1
                 continue
             timer.callback = None
+            timer.scheduler = None
             self._run(callback)
             ran += 1
         return ran

@@ -40,6 +40,69 @@ def test_timers_run_in_order_when_due() -> None:
     assert s.next_delay(5) == 5
 
 
+def test_cancelled_timers_do_not_pile_up_in_the_heap() -> None:
+    """Each call cancels a long timer (the 60 s answer timeout): the heap must not keep them
+    until they are due, or a busy minute leaves tens of thousands for the collector to walk."""
+    from b2bua.loop import COMPACT_MIN
+
+    clock = Clock()
+    s = Scheduler(clock)
+    ran: list[int] = []
+    keep = [s.call_later(5 + i, lambda i=i: ran.append(i)) for i in range(3)]
+    for _ in range(20 * COMPACT_MIN):  # cancelled right away, as an answered call's timer is
+        s.call_later(60, lambda: ran.append(-1)).cancel()
+        s.next_delay(1)  # a loop pass
+    assert s.timers <= 2 * COMPACT_MIN + len(keep)
+    keep[1].cancel()
+    keep[1].cancel()  # idempotent: counted once
+    keep[0].cancel()
+    for _ in range(3 * COMPACT_MIN):
+        s.call_later(60, lambda: None).cancel()
+        s.next_delay(1)
+    clock.now += 10
+    assert s.run_pending() == 1 and ran == [2]  # the live timer survived every rebuild, in order
+    clock.now += 100
+    assert s.run_pending() == 0 and ran == [2]
+    assert s.next_delay(5) == 5 and s.timers == 0
+
+
+def test_the_heap_stays_bounded_by_live_timers_whatever_is_cancelled_when() -> None:
+    """Random timers, cancelled before they run, after, twice or never: every live timer runs
+    once when due, none that was cancelled runs, and after each loop pass the heap holds at
+    most the live timers plus max(COMPACT_MIN, live) dead ones."""
+    import random
+
+    from b2bua.loop import COMPACT_MIN
+
+    rng = random.Random(15)
+    clock = Clock()
+    s = Scheduler(clock)
+    pending: dict[int, float] = {}  # timer number -> when it is due
+    ran: list[int] = []
+    timers = []
+    for step in range(20_000):
+        op = rng.random()
+        if op < 0.5:
+            number = len(timers)
+            when = clock.now + rng.choice((0.01, 1.0, 60.0))
+            timers.append(s.call_later(when - clock.now, lambda n=number: ran.append(n)))
+            pending[number] = when
+        elif op < 0.9 and timers:
+            number = rng.randrange(len(timers))
+            timers[number].cancel()
+            pending.pop(number, None)
+        else:
+            clock.now += rng.choice((0.0, 0.02, 2.0))
+            before = len(ran)
+            s.run_pending()
+            fired = ran[before:]
+            assert all(pending.pop(n) <= clock.now for n in fired), f"step {step}: a cancelled timer ran"
+            assert not any(when <= clock.now for when in pending.values()), f"step {step}: a due timer did not run"
+        s.next_delay(1)
+        live = len(pending)
+        assert s.timers <= live + max(COMPACT_MIN, live) + 1, f"step {step}: {s.timers} timers for {live} live"
+
+
 def test_clear_drops_everything_pending_without_running_it() -> None:
     import gc
     import weakref
