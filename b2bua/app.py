@@ -35,6 +35,7 @@ from b2bua.config import Config, SipConfig
 from b2bua.core_rpc import calls_report
 from b2bua.endpoint import Endpoint
 from b2bua.events import CallLeg, Disconnected, LegEvent
+from b2bua.gcwatch import GcWatch
 from b2bua.guard import Dialogs, Gate, register_security_methods
 from b2bua.headers import Passthrough
 from b2bua.health import Health, NodeState, node_state
@@ -117,6 +118,7 @@ class App:
         self._backlog = ReceiveBacklog([])
         #: the SIP listeners' receive queues at the last heartbeat
         self.receive_queue = QueueReading()
+        self.gc_watch = GcWatch()  #: started once start-up's heap is frozen (lifecycle)
         self._standing = StandingQueue(config.sip.overload_delay)  #: saturation, told from a stall
         self._dropped_logged = 0  #: datagrams the kernel dropped, as of the last warning about them
         self._dropped_base = 0  #: ... as of the last stats reset
@@ -290,7 +292,7 @@ class App:
             call_slots=self.legs.slots, max_calls=self._config.sip.max_calls, draining=self._draining,
             stopping=self._stopping, overloaded=self.overloaded, admitted_share=self._admission.share,
             sip_dropped=self.receive_queue.dropped - self._dropped_base, sip_receive_wait=self.receive_queue.wait,
-            timer_lag=self.endpoint.timer_lag(),
+            timer_lag=self.endpoint.timer_lag(), gc=self.gc_watch.report(),
             screened=self._screened_since_reset(),
         )
 

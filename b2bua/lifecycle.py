@@ -82,6 +82,7 @@ class Lifecycle:
             app.start_overload_watch()
             app.scheduler.call_later(AUDIT_INTERVAL, self.audit)
             _freeze_startup_heap()
+            app.gc_watch.start()  # after start-up's own collections
             logger.info("b2bua ready: listening on {} (plugins: {})",
                         ", ".join(app.endpoint.listeners), ", ".join(app.plugin_names()) or "none")
             app.notifier.ready(app.ready_status())
@@ -246,6 +247,7 @@ class Lifecycle:
         # timers of calls that never finished (an overloaded run leaves thousands) hold sessions
         # and their legs
         app.scheduler.clear()
+        app.gc_watch.stop()
         gc.unfreeze()  # the start-up heap too: a cycle holding a pjsua2 object goes before libDestroy
         gc.collect()
         app.stop_overload_watch()

@@ -29,6 +29,7 @@ from typing import Any, Literal, Protocol
 
 from b2bua import hookimpl
 from b2bua.api import CallInfo, EndCause, Target
+from b2bua.gcwatch import NO_GC, GcReport
 from b2bua.loop import Task
 
 Kind = Literal["counter", "gauge", "histogram"]
@@ -213,6 +214,8 @@ class ProcessSnapshot:
     sip_receive_wait: float = 0.0
     #: seconds pjsip's earliest timer was overdue when read (its timers trail the clock under load)
     timer_lag: float = 0.0
+    #: the garbage collector's work since start-up and its longest recent pause (:mod:`b2bua.gcwatch`)
+    gc: GcReport = NO_GC
     #: the early filter's messages, ``{"requests"|"responses": {"passed"|"checked": n}}``
     #: (:meth:`b2bua.rxfilter.RxFilter.counts`); empty when it is off
     screened: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
@@ -272,6 +275,8 @@ def core_report(s: ProcessSnapshot) -> dict[str, Any]:
         "admitted_share": round(s.admitted_share, 3),
         "sip_receive": {"dropped": s.sip_dropped, "wait_ms": round(s.sip_receive_wait * 1000, 1)},
         "timer_lag_ms": round(s.timer_lag * 1000, 1),
+        "gc": {"collections": list(s.gc.collections), "seconds": [round(x, 3) for x in s.gc.seconds],
+               "longest_pause_ms": round(s.gc.longest_pause * 1000, 1)},
         "reload_signals": s.reload_signals,
         "screened": {kind: dict(paths) for kind, paths in s.screened.items()},
     }
@@ -323,4 +328,10 @@ def core_families(s: ProcessSnapshot) -> list[Family]:
               "waited, at the last look (every 50 ms).", s.sip_receive_wait),
         gauge("b2bua_timer_lag_seconds", "How late pjsip's earliest due timer is (transaction timers trail the "
               "clock when the loop is saturated).", s.timer_lag),
+        Family("b2bua_gc_collections_total", "counter", "Python garbage collections since start-up, by "
+               "generation.", ("generation",), [((str(g),), n) for g, n in enumerate(s.gc.collections)]),
+        Family("b2bua_gc_seconds_total", "counter", "Seconds Python's garbage collector held the loop, by "
+               "generation.", ("generation",), [((str(g),), x) for g, x in enumerate(s.gc.seconds)]),
+        gauge("b2bua_gc_longest_pause_seconds", "The longest garbage collection of the last 1-2 minutes (the "
+              "loop stalls for all of it).", s.gc.longest_pause),
     ]

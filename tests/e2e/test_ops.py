@@ -100,10 +100,16 @@ def test_metrics_after_real_calls(gateway_factory: GatewayFactory, b2bua_factory
     assert value(m, "b2bua_dispatcher_destination_up", **good_l) == 1
     assert value(m, "b2bua_dispatcher_destinations_up", set="1") == 2
     assert value(m, "process_resident_memory_bytes") > 0
+    # the collector's watch runs in the real process: three generations, counted from start-up
+    for name in ("b2bua_gc_collections_total", "b2bua_gc_seconds_total"):
+        assert all((name, frozenset({("generation", g)})) in m for g in "012"), name
+    assert ("b2bua_gc_longest_pause_seconds", frozenset()) in m
+    assert value(m, "b2bua_gc_longest_pause_seconds") < 1
 
     # the same numbers through the control API
     stats = node.process.rpc("core.stats")
     assert (stats["calls"]["received"], stats["calls"]["answered"], stats["state"]) == (4, 4, "up")
+    assert len(stats["gc"]["collections"]) == len(stats["gc"]["seconds"]) == 3
     listing = node.process.rpc("dispatcher.list")
     shown = {t["DEST"]["URI"]: t["DEST"]["STATS"] for r in listing["RECORDS"] for t in r["SET"]["TARGETS"]}
     assert shown[bad.uri] == {"SELECTED": 4, "ATTEMPTS": 4, "ANSWERED": 0, "FAILED": 4, "FAILOVERS": 4}
