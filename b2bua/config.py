@@ -631,6 +631,25 @@ class SipConfig:
         return next((c for c in self.credentials if c.name == name), None)
 
 
+# What pjsua is given for a [sip] section: here, not in b2bua.endpoint, so that the workers'
+# supervisor and the docs' tests can size RTP ranges without loading pjsua2.
+
+def call_legs(sip: SipConfig) -> int:
+    """The call legs pjsua is asked for: every call's A leg and up to max_forks B legs (the build
+    may allow fewer: :func:`call_slots`)."""
+    return max(4, min(sip.max_calls * (1 + sip.max_forks) + 8, 4096))
+
+
+def rtp_port_span(sip: SipConfig) -> int:
+    """How many ports from ``[sip] rtp_port`` media may use: ``rtp_ports``, or 4 per call leg.
+
+    pjsua takes the next free RTP/RTCP pair in turn and skips a busy one (100 at most), so
+    twice the 2 ports a leg needs keeps the search short when every leg is up.
+    """
+    span = sip.rtp_ports or max(1000, 4 * call_legs(sip))
+    return min(span, 65534 - sip.rtp_port)
+
+
 LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
 
 

@@ -35,7 +35,16 @@ from b2bua import sip as sip_text
 from b2bua.api import DEFAULT_OUTBOUND, Outbound, ProbeResult
 from b2bua.capabilities import allow_header, clear_allow_events, trim_allow, trim_supported
 from b2bua.codecs import describe_offer, display_id, priorities
-from b2bua.config import SRTP_MODES, TLS_VERSIONS, Config, ConfigError, Listen, SipConfig, TlsConfig
+from b2bua.config import (
+    SRTP_MODES,
+    TLS_VERSIONS,
+    Config,
+    ConfigError,
+    Listen,
+    TlsConfig,
+    call_legs,
+    rtp_port_span,
+)
 from b2bua.digest import ProblemLog
 from b2bua.events import LegError
 from b2bua.nameservers import Nameserver, effective_nameservers
@@ -161,22 +170,6 @@ class _PjStr(ctypes.Structure):
     """pjlib's ``pj_str_t``."""
 
     _fields_ = [("ptr", ctypes.c_char_p), ("slen", ctypes.c_ssize_t)]
-
-
-def call_legs(sip: SipConfig) -> int:
-    """The call legs pjsua is asked for: every call's A leg and up to max_forks B legs (the build
-    may allow fewer: :func:`call_slots`)."""
-    return max(4, min(sip.max_calls * (1 + sip.max_forks) + 8, 4096))
-
-
-def rtp_port_span(sip: SipConfig) -> int:
-    """How many ports from ``[sip] rtp_port`` media may use: ``rtp_ports``, or 4 per call leg.
-
-    pjsua takes the next free RTP/RTCP pair in turn and skips a busy one (100 at most), so
-    twice the 2 ports a leg needs keeps the search short when every leg is up.
-    """
-    span = sip.rtp_ports or max(1000, 4 * call_legs(sip))
-    return min(span, 65534 - sip.rtp_port)
 
 
 def check_overrides(cls: type) -> None:

@@ -6,7 +6,7 @@ full B2BUA processes with the same ``config.toml``, apart from what two processe
 
 * SIP: every ``[sip] listen`` port + i (the upstream proxy spreads calls over the workers, e.g. a
   Kamailio dispatcher set of the N addresses); RTP: ``[sip] rtp_port`` + i x the ports each
-  worker takes (``[sip] rtp_ports``, or ``b2bua.endpoint.rtp_port_span``);
+  worker takes (``[sip] rtp_ports``, or ``b2bua.config.rtp_port_span``);
 * the control socket ``b2bua.sock`` -> ``b2bua-i.sock``; ``[control] http`` port + i;
   ``[log] file`` ``x.log`` -> ``x-i.log``; the dispatcher's ``state_file`` likewise;
 * ``[cluster] node`` ``x`` -> ``x-wI`` in every worker, worker 0 too (``x-w0``, ``x-w1``: each
@@ -151,7 +151,7 @@ def parse_worker_config(path: Path, data: Mapping[str, Any], index: int, rtp_spa
 def run_worker(path: str, index: int, rtp_span: int, verbose: int) -> int:
     """One worker, in this process: the config of ``path`` as worker ``index`` sees it."""
     from b2bua.cli import run_config
-    from b2bua.endpoint import rtp_port_span
+    from b2bua.config import rtp_port_span
 
     p = Path(path)
     try:
@@ -195,7 +195,7 @@ class Worker:
 
 
 def supervise(config_path: str, n: int, verbose: int, out: TextIO = sys.stderr) -> int:
-    from b2bua.endpoint import rtp_port_span
+    from b2bua.config import rtp_port_span
 
     config = load_config(config_path)  # a bad config stops here, once, not in N workers
     span = rtp_port_span(config.sip)

@@ -74,8 +74,7 @@ def test_the_unit_in_deploy_md_is_the_shipped_one() -> None:
 def test_the_rtp_range_in_deploy_md_is_the_default_one() -> None:
     """The firewall rule deploy.md shows opens the RTP ports pjsua is given with the defaults
     (``[sip] rtp_port`` and ``rtp_port_span``), and media.md names the same range."""
-    from b2bua.config import SipConfig
-    from b2bua.endpoint import rtp_port_span
+    from b2bua.config import SipConfig, rtp_port_span
 
     sip = SipConfig()
     first, last = sip.rtp_port, sip.rtp_port + rtp_port_span(sip) - 1
