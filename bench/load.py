@@ -8,7 +8,8 @@ RFC 3261 retransmissions, a 503 ACKed at once and counted apart). Per offered ra
 
 * completed calls/s (200 answered and hung up, over the time the offer took), failed %, 503s;
 * p50/p99 setup time (INVITE to 200 at the caller);
-* the B2BUA's CPU (cores, averaged over the step), RSS before, at the end, and ``--settle``
+* the B2BUA's CPU (cores, averaged over the step) and per completed call (ms/call: what a call
+  costs in that hour; the VM's speed drifts, so compare it within one run), RSS before, at the end, and ``--settle``
   seconds (60) after the load ended, with the process idle;
 * RTP/RTCP ports pjsua found still held by calls up (its "RTP socket bind() ... Address already
   in use") and skipped during the step;
@@ -179,18 +180,25 @@ class Step:
         return self.ok / self.window if self.window > 0 else 0.0
 
     @property
+    def cpu_ms_per_call(self) -> float:
+        """The system's CPU per completed call (refused and failed calls' share included): what a
+        call costs in the hour measured, comparable across rates below saturation."""
+        return 1000.0 * self.cpu / self.completed_cps if self.completed_cps > 0 else float("nan")
+
+    @property
     def failed_pct(self) -> float:
         return 100.0 * (self.calls - self.ok) / max(1, self.calls)
 
 
 HEADER = (f"{'system':<12} {'offered':>7} {'completed/s':>11} {'failed%':>8} {'503':>6} {'p50 ms':>7} "
-          f"{'p99 ms':>7} {'CPU':>5} {'RSS MB before/after/settled':>28} {'busy RTP':>8} {'steal%':>6}")
+          f"{'p99 ms':>7} {'CPU':>5} {'ms/call':>7} {'RSS MB before/after/settled':>28} {'busy RTP':>8} {'steal%':>6}")
 
 
 def format_step(s: Step) -> str:
     rss = f"{s.rss_before:.0f} / {s.rss_after:.0f} / {s.rss_settled:.0f}"
     return (f"{s.system:<12} {s.offered:>7} {s.completed_cps:>11.1f} {s.failed_pct:>8.3f} {s.refused:>6} "
-            f"{s.p50:>7.1f} {s.p99:>7.1f} {s.cpu:>5.2f} {rss:>28} {s.busy_ports:>8} {s.steal:>6.1f}")
+            f"{s.p50:>7.1f} {s.p99:>7.1f} {s.cpu:>5.2f} {s.cpu_ms_per_call:>7.2f} {rss:>28} {s.busy_ports:>8} "
+            f"{s.steal:>6.1f}")
 
 
 def machine_ticks() -> tuple[int, int]:
