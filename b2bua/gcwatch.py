@@ -1,11 +1,11 @@
 """How long Python's garbage collector holds the loop: collections and seconds per generation,
-and the longest pause of the last minute (``core.stats``, ``/metrics``).
+and the longest pause of the last 1-2 minutes (``core.stats``, ``/metrics``).
 
 A collection runs on whichever thread allocates when a generation's threshold is crossed, with
 the GIL held: the loop stalls for its whole length. A full collection walks every object not
 frozen at start-up, so anything a call leaves behind in quantity (dead timers in the loop's heap
 were 54,000 objects after a minute at 900 calls/s, 45-71 ms a collection) shows here first, as
-pauses that grow while the load lasts, before it shows as calls shed for a stalled loop.
+pauses that grow while the load lasts.
 """
 
 from __future__ import annotations

@@ -40,7 +40,7 @@ TASK_SLICE = 0.002
 #: it (and at least :data:`COMPACT_MIN` of them). A cancelled timer otherwise stays until it
 #: would have run: every call cancels a 60 s answer timer, so at 900 calls/s ~54,000 dead
 #: timers (and their heap tuples) lived in the heap, and each full garbage collection walked
-#: them all: pauses grew to 45-70 ms within a minute and the stalled loop shed calls.
+#: them all: pauses grew to 45-71 ms within a minute, each a stall of the loop.
 COMPACT_SHARE = 0.5
 COMPACT_MIN = 128
 
