@@ -148,8 +148,9 @@ class WireRequest(NamedTuple):
 
 
 #: the transports a call's :attr:`~b2bua.api.CallInfo.transport` names (the top Via's, which the
-#: caller writes: anything else is reported as udp)
-_CALL_TRANSPORTS = frozenset({"udp", "tcp", "tls"})
+#: caller writes: anything else is reported as udp): :data:`b2bua.config.TRANSPORTS`, which this
+#: module cannot import (config imports headers, which imports this); a unit test keeps them equal
+CALL_TRANSPORTS = frozenset({"udp", "tcp", "tls"})
 
 
 def call_info(number: int, request: WireRequest, source: str, started: float) -> CallInfo:
@@ -163,7 +164,7 @@ def call_info(number: int, request: WireRequest, source: str, started: float) ->
     return CallInfo(
         id=number, call_id=request.call_id, request_uri=request.request_uri, from_uri=request.from_uri,
         to_uri=request.to_uri, from_header=request.from_header, to_header=request.to_header, source_ip=ip,
-        source_port=port, transport=request.transport if request.transport in _CALL_TRANSPORTS else "udp",
+        source_port=port, transport=request.transport if request.transport in CALL_TRANSPORTS else "udp",
         headers=request.headers,
         started=started,
     )

@@ -173,6 +173,13 @@ def test_call_info_of_an_invite() -> None:
     assert info.request_uri == "sip:33123@127.0.0.1:5060" and info.header("user-agent") == "fuzzer"
 
 
+def test_a_call_names_the_transports_the_b2bua_listens_on() -> None:
+    from b2bua.config import TRANSPORTS
+    from b2bua.wire import CALL_TRANSPORTS
+
+    assert set(TRANSPORTS) == CALL_TRANSPORTS, "wire.CALL_TRANSPORTS is config.TRANSPORTS (an import cycle keeps two)"
+
+
 def test_peek_reads_method_and_to_tag_without_parsing() -> None:
     assert peek(invite()) == ("INVITE", "")
     assert peek(sipfuzz.request("BYE", PEER, to_tag="x")) == ("BYE", "x")
