@@ -964,6 +964,26 @@ def closed_by_peer(s: socket.socket) -> bool:
         return True
 
 
+def check_idle_connections_closed(silent: Sequence[socket.socket], talking: socket.socket, b2b_ip: str,
+                                  request_uri: str, what: str) -> None:
+    """The B2BUA's rule for idle TCP/TLS connections: an OPTIONS on ``talking`` is answered 200,
+    then every ``silent`` connection is closed by the B2BUA (within 30 s; ``what`` names them)
+    while ``talking`` stays open. Every connection is closed afterwards."""
+    src, port = talking.getsockname()[:2]
+    via = "TLS" if isinstance(talking, ssl.SSLSocket) else "TCP"
+    try:
+        talking.sendall((f"OPTIONS {request_uri} SIP/2.0\r\n"
+                         f"Via: SIP/2.0/{via} {src}:{port};branch=z9hG4bK-talking\r\n"
+                         f"From: <sip:peer@{src}>;tag=1\r\nTo: <sip:{b2b_ip}>\r\nCall-ID: talking@{src}\r\n"
+                         "CSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n").encode())
+        assert talking.recv(4096).startswith(b"SIP/2.0 200 "), "the talking connection's OPTIONS is answered"
+        wait_until(lambda: all(closed_by_peer(s) for s in silent), timeout=30, what=what)
+        assert not closed_by_peer(talking), "a connection that sent a SIP message stays open"
+    finally:
+        for s in (*silent, talking):
+            s.close()
+
+
 def wait_until(predicate: Callable[[], bool], timeout: float, *, interval: float = 0.05,
                what: str = "condition") -> None:
     """Poll ``predicate`` until it is true; HarnessError naming ``what`` after ``timeout`` seconds."""

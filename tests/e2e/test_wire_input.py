@@ -22,7 +22,16 @@ import pytest
 
 from .conftest import B2buaFactory, GatewayFactory
 from .flood import Flood
-from .harness import REPO_ROOT, AddressAllocator, B2buaProcess, Caller, closed_by_peer, free_port, wait_until
+from .harness import (
+    REPO_ROOT,
+    AddressAllocator,
+    B2buaProcess,
+    Caller,
+    check_idle_connections_closed,
+    closed_by_peer,
+    free_port,
+    wait_until,
+)
 from .sipfuzz import Peer, corpus, request
 from .test_host import Host, host_config
 
@@ -609,19 +618,8 @@ def test_tcp_connections_that_send_nothing_are_closed_and_a_talking_one_stays(
         s.connect((b2b.ip, b2b.port))
         silent.append(s)
     talking = socket.create_connection((b2b.ip, b2b.port), timeout=5, source_address=(src, 0))
-    port = talking.getsockname()[1]
-    talking.sendall((f"OPTIONS sip:{b2b.ip}:{b2b.port} SIP/2.0\r\n"
-                     f"Via: SIP/2.0/TCP {src}:{port};branch=z9hG4bK-talking\r\n"
-                     f"From: <sip:peer@{src}>;tag=1\r\nTo: <sip:{b2b.ip}>\r\nCall-ID: talking@{src}\r\n"
-                     "CSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n").encode())
-    assert talking.recv(4096).startswith(b"SIP/2.0 200 "), "the talking connection's OPTIONS is answered"
-    try:
-        wait_until(lambda: all(closed_by_peer(s) for s in silent), timeout=30,
-                   what="the B2BUA closing the 30 connections that sent nothing (10 s after each opened)")
-        assert not closed_by_peer(talking), "a connection that sent a SIP message stays open"
-    finally:
-        for s in (*silent, talking):
-            s.close()
+    check_idle_connections_closed(silent, talking, b2b.ip, f"sip:{b2b.ip}:{b2b.port}",
+                                  "the B2BUA closing the 30 connections that sent nothing (10 s after each opened)")
 
 
 def _options(s: socket.socket, b2b_ip: str, n: int) -> bytes:

@@ -14,7 +14,13 @@ import pytest
 
 from ..configs import ListEntry, RunningB2bua, b2bua_config, write_list_file
 from ..conftest import B2buaFactory, MediaPeerFactory
-from ..harness import AddressAllocator, B2buaProcess, closed_by_peer, free_port, wait_until
+from ..harness import (
+    AddressAllocator,
+    B2buaProcess,
+    check_idle_connections_closed,
+    free_port,
+    wait_until,
+)
 from ..tlscerts import Pem, make_ca, make_leaf
 from .expect import CALLER_HZ, GATEWAY_HZ, TALK_SECONDS, assert_heard
 from .peers import MediaPeer
@@ -181,17 +187,7 @@ def test_tls_connections_that_never_talk_are_closed_and_a_talking_one_stays(
         raw = socket.create_connection((b2b.ip, tls_port), timeout=5, source_address=(src, 0))
         silent.append(client.wrap_socket(raw) if n % 2 else raw)  # half of them shake hands
     talking = client.wrap_socket(socket.create_connection((b2b.ip, tls_port), timeout=5, source_address=(src, 0)))
-    port = talking.getsockname()[1]
-    talking.sendall((f"OPTIONS sip:{b2b.ip}:{tls_port};transport=tls SIP/2.0\r\n"
-                     f"Via: SIP/2.0/TLS {src}:{port};branch=z9hG4bK-talking\r\n"
-                     f"From: <sip:peer@{src}>;tag=1\r\nTo: <sip:{b2b.ip}>\r\nCall-ID: talking@{src}\r\n"
-                     "CSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n").encode())
-    assert talking.recv(4096).startswith(b"SIP/2.0 200 "), "the talking connection's OPTIONS is answered"
-    try:
-        wait_until(lambda: all(closed_by_peer(s) for s in silent), timeout=30,
-                   what="the B2BUA closing the 10 TLS connections that sent no SIP (10 s after each opened)")
-        assert not closed_by_peer(talking), "a connection that sent a SIP message stays open"
-    finally:
-        for s in (*silent, talking):
-            s.close()
+    check_idle_connections_closed(
+        silent, talking, b2b.ip, f"sip:{b2b.ip}:{tls_port};transport=tls",
+        "the B2BUA closing the 10 TLS connections that sent no SIP (10 s after each opened)")
 
