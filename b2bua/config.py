@@ -777,8 +777,8 @@ class SecurityConfig:
         "([]: off)"
     )
     early_filter: bool = opt(
-        True, "decide in pjsip, before pjsua sets up a call (stateless answers); false: after (costs a call slot "
-        "and RTP ports per refusal)"
+        True, "decide about a new INVITE in pjsip, before pjsua sets up a call (stateless answers); false: after "
+        "(costs a call slot and RTP ports per refusal). Other requests are screened in pjsip either way"
     )
     log_interval: float = opt(10.0, "seconds between summaries of refused and malformed requests (each at DEBUG)",
                               bounds=(1, 3600))

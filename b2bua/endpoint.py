@@ -516,20 +516,21 @@ class Endpoint:
         if screen_request is None or screen_response is None or on_dropped is None:
             return
         if not self.config.security.early_filter:
-            logger.info("[security] early_filter = false: refusals are answered after pjsua set the call up")
-            return
+            logger.info("[security] early_filter = false: new calls are refused after pjsua set them up; "
+                        "other requests are still screened before pjsua sees them")
         lib = _pjlib()
         if not RxFilter.available(lib):
-            logger.warning("this pjsua2 build lacks what the SIP filter needs: requests are screened after pjsua "
-                           "set their call up (each refusal costs a call slot and RTP ports)")
+            logger.warning("this pjsua2 build lacks what the SIP filter needs: only INVITEs are screened, after "
+                           "pjsua set their call up (each refusal costs a call slot and RTP ports); pjsua answers "
+                           "other requests itself")
             return
         # kept until libDestroy even if only part of it got registered: pjsip holds its callbacks
         self._rx_filter = RxFilter(lib, screen_request, screen_response, on_dropped, self._on_closed)
         try:
             self._rx_filter.install(allow)
         except RuntimeError as exc:
-            logger.error("the SIP filter could not be installed ({}): requests are screened after pjsua set "
-                         "their call up", exc)
+            logger.error("the SIP filter could not be installed ({}): only INVITEs are screened, after pjsua "
+                         "set their call up; pjsua answers other requests itself", exc)
             return
         logger.debug("SIP filter installed: requests are screened before pjsua sees them")
 

@@ -12,6 +12,10 @@ only when pjsip holds that dialog (:class:`Dialogs`, asked through the early fil
 that names no dialog of ours (a scanner's or a flooder's BYE with a made-up tag, a late
 request for a call long gone) is :attr:`Standing.STRAY` and counts like any request outside
 a dialog. A CANCEL of an INVITE still pending is exempt the same way.
+
+With ``[security] early_filter = false`` only new INVITEs wait for ``App._on_incoming``;
+every other request is still screened in the filter, as pjsua has no later place to refuse a
+MESSAGE or a SUBSCRIBE (it would answer them 200 itself).
 """
 
 from __future__ import annotations
@@ -59,6 +63,9 @@ MAX_COUNTED_SOURCES = 1024
 #: refusals the interval summary leaves out: the overload warning sums up calls shed, and a
 #: drain or a shutdown refuses new work on purpose (the operator was told when it began)
 _NOT_SUMMED = (Why.OVERLOAD, Why.DRAINING)
+#: a new INVITE let past the early filter unread (``early_filter = false``): App._on_incoming
+#: screens it once pjsua has set the call up
+_DEFERRED = Decision(Verdict.ACCEPT)
 
 
 class Dialogs(Protocol):
@@ -261,6 +268,9 @@ class Gate:
         live = stands is Standing.LIVE
         call = method == "INVITE" and stands is Standing.NEW
         cfg = self.config
+        if call and not new_call and not cfg.early_filter:
+            # decided in App._on_incoming once pjsua set the call up, on these same rules
+            return _DEFERRED, None
         if not live and self.limiter.blocked(ip, now):  # decided before anything is parsed
             decision = decide(Facts(method=method, blocked=True, credit=self.credit), self.policy)
             self._count(decision, call, ip, method, "", raw)

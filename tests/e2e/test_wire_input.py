@@ -262,6 +262,16 @@ def test_without_the_early_filter_refusals_are_the_same(
     stranger = addresses.next()
     assert send_invite(b2b.ip, b2b.port, stranger, b"untrusted-1") == [b"SIP/2.0 100 Trying",
                                                                        b"SIP/2.0 403 Forbidden"]
+    # any other request is still refused in the filter: a stranger's OPTIONS gets what its
+    # INVITE got, statelessly (pjsua would answer it 200, and a SUBSCRIBE too)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((stranger, 0))
+        s.settimeout(3.0)
+        peer = Peer(b2b.ip, b2b.port, stranger, s.getsockname()[1])
+        for n, method in enumerate(("OPTIONS", "SUBSCRIBE")):
+            s.sendto(request(method, peer, call_id=f"stranger-{n}", branch=f"st{n}",
+                             extra=("Event: presence",) if method == "SUBSCRIBE" else ()), (b2b.ip, b2b.port))
+            assert s.recvfrom(65535)[0].split(b"\r\n", 1)[0] == b"SIP/2.0 403 Forbidden", method
     assert send_invite(b2b.ip, b2b.port, caller.ip, b"ab\xffcd@x")[-1] == b"SIP/2.0 400 Bad Request"
     assert caller.run_calls(b2b.ip, b2b.port, n=2, rate=10).final_codes == [200, 200]
     assert gw.count("INVITE") == 2
@@ -440,15 +450,19 @@ def test_a_refer_is_declined_and_nothing_is_dialled_for_it(
     assert "refused: 603 Decline (transfer) REFER from" in b2b.proc.log_text()
 
 
+@pytest.mark.parametrize("early_filter", [True, False], ids=["early-filter", "pjsua-net"])
 def test_requests_that_are_no_call_are_refused_with_what_is_allowed(
-        b2bua_factory: B2buaFactory, addresses: AddressAllocator, gateway_factory: GatewayFactory,
-        caller: Caller) -> None:
+        early_filter: bool, b2bua_factory: B2buaFactory, addresses: AddressAllocator,
+        gateway_factory: GatewayFactory, caller: Caller) -> None:
     """From a trusted source, outside any dialog: pjsua answered a MESSAGE, a SUBSCRIBE (keeping a
     presence subscription) and a NOTIFY 200, and left a PUBLISH, an INFO or an unknown method
     unanswered (the sender retransmits for 32 s). Now 405/481/501, and the Allow header, here
-    and in the OPTIONS answer, lists only what the B2BUA takes; Supported too."""
+    and in the OPTIONS answer, lists only what the B2BUA takes; Supported too. The same with
+    ``early_filter = false`` (which once let all of them through to pjsua): it defers new
+    INVITEs only."""
     gw = gateway_factory("answer")
-    b2b = quiet_host(b2bua_factory, addresses, gw.uri, extra=security(trusted=[f"{caller.ip}/32"]))
+    b2b = quiet_host(b2bua_factory, addresses, gw.uri,
+                     extra=security(trusted=[f"{caller.ip}/32"], early_filter=early_filter))
     allow = "PRACK, INVITE, ACK, BYE, CANCEL, UPDATE, INFO, OPTIONS"
     expected = {
         "OPTIONS": "200 OK", "MESSAGE": "405 Method Not Allowed", "SUBSCRIBE": "405 Method Not Allowed",

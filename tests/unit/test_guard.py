@@ -223,6 +223,23 @@ def test_a_new_call_belongs_to_no_dialog_whatever_its_to_says() -> None:
     assert (decision.verdict, decision.why) == (Verdict.REFUSE, Why.UNTRUSTED)
 
 
+def test_without_the_early_filter_only_new_invites_wait_for_pjsua() -> None:
+    # early_filter = false: a new INVITE passes the filter unread and is screened as a new call in
+    # App._on_incoming; anything else is decided in the filter as before (pjsua would answer it)
+    g = gate(early_filter=False)
+    invite = sipfuzz.request("INVITE", peer(STRANGER), call_id="late")
+    decision, request = g.screen(invite, f"{STRANGER}:5062", ROOM, 0.0)
+    assert (decision.verdict, request) == (Verdict.ACCEPT, None)
+    assert g.refused_calls == {}
+    decision, _ = g.screen(invite, f"{STRANGER}:5062", ROOM, 0.0, new_call=True)
+    assert (decision.verdict, decision.code, decision.why) == (Verdict.REFUSE, 403, Why.UNTRUSTED)
+    for method in ("OPTIONS", "MESSAGE", "SUBSCRIBE"):
+        decision, _ = g.screen(sipfuzz.request(method, peer(STRANGER)), f"{STRANGER}:5062", ROOM, 0.0)
+        assert (decision.verdict, decision.why) == (Verdict.REFUSE, Why.UNTRUSTED), method
+    decision, _ = g.screen(sipfuzz.request("MESSAGE", peer(TRUSTED)), f"{TRUSTED}:5062", ROOM, 0.0)
+    assert (decision.verdict, decision.code) == (Verdict.REFUSE, 405)
+
+
 def test_the_work_since_the_last_beat_is_counted() -> None:
     g = gate(invite_rate=0)
     for i in range(3):
