@@ -341,8 +341,8 @@ class Session:
     def _abandon(self, leg: CallLeg, why: FailureKind, headers: tuple[tuple[str, str], ...] = ()) -> None:
         """Give up on an unanswered B leg (CANCEL, with ``headers``). pjsip ends one without any
         response at once; if pjsua cannot end it yet (no provisional to CANCEL), report it failed
-        now and keep the leg until pjsua reports it disconnected (pjsip then sends the CANCEL
-        when a provisional comes, without ``headers``)."""
+        now and keep the leg until pjsua reports it disconnected (pjsip then sends the CANCEL,
+        with ``headers``, when a provisional comes: patch 0023)."""
         calling = leg.state is LegState.CALLING
         leg.ended_by = why
         self._cancel_timer(leg)

@@ -267,7 +267,7 @@ def _code(text: str, behaviour: str) -> int:
 
 
 GATEWAY_BEHAVIOURS = (
-    "answer", "answer-183", "reject:<code>", "silent", "ring", "ring-then-answer:<seconds>",
+    "answer", "answer-183", "reject:<code>", "silent", "ring", "ring-then-answer:<seconds>", "ring-late:<ms>",
     "hangup", "hangup:<ms>",
 )
 
@@ -279,6 +279,14 @@ def gateway_scenario(behaviour: str) -> tuple[str, dict[str, str]]:
         template = {"answer": "uas_answer.xml", "answer-183": "uas_answer_183.xml",
                     "silent": "uas_silent.xml", "ring": "uas_ring.xml"}[kind]
         return template, ({"ANSWER_AFTER_MS": str(RING_FOREVER_MS)} if kind == "ring" else {})
+    if kind == "ring-late":
+        try:
+            ms = int(arg)
+        except ValueError:
+            raise ValueError(f"behaviour {behaviour!r}: {arg!r} is not a number of milliseconds") from None
+        if not 0 < ms < 500:  # under T1: the INVITE's retransmission would meet a pause
+            raise ValueError(f"behaviour {behaviour!r}: milliseconds must be in (0, 500)")
+        return "uas_ring_late.xml", {"RING_AFTER_MS": str(ms)}
     if kind == "reject" and arg:
         code = _code(arg, behaviour)
         return "uas_reject.xml", {"CODE": str(code), "REASON": REASON_PHRASES.get(code, "Rejected")}
@@ -703,6 +711,8 @@ class Gateway(SippProcess):
         - ``"silent"``: no response to INVITE at all (retransmissions swallowed).
         - ``"ring"``: 100, 180, then nothing until CANCEL: 200 to it, 487 to the INVITE, waits for ACK.
         - ``"ring-then-answer:<seconds>"``: as ``ring``, but answers (like ``answer``) after that long.
+        - ``"ring-late:<ms>"``: as ``ring``, but nothing comes until its 180, ``<ms>`` (< 500) after the
+          INVITE (a gateway slow to answer anything: a CANCEL has to wait for it).
         - ``"hangup"`` / ``"hangup:<ms>"``: answers, then sends BYE itself after ``<ms>`` (default 1000).
 
         ``port=None`` picks a free one (and retries on a bind race). The scenario and sipp's logs go to

@@ -130,6 +130,22 @@ def test_parallel_fork_bridges_exactly_one(gateway_factory: GatewayFactory, b2bu
     assert counts(failing, "INVITE", "ACK", "BYE", "CANCEL") == (1, 1, 0, 0)
 
 
+def test_a_fork_cancelled_before_it_rang_gets_the_reason_too(
+        gateway_factory: GatewayFactory, b2bua_factory: B2buaFactory, caller: Caller, workdir: Path,
+        addresses: AddressAllocator) -> None:
+    # the slow gateway has sent nothing when the other answers: its CANCEL waits for its 100
+    # (RFC 3261 9.1), and pjsip made that later CANCEL without the Reason (patch 0023)
+    slow, answering = gateway_factory("ring-late:300"), gateway_factory("answer")
+    b2b = start_b2bua(b2bua_factory, workdir, addresses.next(), [ListEntry(1, gw.uri) for gw in (slow, answering)],
+                      algorithm="parallel")
+    result = caller.run_calls(b2b.ip, b2b.port, n=1, call_duration_ms=1000)
+    assert result.ok and result.final_codes == [200], result.describe()
+    wait_until(lambda: slow.count("ACK") == 1, timeout=5, what="the ACK for the slow fork's 487")
+    assert counts(slow, "INVITE", "CANCEL", "ACK", "BYE") == (1, 1, 1, 0)
+    assert [m.header("Reason") for m in slow.requests("CANCEL")] == ['SIP;cause=200;text="Call completed elsewhere"']
+    assert counts(answering, "INVITE", "ACK", "BYE", "CANCEL") == (1, 1, 1, 0)
+
+
 def test_failover_moves_the_call_load(gateway_factory: GatewayFactory, b2bua_factory: B2buaFactory,
                                       caller: Caller, workdir: Path, addresses: AddressAllocator) -> None:
     gw1, gw2 = gateway_factory("reject:503"), gateway_factory("answer")

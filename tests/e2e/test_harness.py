@@ -51,6 +51,7 @@ from .harness import (
     ("silent", "uas_silent.xml", {}),
     ("ring", "uas_ring.xml", {"ANSWER_AFTER_MS": "3600000"}),
     ("ring-then-answer:1.5", "uas_ring.xml", {"ANSWER_AFTER_MS": "1500"}),
+    ("ring-late:300", "uas_ring_late.xml", {"RING_AFTER_MS": "300"}),
     ("hangup", "uas_hangup.xml", {"HANGUP_AFTER_MS": "1000", "BYE_HEADERS": ""}),
     ("hangup:250", "uas_hangup.xml", {"HANGUP_AFTER_MS": "250", "BYE_HEADERS": ""}),
     ("hangup:0", "uas_hangup.xml", {"HANGUP_AFTER_MS": "1", "BYE_HEADERS": ""}),
@@ -67,6 +68,8 @@ def test_gateway_behaviours_map_to_scenarios(behaviour: str, template: str, valu
     ("ring-then-answer:x", "'x' is not a number of seconds"),
     ("ring-then-answer:0", "seconds must be in (0, 3600]"),
     ("hangup:-5", "milliseconds must be >= 0"),
+    ("ring-late:500", "milliseconds must be in (0, 500)"),
+    ("ring-late:", "'' is not a number of milliseconds"),
     ("silent:1", "unknown gateway behaviour"),
 ])
 def test_bad_gateway_behaviour_says_why(behaviour: str, fragment: str) -> None:
