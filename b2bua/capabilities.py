@@ -1,4 +1,4 @@
-"""The endpoint's ``Allow`` and ``Supported`` headers: trimmed to what the B2BUA takes.
+"""The endpoint's ``Allow``, ``Supported`` and ``Accept`` headers: trimmed to what the B2BUA takes.
 
 pjsua registers modules for presence (SUBSCRIBE, NOTIFY), transfer (REFER) and instant messages
 (MESSAGE), and each adds its methods to the endpoint's ``Allow`` capability, and its option
@@ -10,7 +10,8 @@ INVITE that requires ``replaces`` gets 420 Bad Extension. The headers live in pj
 capability list; their values are reordered in place (pointers into the endpoint's pool), once,
 on the loop thread before any transport exists. The event module's ``Allow-Events`` (presence,
 dialog, message-summary, refer), which pjsua puts in its OPTIONS answer, is emptied: pjsua then
-leaves it out (patch 0019).
+leaves it out (patch 0019). ``Accept`` (in the OPTIONS answer) listed the bodies of those
+modules too (PIDF, message summaries, sipfrag, text messages): only SDP is left.
 """
 
 from __future__ import annotations
@@ -18,12 +19,13 @@ from __future__ import annotations
 import ctypes
 
 from b2bua.rxfilter import PjStr
-from b2bua.sip import ALLOWED_METHODS, SUPPORTED_TAGS
+from b2bua.sip import ACCEPTED_BODIES, ALLOWED_METHODS, SUPPORTED_TAGS
 
 #: pjsip_hdr_e's values (sip_msg.h: "DO NOT CHANGE THE VALUE/ORDER OF THE HEADER IDs")
+PJSIP_H_ACCEPT = 0
 PJSIP_H_ALLOW = 4
 PJSIP_H_SUPPORTED = 36
-_NAMES = {PJSIP_H_ALLOW: b"Allow", PJSIP_H_SUPPORTED: b"Supported"}
+_NAMES = {PJSIP_H_ACCEPT: b"Accept", PJSIP_H_ALLOW: b"Allow", PJSIP_H_SUPPORTED: b"Supported"}
 #: PJSIP_GENERIC_ARRAY_MAX_COUNT (sip_msg.h)
 _MAX_VALUES = 32
 
@@ -49,6 +51,11 @@ def trim_allow(lib: ctypes.CDLL, endpt: int, allowed: tuple[str, ...] = ALLOWED_
 def trim_supported(lib: ctypes.CDLL, endpt: int, tags: tuple[str, ...] = SUPPORTED_TAGS) -> tuple[str, ...]:
     """Keep only ``tags`` in the endpoint's ``Supported``; returns what it lists now."""
     return _trim(lib, endpt, PJSIP_H_SUPPORTED, tags)
+
+
+def trim_accept(lib: ctypes.CDLL, endpt: int, bodies: tuple[str, ...] = ACCEPTED_BODIES) -> tuple[str, ...]:
+    """Keep only ``bodies`` in the endpoint's ``Accept``; returns what it lists now."""
+    return _trim(lib, endpt, PJSIP_H_ACCEPT, bodies)
 
 
 def _capability(lib: ctypes.CDLL, endpt: int, htype: int) -> int:

@@ -33,7 +33,7 @@ from loguru import logger
 
 from b2bua import sip as sip_text
 from b2bua.api import DEFAULT_OUTBOUND, Outbound, ProbeResult
-from b2bua.capabilities import allow_header, clear_allow_events, trim_allow, trim_supported
+from b2bua.capabilities import allow_header, clear_allow_events, trim_accept, trim_allow, trim_supported
 from b2bua.codecs import describe_offer, display_id, priorities
 from b2bua.config import (
     SRTP_MODES,
@@ -50,7 +50,7 @@ from b2bua.events import LegError
 from b2bua.nameservers import Nameserver, effective_nameservers
 from b2bua.outbound import MAX_ACCOUNTS, MAX_WAYS, OutboundProfile, credentials_for, default_profile, profile_for
 from b2bua.rxfilter import RequestScreen, ResponseScreen, RxFilter
-from b2bua.sip import ALLOWED_METHODS, SUPPORTED_TAGS, printable, printable_lines
+from b2bua.sip import ACCEPTED_BODIES, ALLOWED_METHODS, SUPPORTED_TAGS, printable, printable_lines
 from b2bua.tls import TlsFiles, check_tls_files
 
 if TYPE_CHECKING:
@@ -396,7 +396,8 @@ class Endpoint:
         lib.pjsua_get_pjsip_endpt.restype = ctypes.c_void_p
         endpt = lib.pjsua_get_pjsip_endpt()
         for header, now, expected in (("Allow", trim_allow(lib, endpt), ALLOWED_METHODS),
-                                      ("Supported", trim_supported(lib, endpt), SUPPORTED_TAGS)):
+                                      ("Supported", trim_supported(lib, endpt), SUPPORTED_TAGS),
+                                      ("Accept", trim_accept(lib, endpt), ACCEPTED_BODIES)):
             if now != expected:  # something we take that pjsip does not list (a build without it)
                 logger.warning("{}: {} (expected {})", header, ", ".join(now), ", ".join(expected))
         clear_allow_events(lib)

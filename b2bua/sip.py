@@ -198,6 +198,9 @@ ALLOW = ", ".join(ALLOWED_METHODS)
 #: session timers (RFC 4028). pjsua also listed replaces (an INVITE with Replaces is declined),
 #: norefersub (no REFER) and trickle-ice (no ICE)
 SUPPORTED_TAGS = ("100rel", "timer")
+#: the bodies the B2BUA takes, its ``Accept`` header (in the OPTIONS answer). pjsua also listed
+#: those of its presence, message-summary, transfer and instant-message modules
+ACCEPTED_BODIES = ("application/sdp",)
 
 
 def status_reason(code: int) -> str:

@@ -486,6 +486,8 @@ def test_requests_that_are_no_call_are_refused_with_what_is_allowed(
             if method == "OPTIONS":  # pjsua listed replaces, norefersub and trickle-ice too
                 assert re.findall(r"\r\nSupported: ([^\r]*)", answer) == ["100rel, timer"], answer
                 assert "\r\nAllow-Events:" not in answer, answer  # presence, dialog, ...: none taken
+                # pjsua listed PIDF, message summaries, sipfrag, text messages: none taken
+                assert re.findall(r"\r\nAccept: ([^\r]*)", answer) == ["application/sdp"], answer
         # Supported is what pjsip judges a Require by: an INVITE requiring replaces is refused
         s.sendto(request("INVITE", peer, call_id="nocall-replaces", branch="ncr", extra=("Require: replaces",)),
                  (b2b.ip, b2b.port))

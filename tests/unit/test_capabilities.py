@@ -9,10 +9,12 @@ from typing import Any
 import pytest
 
 from b2bua.capabilities import (
+    PJSIP_H_ACCEPT,
     PJSIP_H_ALLOW,
     PJSIP_H_SUPPORTED,
     _ArrayHeader,
     clear_allow_events,
+    trim_accept,
     trim_allow,
     trim_supported,
 )
@@ -61,6 +63,16 @@ def test_supported_tags_compare_without_case() -> None:
                                                           b"trickle-ice"], keep)
     assert trim_supported(FakeLib({PJSIP_H_SUPPORTED: supported}), 1) == ("100REL", "timer")  # type: ignore[arg-type]
     assert supported.count == 2
+
+
+def test_accept_keeps_sdp_only() -> None:
+    keep: list[Any] = []
+    pjsip = [b"application/sdp", b"application/pidf+xml", b"application/xpidf+xml",
+             b"application/simple-message-summary", b"message/sipfrag;version=2.0",
+             b"application/im-iscomposing+xml", b"text/plain"]
+    accept = header(PJSIP_H_ACCEPT, b"Accept", pjsip, keep)
+    assert trim_accept(FakeLib({PJSIP_H_ACCEPT: accept}), 1) == ("application/sdp",)  # type: ignore[arg-type]
+    assert values(accept) == [b"application/sdp"]
 
 
 @pytest.mark.parametrize(("headers", "message"), [
