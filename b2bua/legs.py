@@ -12,7 +12,7 @@ the ones read here: the leg we answered when CONFIRMED or DISCONNECTED, the leg 
 EARLY on; its SIP event only for our INVITE's answer (CONNECTING) and end (DISCONNECTED). It
 reports no transaction of a BYE, of the INVITE we answered, nor of a request of ours before its
 first response, and of the INVITE that sets up a leg we placed only its first provisional
-(patch 0014). Nothing else is read for the transactions that follow a provisional (a talking
+(patches 0014, 0024). Nothing else is read for the transactions that follow a provisional (a talking
 leg looks at its in-dialog requests: INFO digits, the answer to its own re-INVITE). Media
 counters and stream details are read only when asked (:meth:`Leg.media_stats`).
 """
