@@ -723,8 +723,8 @@ class HeadersConfig:
         TO_GATEWAY, "headers copied from the caller's INVITE to every B leg's INVITE ([]: none)"
     )
     to_caller: tuple[str, ...] = opt(
-        TO_CALLER, "headers copied from the answering B leg's 200 to the caller's 200 (not on 180/183: "
-        "docs/interop.md) ([]: none)"
+        TO_CALLER, "headers copied from a B leg's 180/183 to the caller's 180/183, and from the answering B "
+        "leg's 200 to the caller's 200 ([]: none)"
     )
 
     def validate(self) -> None:

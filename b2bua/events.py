@@ -35,10 +35,13 @@ class Provisional:
 
     :param code: 100-199.
     :param reason: its reason phrase (may be empty).
+    :param headers: its headers (lower-case names), for :mod:`b2bua.headers` to pass on to the
+        caller's 180/183; empty for the first provisional seen through its transaction.
     """
 
     code: int
     reason: str = ""
+    headers: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,10 +49,12 @@ class EarlyMedia:
     """183 Session Progress to our INVITE (B legs): the callee announces early media.
 
     pjsua2 reports the media itself (the SDP, the streams) only through :class:`MediaReady`.
+    ``headers``: as :class:`Provisional`'s.
     """
 
     code: int = 183
     reason: str = ""
+    headers: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

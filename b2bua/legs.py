@@ -9,7 +9,8 @@ C++ (each callback catches and logs). Per callback it does as little as it can, 
 ``scripts/build-pjsua2.sh`` builds it (patch 0007) does the rest in C++: it reports a state
 change with its state, status code and reason in the parameter (no ``getInfo()``), and only
 the ones read here: the leg we answered when CONFIRMED or DISCONNECTED, the leg we placed from
-EARLY on; its SIP event only for our INVITE's answer (CONNECTING) and end (DISCONNECTED). It
+EARLY on; not its SIP event, but the message received where one is read (patch 0025): the
+leg we placed's provisional, answer and end, the caller's BYE with a Reason. It
 reports no transaction of a BYE, of the INVITE we answered, nor of a request of ours before its
 first response, and of the INVITE that sets up a leg we placed only its first provisional
 (patches 0014, 0024). Nothing else is read for the transactions that follow a provisional (a talking
@@ -65,7 +66,6 @@ EARLY = pj.PJSIP_INV_STATE_EARLY
 CONNECTING = pj.PJSIP_INV_STATE_CONNECTING
 CONFIRMED_STATE = pj.PJSIP_INV_STATE_CONFIRMED
 DISCONNECTED = pj.PJSIP_INV_STATE_DISCONNECTED
-_TSX_STATE = pj.PJSIP_EVENT_TSX_STATE
 
 _CALLING = LegState.CALLING  # read in every transaction callback of a B leg: a module global
 #: states in which a leg's in-dialog requests matter (INFO digits, our re-INVITE's answer)
@@ -177,12 +177,13 @@ class Leg(CallLeg, pj.Call):  # type: ignore[misc]
     def _state_event(self, state: int, code: int, reason: str, prm: Any) -> LegEvent | None:
         if self.index == 0:  # the caller's leg: its other states echo our own answers
             if state == DISCONNECTED:
-                # pjsua2 fills the event only for the caller's BYE with a Reason (patch 0018)
-                return Disconnected(code, reason,
-                                    _request_headers(prm, "BYE") if prm.e.type == _TSX_STATE else self._cancel_headers)
+                # pjsua2 passes the message only for the caller's BYE with a Reason (patches 0018, 0025)
+                raw = prm.b2buaRxMsg
+                return Disconnected(code, reason, _request_headers(raw, "BYE") if raw else self._cancel_headers)
             return CONFIRMED if state == CONFIRMED_STATE else None
-        if state == EARLY:
-            return EarlyMedia(code, reason) if code == 183 else Provisional(code, reason)
+        if state == EARLY:  # pjsua2 passes the provisional response received (patch 0025)
+            early = sip.MessageHeaders(prm.b2buaRxMsg)
+            return EarlyMedia(code, reason, early) if code == 183 else Provisional(code, reason, early)
         if state == CONNECTING:
             # Not reported yet: pjsip sets CONNECTING before it looks at the 2xx's SDP. A 2xx
             # without a usable answer (no SDP, no codec in common) is ACKed and ended with a BYE
@@ -192,7 +193,7 @@ class Leg(CallLeg, pj.Call):  # type: ignore[misc]
             # set up; a leg that never got media ends as a failed attempt (488) instead.
             self._got_2xx = True
             self._answered.clear()
-            self._answer = Answered(code, reason, sip.MessageHeaders(_response_message(prm)))
+            self._answer = Answered(code, reason, sip.MessageHeaders(prm.b2buaRxMsg))
             return None
         if state == CONFIRMED_STATE:
             if self._answer is not None:  # no media: pjsua refused the 2xx's SDP and sent BYE
@@ -205,7 +206,8 @@ class Leg(CallLeg, pj.Call):  # type: ignore[misc]
                 return Failed(488, "Not Acceptable Here", {},
                               f"its 200 OK had no usable SDP answer: {code} {reason}")
             if self._got_2xx:  # the gateway's BYE (not one of ours): its Reason may cross
-                return Disconnected(code, reason, _request_headers(prm, "BYE") if self.ended_by is None else {})
+                bye = _request_headers(prm.b2buaRxMsg, "BYE") if self.ended_by is None else {}
+                return Disconnected(code, reason, bye)
             if self._sending:  # inside makeCall: pjsip could not send it (too long, no transport)
                 return Failed(code, reason, {}, f"the INVITE was not sent: {code} {reason}", local=True)
             if self._redirect is not None and self.ended_by is None:
@@ -214,7 +216,7 @@ class Leg(CallLeg, pj.Call):  # type: ignore[misc]
             if problem is not None:  # we gave up on a challenge: say which and why
                 return Failed(problem.code, sip.status_reason(problem.code), {}, problem.detail)
             # headers only for a failure the session will relay, not for one we caused
-            headers = _response_headers(prm) if self.ended_by is None else {}
+            headers = _response_headers(prm.b2buaRxMsg) if self.ended_by is None else {}
             return Failed(code, reason, headers)
         return None
 
@@ -299,7 +301,7 @@ class Leg(CallLeg, pj.Call):  # type: ignore[misc]
         # leg's DISCONNECTED comes; Kamailio's tm copies it to the CANCELs it sends the same way
         tsx = prm.e.body.tsxState.tsx
         if tsx.method == "CANCEL" and tsx.role == pj.PJSIP_ROLE_UAS:
-            reason = _request_headers(prm, "CANCEL").get("reason")
+            reason = _request_headers(_response_message(prm), "CANCEL").get("reason")
             if reason:
                 self._cancel_headers = {"reason": reason}
 
@@ -637,22 +639,21 @@ class Leg(CallLeg, pj.Call):  # type: ignore[misc]
 check_overrides(Leg)  # a callback the build calls without Python must not look overridden
 
 
-def _response_headers(prm: Any) -> dict[str, tuple[str, ...]]:
-    """Headers of the response that changed a B leg's state, when pjsua received one (else none)."""
-    raw = _response_message(prm)
+def _response_headers(raw: str) -> dict[str, tuple[str, ...]]:
+    """Headers of the response ``raw`` that changed a B leg's state (none for ``""``)."""
     return sip.parse_message(raw)[1] if raw else {}
 
 
-def _request_headers(prm: Any, method: str) -> dict[str, tuple[str, ...]]:
-    """Headers of the peer's ``method`` request in the event of ``prm`` (its BYE that ended a
-    leg, the caller's CANCEL), when that is what it holds (else none)."""
-    raw = _response_message(prm)
+def _request_headers(raw: str, method: str) -> dict[str, tuple[str, ...]]:
+    """Headers of the peer's ``method`` request ``raw`` (its BYE that ended a leg, the caller's
+    CANCEL), when that is what it is (else none)."""
     return sip.parse_message(raw)[1] if raw.startswith(method + " ") else {}
 
 
 def _response_message(prm: Any) -> str:
-    """The message that changed a B leg's state, when pjsua received one (else ``""``): a
-    response to our request, or the peer's own request (its BYE, the caller's CANCEL)."""
+    """The message of a transaction event (``prm.e``), when pjsua received one (else ``""``): a
+    response to our request, or the peer's own request (the caller's CANCEL). A state change's
+    message is ``OnCallStateParam.b2buaRxMsg`` (patch 0025): no walk through the event."""
     try:
         tsx_state = prm.e.body.tsxState
         if tsx_state.type != pj.PJSIP_EVENT_RX_MSG:

@@ -159,6 +159,8 @@ class Session:
         self.final = ""  #: the final failure sent to the caller, "486 Busy Here"
         self.forking = False
         self.early_media_sent = False  #: the caller got a 183 (with our SDP: its media is set up)
+        #: the last 183 of a B leg, by leg: its headers go on the caller's 183 if its media is relayed
+        self._early_headers: dict[int, Mapping[str, tuple[str, ...]]] = {}
         self.log = logger.bind(call_id=call.call_id)
         self._copied: list[tuple[str, str]] | None = None  #: the caller's headers for B legs
         # the bridge reaches its session weakly: a session and its bridge holding each other made
@@ -314,11 +316,12 @@ class Session:
         return self._copied
 
     def _to_caller(self, headers: Mapping[str, tuple[str, ...]]) -> tuple[tuple[str, str], ...]:
-        """The headers of the answering B leg's 2xx that cross to the caller's 200.
+        """The headers of a B leg's response that cross to the caller's: its 2xx to the 200, the
+        180/183 relayed to the caller's 180/183.
 
-        Only the 200 carries them, not a relayed 180/183: pjsua builds every later response to
-        the caller's INVITE from the provisional one it sent (``pjsip_inv_answer``), so a header
-        put on a 180 would stay on the 200 (two identities) or on a final failure after ringing.
+        pjsua builds every later response to the caller's INVITE on the provisional one it sent
+        (``pjsip_inv_answer``): each answer's headers replace the last one's (patch 0025), so a
+        180's identity does not stay on the 200 or on a final failure after ringing.
         """
         selected, dropped = self.host.passthrough.to_caller.select(headers)  # a MessageHeaders: parsed if need be
         if dropped:
@@ -359,19 +362,22 @@ class Session:
             timeout = (target.answer_timeout if target else None) or self.host.sip.answer_timeout
             index = leg.index
             leg.timer = self.host.call_later(timeout, lambda: self._leg_timeout(index, FailureKind.NO_ANSWER))
+        if isinstance(event, EarlyMedia):
+            self._early_headers[leg.index] = event.headers
         a = self.a
         if event.code in _RELAYED_PROVISIONALS and a is not None and a.state is LegState.INCOMING \
                 and self.state is CallState.DIALING:
             self._move(a, LegState.EARLY)  # relayed once per call
-            self._relay_provisional(a, event.code)
+            self._relay_provisional(a, event.code, event.headers)
 
-    def _relay_provisional(self, a: CallLeg, code: int) -> bool:
+    def _relay_provisional(self, a: CallLeg, code: int, headers: Mapping[str, tuple[str, ...]]) -> bool:
         """Send the caller a 180 or 183 (pjsua puts our SDP answer in a 183: the caller's media is
-        set up from then on, and the 200 carries the same SDP)."""
+        set up from then on, and the 200 carries the same SDP) with the B leg's ``headers`` that
+        ``[headers] to_caller`` passes."""
         if code == 183:
             self.early_media_sent = True
         try:
-            a.respond(code)  # without headers: see _to_caller
+            a.respond(code, "", self._to_caller(headers))
         except LegError as exc:
             self.log.warning("cannot relay {}: {}", code, exc.reason)
             if not a.attached():
@@ -393,7 +399,7 @@ class Session:
             return
         if not self.early_media_sent:  # a 180 (no SDP) may have gone first, or nothing yet
             self._move(a, LegState.EARLY)
-            if not self._relay_provisional(a, 183):
+            if not self._relay_provisional(a, 183, self._early_headers.get(leg.index, {})):
                 return
         self.bridge.select(leg.index, early=True)
 

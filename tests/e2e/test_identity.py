@@ -71,12 +71,14 @@ def test_identity_and_listed_headers_cross_and_topology_stays_hidden(
     assert caller.ip not in " ".join(_headers(invite, "Via") + _headers(invite, "Contact"))
     assert b2bua_ip in invite.header("Contact")
 
-    # back to the caller: the gateway's identity from its 200 (only: pjsua would keep a 180's
-    # headers on the 200 too), nothing else of it
+    # back to the caller: the gateway's identity, each response its own: the 180's on the 180,
+    # the 200's alone on the 200 (pjsua built the 200 on the 180 and kept its headers: patch
+    # 0025), nothing else of it
     ringing, ok = _received(caller_side, "SIP/2.0 180")[0], _received(caller_side, "SIP/2.0 200")[0]
-    assert ringing.header("P-Asserted-Identity") is None
+    assert _headers(ringing, "P-Asserted-Identity") == [GATEWAY_RINGING["P-Asserted-Identity"]]
+    assert ringing.header("Privacy") is None
     assert _headers(ok, "P-Asserted-Identity") == [GATEWAY_OK["P-Asserted-Identity"]]
-    assert ok.header("Privacy") == "id"
+    assert _headers(ok, "Privacy") == ["id"]
     for response in (ringing, ok):
         assert response.header("X-Gw-Ringing") is None and response.header("X-Gw-Answer") is None
         assert response.header("Organization") is None
@@ -86,11 +88,27 @@ def test_identity_and_listed_headers_cross_and_topology_stays_hidden(
         assert b2bua_ip in response.header("Contact")
 
 
+def test_a_failure_after_ringing_does_not_keep_the_180s_identity(
+        b2bua_factory: B2buaFactory, scenario_gateway: ScenarioGatewayFactory, addresses: AddressAllocator,
+        caller: Caller, workdir: Path) -> None:
+    # pjsua builds the failure answer on the 180 it sent: the 180's headers went with it
+    gw = scenario_gateway("uas_ring_reject_headers.xml",
+                          {"RINGING_HEADERS": format_extra_headers(GATEWAY_RINGING), "CODE": "486",
+                           "REASON": "Busy Here"}, label="ring-reject")
+    b2b = start_b2bua(b2bua_factory, workdir, addresses.next(), [ListEntry(1, gw.uri)])
+    result = caller.run_calls(b2b.ip, b2b.port, n=1, behaviour="expect:486")
+    assert result.final_codes == [486], result.describe()
+    caller_side = parse_message_log(result.files.messages.read_text())
+    ringing, busy = _received(caller_side, "SIP/2.0 180")[0], _received(caller_side, "SIP/2.0 486")[0]
+    assert _headers(ringing, "P-Asserted-Identity") == [GATEWAY_RINGING["P-Asserted-Identity"]]
+    assert busy.header("P-Asserted-Identity") is None
+
+
 def test_header_lists_are_configurable(
         b2bua_factory: B2buaFactory, scenario_gateway: ScenarioGatewayFactory, addresses: AddressAllocator,
         caller: Caller, workdir: Path) -> None:
     """[headers] with other patterns: only X-Account-Code crosses to the gateway, the X- headers
-    of the gateway's 200 back to the caller (and nothing else)."""
+    of the gateway's 180 and 200 back to the caller's 180 and 200 (and nothing else)."""
     headers = {"to_gateway": ["x-account-*"], "to_caller": ["X-*"]}
     invite, caller_side, _ = _call(b2bua_factory, scenario_gateway, addresses, caller, workdir,
                                    extra_sections={"headers": headers})
@@ -99,4 +117,5 @@ def test_header_lists_are_configurable(
         assert invite.header(name) is None, name
     ringing, ok = _received(caller_side, "SIP/2.0 180")[0], _received(caller_side, "SIP/2.0 200")[0]
     assert ok.header("X-Gw-Answer") == "a1" and ok.header("X-Gw-Ringing") is None
-    assert ok.header("P-Asserted-Identity") is None and ringing.header("X-Gw-Ringing") is None
+    assert ringing.header("X-Gw-Ringing") == "r1" and ringing.header("X-Gw-Answer") is None
+    assert ok.header("P-Asserted-Identity") is None and ringing.header("P-Asserted-Identity") is None

@@ -863,7 +863,7 @@ def test_outbound_asked_for_is_resolved_and_handed_to_the_leg() -> None:
     assert host.profiles[1:] == [OutboundProfile(None, "sip:sbc.example;lr", "")]
 
 
-def test_the_answering_legs_identity_reaches_the_callers_200_only() -> None:
+def test_the_answering_legs_identity_reaches_the_callers_200() -> None:
     host = FakeHost(serial(GW1))
     s, a = host.session()
     s.start()
@@ -873,6 +873,22 @@ def test_the_answering_legs_identity_reaches_the_callers_200_only() -> None:
                                   "x-internal": ("1",), "record-route": ("<sip:gw;lr>",)}))
     assert a.actions == [("respond", 180), ("respond", 200)]
     assert a.response_headers == [(), (("P-Asserted-Identity", "<sip:+4930222@carrier>"),)]
+
+
+def test_a_ringing_legs_identity_reaches_the_callers_180_and_183() -> None:
+    # the 180's on the 180; a 183 with early media after it carries that 183's
+    ringing = {"p-asserted-identity": ("<sip:+4930222@carrier>",), "contact": ("<sip:gw>",)}
+    progress = {"p-asserted-identity": ("<sip:+4930333@carrier>",), "privacy": ("id",)}
+    host = FakeHost(serial(GW1))
+    s, a = host.session()
+    s.start()
+    b = host.b(1)
+    b.report(Provisional(180, "Ringing", ringing))
+    b.report(EarlyMedia(183, "Session Progress", progress))
+    b.report(MEDIA_READY)
+    assert a.actions == [("respond", 180), ("respond", 183)]
+    assert a.response_headers == [(("P-Asserted-Identity", "<sip:+4930222@carrier>"),),
+                                  (("P-Asserted-Identity", "<sip:+4930333@carrier>"), ("Privacy", "id"))]
 
 
 def test_an_unanswered_challenge_is_logged_with_why() -> None:
