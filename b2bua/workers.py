@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import urlsplit, urlunsplit
 
-from b2bua.config import Config, ConfigError, Listen, load_config, parse_config, read_toml
+from b2bua.config import Config, ConfigError, Listen, load_config, parse_config, read_toml, rtp_port_span
 
 #: restarts allowed per worker within RESTART_WINDOW seconds before the supervisor gives up
 MAX_RESTARTS = 5
@@ -151,7 +151,6 @@ def parse_worker_config(path: Path, data: Mapping[str, Any], index: int, rtp_spa
 def run_worker(path: str, index: int, rtp_span: int, verbose: int) -> int:
     """One worker, in this process: the config of ``path`` as worker ``index`` sees it."""
     from b2bua.cli import run_config
-    from b2bua.config import rtp_port_span
 
     p = Path(path)
     try:
@@ -195,8 +194,6 @@ class Worker:
 
 
 def supervise(config_path: str, n: int, verbose: int, out: TextIO = sys.stderr) -> int:
-    from b2bua.config import rtp_port_span
-
     config = load_config(config_path)  # a bad config stops here, once, not in N workers
     span = rtp_port_span(config.sip)
     if config.sip.rtp_port + n * span > 65535:

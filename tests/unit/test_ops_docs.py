@@ -7,6 +7,7 @@ import json
 import re
 from pathlib import Path
 
+from b2bua.config import SipConfig, rtp_port_span
 from b2bua.loop import run_task_now
 from b2bua.stats import Histogram, ProcessSnapshot, core_families
 from plugins.dispatcher.counters import DispatcherCounters
@@ -74,8 +75,6 @@ def test_the_unit_in_deploy_md_is_the_shipped_one() -> None:
 def test_the_rtp_range_in_deploy_md_is_the_default_one() -> None:
     """The firewall rule deploy.md shows opens the RTP ports pjsua is given with the defaults
     (``[sip] rtp_port`` and ``rtp_port_span``), and media.md names the same range."""
-    from b2bua.config import SipConfig, rtp_port_span
-
     sip = SipConfig()
     first, last = sip.rtp_port, sip.rtp_port + rtp_port_span(sip) - 1
     rule = re.search(r"^udp dport (\d+)-(\d+) accept", (DOCS / "deploy.md").read_text(), re.MULTILINE)
